@@ -1,0 +1,526 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use fleetsql_model::{
+    ChildStatus, Generation, GenerationMeta, Table, TableVisibility, Visibility, merge_tables,
+    now_ms,
+};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::child::covers_all;
+use crate::{AggregatorError, Child, FetchRequest, Result, TableRequests};
+
+/// How one aggregator runs; every field has a default fit for the demo.
+#[derive(Debug, Clone)]
+pub struct AggregatorConfig {
+    /// Producer name stamped on every generation.
+    pub name: String,
+    /// Time between generations.
+    pub tick: Duration,
+    /// Ticks fire at wall-clock multiples of `tick` plus this offset, so a
+    /// proxy ticks just after its agents and a TLA just after its proxies.
+    pub offset: Duration,
+    /// A child whose newest data are older than this is left out.
+    pub stale_after: Duration,
+    /// How long one child may take to answer a fetch.
+    pub fetch_timeout: Duration,
+    /// How long a parent's table set lasts without being asked again.
+    pub parent_grace: Duration,
+    /// Tables collected whether or not anyone asked.
+    pub prewarm: BTreeSet<String>,
+}
+
+impl AggregatorConfig {
+    pub fn new(name: impl Into<String>, tick: Duration) -> Self {
+        AggregatorConfig {
+            name: name.into(),
+            tick,
+            offset: Duration::ZERO,
+            stale_after: tick * 3,
+            fetch_timeout: tick.max(Duration::from_secs(2)),
+            parent_grace: (tick * 6).max(Duration::from_secs(30)),
+            prewarm: BTreeSet::new(),
+        }
+    }
+}
+
+/// Children that serve the same data, tried in order until one answers with
+/// fresh data: one member for an agent or proxy child, all proxies of a
+/// cluster for a TLA.
+#[derive(Debug, Clone)]
+pub struct ChildGroup {
+    pub name: String,
+    pub members: Vec<Arc<dyn Child>>,
+}
+
+impl ChildGroup {
+    pub fn single(child: Arc<dyn Child>) -> Self {
+        ChildGroup {
+            name: child.name().to_string(),
+            members: vec![child],
+        }
+    }
+}
+
+/// Counters for `/metrics` and `fleet_nodes`.
+#[derive(Debug, Clone, Default)]
+pub struct AggregatorStats {
+    pub generations: u64,
+    pub last_merge_ms: f64,
+    pub children_expected: u64,
+    pub children_merged: u64,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: AggregatorConfig,
+    groups: Vec<ChildGroup>,
+    requests: Mutex<TableRequests>,
+    /// Per group: which member answered last (tried first next time) and the
+    /// visibility it had, to count its machines as expected when it fails.
+    group_state: Mutex<Vec<GroupState>>,
+    generation: watch::Sender<Arc<Generation>>,
+    tick_now: Notify,
+    next_id: AtomicU64,
+    stats: Mutex<AggregatorStats>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct GroupState {
+    preferred: usize,
+    last_known: Visibility,
+    available: BTreeSet<String>,
+}
+
+/// A running aggregator; dropping it stops the loop.
+#[derive(Debug)]
+pub struct Aggregator {
+    inner: Arc<Inner>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Aggregator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Aggregator {
+    /// Starts the tick loop on the current tokio runtime.
+    pub fn start(config: AggregatorConfig, groups: Vec<ChildGroup>) -> Aggregator {
+        let (generation, _) = watch::channel(Arc::new(Generation::empty(&config.name)));
+        let requests = TableRequests::new(config.prewarm.clone(), config.parent_grace);
+        let group_state = vec![GroupState::default(); groups.len()];
+        let inner = Arc::new(Inner {
+            config,
+            groups,
+            requests: Mutex::new(requests),
+            group_state: Mutex::new(group_state),
+            generation,
+            tick_now: Notify::new(),
+            next_id: AtomicU64::new(1),
+            stats: Mutex::new(AggregatorStats::default()),
+        });
+        let task = tokio::spawn(run(inner.clone()));
+        Aggregator { inner, task }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.config.name
+    }
+
+    /// This aggregator as a child of a parent in the same process.
+    pub fn as_child(&self) -> Arc<dyn Child> {
+        Arc::new(LocalLink {
+            inner: self.inner.clone(),
+        })
+    }
+
+    pub fn current(&self) -> Arc<Generation> {
+        self.inner.generation.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Generation>> {
+        self.inner.generation.subscribe()
+    }
+
+    pub fn stats(&self) -> AggregatorStats {
+        self.inner.stats.lock().clone()
+    }
+
+    /// Makes a generation now instead of at the next tick.
+    pub fn tick_now(&self) {
+        self.inner.tick_now.notify_one();
+    }
+
+    /// Stops the loop; the last generation stays readable through handles.
+    pub async fn shutdown(self) {
+        self.task.abort();
+    }
+}
+
+async fn run(inner: Arc<Inner>) {
+    loop {
+        let sleep = until_next_tick(inner.config.tick, inner.config.offset);
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = inner.tick_now.notified() => {}
+        }
+        tick(&inner).await;
+    }
+}
+
+/// Time until the next wall-clock multiple of `tick` plus `offset`.
+fn until_next_tick(tick: Duration, offset: Duration) -> Duration {
+    let tick_ms = tick.as_millis().max(1) as i64;
+    let offset_ms = (offset.as_millis() as i64) % tick_ms;
+    let now = now_ms();
+    let phase = (now - offset_ms).rem_euclid(tick_ms);
+    Duration::from_millis((tick_ms - phase) as u64)
+}
+
+struct Fetched {
+    group: usize,
+    member: usize,
+    result: Result<Arc<Generation>>,
+}
+
+async fn fetch_group(inner: &Inner, group: usize, request: &FetchRequest) -> Fetched {
+    let members = &inner.groups[group].members;
+    let preferred = inner.group_state.lock()[group].preferred;
+    let stale_before = now_ms() - inner.config.stale_after.as_millis() as i64;
+    let mut last_err = None;
+    for k in 0..members.len() {
+        let member = (preferred + k) % members.len();
+        let child = &members[member];
+        let answer = tokio::time::timeout(inner.config.fetch_timeout, child.fetch(request)).await;
+        let result = match answer {
+            Err(_) => Err(AggregatorError::Timeout {
+                child: child.name().to_string(),
+                timeout_ms: inner.config.fetch_timeout.as_millis() as u64,
+            }),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(generation)) if generation.meta.made_at_ms < stale_before => {
+                Err(AggregatorError::Child {
+                    child: child.name().to_string(),
+                    reason: format!(
+                        "data are stale: generation {} is {} ms old",
+                        generation.meta.id,
+                        now_ms() - generation.meta.made_at_ms
+                    ),
+                })
+            }
+            Ok(Ok(generation)) => {
+                return Fetched {
+                    group,
+                    member,
+                    result: Ok(generation),
+                };
+            }
+        };
+        if let Err(e) = &result {
+            tracing::debug!(node = %inner.config.name, child = child.name(), error = %e, "child skipped");
+        }
+        last_err = Some(result);
+    }
+    Fetched {
+        group,
+        member: preferred,
+        result: last_err.unwrap_or_else(|| {
+            Err(AggregatorError::Child {
+                child: inner.groups[group].name.clone(),
+                reason: "group has no members".into(),
+            })
+        }),
+    }
+}
+
+async fn tick(inner: &Arc<Inner>) {
+    let started = Instant::now();
+    let wanted = inner.requests.lock().current(started);
+    let request = FetchRequest {
+        requester: inner.config.name.clone(),
+        tables: wanted.clone(),
+        since_generation: None,
+        wait: None,
+    };
+    let fetched =
+        futures::future::join_all((0..inner.groups.len()).map(|g| fetch_group(inner, g, &request)))
+            .await;
+
+    let merge_inner = inner.clone();
+    let merged = tokio::task::spawn_blocking(move || merge(&merge_inner, &wanted, fetched)).await;
+    let generation = match merged {
+        Ok(generation) => generation,
+        Err(e) => {
+            tracing::error!(node = %inner.config.name, error = %e, "merge task failed; generation skipped");
+            return;
+        }
+    };
+    let elapsed = started.elapsed();
+    {
+        let mut stats = inner.stats.lock();
+        stats.generations += 1;
+        stats.last_merge_ms = elapsed.as_secs_f64() * 1000.0;
+        stats.children_expected = inner.groups.len() as u64;
+        stats.children_merged = generation
+            .meta
+            .visibility
+            .children
+            .iter()
+            .filter(|c| c.merged)
+            .count() as u64;
+        stats.rows = generation.tables.values().map(|t| t.num_rows() as u64).sum();
+        stats.bytes = generation.memory_size() as u64;
+    }
+    tracing::debug!(
+        node = %inner.config.name,
+        id = generation.meta.id,
+        ms = elapsed.as_millis() as u64,
+        "generation made"
+    );
+    inner.generation.send_replace(Arc::new(generation));
+}
+
+/// The CPU-heavy half of a tick, run off the IO runtime.
+fn merge(inner: &Inner, wanted: &BTreeSet<String>, fetched: Vec<Fetched>) -> Generation {
+    let mut visibility = Visibility::default();
+    let mut available = BTreeSet::new();
+    let mut parts: BTreeMap<&String, Vec<&Table>> = BTreeMap::new();
+    let mut part_owner: BTreeMap<&String, Vec<usize>> = BTreeMap::new();
+    let now = now_ms();
+    let mut state = inner.group_state.lock();
+    for f in &fetched {
+        let group = &inner.groups[f.group];
+        match &f.result {
+            Ok(generation) => {
+                let gs = &mut state[f.group];
+                gs.preferred = f.member;
+                gs.last_known = generation.meta.visibility.clone();
+                gs.available = generation.meta.available.clone();
+                visibility.absorb(&generation.meta.producer, &generation.meta.visibility);
+                available.extend(generation.meta.available.iter().cloned());
+                visibility.children.push(ChildStatus {
+                    name: group.name.clone(),
+                    merged: true,
+                    generation_id: Some(generation.meta.id),
+                    data_age_ms: Some(now - generation.meta.made_at_ms),
+                    error: None,
+                });
+                for (name, table) in &generation.tables {
+                    if wanted.contains(name) {
+                        parts.entry(name).or_default().push(table.as_ref());
+                        part_owner.entry(name).or_default().push(f.group);
+                    }
+                }
+            }
+            Err(e) => {
+                let gs = &state[f.group];
+                visibility.absorb_unseen(&gs.last_known);
+                available.extend(gs.available.iter().cloned());
+                visibility.children.push(ChildStatus {
+                    name: group.name.clone(),
+                    merged: false,
+                    generation_id: None,
+                    data_age_ms: None,
+                    error: Some(e.to_string()),
+                });
+            }
+        }
+    }
+    drop(state);
+
+    let mut tables = BTreeMap::new();
+    for (name, table_parts) in parts {
+        match merge_tables(name, &table_parts) {
+            Ok((table, rejected)) => {
+                for (index, reason) in &rejected {
+                    let group = part_owner[name][*index];
+                    tracing::warn!(
+                        node = %inner.config.name,
+                        child = %inner.groups[group].name,
+                        error = %reason,
+                        "rows left out of the merge"
+                    );
+                }
+                let entry: &mut TableVisibility =
+                    visibility.tables.entry(name.clone()).or_default();
+                entry.rejected_parts += rejected.len() as u64;
+                tables.insert(name.clone(), Arc::new(table));
+            }
+            Err(e) => {
+                tracing::error!(node = %inner.config.name, table = %name, error = %e, "table could not be merged");
+            }
+        }
+    }
+    Generation {
+        meta: GenerationMeta {
+            producer: inner.config.name.clone(),
+            id: inner.next_id.fetch_add(1, Ordering::Relaxed),
+            made_at_ms: now_ms(),
+            visibility,
+            available,
+        },
+        tables,
+    }
+}
+
+/// An aggregator seen by a parent in the same process.
+#[derive(Debug)]
+struct LocalLink {
+    inner: Arc<Inner>,
+}
+
+#[async_trait]
+impl Child for LocalLink {
+    fn name(&self) -> &str {
+        &self.inner.config.name
+    }
+
+    async fn fetch(&self, request: &FetchRequest) -> Result<Arc<Generation>> {
+        let new_tables = self
+            .inner
+            .requests
+            .lock()
+            .note(&request.requester, &request.tables, Instant::now());
+        let mut receiver = self.inner.generation.subscribe();
+        if !new_tables.is_empty() {
+            // Collect a newly named table at once instead of a tick later,
+            // so the first query naming it waits milliseconds, not seconds.
+            self.inner.tick_now.notify_one();
+            let wait = self.inner.config.fetch_timeout;
+            let _ = tokio::time::timeout(
+                wait,
+                receiver.wait_for(|g| g.meta.id > 0 && covers_all(g, &new_tables)),
+            )
+            .await;
+        } else if let (Some(since), Some(wait)) = (request.since_generation, request.wait) {
+            let _ = tokio::time::timeout(wait, receiver.wait_for(|g| g.meta.id > since)).await;
+        }
+        let current = receiver.borrow().clone();
+        Ok(Arc::new(current.restricted(&request.tables)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::child::covers_all;
+    use arrow::array::{Int64Array, RecordBatch};
+    use fleetsql_model::ClusterVisibility;
+
+    /// A machine that publishes `t` with one row holding its number.
+    #[derive(Debug)]
+    struct Machine {
+        name: String,
+        value: i64,
+        fail: bool,
+    }
+
+    #[async_trait]
+    impl Child for Machine {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        async fn fetch(&self, request: &FetchRequest) -> Result<Arc<Generation>> {
+            if self.fail {
+                return Err(AggregatorError::Child {
+                    child: self.name.clone(),
+                    reason: "down".into(),
+                });
+            }
+            let mut generation = Generation::empty(&self.name);
+            generation.meta.id = 1;
+            generation.meta.made_at_ms = now_ms();
+            generation.meta.available.insert("t".into());
+            generation.meta.visibility.clusters.insert(
+                "c1".into(),
+                ClusterVisibility {
+                    machines_expected: 1,
+                    machines_seen: 1,
+                    oldest_data_ms: Some(now_ms()),
+                    newest_data_ms: Some(now_ms()),
+                    via: String::new(),
+                },
+            );
+            if request.tables.contains("t") {
+                let batch = RecordBatch::try_from_iter([(
+                    "x",
+                    Arc::new(Int64Array::from(vec![self.value])) as _,
+                )])
+                .unwrap();
+                let table = Table::new("t", batch.schema(), vec![batch]).unwrap();
+                generation.tables.insert("t".into(), Arc::new(table));
+                generation.meta.visibility.tables.insert(
+                    "t".into(),
+                    TableVisibility {
+                        machines_with_rows: 1,
+                        rows: 1,
+                        ..Default::default()
+                    },
+                );
+            }
+            Ok(Arc::new(generation))
+        }
+    }
+
+    fn machine(value: i64, fail: bool) -> ChildGroup {
+        ChildGroup::single(Arc::new(Machine {
+            name: format!("m{value}"),
+            value,
+            fail,
+        }))
+    }
+
+    #[tokio::test]
+    async fn first_request_triggers_a_tick_and_merges_fresh_children() {
+        let config = AggregatorConfig::new("proxy", Duration::from_secs(3600));
+        let proxy = Aggregator::start(config, vec![machine(1, false), machine(2, false), machine(3, true)]);
+        let tla = Aggregator::start(
+            AggregatorConfig::new("tla", Duration::from_secs(3600)),
+            vec![ChildGroup::single(proxy.as_child())],
+        );
+        let wanted: BTreeSet<String> = ["t".to_string()].into();
+        let generation = tla
+            .as_child()
+            .fetch(&FetchRequest {
+                requester: "sql".into(),
+                tables: wanted.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(covers_all(&generation, &wanted));
+        assert_eq!(generation.table("t").unwrap().num_rows(), 2);
+        let v = &generation.meta.visibility;
+        assert_eq!(v.machines_seen(), 2);
+        assert_eq!(v.tables["t"].machines_with_rows, 2);
+        assert!(generation.meta.available.contains("t"));
+    }
+
+    #[tokio::test]
+    async fn unrequested_tables_are_not_collected() {
+        let proxy = Aggregator::start(
+            AggregatorConfig::new("proxy", Duration::from_secs(3600)),
+            vec![machine(1, false)],
+        );
+        proxy.tick_now();
+        let mut rx = proxy.subscribe();
+        let generation = rx.wait_for(|g| g.meta.id > 0).await.unwrap().clone();
+        assert!(generation.tables.is_empty());
+        assert!(generation.meta.available.contains("t"));
+    }
+
+    #[test]
+    fn ticks_align_to_wall_clock_with_offset() {
+        let d = until_next_tick(Duration::from_secs(5), Duration::from_millis(500));
+        assert!(d <= Duration::from_secs(5) && d > Duration::ZERO);
+    }
+}

@@ -1,0 +1,86 @@
+//! Errors of the persistent-query engine.
+
+use thiserror::Error;
+
+/// A position in EPL text, 1-based.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Pos {
+    /// Line, starting at 1.
+    pub line: u32,
+    /// Column (in characters), starting at 1.
+    pub col: u32,
+}
+
+impl std::fmt::Display for Pos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}, column {}", self.line, self.col)
+    }
+}
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, Error)]
+pub enum PqaError {
+    /// The statement does not parse.
+    #[error("syntax error at {pos}: expected {expected}, found {found}")]
+    Parse {
+        /// Where the parser stopped.
+        pos: Pos,
+        /// What the grammar allows there.
+        expected: String,
+        /// The token that was there instead.
+        found: String,
+    },
+    /// The statement parses but does not make sense (unknown alias, aggregate in a filter...).
+    #[error("invalid statement at {pos}: {message}")]
+    Semantic {
+        /// Where the offending construct starts.
+        pos: Pos,
+        /// What is wrong.
+        message: String,
+    },
+    /// No persistent query has this id.
+    #[error("no persistent query with id {0}")]
+    UnknownQuery(String),
+    /// An event could not be accepted (not a JSON object, bad NDJSON line...).
+    #[error("bad event for stream {stream}: {message}")]
+    BadEvent {
+        /// The stream the event was posted to.
+        stream: String,
+        /// Why it was refused.
+        message: String,
+    },
+    /// The request itself is malformed (bad publish mode, bad webhook URL...).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// A sink failed to deliver a notification.
+    #[error("sink {sink} failed: {message}")]
+    Sink {
+        /// The sink's name (e.g. the webhook URL).
+        sink: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl PqaError {
+    /// A short hint for clients on how to fix the problem.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            PqaError::Parse { .. } => {
+                "check the EPL syntax near the given position (Esper EPL: select ... from Stream.win:time(20 sec) ...)"
+            }
+            PqaError::Semantic { .. } => "check stream aliases, aggregates and window parameters",
+            PqaError::UnknownQuery(_) => "list registered queries with GET /v1/persistent-queries",
+            PqaError::BadEvent { .. } => {
+                "post one JSON object, or newline-delimited JSON objects, per request"
+            }
+            PqaError::BadRequest(_) => {
+                "publish is one of all|current|max|min|avg; webhook must be an http(s) URL"
+            }
+            PqaError::Sink { .. } => "the sink is retried with backoff; check its endpoint",
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = PqaError> = std::result::Result<T, E>;

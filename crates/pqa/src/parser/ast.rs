@@ -1,0 +1,317 @@
+//! The EPL syntax tree produced by the parser.
+
+use crate::error::Pos;
+use crate::value::{Kind, Value};
+
+/// A name with the place it was written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ident {
+    /// The name as written.
+    pub name: String,
+    /// Where.
+    pub pos: Pos,
+}
+
+/// One EPL statement.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    /// `insert into Other select ...`: results become events of `Other`.
+    pub insert_into: Option<Ident>,
+    /// What the statement is.
+    pub body: Body,
+}
+
+/// Statement kinds.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// A continuous query.
+    Select(Box<Select>),
+    /// `create schema Name (field type, ...)`.
+    CreateSchema(CreateSchema),
+}
+
+/// `create schema`.
+#[derive(Debug, Clone)]
+pub struct CreateSchema {
+    /// The stream name.
+    pub name: Ident,
+    /// Declared fields.
+    pub fields: Vec<(Ident, Kind)>,
+}
+
+/// `select ... from ...`.
+#[derive(Debug, Clone)]
+pub struct Select {
+    /// `select distinct`.
+    pub distinct: bool,
+    /// The select list.
+    pub items: Vec<SelectItem>,
+    /// Streams or a pattern.
+    pub from: From,
+    /// `where`.
+    pub where_: Option<Expr>,
+    /// `group by`.
+    pub group_by: Vec<Expr>,
+    /// `having`.
+    pub having: Option<Expr>,
+    /// `output ... every ...`.
+    pub output: Option<OutputClause>,
+    /// `order by expr [asc|desc]`.
+    pub order_by: Vec<(Expr, bool)>,
+    /// `limit n`.
+    pub limit: Option<u64>,
+}
+
+/// One select-list entry.
+#[derive(Debug, Clone)]
+pub enum SelectItem {
+    /// `*`.
+    Wildcard(Pos),
+    /// `alias.*`.
+    StreamWildcard(Ident),
+    /// `expr [as alias]`.
+    Expr {
+        /// The expression.
+        expr: Expr,
+        /// Its alias.
+        alias: Option<Ident>,
+    },
+}
+
+/// The from clause.
+#[derive(Debug, Clone)]
+pub enum From {
+    /// One or more (joined) streams.
+    Streams(Vec<StreamSpec>),
+    /// `pattern [ ... ]`.
+    Pattern(PatternExpr, Pos),
+}
+
+/// `Stream(filter).win:time(20 sec) as s`.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    /// Stream name.
+    pub name: Ident,
+    /// Filter applied before the window.
+    pub filter: Option<Expr>,
+    /// Views (windows), in order.
+    pub views: Vec<View>,
+    /// `as alias`.
+    pub alias: Option<Ident>,
+}
+
+/// A data-window view such as `win:time(20 sec)` or `#length(5)`.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// `win`, `std`, or `#` for the newer spelling.
+    pub namespace: String,
+    /// View name.
+    pub name: Ident,
+    /// Parameters.
+    pub args: Vec<ViewArg>,
+}
+
+/// A view parameter.
+#[derive(Debug, Clone)]
+pub enum ViewArg {
+    /// A time period in milliseconds.
+    Period(i64, Pos),
+    /// Any other expression (a count, a field name).
+    Expr(Expr),
+}
+
+/// `output [all|first|last] every N events|<time period>`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutputClause {
+    /// Which of the buffered rows are output.
+    pub kind: OutputKind,
+    /// When.
+    pub every: OutputEvery,
+}
+
+/// Which rows an output clause releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// All buffered rows.
+    All,
+    /// The first row of the interval.
+    First,
+    /// The last row of the interval.
+    Last,
+}
+
+/// The output rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OutputEvery {
+    /// Every N result rows.
+    Events(u64),
+    /// Every so many milliseconds.
+    Time(i64),
+}
+
+/// Binary operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOp {
+    /// `or`
+    Or,
+    /// `and`
+    And,
+    /// `=`
+    Eq,
+    /// `!=` / `<>`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `+`
+    Add,
+    /// `-`
+    Sub,
+    /// `*`
+    Mul,
+    /// `/`
+    Div,
+    /// `%`
+    Mod,
+    /// `||`
+    Concat,
+}
+
+/// Unary operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnOp {
+    /// `not`
+    Not,
+    /// `-`
+    Neg,
+}
+
+/// Expressions.
+#[derive(Debug, Clone)]
+pub enum Expr {
+    /// A literal.
+    Lit(Value, Pos),
+    /// `name` or `qualifier.name`.
+    Field {
+        /// Stream alias, stream name or pattern tag.
+        qualifier: Option<Ident>,
+        /// Field name.
+        name: Ident,
+    },
+    /// Unary operation.
+    Unary(UnOp, Box<Expr>, Pos),
+    /// Binary operation.
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// Function or aggregate call.
+    Call {
+        /// Function name.
+        name: Ident,
+        /// `count(distinct x)`.
+        distinct: bool,
+        /// `count(*)`.
+        star: bool,
+        /// Arguments.
+        args: Vec<Expr>,
+    },
+    /// `x is [not] null`.
+    IsNull(Box<Expr>, bool),
+    /// `x [not] in (a, b)`.
+    In(Box<Expr>, Vec<Expr>, bool),
+    /// `x [not] between a and b`.
+    Between(Box<Expr>, Box<Expr>, Box<Expr>, bool),
+    /// `x [not] like 'a%'`.
+    Like(Box<Expr>, Box<Expr>, bool),
+    /// `case [operand] when .. then .. [else ..] end`.
+    Case {
+        /// Simple-case operand.
+        operand: Option<Box<Expr>>,
+        /// `when` / `then` pairs.
+        whens: Vec<(Expr, Expr)>,
+        /// `else`.
+        else_: Option<Box<Expr>>,
+    },
+}
+
+impl Expr {
+    /// Where the expression starts.
+    pub fn pos(&self) -> Pos {
+        match self {
+            Expr::Lit(_, p) | Expr::Unary(_, _, p) => *p,
+            Expr::Field { qualifier, name } => qualifier.as_ref().map_or(name.pos, |q| q.pos),
+            Expr::Binary(_, l, _) => l.pos(),
+            Expr::Call { name, .. } => name.pos,
+            Expr::IsNull(e, _) | Expr::In(e, _, _) | Expr::Between(e, ..) | Expr::Like(e, ..) => {
+                e.pos()
+            }
+            Expr::Case { whens, .. } => whens.first().map(|w| w.0.pos()).unwrap_or_default(),
+        }
+    }
+
+    /// Calls `f` on this expression and every sub-expression.
+    pub fn walk(&self, f: &mut dyn FnMut(&Expr)) {
+        f(self);
+        match self {
+            Expr::Lit(..) | Expr::Field { .. } => {}
+            Expr::Unary(_, e, _) | Expr::IsNull(e, _) => e.walk(f),
+            Expr::Binary(_, l, r) | Expr::Like(l, r, _) => {
+                l.walk(f);
+                r.walk(f);
+            }
+            Expr::Call { args, .. } => args.iter().for_each(|a| a.walk(f)),
+            Expr::In(e, list, _) => {
+                e.walk(f);
+                list.iter().for_each(|a| a.walk(f));
+            }
+            Expr::Between(a, b, c, _) => {
+                a.walk(f);
+                b.walk(f);
+                c.walk(f);
+            }
+            Expr::Case { operand, whens, else_ } => {
+                if let Some(o) = operand {
+                    o.walk(f);
+                }
+                for (w, t) in whens {
+                    w.walk(f);
+                    t.walk(f);
+                }
+                if let Some(e) = else_ {
+                    e.walk(f);
+                }
+            }
+        }
+    }
+}
+
+/// Pattern expressions (`pattern [ ... ]`).
+#[derive(Debug, Clone)]
+pub enum PatternExpr {
+    /// `tag=Stream(filter)`.
+    Filter {
+        /// The tag the matching event is bound to.
+        tag: Option<Ident>,
+        /// Stream name.
+        stream: Ident,
+        /// Filter, may refer to earlier tags.
+        filter: Option<Expr>,
+    },
+    /// `a -> b -> c`.
+    FollowedBy(Vec<PatternExpr>),
+    /// `a or b`.
+    Or(Vec<PatternExpr>),
+    /// `a and b`.
+    And(Vec<PatternExpr>),
+    /// `every a`.
+    Every(Box<PatternExpr>),
+    /// `not a`.
+    Not(Box<PatternExpr>),
+    /// `a where timer:within(period)`.
+    Within(Box<PatternExpr>, i64),
+    /// `timer:interval(period)`.
+    Interval(i64),
+}
