@@ -179,3 +179,9 @@ impl StreamState {
         Ok(Arc::new(Event { ts, schema: self.schema.clone(), values: values.into_boxed_slice() }))
     }
 }
+
+impl StreamState {
+    pub(crate) fn has_field(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+}

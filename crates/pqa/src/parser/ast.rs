@@ -315,3 +315,91 @@ pub enum PatternExpr {
     /// `timer:interval(period)`.
     Interval(i64),
 }
+
+impl std::fmt::Display for Expr {
+    /// Canonical text: used as the column name of an unaliased select item
+    /// and to recognise a group-by expression repeated in the select list.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expr::Lit(v, _) => match v {
+                Value::Null => write!(f, "null"),
+                Value::Bool(b) => write!(f, "{b}"),
+                Value::Int(i) => write!(f, "{i}"),
+                Value::Float(x) => write!(f, "{x}"),
+                Value::Str(s) => write!(f, "'{}'", s.replace('\'', "''")),
+                Value::Json(j) => write!(f, "{j}"),
+            },
+            Expr::Field { qualifier: Some(q), name } => write!(f, "{}.{}", q.name, name.name),
+            Expr::Field { qualifier: None, name } => write!(f, "{}", name.name),
+            Expr::Unary(UnOp::Not, e, _) => write!(f, "not {e}"),
+            Expr::Unary(UnOp::Neg, e, _) => write!(f, "-{e}"),
+            Expr::Binary(op, l, r) => {
+                let s = match op {
+                    BinOp::Or => "or",
+                    BinOp::And => "and",
+                    BinOp::Eq => "=",
+                    BinOp::Ne => "!=",
+                    BinOp::Lt => "<",
+                    BinOp::Le => "<=",
+                    BinOp::Gt => ">",
+                    BinOp::Ge => ">=",
+                    BinOp::Add => "+",
+                    BinOp::Sub => "-",
+                    BinOp::Mul => "*",
+                    BinOp::Div => "/",
+                    BinOp::Mod => "%",
+                    BinOp::Concat => "||",
+                };
+                let paren = |e: &Expr| matches!(e, Expr::Binary(..));
+                let (lp, rp) = (paren(l), paren(r));
+                if lp { write!(f, "({l})")? } else { write!(f, "{l}")? }
+                write!(f, " {s} ")?;
+                if rp { write!(f, "({r})") } else { write!(f, "{r}") }
+            }
+            Expr::Call { name, distinct, star, args } => {
+                write!(f, "{}(", name.name.to_ascii_lowercase())?;
+                if *star {
+                    write!(f, "*")?;
+                }
+                if *distinct {
+                    write!(f, "distinct ")?;
+                }
+                for (i, a) in args.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{a}")?;
+                }
+                write!(f, ")")
+            }
+            Expr::IsNull(e, neg) => write!(f, "{e} is {}null", if *neg { "not " } else { "" }),
+            Expr::In(e, list, neg) => {
+                write!(f, "{e} {}in (", if *neg { "not " } else { "" })?;
+                for (i, a) in list.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{a}")?;
+                }
+                write!(f, ")")
+            }
+            Expr::Between(e, lo, hi, neg) => {
+                write!(f, "{e} {}between {lo} and {hi}", if *neg { "not " } else { "" })
+            }
+            Expr::Like(e, p, neg) => write!(f, "{e} {}like {p}", if *neg { "not " } else { "" }),
+            Expr::Case { operand, whens, else_ } => {
+                write!(f, "case")?;
+                if let Some(o) = operand {
+                    write!(f, " {o}")?;
+                }
+                for (w, t) in whens {
+                    write!(f, " when {w} then {t}")?;
+                }
+                if let Some(e) = else_ {
+                    write!(f, " else {e}")?;
+                }
+                write!(f, " end")
+            }
+        }
+    }
+}

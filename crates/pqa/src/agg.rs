@@ -1,0 +1,243 @@
+//! Aggregation states that support both adding (insert stream) and removing
+//! (remove stream, when events leave a window) values.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::expr::CExpr;
+use crate::value::Value;
+
+/// Aggregate functions of the language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AggFunc {
+    Count,
+    Sum,
+    Avg,
+    Min,
+    Max,
+    Stddev,
+    First,
+    Last,
+}
+
+impl AggFunc {
+    pub(crate) fn from_name(name: &str) -> Option<AggFunc> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "count" => AggFunc::Count,
+            "sum" => AggFunc::Sum,
+            "avg" => AggFunc::Avg,
+            "min" => AggFunc::Min,
+            "max" => AggFunc::Max,
+            "stddev" => AggFunc::Stddev,
+            "first" => AggFunc::First,
+            "last" => AggFunc::Last,
+            _ => return None,
+        })
+    }
+}
+
+/// One aggregate of a statement: function, argument (None for `count(*)`).
+#[derive(Debug, Clone)]
+pub(crate) struct AggSpec {
+    pub(crate) func: AggFunc,
+    pub(crate) arg: Option<CExpr>,
+    pub(crate) distinct: bool,
+    /// Position-free text, to share one state between `sum(x)` in select and having.
+    pub(crate) key: String,
+}
+
+/// The running state of one aggregate in one group.
+#[derive(Debug, Clone)]
+pub(crate) enum AggState {
+    Count(i64),
+    CountDistinct(HashMap<Value, u32>),
+    Sum { int: i64, float: f64, n: i64, is_float: bool },
+    Avg { sum: f64, n: i64 },
+    Stddev { n: i64, sum: f64, sumsq: f64 },
+    /// A multiset so that removing the current extreme finds the next one.
+    MinMax { max: bool, vals: BTreeMap<Value, u32> },
+    /// Values in arrival order; windows expire oldest first, so removal is at the front.
+    FirstLast { first: bool, vals: VecDeque<Value> },
+}
+
+impl AggState {
+    pub(crate) fn new(spec: &AggSpec) -> AggState {
+        match spec.func {
+            AggFunc::Count if spec.distinct => AggState::CountDistinct(HashMap::new()),
+            AggFunc::Count => AggState::Count(0),
+            AggFunc::Sum => AggState::Sum { int: 0, float: 0.0, n: 0, is_float: false },
+            AggFunc::Avg => AggState::Avg { sum: 0.0, n: 0 },
+            AggFunc::Stddev => AggState::Stddev { n: 0, sum: 0.0, sumsq: 0.0 },
+            AggFunc::Min => AggState::MinMax { max: false, vals: BTreeMap::new() },
+            AggFunc::Max => AggState::MinMax { max: true, vals: BTreeMap::new() },
+            AggFunc::First => AggState::FirstLast { first: true, vals: VecDeque::new() },
+            AggFunc::Last => AggState::FirstLast { first: false, vals: VecDeque::new() },
+        }
+    }
+
+    /// Adds a value; nulls are ignored as in SQL.
+    #[inline]
+    pub(crate) fn add(&mut self, v: Value) {
+        if v.is_null() {
+            return;
+        }
+        match self {
+            AggState::Count(n) => *n += 1,
+            AggState::CountDistinct(m) => *m.entry(v).or_insert(0) += 1,
+            AggState::Sum { int, float, n, is_float } => {
+                match v {
+                    Value::Int(i) => {
+                        *int = int.wrapping_add(i);
+                        *float += i as f64;
+                    }
+                    Value::Float(f) => {
+                        *is_float = true;
+                        *float += f;
+                    }
+                    _ => return,
+                }
+                *n += 1;
+            }
+            AggState::Avg { sum, n } => {
+                if let Some(f) = v.as_f64() {
+                    *sum += f;
+                    *n += 1;
+                }
+            }
+            AggState::Stddev { n, sum, sumsq } => {
+                if let Some(f) = v.as_f64() {
+                    *n += 1;
+                    *sum += f;
+                    *sumsq += f * f;
+                }
+            }
+            AggState::MinMax { vals, .. } => *vals.entry(v).or_insert(0) += 1,
+            AggState::FirstLast { vals, .. } => vals.push_back(v),
+        }
+    }
+
+    /// Removes a value that was added before.
+    pub(crate) fn remove(&mut self, v: Value) {
+        if v.is_null() {
+            return;
+        }
+        match self {
+            AggState::Count(n) => *n -= 1,
+            AggState::CountDistinct(m) => {
+                if let Some(c) = m.get_mut(&v) {
+                    *c -= 1;
+                    if *c == 0 {
+                        m.remove(&v);
+                    }
+                }
+            }
+            AggState::Sum { int, float, n, .. } => {
+                match v {
+                    Value::Int(i) => {
+                        *int = int.wrapping_sub(i);
+                        *float -= i as f64;
+                    }
+                    Value::Float(f) => *float -= f,
+                    _ => return,
+                }
+                *n -= 1;
+            }
+            AggState::Avg { sum, n } => {
+                if let Some(f) = v.as_f64() {
+                    *sum -= f;
+                    *n -= 1;
+                }
+            }
+            AggState::Stddev { n, sum, sumsq } => {
+                if let Some(f) = v.as_f64() {
+                    *n -= 1;
+                    *sum -= f;
+                    *sumsq -= f * f;
+                }
+            }
+            AggState::MinMax { vals, .. } => {
+                if let Some(c) = vals.get_mut(&v) {
+                    *c -= 1;
+                    if *c == 0 {
+                        vals.remove(&v);
+                    }
+                }
+            }
+            AggState::FirstLast { vals, .. } => {
+                if let Some(i) = vals.iter().position(|x| *x == v) {
+                    vals.remove(i);
+                }
+            }
+        }
+    }
+
+    /// The current result (null over no values, except counts which are 0).
+    pub(crate) fn value(&self) -> Value {
+        match self {
+            AggState::Count(n) => Value::Int(*n),
+            AggState::CountDistinct(m) => Value::Int(m.len() as i64),
+            AggState::Sum { int, float, n, is_float } => {
+                if *n == 0 {
+                    Value::Null
+                } else if *is_float {
+                    Value::Float(*float)
+                } else {
+                    Value::Int(*int)
+                }
+            }
+            AggState::Avg { sum, n } => {
+                if *n == 0 { Value::Null } else { Value::Float(*sum / *n as f64) }
+            }
+            AggState::Stddev { n, sum, sumsq } => {
+                // Sample standard deviation, as Esper's stddev.
+                if *n < 2 {
+                    Value::Null
+                } else {
+                    let nf = *n as f64;
+                    let var = ((*sumsq - *sum * *sum / nf) / (nf - 1.0)).max(0.0);
+                    Value::Float(var.sqrt())
+                }
+            }
+            AggState::MinMax { max, vals } => {
+                let v = if *max { vals.keys().next_back() } else { vals.keys().next() };
+                v.cloned().unwrap_or(Value::Null)
+            }
+            AggState::FirstLast { first, vals } => {
+                let v = if *first { vals.front() } else { vals.back() };
+                v.cloned().unwrap_or(Value::Null)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(func: AggFunc) -> AggSpec {
+        AggSpec { func, arg: None, distinct: false, key: String::new() }
+    }
+
+    #[test]
+    fn add_remove_roundtrip() {
+        let mut s = AggState::new(&spec(AggFunc::Max));
+        for v in [3, 9, 5] {
+            s.add(Value::Int(v));
+        }
+        assert_eq!(s.value(), Value::Int(9));
+        s.remove(Value::Int(9));
+        assert_eq!(s.value(), Value::Int(5));
+        let mut s = AggState::new(&spec(AggFunc::Stddev));
+        for v in [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0] {
+            s.add(Value::Float(v));
+        }
+        let Value::Float(sd) = s.value() else { panic!() };
+        assert!((sd - 2.138089935299395).abs() < 1e-9, "{sd}");
+        let mut s = AggState::new(&spec(AggFunc::Sum));
+        s.add(Value::Int(2));
+        s.add(Value::Int(3));
+        assert_eq!(s.value(), Value::Int(5));
+        s.remove(Value::Int(2));
+        s.remove(Value::Int(3));
+        assert_eq!(s.value(), Value::Null);
+    }
+}

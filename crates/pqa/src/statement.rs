@@ -1,0 +1,480 @@
+//! A registered statement: compilation from the syntax tree, and the run-time
+//! path from an arriving event through filter, window, join or pattern, the
+//! result-set processor and the output limiter.
+
+use std::sync::Arc;
+
+use crate::error::{PqaError, Pos, Result};
+use crate::expr::{CExpr, Compiler, Slot, Streams, has_aggregate};
+use crate::output::OutputLimiter;
+use crate::parser::ast::{self, BinOp, Body, Expr, From, PatternExpr, SelectItem, Statement};
+use crate::pattern::{Binding, PNode, State, unbound};
+use crate::processor::{Item, Processor, ProcessorSpec, Row};
+use crate::stream::Event;
+use crate::window::{self, Delta, Window};
+
+#[derive(Debug)]
+struct Input {
+    filter: Option<CExpr>,
+    window: Box<dyn Window>,
+    required: Vec<usize>,
+}
+
+#[derive(Debug)]
+struct PatternRt {
+    root: State,
+}
+
+/// A compiled, running statement.
+#[derive(Debug)]
+pub(crate) struct Stmt {
+    inputs: Vec<Input>,
+    pattern: Option<PatternRt>,
+    join_where: Option<CExpr>,
+    processor: Processor,
+    output: OutputLimiter,
+    /// `insert into` target stream.
+    pub(crate) insert_into: Option<usize>,
+    /// (stream, input index) pairs this statement consumes.
+    pub(crate) listen: Vec<(usize, usize)>,
+    delta: Delta,
+    rows: Vec<Row>,
+}
+
+/// What compiling a statement yields.
+#[derive(Debug)]
+pub(crate) enum Compiled {
+    /// `create schema`: applied to the stream registry, nothing runs.
+    Schema,
+    Stmt(Box<Stmt>),
+}
+
+fn semantic<T>(pos: Pos, message: impl Into<String>) -> Result<T> {
+    Err(PqaError::Semantic { pos, message: message.into() })
+}
+
+fn conjuncts(e: Expr, out: &mut Vec<Expr>) {
+    match e {
+        Expr::Binary(BinOp::And, l, r) => {
+            conjuncts(*l, out);
+            conjuncts(*r, out);
+        }
+        other => out.push(other),
+    }
+}
+
+fn and_all(mut v: Vec<Expr>) -> Option<Expr> {
+    let first = if v.is_empty() { return None } else { v.remove(0) };
+    Some(v.into_iter().fold(first, |a, b| Expr::Binary(BinOp::And, Box::new(a), Box::new(b))))
+}
+
+fn names_field(e: &Expr, names: &[String]) -> bool {
+    let mut hit = false;
+    e.walk(&mut |x| {
+        if let Expr::Field { qualifier: None, name } = x {
+            if names.contains(&name.name) {
+                hit = true;
+            }
+        }
+    });
+    hit
+}
+
+pub(crate) fn compile(st: &Statement, streams: &mut Streams, now: i64) -> Result<Compiled> {
+    let sel = match &st.body {
+        Body::CreateSchema(cs) => {
+            let id = streams.id(&cs.name.name);
+            let s = &mut streams.list[id];
+            for (f, kind) in &cs.fields {
+                let idx = s.field(&f.name);
+                if let Some(k0) = s.kinds[idx] {
+                    if k0 != *kind {
+                        return semantic(f.pos, format!("field {} was already seen as {k0:?}", f.name));
+                    }
+                }
+                s.declare(&f.name, *kind);
+            }
+            s.declared = true;
+            return Ok(Compiled::Schema);
+        }
+        Body::Select(sel) => sel,
+    };
+
+    // Slots: one per stream of the from clause, or one per pattern tag.
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut specs: Vec<&ast::StreamSpec> = Vec::new();
+    match &sel.from {
+        From::Streams(list) => {
+            for s in list {
+                let id = streams.id(&s.name.name);
+                let mut names = Vec::new();
+                if let Some(a) = &s.alias {
+                    if slots.iter().any(|x| x.names.first() == Some(&a.name)) {
+                        return semantic(a.pos, format!("alias '{}' is used twice", a.name));
+                    }
+                    names.push(a.name.clone());
+                }
+                names.push(s.name.name.clone());
+                slots.push(Slot { names, stream: id });
+                specs.push(s);
+            }
+        }
+        From::Pattern(p, _) => collect_tags(p, streams, &mut slots)?,
+    }
+    let slot_names: Vec<Arc<str>> = slots.iter().map(|s| Arc::from(s.names[0].as_str())).collect();
+
+    // The seed's extension: a where conjunct naming an aggregate's alias is a having condition.
+    let agg_aliases: Vec<String> = sel
+        .items
+        .iter()
+        .filter_map(|i| match i {
+            SelectItem::Expr { expr, alias: Some(a) } if has_aggregate(expr) => Some(a.name.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut where_parts = Vec::new();
+    let mut having_parts = Vec::new();
+    if let Some(w) = &sel.where_ {
+        let mut all = Vec::new();
+        conjuncts(w.clone(), &mut all);
+        for c in all {
+            if names_field(&c, &agg_aliases) {
+                having_parts.push(c);
+            } else if has_aggregate(&c) {
+                return semantic(c.pos(), "aggregates are not allowed in where; use having (or name the aggregate's alias)");
+            } else {
+                where_parts.push(c);
+            }
+        }
+    }
+    if let Some(h) = &sel.having {
+        having_parts.push(h.clone());
+    }
+    let where_expr = and_all(where_parts);
+    let having_expr = and_all(having_parts);
+    let has_star = sel.items.iter().any(|i| !matches!(i, SelectItem::Expr { .. }));
+    let aggregated = !sel.group_by.is_empty()
+        || having_expr.is_some()
+        || sel.items.iter().any(|i| matches!(i, SelectItem::Expr { expr, .. } if has_aggregate(expr)));
+
+    let mut c = Compiler::new(streams, slots.clone());
+    let group_by = sel.group_by.iter().map(|g| c.compile(g)).collect::<Result<Vec<_>>>()?;
+    let where_c = where_expr.as_ref().map(|w| c.compile(w)).transpose()?;
+    c.aggs = Some(Vec::new());
+    c.group_keys = sel.group_by.iter().map(|g| g.to_string()).collect();
+    c.bare_field = false;
+    let mut items = Vec::new();
+    let mut aliases = Vec::new();
+    for item in &sel.items {
+        match item {
+            SelectItem::Wildcard(_) => items.push(Item::All),
+            SelectItem::StreamWildcard(id) => {
+                let Some(slot) = slots.iter().position(|s| s.names.contains(&id.name)) else {
+                    return semantic(id.pos, format!("unknown stream alias '{}'", id.name));
+                };
+                items.push(Item::SlotFields(slot as u16));
+            }
+            SelectItem::Expr { expr, alias } => {
+                let name: Arc<str> = match alias {
+                    Some(a) => Arc::from(a.name.as_str()),
+                    None => match expr {
+                        Expr::Field { qualifier: None, name } => Arc::from(name.name.as_str()),
+                        Expr::Field { qualifier: Some(_), name } if slots.len() == 1 => Arc::from(name.name.as_str()),
+                        other => Arc::from(other.to_string().as_str()),
+                    },
+                };
+                if let Some(a) = alias {
+                    aliases.push((a.name.clone(), expr.clone()));
+                }
+                items.push(Item::Expr { name, expr: c.compile(expr)? });
+            }
+        }
+    }
+    let per_event = aggregated && (c.bare_field || has_star);
+    // Having and order by may name select aliases.
+    c.aliases = aliases.clone();
+    let having = having_expr.as_ref().map(|h| c.compile(h)).transpose()?;
+    let order_by = sel
+        .order_by
+        .iter()
+        .map(|(e, d)| Ok((c.compile(e)?, *d)))
+        .collect::<Result<Vec<_>>>()?;
+    let agg_specs = c.aggs.take().unwrap_or_default();
+    let required = std::mem::take(&mut c.required);
+    drop(c);
+
+    let is_join = slots.len() > 1 && matches!(sel.from, From::Streams(_));
+    let mut stmt = Stmt {
+        inputs: Vec::new(),
+        pattern: None,
+        join_where: None,
+        processor: Processor::new(ProcessorSpec {
+            where_: if is_join { None } else { where_c.clone() },
+            items,
+            slot_names,
+            aggregated,
+            per_event,
+            specs: agg_specs,
+            group_by,
+            having,
+            order_by,
+            distinct: sel.distinct,
+            limit: sel.limit,
+        }),
+        output: OutputLimiter::new(sel.output, now),
+        insert_into: st.insert_into.as_ref().map(|i| streams.id(&i.name)),
+        listen: Vec::new(),
+        delta: Delta::default(),
+        rows: Vec::new(),
+    };
+    if is_join {
+        stmt.join_where = where_c;
+    }
+
+    match &sel.from {
+        From::Streams(_) => {
+            for (k, spec) in specs.iter().enumerate() {
+                let mut one = Compiler::new(streams, vec![slots[k].clone()]);
+                let filter = spec.filter.as_ref().map(|f| one.compile(f)).transpose()?;
+                if spec.views.len() > 1 {
+                    return semantic(spec.views[1].name.pos, "only one window per stream is supported");
+                }
+                let view = spec.views.first();
+                let mut keys = Vec::new();
+                if let Some(v) = view {
+                    if v.name.name.eq_ignore_ascii_case("unique") {
+                        for a in &v.args {
+                            match a {
+                                ast::ViewArg::Expr(e) => keys.push(one.compile(e)?),
+                                ast::ViewArg::Period(_, p) => return semantic(*p, "unique takes field names, not a time period"),
+                            }
+                        }
+                    }
+                }
+                let mut req = required.get(k).cloned().unwrap_or_default();
+                for f in one.required.first().cloned().unwrap_or_default() {
+                    if !req.contains(&f) {
+                        req.push(f);
+                    }
+                }
+                let win = window::build(view, keys)?;
+                stmt.inputs.push(Input { filter, window: win, required: req });
+                stmt.listen.push((slots[k].stream, k));
+            }
+        }
+        From::Pattern(p, _) => {
+            let mut next_slot = 0;
+            let node = compile_pattern(p, streams, &slots, &mut next_slot)?;
+            let mut listen: Vec<usize> = Vec::new();
+            pattern_streams(&node, &mut listen);
+            stmt.listen = listen.into_iter().map(|s| (s, 0)).collect();
+            let base: Binding = vec![unbound().clone(); slots.len()];
+            stmt.pattern = Some(PatternRt { root: State::start(&node, base, now) });
+        }
+    }
+    Ok(Compiled::Stmt(Box::new(stmt)))
+}
+
+fn collect_tags(p: &PatternExpr, streams: &mut Streams, slots: &mut Vec<Slot>) -> Result<()> {
+    match p {
+        PatternExpr::Filter { tag, stream, .. } => {
+            let id = streams.id(&stream.name);
+            let name = match tag {
+                Some(t) => {
+                    if slots.iter().any(|s| s.names[0] == t.name) {
+                        return semantic(t.pos, format!("tag '{}' is bound twice", t.name));
+                    }
+                    t.name.clone()
+                }
+                None => stream.name.clone(),
+            };
+            slots.push(Slot { names: vec![name, stream.name.clone()], stream: id });
+        }
+        PatternExpr::FollowedBy(v) | PatternExpr::Or(v) | PatternExpr::And(v) => {
+            for x in v {
+                collect_tags(x, streams, slots)?;
+            }
+        }
+        PatternExpr::Every(x) | PatternExpr::Not(x) | PatternExpr::Within(x, _) => collect_tags(x, streams, slots)?,
+        PatternExpr::Interval(_) => {}
+    }
+    Ok(())
+}
+
+/// Compiles pattern nodes; `next` walks the slots in the same order `collect_tags` made them.
+fn compile_pattern(p: &PatternExpr, streams: &mut Streams, slots: &[Slot], next: &mut usize) -> Result<Arc<PNode>> {
+    Ok(Arc::new(match p {
+        PatternExpr::Filter { filter, .. } => {
+            let slot = *next;
+            *next += 1;
+            let mut c = Compiler::new(streams, slots.to_vec());
+            c.default_slot = Some(slot);
+            let filter = filter.as_ref().map(|f| c.compile(f)).transpose()?;
+            PNode::Filter { slot, stream: slots[slot].stream, filter }
+        }
+        PatternExpr::FollowedBy(v) => {
+            // a -> b -> c is a -> (b -> c).
+            let nodes = v.iter().map(|x| compile_pattern(x, streams, slots, next)).collect::<Result<Vec<_>>>()?;
+            let mut it = nodes.into_iter().rev();
+            let mut acc = it.next().ok_or_else(|| PqaError::Semantic { pos: Pos::default(), message: "empty pattern".into() })?;
+            for n in it {
+                acc = Arc::new(PNode::FollowedBy(n, acc));
+            }
+            return Ok(acc);
+        }
+        PatternExpr::Or(v) => PNode::Or(v.iter().map(|x| compile_pattern(x, streams, slots, next)).collect::<Result<_>>()?),
+        PatternExpr::And(v) => PNode::And(v.iter().map(|x| compile_pattern(x, streams, slots, next)).collect::<Result<_>>()?),
+        PatternExpr::Every(x) => PNode::Every(compile_pattern(x, streams, slots, next)?),
+        PatternExpr::Not(x) => PNode::Not(compile_pattern(x, streams, slots, next)?),
+        PatternExpr::Within(x, ms) => PNode::Within(compile_pattern(x, streams, slots, next)?, *ms),
+        PatternExpr::Interval(ms) => PNode::Interval(*ms),
+    }))
+}
+
+fn pattern_streams(n: &PNode, out: &mut Vec<usize>) {
+    match n {
+        PNode::Filter { stream, .. } => {
+            if !out.contains(stream) {
+                out.push(*stream)
+            }
+        }
+        PNode::FollowedBy(a, b) => {
+            pattern_streams(a, out);
+            pattern_streams(b, out);
+        }
+        PNode::Or(v) | PNode::And(v) => v.iter().for_each(|x| pattern_streams(x, out)),
+        PNode::Every(x) | PNode::Not(x) | PNode::Within(x, _) => pattern_streams(x, out),
+        PNode::Interval(_) => {}
+    }
+}
+
+/// What one event did to a statement.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Fed {
+    Ok,
+    /// The event lacks a field the statement reads.
+    MissingField,
+}
+
+impl Stmt {
+    /// An event of the stream bound to input `k` arrives at `now`.
+    pub(crate) fn on_event(&mut self, k: usize, stream: usize, ev: &Arc<Event>, now: i64, out: &mut Vec<Row>) -> Fed {
+        if let Some(p) = &mut self.pattern {
+            let mut got = Vec::new();
+            p.root.on_event(stream, ev, now, &mut got);
+            for b in &got {
+                self.processor.on_new(b);
+            }
+        } else {
+            let input = &mut self.inputs[k];
+            if input.required.iter().any(|&f| ev.get(f).is_null()) {
+                return Fed::MissingField;
+            }
+            if let Some(f) = &input.filter {
+                if !f.test(&crate::expr::Ctx::row(std::slice::from_ref(ev))) {
+                    return Fed::Ok;
+                }
+            }
+            self.delta.clear();
+            input.window.insert(ev.clone(), now, &mut self.delta);
+            self.process_delta(k);
+        }
+        self.processor.finish(&mut self.rows);
+        out.extend(self.output.offer(&mut self.rows));
+        Fed::Ok
+    }
+
+    fn process_delta(&mut self, k: usize) {
+        if self.delta.is_empty() {
+            return;
+        }
+        if self.inputs.len() == 1 {
+            for e in &self.delta.old {
+                self.processor.on_old(std::slice::from_ref(e));
+            }
+            for e in &self.delta.new {
+                self.processor.on_new(std::slice::from_ref(e));
+            }
+            return;
+        }
+        let old = self.join(k, &self.delta.old);
+        let new = self.join(k, &self.delta.new);
+        for r in &old {
+            self.processor.on_old(r);
+        }
+        for r in &new {
+            self.processor.on_new(r);
+        }
+    }
+
+    /// Every combination of `events` (in slot `k`) with the other windows' contents
+    /// that satisfies the where clause.
+    fn join(&self, k: usize, events: &[Arc<Event>]) -> Vec<Vec<Arc<Event>>> {
+        let mut combos: Vec<Vec<Arc<Event>>> = Vec::new();
+        for e in events {
+            let mut partial: Vec<Vec<Arc<Event>>> = vec![Vec::with_capacity(self.inputs.len())];
+            for (i, input) in self.inputs.iter().enumerate() {
+                let mut next = Vec::new();
+                for p in &partial {
+                    if i == k {
+                        let mut q = p.clone();
+                        q.push(e.clone());
+                        next.push(q);
+                    } else {
+                        input.window.for_each(&mut |x| {
+                            let mut q = p.clone();
+                            q.push(x.clone());
+                            next.push(q);
+                        });
+                    }
+                }
+                partial = next;
+                if partial.is_empty() {
+                    break;
+                }
+            }
+            for row in partial {
+                if self.join_where.as_ref().is_none_or(|w| w.test(&crate::expr::Ctx::row(&row))) {
+                    combos.push(row);
+                }
+            }
+        }
+        combos
+    }
+
+    /// The clock reached `now`.
+    pub(crate) fn advance(&mut self, now: i64, out: &mut Vec<Row>) {
+        for k in 0..self.inputs.len() {
+            self.delta.clear();
+            self.inputs[k].window.advance(now, &mut self.delta);
+            self.process_delta(k);
+        }
+        if let Some(p) = &mut self.pattern {
+            let mut got = Vec::new();
+            p.root.on_time(now, &mut got);
+            for b in &got {
+                self.processor.on_new(b);
+            }
+        }
+        self.processor.finish(&mut self.rows);
+        out.extend(self.output.offer(&mut self.rows));
+        out.extend(self.output.on_time(now));
+    }
+
+    /// The next time `advance` has something to do.
+    pub(crate) fn next_deadline(&self) -> Option<i64> {
+        let mut d = self.output.next_deadline();
+        let mut take = |x: Option<i64>| {
+            if let Some(x) = x {
+                d = Some(d.map_or(x, |y| y.min(x)));
+            }
+        };
+        for i in &self.inputs {
+            take(i.window.next_deadline());
+        }
+        if let Some(p) = &self.pattern {
+            take(p.root.next_deadline());
+        }
+        d
+    }
+}
