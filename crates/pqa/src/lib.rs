@@ -65,9 +65,13 @@
 
 pub mod engine;
 pub mod error;
+pub mod http;
 pub mod parser;
 pub mod processor;
+pub mod service;
+pub mod sink;
 pub mod stream;
+pub mod topic;
 pub mod value;
 
 mod agg;
@@ -76,8 +80,13 @@ mod output;
 mod pattern;
 mod statement;
 mod window;
+mod xmlrpc;
 
 pub use engine::{Clock, Engine, EngineConfig, Output, StatementId, StreamHandle};
 pub use error::{PqaError, Result};
+pub use http::router;
+pub use service::{BatchResult, PqaService, Publish, QueryInfo, Registered, ServiceConfig};
+pub use sink::{Sink, WebhookSink};
+pub use topic::{CloseReason, Notification, Topic};
 pub use processor::Row;
 pub use value::Value;

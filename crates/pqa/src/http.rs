@@ -1,0 +1,189 @@
+//! The HTTP surface: registration, listing, deletion, SSE and WebSocket
+//! subscriptions, event ingestion and XML-RPC (`/RPC2`).
+
+use std::convert::Infallible;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::PqaError;
+use crate::service::{PqaService, Publish};
+use crate::topic::{CloseReason, Subscription};
+
+impl IntoResponse for PqaError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            PqaError::Parse { .. } | PqaError::Semantic { .. } | PqaError::BadEvent { .. } | PqaError::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            PqaError::UnknownQuery(_) => StatusCode::NOT_FOUND,
+            PqaError::Sink { .. } => StatusCode::BAD_GATEWAY,
+        };
+        let mut body = json!({ "error": self.to_string(), "hint": self.hint() });
+        if let PqaError::Parse { pos, expected, .. } = &self {
+            body["line"] = json!(pos.line);
+            body["column"] = json!(pos.col);
+            body["expected"] = json!(expected);
+        }
+        if let PqaError::Semantic { pos, .. } = &self {
+            body["line"] = json!(pos.line);
+            body["column"] = json!(pos.col);
+        }
+        (status, Json(body)).into_response()
+    }
+}
+
+/// Body of `POST /v1/persistent-queries`.
+#[derive(Debug, Deserialize)]
+struct RegisterBody {
+    epl: String,
+    #[serde(default)]
+    publish: Option<String>,
+    #[serde(default)]
+    webhook: Option<String>,
+}
+
+/// The routes, to be merged into the SQL node's server:
+///
+/// - `POST /v1/persistent-queries` `{"epl", "publish"?, "webhook"?}` → `201 {id, topic}`
+/// - `GET /v1/persistent-queries` → list
+/// - `DELETE /v1/persistent-queries/{id}`
+/// - `GET /v1/persistent-queries/{id}/events` → Server-Sent Events (`event: result`,
+///   and a final `event: close` with the reason)
+/// - `GET /v1/persistent-queries/{id}/ws` → WebSocket, one text frame per notification
+/// - `POST /v1/events/{stream}` → one JSON object, a JSON array, or NDJSON
+/// - `GET /v1/streams` → per-stream counters (bad events included)
+/// - `POST /RPC2` → XML-RPC: `pqa.register`, `pqa.delete`, `pqa.list`
+pub fn router(service: PqaService) -> Router {
+    Router::new()
+        .route("/v1/persistent-queries", post(register).get(list))
+        .route("/v1/persistent-queries/{id}", delete(remove).get(show))
+        .route("/v1/persistent-queries/{id}/events", get(sse))
+        .route("/v1/persistent-queries/{id}/ws", get(ws))
+        .route("/v1/events/{stream}", post(events))
+        .route("/v1/streams", get(streams))
+        .route("/RPC2", post(crate::xmlrpc::handle))
+        .with_state(service)
+}
+
+async fn register(State(svc): State<PqaService>, body: Bytes) -> Result<Response, PqaError> {
+    let body: RegisterBody = serde_json::from_slice(&body)
+        .map_err(|e| PqaError::BadRequest(format!("body must be {{\"epl\": \"...\", \"publish\"?: ..., \"webhook\"?: ...}}: {e}")))?;
+    let publish: Publish = body.publish.as_deref().unwrap_or("all").parse()?;
+    let r = svc.register(&body.epl, publish, body.webhook.as_deref())?;
+    Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+async fn list(State(svc): State<PqaService>) -> Response {
+    Json(json!({ "queries": svc.list() })).into_response()
+}
+
+async fn show(State(svc): State<PqaService>, Path(id): Path<String>) -> Result<Response, PqaError> {
+    let q = svc.list().into_iter().find(|q| q.id == id).ok_or(PqaError::UnknownQuery(id))?;
+    Ok(Json(q).into_response())
+}
+
+async fn remove(State(svc): State<PqaService>, Path(id): Path<String>) -> Result<Response, PqaError> {
+    let left = svc.delete(&id)?;
+    Ok(Json(json!({ "id": id, "deleted": left == 0, "refs": left })).into_response())
+}
+
+async fn sse(
+    State(svc): State<PqaService>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, PqaError> {
+    let sub = svc.topic(&id).ok_or(PqaError::UnknownQuery(id))?.subscribe();
+    let stream = futures::stream::unfold(Some(sub), |sub: Option<Subscription>| async move {
+        let mut sub = sub?;
+        match sub.next().await {
+            Ok(p) => {
+                let ev = SseEvent::default().event("result").id(p.notification.seq.to_string()).data(p.json.clone());
+                Some((Ok(ev), Some(sub)))
+            }
+            Err(reason) => {
+                let ev = SseEvent::default().event("close").data(json!({ "reason": reason.to_string() }).to_string());
+                Some((Ok(ev), None))
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+async fn ws(State(svc): State<PqaService>, Path(id): Path<String>, upgrade: WebSocketUpgrade) -> Result<Response, PqaError> {
+    let sub = svc.topic(&id).ok_or(PqaError::UnknownQuery(id))?.subscribe();
+    Ok(upgrade.on_upgrade(move |socket| ws_loop(socket, sub)))
+}
+
+async fn ws_loop(mut socket: WebSocket, mut sub: Subscription) {
+    loop {
+        tokio::select! {
+            n = sub.next() => match n {
+                Ok(p) => {
+                    if socket.send(Message::Text(p.json.clone().into())).await.is_err() {
+                        return;
+                    }
+                }
+                Err(reason) => {
+                    // 1008 (policy) for a too-slow reader, 1000 (normal) when the query is gone.
+                    let code = if matches!(reason, CloseReason::TooSlow { .. }) { 1008 } else { 1000 };
+                    let frame = CloseFrame { code, reason: reason.to_string().into() };
+                    let _ = socket.send(Message::Close(Some(frame))).await;
+                    return;
+                }
+            },
+            msg = socket.recv() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {} // clients have nothing to say; pings are answered by axum
+            },
+        }
+    }
+}
+
+async fn events(State(svc): State<PqaService>, Path(stream): Path<String>, body: Bytes) -> Result<Response, PqaError> {
+    let values: Vec<serde_json::Value> = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Array(a)) => a,
+        Ok(v) => vec![v],
+        Err(_) => {
+            // NDJSON: one JSON value per line.
+            let text = std::str::from_utf8(&body)
+                .map_err(|_| PqaError::BadEvent { stream: stream.clone(), message: "body is not UTF-8".into() })?;
+            let mut v = Vec::new();
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                v.push(serde_json::from_str(line).map_err(|e| PqaError::BadEvent {
+                    stream: stream.clone(),
+                    message: format!("line {}: {e}", i + 1),
+                })?);
+            }
+            v
+        }
+    };
+    let res = svc.push_events(&stream, values.iter());
+    let status = if res.accepted == 0 && res.rejected > 0 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    let mut body = serde_json::to_value(&res).unwrap_or_default();
+    if status == StatusCode::BAD_REQUEST {
+        body["error"] = json!(format!("no event of stream {stream} was accepted"));
+        body["hint"] = json!("post JSON objects whose fields keep the same types");
+    }
+    Ok((status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response())
+}
+
+async fn streams(State(svc): State<PqaService>) -> Response {
+    let m: serde_json::Map<String, serde_json::Value> = svc
+        .stream_stats()
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::to_value(v).unwrap_or_default()))
+        .collect();
+    Json(json!({ "streams": m })).into_response()
+}

@@ -1,0 +1,469 @@
+//! The query manager: registrations, shared running instances, publish
+//! functions and topics, behind one cloneable handle.
+//!
+//! Identical statements (same normalized text) share one running engine
+//! statement. A *registration* is a statement plus a publish function; its
+//! id is a hash of both, so registering the same thing twice returns the
+//! same id and topic (and counts a reference; delete drops one).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::engine::{Clock, Engine, EngineConfig, Output, StatementId};
+use crate::error::{PqaError, Result};
+use crate::parser;
+use crate::sink::{Sink, SinkTask, WebhookSink, spawn_sink};
+use crate::stream::StreamStats;
+use crate::topic::{Notification, Topic};
+use crate::value::Value;
+
+/// What a registration publishes per trigger (the seed's ClientSideUpdateListener functions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Publish {
+    /// Every row of every trigger.
+    #[default]
+    All,
+    /// Only the latest row of each trigger.
+    Current,
+    /// The latest row with each numeric column replaced by its maximum since registration.
+    Max,
+    /// Same with the minimum.
+    Min,
+    /// Same with the running average.
+    Avg,
+}
+
+impl std::str::FromStr for Publish {
+    type Err = PqaError;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "" | "all" => Publish::All,
+            "current" => Publish::Current,
+            "max" => Publish::Max,
+            "min" => Publish::Min,
+            "avg" => Publish::Avg,
+            other => return Err(PqaError::BadRequest(format!("unknown publish mode '{other}'"))),
+        })
+    }
+}
+
+/// Service settings.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Engine settings (timestamp field, clock).
+    pub engine: EngineConfig,
+    /// Notifications a topic holds for slow subscribers before dropping them.
+    pub topic_capacity: usize,
+    /// How often [`PqaService::start_clock`] advances a wall clock.
+    pub tick: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig { engine: EngineConfig::default(), topic_capacity: 1024, tick: Duration::from_millis(100) }
+    }
+}
+
+/// The answer to a registration.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Registered {
+    /// Registration id.
+    pub id: String,
+    /// Topic name.
+    pub topic: String,
+}
+
+/// A registration as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryInfo {
+    /// Registration id.
+    pub id: String,
+    /// The statement as registered first.
+    pub epl: String,
+    /// Publish function.
+    pub publish: Publish,
+    /// Topic name.
+    pub topic: String,
+    /// How many registrations share it.
+    pub refs: u32,
+    /// Notifications published so far.
+    pub notifications: u64,
+    /// Live subscribers (SSE, WebSocket, sinks).
+    pub subscribers: usize,
+    /// Webhooks attached.
+    pub webhooks: Vec<String>,
+}
+
+/// What a batch of events did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BatchResult {
+    /// Events accepted.
+    pub accepted: usize,
+    /// Events refused.
+    pub rejected: usize,
+    /// The first few refusal reasons.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct ColStat {
+    max: f64,
+    min: f64,
+    sum: f64,
+    n: u64,
+}
+
+#[derive(Debug)]
+struct Reg {
+    epl: String,
+    publish: Publish,
+    stmt: Option<StatementId>,
+    refs: u32,
+    topic: Topic,
+    seq: u64,
+    stats: HashMap<String, ColStat>,
+    sinks: Vec<SinkTask>,
+}
+
+#[derive(Debug)]
+struct State {
+    engine: Engine,
+    regs: BTreeMap<String, Reg>,
+    /// Running statement -> registrations fed by it.
+    instances: HashMap<StatementId, Vec<String>>,
+    by_text: HashMap<String, StatementId>,
+    outputs: Vec<Output>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    config: ServiceConfig,
+}
+
+/// The shared handle: engine + registrations + topics. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PqaService {
+    inner: Arc<Inner>,
+}
+
+fn hash_id(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+impl PqaService {
+    /// A service with no queries.
+    pub fn new(config: ServiceConfig) -> Self {
+        let engine = Engine::new(config.engine.clone());
+        PqaService {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    engine,
+                    regs: BTreeMap::new(),
+                    instances: HashMap::new(),
+                    by_text: HashMap::new(),
+                    outputs: Vec::new(),
+                }),
+                config,
+            }),
+        }
+    }
+
+    /// Registers a statement (or adds a reference to an identical one) and,
+    /// if given, attaches a webhook to its topic.
+    pub fn register(&self, epl: &str, publish: Publish, webhook: Option<&str>) -> Result<Registered> {
+        let normalized = parser::normalize(epl)?;
+        let ast = parser::parse(epl)?;
+        let sink = webhook.map(WebhookSink::new).transpose()?;
+        let id = hash_id(&[&normalized, &format!("{publish:?}")]);
+        let mut st = self.inner.state.lock();
+        let st = &mut *st;
+        if let Some(reg) = st.regs.get_mut(&id) {
+            reg.refs += 1;
+            if let Some(s) = sink {
+                attach(reg, Arc::new(s));
+            }
+            return Ok(Registered { id, topic: reg.topic.name().to_string() });
+        }
+        let stmt = match st.by_text.get(&normalized) {
+            Some(s) => Some(*s),
+            None => {
+                let s = st.engine.register_parsed(&ast)?;
+                if let Some(s) = s {
+                    st.by_text.insert(normalized.clone(), s);
+                }
+                s
+            }
+        };
+        let topic = Topic::new(&format!("pqa/{id}"), self.inner.config.topic_capacity);
+        let mut reg = Reg {
+            epl: epl.to_string(),
+            publish,
+            stmt,
+            refs: 1,
+            topic: topic.clone(),
+            seq: 0,
+            stats: HashMap::new(),
+            sinks: Vec::new(),
+        };
+        if let Some(s) = sink {
+            attach(&mut reg, Arc::new(s));
+        }
+        if let Some(s) = stmt {
+            st.instances.entry(s).or_default().push(id.clone());
+        }
+        st.regs.insert(id.clone(), reg);
+        Ok(Registered { id, topic: topic.name().to_string() })
+    }
+
+    /// Attaches any sink (XMPP, MQTT...) to a registration's topic.
+    pub fn add_sink(&self, id: &str, sink: Arc<dyn Sink>) -> Result<()> {
+        let mut st = self.inner.state.lock();
+        let reg = st.regs.get_mut(id).ok_or_else(|| PqaError::UnknownQuery(id.to_string()))?;
+        attach(reg, sink);
+        Ok(())
+    }
+
+    /// Drops one reference; the registration (and, when unused, the running
+    /// statement) goes away with the last. Returns the references left.
+    pub fn delete(&self, id: &str) -> Result<u32> {
+        let mut st = self.inner.state.lock();
+        let st = &mut *st;
+        let reg = st.regs.get_mut(id).ok_or_else(|| PqaError::UnknownQuery(id.to_string()))?;
+        reg.refs -= 1;
+        if reg.refs > 0 {
+            return Ok(reg.refs);
+        }
+        let Some(reg) = st.regs.remove(id) else { return Ok(0) };
+        if let Some(s) = reg.stmt {
+            let left = st.instances.get_mut(&s).map(|v| {
+                v.retain(|x| x != id);
+                v.len()
+            });
+            if left == Some(0) {
+                st.instances.remove(&s);
+                st.by_text.retain(|_, v| *v != s);
+                st.engine.remove(s);
+            }
+        }
+        // Dropping the topic's sender closes SSE/WebSocket subscribers with "query deleted".
+        drop(reg);
+        Ok(0)
+    }
+
+    /// All registrations.
+    pub fn list(&self) -> Vec<QueryInfo> {
+        let st = self.inner.state.lock();
+        st.regs
+            .iter()
+            .map(|(id, r)| QueryInfo {
+                id: id.clone(),
+                epl: r.epl.clone(),
+                publish: r.publish,
+                topic: r.topic.name().to_string(),
+                refs: r.refs,
+                notifications: r.seq,
+                subscribers: r.topic.subscriber_count(),
+                webhooks: r.sinks.iter().map(|s| s.name().to_string()).collect(),
+            })
+            .collect()
+    }
+
+    /// A registration's topic, to subscribe to.
+    pub fn topic(&self, id: &str) -> Option<Topic> {
+        self.inner.state.lock().regs.get(id).map(|r| r.topic.clone())
+    }
+
+    /// Number of running engine statements (shared instances count once).
+    pub fn running_statements(&self) -> usize {
+        self.inner.state.lock().engine.statement_count()
+    }
+
+    /// Pushes one JSON object as an event of `stream`.
+    pub fn push_event(&self, stream: &str, json: &serde_json::Value) -> Result<()> {
+        let mut st = self.inner.state.lock();
+        let st = &mut *st;
+        let mut outputs = std::mem::take(&mut st.outputs);
+        let r = st.engine.push_json_into(stream, json, &mut outputs);
+        publish(st, &mut outputs);
+        st.outputs = outputs;
+        r
+    }
+
+    /// Pushes many events of one stream under one lock (e.g. a table's rows
+    /// of a new fleet generation). Bad events are counted and skipped.
+    pub fn push_events<'a, I>(&self, stream: &str, events: I) -> BatchResult
+    where
+        I: IntoIterator<Item = &'a serde_json::Value>,
+    {
+        let mut res = BatchResult::default();
+        let mut st = self.inner.state.lock();
+        let st = &mut *st;
+        let mut outputs = std::mem::take(&mut st.outputs);
+        let h = st.engine.stream(stream);
+        for ev in events {
+            match st.engine.prepare(h, ev) {
+                Ok(e) => {
+                    st.engine.push_prepared(h, e, &mut outputs);
+                    res.accepted += 1;
+                }
+                Err(e) => {
+                    res.rejected += 1;
+                    if res.errors.len() < 10 {
+                        res.errors.push(e.to_string());
+                    }
+                }
+            }
+            if outputs.len() > 256 {
+                publish(st, &mut outputs);
+            }
+        }
+        publish(st, &mut outputs);
+        st.outputs = outputs;
+        res
+    }
+
+    /// Pushes already typed rows (column name, value) as events of `stream`.
+    pub fn push_rows(&self, stream: &str, rows: &[Vec<(Arc<str>, Value)>]) -> BatchResult {
+        let mut res = BatchResult::default();
+        let mut st = self.inner.state.lock();
+        let st = &mut *st;
+        let mut outputs = std::mem::take(&mut st.outputs);
+        let h = st.engine.stream(stream);
+        for r in rows {
+            match st.engine.push_values(h, r, &mut outputs) {
+                Ok(()) => res.accepted += 1,
+                Err(e) => {
+                    res.rejected += 1;
+                    if res.errors.len() < 10 {
+                        res.errors.push(e.to_string());
+                    }
+                }
+            }
+        }
+        publish(st, &mut outputs);
+        st.outputs = outputs;
+        res
+    }
+
+    /// Moves the engine clock to `to` (ms) and publishes what became due.
+    pub fn advance_time(&self, to: i64) {
+        let mut st = self.inner.state.lock();
+        let st = &mut *st;
+        let mut outputs = std::mem::take(&mut st.outputs);
+        st.engine.advance_time_into(to, &mut outputs);
+        publish(st, &mut outputs);
+        st.outputs = outputs;
+    }
+
+    /// Engine time (ms).
+    pub fn now(&self) -> i64 {
+        self.inner.state.lock().engine.now()
+    }
+
+    /// Per-stream event counters and bad-input counts.
+    pub fn stream_stats(&self) -> Vec<(String, StreamStats)> {
+        self.inner.state.lock().engine.stream_stats()
+    }
+
+    /// With a wall clock, a task that advances time every `tick` so time
+    /// windows expire without new events. Stops when the returned guard drops.
+    pub fn start_clock(&self) -> Option<ClockTask> {
+        if self.inner.config.engine.clock != Clock::Wall {
+            return None;
+        }
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        let svc = self.clone();
+        let tick = self.inner.config.tick;
+        let handle = rt.spawn(async move {
+            let mut iv = tokio::time::interval(tick);
+            loop {
+                iv.tick().await;
+                svc.advance_time(crate::engine::wall_ms());
+            }
+        });
+        Some(ClockTask { handle })
+    }
+}
+
+/// The wall-clock ticker; dropping it stops the task.
+#[derive(Debug)]
+pub struct ClockTask {
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ClockTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+fn attach(reg: &mut Reg, sink: Arc<dyn Sink>) {
+    if reg.sinks.iter().any(|s| s.name() == sink.name()) {
+        return;
+    }
+    match spawn_sink(&reg.topic, sink) {
+        Some(t) => reg.sinks.push(t),
+        None => tracing::warn!(topic = %reg.topic.name(), "no tokio runtime: sink not started"),
+    }
+}
+
+/// Hands engine outputs to the registrations' topics.
+fn publish(st: &mut State, outputs: &mut Vec<Output>) {
+    for o in outputs.drain(..) {
+        let Some(ids) = st.instances.get(&o.statement) else { continue };
+        for id in ids {
+            let Some(reg) = st.regs.get_mut(id) else { continue };
+            let rows = apply_publish(reg, &o.rows);
+            if rows.is_empty() {
+                continue;
+            }
+            reg.seq += 1;
+            reg.topic.publish(Notification { query: id.clone(), seq: reg.seq, time: o.time, rows });
+        }
+    }
+}
+
+fn apply_publish(reg: &mut Reg, rows: &[crate::processor::Row]) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    match reg.publish {
+        Publish::All => rows.iter().map(|r| r.to_json()).collect(),
+        Publish::Current => rows.last().map(|r| vec![r.to_json()]).unwrap_or_default(),
+        Publish::Max | Publish::Min | Publish::Avg => {
+            for r in rows {
+                for (k, v) in &r.cols {
+                    if let Some(f) = v.as_f64() {
+                        let s = reg.stats.entry(k.to_string()).or_insert(ColStat { max: f, min: f, sum: 0.0, n: 0 });
+                        s.max = s.max.max(f);
+                        s.min = s.min.min(f);
+                        s.sum += f;
+                        s.n += 1;
+                    }
+                }
+            }
+            let Some(last) = rows.last() else { return Vec::new() };
+            let mut m = last.to_json();
+            for (k, v) in m.iter_mut() {
+                if let Some(s) = reg.stats.get(k) {
+                    let x = match reg.publish {
+                        Publish::Max => s.max,
+                        Publish::Min => s.min,
+                        _ => s.sum / s.n.max(1) as f64,
+                    };
+                    *v = Value::Float(x).to_json();
+                }
+            }
+            vec![m]
+        }
+    }
+}
