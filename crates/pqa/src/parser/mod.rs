@@ -728,7 +728,8 @@ impl Parser {
                     "case" => return self.case_expr(),
                     _ => {}
                 }
-                if RESERVED.contains(&lower.as_str()) {
+                // first(x) / last(x) are aggregates although `first`/`last` are output keywords.
+                if RESERVED.contains(&lower.as_str()) && !matches!(self.peek_at(1), Tok::Sym("(")) {
                     return self.err("an expression (a field, number, string or function call)");
                 }
                 let name = self.ident("a name")?;
