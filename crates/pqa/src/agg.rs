@@ -50,13 +50,31 @@ pub(crate) struct AggSpec {
 pub(crate) enum AggState {
     Count(i64),
     CountDistinct(HashMap<Value, u32>),
-    Sum { int: i64, float: f64, n: i64, is_float: bool },
-    Avg { sum: f64, n: i64 },
-    Stddev { n: i64, sum: f64, sumsq: f64 },
+    Sum {
+        int: i64,
+        float: f64,
+        n: i64,
+        is_float: bool,
+    },
+    Avg {
+        sum: f64,
+        n: i64,
+    },
+    Stddev {
+        n: i64,
+        sum: f64,
+        sumsq: f64,
+    },
     /// A multiset so that removing the current extreme finds the next one.
-    MinMax { max: bool, vals: BTreeMap<Value, u32> },
+    MinMax {
+        max: bool,
+        vals: BTreeMap<Value, u32>,
+    },
     /// Values in arrival order; windows expire oldest first, so removal is at the front.
-    FirstLast { first: bool, vals: VecDeque<Value> },
+    FirstLast {
+        first: bool,
+        vals: VecDeque<Value>,
+    },
 }
 
 impl AggState {
@@ -64,13 +82,34 @@ impl AggState {
         match spec.func {
             AggFunc::Count if spec.distinct => AggState::CountDistinct(HashMap::new()),
             AggFunc::Count => AggState::Count(0),
-            AggFunc::Sum => AggState::Sum { int: 0, float: 0.0, n: 0, is_float: false },
+            AggFunc::Sum => AggState::Sum {
+                int: 0,
+                float: 0.0,
+                n: 0,
+                is_float: false,
+            },
             AggFunc::Avg => AggState::Avg { sum: 0.0, n: 0 },
-            AggFunc::Stddev => AggState::Stddev { n: 0, sum: 0.0, sumsq: 0.0 },
-            AggFunc::Min => AggState::MinMax { max: false, vals: BTreeMap::new() },
-            AggFunc::Max => AggState::MinMax { max: true, vals: BTreeMap::new() },
-            AggFunc::First => AggState::FirstLast { first: true, vals: VecDeque::new() },
-            AggFunc::Last => AggState::FirstLast { first: false, vals: VecDeque::new() },
+            AggFunc::Stddev => AggState::Stddev {
+                n: 0,
+                sum: 0.0,
+                sumsq: 0.0,
+            },
+            AggFunc::Min => AggState::MinMax {
+                max: false,
+                vals: BTreeMap::new(),
+            },
+            AggFunc::Max => AggState::MinMax {
+                max: true,
+                vals: BTreeMap::new(),
+            },
+            AggFunc::First => AggState::FirstLast {
+                first: true,
+                vals: VecDeque::new(),
+            },
+            AggFunc::Last => AggState::FirstLast {
+                first: false,
+                vals: VecDeque::new(),
+            },
         }
     }
 
@@ -83,7 +122,12 @@ impl AggState {
         match self {
             AggState::Count(n) => *n += 1,
             AggState::CountDistinct(m) => *m.entry(v).or_insert(0) += 1,
-            AggState::Sum { int, float, n, is_float } => {
+            AggState::Sum {
+                int,
+                float,
+                n,
+                is_float,
+            } => {
                 match v {
                     Value::Int(i) => {
                         *int = int.wrapping_add(i);
@@ -175,7 +219,12 @@ impl AggState {
         match self {
             AggState::Count(n) => Value::Int(*n),
             AggState::CountDistinct(m) => Value::Int(m.len() as i64),
-            AggState::Sum { int, float, n, is_float } => {
+            AggState::Sum {
+                int,
+                float,
+                n,
+                is_float,
+            } => {
                 if *n == 0 {
                     Value::Null
                 } else if *is_float {
@@ -185,7 +234,11 @@ impl AggState {
                 }
             }
             AggState::Avg { sum, n } => {
-                if *n == 0 { Value::Null } else { Value::Float(*sum / *n as f64) }
+                if *n == 0 {
+                    Value::Null
+                } else {
+                    Value::Float(*sum / *n as f64)
+                }
             }
             AggState::Stddev { n, sum, sumsq } => {
                 // Sample standard deviation, as Esper's stddev.
@@ -198,7 +251,11 @@ impl AggState {
                 }
             }
             AggState::MinMax { max, vals } => {
-                let v = if *max { vals.keys().next_back() } else { vals.keys().next() };
+                let v = if *max {
+                    vals.keys().next_back()
+                } else {
+                    vals.keys().next()
+                };
                 v.cloned().unwrap_or(Value::Null)
             }
             AggState::FirstLast { first, vals } => {
@@ -214,7 +271,12 @@ mod tests {
     use super::*;
 
     fn spec(func: AggFunc) -> AggSpec {
-        AggSpec { func, arg: None, distinct: false, key: String::new() }
+        AggSpec {
+            func,
+            arg: None,
+            distinct: false,
+            key: String::new(),
+        }
     }
 
     #[test]
@@ -230,7 +292,9 @@ mod tests {
         for v in [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0] {
             s.add(Value::Float(v));
         }
-        let Value::Float(sd) = s.value() else { panic!() };
+        let Value::Float(sd) = s.value() else {
+            panic!()
+        };
         assert!((sd - 2.138089935299395).abs() < 1e-9, "{sd}");
         let mut s = AggState::new(&spec(AggFunc::Sum));
         s.add(Value::Int(2));

@@ -84,7 +84,11 @@ pub struct Engine {
 impl Engine {
     /// A new engine with no statements; time starts at 0 (manual clock) or now (wall clock).
     pub fn new(config: EngineConfig) -> Self {
-        let now = if config.clock == Clock::Wall { wall_ms() } else { 0 };
+        let now = if config.clock == Clock::Wall {
+            wall_ms()
+        } else {
+            0
+        };
         Engine {
             config,
             now,
@@ -123,7 +127,10 @@ impl Engine {
                 for &(s, k) in &stmt.listen {
                     self.by_stream[s].push((id, k));
                 }
-                self.stmts.push(Some(Entry { stmt, scheduled: None }));
+                self.stmts.push(Some(Entry {
+                    stmt,
+                    scheduled: None,
+                }));
                 self.reschedule(id);
                 Ok(Some(StatementId(id as u64)))
             }
@@ -133,8 +140,12 @@ impl Engine {
     /// Stops a statement; returns false if it was not registered.
     pub fn remove(&mut self, id: StatementId) -> bool {
         let i = id.0 as usize;
-        let Some(slot) = self.stmts.get_mut(i) else { return false };
-        let Some(entry) = slot.take() else { return false };
+        let Some(slot) = self.stmts.get_mut(i) else {
+            return false;
+        };
+        let Some(entry) = slot.take() else {
+            return false;
+        };
         for &(s, _) in &entry.stmt.listen {
             if let Some(v) = self.by_stream.get_mut(s) {
                 v.retain(|(x, _)| *x != i);
@@ -150,7 +161,11 @@ impl Engine {
 
     /// Per-stream counters: accepted events and refused/skipped bad input.
     pub fn stream_stats(&self) -> Vec<(String, StreamStats)> {
-        self.streams.list.iter().map(|s| (s.name.to_string(), s.stats.clone())).collect()
+        self.streams
+            .list
+            .iter()
+            .map(|s| (s.name.to_string(), s.stats.clone()))
+            .collect()
     }
 
     /// Resolves a stream by name (creating it), for [`Engine::prepare`] / [`Engine::push_prepared`].
@@ -171,9 +186,14 @@ impl Engine {
             Clock::Manual => self.now,
             Clock::Wall => self.now.max(wall_ms()),
         };
-        let Some(field) = &self.config.timestamp_field else { return arrival };
+        let Some(field) = &self.config.timestamp_field else {
+            return arrival;
+        };
         match obj.get(field) {
-            Some(serde_json::Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)).unwrap_or(arrival),
+            Some(serde_json::Value::Number(n)) => n
+                .as_i64()
+                .or_else(|| n.as_f64().map(|f| f as i64))
+                .unwrap_or(arrival),
             Some(serde_json::Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
                 .map(|d| d.timestamp_millis())
                 .unwrap_or(arrival),
@@ -183,18 +203,28 @@ impl Engine {
 
     /// Converts a JSON object into a typed event of `stream` (learning its schema),
     /// without running any statement. Counts and refuses bad input.
-    pub fn prepare(&mut self, stream: StreamHandle, json: &serde_json::Value) -> Result<Arc<Event>> {
+    pub fn prepare(
+        &mut self,
+        stream: StreamHandle,
+        json: &serde_json::Value,
+    ) -> Result<Arc<Event>> {
         let state = &mut self.streams.list[stream.0];
         let Some(obj) = json.as_object() else {
             state.stats.not_object += 1;
             state.stats.last_error = Some("event is not a JSON object".into());
-            return Err(PqaError::BadEvent { stream: state.name.to_string(), message: "event is not a JSON object".into() });
+            return Err(PqaError::BadEvent {
+                stream: state.name.to_string(),
+                message: "event is not a JSON object".into(),
+            });
         };
         let ts = self.event_time(obj);
         let state = &mut self.streams.list[stream.0];
         state
             .event_from_json(obj, ts)
-            .map_err(|message| PqaError::BadEvent { stream: state.name.to_string(), message })
+            .map_err(|message| PqaError::BadEvent {
+                stream: state.name.to_string(),
+                message,
+            })
     }
 
     /// Pushes one JSON event into `stream`; returns the rows it triggered.
@@ -205,7 +235,12 @@ impl Engine {
     }
 
     /// Like [`Engine::push_json`], appending to `out`.
-    pub fn push_json_into(&mut self, stream: &str, json: &serde_json::Value, out: &mut Vec<Output>) -> Result<()> {
+    pub fn push_json_into(
+        &mut self,
+        stream: &str,
+        json: &serde_json::Value,
+        out: &mut Vec<Output>,
+    ) -> Result<()> {
         let h = self.stream(stream);
         let ev = self.prepare(h, json)?;
         self.push_prepared(h, ev, out);
@@ -242,7 +277,9 @@ impl Engine {
                 break;
             }
             self.heap.pop();
-            let Some(Some(entry)) = self.stmts.get_mut(id) else { continue };
+            let Some(Some(entry)) = self.stmts.get_mut(id) else {
+                continue;
+            };
             if entry.scheduled != Some(t) {
                 continue; // stale heap entry
             }
@@ -259,7 +296,9 @@ impl Engine {
     }
 
     fn reschedule(&mut self, id: usize) {
-        let Some(Some(entry)) = self.stmts.get_mut(id) else { return };
+        let Some(Some(entry)) = self.stmts.get_mut(id) else {
+            return;
+        };
         let d = entry.stmt.next_deadline();
         if d != entry.scheduled {
             entry.scheduled = d;
@@ -270,12 +309,22 @@ impl Engine {
     }
 
     /// Turns `self.rows` of statement `id` into an output (and insert-into events).
-    fn emit(&mut self, id: usize, depth: u8, queue: &mut VecDeque<(usize, Arc<Event>, u8)>, out: &mut Vec<Output>) {
+    fn emit(
+        &mut self,
+        id: usize,
+        depth: u8,
+        queue: &mut VecDeque<(usize, Arc<Event>, u8)>,
+        out: &mut Vec<Output>,
+    ) {
         if self.rows.is_empty() {
             return;
         }
         let rows = std::mem::take(&mut self.rows);
-        let target = self.stmts.get(id).and_then(|e| e.as_ref()).and_then(|e| e.stmt.insert_into);
+        let target = self
+            .stmts
+            .get(id)
+            .and_then(|e| e.as_ref())
+            .and_then(|e| e.stmt.insert_into);
         if let Some(target) = target {
             if depth < MAX_INSERT_DEPTH {
                 for r in &rows {
@@ -286,10 +335,15 @@ impl Engine {
                 }
             } else {
                 let state = &mut self.streams.list[target];
-                state.stats.last_error = Some("insert into: too many chained statements (cycle?)".into());
+                state.stats.last_error =
+                    Some("insert into: too many chained statements (cycle?)".into());
             }
         }
-        out.push(Output { statement: StatementId(id as u64), time: self.now, rows });
+        out.push(Output {
+            statement: StatementId(id as u64),
+            time: self.now,
+            rows,
+        });
     }
 
     fn drain(&mut self, queue: &mut VecDeque<(usize, Arc<Event>, u8)>, out: &mut Vec<Output>) {
@@ -299,7 +353,9 @@ impl Engine {
             let n = self.by_stream.get(sid).map_or(0, Vec::len);
             for j in 0..n {
                 let (id, k) = self.by_stream[sid][j];
-                let Some(Some(entry)) = self.stmts.get_mut(id) else { continue };
+                let Some(Some(entry)) = self.stmts.get_mut(id) else {
+                    continue;
+                };
                 self.rows.clear();
                 if entry.stmt.on_event(k, sid, &ev, self.now, &mut self.rows) == Fed::MissingField {
                     missing = true;
@@ -318,12 +374,20 @@ impl Engine {
     }
 
     /// Pushes typed columns as an event (no JSON decoding).
-    pub fn push_values(&mut self, stream: StreamHandle, cols: &[(Arc<str>, Value)], out: &mut Vec<Output>) -> Result<()> {
+    pub fn push_values(
+        &mut self,
+        stream: StreamHandle,
+        cols: &[(Arc<str>, Value)],
+        out: &mut Vec<Output>,
+    ) -> Result<()> {
         let ts = self.now;
         let state = &mut self.streams.list[stream.0];
         let ev = state
             .event_from_values(cols, ts)
-            .map_err(|message| PqaError::BadEvent { stream: state.name.to_string(), message })?;
+            .map_err(|message| PqaError::BadEvent {
+                stream: state.name.to_string(),
+                message,
+            })?;
         self.push_prepared(stream, ev, out);
         Ok(())
     }

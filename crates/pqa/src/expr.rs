@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::agg::{AggFunc, AggSpec, AggState};
-use crate::error::{PqaError, Pos, Result};
+use crate::error::{Pos, PqaError, Result};
 use crate::parser::ast::{BinOp, Expr, UnOp};
 use crate::stream::{Event, StreamState};
 use crate::value::Value;
@@ -35,7 +35,10 @@ pub(crate) enum Func {
 #[derive(Debug, Clone)]
 pub(crate) enum CExpr {
     Lit(Value),
-    Field { slot: u16, idx: u32 },
+    Field {
+        slot: u16,
+        idx: u32,
+    },
     /// A whole event (a pattern tag or stream alias used as a value).
     Event(u16),
     Agg(u32),
@@ -49,7 +52,11 @@ pub(crate) enum CExpr {
     In(Box<CExpr>, Vec<CExpr>, bool),
     Between(Box<CExpr>, Box<CExpr>, Box<CExpr>, bool),
     Like(Box<CExpr>, Box<CExpr>, bool),
-    Case { operand: Option<Box<CExpr>>, whens: Vec<(CExpr, CExpr)>, else_: Option<Box<CExpr>> },
+    Case {
+        operand: Option<Box<CExpr>>,
+        whens: Vec<(CExpr, CExpr)>,
+        else_: Option<Box<CExpr>>,
+    },
     Func(Func, Vec<CExpr>),
 }
 
@@ -63,7 +70,11 @@ pub(crate) struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub(crate) fn row(events: &'a [Arc<Event>]) -> Ctx<'a> {
-        Ctx { events, aggs: &[], key: &[] }
+        Ctx {
+            events,
+            aggs: &[],
+            key: &[],
+        }
     }
 }
 
@@ -76,7 +87,11 @@ impl CExpr {
         match self {
             CExpr::And(a, b) => a.test(ctx) && b.test(ctx),
             CExpr::Or(a, b) => a.test(ctx) || b.test(ctx),
-            CExpr::Bin(op @ (BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge), l, r) => {
+            CExpr::Bin(
+                op @ (BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge),
+                l,
+                r,
+            ) => {
                 let (lv, rv);
                 let l = match l.as_ref() {
                     CExpr::Field { slot, idx } => field(ctx, *slot, *idx),
@@ -154,7 +169,9 @@ impl CExpr {
                 if v.is_null() {
                     return Value::Null;
                 }
-                let found = list.iter().any(|x| v.sql_cmp(&x.eval(ctx)) == Some(std::cmp::Ordering::Equal));
+                let found = list
+                    .iter()
+                    .any(|x| v.sql_cmp(&x.eval(ctx)) == Some(std::cmp::Ordering::Equal));
                 Value::Bool(found != *neg)
             }
             CExpr::Between(e, lo, hi, neg) => {
@@ -168,7 +185,11 @@ impl CExpr {
                 (Value::Str(s), Value::Str(p)) => Value::Bool(like(&s, &p) != *neg),
                 _ => Value::Null,
             },
-            CExpr::Case { operand, whens, else_ } => {
+            CExpr::Case {
+                operand,
+                whens,
+                else_,
+            } => {
                 let op = operand.as_ref().map(|o| o.eval(ctx));
                 for (w, t) in whens {
                     let hit = match &op {
@@ -203,7 +224,9 @@ fn text(v: &Value) -> String {
 
 #[inline]
 fn compare(op: BinOp, l: &Value, r: &Value) -> Value {
-    let Some(o) = l.sql_cmp(r) else { return Value::Null };
+    let Some(o) = l.sql_cmp(r) else {
+        return Value::Null;
+    };
     Value::Bool(match op {
         BinOp::Eq => o.is_eq(),
         BinOp::Ne => o.is_ne(),
@@ -223,10 +246,18 @@ fn arith(op: BinOp, l: &Value, r: &Value) -> Value {
             // Division is floating point, as in Esper for doubles; integer
             // division surprises monitoring users (5/2 = 2).
             BinOp::Div => {
-                if *b == 0 { Value::Null } else { Value::Float(*a as f64 / *b as f64) }
+                if *b == 0 {
+                    Value::Null
+                } else {
+                    Value::Float(*a as f64 / *b as f64)
+                }
             }
             BinOp::Mod => {
-                if *b == 0 { Value::Null } else { Value::Int(a.wrapping_rem(*b)) }
+                if *b == 0 {
+                    Value::Null
+                } else {
+                    Value::Int(a.wrapping_rem(*b))
+                }
             }
             _ => Value::Null,
         },
@@ -236,10 +267,18 @@ fn arith(op: BinOp, l: &Value, r: &Value) -> Value {
                 BinOp::Sub => Value::Float(a - b),
                 BinOp::Mul => Value::Float(a * b),
                 BinOp::Div => {
-                    if b == 0.0 { Value::Null } else { Value::Float(a / b) }
+                    if b == 0.0 {
+                        Value::Null
+                    } else {
+                        Value::Float(a / b)
+                    }
                 }
                 BinOp::Mod => {
-                    if b == 0.0 { Value::Null } else { Value::Float(a % b) }
+                    if b == 0.0 {
+                        Value::Null
+                    } else {
+                        Value::Float(a % b)
+                    }
                 }
                 _ => Value::Null,
             },
@@ -294,7 +333,11 @@ fn call(f: Func, args: &[CExpr], ctx: &Ctx<'_>) -> Value {
         Func::Pow => float(num(0).zip(num(1)).map(|(a, b)| a.powf(b))),
         Func::Ln => float(num(0).map(f64::ln)),
         Func::Exp => float(num(0).map(f64::exp)),
-        Func::Coalesce => args.iter().map(|a| a.eval(ctx)).find(|v| !v.is_null()).unwrap_or(Value::Null),
+        Func::Coalesce => args
+            .iter()
+            .map(|a| a.eval(ctx))
+            .find(|v| !v.is_null())
+            .unwrap_or(Value::Null),
         Func::Upper | Func::Lower | Func::Strlen => match args.first().map(|a| a.eval(ctx)) {
             Some(Value::Str(s)) => match f {
                 Func::Upper => Value::from(s.to_uppercase().as_str()),
@@ -314,7 +357,9 @@ fn call(f: Func, args: &[CExpr], ctx: &Ctx<'_>) -> Value {
                     None => v,
                     Some(b) => {
                         let take = match v.sql_cmp(&b) {
-                            Some(o) => (f == Func::MaxOf && o.is_gt()) || (f == Func::MinOf && o.is_lt()),
+                            Some(o) => {
+                                (f == Func::MaxOf && o.is_gt()) || (f == Func::MinOf && o.is_lt())
+                            }
                             None => false,
                         };
                         if take { v } else { b }
@@ -391,7 +436,10 @@ impl<'a> Compiler<'a> {
     }
 
     fn semantic<T>(pos: Pos, message: impl Into<String>) -> Result<T> {
-        Err(PqaError::Semantic { pos, message: message.into() })
+        Err(PqaError::Semantic {
+            pos,
+            message: message.into(),
+        })
     }
 
     fn slot_named(&self, name: &str) -> Option<usize> {
@@ -399,7 +447,11 @@ impl<'a> Compiler<'a> {
         self.slots
             .iter()
             .position(|s| s.names.first().is_some_and(|n| n == name))
-            .or_else(|| self.slots.iter().position(|s| s.names.iter().any(|n| n == name)))
+            .or_else(|| {
+                self.slots
+                    .iter()
+                    .position(|s| s.names.iter().any(|n| n == name))
+            })
     }
 
     fn field_ref(&mut self, slot: usize, name: &str) -> CExpr {
@@ -408,7 +460,10 @@ impl<'a> Compiler<'a> {
         if !self.required[slot].contains(&idx) {
             self.required[slot].push(idx);
         }
-        CExpr::Field { slot: slot as u16, idx: idx as u32 }
+        CExpr::Field {
+            slot: slot as u16,
+            idx: idx as u32,
+        }
     }
 
     pub(crate) fn compile(&mut self, e: &Expr) -> Result<CExpr> {
@@ -420,28 +475,50 @@ impl<'a> Compiler<'a> {
         }
         Ok(match e {
             Expr::Lit(v, _) => CExpr::Lit(v.clone()),
-            Expr::Field { qualifier: Some(q), name } => {
+            Expr::Field {
+                qualifier: Some(q),
+                name,
+            } => {
                 let Some(slot) = self.slot_named(&q.name) else {
-                    let known: Vec<&str> = self.slots.iter().filter_map(|s| s.names.first().map(|n| n.as_str())).collect();
-                    return Self::semantic(q.pos, format!("unknown stream alias or tag '{}' (known: {})", q.name, known.join(", ")));
+                    let known: Vec<&str> = self
+                        .slots
+                        .iter()
+                        .filter_map(|s| s.names.first().map(|n| n.as_str()))
+                        .collect();
+                    return Self::semantic(
+                        q.pos,
+                        format!(
+                            "unknown stream alias or tag '{}' (known: {})",
+                            q.name,
+                            known.join(", ")
+                        ),
+                    );
                 };
                 if !self.in_agg {
                     self.bare_field = true;
                 }
                 self.field_ref(slot, &name.name)
             }
-            Expr::Field { qualifier: None, name } => {
-                if let Some((_, aliased)) = self.aliases.iter().find(|(a, _)| *a == name.name).cloned() {
+            Expr::Field {
+                qualifier: None,
+                name,
+            } => {
+                if let Some((_, aliased)) =
+                    self.aliases.iter().find(|(a, _)| *a == name.name).cloned()
+                {
                     return self.compile(&aliased);
                 }
                 // A bare tag or alias stands for the whole event.
-                if self.slots.len() > 1 || self.default_slot.is_some() {
-                    if let Some(slot) = self.slots.iter().position(|s| s.names.first().is_some_and(|n| *n == name.name)) {
-                        if !self.in_agg {
-                            self.bare_field = true;
-                        }
-                        return Ok(CExpr::Event(slot as u16));
+                if (self.slots.len() > 1 || self.default_slot.is_some())
+                    && let Some(slot) = self
+                        .slots
+                        .iter()
+                        .position(|s| s.names.first().is_some_and(|n| *n == name.name))
+                {
+                    if !self.in_agg {
+                        self.bare_field = true;
                     }
+                    return Ok(CExpr::Event(slot as u16));
                 }
                 let slot = if self.slots.len() == 1 {
                     0
@@ -455,15 +532,30 @@ impl<'a> Compiler<'a> {
                     match owners.as_slice() {
                         [one] => *one,
                         [] => {
-                            return Self::semantic(name.pos, format!("field '{}' is not known in any stream yet: qualify it with a stream alias", name.name));
+                            return Self::semantic(
+                                name.pos,
+                                format!(
+                                    "field '{}' is not known in any stream yet: qualify it with a stream alias",
+                                    name.name
+                                ),
+                            );
                         }
                         _ => {
-                            return Self::semantic(name.pos, format!("field '{}' is ambiguous: qualify it with a stream alias", name.name));
+                            return Self::semantic(
+                                name.pos,
+                                format!(
+                                    "field '{}' is ambiguous: qualify it with a stream alias",
+                                    name.name
+                                ),
+                            );
                         }
                     }
                 };
                 if self.slots.is_empty() {
-                    return Self::semantic(name.pos, format!("field '{}' has no stream to come from", name.name));
+                    return Self::semantic(
+                        name.pos,
+                        format!("field '{}' has no stream to come from", name.name),
+                    );
                 }
                 if !self.in_agg {
                     self.bare_field = true;
@@ -472,12 +564,21 @@ impl<'a> Compiler<'a> {
             }
             Expr::Unary(UnOp::Not, e, _) => CExpr::Not(Box::new(self.compile(e)?)),
             Expr::Unary(UnOp::Neg, e, _) => CExpr::Neg(Box::new(self.compile(e)?)),
-            Expr::Binary(BinOp::And, l, r) => CExpr::And(Box::new(self.compile(l)?), Box::new(self.compile(r)?)),
-            Expr::Binary(BinOp::Or, l, r) => CExpr::Or(Box::new(self.compile(l)?), Box::new(self.compile(r)?)),
-            Expr::Binary(op, l, r) => CExpr::Bin(*op, Box::new(self.compile(l)?), Box::new(self.compile(r)?)),
+            Expr::Binary(BinOp::And, l, r) => {
+                CExpr::And(Box::new(self.compile(l)?), Box::new(self.compile(r)?))
+            }
+            Expr::Binary(BinOp::Or, l, r) => {
+                CExpr::Or(Box::new(self.compile(l)?), Box::new(self.compile(r)?))
+            }
+            Expr::Binary(op, l, r) => {
+                CExpr::Bin(*op, Box::new(self.compile(l)?), Box::new(self.compile(r)?))
+            }
             Expr::IsNull(e, n) => CExpr::IsNull(Box::new(self.compile(e)?), *n),
             Expr::In(e, list, n) => {
-                let list = list.iter().map(|x| self.compile(x)).collect::<Result<Vec<_>>>()?;
+                let list = list
+                    .iter()
+                    .map(|x| self.compile(x))
+                    .collect::<Result<Vec<_>>>()?;
                 CExpr::In(Box::new(self.compile(e)?), list, *n)
             }
             Expr::Between(e, lo, hi, n) => CExpr::Between(
@@ -486,8 +587,14 @@ impl<'a> Compiler<'a> {
                 Box::new(self.compile(hi)?),
                 *n,
             ),
-            Expr::Like(e, p, n) => CExpr::Like(Box::new(self.compile(e)?), Box::new(self.compile(p)?), *n),
-            Expr::Case { operand, whens, else_ } => CExpr::Case {
+            Expr::Like(e, p, n) => {
+                CExpr::Like(Box::new(self.compile(e)?), Box::new(self.compile(p)?), *n)
+            }
+            Expr::Case {
+                operand,
+                whens,
+                else_,
+            } => CExpr::Case {
                 operand: match operand {
                     Some(o) => Some(Box::new(self.compile(o)?)),
                     None => None,
@@ -501,20 +608,41 @@ impl<'a> Compiler<'a> {
                     None => None,
                 },
             },
-            Expr::Call { name, distinct, star, args } => self.compile_call(e, name, *distinct, *star, args)?,
+            Expr::Call {
+                name,
+                distinct,
+                star,
+                args,
+            } => self.compile_call(e, name, *distinct, *star, args)?,
         })
     }
 
-    fn compile_call(&mut self, whole: &Expr, name: &crate::parser::ast::Ident, distinct: bool, star: bool, args: &[Expr]) -> Result<CExpr> {
+    fn compile_call(
+        &mut self,
+        whole: &Expr,
+        name: &crate::parser::ast::Ident,
+        distinct: bool,
+        star: bool,
+        args: &[Expr],
+    ) -> Result<CExpr> {
         let lower = name.name.to_ascii_lowercase();
         // min/max with several arguments are the scalar functions.
-        let agg = AggFunc::from_name(&lower).filter(|_| !(matches!(lower.as_str(), "min" | "max") && args.len() > 1));
+        let agg = AggFunc::from_name(&lower)
+            .filter(|_| !(matches!(lower.as_str(), "min" | "max") && args.len() > 1));
         if let Some(func) = agg {
             if self.in_agg {
-                return Self::semantic(name.pos, format!("aggregate {lower}() cannot be nested inside another aggregate"));
+                return Self::semantic(
+                    name.pos,
+                    format!("aggregate {lower}() cannot be nested inside another aggregate"),
+                );
             }
             if self.aggs.is_none() {
-                return Self::semantic(name.pos, format!("aggregate {lower}() is not allowed here (stream filters, pattern filters and group by take no aggregates)"));
+                return Self::semantic(
+                    name.pos,
+                    format!(
+                        "aggregate {lower}() is not allowed here (stream filters, pattern filters and group by take no aggregates)"
+                    ),
+                );
             }
             if star && func != AggFunc::Count {
                 return Self::semantic(name.pos, format!("{lower}(*) is not valid; only count(*)"));
@@ -523,7 +651,11 @@ impl<'a> Compiler<'a> {
                 return Self::semantic(name.pos, format!("{lower}() takes exactly one argument"));
             }
             self.in_agg = true;
-            let arg = if star { None } else { Some(self.compile(&args[0])) };
+            let arg = if star {
+                None
+            } else {
+                Some(self.compile(&args[0]))
+            };
             self.in_agg = false;
             let arg = arg.transpose()?;
             let key = whole.to_string();
@@ -531,7 +663,12 @@ impl<'a> Compiler<'a> {
             if let Some(i) = aggs.iter().position(|a| a.key == key) {
                 return Ok(CExpr::Agg(i as u32));
             }
-            aggs.push(AggSpec { func, arg, distinct, key });
+            aggs.push(AggSpec {
+                func,
+                arg,
+                distinct,
+                key,
+            });
             return Ok(CExpr::Agg((aggs.len() - 1) as u32));
         }
         let (func, arity): (Func, Option<usize>) = match lower.as_str() {
@@ -550,18 +687,30 @@ impl<'a> Compiler<'a> {
             "max" => (Func::MaxOf, None),
             "min" => (Func::MinOf, None),
             _ => {
-                return Self::semantic(name.pos, format!("unknown function '{}' (aggregates: avg, sum, count, min, max, stddev, first, last)", name.name));
+                return Self::semantic(
+                    name.pos,
+                    format!(
+                        "unknown function '{}' (aggregates: avg, sum, count, min, max, stddev, first, last)",
+                        name.name
+                    ),
+                );
             }
         };
-        if let Some(n) = arity {
-            if args.len() != n {
-                return Self::semantic(name.pos, format!("{lower}() takes {n} argument(s), got {}", args.len()));
-            }
+        if let Some(n) = arity
+            && args.len() != n
+        {
+            return Self::semantic(
+                name.pos,
+                format!("{lower}() takes {n} argument(s), got {}", args.len()),
+            );
         }
         if func == Func::Round && !(1..=2).contains(&args.len()) {
             return Self::semantic(name.pos, "round() takes 1 or 2 arguments");
         }
-        let args = args.iter().map(|a| self.compile(a)).collect::<Result<Vec<_>>>()?;
+        let args = args
+            .iter()
+            .map(|a| self.compile(a))
+            .collect::<Result<Vec<_>>>()?;
         Ok(CExpr::Func(func, args))
     }
 }
@@ -572,7 +721,9 @@ pub(crate) fn has_aggregate(e: &Expr) -> bool {
     e.walk(&mut |x| {
         if let Expr::Call { name, args, .. } = x {
             let lower = name.name.to_ascii_lowercase();
-            if AggFunc::from_name(&lower).is_some() && !(matches!(lower.as_str(), "min" | "max") && args.len() > 1) {
+            if AggFunc::from_name(&lower).is_some()
+                && !(matches!(lower.as_str(), "min" | "max") && args.len() > 1)
+            {
                 found = true;
             }
         }

@@ -22,9 +22,10 @@ use crate::topic::{CloseReason, Subscription};
 impl IntoResponse for PqaError {
     fn into_response(self) -> Response {
         let status = match &self {
-            PqaError::Parse { .. } | PqaError::Semantic { .. } | PqaError::BadEvent { .. } | PqaError::BadRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            PqaError::Parse { .. }
+            | PqaError::Semantic { .. }
+            | PqaError::BadEvent { .. }
+            | PqaError::BadRequest(_) => StatusCode::BAD_REQUEST,
             PqaError::UnknownQuery(_) => StatusCode::NOT_FOUND,
             PqaError::Sink { .. } => StatusCode::BAD_GATEWAY,
         };
@@ -76,8 +77,11 @@ pub fn router(service: PqaService) -> Router {
 }
 
 async fn register(State(svc): State<PqaService>, body: Bytes) -> Result<Response, PqaError> {
-    let body: RegisterBody = serde_json::from_slice(&body)
-        .map_err(|e| PqaError::BadRequest(format!("body must be {{\"epl\": \"...\", \"publish\"?: ..., \"webhook\"?: ...}}: {e}")))?;
+    let body: RegisterBody = serde_json::from_slice(&body).map_err(|e| {
+        PqaError::BadRequest(format!(
+            "body must be {{\"epl\": \"...\", \"publish\"?: ..., \"webhook\"?: ...}}: {e}"
+        ))
+    })?;
     let publish: Publish = body.publish.as_deref().unwrap_or("all").parse()?;
     let r = svc.register(&body.epl, publish, body.webhook.as_deref())?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
@@ -88,11 +92,18 @@ async fn list(State(svc): State<PqaService>) -> Response {
 }
 
 async fn show(State(svc): State<PqaService>, Path(id): Path<String>) -> Result<Response, PqaError> {
-    let q = svc.list().into_iter().find(|q| q.id == id).ok_or(PqaError::UnknownQuery(id))?;
+    let q = svc
+        .list()
+        .into_iter()
+        .find(|q| q.id == id)
+        .ok_or(PqaError::UnknownQuery(id))?;
     Ok(Json(q).into_response())
 }
 
-async fn remove(State(svc): State<PqaService>, Path(id): Path<String>) -> Result<Response, PqaError> {
+async fn remove(
+    State(svc): State<PqaService>,
+    Path(id): Path<String>,
+) -> Result<Response, PqaError> {
     let left = svc.delete(&id)?;
     Ok(Json(json!({ "id": id, "deleted": left == 0, "refs": left })).into_response())
 }
@@ -101,16 +112,24 @@ async fn sse(
     State(svc): State<PqaService>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, PqaError> {
-    let sub = svc.topic(&id).ok_or(PqaError::UnknownQuery(id))?.subscribe();
+    let sub = svc
+        .topic(&id)
+        .ok_or(PqaError::UnknownQuery(id))?
+        .subscribe();
     let stream = futures::stream::unfold(Some(sub), |sub: Option<Subscription>| async move {
         let mut sub = sub?;
         match sub.next().await {
             Ok(p) => {
-                let ev = SseEvent::default().event("result").id(p.notification.seq.to_string()).data(p.json.clone());
+                let ev = SseEvent::default()
+                    .event("result")
+                    .id(p.notification.seq.to_string())
+                    .data(p.json.clone());
                 Some((Ok(ev), Some(sub)))
             }
             Err(reason) => {
-                let ev = SseEvent::default().event("close").data(json!({ "reason": reason.to_string() }).to_string());
+                let ev = SseEvent::default()
+                    .event("close")
+                    .data(json!({ "reason": reason.to_string() }).to_string());
                 Some((Ok(ev), None))
             }
         }
@@ -118,8 +137,15 @@ async fn sse(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-async fn ws(State(svc): State<PqaService>, Path(id): Path<String>, upgrade: WebSocketUpgrade) -> Result<Response, PqaError> {
-    let sub = svc.topic(&id).ok_or(PqaError::UnknownQuery(id))?.subscribe();
+async fn ws(
+    State(svc): State<PqaService>,
+    Path(id): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, PqaError> {
+    let sub = svc
+        .topic(&id)
+        .ok_or(PqaError::UnknownQuery(id))?
+        .subscribe();
     Ok(upgrade.on_upgrade(move |socket| ws_loop(socket, sub)))
 }
 
@@ -148,14 +174,20 @@ async fn ws_loop(mut socket: WebSocket, mut sub: Subscription) {
     }
 }
 
-async fn events(State(svc): State<PqaService>, Path(stream): Path<String>, body: Bytes) -> Result<Response, PqaError> {
+async fn events(
+    State(svc): State<PqaService>,
+    Path(stream): Path<String>,
+    body: Bytes,
+) -> Result<Response, PqaError> {
     let values: Vec<serde_json::Value> = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(serde_json::Value::Array(a)) => a,
         Ok(v) => vec![v],
         Err(_) => {
             // NDJSON: one JSON value per line.
-            let text = std::str::from_utf8(&body)
-                .map_err(|_| PqaError::BadEvent { stream: stream.clone(), message: "body is not UTF-8".into() })?;
+            let text = std::str::from_utf8(&body).map_err(|_| PqaError::BadEvent {
+                stream: stream.clone(),
+                message: "body is not UTF-8".into(),
+            })?;
             let mut v = Vec::new();
             for (i, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
@@ -170,13 +202,22 @@ async fn events(State(svc): State<PqaService>, Path(stream): Path<String>, body:
         }
     };
     let res = svc.push_events(&stream, values.iter());
-    let status = if res.accepted == 0 && res.rejected > 0 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    let status = if res.accepted == 0 && res.rejected > 0 {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
     let mut body = serde_json::to_value(&res).unwrap_or_default();
     if status == StatusCode::BAD_REQUEST {
         body["error"] = json!(format!("no event of stream {stream} was accepted"));
         body["hint"] = json!("post JSON objects whose fields keep the same types");
     }
-    Ok((status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response())
+    Ok((
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response())
 }
 
 async fn streams(State(svc): State<PqaService>) -> Response {

@@ -13,10 +13,17 @@ pub(crate) struct OutputLimiter {
 impl OutputLimiter {
     pub(crate) fn new(clause: Option<OutputClause>, now: i64) -> Self {
         let next_at = match clause {
-            Some(OutputClause { every: OutputEvery::Time(ms), .. }) => Some(now + ms),
+            Some(OutputClause {
+                every: OutputEvery::Time(ms),
+                ..
+            }) => Some(now + ms),
             _ => None,
         };
-        OutputLimiter { clause, buf: Vec::new(), next_at }
+        OutputLimiter {
+            clause,
+            buf: Vec::new(),
+            next_at,
+        }
     }
 
     fn release(&mut self, kind: OutputKind) -> Vec<Row> {
@@ -33,7 +40,9 @@ impl OutputLimiter {
 
     /// Rows produced by an update; returns what is output now.
     pub(crate) fn offer(&mut self, rows: &mut Vec<Row>) -> Vec<Row> {
-        let Some(c) = self.clause else { return std::mem::take(rows) };
+        let Some(c) = self.clause else {
+            return std::mem::take(rows);
+        };
         self.buf.append(rows);
         match c.every {
             OutputEvery::Events(n) if self.buf.len() as u64 >= n => self.release(c.kind),
@@ -43,7 +52,9 @@ impl OutputLimiter {
 
     /// The clock reached `now`.
     pub(crate) fn on_time(&mut self, now: i64) -> Vec<Row> {
-        let (Some(c), Some(at)) = (self.clause, self.next_at) else { return Vec::new() };
+        let (Some(c), Some(at)) = (self.clause, self.next_at) else {
+            return Vec::new();
+        };
         if now < at {
             return Vec::new();
         }

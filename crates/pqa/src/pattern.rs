@@ -23,7 +23,11 @@ pub(crate) fn unbound() -> &'static Arc<Event> {
 /// A compiled pattern node.
 #[derive(Debug)]
 pub(crate) enum PNode {
-    Filter { slot: usize, stream: usize, filter: Option<CExpr> },
+    Filter {
+        slot: usize,
+        stream: usize,
+        filter: Option<CExpr>,
+    },
     FollowedBy(Arc<PNode>, Arc<PNode>),
     Or(Vec<Arc<PNode>>),
     And(Vec<Arc<PNode>>),
@@ -36,33 +40,76 @@ pub(crate) enum PNode {
 /// A live instance of a node.
 #[derive(Debug)]
 pub(crate) enum State {
-    Filter { node: Arc<PNode>, base: Binding, done: bool },
-    FollowedBy { lhs: Box<State>, rhs_node: Arc<PNode>, rhs: Vec<State> },
-    Or { insts: Vec<State>, done: bool },
-    And { parts: Vec<(State, Option<Binding>, bool)>, base: Binding, done: bool },
-    Every { node: Arc<PNode>, base: Binding, insts: Vec<State> },
-    Not { inner: Box<State>, tripped: bool },
-    Within { inner: Box<State>, deadline: i64, expired: bool },
-    Interval { at: i64, base: Binding, done: bool },
+    Filter {
+        node: Arc<PNode>,
+        base: Binding,
+        done: bool,
+    },
+    FollowedBy {
+        lhs: Box<State>,
+        rhs_node: Arc<PNode>,
+        rhs: Vec<State>,
+    },
+    Or {
+        insts: Vec<State>,
+        done: bool,
+    },
+    And {
+        parts: Vec<(State, Option<Binding>, bool)>,
+        base: Binding,
+        done: bool,
+    },
+    Every {
+        node: Arc<PNode>,
+        base: Binding,
+        insts: Vec<State>,
+    },
+    Not {
+        inner: Box<State>,
+        tripped: bool,
+    },
+    Within {
+        inner: Box<State>,
+        deadline: i64,
+        expired: bool,
+    },
+    Interval {
+        at: i64,
+        base: Binding,
+        done: bool,
+    },
 }
 
 impl State {
     pub(crate) fn start(node: &Arc<PNode>, base: Binding, now: i64) -> State {
         match node.as_ref() {
-            PNode::Filter { .. } => State::Filter { node: node.clone(), base, done: false },
+            PNode::Filter { .. } => State::Filter {
+                node: node.clone(),
+                base,
+                done: false,
+            },
             PNode::FollowedBy(l, r) => State::FollowedBy {
                 lhs: Box::new(State::start(l, base, now)),
                 rhs_node: r.clone(),
                 rhs: Vec::new(),
             },
             PNode::Or(children) => State::Or {
-                insts: children.iter().map(|c| State::start(c, base.clone(), now)).collect(),
+                insts: children
+                    .iter()
+                    .map(|c| State::start(c, base.clone(), now))
+                    .collect(),
                 done: false,
             },
             PNode::And(children) => State::And {
                 parts: children
                     .iter()
-                    .map(|c| (State::start(c, base.clone(), now), None, matches!(c.as_ref(), PNode::Not(_))))
+                    .map(|c| {
+                        (
+                            State::start(c, base.clone(), now),
+                            None,
+                            matches!(c.as_ref(), PNode::Not(_)),
+                        )
+                    })
                     .collect(),
                 base,
                 done: false,
@@ -72,13 +119,20 @@ impl State {
                 insts: vec![State::start(child, base.clone(), now)],
                 base,
             },
-            PNode::Not(child) => State::Not { inner: Box::new(State::start(child, base, now)), tripped: false },
+            PNode::Not(child) => State::Not {
+                inner: Box::new(State::start(child, base, now)),
+                tripped: false,
+            },
             PNode::Within(child, ms) => State::Within {
                 inner: Box::new(State::start(child, base, now)),
                 deadline: now + ms,
                 expired: false,
             },
-            PNode::Interval(ms) => State::Interval { at: now + ms, base, done: false },
+            PNode::Interval(ms) => State::Interval {
+                at: now + ms,
+                base,
+                done: false,
+            },
         }
     }
 
@@ -89,7 +143,10 @@ impl State {
             State::FollowedBy { lhs, rhs, .. } => lhs.dead() && rhs.is_empty(),
             State::Or { insts, done } => *done || insts.iter().all(State::dead),
             State::And { done, parts, .. } => {
-                *done || parts.iter().any(|(s, got, is_not)| !*is_not && got.is_none() && s.dead())
+                *done
+                    || parts
+                        .iter()
+                        .any(|(s, got, is_not)| !*is_not && got.is_none() && s.dead())
             }
             State::Every { insts, .. } => insts.is_empty(),
             State::Not { tripped, .. } => *tripped,
@@ -98,13 +155,26 @@ impl State {
     }
 
     /// Feeds an event of `stream`; bindings that turned true are pushed to `out`.
-    pub(crate) fn on_event(&mut self, stream: usize, ev: &Arc<Event>, now: i64, out: &mut Vec<Binding>) {
+    pub(crate) fn on_event(
+        &mut self,
+        stream: usize,
+        ev: &Arc<Event>,
+        now: i64,
+        out: &mut Vec<Binding>,
+    ) {
         match self {
             State::Filter { node, base, done } => {
                 if *done {
                     return;
                 }
-                let PNode::Filter { slot, stream: s, filter } = node.as_ref() else { return };
+                let PNode::Filter {
+                    slot,
+                    stream: s,
+                    filter,
+                } = node.as_ref()
+                else {
+                    return;
+                };
                 if *s != stream {
                     return;
                 }
@@ -183,7 +253,11 @@ impl State {
                     *tripped = true;
                 }
             }
-            State::Within { inner, deadline, expired } => {
+            State::Within {
+                inner,
+                deadline,
+                expired,
+            } => {
                 if now >= *deadline {
                     *expired = true;
                 }
@@ -259,7 +333,11 @@ impl State {
                     *tripped = true;
                 }
             }
-            State::Within { inner, deadline, expired } => {
+            State::Within {
+                inner,
+                deadline,
+                expired,
+            } => {
                 if now >= *deadline {
                     *expired = true;
                     return;
@@ -284,20 +362,43 @@ impl State {
         };
         match self {
             State::Filter { .. } => None,
-            State::FollowedBy { lhs, rhs, .. } => rhs.iter().fold(lhs.next_deadline(), |m, r| min(m, r.next_deadline())),
-            State::Or { insts, .. } | State::Every { insts, .. } => insts.iter().fold(None, |m, r| min(m, r.next_deadline())),
-            State::And { parts, .. } => parts.iter().filter(|p| p.1.is_none()).fold(None, |m, p| min(m, p.0.next_deadline())),
+            State::FollowedBy { lhs, rhs, .. } => rhs
+                .iter()
+                .fold(lhs.next_deadline(), |m, r| min(m, r.next_deadline())),
+            State::Or { insts, .. } | State::Every { insts, .. } => {
+                insts.iter().fold(None, |m, r| min(m, r.next_deadline()))
+            }
+            State::And { parts, .. } => parts
+                .iter()
+                .filter(|p| p.1.is_none())
+                .fold(None, |m, p| min(m, p.0.next_deadline())),
             State::Not { inner, .. } => inner.next_deadline(),
-            State::Within { inner, deadline, expired } => {
-                if *expired { None } else { min(Some(*deadline), inner.next_deadline()) }
+            State::Within {
+                inner,
+                deadline,
+                expired,
+            } => {
+                if *expired {
+                    None
+                } else {
+                    min(Some(*deadline), inner.next_deadline())
+                }
             }
             State::Interval { at, done, .. } => (!*done).then_some(*at),
         }
     }
 }
 
-fn and_complete(parts: &mut [(State, Option<Binding>, bool)], base: &Binding, done: &mut bool, out: &mut Vec<Binding>) {
-    if parts.iter().all(|(_, got, is_not)| *is_not || got.is_some()) {
+fn and_complete(
+    parts: &mut [(State, Option<Binding>, bool)],
+    base: &Binding,
+    done: &mut bool,
+    out: &mut Vec<Binding>,
+) {
+    if parts
+        .iter()
+        .all(|(_, got, is_not)| *is_not || got.is_some())
+    {
         let mut b = base.clone();
         for (_, got, _) in parts.iter() {
             if let Some(g) = got {

@@ -27,7 +27,10 @@ pub struct Row {
 impl Row {
     /// The row as a JSON object.
     pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
-        self.cols.iter().map(|(k, v)| (k.to_string(), v.to_json())).collect()
+        self.cols
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_json()))
+            .collect()
     }
 
     /// The value of a column.
@@ -39,7 +42,10 @@ impl Row {
 /// A select-list entry, compiled.
 #[derive(Debug)]
 pub(crate) enum Item {
-    Expr { name: Arc<str>, expr: CExpr },
+    Expr {
+        name: Arc<str>,
+        expr: CExpr,
+    },
     /// `*`: the fields of a single stream, or one object per stream/tag.
     All,
     /// `alias.*`: the fields of one stream.
@@ -98,7 +104,13 @@ impl Processor {
         if p.s.aggregated && p.s.group_by.is_empty() {
             // The single group of an ungrouped aggregation lives forever.
             let aggs = p.s.specs.iter().map(AggState::new).collect();
-            p.groups.push(Group { key: Box::new([]), aggs, rows: 0, touched: false, live: true });
+            p.groups.push(Group {
+                key: Box::new([]),
+                aggs,
+                rows: 0,
+                touched: false,
+                live: true,
+            });
         }
         p
     }
@@ -116,7 +128,13 @@ impl Processor {
         }
         let key: Box<[Value]> = self.keybuf.clone().into_boxed_slice();
         let aggs = self.s.specs.iter().map(AggState::new).collect();
-        let g = Group { key: key.clone(), aggs, rows: 0, touched: false, live: true };
+        let g = Group {
+            key: key.clone(),
+            aggs,
+            rows: 0,
+            touched: false,
+            live: true,
+        };
         let i = match self.free.pop() {
             Some(i) => {
                 self.groups[i] = g;
@@ -135,10 +153,10 @@ impl Processor {
     #[inline]
     pub(crate) fn on_new(&mut self, row: &[Arc<Event>]) {
         let ctx = Ctx::row(row);
-        if let Some(w) = &self.s.where_ {
-            if !w.test(&ctx) {
-                return;
-            }
+        if let Some(w) = &self.s.where_
+            && !w.test(&ctx)
+        {
+            return;
         }
         if !self.s.aggregated {
             self.project(&ctx);
@@ -169,10 +187,10 @@ impl Processor {
             return;
         }
         let ctx = Ctx::row(row);
-        if let Some(w) = &self.s.where_ {
-            if !w.test(&ctx) {
-                return;
-            }
+        if let Some(w) = &self.s.where_
+            && !w.test(&ctx)
+        {
+            return;
         }
         let gi = self.group_for(&ctx);
         let g = &mut self.groups[gi];
@@ -201,7 +219,11 @@ impl Processor {
                 let pending = std::mem::take(&mut self.pending);
                 for (row, gi) in &pending {
                     let g = &self.groups[*gi];
-                    let ctx = Ctx { events: row, aggs: &g.aggs, key: &g.key };
+                    let ctx = Ctx {
+                        events: row,
+                        aggs: &g.aggs,
+                        key: &g.key,
+                    };
                     project_into(&self.s, &ctx, &mut self.rows);
                 }
                 self.pending = pending;
@@ -209,7 +231,11 @@ impl Processor {
             } else {
                 for &gi in &self.touched {
                     let g = &self.groups[gi];
-                    let ctx = Ctx { events: &[], aggs: &g.aggs, key: &g.key };
+                    let ctx = Ctx {
+                        events: &[],
+                        aggs: &g.aggs,
+                        key: &g.key,
+                    };
                     project_into(&self.s, &ctx, &mut self.rows);
                 }
             }
@@ -229,7 +255,9 @@ impl Processor {
         }
         if self.s.distinct {
             let mut seen = std::collections::HashSet::new();
-            self.rows.retain(|(r, _)| seen.insert(r.cols.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()));
+            self.rows.retain(|(r, _)| {
+                seen.insert(r.cols.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>())
+            });
         }
         if !self.s.order_by.is_empty() {
             let desc: Vec<bool> = self.s.order_by.iter().map(|(_, d)| *d).collect();
@@ -251,10 +279,10 @@ impl Processor {
 }
 
 fn project_into(s: &ProcessorSpec, ctx: &Ctx<'_>, rows: &mut Vec<(Row, Vec<Value>)>) {
-    if let Some(h) = &s.having {
-        if !h.test(ctx) {
-            return;
-        }
+    if let Some(h) = &s.having
+        && !h.test(ctx)
+    {
+        return;
     }
     let mut cols = Vec::with_capacity(s.items.len());
     for item in &s.items {

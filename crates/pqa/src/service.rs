@@ -48,7 +48,11 @@ impl std::str::FromStr for Publish {
             "max" => Publish::Max,
             "min" => Publish::Min,
             "avg" => Publish::Avg,
-            other => return Err(PqaError::BadRequest(format!("unknown publish mode '{other}'"))),
+            other => {
+                return Err(PqaError::BadRequest(format!(
+                    "unknown publish mode '{other}'"
+                )));
+            }
         })
     }
 }
@@ -66,7 +70,11 @@ pub struct ServiceConfig {
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        ServiceConfig { engine: EngineConfig::default(), topic_capacity: 1024, tick: Duration::from_millis(100) }
+        ServiceConfig {
+            engine: EngineConfig::default(),
+            topic_capacity: 1024,
+            tick: Duration::from_millis(100),
+        }
     }
 }
 
@@ -182,7 +190,12 @@ impl PqaService {
 
     /// Registers a statement (or adds a reference to an identical one) and,
     /// if given, attaches a webhook to its topic.
-    pub fn register(&self, epl: &str, publish: Publish, webhook: Option<&str>) -> Result<Registered> {
+    pub fn register(
+        &self,
+        epl: &str,
+        publish: Publish,
+        webhook: Option<&str>,
+    ) -> Result<Registered> {
         let normalized = parser::normalize(epl)?;
         let ast = parser::parse(epl)?;
         let sink = webhook.map(WebhookSink::new).transpose()?;
@@ -194,7 +207,10 @@ impl PqaService {
             if let Some(s) = sink {
                 attach(reg, Arc::new(s));
             }
-            return Ok(Registered { id, topic: reg.topic.name().to_string() });
+            return Ok(Registered {
+                id,
+                topic: reg.topic.name().to_string(),
+            });
         }
         let stmt = match st.by_text.get(&normalized) {
             Some(s) => Some(*s),
@@ -224,13 +240,19 @@ impl PqaService {
             st.instances.entry(s).or_default().push(id.clone());
         }
         st.regs.insert(id.clone(), reg);
-        Ok(Registered { id, topic: topic.name().to_string() })
+        Ok(Registered {
+            id,
+            topic: topic.name().to_string(),
+        })
     }
 
     /// Attaches any sink (XMPP, MQTT...) to a registration's topic.
     pub fn add_sink(&self, id: &str, sink: Arc<dyn Sink>) -> Result<()> {
         let mut st = self.inner.state.lock();
-        let reg = st.regs.get_mut(id).ok_or_else(|| PqaError::UnknownQuery(id.to_string()))?;
+        let reg = st
+            .regs
+            .get_mut(id)
+            .ok_or_else(|| PqaError::UnknownQuery(id.to_string()))?;
         attach(reg, sink);
         Ok(())
     }
@@ -240,12 +262,17 @@ impl PqaService {
     pub fn delete(&self, id: &str) -> Result<u32> {
         let mut st = self.inner.state.lock();
         let st = &mut *st;
-        let reg = st.regs.get_mut(id).ok_or_else(|| PqaError::UnknownQuery(id.to_string()))?;
+        let reg = st
+            .regs
+            .get_mut(id)
+            .ok_or_else(|| PqaError::UnknownQuery(id.to_string()))?;
         reg.refs -= 1;
         if reg.refs > 0 {
             return Ok(reg.refs);
         }
-        let Some(reg) = st.regs.remove(id) else { return Ok(0) };
+        let Some(reg) = st.regs.remove(id) else {
+            return Ok(0);
+        };
         if let Some(s) = reg.stmt {
             let left = st.instances.get_mut(&s).map(|v| {
                 v.retain(|x| x != id);
@@ -282,7 +309,12 @@ impl PqaService {
 
     /// A registration's topic, to subscribe to.
     pub fn topic(&self, id: &str) -> Option<Topic> {
-        self.inner.state.lock().regs.get(id).map(|r| r.topic.clone())
+        self.inner
+            .state
+            .lock()
+            .regs
+            .get(id)
+            .map(|r| r.topic.clone())
     }
 
     /// Number of running engine statements (shared instances count once).
@@ -422,20 +454,32 @@ fn attach(reg: &mut Reg, sink: Arc<dyn Sink>) {
 /// Hands engine outputs to the registrations' topics.
 fn publish(st: &mut State, outputs: &mut Vec<Output>) {
     for o in outputs.drain(..) {
-        let Some(ids) = st.instances.get(&o.statement) else { continue };
+        let Some(ids) = st.instances.get(&o.statement) else {
+            continue;
+        };
         for id in ids {
-            let Some(reg) = st.regs.get_mut(id) else { continue };
+            let Some(reg) = st.regs.get_mut(id) else {
+                continue;
+            };
             let rows = apply_publish(reg, &o.rows);
             if rows.is_empty() {
                 continue;
             }
             reg.seq += 1;
-            reg.topic.publish(Notification { query: id.clone(), seq: reg.seq, time: o.time, rows });
+            reg.topic.publish(Notification {
+                query: id.clone(),
+                seq: reg.seq,
+                time: o.time,
+                rows,
+            });
         }
     }
 }
 
-fn apply_publish(reg: &mut Reg, rows: &[crate::processor::Row]) -> Vec<serde_json::Map<String, serde_json::Value>> {
+fn apply_publish(
+    reg: &mut Reg,
+    rows: &[crate::processor::Row],
+) -> Vec<serde_json::Map<String, serde_json::Value>> {
     match reg.publish {
         Publish::All => rows.iter().map(|r| r.to_json()).collect(),
         Publish::Current => rows.last().map(|r| vec![r.to_json()]).unwrap_or_default(),
@@ -443,7 +487,12 @@ fn apply_publish(reg: &mut Reg, rows: &[crate::processor::Row]) -> Vec<serde_jso
             for r in rows {
                 for (k, v) in &r.cols {
                     if let Some(f) = v.as_f64() {
-                        let s = reg.stats.entry(k.to_string()).or_insert(ColStat { max: f, min: f, sum: 0.0, n: 0 });
+                        let s = reg.stats.entry(k.to_string()).or_insert(ColStat {
+                            max: f,
+                            min: f,
+                            sum: 0.0,
+                            n: 0,
+                        });
                         s.max = s.max.max(f);
                         s.min = s.min.min(f);
                         s.sum += f;
@@ -451,7 +500,9 @@ fn apply_publish(reg: &mut Reg, rows: &[crate::processor::Row]) -> Vec<serde_jso
                     }
                 }
             }
-            let Some(last) = rows.last() else { return Vec::new() };
+            let Some(last) = rows.last() else {
+                return Vec::new();
+            };
             let mut m = last.to_json();
             for (k, v) in m.iter_mut() {
                 if let Some(s) = reg.stats.get(k) {

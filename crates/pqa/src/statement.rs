@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::error::{PqaError, Pos, Result};
+use crate::error::{Pos, PqaError, Result};
 use crate::expr::{CExpr, Compiler, Slot, Streams, has_aggregate};
 use crate::output::OutputLimiter;
 use crate::parser::ast::{self, BinOp, Body, Expr, From, PatternExpr, SelectItem, Statement};
@@ -50,7 +50,10 @@ pub(crate) enum Compiled {
 }
 
 fn semantic<T>(pos: Pos, message: impl Into<String>) -> Result<T> {
-    Err(PqaError::Semantic { pos, message: message.into() })
+    Err(PqaError::Semantic {
+        pos,
+        message: message.into(),
+    })
 }
 
 fn conjuncts(e: Expr, out: &mut Vec<Expr>) {
@@ -64,17 +67,26 @@ fn conjuncts(e: Expr, out: &mut Vec<Expr>) {
 }
 
 fn and_all(mut v: Vec<Expr>) -> Option<Expr> {
-    let first = if v.is_empty() { return None } else { v.remove(0) };
-    Some(v.into_iter().fold(first, |a, b| Expr::Binary(BinOp::And, Box::new(a), Box::new(b))))
+    let first = if v.is_empty() {
+        return None;
+    } else {
+        v.remove(0)
+    };
+    Some(v.into_iter().fold(first, |a, b| {
+        Expr::Binary(BinOp::And, Box::new(a), Box::new(b))
+    }))
 }
 
 fn names_field(e: &Expr, names: &[String]) -> bool {
     let mut hit = false;
     e.walk(&mut |x| {
-        if let Expr::Field { qualifier: None, name } = x {
-            if names.contains(&name.name) {
-                hit = true;
-            }
+        if let Expr::Field {
+            qualifier: None,
+            name,
+        } = x
+            && names.contains(&name.name)
+        {
+            hit = true;
         }
     });
     hit
@@ -87,10 +99,13 @@ pub(crate) fn compile(st: &Statement, streams: &mut Streams, now: i64) -> Result
             let s = &mut streams.list[id];
             for (f, kind) in &cs.fields {
                 let idx = s.field(&f.name);
-                if let Some(k0) = s.kinds[idx] {
-                    if k0 != *kind {
-                        return semantic(f.pos, format!("field {} was already seen as {k0:?}", f.name));
-                    }
+                if let Some(k0) = s.kinds[idx]
+                    && k0 != *kind
+                {
+                    return semantic(
+                        f.pos,
+                        format!("field {} was already seen as {k0:?}", f.name),
+                    );
                 }
                 s.declare(&f.name, *kind);
             }
@@ -121,14 +136,20 @@ pub(crate) fn compile(st: &Statement, streams: &mut Streams, now: i64) -> Result
         }
         From::Pattern(p, _) => collect_tags(p, streams, &mut slots)?,
     }
-    let slot_names: Vec<Arc<str>> = slots.iter().map(|s| Arc::from(s.names[0].as_str())).collect();
+    let slot_names: Vec<Arc<str>> = slots
+        .iter()
+        .map(|s| Arc::from(s.names[0].as_str()))
+        .collect();
 
     // The seed's extension: a where conjunct naming an aggregate's alias is a having condition.
     let agg_aliases: Vec<String> = sel
         .items
         .iter()
         .filter_map(|i| match i {
-            SelectItem::Expr { expr, alias: Some(a) } if has_aggregate(expr) => Some(a.name.clone()),
+            SelectItem::Expr {
+                expr,
+                alias: Some(a),
+            } if has_aggregate(expr) => Some(a.name.clone()),
             _ => None,
         })
         .collect();
@@ -141,7 +162,10 @@ pub(crate) fn compile(st: &Statement, streams: &mut Streams, now: i64) -> Result
             if names_field(&c, &agg_aliases) {
                 having_parts.push(c);
             } else if has_aggregate(&c) {
-                return semantic(c.pos(), "aggregates are not allowed in where; use having (or name the aggregate's alias)");
+                return semantic(
+                    c.pos(),
+                    "aggregates are not allowed in where; use having (or name the aggregate's alias)",
+                );
             } else {
                 where_parts.push(c);
             }
@@ -152,13 +176,23 @@ pub(crate) fn compile(st: &Statement, streams: &mut Streams, now: i64) -> Result
     }
     let where_expr = and_all(where_parts);
     let having_expr = and_all(having_parts);
-    let has_star = sel.items.iter().any(|i| !matches!(i, SelectItem::Expr { .. }));
+    let has_star = sel
+        .items
+        .iter()
+        .any(|i| !matches!(i, SelectItem::Expr { .. }));
     let aggregated = !sel.group_by.is_empty()
         || having_expr.is_some()
-        || sel.items.iter().any(|i| matches!(i, SelectItem::Expr { expr, .. } if has_aggregate(expr)));
+        || sel
+            .items
+            .iter()
+            .any(|i| matches!(i, SelectItem::Expr { expr, .. } if has_aggregate(expr)));
 
     let mut c = Compiler::new(streams, slots.clone());
-    let group_by = sel.group_by.iter().map(|g| c.compile(g)).collect::<Result<Vec<_>>>()?;
+    let group_by = sel
+        .group_by
+        .iter()
+        .map(|g| c.compile(g))
+        .collect::<Result<Vec<_>>>()?;
     let where_c = where_expr.as_ref().map(|w| c.compile(w)).transpose()?;
     c.aggs = Some(Vec::new());
     c.group_keys = sel.group_by.iter().map(|g| g.to_string()).collect();
@@ -178,15 +212,24 @@ pub(crate) fn compile(st: &Statement, streams: &mut Streams, now: i64) -> Result
                 let name: Arc<str> = match alias {
                     Some(a) => Arc::from(a.name.as_str()),
                     None => match expr {
-                        Expr::Field { qualifier: None, name } => Arc::from(name.name.as_str()),
-                        Expr::Field { qualifier: Some(_), name } if slots.len() == 1 => Arc::from(name.name.as_str()),
+                        Expr::Field {
+                            qualifier: None,
+                            name,
+                        } => Arc::from(name.name.as_str()),
+                        Expr::Field {
+                            qualifier: Some(_),
+                            name,
+                        } if slots.len() == 1 => Arc::from(name.name.as_str()),
                         other => Arc::from(other.to_string().as_str()),
                     },
                 };
                 if let Some(a) = alias {
                     aliases.push((a.name.clone(), expr.clone()));
                 }
-                items.push(Item::Expr { name, expr: c.compile(expr)? });
+                items.push(Item::Expr {
+                    name,
+                    expr: c.compile(expr)?,
+                });
             }
         }
     }
@@ -237,16 +280,21 @@ pub(crate) fn compile(st: &Statement, streams: &mut Streams, now: i64) -> Result
                 let mut one = Compiler::new(streams, vec![slots[k].clone()]);
                 let filter = spec.filter.as_ref().map(|f| one.compile(f)).transpose()?;
                 if spec.views.len() > 1 {
-                    return semantic(spec.views[1].name.pos, "only one window per stream is supported");
+                    return semantic(
+                        spec.views[1].name.pos,
+                        "only one window per stream is supported",
+                    );
                 }
                 let view = spec.views.first();
                 let mut keys = Vec::new();
-                if let Some(v) = view {
-                    if v.name.name.eq_ignore_ascii_case("unique") {
-                        for a in &v.args {
-                            match a {
-                                ast::ViewArg::Expr(e) => keys.push(one.compile(e)?),
-                                ast::ViewArg::Period(_, p) => return semantic(*p, "unique takes field names, not a time period"),
+                if let Some(v) = view
+                    && v.name.name.eq_ignore_ascii_case("unique")
+                {
+                    for a in &v.args {
+                        match a {
+                            ast::ViewArg::Expr(e) => keys.push(one.compile(e)?),
+                            ast::ViewArg::Period(_, p) => {
+                                return semantic(*p, "unique takes field names, not a time period");
                             }
                         }
                     }
@@ -258,7 +306,11 @@ pub(crate) fn compile(st: &Statement, streams: &mut Streams, now: i64) -> Result
                     }
                 }
                 let win = window::build(view, keys)?;
-                stmt.inputs.push(Input { filter, window: win, required: req });
+                stmt.inputs.push(Input {
+                    filter,
+                    window: win,
+                    required: req,
+                });
                 stmt.listen.push((slots[k].stream, k));
             }
         }
@@ -269,7 +321,9 @@ pub(crate) fn compile(st: &Statement, streams: &mut Streams, now: i64) -> Result
             pattern_streams(&node, &mut listen);
             stmt.listen = listen.into_iter().map(|s| (s, 0)).collect();
             let base: Binding = vec![unbound().clone(); slots.len()];
-            stmt.pattern = Some(PatternRt { root: State::start(&node, base, now) });
+            stmt.pattern = Some(PatternRt {
+                root: State::start(&node, base, now),
+            });
         }
     }
     Ok(Compiled::Stmt(Box::new(stmt)))
@@ -288,21 +342,31 @@ fn collect_tags(p: &PatternExpr, streams: &mut Streams, slots: &mut Vec<Slot>) -
                 }
                 None => stream.name.clone(),
             };
-            slots.push(Slot { names: vec![name, stream.name.clone()], stream: id });
+            slots.push(Slot {
+                names: vec![name, stream.name.clone()],
+                stream: id,
+            });
         }
         PatternExpr::FollowedBy(v) | PatternExpr::Or(v) | PatternExpr::And(v) => {
             for x in v {
                 collect_tags(x, streams, slots)?;
             }
         }
-        PatternExpr::Every(x) | PatternExpr::Not(x) | PatternExpr::Within(x, _) => collect_tags(x, streams, slots)?,
+        PatternExpr::Every(x) | PatternExpr::Not(x) | PatternExpr::Within(x, _) => {
+            collect_tags(x, streams, slots)?
+        }
         PatternExpr::Interval(_) => {}
     }
     Ok(())
 }
 
 /// Compiles pattern nodes; `next` walks the slots in the same order `collect_tags` made them.
-fn compile_pattern(p: &PatternExpr, streams: &mut Streams, slots: &[Slot], next: &mut usize) -> Result<Arc<PNode>> {
+fn compile_pattern(
+    p: &PatternExpr,
+    streams: &mut Streams,
+    slots: &[Slot],
+    next: &mut usize,
+) -> Result<Arc<PNode>> {
     Ok(Arc::new(match p {
         PatternExpr::Filter { filter, .. } => {
             let slot = *next;
@@ -310,20 +374,38 @@ fn compile_pattern(p: &PatternExpr, streams: &mut Streams, slots: &[Slot], next:
             let mut c = Compiler::new(streams, slots.to_vec());
             c.default_slot = Some(slot);
             let filter = filter.as_ref().map(|f| c.compile(f)).transpose()?;
-            PNode::Filter { slot, stream: slots[slot].stream, filter }
+            PNode::Filter {
+                slot,
+                stream: slots[slot].stream,
+                filter,
+            }
         }
         PatternExpr::FollowedBy(v) => {
             // a -> b -> c is a -> (b -> c).
-            let nodes = v.iter().map(|x| compile_pattern(x, streams, slots, next)).collect::<Result<Vec<_>>>()?;
+            let nodes = v
+                .iter()
+                .map(|x| compile_pattern(x, streams, slots, next))
+                .collect::<Result<Vec<_>>>()?;
             let mut it = nodes.into_iter().rev();
-            let mut acc = it.next().ok_or_else(|| PqaError::Semantic { pos: Pos::default(), message: "empty pattern".into() })?;
+            let mut acc = it.next().ok_or_else(|| PqaError::Semantic {
+                pos: Pos::default(),
+                message: "empty pattern".into(),
+            })?;
             for n in it {
                 acc = Arc::new(PNode::FollowedBy(n, acc));
             }
             return Ok(acc);
         }
-        PatternExpr::Or(v) => PNode::Or(v.iter().map(|x| compile_pattern(x, streams, slots, next)).collect::<Result<_>>()?),
-        PatternExpr::And(v) => PNode::And(v.iter().map(|x| compile_pattern(x, streams, slots, next)).collect::<Result<_>>()?),
+        PatternExpr::Or(v) => PNode::Or(
+            v.iter()
+                .map(|x| compile_pattern(x, streams, slots, next))
+                .collect::<Result<_>>()?,
+        ),
+        PatternExpr::And(v) => PNode::And(
+            v.iter()
+                .map(|x| compile_pattern(x, streams, slots, next))
+                .collect::<Result<_>>()?,
+        ),
         PatternExpr::Every(x) => PNode::Every(compile_pattern(x, streams, slots, next)?),
         PatternExpr::Not(x) => PNode::Not(compile_pattern(x, streams, slots, next)?),
         PatternExpr::Within(x, ms) => PNode::Within(compile_pattern(x, streams, slots, next)?, *ms),
@@ -358,7 +440,14 @@ pub(crate) enum Fed {
 
 impl Stmt {
     /// An event of the stream bound to input `k` arrives at `now`.
-    pub(crate) fn on_event(&mut self, k: usize, stream: usize, ev: &Arc<Event>, now: i64, out: &mut Vec<Row>) -> Fed {
+    pub(crate) fn on_event(
+        &mut self,
+        k: usize,
+        stream: usize,
+        ev: &Arc<Event>,
+        now: i64,
+        out: &mut Vec<Row>,
+    ) -> Fed {
         if let Some(p) = &mut self.pattern {
             let mut got = Vec::new();
             p.root.on_event(stream, ev, now, &mut got);
@@ -370,10 +459,10 @@ impl Stmt {
             if input.required.iter().any(|&f| ev.get(f).is_null()) {
                 return Fed::MissingField;
             }
-            if let Some(f) = &input.filter {
-                if !f.test(&crate::expr::Ctx::row(std::slice::from_ref(ev))) {
-                    return Fed::Ok;
-                }
+            if let Some(f) = &input.filter
+                && !f.test(&crate::expr::Ctx::row(std::slice::from_ref(ev)))
+            {
+                return Fed::Ok;
             }
             self.delta.clear();
             input.window.insert(ev.clone(), now, &mut self.delta);
@@ -434,7 +523,11 @@ impl Stmt {
                 }
             }
             for row in partial {
-                if self.join_where.as_ref().is_none_or(|w| w.test(&crate::expr::Ctx::row(&row))) {
+                if self
+                    .join_where
+                    .as_ref()
+                    .is_none_or(|w| w.test(&crate::expr::Ctx::row(&row)))
+                {
                     combos.push(row);
                 }
             }

@@ -32,7 +32,11 @@ static NULL: Value = Value::Null;
 impl Event {
     /// An event with no fields: stands for an unbound pattern tag.
     pub(crate) fn empty() -> Arc<Event> {
-        Arc::new(Event { ts: 0, schema: Arc::new(Schema::default()), values: Box::new([]) })
+        Arc::new(Event {
+            ts: 0,
+            schema: Arc::new(Schema::default()),
+            values: Box::new([]),
+        })
     }
 
     /// The value at a field index (null when the event predates the field).
@@ -54,7 +58,11 @@ impl Event {
 
     /// Field name/value pairs (null fields left out), for `select *`.
     pub(crate) fn fields(&self) -> impl Iterator<Item = (&Arc<str>, &Value)> {
-        self.schema.names.iter().zip(self.values.iter()).filter(|(_, v)| !v.is_null())
+        self.schema
+            .names
+            .iter()
+            .zip(self.values.iter())
+            .filter(|(_, v)| !v.is_null())
     }
 }
 
@@ -146,7 +154,11 @@ impl StreamState {
             values[i] = val;
         }
         self.stats.events += 1;
-        Ok(Arc::new(Event { ts, schema: self.schema.clone(), values: values.into_boxed_slice() }))
+        Ok(Arc::new(Event {
+            ts,
+            schema: self.schema.clone(),
+            values: values.into_boxed_slice(),
+        }))
     }
 
     /// Builds an event from already-typed columns (insert-into, benchmarks).
@@ -176,7 +188,11 @@ impl StreamState {
             values[i] = v.clone();
         }
         self.stats.events += 1;
-        Ok(Arc::new(Event { ts, schema: self.schema.clone(), values: values.into_boxed_slice() }))
+        Ok(Arc::new(Event {
+            ts,
+            schema: self.schema.clone(),
+            values: values.into_boxed_slice(),
+        }))
     }
 }
 

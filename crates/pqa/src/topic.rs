@@ -54,7 +54,10 @@ impl std::fmt::Display for CloseReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CloseReason::TooSlow { dropped } => {
-                write!(f, "subscriber too slow: {dropped} notifications dropped; reconnect to resume")
+                write!(
+                    f,
+                    "subscriber too slow: {dropped} notifications dropped; reconnect to resume"
+                )
             }
             CloseReason::Deleted => write!(f, "query deleted"),
         }
@@ -89,7 +92,10 @@ impl Topic {
     /// A topic keeping at most `capacity` notifications for slow readers.
     pub fn new(name: &str, capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        Topic { name: Arc::from(name), tx }
+        Topic {
+            name: Arc::from(name),
+            tx,
+        }
     }
 
     /// The topic's name (`pqa/<query id>`).
@@ -99,7 +105,9 @@ impl Topic {
 
     /// Subscribes from now on.
     pub fn subscribe(&self) -> Subscription {
-        Subscription { rx: self.tx.subscribe() }
+        Subscription {
+            rx: self.tx.subscribe(),
+        }
     }
 
     /// Number of live subscribers (SSE, WebSocket, sink tasks).
@@ -110,6 +118,11 @@ impl Topic {
     /// Publishes without waiting; returns how many subscribers will see it.
     pub fn publish(&self, n: Notification) -> usize {
         let json = n.to_json_string();
-        self.tx.send(Arc::new(Published { notification: n, json })).unwrap_or(0)
+        self.tx
+            .send(Arc::new(Published {
+                notification: n,
+                json,
+            }))
+            .unwrap_or(0)
     }
 }

@@ -18,26 +18,39 @@ use crate::error::PqaError;
 use crate::service::{PqaService, Publish};
 
 fn fault(code: i32, msg: String) -> Response {
-    let body = FaultResponse { fault: Fault::new(code, msg) }
-        .to_xml()
-        .unwrap_or_else(|_| "<methodResponse><fault/></methodResponse>".into());
+    let body = FaultResponse {
+        fault: Fault::new(code, msg),
+    }
+    .to_xml()
+    .unwrap_or_else(|_| "<methodResponse><fault/></methodResponse>".into());
     xml(body)
 }
 
 fn xml(body: String) -> Response {
-    ([(header::CONTENT_TYPE, "text/xml")], format!("<?xml version=\"1.0\"?>\n{body}")).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/xml")],
+        format!("<?xml version=\"1.0\"?>\n{body}"),
+    )
+        .into_response()
 }
 
 fn err_fault(e: PqaError) -> Response {
-    let code = if matches!(e, PqaError::UnknownQuery(_)) { 2 } else { 1 };
+    let code = if matches!(e, PqaError::UnknownQuery(_)) {
+        2
+    } else {
+        1
+    };
     fault(code, format!("{e} (hint: {})", e.hint()))
 }
 
-fn string_param(params: &[Value], i: usize, what: &str) -> Result<Option<String>, Response> {
+fn string_param(params: &[Value], i: usize, what: &str) -> Result<Option<String>, Box<Response>> {
     match params.get(i) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(fault(1, format!("parameter {} ({what}) must be a string", i + 1))),
+        Some(_) => Err(Box::new(fault(
+            1,
+            format!("parameter {} ({what}) must be a string", i + 1),
+        ))),
     }
 }
 
@@ -51,15 +64,15 @@ pub(crate) async fn handle(State(svc): State<PqaService>, body: String) -> Respo
             let epl = match string_param(&call.params, 0, "epl") {
                 Ok(Some(s)) => s,
                 Ok(None) => return fault(1, "pqa.register needs the EPL statement".into()),
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             let publish = match string_param(&call.params, 1, "publish") {
                 Ok(p) => p,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             let webhook = match string_param(&call.params, 2, "webhook") {
                 Ok(w) => w.filter(|w| !w.is_empty()),
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             let publish: Publish = match publish.as_deref().unwrap_or("all").parse() {
                 Ok(p) => p,
@@ -79,7 +92,7 @@ pub(crate) async fn handle(State(svc): State<PqaService>, body: String) -> Respo
             let id = match string_param(&call.params, 0, "id") {
                 Ok(Some(s)) => s,
                 Ok(None) => return fault(1, "pqa.delete needs the query id".into()),
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             match svc.delete(&id) {
                 Ok(_) => Value::Boolean(true),
@@ -93,14 +106,22 @@ pub(crate) async fn handle(State(svc): State<PqaService>, body: String) -> Respo
                     let mut m = BTreeMap::new();
                     m.insert("id".to_string(), Value::String(q.id));
                     m.insert("epl".to_string(), Value::String(q.epl));
-                    m.insert("publish".to_string(), Value::String(format!("{:?}", q.publish).to_lowercase()));
+                    m.insert(
+                        "publish".to_string(),
+                        Value::String(format!("{:?}", q.publish).to_lowercase()),
+                    );
                     m.insert("topic".to_string(), Value::String(q.topic));
                     m.insert("refs".to_string(), Value::Integer(q.refs as i32));
                     Value::Struct(m)
                 })
                 .collect(),
         ),
-        other => return fault(1, format!("unknown method {other} (pqa.register, pqa.delete, pqa.list)")),
+        other => {
+            return fault(
+                1,
+                format!("unknown method {other} (pqa.register, pqa.delete, pqa.list)"),
+            );
+        }
     };
     match (MethodResponse { value }).to_xml() {
         Ok(s) => xml(s),

@@ -58,7 +58,12 @@ async fn register_list_delete_and_sse_notifications() {
     let base = serve(svc.clone()).await;
     let c = reqwest::Client::new();
     let epl = "select avg(memutil) as avgMemUtil from MemUtilEvent.win:time(20 sec) where avgMemUtil > 70";
-    let r = c.post(format!("{base}/v1/persistent-queries")).json(&json!({"epl": epl})).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/v1/persistent-queries"))
+        .json(&json!({"epl": epl}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let reg: Value = r.json().await.unwrap();
     let id = reg["id"].as_str().unwrap().to_string();
@@ -67,7 +72,9 @@ async fn register_list_delete_and_sse_notifications() {
     // The same statement, written differently, shares the instance and id.
     let r: Value = c
         .post(format!("{base}/v1/persistent-queries"))
-        .json(&json!({"epl": epl.replace(' ', "\n  ").replace("select", "SELECT"), "publish": "all"}))
+        .json(
+            &json!({"epl": epl.replace(' ', "\n  ").replace("select", "SELECT"), "publish": "all"}),
+        )
         .send()
         .await
         .unwrap()
@@ -77,7 +84,11 @@ async fn register_list_delete_and_sse_notifications() {
     assert_eq!(r["id"], json!(id));
     assert_eq!(svc.running_statements(), 1);
 
-    let sse = c.get(format!("{base}/v1/persistent-queries/{id}/events")).send().await.unwrap();
+    let sse = c
+        .get(format!("{base}/v1/persistent-queries/{id}/events"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(sse.status(), 200);
     // Wait until the SSE handler has subscribed before producing events.
     for _ in 0..100 {
@@ -87,7 +98,15 @@ async fn register_list_delete_and_sse_notifications() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let ndjson = "{\"memutil\": 60}\n{\"memutil\": 90}\n{\"memutil\": 30}\n{\"memutil\": 100}\n";
-    let r: Value = c.post(format!("{base}/v1/events/MemUtilEvent")).body(ndjson).send().await.unwrap().json().await.unwrap();
+    let r: Value = c
+        .post(format!("{base}/v1/events/MemUtilEvent"))
+        .body(ndjson)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r["accepted"], json!(4));
     // Triggers: 75 (60,90) and 70? no: (60,90,30,100) = 70, not > 70. So exactly one.
     let r: Value = c
@@ -101,9 +120,23 @@ async fn register_list_delete_and_sse_notifications() {
         .unwrap();
     assert_eq!(r["accepted"], json!(1));
     // Deleting both references closes the topic: the SSE stream ends with a reason.
-    let d: Value = c.delete(format!("{base}/v1/persistent-queries/{id}")).send().await.unwrap().json().await.unwrap();
+    let d: Value = c
+        .delete(format!("{base}/v1/persistent-queries/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(d["refs"], json!(1));
-    let d: Value = c.delete(format!("{base}/v1/persistent-queries/{id}")).send().await.unwrap().json().await.unwrap();
+    let d: Value = c
+        .delete(format!("{base}/v1/persistent-queries/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(d["deleted"], json!(true));
     let frames = read_sse(sse, 3).await;
     assert_eq!(frames[0].0, "result");
@@ -115,9 +148,20 @@ async fn register_list_delete_and_sse_notifications() {
     assert_eq!(frames[2].1["reason"], json!("query deleted"));
     assert_eq!(svc.running_statements(), 0);
 
-    let l: Value = c.get(format!("{base}/v1/persistent-queries")).send().await.unwrap().json().await.unwrap();
+    let l: Value = c
+        .get(format!("{base}/v1/persistent-queries"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(l["queries"], json!([]));
-    let r = c.delete(format!("{base}/v1/persistent-queries/{id}")).send().await.unwrap();
+    let r = c
+        .delete(format!("{base}/v1/persistent-queries/{id}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     let e: Value = r.json().await.unwrap();
     assert!(e["hint"].as_str().is_some());
@@ -135,17 +179,35 @@ async fn parse_errors_map_to_400_with_position() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let e: Value = r.json().await.unwrap();
-    assert_eq!((e["line"].clone(), e["column"].clone()), (json!(2), json!(20)));
+    assert_eq!(
+        (e["line"].clone(), e["column"].clone()),
+        (json!(2), json!(20))
+    );
     assert!(e["error"].as_str().unwrap().contains("expected"));
-    let r = c.post(format!("{base}/v1/persistent-queries")).json(&json!({"epl": "select x from S", "publish": "median"})).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/v1/persistent-queries"))
+        .json(&json!({"epl": "select x from S", "publish": "median"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = c.post(format!("{base}/v1/events/S")).body("[1, 2]").send().await.unwrap();
+    let r = c
+        .post(format!("{base}/v1/events/S"))
+        .body("[1, 2]")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
 }
 
 fn xml_call(method: &str, params: &[&str]) -> String {
-    let ps: String = params.iter().map(|p| format!("<param><value><string>{p}</string></value></param>")).collect();
-    format!("<?xml version=\"1.0\"?><methodCall><methodName>{method}</methodName><params>{ps}</params></methodCall>")
+    let ps: String = params
+        .iter()
+        .map(|p| format!("<param><value><string>{p}</string></value></param>"))
+        .collect();
+    format!(
+        "<?xml version=\"1.0\"?><methodCall><methodName>{method}</methodName><params>{ps}</params></methodCall>"
+    )
 }
 
 #[tokio::test]
@@ -156,12 +218,32 @@ async fn xmlrpc_register_list_delete() {
     let rpc = |body: String| {
         let c = c.clone();
         let url = format!("{base}/RPC2");
-        async move { c.post(url).header("content-type", "text/xml").body(body).send().await.unwrap().text().await.unwrap() }
+        async move {
+            c.post(url)
+                .header("content-type", "text/xml")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
     };
-    let r = rpc(xml_call("pqa.register", &["select x from S(x &gt; 3)", "current"])).await;
-    let resp = dxr::MethodResponse::from_xml(r.trim_start_matches("<?xml version=\"1.0\"?>").trim()).expect(&r);
-    let dxr::Value::Struct(m) = resp.value else { panic!("{r}") };
-    let dxr::Value::String(id) = &m["id"] else { panic!("{r}") };
+    let r = rpc(xml_call(
+        "pqa.register",
+        &["select x from S(x &gt; 3)", "current"],
+    ))
+    .await;
+    let resp =
+        dxr::MethodResponse::from_xml(r.trim_start_matches("<?xml version=\"1.0\"?>").trim())
+            .expect(&r);
+    let dxr::Value::Struct(m) = resp.value else {
+        panic!("{r}")
+    };
+    let dxr::Value::String(id) = &m["id"] else {
+        panic!("{r}")
+    };
     assert_eq!(svc.list()[0].publish, Publish::Current);
     assert_eq!(svc.list()[0].epl, "select x from S(x > 3)");
 
@@ -171,7 +253,10 @@ async fn xmlrpc_register_list_delete() {
     assert!(r.contains("<boolean>1</boolean>"), "{r}");
     assert!(svc.list().is_empty());
     let r = rpc(xml_call("pqa.delete", &[id])).await;
-    assert!(r.contains("<fault>") && r.contains("no persistent query"), "{r}");
+    assert!(
+        r.contains("<fault>") && r.contains("no persistent query"),
+        "{r}"
+    );
     let r = rpc(xml_call("pqa.register", &["select from"])).await;
     assert!(r.contains("<fault>") && r.contains("expected"), "{r}");
 }
@@ -181,7 +266,11 @@ async fn websocket_subscriber_and_publish_max() {
     let svc = service();
     let base = serve(svc.clone()).await;
     let reg = svc.register("select x from S", Publish::Max, None).unwrap();
-    let url = format!("{}/v1/persistent-queries/{}/ws", base.replace("http", "ws"), reg.id);
+    let url = format!(
+        "{}/v1/persistent-queries/{}/ws",
+        base.replace("http", "ws"),
+        reg.id
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     for _ in 0..100 {
         if svc.list()[0].subscribers > 0 {
@@ -194,20 +283,31 @@ async fn websocket_subscriber_and_publish_max() {
     }
     let mut got = Vec::new();
     for _ in 0..3 {
-        let m = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        let m = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         let v: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
         got.push(v["rows"][0]["x"].clone());
     }
     // Running maximum of x.
     assert_eq!(got, vec![json!(3.0), json!(9.0), json!(9.0)]);
     svc.delete(&reg.id).unwrap();
-    let m = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+    let m = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(m.is_close(), "{m:?}");
 }
 
 #[tokio::test]
 async fn slow_subscriber_is_dropped_with_reason_and_engine_goes_on() {
-    let svc = PqaService::new(ServiceConfig { topic_capacity: 4, ..ServiceConfig::default() });
+    let svc = PqaService::new(ServiceConfig {
+        topic_capacity: 4,
+        ..ServiceConfig::default()
+    });
     let reg = svc.register("select x from S", Publish::All, None).unwrap();
     let topic = svc.topic(&reg.id).unwrap();
     let mut slow = topic.subscribe();
@@ -245,7 +345,13 @@ async fn webhook_retries_until_delivered() {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let svc = service();
-    let reg = svc.register("select x from S where x > 1", Publish::All, Some(&format!("http://{addr}/hook"))).unwrap();
+    let reg = svc
+        .register(
+            "select x from S where x > 1",
+            Publish::All,
+            Some(&format!("http://{addr}/hook")),
+        )
+        .unwrap();
     svc.push_event("S", &json!({"x": 1})).unwrap();
     svc.push_event("S", &json!({"x": 2})).unwrap();
     for _ in 0..500 {
@@ -264,7 +370,13 @@ async fn webhook_retries_until_delivered() {
 #[tokio::test]
 async fn explicit_clock_drives_time_windows_through_the_service() {
     let svc = service();
-    let reg = svc.register("select count(*) as n from S.win:time(10 sec)", Publish::Current, None).unwrap();
+    let reg = svc
+        .register(
+            "select count(*) as n from S.win:time(10 sec)",
+            Publish::Current,
+            None,
+        )
+        .unwrap();
     let mut sub = svc.topic(&reg.id).unwrap().subscribe();
     svc.push_event("S", &json!({"x": 1})).unwrap();
     svc.advance_time(5_000);

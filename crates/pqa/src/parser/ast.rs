@@ -272,7 +272,11 @@ impl Expr {
                 b.walk(f);
                 c.walk(f);
             }
-            Expr::Case { operand, whens, else_ } => {
+            Expr::Case {
+                operand,
+                whens,
+                else_,
+            } => {
                 if let Some(o) = operand {
                     o.walk(f);
                 }
@@ -329,8 +333,14 @@ impl std::fmt::Display for Expr {
                 Value::Str(s) => write!(f, "'{}'", s.replace('\'', "''")),
                 Value::Json(j) => write!(f, "{j}"),
             },
-            Expr::Field { qualifier: Some(q), name } => write!(f, "{}.{}", q.name, name.name),
-            Expr::Field { qualifier: None, name } => write!(f, "{}", name.name),
+            Expr::Field {
+                qualifier: Some(q),
+                name,
+            } => write!(f, "{}.{}", q.name, name.name),
+            Expr::Field {
+                qualifier: None,
+                name,
+            } => write!(f, "{}", name.name),
             Expr::Unary(UnOp::Not, e, _) => write!(f, "not {e}"),
             Expr::Unary(UnOp::Neg, e, _) => write!(f, "-{e}"),
             Expr::Binary(op, l, r) => {
@@ -352,11 +362,24 @@ impl std::fmt::Display for Expr {
                 };
                 let paren = |e: &Expr| matches!(e, Expr::Binary(..));
                 let (lp, rp) = (paren(l), paren(r));
-                if lp { write!(f, "({l})")? } else { write!(f, "{l}")? }
+                if lp {
+                    write!(f, "({l})")?
+                } else {
+                    write!(f, "{l}")?
+                }
                 write!(f, " {s} ")?;
-                if rp { write!(f, "({r})") } else { write!(f, "{r}") }
+                if rp {
+                    write!(f, "({r})")
+                } else {
+                    write!(f, "{r}")
+                }
             }
-            Expr::Call { name, distinct, star, args } => {
+            Expr::Call {
+                name,
+                distinct,
+                star,
+                args,
+            } => {
                 write!(f, "{}(", name.name.to_ascii_lowercase())?;
                 if *star {
                     write!(f, "*")?;
@@ -384,10 +407,18 @@ impl std::fmt::Display for Expr {
                 write!(f, ")")
             }
             Expr::Between(e, lo, hi, neg) => {
-                write!(f, "{e} {}between {lo} and {hi}", if *neg { "not " } else { "" })
+                write!(
+                    f,
+                    "{e} {}between {lo} and {hi}",
+                    if *neg { "not " } else { "" }
+                )
             }
             Expr::Like(e, p, neg) => write!(f, "{e} {}like {p}", if *neg { "not " } else { "" }),
-            Expr::Case { operand, whens, else_ } => {
+            Expr::Case {
+                operand,
+                whens,
+                else_,
+            } => {
                 write!(f, "case")?;
                 if let Some(o) = operand {
                     write!(f, " {o}")?;

@@ -1,6 +1,6 @@
 //! Tokenizer for EPL.
 
-use crate::error::{PqaError, Pos, Result};
+use crate::error::{Pos, PqaError, Result};
 
 /// Token kinds.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,10 +85,15 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>> {
         }
         if c.is_alphabetic() || c == '_' || c == '$' {
             let start = i;
-            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '$') {
+            while i < chars.len()
+                && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '$')
+            {
                 advance(&chars, &mut i, &mut line, &mut col);
             }
-            out.push(Token { tok: Tok::Ident(chars[start..i].iter().collect()), pos });
+            out.push(Token {
+                tok: Tok::Ident(chars[start..i].iter().collect()),
+                pos,
+            });
             continue;
         }
         if c == '`' {
@@ -107,16 +112,23 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>> {
             }
             let s: String = chars[start..i].iter().collect();
             advance(&chars, &mut i, &mut line, &mut col);
-            out.push(Token { tok: Tok::Ident(s), pos });
+            out.push(Token {
+                tok: Tok::Ident(s),
+                pos,
+            });
             continue;
         }
-        if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) {
+        if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
+        {
             let start = i;
             let mut float = false;
             while i < chars.len() && chars[i].is_ascii_digit() {
                 advance(&chars, &mut i, &mut line, &mut col);
             }
-            if i < chars.len() && chars[i] == '.' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit()) {
+            if i < chars.len()
+                && chars[i] == '.'
+                && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())
+            {
                 float = true;
                 advance(&chars, &mut i, &mut line, &mut col);
                 while i < chars.len() && chars[i].is_ascii_digit() {
@@ -140,7 +152,8 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>> {
             }
             let text: String = chars[start..i].iter().collect();
             // Java-style suffixes (1L, 2.0d) are accepted and ignored.
-            if i < chars.len() && matches!(chars[i], 'L' | 'l' | 'd' | 'D' | 'f' | 'F')
+            if i < chars.len()
+                && matches!(chars[i], 'L' | 'l' | 'd' | 'D' | 'f' | 'F')
                 && !chars.get(i + 1).is_some_and(|c| c.is_alphanumeric())
             {
                 if matches!(chars[i], 'd' | 'D' | 'f' | 'F') {
@@ -206,7 +219,10 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>> {
                     }
                 }
             }
-            out.push(Token { tok: Tok::Str(s), pos });
+            out.push(Token {
+                tok: Tok::Str(s),
+                pos,
+            });
             continue;
         }
         let rest: String = chars[i..(i + 2).min(chars.len())].iter().collect();
@@ -216,7 +232,10 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>> {
                 for _ in s.chars() {
                     advance(&chars, &mut i, &mut line, &mut col);
                 }
-                out.push(Token { tok: Tok::Sym(s), pos });
+                out.push(Token {
+                    tok: Tok::Sym(s),
+                    pos,
+                });
             }
             None => {
                 return Err(PqaError::Parse {
@@ -227,6 +246,9 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>> {
             }
         }
     }
-    out.push(Token { tok: Tok::Eof, pos: Pos { line, col } });
+    out.push(Token {
+        tok: Tok::Eof,
+        pos: Pos { line, col },
+    });
     Ok(out)
 }

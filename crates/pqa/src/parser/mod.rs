@@ -10,20 +10,54 @@ mod lexer;
 use ast::*;
 use lexer::{Tok, Token, tokenize};
 
-use crate::error::{PqaError, Pos, Result};
+use crate::error::{Pos, PqaError, Result};
 use crate::value::{Kind, Value};
 
 /// Words that end an expression or clause and so cannot be an implicit alias.
 const RESERVED: &[&str] = &[
-    "select", "from", "where", "group", "by", "having", "order", "output", "limit", "as", "and",
-    "or", "not", "insert", "into", "pattern", "every", "on", "asc", "desc", "unidirectional",
-    "is", "in", "between", "like", "case", "when", "then", "else", "end", "distinct", "events",
-    "all", "first", "last",
+    "select",
+    "from",
+    "where",
+    "group",
+    "by",
+    "having",
+    "order",
+    "output",
+    "limit",
+    "as",
+    "and",
+    "or",
+    "not",
+    "insert",
+    "into",
+    "pattern",
+    "every",
+    "on",
+    "asc",
+    "desc",
+    "unidirectional",
+    "is",
+    "in",
+    "between",
+    "like",
+    "case",
+    "when",
+    "then",
+    "else",
+    "end",
+    "distinct",
+    "events",
+    "all",
+    "first",
+    "last",
 ];
 
 /// Parses one EPL statement (a trailing `;` is allowed).
 pub fn parse(src: &str) -> Result<Statement> {
-    let mut p = Parser { toks: tokenize(src)?, i: 0 };
+    let mut p = Parser {
+        toks: tokenize(src)?,
+        i: 0,
+    };
     let st = p.statement()?;
     p.eat_sym(";");
     p.expect_eof()?;
@@ -63,11 +97,38 @@ pub fn normalize(src: &str) -> Result<String> {
 fn is_keyword_like(s: &str) -> bool {
     matches!(
         s,
-        "win" | "std" | "time" | "length" | "time_batch" | "length_batch" | "keepall" | "lastevent"
-            | "unique" | "timer" | "within" | "interval" | "sec" | "msec" | "min" | "hour"
-            | "seconds" | "second" | "minutes" | "minute" | "hours" | "milliseconds"
-            | "millisecond" | "msecs" | "day" | "days" | "create" | "schema" | "null" | "true"
-            | "false" | "snapshot"
+        "win"
+            | "std"
+            | "time"
+            | "length"
+            | "time_batch"
+            | "length_batch"
+            | "keepall"
+            | "lastevent"
+            | "unique"
+            | "timer"
+            | "within"
+            | "interval"
+            | "sec"
+            | "msec"
+            | "min"
+            | "hour"
+            | "seconds"
+            | "second"
+            | "minutes"
+            | "minute"
+            | "hours"
+            | "milliseconds"
+            | "millisecond"
+            | "msecs"
+            | "day"
+            | "days"
+            | "create"
+            | "schema"
+            | "null"
+            | "true"
+            | "false"
+            | "snapshot"
     )
 }
 
@@ -127,7 +188,11 @@ impl Parser {
         }
     }
     fn expect_kw(&mut self, kw: &str) -> Result<()> {
-        if self.eat_kw(kw) { Ok(()) } else { self.err(&format!("'{kw}'")) }
+        if self.eat_kw(kw) {
+            Ok(())
+        } else {
+            self.err(&format!("'{kw}'"))
+        }
     }
     fn is_sym(&self, s: &str) -> bool {
         matches!(&self.peek().tok, Tok::Sym(x) if *x == s)
@@ -141,7 +206,11 @@ impl Parser {
         }
     }
     fn expect_sym(&mut self, s: &str) -> Result<()> {
-        if self.eat_sym(s) { Ok(()) } else { self.err(&format!("'{s}'")) }
+        if self.eat_sym(s) {
+            Ok(())
+        } else {
+            self.err(&format!("'{s}'"))
+        }
     }
     fn expect_eof(&self) -> Result<()> {
         if self.peek().tok == Tok::Eof {
@@ -153,7 +222,10 @@ impl Parser {
     fn ident(&mut self, what: &str) -> Result<Ident> {
         match &self.peek().tok {
             Tok::Ident(s) => {
-                let id = Ident { name: s.clone(), pos: self.pos() };
+                let id = Ident {
+                    name: s.clone(),
+                    pos: self.pos(),
+                };
                 self.bump();
                 Ok(id)
             }
@@ -169,7 +241,10 @@ impl Parser {
         if self.is_kw("create") {
             self.bump();
             self.expect_kw("schema")?;
-            return Ok(Statement { insert_into: None, body: Body::CreateSchema(self.create_schema()?) });
+            return Ok(Statement {
+                insert_into: None,
+                body: Body::CreateSchema(self.create_schema()?),
+            });
         }
         let mut insert_into = None;
         if self.eat_kw("insert") {
@@ -177,9 +252,16 @@ impl Parser {
             insert_into = Some(self.ident("a stream name after 'insert into'")?);
         }
         if !self.is_kw("select") {
-            return self.err(if insert_into.is_some() { "'select'" } else { "'select', 'insert into' or 'create schema'" });
+            return self.err(if insert_into.is_some() {
+                "'select'"
+            } else {
+                "'select', 'insert into' or 'create schema'"
+            });
         }
-        Ok(Statement { insert_into, body: Body::Select(Box::new(self.select()?)) })
+        Ok(Statement {
+            insert_into,
+            body: Body::Select(Box::new(self.select()?)),
+        })
     }
 
     fn create_schema(&mut self) -> Result<CreateSchema> {
@@ -297,12 +379,22 @@ impl Parser {
         if self.is_kw("events") || self.is_kw("event") {
             self.bump();
             if n < 1.0 || n.fract() != 0.0 {
-                return Err(PqaError::Parse { pos, expected: "a positive whole number of events".into(), found: n.to_string() });
+                return Err(PqaError::Parse {
+                    pos,
+                    expected: "a positive whole number of events".into(),
+                    found: n.to_string(),
+                });
             }
-            return Ok(OutputClause { kind, every: OutputEvery::Events(n as u64) });
+            return Ok(OutputClause {
+                kind,
+                every: OutputEvery::Events(n as u64),
+            });
         }
         let ms = self.period_rest(n, pos)?;
-        Ok(OutputClause { kind, every: OutputEvery::Time(ms) })
+        Ok(OutputClause {
+            kind,
+            every: OutputEvery::Time(ms),
+        })
     }
 
     fn number(&mut self, what: &str) -> Result<f64> {
@@ -343,7 +435,11 @@ impl Parser {
             }
         }
         if total <= 0.0 {
-            return Err(PqaError::Parse { pos, expected: "a positive time period".into(), found: format!("{total} msec") });
+            return Err(PqaError::Parse {
+                pos,
+                expected: "a positive time period".into(),
+                found: format!("{total} msec"),
+            });
         }
         Ok(total.round() as i64)
     }
@@ -408,18 +504,29 @@ impl Parser {
         }
         let mut views = Vec::new();
         loop {
-            if self.is_sym(".") && matches!(self.peek_at(1), Tok::Ident(_)) && matches!(self.peek_at(2), Tok::Sym(":")) {
+            if self.is_sym(".")
+                && matches!(self.peek_at(1), Tok::Ident(_))
+                && matches!(self.peek_at(2), Tok::Sym(":"))
+            {
                 self.bump();
                 let ns = self.ident("a view namespace (win, std)")?;
                 self.expect_sym(":")?;
                 let name = self.ident("a view name (time, length, time_batch, length_batch, keepall, lastevent, unique)")?;
                 let args = self.view_args()?;
-                views.push(View { namespace: ns.name.to_ascii_lowercase(), name, args });
+                views.push(View {
+                    namespace: ns.name.to_ascii_lowercase(),
+                    name,
+                    args,
+                });
             } else if self.is_sym("#") {
                 self.bump();
                 let name = self.ident("a view name (time, length, time_batch, length_batch, keepall, lastevent, unique)")?;
                 let args = self.view_args()?;
-                views.push(View { namespace: "#".into(), name, args });
+                views.push(View {
+                    namespace: "#".into(),
+                    name,
+                    args,
+                });
             } else {
                 break;
             }
@@ -433,7 +540,12 @@ impl Parser {
         };
         // Accepted for compatibility; joins here are evaluated on every stream.
         self.eat_kw("unidirectional");
-        Ok(StreamSpec { name, filter, views, alias })
+        Ok(StreamSpec {
+            name,
+            filter,
+            views,
+            alias,
+        })
     }
 
     fn view_args(&mut self) -> Result<Vec<ViewArg>> {
@@ -480,7 +592,11 @@ impl Parser {
         while self.eat_sym("->") {
             parts.push(self.pattern_or()?);
         }
-        Ok(if parts.len() == 1 { parts.remove(0) } else { PatternExpr::FollowedBy(parts) })
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            PatternExpr::FollowedBy(parts)
+        })
     }
 
     fn pattern_or(&mut self) -> Result<PatternExpr> {
@@ -488,7 +604,11 @@ impl Parser {
         while self.eat_kw("or") {
             parts.push(self.pattern_and()?);
         }
-        Ok(if parts.len() == 1 { parts.remove(0) } else { PatternExpr::Or(parts) })
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            PatternExpr::Or(parts)
+        })
     }
 
     fn pattern_and(&mut self) -> Result<PatternExpr> {
@@ -496,7 +616,11 @@ impl Parser {
         while self.eat_kw("and") {
             parts.push(self.pattern_unary()?);
         }
-        Ok(if parts.len() == 1 { parts.remove(0) } else { PatternExpr::And(parts) })
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            PatternExpr::And(parts)
+        })
     }
 
     fn pattern_unary(&mut self) -> Result<PatternExpr> {
@@ -548,7 +672,11 @@ impl Parser {
             }
             self.expect_sym(")")?;
         }
-        Ok(PatternExpr::Filter { tag, stream, filter })
+        Ok(PatternExpr::Filter {
+            tag,
+            stream,
+            filter,
+        })
     }
 
     // ---- expressions ----
@@ -606,7 +734,9 @@ impl Parser {
             self.expect_kw("null")?;
             return Ok(Expr::IsNull(Box::new(l), neg));
         }
-        let neg = if self.is_kw("not") && (self.is_kw_at(1, "in") || self.is_kw_at(1, "between") || self.is_kw_at(1, "like")) {
+        let neg = if self.is_kw("not")
+            && (self.is_kw_at(1, "in") || self.is_kw_at(1, "between") || self.is_kw_at(1, "like"))
+        {
             self.bump();
             true
         } else {
@@ -739,9 +869,15 @@ impl Parser {
                 if self.is_sym(".") && matches!(self.peek_at(1), Tok::Ident(_)) {
                     self.bump();
                     let field = self.ident("a field name after '.'")?;
-                    return Ok(Expr::Field { qualifier: Some(name), name: field });
+                    return Ok(Expr::Field {
+                        qualifier: Some(name),
+                        name: field,
+                    });
                 }
-                Ok(Expr::Field { qualifier: None, name })
+                Ok(Expr::Field {
+                    qualifier: None,
+                    name,
+                })
             }
             _ => self.err("an expression (a field, number, string or function call)"),
         }
@@ -750,7 +886,12 @@ impl Parser {
     fn call(&mut self, name: Ident) -> Result<Expr> {
         if self.eat_sym("*") {
             self.expect_sym(")")?;
-            return Ok(Expr::Call { name, distinct: false, star: true, args: Vec::new() });
+            return Ok(Expr::Call {
+                name,
+                distinct: false,
+                star: true,
+                args: Vec::new(),
+            });
         }
         let distinct = self.eat_kw("distinct");
         let mut args = Vec::new();
@@ -763,12 +904,21 @@ impl Parser {
             }
         }
         self.expect_sym(")")?;
-        Ok(Expr::Call { name, distinct, star: false, args })
+        Ok(Expr::Call {
+            name,
+            distinct,
+            star: false,
+            args,
+        })
     }
 
     fn case_expr(&mut self) -> Result<Expr> {
         self.expect_kw("case")?;
-        let operand = if self.is_kw("when") { None } else { Some(Box::new(self.expr()?)) };
+        let operand = if self.is_kw("when") {
+            None
+        } else {
+            Some(Box::new(self.expr()?))
+        };
         let mut whens = Vec::new();
         while self.eat_kw("when") {
             let w = self.expr()?;
@@ -779,9 +929,17 @@ impl Parser {
         if whens.is_empty() {
             return self.err("'when'");
         }
-        let else_ = if self.eat_kw("else") { Some(Box::new(self.expr()?)) } else { None };
+        let else_ = if self.eat_kw("else") {
+            Some(Box::new(self.expr()?))
+        } else {
+            None
+        };
         self.expect_kw("end")?;
-        Ok(Expr::Case { operand, whens, else_ })
+        Ok(Expr::Case {
+            operand,
+            whens,
+            else_,
+        })
     }
 }
 
@@ -792,20 +950,32 @@ mod tests {
     #[test]
     fn seed_examples_parse() {
         let s = parse("select avg(memutil) as avgMemUtil\nfrom MemUtilEvent.win:time(20 sec)\nwhere avgMemUtil > 70").unwrap();
-        let Body::Select(sel) = s.body else { panic!("not a select") };
-        let From::Streams(st) = &sel.from else { panic!("not streams") };
+        let Body::Select(sel) = s.body else {
+            panic!("not a select")
+        };
+        let From::Streams(st) = &sel.from else {
+            panic!("not streams")
+        };
         assert_eq!(st[0].name.name, "MemUtilEvent");
         assert!(matches!(st[0].views[0].args[0], ViewArg::Period(20_000, _)));
         let s = parse("select\nb.metricName as metricName1, b.metricValue as metricValue1,\nm.metricName as metricName2, m.metricValue as metricValue2\nfrom\nBWUtilization.win:length(1) as b,\nMemoryUtilization.win:length(1) as m\nwhere b.metricValue > 1.40012E9 and m.metricValue > 70").unwrap();
-        let Body::Select(sel) = s.body else { panic!("not a select") };
+        let Body::Select(sel) = s.body else {
+            panic!("not a select")
+        };
         assert_eq!(sel.items.len(), 4);
     }
 
     #[test]
     fn pattern_precedence() {
-        let s = parse("select * from pattern [every a=A -> b=B(b.x > a.x) where timer:within(30 sec)]").unwrap();
-        let Body::Select(sel) = s.body else { panic!("not a select") };
-        let From::Pattern(PatternExpr::FollowedBy(parts), _) = &sel.from else { panic!("{:?}", sel.from) };
+        let s =
+            parse("select * from pattern [every a=A -> b=B(b.x > a.x) where timer:within(30 sec)]")
+                .unwrap();
+        let Body::Select(sel) = s.body else {
+            panic!("not a select")
+        };
+        let From::Pattern(PatternExpr::FollowedBy(parts), _) = &sel.from else {
+            panic!("{:?}", sel.from)
+        };
         assert!(matches!(parts[0], PatternExpr::Every(_)));
         assert!(matches!(parts[1], PatternExpr::Within(_, 30_000)));
     }
@@ -813,9 +983,19 @@ mod tests {
     #[test]
     fn errors_have_position_and_expectation() {
         let e = parse("select avg(x)\nfrom S.win:time(20 parsecs)").unwrap_err();
-        let PqaError::Parse { pos, expected, found } = e else { panic!("{e}") };
+        let PqaError::Parse {
+            pos,
+            expected,
+            found,
+        } = e
+        else {
+            panic!("{e}")
+        };
         assert_eq!((pos.line, pos.col), (2, 20));
-        assert!(expected.contains("')'") || expected.contains("time unit"), "{expected}");
+        assert!(
+            expected.contains("')'") || expected.contains("time unit"),
+            "{expected}"
+        );
         assert_eq!(found, "'parsecs'");
         let e = parse("select x S").unwrap_err();
         assert!(e.to_string().contains("'from'"), "{e}");
@@ -826,16 +1006,27 @@ mod tests {
         let a = normalize("SELECT  avg(x) FROM S.win:time(20 sec) -- c\n").unwrap();
         let b = normalize("select avg(x)\nfrom S.win:time(20 sec);").unwrap();
         assert_eq!(a, b);
-        assert_ne!(a, normalize("select avg(X) from S.win:time(20 sec)").unwrap());
+        assert_ne!(
+            a,
+            normalize("select avg(X) from S.win:time(20 sec)").unwrap()
+        );
     }
 
     #[test]
     fn periods_and_output() {
         let s = parse("select * from S#time(1 min 30 sec) output last every 2 seconds").unwrap();
         let Body::Select(sel) = s.body else { panic!() };
-        let From::Streams(st) = &sel.from else { panic!() };
+        let From::Streams(st) = &sel.from else {
+            panic!()
+        };
         assert!(matches!(st[0].views[0].args[0], ViewArg::Period(90_000, _)));
-        assert_eq!(sel.output, Some(OutputClause { kind: OutputKind::Last, every: OutputEvery::Time(2000) }));
+        assert_eq!(
+            sel.output,
+            Some(OutputClause {
+                kind: OutputKind::Last,
+                every: OutputEvery::Time(2000)
+            })
+        );
         let s = parse("insert into Hot select x from S output every 5 events").unwrap();
         assert_eq!(s.insert_into.unwrap().name, "Hot");
     }

@@ -23,13 +23,23 @@ impl WebhookSink {
     /// A webhook to `url` (http or https).
     pub fn new(url: &str) -> Result<Self> {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(PqaError::BadRequest(format!("webhook must be an http(s) URL, got {url}")));
+            return Err(PqaError::BadRequest(format!(
+                "webhook must be an http(s) URL, got {url}"
+            )));
         }
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| PqaError::Sink { sink: url.to_string(), message: e.to_string() })?;
-        Ok(WebhookSink { url: url.to_string(), client, max_attempts: 5, backoff: Duration::from_millis(200) })
+            .map_err(|e| PqaError::Sink {
+                sink: url.to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(WebhookSink {
+            url: url.to_string(),
+            client,
+            max_attempts: 5,
+            backoff: Duration::from_millis(200),
+        })
     }
 }
 
@@ -54,7 +64,10 @@ impl Sink for WebhookSink {
                 Ok(r) if r.status().is_success() => return Ok(()),
                 // A 4xx other than 408/429 will not get better by retrying.
                 Ok(r) if r.status().is_client_error() && r.status() != 408 && r.status() != 429 => {
-                    return Err(PqaError::Sink { sink: self.url.clone(), message: format!("HTTP {}", r.status()) });
+                    return Err(PqaError::Sink {
+                        sink: self.url.clone(),
+                        message: format!("HTTP {}", r.status()),
+                    });
                 }
                 Ok(r) => last = format!("HTTP {}", r.status()),
                 Err(e) => last = e.to_string(),
@@ -64,6 +77,9 @@ impl Sink for WebhookSink {
                 wait = (wait * 2).min(Duration::from_secs(10));
             }
         }
-        Err(PqaError::Sink { sink: self.url.clone(), message: format!("gave up after {} attempts: {last}", self.max_attempts) })
+        Err(PqaError::Sink {
+            sink: self.url.clone(),
+            message: format!("gave up after {} attempts: {last}", self.max_attempts),
+        })
     }
 }

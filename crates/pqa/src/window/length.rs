@@ -14,7 +14,10 @@ pub(crate) struct Length {
 
 impl Length {
     pub(crate) fn new(n: usize) -> Self {
-        Length { n, buf: VecDeque::with_capacity(n.min(1024)) }
+        Length {
+            n,
+            buf: VecDeque::with_capacity(n.min(1024)),
+        }
     }
 }
 

@@ -15,7 +15,11 @@ pub(crate) struct LengthBatch {
 
 impl LengthBatch {
     pub(crate) fn new(n: usize) -> Self {
-        LengthBatch { n, buf: Vec::with_capacity(n.min(1024)), prev: Vec::new() }
+        LengthBatch {
+            n,
+            buf: Vec::with_capacity(n.min(1024)),
+            prev: Vec::new(),
+        }
     }
 }
 

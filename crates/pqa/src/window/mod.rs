@@ -61,7 +61,9 @@ pub(crate) trait Window: Send + std::fmt::Debug {
 /// What the compiler needs to build a window: the view and, for
 /// `std:unique`, the compiled key expressions.
 pub(crate) fn build(view: Option<&View>, unique_keys: Vec<CExpr>) -> Result<Box<dyn Window>> {
-    let Some(view) = view else { return Ok(Box::new(NoWindow)) };
+    let Some(view) = view else {
+        return Ok(Box::new(NoWindow));
+    };
     let name = view.name.name.to_ascii_lowercase();
     let pos = view.name.pos;
     let bad = |m: String| PqaError::Semantic { pos, message: m };
@@ -71,15 +73,23 @@ pub(crate) fn build(view: Option<&View>, unique_keys: Vec<CExpr>) -> Result<Box<
             [ViewArg::Expr(crate::parser::ast::Expr::Lit(v, _))] => match v.as_f64() {
                 // A bare number of seconds, as Esper allows.
                 Some(s) if s > 0.0 => Ok((s * 1000.0).round() as i64),
-                _ => Err(bad(format!("{name} needs a positive time period such as 20 sec"))),
+                _ => Err(bad(format!(
+                    "{name} needs a positive time period such as 20 sec"
+                ))),
             },
             _ => Err(bad(format!("{name} needs one time period such as 20 sec"))),
         }
     };
     let count = |args: &[ViewArg]| -> Result<usize> {
         match args {
-            [ViewArg::Expr(crate::parser::ast::Expr::Lit(crate::value::Value::Int(n), _))] if *n > 0 => Ok(*n as usize),
-            _ => Err(bad(format!("{name} needs one positive whole number of events"))),
+            [ViewArg::Expr(crate::parser::ast::Expr::Lit(crate::value::Value::Int(n), _))]
+                if *n > 0 =>
+            {
+                Ok(*n as usize)
+            }
+            _ => Err(bad(format!(
+                "{name} needs one positive whole number of events"
+            ))),
         }
     };
     let ns = view.namespace.as_str();

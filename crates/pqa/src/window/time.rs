@@ -16,7 +16,10 @@ pub(crate) struct Time {
 
 impl Time {
     pub(crate) fn new(ms: i64) -> Self {
-        Time { ms, buf: VecDeque::new() }
+        Time {
+            ms,
+            buf: VecDeque::new(),
+        }
     }
 }
 

@@ -17,7 +17,12 @@ pub(crate) struct TimeBatch {
 
 impl TimeBatch {
     pub(crate) fn new(ms: i64) -> Self {
-        TimeBatch { ms, buf: Vec::new(), prev: Vec::new(), next_release: None }
+        TimeBatch {
+            ms,
+            buf: Vec::new(),
+            prev: Vec::new(),
+            next_release: None,
+        }
     }
 }
 

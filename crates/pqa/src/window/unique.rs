@@ -19,7 +19,11 @@ pub(crate) struct Unique {
 
 impl Unique {
     pub(crate) fn new(keys: Vec<CExpr>) -> Self {
-        Unique { keys, map: HashMap::new(), seq: 0 }
+        Unique {
+            keys,
+            map: HashMap::new(),
+            seq: 0,
+        }
     }
 }
 
