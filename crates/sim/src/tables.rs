@@ -1,0 +1,858 @@
+//! The simulated tables: schemas, how each row is sampled, and the per
+//! machine cache that rebuilds only what churned.
+//!
+//! Columns are split into *fixed* ones (identity: ip, pid, mount point, ...)
+//! built once per machine and shared by every later generation, and
+//! *dynamic* ones (measurements) kept as plain vectors. At each tick only
+//! rows whose version moved are re-sampled, and a dynamic array is rebuilt
+//! only when one of its rows changed; `_published_at` is the one column
+//! made fresh every tick.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{
+    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use fleetsql_model::{ModelError, Table, origin};
+
+use crate::profile::{Profile, Role};
+use crate::rng::{Draw, derive, row_version, version_start};
+
+/// The tables every simulated machine publishes, by name.
+pub const TABLES: [&str; 5] = ["sys", "processes", "filesystem", "machinerole", "load_info"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Sys,
+    Processes,
+    Filesystem,
+    MachineRole,
+    LoadInfo,
+}
+
+impl Kind {
+    pub(crate) const ALL: [Kind; 5] = [
+        Kind::Sys,
+        Kind::Processes,
+        Kind::Filesystem,
+        Kind::MachineRole,
+        Kind::LoadInfo,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        TABLES[self as usize]
+    }
+
+    pub(crate) fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    pub(crate) fn schema(self) -> &'static SchemaRef {
+        &SCHEMAS[self as usize]
+    }
+
+    /// Where each schema column comes from, in schema order (origin
+    /// columns follow and are not listed).
+    fn layout(self) -> &'static [Slot] {
+        use Slot::{Dyn, Fixed};
+        match self {
+            // ip, hostname, memtotal, memfree, memavail, swaptotal, swapfree,
+            // cpu_pct, load1, load5, load15, uptime, boot_time, ncpus, os,
+            // kernel
+            Kind::Sys => &[
+                Fixed(0),
+                Fixed(1),
+                Fixed(2),
+                Dyn(0),
+                Dyn(1),
+                Fixed(3),
+                Dyn(2),
+                Dyn(3),
+                Dyn(4),
+                Dyn(5),
+                Dyn(6),
+                Dyn(7),
+                Fixed(4),
+                Fixed(5),
+                Fixed(6),
+                Fixed(7),
+            ],
+            // ip, pid, ppid, procname, rss, vsz, cpu_pct, uid, user, state,
+            // start_time
+            Kind::Processes => &[
+                Fixed(0),
+                Fixed(1),
+                Fixed(2),
+                Fixed(3),
+                Dyn(0),
+                Dyn(1),
+                Dyn(2),
+                Fixed(4),
+                Fixed(5),
+                Dyn(3),
+                Fixed(6),
+            ],
+            // machineip, mountp, fstype, device, bsize, blocks, bfree,
+            // bavail, files, ffree
+            Kind::Filesystem => &[
+                Fixed(0),
+                Fixed(1),
+                Fixed(2),
+                Fixed(3),
+                Fixed(4),
+                Fixed(5),
+                Dyn(0),
+                Dyn(1),
+                Fixed(6),
+                Dyn(2),
+            ],
+            // ip, role
+            Kind::MachineRole => &[Fixed(0), Fixed(1)],
+            // ip, georegion, hits, bytes, connections
+            Kind::LoadInfo => &[Fixed(0), Fixed(1), Dyn(0), Dyn(1), Dyn(2)],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Fixed(usize),
+    Dyn(usize),
+}
+
+fn schema(columns: &[(&str, DataType, bool)]) -> SchemaRef {
+    let mut fields: Vec<Field> = columns
+        .iter()
+        .map(|(name, t, nullable)| Field::new(*name, t.clone(), *nullable))
+        .collect();
+    fields.extend(origin::fields());
+    Arc::new(Schema::new(fields))
+}
+
+/// The same columns, types, order and nullability as the real host
+/// collectors of `fleetsql-agent`, so simulated and real rows merge without
+/// widening or copying, and a query means the same on either.
+static SCHEMAS: LazyLock<[SchemaRef; 5]> = LazyLock::new(|| {
+    use DataType::{Float64 as F, Int64 as I, Utf8 as S};
+    let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    [
+        schema(&[
+            ("ip", S, false),
+            ("hostname", S, false),
+            ("memtotal", I, true),
+            ("memfree", I, true),
+            ("memavail", I, true),
+            ("swaptotal", I, true),
+            ("swapfree", I, true),
+            ("cpu_pct", F, true),
+            ("load1", F, true),
+            ("load5", F, true),
+            ("load15", F, true),
+            ("uptime", I, true),
+            ("boot_time", I, true),
+            ("ncpus", I, true),
+            ("os", S, false),
+            ("kernel", S, false),
+        ]),
+        schema(&[
+            ("ip", S, false),
+            ("pid", I, false),
+            ("ppid", I, true),
+            ("procname", S, false),
+            ("rss", I, false),
+            ("vsz", I, false),
+            ("cpu_pct", F, false),
+            ("uid", I, true),
+            ("user", S, true),
+            ("state", S, false),
+            ("start_time", ts, false),
+        ]),
+        schema(&[
+            ("machineip", S, false),
+            ("mountp", S, false),
+            ("fstype", S, false),
+            ("device", S, false),
+            ("bsize", I, false),
+            ("blocks", I, false),
+            ("bfree", I, false),
+            ("bavail", I, false),
+            ("files", I, false),
+            ("ffree", I, false),
+        ]),
+        schema(&[("ip", S, false), ("role", S, false)]),
+        schema(&[
+            ("ip", S, false),
+            ("georegion", I, false),
+            ("hits", I, false),
+            ("bytes", I, false),
+            ("connections", I, false),
+        ]),
+    ]
+});
+
+/// The schema of a simulated table (origin columns included), or `None`
+/// for a name the simulator does not publish.
+pub fn table_schema(name: &str) -> Option<SchemaRef> {
+    Kind::from_name(name).map(|k| k.schema().clone())
+}
+
+/// Values of one dynamic column, one per row.
+#[derive(Debug, Clone)]
+enum DynCol {
+    I(Vec<i64>),
+    F(Vec<f64>),
+    S(Vec<&'static str>),
+}
+
+impl DynCol {
+    fn to_array(&self) -> ArrayRef {
+        match self {
+            DynCol::I(v) => Arc::new(Int64Array::from(v.clone())),
+            DynCol::F(v) => Arc::new(Float64Array::from(v.clone())),
+            DynCol::S(v) => Arc::new(StringArray::from_iter_values(v.iter())),
+        }
+    }
+}
+
+/// One row's freshly sampled dynamic values, in `Dyn` slot order.
+type Sample = [Val; 8];
+
+#[derive(Debug, Clone, Copy)]
+enum Val {
+    I(i64),
+    F(f64),
+    S(&'static str),
+}
+
+const NO: Val = Val::I(0);
+
+fn store(cols: &mut [DynCol], row: usize, sample: &Sample) {
+    for (col, val) in cols.iter_mut().zip(sample) {
+        match (col, *val) {
+            (DynCol::I(v), Val::I(x)) => v[row] = x,
+            (DynCol::F(v), Val::F(x)) => v[row] = x,
+            (DynCol::S(v), Val::S(x)) => v[row] = x,
+            // Kinds and samples are written together below; a mismatch is a
+            // bug caught by the tests, never input.
+            _ => debug_assert!(false, "sample type does not match its column"),
+        }
+    }
+}
+
+/// Static per-row facts of `processes`.
+#[derive(Debug, Clone, Copy)]
+struct ProcSpec {
+    name: &'static str,
+    user: &'static str,
+    /// RSS range in KiB; `None` means a share of memory (main service and
+    /// its workers, sized by the machine).
+    rss_kib: Option<(i64, i64)>,
+    cpu_max: f64,
+}
+
+/// Daemons every machine runs, after its main service.
+const DAEMONS: [ProcSpec; 15] = [
+    ProcSpec {
+        name: "systemd",
+        user: "root",
+        rss_kib: Some((8_000, 16_000)),
+        cpu_max: 0.5,
+    },
+    ProcSpec {
+        name: "systemd-journald",
+        user: "root",
+        rss_kib: Some((30_000, 120_000)),
+        cpu_max: 1.0,
+    },
+    ProcSpec {
+        name: "systemd-udevd",
+        user: "root",
+        rss_kib: Some((5_000, 12_000)),
+        cpu_max: 0.2,
+    },
+    ProcSpec {
+        name: "sshd",
+        user: "root",
+        rss_kib: Some((5_000, 9_000)),
+        cpu_max: 0.1,
+    },
+    ProcSpec {
+        name: "cron",
+        user: "root",
+        rss_kib: Some((2_000, 4_000)),
+        cpu_max: 0.1,
+    },
+    ProcSpec {
+        name: "rsyslogd",
+        user: "syslog",
+        rss_kib: Some((4_000, 20_000)),
+        cpu_max: 0.5,
+    },
+    ProcSpec {
+        name: "dbus-daemon",
+        user: "messagebus",
+        rss_kib: Some((3_000, 6_000)),
+        cpu_max: 0.1,
+    },
+    ProcSpec {
+        name: "chronyd",
+        user: "_chrony",
+        rss_kib: Some((2_000, 4_000)),
+        cpu_max: 0.1,
+    },
+    ProcSpec {
+        name: "node_exporter",
+        user: "prometheus",
+        rss_kib: Some((15_000, 40_000)),
+        cpu_max: 1.0,
+    },
+    ProcSpec {
+        name: "fleetsql",
+        user: "fleetsql",
+        rss_kib: Some((40_000, 200_000)),
+        cpu_max: 2.0,
+    },
+    ProcSpec {
+        name: "containerd",
+        user: "root",
+        rss_kib: Some((30_000, 90_000)),
+        cpu_max: 1.0,
+    },
+    ProcSpec {
+        name: "snmpd",
+        user: "Debian-snmp",
+        rss_kib: Some((6_000, 12_000)),
+        cpu_max: 0.2,
+    },
+    ProcSpec {
+        name: "agetty",
+        user: "root",
+        rss_kib: Some((1_000, 2_000)),
+        cpu_max: 0.0,
+    },
+    ProcSpec {
+        name: "bash",
+        user: "ops",
+        rss_kib: Some((4_000, 8_000)),
+        cpu_max: 0.0,
+    },
+    ProcSpec {
+        name: "python3",
+        user: "ops",
+        rss_kib: Some((20_000, 90_000)),
+        cpu_max: 3.0,
+    },
+];
+
+/// The spec of `processes` row `row` (`None` name: a kernel worker whose
+/// name is made from the row number).
+fn proc_spec(role: Role, row: usize) -> (ProcSpec, bool) {
+    let (service, user) = role.service();
+    let main = ProcSpec {
+        name: service,
+        user,
+        rss_kib: None,
+        cpu_max: 60.0,
+    };
+    match row {
+        0 => (main, true),
+        r if r <= DAEMONS.len() => (DAEMONS[r - 1], false),
+        // Past the daemons: service workers and kernel threads, alternating.
+        r if r % 2 == 1 => (
+            ProcSpec {
+                cpu_max: 25.0,
+                ..main
+            },
+            false,
+        ),
+        _ => (
+            ProcSpec {
+                name: "kworker",
+                user: "root",
+                rss_kib: Some((0, 0)),
+                cpu_max: 0.5,
+            },
+            false,
+        ),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Mount {
+    mountp: &'static str,
+    fstype: &'static str,
+    device: &'static str,
+    bsize: i64,
+}
+
+const MOUNTS: [Mount; 4] = [
+    Mount {
+        mountp: "/",
+        fstype: "ext4",
+        device: "/dev/nvme0n1p2",
+        bsize: 4096,
+    },
+    Mount {
+        mountp: "/boot",
+        fstype: "ext4",
+        device: "/dev/nvme0n1p1",
+        bsize: 4096,
+    },
+    Mount {
+        mountp: "/var",
+        fstype: "xfs",
+        device: "/dev/md0",
+        bsize: 4096,
+    },
+    Mount {
+        mountp: "/data",
+        fstype: "xfs",
+        device: "/dev/md1",
+        bsize: 4096,
+    },
+];
+
+/// Swap of every simulated machine, KiB.
+const SWAP_KIB: i64 = 8 * 1024 * 1024;
+
+const GIB: i64 = 1 << 30;
+
+fn mount_size_bytes(profile: &Profile, row: usize) -> i64 {
+    match row {
+        0 => 50 * GIB,
+        1 => GIB,
+        2 => 400 * GIB,
+        _ => match profile.role {
+            Role::Cache | Role::Storage => 8 * 1024 * GIB,
+            Role::Db => 4 * 1024 * GIB,
+            _ => 1024 * GIB,
+        },
+    }
+}
+
+/// Blocks and inodes of mount `row`: fixed for the machine's life.
+fn mount_geometry(profile: &Profile, row: usize) -> (i64, i64) {
+    let mut d = Draw::new(derive(profile.key, 0x4653_0000 + row as u64));
+    let bsize = MOUNTS[row].bsize;
+    // Formatted sizes are a little under the nominal one.
+    let blocks = mount_size_bytes(profile, row) / bsize * d.int(960, 999) / 1000;
+    let files = if MOUNTS[row].fstype == "ext4" {
+        blocks / 4
+    } else {
+        blocks / 16
+    };
+    (blocks, files)
+}
+
+fn row_count(kind: Kind, profile: &Profile, processes: usize) -> usize {
+    match kind {
+        Kind::Sys | Kind::MachineRole => 1,
+        Kind::Processes => processes,
+        Kind::Filesystem => MOUNTS.len(),
+        Kind::LoadInfo => usize::from(profile.role.serves_traffic()),
+    }
+}
+
+fn string_array<S: AsRef<str>>(values: impl IntoIterator<Item = S>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(values))
+}
+
+fn int_array(values: impl IntoIterator<Item = i64>) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values(values))
+}
+
+/// The uid of a simulated user, as on a Debian/Ubuntu host.
+fn uid_of(user: &str) -> i64 {
+    match user {
+        "root" => 0,
+        "www-data" => 33,
+        "messagebus" => 102,
+        "syslog" => 104,
+        "_chrony" => 105,
+        "Debian-snmp" => 110,
+        "bind" => 111,
+        "varnish" => 112,
+        "postgres" => 113,
+        "ceph" => 114,
+        "media" => 115,
+        "prometheus" => 116,
+        "fleetsql" => 999,
+        _ => 1000,
+    }
+}
+
+/// The columns that never change, built on a machine's first request for
+/// the table. `ip` is the origin `_ip` array itself, shared.
+fn fixed_columns(kind: Kind, p: &Profile, rows: usize, ip: &ArrayRef) -> Vec<ArrayRef> {
+    match kind {
+        Kind::Sys => vec![
+            ip.clone(),
+            string_array([p.host.as_str()]),
+            int_array([p.memtotal_kib]),
+            int_array([SWAP_KIB]),
+            int_array([p.boot_time_s]),
+            int_array([p.ncpus]),
+            string_array([p.os]),
+            string_array([p.kernel]),
+        ],
+        Kind::Processes => {
+            let mut pids = Vec::with_capacity(rows);
+            let mut ppids = Vec::with_capacity(rows);
+            let mut names = Vec::with_capacity(rows);
+            let mut uids = Vec::with_capacity(rows);
+            let mut users = Vec::with_capacity(rows);
+            let mut starts = Vec::with_capacity(rows);
+            // Increasing pids in start order; systemd is 1, the main
+            // service started last of the boot-time processes.
+            let main_pid = 300 + 17 * rows as i64 + derive(p.key, 0x4d41_494e) as i64 % 1000;
+            for row in 0..rows {
+                let (spec, main) = proc_spec(p.role, row);
+                let mut d = Draw::new(derive(p.key, 0x5049_0000 + row as u64));
+                let kworker = spec.name == "kworker";
+                let pid = match row {
+                    0 => main_pid,
+                    1 => 1,
+                    r => 300 + 17 * r as i64 + d.int(0, 16),
+                };
+                let ppid = match row {
+                    1 => None,
+                    _ if kworker => Some(2),
+                    r if r > DAEMONS.len() => Some(main_pid),
+                    _ => Some(1),
+                };
+                let start_s = if main || row <= DAEMONS.len() {
+                    p.boot_time_s + d.int(1, 60)
+                } else {
+                    p.boot_time_s + d.int(60, 30 * 86_400)
+                };
+                let name = if kworker {
+                    format!("kworker/{}:{}", row as i64 % p.ncpus, row as i64 / p.ncpus)
+                } else {
+                    spec.name.to_string()
+                };
+                pids.push(pid);
+                ppids.push(ppid);
+                names.push(name);
+                uids.push(uid_of(spec.user));
+                users.push(spec.user);
+                starts.push(start_s * 1000);
+            }
+            vec![
+                ip.clone(),
+                int_array(pids),
+                Arc::new(Int64Array::from(ppids)),
+                string_array(names),
+                int_array(uids),
+                string_array(users),
+                Arc::new(TimestampMillisecondArray::from(starts).with_timezone("UTC")),
+            ]
+        }
+        Kind::Filesystem => {
+            let geometry: Vec<(i64, i64)> = (0..rows).map(|r| mount_geometry(p, r)).collect();
+            let mounts = || MOUNTS.iter().take(rows);
+            vec![
+                ip.clone(),
+                string_array(mounts().map(|m| m.mountp)),
+                string_array(mounts().map(|m| m.fstype)),
+                string_array(mounts().map(|m| m.device)),
+                int_array(mounts().map(|m| m.bsize)),
+                int_array(geometry.iter().map(|g| g.0)),
+                int_array(geometry.iter().map(|g| g.1)),
+            ]
+        }
+        Kind::MachineRole => vec![ip.clone(), string_array([p.role.name()])],
+        Kind::LoadInfo => vec![
+            ip.clone(),
+            int_array(std::iter::repeat_n(p.georegion, rows)),
+        ],
+    }
+}
+
+fn empty_dyn(kind: Kind, rows: usize) -> Vec<DynCol> {
+    let i = || DynCol::I(vec![0; rows]);
+    let f = || DynCol::F(vec![0.0; rows]);
+    match kind {
+        Kind::Sys => vec![i(), i(), i(), f(), f(), f(), f(), i()],
+        Kind::Processes => vec![i(), i(), f(), DynCol::S(vec![""; rows])],
+        Kind::Filesystem => vec![i(), i(), i()],
+        Kind::MachineRole => vec![],
+        Kind::LoadInfo => vec![i(), i(), i()],
+    }
+}
+
+/// The dynamic values of `row` at `version`, sampled at `sampled_at_s`.
+fn sample(
+    kind: Kind,
+    p: &Profile,
+    row: usize,
+    key: u64,
+    version: u64,
+    sampled_at_s: Option<i64>,
+) -> Sample {
+    let mut d = Draw::new(derive(key, version));
+    match kind {
+        Kind::Sys => {
+            let total = p.memtotal_kib as f64;
+            let free = if p.rss_hog {
+                d.range(0.01, 0.05)
+            } else {
+                d.range(0.10, 0.50)
+            };
+            let avail = (free + d.range(0.02, 0.20)).min(0.95);
+            let busy = match p.role {
+                Role::Cache | Role::Stream => d.range(20.0, 85.0),
+                Role::Web => d.range(10.0, 70.0),
+                _ => d.range(2.0, 40.0),
+            };
+            let cpus = p.ncpus as f64;
+            let load1 = busy / 100.0 * cpus * d.range(0.8, 1.3);
+            let load5 = load1 * d.range(0.85, 1.1);
+            let load15 = load5 * d.range(0.9, 1.05);
+            let swapfree = (SWAP_KIB as f64 * d.range(0.7, 1.0)) as i64;
+            [
+                Val::I((total * free) as i64),
+                Val::I((total * avail) as i64),
+                Val::I(swapfree),
+                Val::F(round2(busy)),
+                Val::F(round2(load1)),
+                Val::F(round2(load5)),
+                Val::F(round2(load15)),
+                // A fleet without churn is a snapshot taken a month after boot.
+                Val::I(sampled_at_s.map_or(30 * 86_400, |t| (t - p.boot_time_s).max(0))),
+            ]
+        }
+        Kind::Processes => {
+            let (spec, main) = proc_spec(p.role, row);
+            let rss = match spec.rss_kib {
+                Some((lo, hi)) => d.int(lo, hi),
+                None if main => {
+                    let (lo, hi) = if p.rss_hog {
+                        (0.76, 0.88)
+                    } else {
+                        p.role.service_rss()
+                    };
+                    (p.memtotal_kib as f64 * d.range(lo, hi)) as i64
+                }
+                None => (p.memtotal_kib as f64 * d.range(0.0005, 0.002)) as i64,
+            };
+            let vsz = if rss == 0 {
+                0
+            } else {
+                (rss as f64 * d.range(1.2, 3.0)) as i64 + 4_096
+            };
+            let cpu = round2(d.range(0.0, spec.cpu_max));
+            // The words sysinfo uses on a real host.
+            let state = if d.chance(0.01) {
+                "UninterruptibleDiskSleep"
+            } else if cpu > spec.cpu_max * 0.7 && cpu > 1.0 {
+                "Runnable"
+            } else {
+                "Sleeping"
+            };
+            [
+                Val::I(rss),
+                Val::I(vsz),
+                Val::F(cpu),
+                Val::S(state),
+                NO,
+                NO,
+                NO,
+                NO,
+            ]
+        }
+        Kind::Filesystem => {
+            let (blocks, files) = mount_geometry(p, row);
+            let avail = if p.full_disk && MOUNTS[row].mountp == "/var" {
+                d.range(0.002, 0.029)
+            } else {
+                match row {
+                    0 => d.range(0.40, 0.85),
+                    1 => d.range(0.50, 0.80),
+                    2 => d.range(0.20, 0.80),
+                    _ => d.range(0.10, 0.70),
+                }
+            };
+            let bavail = (blocks as f64 * avail) as i64;
+            // ext4 keeps 5% of blocks for root: free but not available.
+            let reserved = if MOUNTS[row].fstype == "ext4" {
+                blocks / 20
+            } else {
+                0
+            };
+            let bfree = (bavail + reserved).min(blocks);
+            let ffree = (files as f64 * d.range(0.90, 0.995)) as i64;
+            [
+                Val::I(bfree),
+                Val::I(bavail),
+                Val::I(ffree),
+                NO,
+                NO,
+                NO,
+                NO,
+                NO,
+            ]
+        }
+        Kind::MachineRole => [NO; 8],
+        Kind::LoadInfo => {
+            let hits = (p.mean_hits * d.range(0.9, 1.1)).round() as i64;
+            let object_size = d.range(20_000.0, 120_000.0);
+            let bytes = (hits as f64 * object_size) as i64;
+            let connections = (hits as f64 * d.range(0.2, 0.4)) as i64;
+            [
+                Val::I(hits),
+                Val::I(bytes),
+                Val::I(connections),
+                NO,
+                NO,
+                NO,
+                NO,
+                NO,
+            ]
+        }
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// What the simulator needs to know about time and churn for one build.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    pub(crate) tick: u64,
+    pub(crate) tick_ms: i64,
+    pub(crate) churn: f64,
+}
+
+impl Clock {
+    pub(crate) fn tick_start_ms(&self) -> i64 {
+        (self.tick as i64).saturating_mul(self.tick_ms)
+    }
+}
+
+/// One table of one machine, as last built.
+#[derive(Debug)]
+pub(crate) struct TableState {
+    kind: Kind,
+    rows: usize,
+    /// The version each row's dynamic values were sampled at.
+    versions: Vec<u64>,
+    fixed: Vec<ArrayRef>,
+    values: Vec<DynCol>,
+    /// Arrays of `values` as of the last build, reused while no row churns.
+    arrays: Vec<ArrayRef>,
+    /// `_host`, `_ip`, `_cluster`.
+    origin: [ArrayRef; 3],
+    built: Option<(u64, Arc<Table>)>,
+}
+
+impl TableState {
+    pub(crate) fn new(kind: Kind, p: &Profile, processes: usize, clock: Clock) -> Self {
+        let rows = row_count(kind, p, processes);
+        let ip = string_array(std::iter::repeat_n(p.ip.as_str(), rows));
+        let origin = [
+            string_array(std::iter::repeat_n(p.host.as_str(), rows)),
+            ip.clone(),
+            string_array(std::iter::repeat_n(p.cluster.as_str(), rows)),
+        ];
+        let fixed = fixed_columns(kind, p, rows, &ip);
+        let mut values = empty_dyn(kind, rows);
+        let mut versions = Vec::with_capacity(rows);
+        for row in 0..rows {
+            let key = row_key(kind, p, row);
+            let version = row_version(key, clock.tick, clock.churn);
+            let sampled = sampled_at_s(key, version, clock);
+            store(
+                &mut values,
+                row,
+                &sample(kind, p, row, key, version, sampled),
+            );
+            versions.push(version);
+        }
+        let arrays = values.iter().map(DynCol::to_array).collect();
+        TableState {
+            kind,
+            rows,
+            versions,
+            fixed,
+            values,
+            arrays,
+            origin,
+            built: None,
+        }
+    }
+
+    /// The table at `clock.tick`, re-sampling only rows that churned.
+    pub(crate) fn table_at(&mut self, p: &Profile, clock: Clock) -> Result<Arc<Table>, ModelError> {
+        if let Some((tick, table)) = &self.built
+            && *tick == clock.tick
+        {
+            return Ok(table.clone());
+        }
+        let mut changed = false;
+        for row in 0..self.rows {
+            let key = row_key(self.kind, p, row);
+            let version = row_version(key, clock.tick, clock.churn);
+            if version != self.versions[row] {
+                let sampled = sampled_at_s(key, version, clock);
+                store(
+                    &mut self.values,
+                    row,
+                    &sample(self.kind, p, row, key, version, sampled),
+                );
+                self.versions[row] = version;
+                changed = true;
+            }
+        }
+        if changed {
+            self.arrays = self.values.iter().map(DynCol::to_array).collect();
+        }
+        let schema = self.kind.schema();
+        let table = if self.rows == 0 {
+            Table::empty(schema.clone())
+        } else {
+            let batch = self.batch(clock.tick_start_ms())?;
+            Table::new(self.kind.name(), schema.clone(), vec![batch])?
+        };
+        let table = Arc::new(table);
+        self.built = Some((clock.tick, table.clone()));
+        Ok(table)
+    }
+
+    fn batch(&self, published_at_ms: i64) -> Result<RecordBatch, ModelError> {
+        let layout = self.kind.layout();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(layout.len() + 4);
+        for slot in layout {
+            columns.push(match slot {
+                Slot::Fixed(i) => self.fixed[*i].clone(),
+                Slot::Dyn(i) => self.arrays[*i].clone(),
+            });
+        }
+        columns.extend(self.origin.iter().cloned());
+        columns.push(Arc::new(
+            TimestampMillisecondArray::from(vec![published_at_ms; self.rows]).with_timezone("UTC"),
+        ));
+        RecordBatch::try_new(self.kind.schema().clone(), columns).map_err(|source| {
+            ModelError::Arrow {
+                table: self.kind.name().to_string(),
+                source,
+            }
+        })
+    }
+}
+
+fn row_key(kind: Kind, p: &Profile, row: usize) -> u64 {
+    derive(derive(p.key, kind as u64 + 1), row as u64)
+}
+
+/// When the row's current values were sampled, in seconds since the epoch:
+/// a row that did not churn keeps the sample (and uptime) it had.
+/// `None` without churn: rows then never change, so they have no sample time.
+fn sampled_at_s(key: u64, version: u64, clock: Clock) -> Option<i64> {
+    if clock.churn <= 0.0 {
+        return None;
+    }
+    let start = version_start(key, version, clock.tick, clock.churn);
+    Some((start as i64).saturating_mul(clock.tick_ms) / 1000)
+}
