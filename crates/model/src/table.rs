@@ -100,7 +100,7 @@ pub fn merge_tables(name: &str, parts: &[&Table]) -> Result<(Table, Vec<(usize, 
     let flush = |pending: &mut Vec<RecordBatch>, batches: &mut Vec<RecordBatch>| -> Result<()> {
         match pending.len() {
             0 => {}
-            1 => batches.extend(pending.drain(..)),
+            1 => batches.append(pending),
             _ => {
                 let joined = concat_batches(&schema, pending.iter())
                     .map_err(|e| ModelError::arrow(name, e))?;

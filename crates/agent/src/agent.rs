@@ -1,0 +1,231 @@
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use fleetsql_aggregator::{Aggregator, AggregatorConfig, Child, ChildGroup};
+use fleetsql_model::origin::Origin;
+use fleetsql_model::{Generation, now_ms};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::collectors::{self, HostInfo};
+use crate::drop_dir::DropDir;
+use crate::http::{ApiState, router};
+use crate::local::LocalPublishers;
+use crate::store::Store;
+use crate::{AgentConfig, AgentError, Result};
+
+/// A running agent: publish API, drop-directory watcher and the tier loop
+/// over this machine's publishers. Dropping it stops everything; prefer
+/// [`Agent::shutdown`], which lets in-flight publishes finish.
+#[derive(Debug)]
+pub struct Agent {
+    aggregator: Option<Aggregator>,
+    local: LocalPublishers,
+    store: Arc<Store>,
+    publish_addr: SocketAddr,
+    cancel: CancellationToken,
+    server: Option<JoinHandle<()>>,
+    watcher: Option<JoinHandle<()>>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        for task in [self.server.take(), self.watcher.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Agent {
+    /// Validates `config`, binds the publish API and starts the agent on the
+    /// current tokio runtime (call it from inside one).
+    pub fn start(config: AgentConfig) -> Result<Agent> {
+        config.validate()?;
+        let origin = Origin {
+            host: config.host.clone(),
+            ip: config.ip.clone(),
+            cluster: config.cluster.clone(),
+        };
+        let store = Arc::new(Store::new(origin));
+        let host = HostInfo {
+            hostname: config.host.clone(),
+            ip: config.ip.clone(),
+        };
+        let drop_dir = match &config.drop_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| AgentError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+                Some(Arc::new(DropDir::new(
+                    dir.clone(),
+                    store.clone(),
+                    config.max_body_bytes,
+                )))
+            }
+            None => None,
+        };
+        let name = format!("agent:{}", config.host);
+        let local = LocalPublishers::new(
+            format!("{name}/local"),
+            config.cluster.clone(),
+            host,
+            store.clone(),
+            collectors::builtin(&config),
+            drop_dir.clone(),
+        );
+
+        // Bound synchronously so the caller learns the port (and any bind
+        // error) before start returns.
+        let listener = std::net::TcpListener::bind(config.publish_addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|source| AgentError::Bind {
+                addr: config.publish_addr,
+                source,
+            })?;
+        let publish_addr = listener.local_addr().map_err(|source| AgentError::Bind {
+            addr: config.publish_addr,
+            source,
+        })?;
+
+        let mut aggregator_config = AggregatorConfig::new(name, config.tick);
+        aggregator_config.prewarm = config.prewarm.clone();
+        if let Some(grace) = config.request_grace {
+            aggregator_config.parent_grace = grace;
+        }
+        let local_child: Arc<dyn Child> = Arc::new(local.clone());
+        let aggregator =
+            Aggregator::start(aggregator_config, vec![ChildGroup::single(local_child)]);
+
+        let cancel = CancellationToken::new();
+        let app = router(ApiState {
+            store: store.clone(),
+            local: local.clone(),
+            max_body_bytes: config.max_body_bytes,
+        });
+        let server_cancel = cancel.clone();
+        let server = tokio::spawn(async move {
+            let served = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(server_cancel.cancelled_owned())
+            .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "publish API stopped");
+            }
+        });
+        let watcher = drop_dir.map(|dir| {
+            let cancel = cancel.clone();
+            let every = config.drop_poll;
+            tokio::spawn(async move {
+                loop {
+                    let dir = dir.clone();
+                    let _ = tokio::task::spawn_blocking(move || dir.scan()).await;
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                }
+            })
+        });
+        tracing::info!(
+            addr = %publish_addr,
+            cluster = %config.cluster,
+            drop_dir = ?config.drop_dir,
+            "agent started"
+        );
+        Ok(Agent {
+            aggregator: Some(aggregator),
+            local,
+            store,
+            publish_addr,
+            cancel,
+            server: Some(server),
+            watcher,
+        })
+    }
+
+    fn aggregator(&self) -> &Aggregator {
+        // Only `shutdown` takes it, and that consumes the agent.
+        self.aggregator
+            .as_ref()
+            .expect("aggregator present until shutdown")
+    }
+
+    /// The agent as a child of a cluster proxy in the same process.
+    pub fn as_child(&self) -> Arc<dyn Child> {
+        self.aggregator().as_child()
+    }
+
+    /// Where the publish API listens (the real port when configured as 0).
+    pub fn publish_addr(&self) -> SocketAddr {
+        self.publish_addr
+    }
+
+    /// Tables the agent collects, as of its last generation.
+    pub fn requested(&self) -> BTreeSet<String> {
+        self.local.requested()
+    }
+
+    /// Every table some local publisher or host collector can give.
+    pub fn available(&self) -> BTreeSet<String> {
+        self.local.available()
+    }
+
+    /// The agent's newest generation.
+    pub fn current(&self) -> Arc<Generation> {
+        self.aggregator().current()
+    }
+
+    /// Every new generation, as it is made.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Generation>> {
+        self.aggregator().subscribe()
+    }
+
+    /// Makes a generation now instead of at the next tick.
+    pub fn tick_now(&self) {
+        self.aggregator().tick_now();
+    }
+
+    /// Publishes `batch` as `publisher`'s rows of `table` from inside the
+    /// process, with the same checks and replace semantics as the HTTP API.
+    pub fn publish(&self, table: &str, publisher: &str, batch: &RecordBatch) -> Result<usize> {
+        self.store.publish(table, publisher, batch, now_ms())
+    }
+
+    /// Publishers that currently have rows in `table` (`http`, the
+    /// `X-Fleetsql-Publisher` names, `file:<name>`, `builtin:<table>`).
+    pub fn publishers(&self, table: &str) -> Vec<String> {
+        self.store.publishers(table)
+    }
+
+    /// Withdraws `publisher`'s rows of `table`; how many there were.
+    pub fn withdraw(&self, table: &str, publisher: &str) -> Option<usize> {
+        self.store.withdraw(table, publisher)
+    }
+
+    /// Stops the publish API (in-flight requests finish), the drop-directory
+    /// watcher and the tier loop.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        if let Some(watcher) = self.watcher.take() {
+            let _ = watcher.await;
+        }
+        if let Some(aggregator) = self.aggregator.take() {
+            aggregator.shutdown().await;
+        }
+        tracing::info!(addr = %self.publish_addr, "agent stopped");
+    }
+}

@@ -1,0 +1,218 @@
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{AgentError, Result, host};
+
+/// How one agent runs. Every field has a default, so an empty TOML table is
+/// a working agent for this machine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `_host` of every row; defaults to the machine's hostname.
+    pub host: String,
+    /// `_ip` of every row and the `ip` column of the host tables; defaults to
+    /// the first non-loopback IPv4 address, else 127.0.0.1.
+    pub ip: String,
+    /// `_cluster` of every row.
+    pub cluster: String,
+    /// Time between generations (`"5s"`, `"500ms"` or seconds as a number).
+    #[serde(with = "duration")]
+    pub tick: Duration,
+    /// Where the publish API listens; port 0 picks a free port.
+    pub publish_addr: SocketAddr,
+    /// A directory of `<table>.csv|.tsv|.jsonl` files, each one publisher.
+    pub drop_dir: Option<PathBuf>,
+    /// How often the drop directory is scanned (it is also scanned before
+    /// every generation, so a file is never a tick late).
+    #[serde(with = "duration")]
+    pub drop_poll: Duration,
+    /// Rows of the `machinerole` table, one per role.
+    pub roles: Vec<String>,
+    /// Largest publish body accepted.
+    pub max_body_bytes: usize,
+    /// Collect `sys`, `processes` and `filesystem` from this machine when
+    /// they are requested.
+    pub host_collectors: bool,
+    /// Tables collected whether or not a parent asked for them.
+    pub prewarm: BTreeSet<String>,
+    /// How long a parent's request lasts without being repeated; `None`
+    /// keeps the aggregator's default (six ticks, at least 30 s).
+    #[serde(with = "duration::option")]
+    pub request_grace: Option<Duration>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            host: host::hostname(),
+            ip: host::primary_ipv4().to_string(),
+            cluster: "local".to_string(),
+            tick: Duration::from_secs(5),
+            publish_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7070),
+            drop_dir: None,
+            drop_poll: Duration::from_millis(500),
+            roles: Vec::new(),
+            max_body_bytes: 16 * 1024 * 1024,
+            host_collectors: true,
+            prewarm: BTreeSet::new(),
+            request_grace: None,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Checks everything that can be checked before anything starts, so a
+    /// bad config fails at once with the field it is about.
+    pub fn validate(&self) -> Result<()> {
+        let printable = |s: &str| !s.is_empty() && !s.chars().any(char::is_control);
+        if !printable(&self.host) {
+            return Err(AgentError::config(
+                "host",
+                "must be non-empty printable text",
+            ));
+        }
+        if self.ip.parse::<IpAddr>().is_err() {
+            return Err(AgentError::config(
+                "ip",
+                format!("`{}` is not an IP address", self.ip),
+            ));
+        }
+        if !printable(&self.cluster) {
+            return Err(AgentError::config(
+                "cluster",
+                "must be non-empty printable text",
+            ));
+        }
+        if self.tick.is_zero() {
+            return Err(AgentError::config("tick", "must be longer than zero"));
+        }
+        if self.drop_poll.is_zero() {
+            return Err(AgentError::config("drop_poll", "must be longer than zero"));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(AgentError::config("max_body_bytes", "must be at least 1"));
+        }
+        if let Some(role) = self.roles.iter().find(|r| !printable(r)) {
+            return Err(AgentError::config(
+                "roles",
+                format!("role {role:?} must be non-empty printable text"),
+            ));
+        }
+        for table in &self.prewarm {
+            fleetsql_model::validate_table_name(table)
+                .map_err(|e| AgentError::config("prewarm", e.to_string()))?;
+        }
+        if let Some(dir) = &self.drop_dir
+            && dir.exists()
+            && !dir.is_dir()
+        {
+            return Err(AgentError::config(
+                "drop_dir",
+                format!("`{}` exists and is not a directory", dir.display()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Durations in config files: `"5s"`, `"500ms"`, `"2m"`, `"1h"` or a number
+/// of seconds.
+pub(crate) mod duration {
+    use std::time::Duration;
+
+    use serde::Deserialize;
+    use serde::de::{Deserializer, Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(f64),
+        Text(String),
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<Duration, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: f64 = number
+            .parse()
+            .map_err(|_| format!("`{text}` is not a duration like 5s or 500ms"))?;
+        let seconds = match unit.trim() {
+            "ms" => number / 1000.0,
+            "" | "s" => number,
+            "m" => number * 60.0,
+            "h" => number * 3600.0,
+            other => {
+                return Err(format!(
+                    "unknown unit `{other}` in `{text}`; use ms, s, m or h"
+                ));
+            }
+        };
+        Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
+    }
+
+    fn from_raw(raw: Raw) -> Result<Duration, String> {
+        match raw {
+            Raw::Seconds(s) => Duration::try_from_secs_f64(s).map_err(|e| e.to_string()),
+            Raw::Text(t) => parse(&t),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        from_raw(Raw::deserialize(d)?).map_err(D::Error::custom)
+    }
+
+    pub(crate) mod option {
+        use super::*;
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            match Option::<Raw>::deserialize(d)? {
+                None => Ok(None),
+                Some(raw) => from_raw(raw).map(Some).map_err(D::Error::custom),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_durations_parse() {
+        let config: AgentConfig =
+            serde_json::from_str(r#"{"tick": "500ms", "cluster": "c7", "request_grace": 2}"#)
+                .unwrap();
+        assert_eq!(config.tick, Duration::from_millis(500));
+        assert_eq!(config.request_grace, Some(Duration::from_secs(2)));
+        assert_eq!(config.max_body_bytes, 16 * 1024 * 1024);
+        assert_eq!(config.publish_addr.port(), 7070);
+        assert!(!config.host.is_empty());
+        config.validate().unwrap();
+        assert!(duration::parse("5 parsecs").is_err());
+        assert_eq!(duration::parse("2m").unwrap(), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let config = AgentConfig {
+            ip: "not-an-ip".into(),
+            ..AgentConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("`ip`"), "{err}");
+        let config = AgentConfig {
+            prewarm: ["Bad-Name".to_string()].into(),
+            ..AgentConfig::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}
