@@ -17,7 +17,10 @@ pub struct SimConfig {
     /// service, e.g. `named` on a dns machine).
     pub processes_per_machine: usize,
     /// Simulated collection interval: data change at wall-clock multiples
-    /// of it, and a machine's generation id is the tick number.
+    /// of it, and a machine's generation id is the tick number. A machine's
+    /// data are as old as the tick's start, so keep it at (or below) the
+    /// proxies' tick: an aggregator drops children older than its
+    /// `stale_after` (three of its ticks by default).
     pub tick: Duration,
 }
 

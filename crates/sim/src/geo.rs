@@ -186,3 +186,21 @@ pub(crate) fn region_of_cluster(cluster: usize) -> &'static Region {
 pub(crate) fn continent(code: &str) -> Option<&'static Continent> {
     CONTINENTS.iter().find(|c| c.code == code)
 }
+
+/// The demo's static tables as shipped in `demo/static/` (file name,
+/// contents), so a binary run away from the repository can write them out
+/// and hand the index to `fleetsql_aggregator::StaticTables::open`.
+pub const DEMO_STATIC_FILES: [(&str, &str); 3] = [
+    (
+        "index.toml",
+        include_str!("../../../demo/static/index.toml"),
+    ),
+    (
+        "region_data.csv",
+        include_str!("../../../demo/static/region_data.csv"),
+    ),
+    (
+        "continent_data.csv",
+        include_str!("../../../demo/static/continent_data.csv"),
+    ),
+];

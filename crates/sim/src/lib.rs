@@ -33,7 +33,7 @@ mod tables;
 pub use config::SimConfig;
 pub use error::{Result, SimError};
 pub use fleet::{SimCluster, SimFleet};
-pub use geo::{CONTINENTS, Continent, REGIONS, Region};
+pub use geo::{CONTINENTS, Continent, DEMO_STATIC_FILES, REGIONS, Region};
 pub use machine::SimMachine;
 pub use profile::Role;
 pub use tables::{TABLES, table_schema};

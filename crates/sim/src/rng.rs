@@ -61,26 +61,29 @@ impl Draw {
     }
 }
 
+/// A row's churn phase, uniform in [0, 1), from its key.
+pub(crate) fn phase(key: u64) -> f64 {
+    unit(key)
+}
+
 /// The version of a row at `tick` when a fraction `churn` of rows changes
-/// per tick. Each row gets a phase from its key so that changes spread
-/// evenly over ticks: the version is `floor((tick + phase) * churn)` with
-/// `phase * churn` uniform in [0, 1), hence a row changes at a given tick
-/// with probability exactly `churn`, and never twice in one tick.
-pub(crate) fn row_version(key: u64, tick: u64, churn: f64) -> u64 {
+/// per tick. Each row has its own `phase` so that changes spread evenly
+/// over ticks: the version is `floor(tick * churn + phase)` with `phase`
+/// uniform in [0, 1), hence a row changes at a given tick with probability
+/// exactly `churn`, and never twice in one tick.
+pub(crate) fn row_version(phase: f64, tick: u64, churn: f64) -> u64 {
     if churn <= 0.0 {
         return 0;
     }
-    let phase = unit(key);
     ((tick as f64) * churn + phase).floor() as u64
 }
 
 /// The first tick at which `row_version` returned `version`: when the row's
 /// current values were sampled. Clamped to `tick` against rounding.
-pub(crate) fn version_start(key: u64, version: u64, tick: u64, churn: f64) -> u64 {
+pub(crate) fn version_start(phase: f64, version: u64, tick: u64, churn: f64) -> u64 {
     if churn <= 0.0 {
         return 0;
     }
-    let phase = unit(key);
     let start = ((version as f64 - phase) / churn).ceil();
     (start.max(0.0) as u64).min(tick)
 }
@@ -95,7 +98,8 @@ mod tests {
         let rows = 10_000u64;
         let tick = 1_000_000u64;
         let changed = (0..rows)
-            .filter(|r| row_version(*r, tick, churn) != row_version(*r, tick - 1, churn))
+            .map(phase)
+            .filter(|p| row_version(*p, tick, churn) != row_version(*p, tick - 1, churn))
             .count();
         let fraction = changed as f64 / rows as f64;
         assert!((0.08..0.12).contains(&fraction), "{fraction}");
@@ -104,6 +108,7 @@ mod tests {
     #[test]
     fn version_start_is_where_the_version_begins() {
         for key in 0..200u64 {
+            let key = phase(key);
             let tick = 345_678_901u64;
             let v = row_version(key, tick, 0.1);
             let start = version_start(key, v, tick, 0.1);

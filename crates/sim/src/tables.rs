@@ -8,6 +8,7 @@
 //! only when one of its rows changed; `_published_at` is the one column
 //! made fresh every tick.
 
+use std::cell::RefCell;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
@@ -17,7 +18,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use fleetsql_model::{ModelError, Table, origin};
 
 use crate::profile::{Profile, Role};
-use crate::rng::{Draw, derive, row_version, version_start};
+use crate::rng::{Draw, derive, phase, row_version, version_start};
 
 /// The tables every simulated machine publishes, by name.
 pub const TABLES: [&str; 5] = ["sys", "processes", "filesystem", "machinerole", "load_info"];
@@ -505,7 +506,7 @@ fn fixed_columns(kind: Kind, p: &Profile, rows: usize, ip: &ArrayRef) -> Vec<Arr
             let mut starts = Vec::with_capacity(rows);
             // Increasing pids in start order; systemd is 1, the main
             // service started last of the boot-time processes.
-            let main_pid = 300 + 17 * rows as i64 + derive(p.key, 0x4d41_494e) as i64 % 1000;
+            let main_pid = 300 + 17 * rows as i64 + (derive(p.key, 0x4d41_494e) % 1000) as i64;
             for row in 0..rows {
                 let (spec, main) = proc_spec(p.role, row);
                 let mut d = Draw::new(derive(p.key, 0x5049_0000 + row as u64));
@@ -736,6 +737,9 @@ impl Clock {
 pub(crate) struct TableState {
     kind: Kind,
     rows: usize,
+    /// Each row's churn phase, kept so that finding the rows that churned
+    /// costs a multiply per row instead of four hashes.
+    phases: Vec<f64>,
     /// The version each row's dynamic values were sampled at.
     versions: Vec<u64>,
     fixed: Vec<ArrayRef>,
@@ -759,21 +763,25 @@ impl TableState {
         let fixed = fixed_columns(kind, p, rows, &ip);
         let mut values = empty_dyn(kind, rows);
         let mut versions = Vec::with_capacity(rows);
+        let mut phases = Vec::with_capacity(rows);
         for row in 0..rows {
             let key = row_key(kind, p, row);
-            let version = row_version(key, clock.tick, clock.churn);
-            let sampled = sampled_at_s(key, version, clock);
+            let phase = phase(key);
+            let version = row_version(phase, clock.tick, clock.churn);
+            let sampled = sampled_at_s(phase, version, clock);
             store(
                 &mut values,
                 row,
                 &sample(kind, p, row, key, version, sampled),
             );
             versions.push(version);
+            phases.push(phase);
         }
         let arrays = values.iter().map(DynCol::to_array).collect();
         TableState {
             kind,
             rows,
+            phases,
             versions,
             fixed,
             values,
@@ -792,10 +800,11 @@ impl TableState {
         }
         let mut changed = false;
         for row in 0..self.rows {
-            let key = row_key(self.kind, p, row);
-            let version = row_version(key, clock.tick, clock.churn);
+            let phase = self.phases[row];
+            let version = row_version(phase, clock.tick, clock.churn);
             if version != self.versions[row] {
-                let sampled = sampled_at_s(key, version, clock);
+                let key = row_key(self.kind, p, row);
+                let sampled = sampled_at_s(phase, version, clock);
                 store(
                     &mut self.values,
                     row,
@@ -830,9 +839,7 @@ impl TableState {
             });
         }
         columns.extend(self.origin.iter().cloned());
-        columns.push(Arc::new(
-            TimestampMillisecondArray::from(vec![published_at_ms; self.rows]).with_timezone("UTC"),
-        ));
+        columns.push(published_at(published_at_ms, self.rows));
         RecordBatch::try_new(self.kind.schema().clone(), columns).map_err(|source| {
             ModelError::Arrow {
                 table: self.kind.name().to_string(),
@@ -842,6 +849,35 @@ impl TableState {
     }
 }
 
+thread_local! {
+    /// `_published_at` arrays of the current tick by length. Every machine
+    /// of a tick stamps the same instant and most have the same row counts,
+    /// so they share one immutable array instead of allocating their own.
+    static PUBLISHED_AT: RefCell<(i64, Vec<(usize, ArrayRef)>)> =
+        const { RefCell::new((i64::MIN, Vec::new())) };
+}
+
+fn published_at(ms: i64, rows: usize) -> ArrayRef {
+    PUBLISHED_AT.with_borrow_mut(|(at, arrays)| {
+        if *at != ms {
+            *at = ms;
+            arrays.clear();
+        }
+        if let Some((_, array)) = arrays.iter().find(|(n, _)| *n == rows) {
+            return array.clone();
+        }
+        let array: ArrayRef =
+            Arc::new(TimestampMillisecondArray::from(vec![ms; rows]).with_timezone("UTC"));
+        // Only a handful of distinct lengths exist; keep the list short
+        // anyway so an odd fleet cannot grow it without bound.
+        if arrays.len() >= 16 {
+            arrays.remove(0);
+        }
+        arrays.push((rows, array.clone()));
+        array
+    })
+}
+
 fn row_key(kind: Kind, p: &Profile, row: usize) -> u64 {
     derive(derive(p.key, kind as u64 + 1), row as u64)
 }
@@ -849,10 +885,10 @@ fn row_key(kind: Kind, p: &Profile, row: usize) -> u64 {
 /// When the row's current values were sampled, in seconds since the epoch:
 /// a row that did not churn keeps the sample (and uptime) it had.
 /// `None` without churn: rows then never change, so they have no sample time.
-fn sampled_at_s(key: u64, version: u64, clock: Clock) -> Option<i64> {
+fn sampled_at_s(phase: f64, version: u64, clock: Clock) -> Option<i64> {
     if clock.churn <= 0.0 {
         return None;
     }
-    let start = version_start(key, version, clock.tick, clock.churn);
+    let start = version_start(phase, version, clock.tick, clock.churn);
     Some((start as i64).saturating_mul(clock.tick_ms) / 1000)
 }

@@ -11,7 +11,9 @@ use arrow::compute::concat_batches;
 use arrow::datatypes::{Int64Type, TimestampMillisecondType};
 use fleetsql_aggregator::{Aggregator, AggregatorConfig, Child, ChildGroup, FetchRequest};
 use fleetsql_model::{Table, origin};
-use fleetsql_sim::{CONTINENTS, REGIONS, Role, SimConfig, SimError, SimFleet, TABLES};
+use fleetsql_sim::{
+    CONTINENTS, DEMO_STATIC_FILES, REGIONS, Role, SimConfig, SimError, SimFleet, TABLES,
+};
 
 /// A tick in late 2026 with the default 5 s tick: realistic magnitudes.
 const TICK: u64 = 357_000_000;
@@ -327,25 +329,32 @@ fn demo_static_tables_match_the_simulator() {
 }
 
 #[tokio::test]
-async fn demo_static_index_loads() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../demo/static");
-    let tables = fleetsql_aggregator::StaticTables::open(dir.join("index.toml")).unwrap();
-    let g = tables
-        .fetch(&FetchRequest {
-            tables: ["region_data".to_string(), "continent_data".to_string()].into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(g.tables["region_data"].num_rows(), REGIONS.len());
-    assert_eq!(g.tables["continent_data"].num_rows(), 7);
-    // `georegion = id` must join Int64 to Int64.
-    let id = g.tables["region_data"]
-        .schema()
-        .field_with_name("id")
-        .unwrap()
-        .clone();
-    assert_eq!(id.data_type(), &arrow::datatypes::DataType::Int64);
+async fn demo_static_files_load_from_the_repo_and_when_written_out() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../demo/static");
+    let written = tempfile::tempdir().unwrap();
+    for (name, contents) in DEMO_STATIC_FILES {
+        assert_eq!(std::fs::read_to_string(repo.join(name)).unwrap(), contents);
+        std::fs::write(written.path().join(name), contents).unwrap();
+    }
+    for dir in [repo.as_path(), written.path()] {
+        let tables = fleetsql_aggregator::StaticTables::open(dir.join("index.toml")).unwrap();
+        let g = tables
+            .fetch(&FetchRequest {
+                tables: ["region_data".to_string(), "continent_data".to_string()].into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(g.tables["region_data"].num_rows(), REGIONS.len());
+        assert_eq!(g.tables["continent_data"].num_rows(), 7);
+        // `georegion = id` must join Int64 to Int64.
+        let id = g.tables["region_data"]
+            .schema()
+            .field_with_name("id")
+            .unwrap()
+            .clone();
+        assert_eq!(id.data_type(), &arrow::datatypes::DataType::Int64);
+    }
 }
 
 #[test]
