@@ -1,0 +1,240 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::{Action, Ticket};
+use async_trait::async_trait;
+use fleetsql_aggregator::{Child, FetchRequest};
+use fleetsql_model::Generation;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::server::{HEALTH_ACTION, HealthReport};
+use crate::stats::TransferStats;
+use crate::wire::{self, FetchTicket};
+use crate::{FlightError, Result};
+
+/// How a [`FlightChild`] talks to its server.
+#[derive(Debug, Clone)]
+pub struct FlightChildOptions {
+    /// How long establishing the TCP + HTTP/2 connection may take.
+    pub connect_timeout: Duration,
+    /// How long one call may take beyond the long-poll wait it asked for
+    /// (connecting, the child's own collection, transfer).
+    pub request_timeout: Duration,
+    /// Largest single `FlightData` message accepted; must exceed the
+    /// server's `max_message_bytes`.
+    pub max_message_bytes: usize,
+}
+
+impl Default for FlightChildOptions {
+    fn default() -> Self {
+        FlightChildOptions {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            max_message_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// A remote tier as a [`Child`]: each `fetch` is one `DoGet` whose ticket
+/// carries the parent's request, answered with a whole generation or an
+/// error, never part of one.
+///
+/// The connection is made on first use and dropped after any failure, so
+/// the next fetch reconnects: a restarted server is picked up without
+/// operator action, and a dead one costs one connect timeout per fetch.
+#[derive(Debug)]
+pub struct FlightChild {
+    name: String,
+    endpoint: String,
+    options: FlightChildOptions,
+    target: Endpoint,
+    client: Mutex<Option<FlightServiceClient<Channel>>>,
+    /// Newest generation id received: sent as `base_generation`, which the
+    /// server will use for diffs once those exist.
+    last_received: AtomicU64,
+    stats: Arc<TransferStats>,
+}
+
+impl FlightChild {
+    /// A child reached at `endpoint` (`http://host:port`). Does not connect.
+    pub fn new(
+        name: impl Into<String>,
+        endpoint: String,
+        options: FlightChildOptions,
+    ) -> Result<FlightChild> {
+        let invalid = |reason: String| FlightError::InvalidEndpoint {
+            endpoint: endpoint.clone(),
+            reason,
+        };
+        let target = Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| invalid(e.to_string()))?
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true)
+            // Notices a child that vanished without closing the socket
+            // while we sit in a long poll.
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        Ok(FlightChild {
+            name: name.into(),
+            endpoint,
+            options,
+            target,
+            client: Mutex::new(None),
+            last_received: AtomicU64::new(0),
+            stats: Arc::new(TransferStats::new()),
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Bytes and rows received per table, for `/metrics`.
+    pub fn stats(&self) -> Arc<TransferStats> {
+        self.stats.clone()
+    }
+
+    /// Fetches over Flight with this crate's error type (the [`Child`]
+    /// impl maps it to an aggregator error).
+    pub async fn fetch_generation(&self, request: &FetchRequest) -> Result<Generation> {
+        let limit = request.wait.unwrap_or_default() + self.options.request_timeout;
+        let attempt = tokio::time::timeout(limit, self.call(request)).await;
+        let result = match attempt {
+            Ok(result) => result,
+            Err(_) => Err(FlightError::Timeout {
+                endpoint: self.endpoint.clone(),
+                timeout_ms: limit.as_millis() as u64,
+            }),
+        };
+        self.stats.add_call();
+        match &result {
+            Ok(generation) => {
+                self.last_received
+                    .fetch_max(generation.meta.id, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.add_failure();
+                // Whatever broke, the next call starts from a new connection.
+                *self.client.lock() = None;
+                if matches!(e, FlightError::Protocol { .. }) {
+                    tracing::error!(child = %self.name, error = %e, "rejected a Flight stream");
+                } else {
+                    tracing::warn!(child = %self.name, error = %e, "Flight fetch failed");
+                }
+            }
+        }
+        result
+    }
+
+    /// Asks the server for its newest generation's producer and id.
+    pub async fn health(&self) -> Result<HealthReport> {
+        let call = async {
+            let mut client = self.client().await?;
+            let action = Action {
+                r#type: HEALTH_ACTION.into(),
+                body: Default::default(),
+            };
+            let mut stream = client
+                .do_action(action)
+                .await
+                .map_err(|s| wire::status_error(&self.endpoint, &s))?
+                .into_inner();
+            let first = stream
+                .next()
+                .await
+                .ok_or_else(|| self.protocol("empty health answer"))?
+                .map_err(|s| wire::status_error(&self.endpoint, &s))?;
+            serde_json::from_slice(&first.body)
+                .map_err(|e| self.protocol(&format!("health answer is not JSON: {e}")))
+        };
+        let limit = self.options.request_timeout;
+        match tokio::time::timeout(limit, call).await {
+            Ok(Ok(report)) => Ok(report),
+            Ok(Err(e)) => {
+                *self.client.lock() = None;
+                Err(e)
+            }
+            Err(_) => {
+                *self.client.lock() = None;
+                Err(FlightError::Timeout {
+                    endpoint: self.endpoint.clone(),
+                    timeout_ms: limit.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    async fn call(&self, request: &FetchRequest) -> Result<Generation> {
+        let mut client = self.client().await?;
+        let base = match self.last_received.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        };
+        let ticket = Ticket {
+            ticket: FetchTicket::from_request(request, base).to_bytes(),
+        };
+        let stream = client
+            .do_get(ticket)
+            .await
+            .map_err(|s| wire::status_error(&self.endpoint, &s))?
+            .into_inner();
+        wire::decode_generation(&self.endpoint, stream, &self.stats).await
+    }
+
+    /// The cached client, or a new connection. The lock is never held
+    /// across the connect, so concurrent fetches do not queue behind it.
+    async fn client(&self) -> Result<FlightServiceClient<Channel>> {
+        if let Some(client) = self.client.lock().clone() {
+            return Ok(client);
+        }
+        let channel = self
+            .target
+            .connect()
+            .await
+            .map_err(|e| FlightError::Connect {
+                endpoint: self.endpoint.clone(),
+                reason: error_chain(&e),
+            })?;
+        let client = FlightServiceClient::new(channel)
+            .max_decoding_message_size(self.options.max_message_bytes);
+        *self.client.lock() = Some(client.clone());
+        Ok(client)
+    }
+
+    fn protocol(&self, reason: &str) -> FlightError {
+        FlightError::Protocol {
+            endpoint: self.endpoint.clone(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl Child for FlightChild {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn fetch(&self, request: &FetchRequest) -> fleetsql_aggregator::Result<Arc<Generation>> {
+        self.fetch_generation(request)
+            .await
+            .map(Arc::new)
+            .map_err(|e| e.into_aggregator(&self.name))
+    }
+}
+
+/// `transport error: connection refused` rather than just `transport error`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

@@ -1,0 +1,40 @@
+//! Generations between tiers over Arrow Flight.
+//!
+//! A child tier runs a [`FlightServer`] over anything implementing
+//! [`Child`](fleetsql_aggregator::Child) (normally its aggregator's
+//! `as_child()`); its parent holds a [`FlightChild`], which is itself a
+//! `Child`, so a remote tier plugs into an aggregator exactly like a local
+//! one.
+//!
+//! One parent fetch is one `DoGet`:
+//!
+//! 1. [`FlightChild`] turns the parent's `FetchRequest` into a JSON
+//!    [`FetchTicket`] (`requester`, `tables`, `since_generation`, `wait_ms`,
+//!    `base_generation`). Table requests thus flow down the same call.
+//! 2. The server hands the request to its source, which may hold it until
+//!    it has a generation newer than `since_generation` (long poll), and
+//!    streams the answer: a metadata-only header message carrying the
+//!    `GenerationMeta` as JSON plus the list of tables and row counts, then
+//!    each table as an Arrow IPC schema message (table name in
+//!    `app_metadata`) and its batches, compressed with lz4 (or zstd).
+//!    Encoding runs on a blocking thread; see [`wire`](crate::FetchTicket)
+//!    for the exact layout.
+//! 3. The client decodes the stream into a `Generation` and checks that it
+//!    adds up (every announced table, every announced row); anything else
+//!    is an error and the parent keeps merging without this child, never
+//!    with part of its data.
+//!
+//! Both ends count bytes and rows per table ([`TransferStats`]) for
+//! `/metrics` ([`render_prometheus`]).
+
+mod client;
+mod error;
+mod server;
+mod stats;
+mod wire;
+
+pub use client::{FlightChild, FlightChildOptions};
+pub use error::{FlightError, Result};
+pub use server::{FlightServer, FlightServerConfig, HEALTH_ACTION, HealthReport};
+pub use stats::{TableTransfer, TransferSnapshot, TransferStats, render_prometheus};
+pub use wire::{Compression, ENCODING_FULL, FetchTicket, WIRE_FORMAT};

@@ -1,0 +1,385 @@
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use fleetsql_aggregator::{AggregatorError, Child, FetchRequest};
+use fleetsql_model::Generation;
+use futures::Stream;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::stats::TransferStats;
+use crate::wire::{self, Compression, FetchTicket};
+use crate::{FlightError, Result};
+
+/// The `DoAction` type answered with a small JSON health report.
+pub const HEALTH_ACTION: &str = "health";
+
+/// How a [`FlightServer`] serves.
+#[derive(Debug, Clone)]
+pub struct FlightServerConfig {
+    /// IPC body compression of every table sent.
+    pub compression: Compression,
+    /// The longest a long poll may hold a call, whatever the ticket asks:
+    /// a parent that vanished mid-poll ties up a call for at most this.
+    pub max_wait: Duration,
+    /// Approximate size of one `FlightData` message; larger batches are
+    /// split. Must stay below the clients' decoding limit.
+    pub max_message_bytes: usize,
+    /// Messages encoded ahead of the network (memory bound per call).
+    pub send_buffer: usize,
+    /// How long [`FlightServer::shutdown`] lets calls in flight finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for FlightServerConfig {
+    fn default() -> Self {
+        FlightServerConfig {
+            compression: Compression::Lz4,
+            max_wait: Duration::from_secs(60),
+            max_message_bytes: 2 * 1024 * 1024,
+            send_buffer: 8,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the `health` action answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub producer: String,
+    pub generation_id: u64,
+    pub made_at_ms: i64,
+}
+
+/// A running Flight endpoint serving one [`Child`] (usually an aggregator's
+/// [`as_child`](fleetsql_aggregator::Aggregator::as_child)) to its parents.
+/// Dropping it stops serving at once; [`FlightServer::shutdown`] drains.
+#[derive(Debug)]
+pub struct FlightServer {
+    local_addr: SocketAddr,
+    stats: Arc<TransferStats>,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+    grace: Duration,
+}
+
+impl FlightServer {
+    /// Binds `addr` (port 0 picks a free port) and serves `source` with the
+    /// default configuration. Must be called inside a tokio runtime.
+    pub fn start(source: Arc<dyn Child>, addr: SocketAddr) -> Result<FlightServer> {
+        Self::start_with(source, addr, FlightServerConfig::default())
+    }
+
+    pub fn start_with(
+        source: Arc<dyn Child>,
+        addr: SocketAddr,
+        config: FlightServerConfig,
+    ) -> Result<FlightServer> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| FlightError::NoRuntime)?;
+        // Bind synchronously so the caller knows the port (and a taken port
+        // is an error here, not a log line from a background task).
+        let listener =
+            std::net::TcpListener::bind(addr).map_err(|source| FlightError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| FlightError::Bind { addr, source })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| FlightError::Bind { addr, source })?;
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)
+                .map_err(|source| FlightError::Bind { addr, source })?
+        };
+        let write_options = config.compression.write_options()?;
+        let stats = Arc::new(TransferStats::new());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let service = Service {
+            source,
+            config: config.clone(),
+            write_options,
+            stats: stats.clone(),
+            shutdown: shutdown_rx.clone(),
+        };
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let mut signal = shutdown_rx;
+        let task = runtime.spawn(async move {
+            let served = tonic::transport::Server::builder()
+                // Notices a parent that vanished without closing the socket.
+                .http2_keepalive_interval(Some(Duration::from_secs(20)))
+                .add_service(FlightServiceServer::new(service))
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = signal.wait_for(|stop| *stop).await;
+                })
+                .await;
+            if let Err(source) = served {
+                let e = FlightError::Serve {
+                    addr: local_addr,
+                    source,
+                };
+                tracing::error!(error = %e, "Flight server stopped");
+            }
+        });
+        tracing::info!(addr = %local_addr, "Flight server listening");
+        Ok(FlightServer {
+            local_addr,
+            stats,
+            shutdown,
+            task: Some(task),
+            grace: config.shutdown_grace,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Bytes and rows sent per table, for `/metrics`.
+    pub fn stats(&self) -> Arc<TransferStats> {
+        self.stats.clone()
+    }
+
+    /// Stops accepting calls, ends waiting long polls with `unavailable`
+    /// (the parent retries elsewhere or later), lets streams being sent
+    /// finish for up to `shutdown_grace`, then closes the port.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(self.grace, &mut task).await.is_err() {
+                tracing::warn!(addr = %self.local_addr, "Flight server did not drain in time; aborted");
+                task.abort();
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+impl Drop for FlightServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = self.shutdown.send(true);
+            task.abort();
+        }
+    }
+}
+
+struct Service {
+    source: Arc<dyn Child>,
+    config: FlightServerConfig,
+    write_options: arrow::ipc::writer::IpcWriteOptions,
+    stats: Arc<TransferStats>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Service {
+    /// Calls the source, giving up when the server shuts down so a long
+    /// poll does not hold the shutdown for its whole wait.
+    async fn fetch(&self, request: &FetchRequest) -> Result<Arc<Generation>, Status> {
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            answer = self.source.fetch(request) => answer.map_err(|e| {
+                tracing::warn!(source = self.source.name(), requester = %request.requester, error = %e, "source fetch failed");
+                aggregator_status(&e)
+            }),
+            _ = shutdown.wait_for(|stop| *stop) => Err(Status::unavailable("server is shutting down")),
+        }
+    }
+}
+
+fn aggregator_status(e: &AggregatorError) -> Status {
+    match e {
+        AggregatorError::Timeout { .. } => Status::deadline_exceeded(e.to_string()),
+        AggregatorError::ShuttingDown { .. } => Status::unavailable(e.to_string()),
+        _ => Status::unavailable(e.to_string()),
+    }
+}
+
+fn unimplemented(method: &str) -> Status {
+    Status::unimplemented(format!(
+        "fleetsql serves generations through DoGet only; {method} is not supported"
+    ))
+}
+
+type BoxResponse<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl FlightService for Service {
+    type HandshakeStream = BoxResponse<HandshakeResponse>;
+    type ListFlightsStream = BoxResponse<FlightInfo>;
+    type DoGetStream = BoxResponse<FlightData>;
+    type DoPutStream = BoxResponse<PutResult>;
+    type DoActionStream = BoxResponse<arrow_flight::Result>;
+    type ListActionsStream = BoxResponse<ActionType>;
+    type DoExchangeStream = BoxResponse<FlightData>;
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        self.stats.add_call();
+        let ticket = FetchTicket::from_bytes(&request.get_ref().ticket).map_err(|e| {
+            self.stats.add_failure();
+            Status::invalid_argument(e.to_string())
+        })?;
+        let fetch = ticket.to_request(self.config.max_wait);
+        let generation = self.fetch(&fetch).await.inspect_err(|_| self.stats.add_failure())?;
+        let (tx, rx) = mpsc::channel(self.config.send_buffer.max(1));
+        let options = self.write_options.clone();
+        let max_message = self.config.max_message_bytes;
+        let stats = self.stats.clone();
+        // Encoding compresses every buffer: CPU work, done on a blocking
+        // thread and handed to the network through a bounded channel.
+        tokio::task::spawn_blocking(move || {
+            send_generation(&generation, options, max_message, &stats, &tx)
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        if request.get_ref().r#type != HEALTH_ACTION {
+            return Err(Status::unimplemented(format!(
+                "unknown action `{}`; the only action is `{HEALTH_ACTION}`",
+                request.get_ref().r#type
+            )));
+        }
+        let generation = self
+            .fetch(&FetchRequest {
+                requester: "_health".into(),
+                ..Default::default()
+            })
+            .await?;
+        let report = HealthReport {
+            producer: generation.meta.producer.clone(),
+            generation_id: generation.meta.id,
+            made_at_ms: generation.meta.made_at_ms,
+        };
+        let body = serde_json::to_vec(&report).map_err(|e| Status::internal(e.to_string()))?;
+        let result = arrow_flight::Result { body: body.into() };
+        let stream: BoxStream<'static, _> = Box::pin(futures::stream::iter([Ok(result)]));
+        Ok(Response::new(stream))
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let action = ActionType {
+            r#type: HEALTH_ACTION.into(),
+            description: "producer and id of the newest generation, as JSON".into(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(action)]))))
+    }
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(unimplemented("Handshake"))
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        Err(unimplemented("ListFlights"))
+    }
+
+    async fn get_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        Err(unimplemented("GetFlightInfo"))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(unimplemented("PollFlightInfo"))
+    }
+
+    async fn get_schema(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        Err(unimplemented("GetSchema"))
+    }
+
+    async fn do_put(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        Err(unimplemented("DoPut"))
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(unimplemented("DoExchange"))
+    }
+}
+
+/// Encodes and sends one answer; stops quietly when the parent hangs up.
+fn send_generation(
+    generation: &Generation,
+    options: arrow::ipc::writer::IpcWriteOptions,
+    max_message: usize,
+    stats: &TransferStats,
+    tx: &mpsc::Sender<Result<FlightData, Status>>,
+) {
+    let fail = |e: FlightError| {
+        tracing::error!(producer = %generation.meta.producer, error = %e, "cannot encode generation");
+        stats.add_failure();
+        // An error item makes tonic end the call with this status, so the
+        // parent sees a failed call, never a short generation.
+        let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+    };
+    let header = match wire::header_message(generation) {
+        Ok(header) => header,
+        Err(e) => return fail(e),
+    };
+    stats.add_header_sent(wire::message_bytes(&header));
+    if tx.blocking_send(Ok(header)).is_err() {
+        return;
+    }
+    for (name, table) in &generation.tables {
+        let messages = match wire::table_messages(name, table, options.clone(), max_message) {
+            Ok(messages) => messages,
+            Err(e) => return fail(e),
+        };
+        for message in messages {
+            let message = match message {
+                Ok(message) => message,
+                Err(e) => {
+                    return fail(FlightError::Encode {
+                        table: name.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            stats.add_sent(name, wire::message_bytes(&message), 0);
+            if tx.blocking_send(Ok(message)).is_err() {
+                return;
+            }
+        }
+        stats.add_sent(name, 0, table.num_rows() as u64);
+    }
+}

@@ -1,0 +1,484 @@
+//! The wire contract between a parent and a child tier.
+//!
+//! Request: a `DoGet` [`Ticket`] whose bytes are JSON ([`FetchTicket`]).
+//!
+//! Answer, in order:
+//! 1. one metadata-only `FlightData` (no IPC header, no body) whose
+//!    `app_metadata` is the [`GenerationMeta`] as JSON, with one extra key,
+//!    `stream`, describing what follows (wire format, encoding, the tables
+//!    and their row counts). A reader that only wants the generation's
+//!    metadata can parse it as a plain `GenerationMeta`.
+//! 2. per table, in the order the header lists them: an Arrow IPC schema
+//!    message whose `app_metadata` is `{"table": name, "rows": n}`, then
+//!    its record batches (IPC bodies compressed with lz4 or zstd).
+//!
+//! The header's table list and row counts are what make a truncated stream
+//! detectable: a stream that ends early, skips a table or loses batches
+//! does not add up and is rejected as a whole.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::CompressionType;
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::FlightData;
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError as ArrowFlightError;
+use bytes::Bytes;
+use fleetsql_aggregator::FetchRequest;
+use fleetsql_model::{Generation, GenerationMeta, Table};
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::stats::TransferStats;
+use crate::{FlightError, Result};
+
+/// The wire format this crate writes and reads. A reader rejects any other
+/// value instead of guessing.
+pub const WIRE_FORMAT: u32 = 1;
+
+/// The only encoding written today: every row of every table. `"diff"`
+/// (rows changed since `base_generation`) is reserved for later.
+pub const ENCODING_FULL: &str = "full";
+
+/// What a parent asks a child for: the JSON body of a `DoGet` ticket.
+///
+/// Unknown fields are ignored so that later fields (diffs, redirects) can
+/// be added without breaking older peers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchTicket {
+    /// Who asks: the child keeps each requester's table set apart.
+    pub requester: String,
+    /// Every table the requester wants from now on (also the tables the
+    /// child starts collecting if it had not been asked for them).
+    #[serde(default)]
+    pub tables: BTreeSet<String>,
+    /// The newest generation the requester holds from this child.
+    #[serde(default)]
+    pub since_generation: Option<u64>,
+    /// Long poll: how long the child may hold the call waiting for a
+    /// generation newer than `since_generation` (capped by the server).
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+    /// Reserved for diff encoding: the generation the requester still holds
+    /// in full, against which the child may later send only changed rows.
+    /// Accepted and ignored today: the answer is always a full generation
+    /// (its header says `"encoding": "full"`).
+    #[serde(default)]
+    pub base_generation: Option<u64>,
+}
+
+impl FetchTicket {
+    pub fn from_request(request: &FetchRequest, base_generation: Option<u64>) -> Self {
+        FetchTicket {
+            requester: request.requester.clone(),
+            tables: request.tables.clone(),
+            since_generation: request.since_generation,
+            wait_ms: request.wait.map(|w| w.as_millis() as u64),
+            base_generation,
+        }
+    }
+
+    /// The request to pass to the served [`Child`](fleetsql_aggregator::Child),
+    /// with the wait capped at `max_wait` so a client cannot pin a call.
+    pub fn to_request(&self, max_wait: Duration) -> FetchRequest {
+        FetchRequest {
+            requester: self.requester.clone(),
+            tables: self.tables.clone(),
+            since_generation: self.since_generation,
+            wait: self
+                .wait_ms
+                .map(|ms| Duration::from_millis(ms).min(max_wait)),
+        }
+    }
+
+    pub fn to_bytes(&self) -> Bytes {
+        // Serializing a struct of strings and integers cannot fail.
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|e| FlightError::Ticket {
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// IPC body compression of the tables a server sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Fast and cheap on CPU: the default between tiers.
+    #[default]
+    Lz4,
+    /// Smaller on the wire for more CPU: for thin links between sites.
+    Zstd,
+    None,
+}
+
+impl Compression {
+    pub(crate) fn write_options(self) -> Result<IpcWriteOptions> {
+        let kind = match self {
+            Compression::Lz4 => Some(CompressionType::LZ4_FRAME),
+            Compression::Zstd => Some(CompressionType::ZSTD),
+            Compression::None => None,
+        };
+        IpcWriteOptions::default()
+            .try_with_compression(kind)
+            .map_err(|e| FlightError::Encode {
+                table: String::new(),
+                reason: e.to_string(),
+            })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StreamHeader {
+    #[serde(flatten)]
+    meta: GenerationMeta,
+    stream: StreamLayout,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StreamLayout {
+    format: u32,
+    encoding: String,
+    /// The base a diff was computed against; always `None` for `"full"`.
+    base_generation: Option<u64>,
+    tables: Vec<TableHeader>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TableHeader {
+    table: String,
+    rows: u64,
+}
+
+/// Bytes a message takes on the wire, give or take protobuf framing.
+pub(crate) fn message_bytes(data: &FlightData) -> u64 {
+    (data.data_header.len() + data.data_body.len() + data.app_metadata.len()) as u64
+}
+
+/// The first message of an answer: metadata only.
+pub(crate) fn header_message(generation: &Generation) -> Result<FlightData> {
+    let header = StreamHeader {
+        meta: generation.meta.clone(),
+        stream: StreamLayout {
+            format: WIRE_FORMAT,
+            encoding: ENCODING_FULL.to_string(),
+            base_generation: None,
+            tables: generation
+                .tables
+                .iter()
+                .map(|(name, table)| TableHeader {
+                    table: name.clone(),
+                    rows: table.num_rows() as u64,
+                })
+                .collect(),
+        },
+    };
+    let json = serde_json::to_vec(&header).map_err(|e| FlightError::Encode {
+        table: String::new(),
+        reason: format!("generation header: {e}"),
+    })?;
+    Ok(FlightData::new().with_app_metadata(json))
+}
+
+/// One table's messages: schema (carrying the table header) then batches.
+///
+/// The encoder's input is an in-memory iterator, so the returned iterator
+/// never waits: the server drives it on a blocking thread, keeping
+/// compression off the IO runtime.
+pub(crate) fn table_messages(
+    name: &str,
+    table: &Table,
+    options: IpcWriteOptions,
+    max_message_bytes: usize,
+) -> Result<impl Iterator<Item = Result<FlightData, ArrowFlightError>> + use<>> {
+    let header = TableHeader {
+        table: name.to_string(),
+        rows: table.num_rows() as u64,
+    };
+    let json = serde_json::to_vec(&header).map_err(|e| FlightError::Encode {
+        table: name.to_string(),
+        reason: e.to_string(),
+    })?;
+    let batches: Vec<Result<RecordBatch, ArrowFlightError>> =
+        table.batches().iter().cloned().map(Ok).collect();
+    let encoder = FlightDataEncoderBuilder::new()
+        .with_options(options)
+        .with_max_flight_data_size(max_message_bytes)
+        .with_schema(table.schema().clone())
+        .with_metadata(Bytes::from(json))
+        .build(futures::stream::iter(batches));
+    Ok(futures::executor::block_on_stream(encoder))
+}
+
+/// A table being received.
+struct Incoming {
+    name: String,
+    expected_rows: u64,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    rows: u64,
+    bytes: u64,
+}
+
+/// Reads one answer back into a [`Generation`], all or nothing.
+///
+/// Counters are updated only once the whole stream has been accepted, so a
+/// rejected stream shows as a failure, not as rows received.
+pub(crate) async fn decode_generation<S>(
+    endpoint: &str,
+    stream: S,
+    stats: &TransferStats,
+) -> Result<Generation>
+where
+    S: Stream<Item = Result<FlightData, tonic::Status>> + Send + Unpin + 'static,
+{
+    let protocol = |reason: String| FlightError::Protocol {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let mut stream = stream;
+    let first = match stream.next().await {
+        None => return Err(protocol("stream ended before the generation header".into())),
+        Some(Err(status)) => return Err(status_error(endpoint, &status)),
+        Some(Ok(first)) => first,
+    };
+    if first.app_metadata.is_empty() || !first.data_header.is_empty() {
+        return Err(protocol(
+            "first message is not a generation header (metadata only)".into(),
+        ));
+    }
+    let header: StreamHeader = serde_json::from_slice(&first.app_metadata)
+        .map_err(|e| protocol(format!("generation header is not valid JSON: {e}")))?;
+    if header.stream.format != WIRE_FORMAT {
+        return Err(protocol(format!(
+            "wire format {} is not supported (this node reads {WIRE_FORMAT})",
+            header.stream.format
+        )));
+    }
+    if header.stream.encoding != ENCODING_FULL {
+        return Err(protocol(format!(
+            "encoding `{}` is not supported",
+            header.stream.encoding
+        )));
+    }
+    let header_bytes = message_bytes(&first);
+
+    let rest = stream.map(|item| item.map_err(|status| ArrowFlightError::Tonic(Box::new(status))));
+    let mut decoder = FlightDataDecoder::new(rest);
+    let mut expected = header.stream.tables.iter();
+    let mut done: Vec<Incoming> = Vec::new();
+    let mut current: Option<Incoming> = None;
+    while let Some(item) = decoder.next().await {
+        let decoded = match item {
+            Ok(decoded) => decoded,
+            Err(ArrowFlightError::Tonic(status)) => return Err(status_error(endpoint, &status)),
+            Err(e) => return Err(protocol(format!("corrupt Arrow data: {e}"))),
+        };
+        let bytes = message_bytes(&decoded.inner);
+        match decoded.payload {
+            DecodedPayload::Schema(schema) => {
+                let table: TableHeader = serde_json::from_slice(&decoded.inner.app_metadata)
+                    .map_err(|e| protocol(format!("table header is not valid JSON: {e}")))?;
+                let Some(next) = expected.next() else {
+                    return Err(protocol(format!(
+                        "table `{}` was not announced in the generation header",
+                        table.table
+                    )));
+                };
+                if next.table != table.table {
+                    return Err(protocol(format!(
+                        "expected table `{}`, got `{}`",
+                        next.table, table.table
+                    )));
+                }
+                if let Some(previous) = current.take() {
+                    done.push(finish(previous).map_err(protocol)?);
+                }
+                current = Some(Incoming {
+                    name: table.table,
+                    expected_rows: next.rows,
+                    schema,
+                    batches: Vec::new(),
+                    rows: 0,
+                    bytes,
+                });
+            }
+            DecodedPayload::RecordBatch(batch) => {
+                let Some(table) = current.as_mut() else {
+                    return Err(protocol("record batch before any table schema".into()));
+                };
+                if batch.schema().fields() != table.schema.fields() {
+                    return Err(protocol(format!(
+                        "table `{}`: batch does not match its schema",
+                        table.name
+                    )));
+                }
+                table.rows += batch.num_rows() as u64;
+                table.bytes += bytes;
+                table.batches.push(batch);
+            }
+            DecodedPayload::None => {
+                return Err(protocol("unexpected message without payload".into()));
+            }
+        }
+    }
+    if let Some(last) = current.take() {
+        done.push(finish(last).map_err(protocol)?);
+    }
+    if let Some(missing) = expected.next() {
+        return Err(protocol(format!(
+            "stream ended before table `{}` (truncated)",
+            missing.table
+        )));
+    }
+
+    let mut tables = BTreeMap::new();
+    let mut counted = Vec::with_capacity(done.len());
+    for table in done {
+        counted.push((table.name.clone(), table.bytes, table.rows));
+        let built = Table::new(&table.name, table.schema, table.batches)
+            .map_err(|e| protocol(format!("table `{}`: {e}", table.name)))?;
+        tables.insert(table.name, Arc::new(built));
+    }
+    stats.add_header_received(header_bytes);
+    for (name, bytes, rows) in counted {
+        stats.add_received(&name, bytes, rows);
+    }
+    Ok(Generation {
+        meta: header.meta,
+        tables,
+    })
+}
+
+fn finish(table: Incoming) -> Result<Incoming, String> {
+    if table.rows != table.expected_rows {
+        return Err(format!(
+            "table `{}`: announced {} rows, received {} (truncated or corrupt)",
+            table.name, table.expected_rows, table.rows
+        ));
+    }
+    Ok(table)
+}
+
+pub(crate) fn status_error(endpoint: &str, status: &tonic::Status) -> FlightError {
+    FlightError::Status {
+        endpoint: endpoint.to_string(),
+        code: status.code(),
+        message: status.message().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+
+    fn generation() -> Generation {
+        let mut g = Generation::empty("p");
+        g.meta.id = 7;
+        g.meta.available.insert("t".into());
+        let batch = RecordBatch::try_from_iter([
+            ("x", Arc::new(Int64Array::from(vec![1, 2, 3])) as _),
+            ("s", Arc::new(StringArray::from(vec!["a", "b", "c"])) as _),
+        ])
+        .unwrap();
+        let table = Table::new("t", batch.schema(), vec![batch.clone(), batch]).unwrap();
+        g.tables.insert("t".into(), Arc::new(table));
+        let empty = RecordBatch::try_from_iter([("y", Arc::new(Int64Array::from(Vec::<i64>::new())) as _)])
+            .unwrap();
+        g.tables
+            .insert("u".into(), Arc::new(Table::empty(empty.schema())));
+        g
+    }
+
+    fn encode(g: &Generation, compression: Compression) -> Vec<FlightData> {
+        let mut out = vec![header_message(g).unwrap()];
+        for (name, table) in &g.tables {
+            let options = compression.write_options().unwrap();
+            out.extend(table_messages(name, table, options, 1 << 20).unwrap().map(|m| m.unwrap()));
+        }
+        out
+    }
+
+    async fn decode(messages: Vec<FlightData>) -> Result<Generation> {
+        let stream = futures::stream::iter(messages.into_iter().map(Ok));
+        decode_generation("test", stream, &TransferStats::new()).await
+    }
+
+    #[tokio::test]
+    async fn round_trip_with_each_compression() {
+        let g = generation();
+        for compression in [Compression::Lz4, Compression::Zstd, Compression::None] {
+            let back = decode(encode(&g, compression)).await.unwrap();
+            assert_eq!(back.meta, g.meta);
+            assert_eq!(back.tables["t"].num_rows(), 6);
+            assert_eq!(back.tables["t"].batches()[0], g.tables["t"].batches()[0]);
+            assert_eq!(back.tables["u"].num_rows(), 0);
+            assert_eq!(back.tables["u"].schema(), g.tables["u"].schema());
+        }
+    }
+
+    #[tokio::test]
+    async fn header_parses_as_plain_generation_meta() {
+        let first = header_message(&generation()).unwrap();
+        let meta: GenerationMeta = serde_json::from_slice(&first.app_metadata).unwrap();
+        assert_eq!(meta.id, 7);
+    }
+
+    #[tokio::test]
+    async fn truncated_or_corrupt_streams_are_rejected() {
+        let full = encode(&generation(), Compression::Lz4);
+        // Every proper prefix is a truncation, including the empty stream.
+        for cut in 0..full.len() {
+            let err = decode(full[..cut].to_vec()).await.unwrap_err();
+            assert!(matches!(err, FlightError::Protocol { .. }), "cut {cut}: {err}");
+        }
+        // No header: the stream starts with a table.
+        assert!(decode(full[1..].to_vec()).await.is_err());
+        // Garbage body in a record batch.
+        let mut corrupt = full.clone();
+        // Keep the 8-byte uncompressed-length prefix of the first buffer (a
+        // garbage length would make arrow allocate whatever it says) and
+        // scramble the lz4 frames behind it.
+        let mut body = corrupt[2].data_body.to_vec();
+        for byte in body.iter_mut().skip(8) {
+            *byte ^= 0x5A;
+        }
+        corrupt[2].data_body = Bytes::from(body);
+        assert!(decode(corrupt).await.is_err());
+        // Garbage IPC header.
+        let mut corrupt = full.clone();
+        corrupt[2].data_header = Bytes::from_static(b"not flatbuffers");
+        assert!(decode(corrupt).await.is_err());
+        // Garbage generation header.
+        let mut corrupt = full;
+        corrupt[0].app_metadata = Bytes::from_static(b"{\"id\": ");
+        assert!(decode(corrupt).await.is_err());
+    }
+
+    #[test]
+    fn ticket_round_trip_and_unknown_fields() {
+        let ticket = FetchTicket {
+            requester: "tla".into(),
+            tables: ["sys".to_string()].into(),
+            since_generation: Some(3),
+            wait_ms: Some(60_000),
+            base_generation: Some(3),
+        };
+        let back = FetchTicket::from_bytes(&ticket.to_bytes()).unwrap();
+        assert_eq!(back, ticket);
+        let request = back.to_request(Duration::from_secs(5));
+        assert_eq!(request.wait, Some(Duration::from_secs(5)));
+        let later = FetchTicket::from_bytes(br#"{"requester":"x","redirect":true}"#).unwrap();
+        assert_eq!(later.requester, "x");
+        assert!(FetchTicket::from_bytes(b"garbage").is_err());
+    }
+}
