@@ -17,8 +17,8 @@
 //!    `GenerationMeta` as JSON plus the list of tables and row counts, then
 //!    each table as an Arrow IPC schema message (table name in
 //!    `app_metadata`) and its batches, compressed with lz4 (or zstd).
-//!    Encoding runs on a blocking thread; see [`wire`](crate::FetchTicket)
-//!    for the exact layout.
+//!    Encoding runs on a blocking thread. The exact layout is documented
+//!    in `src/wire.rs` (the wire contract; [`WIRE_FORMAT`] versions it).
 //! 3. The client decodes the stream into a `Generation` and checks that it
 //!    adds up (every announced table, every announced row); anything else
 //!    is an error and the parent keeps merging without this child, never

@@ -89,8 +89,8 @@ impl FlightServer {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| FlightError::NoRuntime)?;
         // Bind synchronously so the caller knows the port (and a taken port
         // is an error here, not a log line from a background task).
-        let listener =
-            std::net::TcpListener::bind(addr).map_err(|source| FlightError::Bind { addr, source })?;
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|source| FlightError::Bind { addr, source })?;
         let local_addr = listener
             .local_addr()
             .map_err(|source| FlightError::Bind { addr, source })?;
@@ -155,12 +155,12 @@ impl FlightServer {
     /// finish for up to `shutdown_grace`, then closes the port.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        if let Some(mut task) = self.task.take() {
-            if tokio::time::timeout(self.grace, &mut task).await.is_err() {
-                tracing::warn!(addr = %self.local_addr, "Flight server did not drain in time; aborted");
-                task.abort();
-                let _ = task.await;
-            }
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(self.grace, &mut task).await.is_err()
+        {
+            tracing::warn!(addr = %self.local_addr, "Flight server did not drain in time; aborted");
+            task.abort();
+            let _ = task.await;
         }
     }
 }
@@ -233,7 +233,10 @@ impl FlightService for Service {
             Status::invalid_argument(e.to_string())
         })?;
         let fetch = ticket.to_request(self.config.max_wait);
-        let generation = self.fetch(&fetch).await.inspect_err(|_| self.stats.add_failure())?;
+        let generation = self
+            .fetch(&fetch)
+            .await
+            .inspect_err(|_| self.stats.add_failure())?;
         let (tx, rx) = mpsc::channel(self.config.send_buffer.max(1));
         let options = self.write_options.clone();
         let max_message = self.config.max_message_bytes;

@@ -103,28 +103,66 @@ impl TransferStats {
 pub fn render_prometheus(parts: &[(&[(&str, &str)], &TransferSnapshot)]) -> String {
     type Pick = fn(&TransferSnapshot) -> Vec<(Option<&str>, u64)>;
     let families: [(&str, &str, Pick); 8] = [
-        ("fleetsql_flight_bytes_sent_total", "Flight bytes sent per table", |s| {
-            s.sent.iter().map(|(t, c)| (Some(t.as_str()), c.bytes)).collect()
-        }),
-        ("fleetsql_flight_rows_sent_total", "Rows sent per table", |s| {
-            s.sent.iter().map(|(t, c)| (Some(t.as_str()), c.rows)).collect()
-        }),
-        ("fleetsql_flight_bytes_received_total", "Flight bytes received per table", |s| {
-            s.received.iter().map(|(t, c)| (Some(t.as_str()), c.bytes)).collect()
-        }),
-        ("fleetsql_flight_rows_received_total", "Rows received per table", |s| {
-            s.received.iter().map(|(t, c)| (Some(t.as_str()), c.rows)).collect()
-        }),
-        ("fleetsql_flight_header_bytes_sent_total", "Generation header bytes sent", |s| {
-            vec![(None, s.header_bytes_sent)]
-        }),
-        ("fleetsql_flight_header_bytes_received_total", "Generation header bytes received", |s| {
-            vec![(None, s.header_bytes_received)]
-        }),
-        ("fleetsql_flight_calls_total", "DoGet calls served or made", |s| vec![(None, s.calls)]),
-        ("fleetsql_flight_failures_total", "DoGet calls that failed", |s| {
-            vec![(None, s.failures)]
-        }),
+        (
+            "fleetsql_flight_bytes_sent_total",
+            "Flight bytes sent per table",
+            |s| {
+                s.sent
+                    .iter()
+                    .map(|(t, c)| (Some(t.as_str()), c.bytes))
+                    .collect()
+            },
+        ),
+        (
+            "fleetsql_flight_rows_sent_total",
+            "Rows sent per table",
+            |s| {
+                s.sent
+                    .iter()
+                    .map(|(t, c)| (Some(t.as_str()), c.rows))
+                    .collect()
+            },
+        ),
+        (
+            "fleetsql_flight_bytes_received_total",
+            "Flight bytes received per table",
+            |s| {
+                s.received
+                    .iter()
+                    .map(|(t, c)| (Some(t.as_str()), c.bytes))
+                    .collect()
+            },
+        ),
+        (
+            "fleetsql_flight_rows_received_total",
+            "Rows received per table",
+            |s| {
+                s.received
+                    .iter()
+                    .map(|(t, c)| (Some(t.as_str()), c.rows))
+                    .collect()
+            },
+        ),
+        (
+            "fleetsql_flight_header_bytes_sent_total",
+            "Generation header bytes sent",
+            |s| vec![(None, s.header_bytes_sent)],
+        ),
+        (
+            "fleetsql_flight_header_bytes_received_total",
+            "Generation header bytes received",
+            |s| vec![(None, s.header_bytes_received)],
+        ),
+        (
+            "fleetsql_flight_calls_total",
+            "DoGet calls served or made",
+            |s| vec![(None, s.calls)],
+        ),
+        (
+            "fleetsql_flight_failures_total",
+            "DoGet calls that failed",
+            |s| vec![(None, s.failures)],
+        ),
     ];
     let mut out = String::new();
     for (name, help, pick) in families {
@@ -173,11 +211,16 @@ mod tests {
             (&[("role", "server")], &s),
             (&[("role", "client"), ("peer", "p\"1")], &c),
         ]);
-        assert!(text.contains("fleetsql_flight_rows_sent_total{role=\"server\",table=\"sys\"} 3\n"));
+        assert!(
+            text.contains("fleetsql_flight_rows_sent_total{role=\"server\",table=\"sys\"} 3\n")
+        );
         assert!(text.contains(
             "fleetsql_flight_rows_received_total{role=\"client\",peer=\"p\\\"1\",table=\"sys\"} 3\n"
         ));
-        assert_eq!(text.matches("# TYPE fleetsql_flight_calls_total").count(), 1);
+        assert_eq!(
+            text.matches("# TYPE fleetsql_flight_calls_total").count(),
+            1
+        );
         assert!(text.contains("fleetsql_flight_calls_total{role=\"client\",peer=\"p\\\"1\"} 1\n"));
     }
 }

@@ -392,8 +392,9 @@ mod tests {
         .unwrap();
         let table = Table::new("t", batch.schema(), vec![batch.clone(), batch]).unwrap();
         g.tables.insert("t".into(), Arc::new(table));
-        let empty = RecordBatch::try_from_iter([("y", Arc::new(Int64Array::from(Vec::<i64>::new())) as _)])
-            .unwrap();
+        let empty =
+            RecordBatch::try_from_iter([("y", Arc::new(Int64Array::from(Vec::<i64>::new())) as _)])
+                .unwrap();
         g.tables
             .insert("u".into(), Arc::new(Table::empty(empty.schema())));
         g
@@ -403,7 +404,11 @@ mod tests {
         let mut out = vec![header_message(g).unwrap()];
         for (name, table) in &g.tables {
             let options = compression.write_options().unwrap();
-            out.extend(table_messages(name, table, options, 1 << 20).unwrap().map(|m| m.unwrap()));
+            out.extend(
+                table_messages(name, table, options, 1 << 20)
+                    .unwrap()
+                    .map(|m| m.unwrap()),
+            );
         }
         out
     }
@@ -439,7 +444,10 @@ mod tests {
         // Every proper prefix is a truncation, including the empty stream.
         for cut in 0..full.len() {
             let err = decode(full[..cut].to_vec()).await.unwrap_err();
-            assert!(matches!(err, FlightError::Protocol { .. }), "cut {cut}: {err}");
+            assert!(
+                matches!(err, FlightError::Protocol { .. }),
+                "cut {cut}: {err}"
+            );
         }
         // No header: the stream starts with a table.
         assert!(decode(full[1..].to_vec()).await.is_err());

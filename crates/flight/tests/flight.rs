@@ -1,0 +1,561 @@
+//! Loopback tests: aggregators on both ends of a Flight link.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use async_trait::async_trait;
+use fleetsql_aggregator::{
+    Aggregator, AggregatorConfig, AggregatorError, Child, ChildGroup, FetchRequest,
+};
+use fleetsql_flight::{
+    FetchTicket, FlightChild, FlightChildOptions, FlightServer, render_prometheus,
+};
+use fleetsql_model::{ClusterVisibility, Generation, Table, TableVisibility, now_ms};
+use futures::{Stream, StreamExt};
+use parking_lot::Mutex;
+use tonic::{Request, Response, Status, Streaming};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A machine publishing `sys` (one row) and `processes` (three rows).
+#[derive(Debug)]
+struct Machine {
+    name: String,
+    cluster: String,
+}
+
+#[async_trait]
+impl Child for Machine {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn fetch(&self, request: &FetchRequest) -> fleetsql_aggregator::Result<Arc<Generation>> {
+        let now = now_ms();
+        let mut g = Generation::empty(&self.name);
+        g.meta.id = 1;
+        g.meta.made_at_ms = now;
+        g.meta.available = ["sys".to_string(), "processes".to_string()].into();
+        g.meta.visibility.clusters.insert(
+            self.cluster.clone(),
+            ClusterVisibility {
+                machines_expected: 1,
+                machines_seen: 1,
+                oldest_data_ms: Some(now),
+                newest_data_ms: Some(now),
+                via: String::new(),
+            },
+        );
+        for name in &request.tables {
+            let batch = match name.as_str() {
+                "sys" => RecordBatch::try_from_iter([
+                    (
+                        "_host",
+                        Arc::new(StringArray::from(vec![self.name.clone()])) as _,
+                    ),
+                    ("load", Arc::new(Float64Array::from(vec![0.5])) as _),
+                ]),
+                "processes" => RecordBatch::try_from_iter([
+                    (
+                        "_host",
+                        Arc::new(StringArray::from(vec![self.name.clone(); 3])) as _,
+                    ),
+                    ("pid", Arc::new(Int64Array::from(vec![1, 2, 3])) as _),
+                ]),
+                _ => continue,
+            }
+            .expect("test batch");
+            let rows = batch.num_rows() as u64;
+            let table = Table::new(name, batch.schema(), vec![batch])?;
+            g.tables.insert(name.clone(), Arc::new(table));
+            g.meta.visibility.tables.insert(
+                name.clone(),
+                TableVisibility {
+                    machines_with_rows: 1,
+                    rows,
+                    ..Default::default()
+                },
+            );
+        }
+        Ok(Arc::new(g))
+    }
+}
+
+fn machine(name: &str, cluster: &str) -> ChildGroup {
+    ChildGroup::single(Arc::new(Machine {
+        name: name.into(),
+        cluster: cluster.into(),
+    }))
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("loopback address")
+}
+
+fn tables(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn options() -> FlightChildOptions {
+    FlightChildOptions {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+/// A proxy over two machines, served over Flight.
+struct Served {
+    proxy: Aggregator,
+    server: FlightServer,
+}
+
+fn served_proxy() -> Served {
+    let proxy = Aggregator::start(
+        AggregatorConfig::new("proxy-c1", HOUR),
+        vec![machine("m1", "c1"), machine("m2", "c1")],
+    );
+    let server = FlightServer::start(proxy.as_child(), loopback()).expect("server starts");
+    Served { proxy, server }
+}
+
+fn flight_child(name: &str, addr: SocketAddr) -> Arc<FlightChild> {
+    Arc::new(FlightChild::new(name, format!("http://{addr}"), options()).expect("endpoint"))
+}
+
+fn tla_over(children: Vec<Arc<dyn Child>>) -> Aggregator {
+    Aggregator::start(
+        AggregatorConfig::new("tla", HOUR),
+        children.into_iter().map(ChildGroup::single).collect(),
+    )
+}
+
+async fn ask(child: &Arc<dyn Child>, names: &[&str]) -> Arc<Generation> {
+    child
+        .fetch(&FetchRequest {
+            requester: "sql".into(),
+            tables: tables(names),
+            ..Default::default()
+        })
+        .await
+        .expect("fetch")
+}
+
+#[tokio::test]
+async fn rows_and_visibility_arrive_through_flight() {
+    let served = served_proxy();
+    let remote = flight_child("proxy-c1", served.server.local_addr());
+    let tla = tla_over(vec![remote.clone()]);
+
+    let generation = ask(&tla.as_child(), &["sys"]).await;
+
+    let sys = generation
+        .table("sys")
+        .expect("sys collected through Flight");
+    assert_eq!(sys.num_rows(), 2);
+    let v = &generation.meta.visibility;
+    assert_eq!(v.machines_seen(), 2);
+    assert_eq!(v.clusters["c1"].via, "proxy-c1");
+    assert_eq!(v.tables["sys"].machines_with_rows, 2);
+    assert!(v.children.iter().all(|c| c.merged));
+    assert_eq!(generation.meta.available, tables(&["processes", "sys"]));
+
+    // The generation decoded by the client is the proxy's, metadata and all.
+    let direct = remote
+        .fetch_generation(&FetchRequest {
+            requester: "tla".into(),
+            tables: tables(&["sys"]),
+            ..Default::default()
+        })
+        .await
+        .expect("direct fetch");
+    let proxy_now = served.proxy.current();
+    assert_eq!(direct.meta, proxy_now.meta);
+    assert_eq!(
+        direct.tables["sys"].batches(),
+        proxy_now.tables["sys"].batches()
+    );
+
+    // Counters agree on both ends and render for /metrics.
+    let sent = served.server.stats().snapshot();
+    let received = remote.stats().snapshot();
+    assert_eq!(sent.rows_sent("sys"), 4);
+    assert_eq!(received.rows_received("sys"), 4);
+    assert_eq!(sent.bytes_sent("sys"), received.bytes_received("sys"));
+    let text = render_prometheus(&[(&[("peer", "proxy-c1")], &received)]);
+    assert!(
+        text.contains("fleetsql_flight_rows_received_total{peer=\"proxy-c1\",table=\"sys\"} 4\n")
+    );
+    served.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn long_poll_answers_once_a_newer_generation_exists() {
+    let served = served_proxy();
+    let remote = flight_child("proxy-c1", served.server.local_addr());
+    let first = remote
+        .fetch_generation(&FetchRequest {
+            requester: "tla".into(),
+            tables: tables(&["sys"]),
+            ..Default::default()
+        })
+        .await
+        .expect("first fetch");
+    assert!(first.meta.id > 0);
+
+    // Without a newer generation the call is held for the wait it asked for
+    // and then answers with what there is.
+    let held = remote
+        .fetch_generation(&FetchRequest {
+            requester: "tla".into(),
+            tables: tables(&["sys"]),
+            since_generation: Some(first.meta.id),
+            wait: Some(Duration::from_millis(300)),
+        })
+        .await
+        .expect("held fetch");
+    assert_eq!(held.meta.id, first.meta.id);
+
+    // With a long wait, a new generation ends the poll well before it.
+    let poll = {
+        let remote = remote.clone();
+        let since = first.meta.id;
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let g = remote
+                .fetch_generation(&FetchRequest {
+                    requester: "tla".into(),
+                    tables: tables(&["sys"]),
+                    since_generation: Some(since),
+                    wait: Some(Duration::from_secs(30)),
+                })
+                .await;
+            (g, started.elapsed())
+        })
+    };
+    served.proxy.tick_now();
+    let (newer, elapsed) = poll.await.expect("poll task");
+    let newer = newer.expect("long poll");
+    assert!(newer.meta.id > first.meta.id);
+    assert_eq!(newer.tables["sys"].num_rows(), 2);
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    served.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn requested_tables_flow_down_and_others_stay_home() {
+    let served = served_proxy();
+    let remote = flight_child("proxy-c1", served.server.local_addr());
+    let tla = tla_over(vec![remote.clone()]);
+    let parent = tla.as_child();
+
+    let generation = ask(&parent, &["sys"]).await;
+    assert!(generation.table("processes").is_none());
+    let sent = served.server.stats().snapshot();
+    assert!(sent.rows_sent("sys") > 0);
+    assert!(
+        !sent.sent.contains_key("processes"),
+        "unrequested table was sent: {sent:?}"
+    );
+    assert!(!remote.stats().snapshot().received.contains_key("processes"));
+    // The proxy never collected it either: the request did not name it.
+    assert!(served.proxy.current().table("processes").is_none());
+
+    // A table first named at the top is collected below within the call.
+    let generation = ask(&parent, &["sys", "processes"]).await;
+    assert_eq!(
+        generation.table("processes").expect("collected").num_rows(),
+        6
+    );
+    assert!(served.server.stats().snapshot().rows_sent("processes") >= 6);
+    assert!(remote.stats().snapshot().rows_received("processes") >= 6);
+    served.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restarted_server_on_the_same_port_is_used_again() {
+    let served = served_proxy();
+    let addr = served.server.local_addr();
+    let remote = flight_child("proxy-c1", addr);
+    let as_child: Arc<dyn Child> = remote.clone();
+    assert_eq!(ask(&as_child, &["sys"]).await.tables["sys"].num_rows(), 2);
+
+    served.server.shutdown().await;
+    let err = as_child
+        .fetch(&FetchRequest {
+            requester: "sql".into(),
+            tables: tables(&["sys"]),
+            ..Default::default()
+        })
+        .await
+        .expect_err("server is down");
+    match &err {
+        AggregatorError::Child { child, reason } => {
+            assert_eq!(child, "proxy-c1");
+            assert!(!reason.is_empty());
+        }
+        AggregatorError::Timeout { child, .. } => assert_eq!(child, "proxy-c1"),
+        other => panic!("unexpected error {other}"),
+    }
+    assert_eq!(remote.stats().snapshot().failures, 1);
+
+    let restarted = FlightServer::start(served.proxy.as_child(), addr).expect("same port again");
+    assert_eq!(restarted.local_addr(), addr);
+    let generation = ask(&as_child, &["sys"]).await;
+    assert_eq!(generation.tables["sys"].num_rows(), 2);
+    let health = remote.health().await.expect("health");
+    assert_eq!(health.producer, "proxy-c1");
+    restarted.shutdown().await;
+}
+
+async fn raw_client(addr: SocketAddr) -> FlightServiceClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    FlightServiceClient::new(channel)
+}
+
+/// Records what a real server sends for one ticket.
+async fn record(addr: SocketAddr, names: &[&str]) -> Vec<FlightData> {
+    let mut client = raw_client(addr).await;
+    let ticket = FetchTicket {
+        requester: "recorder".into(),
+        tables: tables(names),
+        ..Default::default()
+    };
+    let stream = client
+        .do_get(Ticket {
+            ticket: ticket.to_bytes(),
+        })
+        .await
+        .expect("do_get")
+        .into_inner();
+    stream.map(|m| m.expect("message")).collect().await
+}
+
+/// A misbehaving child: answers every `DoGet` with a scripted stream.
+#[derive(Clone, Default)]
+struct Scripted {
+    script: Arc<Mutex<Vec<Result<FlightData, Status>>>>,
+}
+
+type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl FlightService for Scripted {
+    type HandshakeStream = Boxed<HandshakeResponse>;
+    type ListFlightsStream = Boxed<FlightInfo>;
+    type DoGetStream = Boxed<FlightData>;
+    type DoPutStream = Boxed<PutResult>;
+    type DoActionStream = Boxed<arrow_flight::Result>;
+    type ListActionsStream = Boxed<ActionType>;
+    type DoExchangeStream = Boxed<FlightData>;
+
+    async fn do_get(&self, _: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        let script = self.script.lock().clone();
+        Ok(Response::new(Box::pin(futures::stream::iter(script))))
+    }
+    async fn handshake(
+        &self,
+        _: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn list_flights(
+        &self,
+        _: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn get_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn poll_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn get_schema(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn do_put(
+        &self,
+        _: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn do_exchange(
+        &self,
+        _: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn do_action(
+        &self,
+        _: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn list_actions(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+}
+
+async fn start_scripted(service: Scripted) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(loopback())
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let task = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(FlightServiceServer::new(service))
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn corrupt_or_truncated_streams_are_rejected_without_poisoning_the_merge() {
+    let good = served_proxy();
+    let recorded = record(good.server.local_addr(), &["sys", "processes"]).await;
+    // header, then per table: schema + one batch
+    assert_eq!(recorded.len(), 5);
+
+    let scripted = Scripted::default();
+    let (bad_addr, bad_task) = start_scripted(scripted.clone()).await;
+    let bad = flight_child("bad-proxy", bad_addr);
+    let good_child = flight_child("proxy-c1", good.server.local_addr());
+
+    let mut garbage_header = recorded.clone();
+    garbage_header[0].app_metadata = bytes::Bytes::from_static(b"\x00\x01 not json");
+    let mut garbage_ipc = recorded.clone();
+    garbage_ipc[2].data_header = bytes::Bytes::from_static(b"garbage garbage garbage");
+    let mut wrong_schema = recorded.clone();
+    // `processes` batch announced under the `sys` schema.
+    wrong_schema[2] = recorded[4].clone();
+    let cases: Vec<(&str, Vec<Result<FlightData, Status>>)> = vec![
+        ("empty stream", vec![]),
+        (
+            "no metadata message",
+            recorded[1..].iter().cloned().map(Ok).collect(),
+        ),
+        (
+            "garbage header",
+            garbage_header.into_iter().map(Ok).collect(),
+        ),
+        ("garbage IPC", garbage_ipc.into_iter().map(Ok).collect()),
+        (
+            "batch of another schema",
+            wrong_schema.into_iter().map(Ok).collect(),
+        ),
+        (
+            "stops after a table",
+            recorded[..3].iter().cloned().map(Ok).collect(),
+        ),
+        (
+            "stops mid-table",
+            recorded[..4].iter().cloned().map(Ok).collect(),
+        ),
+        (
+            "aborts mid-stream",
+            recorded[..3]
+                .iter()
+                .cloned()
+                .map(Ok)
+                .chain([Err(Status::internal("crashed"))])
+                .collect(),
+        ),
+    ];
+    let request = FetchRequest {
+        requester: "tla".into(),
+        tables: tables(&["sys", "processes"]),
+        ..Default::default()
+    };
+    for (what, script) in cases {
+        *scripted.script.lock() = script;
+        let err = bad.fetch(&request).await.expect_err(what);
+        assert!(
+            matches!(err, AggregatorError::Child { ref child, .. } if child == "bad-proxy"),
+            "{what}: {err}"
+        );
+    }
+    let stats = bad.stats().snapshot();
+    assert!(
+        stats.received.is_empty(),
+        "rejected streams counted: {stats:?}"
+    );
+    assert_eq!(stats.failures, 8);
+
+    // The unmodified recording is accepted: the rejections above are the
+    // corruption's doing, not the replay's.
+    *scripted.script.lock() = recorded.iter().cloned().map(Ok).collect();
+    let replayed = bad.fetch(&request).await.expect("faithful replay");
+    assert_eq!(replayed.tables["processes"].num_rows(), 6);
+
+    // In a merge, the bad child is left out and the good one still counts.
+    *scripted.script.lock() = recorded[..4].iter().cloned().map(Ok).collect();
+    let tla = tla_over(vec![good_child, bad]);
+    let generation = ask(&tla.as_child(), &["sys"]).await;
+    assert_eq!(generation.tables["sys"].num_rows(), 2);
+    let status: Vec<(String, bool)> = generation
+        .meta
+        .visibility
+        .children
+        .iter()
+        .map(|c| (c.name.clone(), c.merged))
+        .collect();
+    assert_eq!(
+        status,
+        vec![
+            ("proxy-c1".to_string(), true),
+            ("bad-proxy".to_string(), false)
+        ]
+    );
+    assert!(generation.meta.visibility.children[1].error.is_some());
+    bad_task.abort();
+    good.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn unsupported_methods_say_so() {
+    let served = served_proxy();
+    let mut client = raw_client(served.server.local_addr()).await;
+    let status = client
+        .get_flight_info(FlightDescriptor::new_path(vec!["sys".into()]))
+        .await
+        .expect_err("unimplemented");
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+    assert!(status.message().contains("DoGet"));
+    let status = client
+        .do_get(Ticket {
+            ticket: bytes::Bytes::from_static(b"not json"),
+        })
+        .await
+        .expect_err("bad ticket");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    served.server.shutdown().await;
+}
