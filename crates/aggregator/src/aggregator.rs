@@ -56,6 +56,10 @@ impl AggregatorConfig {
 pub struct ChildGroup {
     pub name: String,
     pub members: Vec<Arc<dyn Child>>,
+    /// The cluster this group serves and how many machines it has, from
+    /// configuration: counted as expected even before the group has ever
+    /// answered, so a cluster that never came up still shows as missing.
+    pub expected: Option<(String, u64)>,
 }
 
 impl ChildGroup {
@@ -63,7 +67,14 @@ impl ChildGroup {
         ChildGroup {
             name: child.name().to_string(),
             members: vec![child],
+            expected: None,
         }
+    }
+
+    /// Declares the cluster and machine count this group is expected to cover.
+    pub fn expecting(mut self, cluster: impl Into<String>, machines: u64) -> Self {
+        self.expected = Some((cluster.into(), machines));
+        self
     }
 }
 
@@ -207,6 +218,10 @@ async fn fetch_group(inner: &Inner, group: usize, request: &FetchRequest) -> Fet
                 timeout_ms: inner.config.fetch_timeout.as_millis() as u64,
             }),
             Ok(Err(e)) => Err(e),
+            Ok(Ok(generation)) if generation.meta.id == 0 => Err(AggregatorError::Child {
+                child: child.name().to_string(),
+                reason: "has not made a generation yet".to_string(),
+            }),
             Ok(Ok(generation)) if generation.meta.made_at_ms < stale_before => {
                 Err(AggregatorError::Child {
                     child: child.name().to_string(),
@@ -277,7 +292,11 @@ async fn tick(inner: &Arc<Inner>) {
             .iter()
             .filter(|c| c.merged)
             .count() as u64;
-        stats.rows = generation.tables.values().map(|t| t.num_rows() as u64).sum();
+        stats.rows = generation
+            .tables
+            .values()
+            .map(|t| t.num_rows() as u64)
+            .sum();
         stats.bytes = generation.memory_size() as u64;
     }
     tracing::debug!(
@@ -323,7 +342,13 @@ fn merge(inner: &Inner, wanted: &BTreeSet<String>, fetched: Vec<Fetched>) -> Gen
             }
             Err(e) => {
                 let gs = &state[f.group];
-                visibility.absorb_unseen(&gs.last_known);
+                match (&group.expected, gs.last_known.clusters.is_empty()) {
+                    (Some((cluster, machines)), true) => {
+                        let entry = visibility.clusters.entry(cluster.clone()).or_default();
+                        entry.machines_expected += machines;
+                    }
+                    _ => visibility.absorb_unseen(&gs.last_known),
+                }
                 available.extend(gs.available.iter().cloned());
                 visibility.children.push(ChildStatus {
                     name: group.name.clone(),
@@ -385,11 +410,11 @@ impl Child for LocalLink {
     }
 
     async fn fetch(&self, request: &FetchRequest) -> Result<Arc<Generation>> {
-        let new_tables = self
-            .inner
-            .requests
-            .lock()
-            .note(&request.requester, &request.tables, Instant::now());
+        let new_tables =
+            self.inner
+                .requests
+                .lock()
+                .note(&request.requester, &request.tables, Instant::now());
         let mut receiver = self.inner.generation.subscribe();
         if !new_tables.is_empty() {
             // Collect a newly named table at once instead of a tick later,
@@ -482,7 +507,10 @@ mod tests {
     #[tokio::test]
     async fn first_request_triggers_a_tick_and_merges_fresh_children() {
         let config = AggregatorConfig::new("proxy", Duration::from_secs(3600));
-        let proxy = Aggregator::start(config, vec![machine(1, false), machine(2, false), machine(3, true)]);
+        let proxy = Aggregator::start(
+            config,
+            vec![machine(1, false), machine(2, false), machine(3, true)],
+        );
         let tla = Aggregator::start(
             AggregatorConfig::new("tla", Duration::from_secs(3600)),
             vec![ChildGroup::single(proxy.as_child())],

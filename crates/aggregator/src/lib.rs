@@ -18,11 +18,13 @@
 mod aggregator;
 mod child;
 mod error;
+mod hierarchy;
 mod requests;
 mod static_tables;
 
 pub use aggregator::{Aggregator, AggregatorConfig, AggregatorStats, ChildGroup};
 pub use child::{Child, FetchRequest, covers_all};
 pub use error::{AggregatorError, Result};
+pub use hierarchy::{ClusterSpec, InProcessHierarchy};
 pub use requests::TableRequests;
 pub use static_tables::StaticTables;

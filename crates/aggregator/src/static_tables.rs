@@ -213,20 +213,54 @@ mod tests {
             tables: ["region_data".to_string()].into(),
             ..Default::default()
         };
-        assert_eq!(st.fetch(&req).await.unwrap().table("region_data").unwrap().num_rows(), 1);
+        assert_eq!(
+            st.fetch(&req)
+                .await
+                .unwrap()
+                .table("region_data")
+                .unwrap()
+                .num_rows(),
+            1
+        );
 
         // A new file version is picked up (sleep-free: force a distinct mtime).
         let path = dir.path().join("regions.csv");
         std::fs::write(&path, "id,continent\n1,2\n3,4\n").unwrap();
         let later = SystemTime::now() + std::time::Duration::from_secs(5);
-        std::fs::File::options().write(true).open(&path).unwrap().set_modified(later).unwrap();
-        assert_eq!(st.fetch(&req).await.unwrap().table("region_data").unwrap().num_rows(), 2);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(
+            st.fetch(&req)
+                .await
+                .unwrap()
+                .table("region_data")
+                .unwrap()
+                .num_rows(),
+            2
+        );
 
         // A broken file keeps the old rows and reports the error.
         std::fs::write(&path, "").unwrap();
         let later = SystemTime::now() + std::time::Duration::from_secs(10);
-        std::fs::File::options().write(true).open(&path).unwrap().set_modified(later).unwrap();
-        assert_eq!(st.fetch(&req).await.unwrap().table("region_data").unwrap().num_rows(), 2);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(
+            st.fetch(&req)
+                .await
+                .unwrap()
+                .table("region_data")
+                .unwrap()
+                .num_rows(),
+            2
+        );
         assert!(st.last_error().unwrap().contains("empty"));
     }
 }

@@ -1,1 +1,20 @@
-//! fleetsql http
+//! The HTTP front end of a SQL node: `POST /v1/query`, `/health`, and the
+//! mount point for other HTTP surfaces (persistent queries, console).
+//!
+//! A query answer is JSON `{columns, rows, row_count, elapsed_ms,
+//! generation}` where `generation` says how complete and how old the data
+//! are, or an Arrow IPC stream when the client asks for
+//! `application/vnd.apache.arrow.stream` (the CLI does, to keep exact
+//! types); then the generation travels in the `x-fleetsql-generation`
+//! header. Errors are `{error, hint}` with a status that says whose fault
+//! it was.
+
+mod feed;
+mod json;
+mod server;
+
+pub use feed::feed_persistent_queries;
+pub use json::batches_to_rows;
+pub use server::{
+    ARROW_STREAM, GENERATION_HEADER, HttpServer, HttpServerError, QueryRequest, router,
+};

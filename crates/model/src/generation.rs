@@ -82,7 +82,10 @@ impl Visibility {
     }
 
     pub fn clusters_seen(&self) -> u64 {
-        self.clusters.values().filter(|c| c.machines_seen > 0).count() as u64
+        self.clusters
+            .values()
+            .filter(|c| c.machines_seen > 0)
+            .count() as u64
     }
 
     pub fn machines_expected(&self) -> u64 {
@@ -95,7 +98,10 @@ impl Visibility {
 
     /// The oldest machine data anywhere in the generation.
     pub fn oldest_data_ms(&self) -> Option<i64> {
-        self.clusters.values().filter_map(|c| c.oldest_data_ms).min()
+        self.clusters
+            .values()
+            .filter_map(|c| c.oldest_data_ms)
+            .min()
     }
 }
 

@@ -29,8 +29,13 @@ pub fn validate_table_name(name: &str) -> Result<()> {
     {
         return fail("use only lowercase letters a-z, digits and `_`");
     }
-    if let Some(prefix) = RESERVED_TABLE_PREFIXES.iter().find(|p| name.starts_with(*p)) {
-        return fail(&format!("names starting with `{prefix}` are reserved for fleetsql itself"));
+    if let Some(prefix) = RESERVED_TABLE_PREFIXES
+        .iter()
+        .find(|p| name.starts_with(*p))
+    {
+        return fail(&format!(
+            "names starting with `{prefix}` are reserved for fleetsql itself"
+        ));
     }
     Ok(())
 }
@@ -67,7 +72,16 @@ mod tests {
     fn table_names() {
         assert!(validate_table_name("processes").is_ok());
         assert!(validate_table_name("load_info2").is_ok());
-        for bad in ["", "Sys", "1abc", "a-b", "fleet_nodes", "pg_class", "a b", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "Sys",
+            "1abc",
+            "a-b",
+            "fleet_nodes",
+            "pg_class",
+            "a b",
+            &"x".repeat(64),
+        ] {
             assert!(validate_table_name(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -91,7 +91,11 @@ mod tests {
         let out = with_origin("t", &batch, &origin, 1000).unwrap();
         assert_eq!(out.num_columns(), 5);
         assert_eq!(out.schema().field(1).name(), HOST);
-        let ips = out.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+        let ips = out
+            .column(2)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         assert_eq!(ips.value(1), "10.0.0.1");
     }
 }

@@ -54,7 +54,10 @@ pub enum ParseError {
     #[error("the body is empty; send at least one row")]
     Empty,
     #[error("malformed {format}: {message}")]
-    Malformed { format: &'static str, message: String },
+    Malformed {
+        format: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Name(#[from] crate::ModelError),
 }
@@ -68,7 +71,10 @@ fn malformed(format: &'static str, e: impl std::fmt::Display) -> ParseError {
 
 /// Parses `body` into one batch. Integers stay integers (Int64), so
 /// `(100*bavail)/blocks` keeps the seed's whole-number arithmetic.
-pub fn parse_rows(format: InputFormat, body: &[u8]) -> std::result::Result<RecordBatch, ParseError> {
+pub fn parse_rows(
+    format: InputFormat,
+    body: &[u8],
+) -> std::result::Result<RecordBatch, ParseError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ParseError::Empty);
     }
@@ -91,7 +97,9 @@ fn parse_delimited(
 ) -> std::result::Result<RecordBatch, ParseError> {
     use arrow::csv::ReaderBuilder;
     use arrow::csv::reader::Format;
-    let format = Format::default().with_header(true).with_delimiter(delimiter);
+    let format = Format::default()
+        .with_header(true)
+        .with_delimiter(delimiter);
     let (schema, _) = format
         .infer_schema(Cursor::new(body), None)
         .map_err(|e| malformed(name, e))?;
@@ -109,10 +117,13 @@ fn parse_delimited(
 fn parse_ndjson(body: &[u8]) -> std::result::Result<RecordBatch, ParseError> {
     use arrow::json::ReaderBuilder;
     use arrow::json::reader::infer_json_schema_from_seekable;
-    let (schema, _) =
-        infer_json_schema_from_seekable(Cursor::new(body), None).map_err(|e| malformed("NDJSON", e))?;
+    let (schema, _) = infer_json_schema_from_seekable(Cursor::new(body), None)
+        .map_err(|e| malformed("NDJSON", e))?;
     if schema.fields().is_empty() {
-        return Err(malformed("NDJSON", "no fields: send one JSON object per line"));
+        return Err(malformed(
+            "NDJSON",
+            "no fields: send one JSON object per line",
+        ));
     }
     let schema = Arc::new(schema);
     let reader = ReaderBuilder::new(schema.clone())
@@ -165,7 +176,10 @@ mod tests {
 
     #[test]
     fn empty_and_reserved_columns_are_refused() {
-        assert!(matches!(parse_rows(InputFormat::Csv, b"  \n"), Err(ParseError::Empty)));
+        assert!(matches!(
+            parse_rows(InputFormat::Csv, b"  \n"),
+            Err(ParseError::Empty)
+        ));
         assert!(parse_rows(InputFormat::Csv, b"_host,x\na,1\n").is_err());
     }
 }

@@ -57,21 +57,26 @@ pub fn unify_fields(table: &str, into: &mut Vec<Field>, incoming: &[FieldRef]) -
     for field in incoming {
         match into.iter_mut().find(|f| f.name() == field.name()) {
             Some(existing) => {
-                let unified = unify_types(existing.data_type(), field.data_type()).ok_or_else(
-                    || ModelError::SchemaConflict {
-                        table: table.to_string(),
-                        column: field.name().clone(),
-                        existing: existing.data_type().clone(),
-                        incoming: field.data_type().clone(),
-                    },
-                )?;
+                let unified =
+                    unify_types(existing.data_type(), field.data_type()).ok_or_else(|| {
+                        ModelError::SchemaConflict {
+                            table: table.to_string(),
+                            column: field.name().clone(),
+                            existing: existing.data_type().clone(),
+                            incoming: field.data_type().clone(),
+                        }
+                    })?;
                 let nullable = existing.is_nullable() || field.is_nullable();
                 *existing = Field::new(existing.name(), unified, nullable);
             }
             None => {
                 // Rows already merged lack this column: they read as null.
                 let nullable = field.is_nullable() || !present_before.is_empty();
-                into.push(Field::new(field.name(), field.data_type().clone(), nullable));
+                into.push(Field::new(
+                    field.name(),
+                    field.data_type().clone(),
+                    nullable,
+                ));
             }
         }
     }
@@ -107,7 +112,10 @@ pub fn unify_schemas<'a>(
 /// ones with nulls. Zero-copy when the batch already has the target schema.
 pub fn conform_batch(table: &str, batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
     if batch.schema().fields() == target.fields() {
-        return Ok(batch.clone().with_schema(target.clone()).unwrap_or_else(|_| batch.clone()));
+        return Ok(batch
+            .clone()
+            .with_schema(target.clone())
+            .unwrap_or_else(|_| batch.clone()));
     }
     let source = batch.schema();
     let mut columns = Vec::with_capacity(target.fields().len());
@@ -149,8 +157,14 @@ mod tests {
         let names: Vec<_> = u.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, ["a", "b", "c"]);
         assert_eq!(u.field(0).data_type(), &DataType::Float64);
-        assert!(u.field(1).is_nullable(), "b is missing from the second schema");
-        assert!(u.field(2).is_nullable(), "c is missing from the first schema");
+        assert!(
+            u.field(1).is_nullable(),
+            "b is missing from the second schema"
+        );
+        assert!(
+            u.field(2).is_nullable(),
+            "c is missing from the first schema"
+        );
         assert!(!u.field(0).is_nullable(), "a is present everywhere");
     }
 

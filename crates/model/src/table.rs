@@ -77,7 +77,12 @@ pub fn merge_tables(name: &str, parts: &[&Table]) -> Result<(Table, Vec<(usize, 
     let mut rejected = Vec::new();
     for (i, part) in parts.iter().enumerate() {
         if accepted.is_empty() {
-            fields = part.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields = part
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
             accepted.push(*part);
             continue;
         }

@@ -1,1 +1,16 @@
-//! fleetsql pgwire
+//! The Postgres wire front end of a SQL node, so `psql`, Grafana and any pg
+//! driver can ask fleet questions.
+//!
+//! Protocol handling, `pg_catalog` (for `\d`, `\dt`) and result encoding come
+//! from `datafusion-postgres`; fleetsql adds one [`QueryHook`] in front of its
+//! hooks that (1) refuses anything but reads, (2) pins each statement to one
+//! generation through [`SqlNode::pin`], requesting and waiting for tables
+//! not collected yet, (3) runs simple queries under the node's time-out and
+//! (4) sends the answer's completeness and age as a NOTICE.
+//!
+//! [`QueryHook`]: datafusion_postgres::QueryHook
+
+mod hook;
+mod server;
+
+pub use server::{PgServer, PgServerError};

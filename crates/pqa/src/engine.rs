@@ -159,6 +159,17 @@ impl Engine {
         self.stmts.iter().filter(|s| s.is_some()).count()
     }
 
+    /// Streams some running statement reads: what a feeder (the SQL node's
+    /// generation feed) must supply and may skip otherwise.
+    pub fn listened_streams(&self) -> Vec<String> {
+        self.by_stream
+            .iter()
+            .enumerate()
+            .filter(|(_, listeners)| !listeners.is_empty())
+            .filter_map(|(id, _)| self.streams.list.get(id).map(|s| s.name.to_string()))
+            .collect()
+    }
+
     /// Per-stream counters: accepted events and refused/skipped bad input.
     pub fn stream_stats(&self) -> Vec<(String, StreamStats)> {
         self.streams

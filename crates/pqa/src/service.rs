@@ -317,6 +317,11 @@ impl PqaService {
             .map(|r| r.topic.clone())
     }
 
+    /// Streams some registered statement reads (see [`Engine::listened_streams`]).
+    pub fn listened_streams(&self) -> Vec<String> {
+        self.inner.state.lock().engine.listened_streams()
+    }
+
     /// Number of running engine statements (shared instances count once).
     pub fn running_statements(&self) -> usize {
         self.inner.state.lock().engine.statement_count()

@@ -418,6 +418,7 @@ async fn default_fleet_merges_through_proxies_and_a_tla() {
         .map(|(c, p)| ChildGroup {
             name: c.name.clone(),
             members: vec![p.as_child()],
+            expected: Some((c.name.clone(), c.machines.len() as u64)),
         })
         .collect();
     let tla = Aggregator::start(AggregatorConfig::new("tla", tick), groups);

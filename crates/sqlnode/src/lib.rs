@@ -1,1 +1,28 @@
-//! fleetsql sqlnode
+//! The SQL node: answers SQL over one generation at a time.
+//!
+//! A [`SqlNode`] long-polls its TLA (any [`Child`]) for generations, naming
+//! the tables its queries use; a table first named by a query is requested
+//! at once and the query waits (bounded) for a generation that has it. Each
+//! query is *pinned* to one generation: every table it reads, system tables
+//! included, comes from that snapshot (the seed's synchronisation rule).
+//!
+//! SQL is DataFusion. The node is read-only (no DDL, DML, COPY or file
+//! access), and every query runs under a time-out and a memory pool, so a
+//! runaway query fails on its own without taking the node down.
+//!
+//! Front ends (Postgres wire, HTTP) call [`SqlNode::query`] or, when they
+//! parse statements themselves, [`SqlNode::pin`] + [`SqlNode::execute`].
+//!
+//! [`Child`]: fleetsql_aggregator::Child
+
+mod catalog;
+mod error;
+mod info;
+mod node;
+mod requests;
+mod system_tables;
+
+pub use error::{Result, SqlError};
+pub use info::GenerationInfo;
+pub use node::{QueryOutput, SqlNode, SqlNodeConfig};
+pub use system_tables::SYSTEM_TABLES;

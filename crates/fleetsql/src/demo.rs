@@ -1,0 +1,244 @@
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use fleetsql_agent::{Agent, AgentConfig};
+use fleetsql_aggregator::{Child, ClusterSpec, InProcessHierarchy, StaticTables};
+use fleetsql_http::HttpServer;
+use fleetsql_pgwire::PgServer;
+use fleetsql_pqa::{Clock, EngineConfig, PqaService, ServiceConfig};
+use fleetsql_sim::{SimConfig, SimFleet};
+use fleetsql_sqlnode::{SqlNode, SqlNodeConfig};
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Simulated clusters.
+    #[arg(long, default_value_t = 20)]
+    clusters: usize,
+    /// Simulated machines per cluster.
+    #[arg(long, default_value_t = 25)]
+    machines: usize,
+    /// `processes` rows per simulated machine.
+    #[arg(long, default_value_t = 40)]
+    processes: usize,
+    /// Seed of the simulated fleet (same seed, same fleet).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Time between generations, e.g. `5s`, `500ms`.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    tick: Duration,
+    /// Address every listener binds to.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Postgres wire port (0 picks one).
+    #[arg(long, default_value_t = 5433)]
+    pg_port: u16,
+    /// HTTP port: queries, health (0 picks one).
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// The local agent's publish API port, always on loopback (0 picks one).
+    #[arg(long, default_value_t = 7070)]
+    publish_port: u16,
+    /// A directory whose `<table>.csv|.tsv|.jsonl` files the local agent publishes.
+    #[arg(long)]
+    drop_dir: Option<PathBuf>,
+    /// Index of static tables the TLA adds (defaults to the demo's own).
+    #[arg(long)]
+    static_tables: Option<PathBuf>,
+    /// Per-query time-out.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    query_timeout: Duration,
+    /// Memory all running queries may hold together, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    query_memory_mib: usize,
+}
+
+/// Accepts `250ms`, `5s`, `2m`, or a plain number of seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration; use e.g. 500ms, 5s, 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}`; use ms, s, m or h"
+            ));
+        }
+    };
+    if !(seconds > 0.0 && seconds.is_finite()) {
+        return Err(format!("`{text}` must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn default_static_index() -> PathBuf {
+    // Next to the sources when run from a checkout, else beside the binary.
+    let checkout = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../demo/static/index.toml");
+    if checkout.exists() {
+        return checkout;
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("demo/static/index.toml")))
+        .unwrap_or_else(|| PathBuf::from("demo/static/index.toml"))
+}
+
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let sim = SimFleet::new(SimConfig {
+        clusters: args.clusters,
+        machines_per_cluster: args.machines,
+        seed: args.seed,
+        processes_per_machine: args.processes,
+        tick: args.tick,
+        ..SimConfig::default()
+    })
+    .context("invalid simulated fleet")?;
+
+    let agent = Agent::start(AgentConfig {
+        tick: args.tick,
+        publish_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.publish_port),
+        drop_dir: args.drop_dir.clone(),
+        roles: vec!["demo".to_string()],
+        ..AgentConfig::default()
+    })
+    .context("cannot start the local agent")?;
+
+    let mut clusters: Vec<ClusterSpec> = sim
+        .clusters()
+        .iter()
+        .map(|c| ClusterSpec {
+            name: c.name.clone(),
+            machines: c
+                .machines
+                .iter()
+                .map(|m| m.clone() as Arc<dyn Child>)
+                .collect(),
+        })
+        .collect();
+    clusters.push(ClusterSpec {
+        name: "local".to_string(),
+        machines: vec![agent.as_child()],
+    });
+
+    let index = args
+        .static_tables
+        .clone()
+        .unwrap_or_else(default_static_index);
+    let static_tables = StaticTables::open(&index)
+        .with_context(|| format!("cannot load static tables from {}", index.display()))?;
+    let hierarchy = InProcessHierarchy::start(clusters, vec![Arc::new(static_tables)], args.tick);
+
+    let mut config = SqlNodeConfig::new("sqlnode", args.tick);
+    config.query_timeout = args.query_timeout;
+    config.memory_limit = args.query_memory_mib << 20;
+    let node = Arc::new(SqlNode::start(config, vec![hierarchy.tla.as_child()])?);
+
+    let pg = PgServer::start(node.clone(), SocketAddr::new(args.bind, args.pg_port)).await?;
+    // Persistent queries: fleet rows carry their publish time, so windows
+    // over fleet tables run on event time; posted events on arrival time.
+    let pqa = PqaService::new(ServiceConfig {
+        engine: EngineConfig {
+            timestamp_field: Some("_published_at".to_string()),
+            clock: Clock::Wall,
+        },
+        ..ServiceConfig::default()
+    });
+    let pqa_clock = pqa.start_clock();
+    let pqa_feed = fleetsql_http::feed_persistent_queries(node.clone(), pqa.clone());
+    let app = fleetsql_http::router(node.clone()).merge(fleetsql_pqa::router(pqa.clone()));
+    let http = HttpServer::start(app, SocketAddr::new(args.bind, args.http_port)).await?;
+
+    // First generation now rather than at the first tick, bottom up.
+    let mut local = agent.subscribe();
+    agent.tick_now();
+    let _ = tokio::time::timeout(args.tick, local.wait_for(|g| g.meta.id > 0)).await;
+    hierarchy.tick_now().await;
+    let machines = sim.machine_count() + 1;
+    let pg_addr = pg.local_addr();
+    let http_addr = http.local_addr();
+    println!(
+        "fleetsql demo ready: pg={pg_addr} http={http_addr} publish={} machines={machines} clusters={}",
+        agent.publish_addr(),
+        args.clusters + 1
+    );
+    println!();
+    println!(
+        "  psql -h {} -p {} -c 'SELECT * FROM fleet_clusters'",
+        pg_addr.ip(),
+        pg_addr.port()
+    );
+    println!(
+        "  fleetsql sql --url http://{http_addr} \"SELECT machineip ip_key, mountp mnt_key, (100*bavail)/blocks pct FROM filesystem a WHERE blocks > 0 and (100*bavail)/blocks < 3\""
+    );
+    println!(
+        "  curl -s http://{http_addr}/v1/query -d '{{\"sql\": \"SELECT * FROM fleet_generation\"}}'"
+    );
+    println!(
+        "  curl -s -H 'content-type: text/csv' --data-binary $'svc,up\\nweb,1\\n' http://{}/v1/tables/services",
+        agent.publish_addr()
+    );
+    println!();
+    println!("generations every {:?}; Ctrl-C stops", args.tick);
+
+    shutdown_signal().await;
+    eprintln!("shutting down");
+    http.shutdown().await;
+    pg.shutdown().await;
+    pqa_feed.abort();
+    drop(pqa_clock);
+    if let Ok(node) = Arc::try_unwrap(node) {
+        node.shutdown().await;
+    }
+    hierarchy.shutdown().await;
+    agent.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+}

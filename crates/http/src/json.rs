@@ -1,0 +1,120 @@
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use serde_json::Value;
+
+/// Rows as JSON arrays in column order. Numbers stay numbers (integers stay
+/// integral), booleans stay booleans, everything else is its display text.
+pub fn batches_to_rows(
+    batches: &[RecordBatch],
+) -> Result<Vec<Vec<Value>>, arrow::error::ArrowError> {
+    let mut rows = Vec::new();
+    for batch in batches {
+        let columns: Vec<Vec<Value>> = batch
+            .columns()
+            .iter()
+            .map(column_values)
+            .collect::<Result<_, _>>()?;
+        for i in 0..batch.num_rows() {
+            rows.push(columns.iter().map(|c| c[i].clone()).collect());
+        }
+    }
+    Ok(rows)
+}
+
+fn column_values(array: &ArrayRef) -> Result<Vec<Value>, arrow::error::ArrowError> {
+    let n = array.len();
+    let t = array.data_type();
+    let values: Vec<Value> = if t.is_signed_integer() {
+        let a = cast(array, &DataType::Int64)?;
+        let a = a.as_primitive::<Int64Type>();
+        (0..n)
+            .map(|i| {
+                if a.is_null(i) {
+                    Value::Null
+                } else {
+                    a.value(i).into()
+                }
+            })
+            .collect()
+    } else if t.is_unsigned_integer() {
+        let a = cast(array, &DataType::UInt64)?;
+        let a = a.as_primitive::<UInt64Type>();
+        (0..n)
+            .map(|i| {
+                if a.is_null(i) {
+                    Value::Null
+                } else {
+                    a.value(i).into()
+                }
+            })
+            .collect()
+    } else if t.is_floating() {
+        let a = cast(array, &DataType::Float64)?;
+        let a = a.as_primitive::<Float64Type>();
+        (0..n)
+            .map(|i| {
+                if a.is_null(i) {
+                    Value::Null
+                } else {
+                    serde_json::Number::from_f64(a.value(i)).map_or(Value::Null, Value::Number)
+                }
+            })
+            .collect()
+    } else if *t == DataType::Boolean {
+        let a = array.as_boolean();
+        (0..n)
+            .map(|i| {
+                if a.is_null(i) {
+                    Value::Null
+                } else {
+                    a.value(i).into()
+                }
+            })
+            .collect()
+    } else {
+        let options = FormatOptions::default();
+        let formatter = ArrayFormatter::try_new(array.as_ref(), &options)?;
+        (0..n)
+            .map(|i| {
+                if array.is_null(i) {
+                    Value::Null
+                } else {
+                    Value::String(formatter.value(i).to_string())
+                }
+            })
+            .collect()
+    };
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int32Array, StringArray};
+    use std::sync::Arc;
+
+    #[test]
+    fn types_survive() {
+        let batch = RecordBatch::try_from_iter([
+            (
+                "i",
+                Arc::new(Int32Array::from(vec![Some(2), None])) as ArrayRef,
+            ),
+            (
+                "f",
+                Arc::new(Float64Array::from(vec![1.5, f64::NAN])) as ArrayRef,
+            ),
+            ("s", Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef),
+        ])
+        .unwrap();
+        let rows = batches_to_rows(&[batch]).unwrap();
+        assert_eq!(
+            rows[0],
+            vec![Value::from(2), Value::from(1.5), Value::from("a")]
+        );
+        assert_eq!(rows[1][0], Value::Null);
+        assert_eq!(rows[1][1], Value::Null);
+    }
+}

@@ -1,0 +1,223 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use fleetsql_sqlnode::{GenerationInfo, QueryOutput, SqlError, SqlNode};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::json::batches_to_rows;
+
+pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+pub const GENERATION_HEADER: &str = "x-fleetsql-generation";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpServerError {
+    #[error(
+        "cannot listen for HTTP on {addr}: {source}; pick another --http-port (0 picks a free one)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+pub struct QueryRequest {
+    pub sql: String,
+}
+
+/// The SQL node's routes; `extra` routes (persistent queries, console) are
+/// merged in by the caller.
+pub fn router(node: Arc<SqlNode>) -> Router {
+    Router::new()
+        .route("/v1/query", post(query))
+        .route("/health", get(health))
+        .with_state(node)
+}
+
+async fn health(State(node): State<Arc<SqlNode>>) -> Response {
+    let generation = node.current();
+    let info = GenerationInfo::of(&generation);
+    axum::Json(json!({
+        "status": "ok",
+        "node": node.name(),
+        "generation": info,
+    }))
+    .into_response()
+}
+
+fn error_response(e: &SqlError) -> Response {
+    let (status, hint) = match e {
+        SqlError::Parse(_) => (StatusCode::BAD_REQUEST, "check the SQL syntax"),
+        SqlError::ReadOnly { .. } => (StatusCode::FORBIDDEN, "only queries are allowed"),
+        SqlError::UnknownTable { .. } => (
+            StatusCode::NOT_FOUND,
+            "SELECT table_name FROM fleet_tables lists every table",
+        ),
+        SqlError::NotYetCollected { .. } | SqlError::NoGeneration { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, "retry in a few seconds")
+        }
+        SqlError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "narrow the query"),
+        SqlError::ResourcesExhausted(_) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "aggregate or filter more, or raise the memory limit",
+        ),
+        SqlError::Query(_) => (StatusCode::BAD_REQUEST, "check table and column names"),
+    };
+    (
+        status,
+        axum::Json(json!({ "error": e.to_string(), "hint": hint, "sqlstate": e.sqlstate() })),
+    )
+        .into_response()
+}
+
+fn internal(message: String) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(json!({ "error": message, "hint": "see the node's log" })),
+    )
+        .into_response()
+}
+
+async fn query(
+    State(node): State<Arc<SqlNode>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let request: QueryRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({
+                    "error": format!("the body is not {{\"sql\": \"...\"}}: {e}"),
+                    "hint": "POST a JSON object with a `sql` string",
+                })),
+            )
+                .into_response();
+        }
+    };
+    let output = match node.query(&request.sql).await {
+        Ok(output) => output,
+        Err(e) => return error_response(&e),
+    };
+    let wants_arrow = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(ARROW_STREAM));
+    if wants_arrow {
+        arrow_answer(output)
+    } else {
+        json_answer(output)
+    }
+}
+
+fn json_answer(output: QueryOutput) -> Response {
+    let rows = match batches_to_rows(&output.batches) {
+        Ok(rows) => rows,
+        Err(e) => return internal(e.to_string()),
+    };
+    let columns: Vec<_> = output
+        .schema
+        .fields()
+        .iter()
+        .map(|f| json!({ "name": f.name(), "type": f.data_type().to_string() }))
+        .collect();
+    axum::Json(json!({
+        "columns": columns,
+        "rows": rows,
+        "row_count": output.num_rows(),
+        "elapsed_ms": output.elapsed.as_secs_f64() * 1000.0,
+        "generation": output.generation,
+    }))
+    .into_response()
+}
+
+fn arrow_answer(output: QueryOutput) -> Response {
+    let mut buffer = Vec::new();
+    let written = (|| {
+        let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut buffer, &output.schema)?;
+        for batch in &output.batches {
+            writer.write(batch)?;
+        }
+        writer.finish()
+    })();
+    if let Err(e) = written {
+        return internal(e.to_string());
+    }
+    let info = serde_json::to_string(&output.generation).unwrap_or_default();
+    let mut response = buffer.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM));
+    if let Ok(value) = HeaderValue::from_str(&info) {
+        headers.insert(GENERATION_HEADER, value);
+    }
+    response
+}
+
+/// A running HTTP listener with graceful shutdown.
+#[derive(Debug)]
+pub struct HttpServer {
+    local_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl HttpServer {
+    /// Serves `app` on `addr` (port 0 picks one).
+    pub async fn start(app: Router, addr: SocketAddr) -> Result<HttpServer, HttpServerError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| HttpServerError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| HttpServerError::Bind { addr, source })?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+        Ok(HttpServer {
+            local_addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, lets requests in flight finish (at most 5 s).
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.task).await;
+        self.task.abort();
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,158 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_postgres::hooks::cursor::CursorStatementHook;
+use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::hooks::transactions::TransactionStatementHook;
+use datafusion_postgres::pgwire;
+use datafusion_postgres::{DfSessionService, QueryHook};
+use fleetsql_sqlnode::SqlNode;
+use pgwire::api::auth::StartupHandler;
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::{ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandlers};
+use pgwire::error::PgWireError;
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::hook::FleetHook;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgServerError {
+    #[error(
+        "cannot listen for Postgres clients on {addr}: {source}; pick another --pg-port (0 picks a free one)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set up pg_catalog: {0}")]
+    Catalog(String),
+}
+
+struct Startup {
+    connections: Arc<ConnectionManager>,
+}
+
+impl NoopStartupHandler for Startup {
+    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
+        Some(self.connections.clone())
+    }
+}
+
+struct Handlers {
+    service: Arc<DfSessionService>,
+    startup: Arc<Startup>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+struct LogErrors;
+
+impl ErrorHandler for LogErrors {
+    fn on_error<C: ClientInfo>(&self, _client: &C, error: &mut PgWireError) {
+        tracing::debug!(error = %error, "query failed");
+    }
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.service.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.service.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.startup.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        self.cancel.clone()
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(LogErrors)
+    }
+}
+
+/// A running Postgres listener; `shutdown` (or drop) closes it and every
+/// open connection.
+#[derive(Debug)]
+pub struct PgServer {
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl PgServer {
+    /// Listens on `addr` (port 0 picks one) and serves `node`.
+    pub async fn start(node: Arc<SqlNode>, addr: SocketAddr) -> Result<PgServer, PgServerError> {
+        let ctx = node.session_context();
+        if ctx
+            .catalog("datafusion")
+            .and_then(|c| c.schema("pg_catalog"))
+            .is_none()
+        {
+            setup_pg_catalog(&ctx, "datafusion", EmptyContextProvider)
+                .map_err(|e| PgServerError::Catalog(e.to_string()))?;
+        }
+        let hooks: Vec<Arc<dyn QueryHook>> = vec![
+            Arc::new(FleetHook { node }),
+            Arc::new(CursorStatementHook),
+            Arc::new(SetShowHook),
+            Arc::new(TransactionStatementHook),
+        ];
+        let connections = Arc::new(ConnectionManager::new());
+        let handlers = Arc::new(Handlers {
+            service: Arc::new(DfSessionService::new_with_hooks(ctx, hooks)),
+            startup: Arc::new(Startup {
+                connections: connections.clone(),
+            }),
+            cancel: Arc::new(DefaultCancelHandler::new(connections)),
+        });
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| PgServerError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| PgServerError::Bind { addr, source })?;
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((socket, peer)) => {
+                            let handlers = handlers.clone();
+                            connections.spawn(async move {
+                                if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                                    tracing::debug!(%peer, error = %e, "postgres connection ended with an error");
+                                }
+                            });
+                        }
+                        Err(e) => tracing::warn!(error = %e, "accepting a postgres connection failed"),
+                    },
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        });
+        Ok(PgServer { local_addr, task })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub async fn shutdown(self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,71 @@
+use datafusion::error::DataFusionError;
+
+/// What went wrong with a query, phrased for the person who sent it.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error("{0}")]
+    Parse(String),
+    #[error(
+        "fleetsql is read-only: {statement} is not allowed; only SELECT, EXPLAIN, SHOW and SET are"
+    )]
+    ReadOnly { statement: String },
+    #[error(
+        "table `{table}` is not published by any machine this node can see ({machines_seen} machines); known tables: {known}"
+    )]
+    UnknownTable {
+        table: String,
+        machines_seen: u64,
+        known: String,
+    },
+    #[error(
+        "table `{table}` is being collected but no generation had it after {waited_ms} ms; try again shortly"
+    )]
+    NotYetCollected { table: String, waited_ms: u64 },
+    #[error(
+        "no generation received yet from `{source_name}`; the node is still starting or its TLA is unreachable"
+    )]
+    NoGeneration { source_name: String },
+    #[error(
+        "query cancelled after the time-out of {timeout_ms} ms; narrow it or raise query_timeout"
+    )]
+    Timeout { timeout_ms: u64 },
+    #[error("query needs more memory than its limit: {0}")]
+    ResourcesExhausted(String),
+    #[error("{0}")]
+    Query(String),
+}
+
+pub type Result<T, E = SqlError> = std::result::Result<T, E>;
+
+impl From<DataFusionError> for SqlError {
+    fn from(e: DataFusionError) -> Self {
+        match e.find_root() {
+            DataFusionError::ResourcesExhausted(msg) => SqlError::ResourcesExhausted(msg.clone()),
+            DataFusionError::SQL(err, _) => SqlError::Parse(err.to_string()),
+            root => SqlError::Query(root.to_string()),
+        }
+    }
+}
+
+impl SqlError {
+    /// True for errors caused by the query text itself (a client error).
+    pub fn is_user_error(&self) -> bool {
+        !matches!(
+            self,
+            SqlError::NoGeneration { .. } | SqlError::NotYetCollected { .. }
+        )
+    }
+
+    /// The Postgres SQLSTATE for this error.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            SqlError::Parse(_) => "42601",
+            SqlError::ReadOnly { .. } => "25006",
+            SqlError::UnknownTable { .. } => "42P01",
+            SqlError::NotYetCollected { .. } | SqlError::NoGeneration { .. } => "57P03",
+            SqlError::Timeout { .. } => "57014",
+            SqlError::ResourcesExhausted(_) => "53200",
+            SqlError::Query(_) => "XX000",
+        }
+    }
+}

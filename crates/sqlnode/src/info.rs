@@ -1,0 +1,66 @@
+use fleetsql_model::{Generation, now_ms};
+use serde::Serialize;
+
+/// How complete and how old an answer is; sent with every answer (HTTP
+/// body, Postgres NOTICE, CLI footer).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GenerationInfo {
+    pub id: u64,
+    pub producer: String,
+    /// RFC 3339, UTC.
+    pub made_at: String,
+    pub made_at_ms: i64,
+    /// Time since the generation was made.
+    pub age_ms: i64,
+    /// Time since the oldest machine data in it were collected.
+    pub data_age_ms: Option<i64>,
+    pub clusters_seen: u64,
+    pub clusters_expected: u64,
+    pub machines_seen: u64,
+    pub machines_expected: u64,
+}
+
+impl GenerationInfo {
+    pub fn of(generation: &Generation) -> Self {
+        let now = now_ms();
+        let v = &generation.meta.visibility;
+        let made_at = chrono::DateTime::from_timestamp_millis(generation.meta.made_at_ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default();
+        GenerationInfo {
+            id: generation.meta.id,
+            producer: generation.meta.producer.clone(),
+            made_at,
+            made_at_ms: generation.meta.made_at_ms,
+            age_ms: now - generation.meta.made_at_ms,
+            data_age_ms: v.oldest_data_ms().map(|t| now - t),
+            clusters_seen: v.clusters_seen(),
+            clusters_expected: v.clusters_expected(),
+            machines_seen: v.machines_seen(),
+            machines_expected: v.machines_expected(),
+        }
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.clusters_seen == self.clusters_expected && self.machines_seen == self.machines_expected
+    }
+
+    /// One line for a Postgres NOTICE or a CLI footer.
+    pub fn summary(&self) -> String {
+        format!(
+            "generation {} from {} made {:.1} s ago: {}/{} clusters, {}/{} machines{}",
+            self.id,
+            self.producer,
+            self.age_ms as f64 / 1000.0,
+            self.clusters_seen,
+            self.clusters_expected,
+            self.machines_seen,
+            self.machines_expected,
+            if self.is_complete() {
+                ""
+            } else {
+                " (INCOMPLETE)"
+            }
+        )
+    }
+}

@@ -1,0 +1,482 @@
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::Statement;
+use fleetsql_aggregator::{Child, FetchRequest, covers_all};
+use fleetsql_model::Generation;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::catalog::{FleetSchema, PINNED};
+use crate::requests::QueryRequests;
+use crate::system_tables::SYSTEM_TABLES;
+use crate::{GenerationInfo, Result, SqlError};
+
+/// How a SQL node runs; every field has a working default.
+#[derive(Debug, Clone)]
+pub struct SqlNodeConfig {
+    pub name: String,
+    /// The TLA's tick; sets how long to long-poll and wait for new tables.
+    pub tick: Duration,
+    pub query_timeout: Duration,
+    /// Memory all running queries may hold together, in bytes.
+    pub memory_limit: usize,
+    /// How long a query waits for a table not collected yet.
+    pub table_wait: Duration,
+    /// A table no query named for this long stops being collected.
+    pub request_idle_expiry: Duration,
+    /// Tables collected whether or not a query named them.
+    pub prewarm: BTreeSet<String>,
+}
+
+impl SqlNodeConfig {
+    pub fn new(name: impl Into<String>, tick: Duration) -> Self {
+        SqlNodeConfig {
+            name: name.into(),
+            tick,
+            query_timeout: Duration::from_secs(30),
+            memory_limit: 1 << 30,
+            table_wait: (tick * 2 + Duration::from_secs(2)).max(Duration::from_secs(5)),
+            request_idle_expiry: Duration::from_secs(600),
+            prewarm: BTreeSet::new(),
+        }
+    }
+}
+
+/// A finished query: rows and the generation they came from.
+#[derive(Debug, Clone)]
+pub struct QueryOutput {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub generation: GenerationInfo,
+    pub elapsed: Duration,
+}
+
+impl QueryOutput {
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+struct Inner {
+    config: SqlNodeConfig,
+    sources: Vec<Arc<dyn Child>>,
+    generation: watch::Sender<Arc<Generation>>,
+    requests: Mutex<QueryRequests>,
+    refetch: Notify,
+    ctx: Arc<SessionContext>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlNode")
+            .field("config", &self.config)
+            .field("sources", &self.sources)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running SQL node; dropping it stops fetching generations.
+#[derive(Debug)]
+pub struct SqlNode {
+    inner: Arc<Inner>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for SqlNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Statements a read-only node runs. Everything else is refused by name.
+fn read_only_check(statement: &Statement) -> Result<()> {
+    match statement {
+        Statement::Query(_)
+        | Statement::Explain { .. }
+        | Statement::ExplainTable { .. }
+        | Statement::ShowVariable { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::ShowTables { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::Set(_)
+        | Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. } => Ok(()),
+        other => {
+            let text = other.to_string();
+            let keyword: Vec<&str> = text.split_whitespace().take(2).collect();
+            Err(SqlError::ReadOnly {
+                statement: keyword.join(" ").to_uppercase(),
+            })
+        }
+    }
+}
+
+impl SqlNode {
+    /// Starts fetching generations from `sources` (TLAs, tried in order).
+    pub fn start(config: SqlNodeConfig, sources: Vec<Arc<dyn Child>>) -> Result<SqlNode> {
+        let (generation, receiver) = watch::channel(Arc::new(Generation::empty(&config.name)));
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(config.memory_limit, 1.0)
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
+            .build_arc()
+            .map_err(SqlError::from)?;
+        let session_config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("datafusion", "public");
+        let ctx = SessionContext::new_with_config_rt(session_config, runtime);
+        let catalog = ctx
+            .catalog("datafusion")
+            .ok_or_else(|| SqlError::Query("default catalog missing".into()))?;
+        catalog
+            .register_schema("public", Arc::new(FleetSchema { current: receiver }))
+            .map_err(SqlError::from)?;
+        let requests = QueryRequests::new(config.prewarm.clone(), config.request_idle_expiry);
+        let inner = Arc::new(Inner {
+            config,
+            sources,
+            generation,
+            requests: Mutex::new(requests),
+            refetch: Notify::new(),
+            ctx: Arc::new(ctx),
+        });
+        let task = tokio::spawn(fetch_loop(inner.clone()));
+        Ok(SqlNode { inner, task })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.config.name
+    }
+
+    pub fn config(&self) -> &SqlNodeConfig {
+        &self.inner.config
+    }
+
+    /// The shared DataFusion context (front ends add catalogs to it).
+    pub fn session_context(&self) -> Arc<SessionContext> {
+        self.inner.ctx.clone()
+    }
+
+    pub fn current(&self) -> Arc<Generation> {
+        self.inner.generation.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Generation>> {
+        self.inner.generation.subscribe()
+    }
+
+    /// Parses `sql` (one statement) with the session's SQL dialect.
+    pub fn parse(&self, sql: &str) -> Result<Statement> {
+        let state = self.inner.ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        match state.sql_to_statement(sql, &dialect) {
+            Ok(DfStatement::Statement(statement)) => Ok(*statement),
+            Ok(other) => Err(SqlError::ReadOnly {
+                statement: other
+                    .to_string()
+                    .split_whitespace()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            }),
+            Err(e) => Err(SqlError::Parse(e.strip_backtrace().to_string())),
+        }
+    }
+
+    /// Picks the generation `statement` will read: requests the fleet tables
+    /// it names and waits (bounded) until a generation covers them.
+    pub async fn pin(&self, statement: &Statement) -> Result<Arc<Generation>> {
+        read_only_check(statement)?;
+        let state = self.inner.ctx.state();
+        let references = state
+            .resolve_table_references(&DfStatement::Statement(Box::new(statement.clone())))
+            .map_err(SqlError::from)?;
+        let tables: BTreeSet<String> = references
+            .iter()
+            .filter(|r| r.schema().is_none_or(|s| s == "public"))
+            .map(|r| r.table().to_string())
+            .filter(|t| !SYSTEM_TABLES.contains(&t.as_str()))
+            .collect();
+        self.pin_tables(&tables).await
+    }
+
+    async fn pin_tables(&self, tables: &BTreeSet<String>) -> Result<Arc<Generation>> {
+        let is_new = self.inner.requests.lock().touch(tables, Instant::now());
+        let mut receiver = self.inner.generation.subscribe();
+        let current = receiver.borrow_and_update().clone();
+        let covered = |g: &Generation| {
+            tables
+                .iter()
+                .all(|t| g.tables.contains_key(t) || g.meta.visibility.tables.contains_key(t))
+        };
+        if current.meta.id > 0 && covered(&current) {
+            return Ok(current);
+        }
+        if !is_new && current.meta.id > 0 {
+            // Already asked for and still unknown: no need to wait again.
+            self.check_published(&current, tables)?;
+        }
+        if is_new {
+            // A table named for the first time (perhaps published a moment
+            // ago) is asked for down the tree at once; the answer says
+            // whether anyone publishes it.
+            self.inner.refetch.notify_one();
+        }
+        let asked_at = current.meta.id;
+        let wait = self.inner.config.table_wait;
+        let waited = Instant::now();
+        let found = tokio::time::timeout(
+            wait,
+            receiver.wait_for(|g| {
+                g.meta.id > 0
+                    && (covers_all(g, tables)
+                        || (g.meta.id != asked_at
+                            && tables.iter().any(|t| !g.meta.available.contains(t))))
+            }),
+        )
+        .await;
+        match found {
+            Ok(Ok(generation)) => {
+                let generation = generation.clone();
+                self.check_published(&generation, tables)?;
+                Ok(generation)
+            }
+            _ => {
+                let current = self.current();
+                if current.meta.id == 0 {
+                    return Err(SqlError::NoGeneration {
+                        source_name: self.source_names(),
+                    });
+                }
+                self.check_published(&current, tables)?;
+                let missing = tables
+                    .iter()
+                    .find(|t| !current.meta.visibility.tables.contains_key(*t))
+                    .cloned()
+                    .unwrap_or_default();
+                Err(SqlError::NotYetCollected {
+                    table: missing,
+                    waited_ms: waited.elapsed().as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    fn source_names(&self) -> String {
+        self.inner
+            .sources
+            .iter()
+            .map(|s| s.name().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn check_published(&self, generation: &Generation, tables: &BTreeSet<String>) -> Result<()> {
+        for table in tables {
+            if !generation.meta.available.contains(table) && !generation.tables.contains_key(table)
+            {
+                let mut known: Vec<&str> = generation
+                    .meta
+                    .available
+                    .iter()
+                    .map(String::as_str)
+                    .collect();
+                known.extend(SYSTEM_TABLES);
+                return Err(SqlError::UnknownTable {
+                    table: table.clone(),
+                    machines_seen: generation.meta.visibility.machines_seen(),
+                    known: known.join(", "),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Plans and runs `statement` against `generation`, under the time-out.
+    pub async fn execute(
+        &self,
+        statement: Statement,
+        generation: Arc<Generation>,
+    ) -> Result<QueryOutput> {
+        let started = Instant::now();
+        let info = GenerationInfo::of(&generation);
+        let ctx = self.inner.ctx.clone();
+        let timeout = self.inner.config.query_timeout;
+        let run = PINNED.scope(generation, async move {
+            let plan = ctx
+                .state()
+                .statement_to_plan(DfStatement::Statement(Box::new(statement)))
+                .await?;
+            Self::verify_read_only(&plan)?;
+            let frame = ctx.execute_logical_plan(plan).await?;
+            let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+            let batches = frame.collect().await?;
+            Ok::<_, SqlError>((schema, batches))
+        });
+        let (schema, batches) =
+            tokio::time::timeout(timeout, run)
+                .await
+                .map_err(|_| SqlError::Timeout {
+                    timeout_ms: timeout.as_millis() as u64,
+                })??;
+        Ok(QueryOutput {
+            schema,
+            batches,
+            generation: info,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Plans `statement` pinned to `generation` (for protocols that plan
+    /// and execute in separate steps).
+    pub async fn plan(
+        &self,
+        statement: Statement,
+        generation: Arc<Generation>,
+    ) -> Result<LogicalPlan> {
+        let ctx = self.inner.ctx.clone();
+        PINNED
+            .scope(generation, async move {
+                let plan = ctx
+                    .state()
+                    .statement_to_plan(DfStatement::Statement(Box::new(statement)))
+                    .await?;
+                Self::verify_read_only(&plan)?;
+                Ok(plan)
+            })
+            .await
+    }
+
+    /// Runs an already planned query pinned to `generation`.
+    pub async fn execute_plan(
+        &self,
+        plan: LogicalPlan,
+        generation: Arc<Generation>,
+    ) -> Result<QueryOutput> {
+        let started = Instant::now();
+        let info = GenerationInfo::of(&generation);
+        Self::verify_read_only(&plan)?;
+        let ctx = self.inner.ctx.clone();
+        let timeout = self.inner.config.query_timeout;
+        let run = PINNED.scope(generation, async move {
+            let frame = ctx.execute_logical_plan(plan).await?;
+            let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+            let batches = frame.collect().await?;
+            Ok::<_, SqlError>((schema, batches))
+        });
+        let (schema, batches) =
+            tokio::time::timeout(timeout, run)
+                .await
+                .map_err(|_| SqlError::Timeout {
+                    timeout_ms: timeout.as_millis() as u64,
+                })??;
+        Ok(QueryOutput {
+            schema,
+            batches,
+            generation: info,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    fn verify_read_only(plan: &LogicalPlan) -> Result<()> {
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(plan)
+            .map_err(|e| SqlError::ReadOnly {
+                statement: e.strip_backtrace().to_string(),
+            })
+    }
+
+    /// Parses, pins and runs one statement.
+    pub async fn query(&self, sql: &str) -> Result<QueryOutput> {
+        let statement = self.parse(sql)?;
+        let generation = self.pin(&statement).await?;
+        self.execute(statement, generation).await
+    }
+
+    /// Keeps `tables` collected as if a query had just named them (for
+    /// persistent queries and other standing readers).
+    pub fn request_tables(&self, tables: &BTreeSet<String>) {
+        if self.inner.requests.lock().touch(tables, Instant::now()) {
+            self.inner.refetch.notify_one();
+        }
+    }
+
+    /// Waits until the node has a generation (for start-up and tests).
+    pub async fn wait_for_generation(&self, timeout: Duration) -> Result<Arc<Generation>> {
+        let mut receiver = self.subscribe();
+        match tokio::time::timeout(timeout, receiver.wait_for(|g| g.meta.id > 0)).await {
+            Ok(Ok(g)) => Ok(g.clone()),
+            _ => Err(SqlError::NoGeneration {
+                source_name: self.source_names(),
+            }),
+        }
+    }
+
+    pub async fn shutdown(self) {
+        self.task.abort();
+    }
+}
+
+/// Long-polls the current source for generations newer than the one held,
+/// naming every table the node's queries want; moves to the next source
+/// when one fails.
+async fn fetch_loop(inner: Arc<Inner>) {
+    let mut source = 0usize;
+    let mut failures = 0u32;
+    loop {
+        if inner.sources.is_empty() {
+            return;
+        }
+        let child = inner.sources[source % inner.sources.len()].clone();
+        let held = inner.generation.borrow().clone();
+        let tables = inner.requests.lock().current(Instant::now());
+        let request = FetchRequest {
+            requester: inner.config.name.clone(),
+            tables,
+            since_generation: (held.meta.producer == child.name() && held.meta.id > 0)
+                .then_some(held.meta.id),
+            wait: Some(inner.config.tick * 2),
+        };
+        let answer = tokio::select! {
+            answer = child.fetch(&request) => Some(answer),
+            _ = inner.refetch.notified() => None,
+        };
+        match answer {
+            None => continue,
+            Some(Ok(generation)) => {
+                failures = 0;
+                if generation.meta.id != held.meta.id
+                    || generation.meta.producer != held.meta.producer
+                    || generation.tables.len() != held.tables.len()
+                {
+                    inner.generation.send_replace(generation);
+                }
+            }
+            Some(Err(e)) => {
+                failures += 1;
+                tracing::warn!(node = %inner.config.name, source = child.name(), error = %e, "fetching a generation failed; answering from the last one");
+                source += 1;
+                let backoff = Duration::from_millis(200 * u64::from(failures.min(10)));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = inner.refetch.notified() => {}
+                }
+            }
+        }
+    }
+}
