@@ -311,32 +311,13 @@ impl SqlNode {
         generation: Arc<Generation>,
     ) -> Result<QueryOutput> {
         let started = Instant::now();
-        let info = GenerationInfo::of(&generation);
-        let ctx = self.inner.ctx.clone();
         let timeout = self.inner.config.query_timeout;
-        let run = PINNED.scope(generation, async move {
-            let plan = ctx
-                .state()
-                .statement_to_plan(DfStatement::Statement(Box::new(statement)))
-                .await?;
-            Self::verify_read_only(&plan)?;
-            let frame = ctx.execute_logical_plan(plan).await?;
-            let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-            let batches = frame.collect().await?;
-            Ok::<_, SqlError>((schema, batches))
-        });
-        let (schema, batches) =
-            tokio::time::timeout(timeout, run)
-                .await
-                .map_err(|_| SqlError::Timeout {
-                    timeout_ms: timeout.as_millis() as u64,
-                })??;
-        Ok(QueryOutput {
-            schema,
-            batches,
-            generation: info,
-            elapsed: started.elapsed(),
-        })
+        let plan = tokio::time::timeout(timeout, self.plan(statement, generation.clone()))
+            .await
+            .map_err(|_| SqlError::Timeout {
+                timeout_ms: timeout.as_millis() as u64,
+            })??;
+        self.run_plan(plan, generation, started).await
     }
 
     /// Plans `statement` pinned to `generation` (for protocols that plan
@@ -365,9 +346,18 @@ impl SqlNode {
         plan: LogicalPlan,
         generation: Arc<Generation>,
     ) -> Result<QueryOutput> {
-        let started = Instant::now();
-        let info = GenerationInfo::of(&generation);
         Self::verify_read_only(&plan)?;
+        self.run_plan(plan, generation, Instant::now()).await
+    }
+
+    /// The one place a plan is executed: pinned, collected under the time-out.
+    async fn run_plan(
+        &self,
+        plan: LogicalPlan,
+        generation: Arc<Generation>,
+        started: Instant,
+    ) -> Result<QueryOutput> {
+        let info = GenerationInfo::of(&generation);
         let ctx = self.inner.ctx.clone();
         let timeout = self.inner.config.query_timeout;
         let run = PINNED.scope(generation, async move {
