@@ -13,6 +13,9 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::child::covers_all;
+use crate::self_monitor::{
+    FLEET_NODES, NodeState, fleet_nodes_table, host_name, process_rss_bytes,
+};
 use crate::{AggregatorError, Child, FetchRequest, Result, TableRequests};
 
 /// How one aggregator runs; every field has a default fit for the demo.
@@ -20,6 +23,8 @@ use crate::{AggregatorError, Child, FetchRequest, Result, TableRequests};
 pub struct AggregatorConfig {
     /// Producer name stamped on every generation.
     pub name: String,
+    /// What this node is (`agent`, `proxy`, `tla`), for `fleet_nodes`.
+    pub role: String,
     /// Time between generations.
     pub tick: Duration,
     /// Ticks fire at wall-clock multiples of `tick` plus this offset, so a
@@ -29,6 +34,10 @@ pub struct AggregatorConfig {
     pub stale_after: Duration,
     /// How long one child may take to answer a fetch.
     pub fetch_timeout: Duration,
+    /// At a tick, how long a child that has not made a generation newer than
+    /// the one last taken from it may hold the fetch (long poll) before the
+    /// older one is merged; absorbs jitter between the tiers' clocks.
+    pub child_wait: Duration,
     /// How long a parent's table set lasts without being asked again.
     pub parent_grace: Duration,
     /// Tables collected whether or not anyone asked.
@@ -39,10 +48,12 @@ impl AggregatorConfig {
     pub fn new(name: impl Into<String>, tick: Duration) -> Self {
         AggregatorConfig {
             name: name.into(),
+            role: "aggregator".to_string(),
             tick,
             offset: Duration::ZERO,
             stale_after: tick * 3,
             fetch_timeout: tick.max(Duration::from_secs(2)),
+            child_wait: tick / 4,
             parent_grace: (tick * 6).max(Duration::from_secs(30)),
             prewarm: BTreeSet::new(),
         }
@@ -101,11 +112,15 @@ struct Inner {
     tick_now: Notify,
     next_id: AtomicU64,
     stats: Mutex<AggregatorStats>,
+    started: Instant,
+    host: String,
 }
 
 #[derive(Debug, Default, Clone)]
 struct GroupState {
     preferred: usize,
+    /// The generation last merged from the preferred member, for its long poll.
+    last_id: Option<u64>,
     last_known: Visibility,
     available: BTreeSet<String>,
 }
@@ -138,6 +153,8 @@ impl Aggregator {
             tick_now: Notify::new(),
             next_id: AtomicU64::new(1),
             stats: Mutex::new(AggregatorStats::default()),
+            started: Instant::now(),
+            host: host_name(),
         });
         let task = tokio::spawn(run(inner.clone()));
         Aggregator { inner, task }
@@ -205,13 +222,21 @@ struct Fetched {
 
 async fn fetch_group(inner: &Inner, group: usize, request: &FetchRequest) -> Fetched {
     let members = &inner.groups[group].members;
-    let preferred = inner.group_state.lock()[group].preferred;
+    let (preferred, last_id) = {
+        let state = &inner.group_state.lock()[group];
+        (state.preferred, state.last_id)
+    };
     let stale_before = now_ms() - inner.config.stale_after.as_millis() as i64;
     let mut last_err = None;
     for k in 0..members.len() {
         let member = (preferred + k) % members.len();
         let child = &members[member];
-        let answer = tokio::time::timeout(inner.config.fetch_timeout, child.fetch(request)).await;
+        let mut request = request.clone();
+        if member == preferred && last_id.is_some() && !inner.config.child_wait.is_zero() {
+            request.since_generation = last_id;
+            request.wait = Some(inner.config.child_wait);
+        }
+        let answer = tokio::time::timeout(inner.config.fetch_timeout, child.fetch(&request)).await;
         let result = match answer {
             Err(_) => Err(AggregatorError::Timeout {
                 child: child.name().to_string(),
@@ -265,6 +290,7 @@ async fn tick(inner: &Arc<Inner>) {
         tables: wanted.clone(),
         since_generation: None,
         wait: None,
+        meta_only: false,
     };
     let fetched =
         futures::future::join_all((0..inner.groups.len()).map(|g| fetch_group(inner, g, &request)))
@@ -310,6 +336,9 @@ async fn tick(inner: &Arc<Inner>) {
 
 /// The CPU-heavy half of a tick, run off the IO runtime.
 fn merge(inner: &Inner, wanted: &BTreeSet<String>, fetched: Vec<Fetched>) -> Generation {
+    // Declared before `parts`, which borrows them.
+    let fleet_nodes_key = FLEET_NODES.to_string();
+    let own_row: Table;
     let mut visibility = Visibility::default();
     let mut available = BTreeSet::new();
     let mut parts: BTreeMap<&String, Vec<&Table>> = BTreeMap::new();
@@ -322,6 +351,7 @@ fn merge(inner: &Inner, wanted: &BTreeSet<String>, fetched: Vec<Fetched>) -> Gen
             Ok(generation) => {
                 let gs = &mut state[f.group];
                 gs.preferred = f.member;
+                gs.last_id = Some(generation.meta.id);
                 gs.last_known = generation.meta.visibility.clone();
                 gs.available = generation.meta.available.clone();
                 visibility.absorb(&generation.meta.producer, &generation.meta.visibility);
@@ -362,15 +392,52 @@ fn merge(inner: &Inner, wanted: &BTreeSet<String>, fetched: Vec<Fetched>) -> Gen
     }
     drop(state);
 
+    let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+    if wanted.contains(FLEET_NODES) {
+        let made_at_ms = now_ms();
+        let row = NodeState {
+            role: inner.config.role.clone(),
+            name: inner.config.name.clone(),
+            host: inner.host.clone(),
+            generation_id: id,
+            made_at_ms,
+            lag_ms: None,
+            children_seen: 0,
+            children_expected: 0,
+            clusters_seen: 0,
+            machines_seen: 0,
+            machines_expected: 0,
+            memory_bytes: process_rss_bytes(),
+            uptime_s: inner.started.elapsed().as_secs_f64(),
+        }
+        .with_visibility(&visibility, made_at_ms);
+        own_row = fleet_nodes_table(&[row]);
+        parts.entry(&fleet_nodes_key).or_default().push(&own_row);
+        part_owner
+            .entry(&fleet_nodes_key)
+            .or_default()
+            .push(OWN_ROW);
+        let entry = visibility
+            .tables
+            .entry(FLEET_NODES.to_string())
+            .or_default();
+        entry.rows += 1;
+    }
+    available.insert(FLEET_NODES.to_string());
+
     let mut tables = BTreeMap::new();
     for (name, table_parts) in parts {
         match merge_tables(name, &table_parts) {
             Ok((table, rejected)) => {
                 for (index, reason) in &rejected {
                     let group = part_owner[name][*index];
+                    let child = inner
+                        .groups
+                        .get(group)
+                        .map_or(inner.config.name.as_str(), |g| g.name.as_str());
                     tracing::warn!(
                         node = %inner.config.name,
-                        child = %inner.groups[group].name,
+                        child = %child,
                         error = %reason,
                         "rows left out of the merge"
                     );
@@ -388,7 +455,7 @@ fn merge(inner: &Inner, wanted: &BTreeSet<String>, fetched: Vec<Fetched>) -> Gen
     Generation {
         meta: GenerationMeta {
             producer: inner.config.name.clone(),
-            id: inner.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
             made_at_ms: now_ms(),
             visibility,
             available,
@@ -396,6 +463,9 @@ fn merge(inner: &Inner, wanted: &BTreeSet<String>, fetched: Vec<Fetched>) -> Gen
         tables,
     }
 }
+
+/// Stands for this node's own `fleet_nodes` row among the merged parts.
+const OWN_ROW: usize = usize::MAX;
 
 /// An aggregator seen by a parent in the same process.
 #[derive(Debug)]
@@ -416,6 +486,15 @@ impl Child for LocalLink {
                 .lock()
                 .note(&request.requester, &request.tables, Instant::now());
         let mut receiver = self.inner.generation.subscribe();
+        if request.meta_only {
+            // A probe: the table set is noted (a standby keeps collecting
+            // what its parent may switch to) but no data travel.
+            if !new_tables.is_empty() {
+                self.inner.tick_now.notify_one();
+            }
+            let current = receiver.borrow().clone();
+            return Ok(Arc::new(current.restricted(std::iter::empty())));
+        }
         if !new_tables.is_empty() {
             // Collect a newly named table at once instead of a tick later,
             // so the first query naming it waits milliseconds, not seconds.
@@ -531,6 +610,65 @@ mod tests {
         assert_eq!(v.machines_seen(), 2);
         assert_eq!(v.tables["t"].machines_with_rows, 2);
         assert!(generation.meta.available.contains("t"));
+    }
+
+    #[tokio::test]
+    async fn every_tier_adds_its_row_to_fleet_nodes_and_probes_carry_no_rows() {
+        let mut config = AggregatorConfig::new("proxy", Duration::from_secs(3600));
+        config.role = "proxy".into();
+        let proxy = Aggregator::start(config, vec![machine(1, false), machine(2, true)]);
+        let mut config = AggregatorConfig::new("tla", Duration::from_secs(3600));
+        config.role = "tla".into();
+        let tla = Aggregator::start(config, vec![ChildGroup::single(proxy.as_child())]);
+        let wanted: BTreeSet<String> = ["fleet_nodes".to_string(), "t".to_string()].into();
+        let probe = tla
+            .as_child()
+            .fetch(&FetchRequest {
+                requester: "sql".into(),
+                tables: wanted.clone(),
+                meta_only: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(probe.tables.is_empty());
+        // The probe named the tables: the next generation has them.
+        let generation = tla
+            .as_child()
+            .fetch(&FetchRequest {
+                requester: "sql".into(),
+                tables: wanted,
+                since_generation: Some(probe.meta.id),
+                wait: Some(Duration::from_secs(20)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let nodes = generation.table("fleet_nodes").expect("fleet_nodes");
+        let batch = arrow::compute::concat_batches(nodes.schema(), nodes.batches()).unwrap();
+        let roles = arrow::array::as_string_array(batch.column_by_name("role").unwrap());
+        let mut roles: Vec<&str> = roles.iter().flatten().collect();
+        roles.sort();
+        assert_eq!(roles, ["proxy", "tla"]);
+        let seen = batch
+            .column_by_name("children_seen")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::UInt64Array>()
+            .unwrap();
+        let expected = batch
+            .column_by_name("children_expected")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::UInt64Array>()
+            .unwrap();
+        let proxy_row = roles_index(&batch, "proxy");
+        assert_eq!((seen.value(proxy_row), expected.value(proxy_row)), (1, 2));
+    }
+
+    fn roles_index(batch: &RecordBatch, role: &str) -> usize {
+        let roles = arrow::array::as_string_array(batch.column_by_name("role").unwrap());
+        roles.iter().position(|r| r == Some(role)).unwrap()
     }
 
     #[tokio::test]

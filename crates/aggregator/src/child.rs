@@ -21,6 +21,10 @@ pub struct FetchRequest {
     /// How long the child may hold the call waiting for a generation newer
     /// than `since_generation` (long poll). `None`: answer at once.
     pub wait: Option<Duration>,
+    /// Answer with the generation's metadata only (visibility, available
+    /// tables), no rows; the table set is still noted. Parents use it to
+    /// probe standby children cheaply.
+    pub meta_only: bool,
 }
 
 /// A source of generations that an aggregator merges.

@@ -20,6 +20,7 @@ mod child;
 mod error;
 mod hierarchy;
 mod requests;
+mod self_monitor;
 mod static_tables;
 
 pub use aggregator::{Aggregator, AggregatorConfig, AggregatorStats, ChildGroup};
@@ -27,4 +28,7 @@ pub use child::{Child, FetchRequest, covers_all};
 pub use error::{AggregatorError, Result};
 pub use hierarchy::{ClusterSpec, InProcessHierarchy};
 pub use requests::TableRequests;
+pub use self_monitor::{
+    FLEET_NODES, NodeState, fleet_nodes_schema, fleet_nodes_table, host_name, process_rss_bytes,
+};
 pub use static_tables::StaticTables;

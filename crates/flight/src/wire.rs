@@ -70,6 +70,9 @@ pub struct FetchTicket {
     /// (its header says `"encoding": "full"`).
     #[serde(default)]
     pub base_generation: Option<u64>,
+    /// A probe: note the tables, answer with the generation header only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub meta_only: bool,
 }
 
 impl FetchTicket {
@@ -80,6 +83,7 @@ impl FetchTicket {
             since_generation: request.since_generation,
             wait_ms: request.wait.map(|w| w.as_millis() as u64),
             base_generation,
+            meta_only: request.meta_only,
         }
     }
 
@@ -93,6 +97,7 @@ impl FetchTicket {
             wait: self
                 .wait_ms
                 .map(|ms| Duration::from_millis(ms).min(max_wait)),
+            meta_only: self.meta_only,
         }
     }
 
@@ -480,6 +485,7 @@ mod tests {
             since_generation: Some(3),
             wait_ms: Some(60_000),
             base_generation: Some(3),
+            meta_only: true,
         };
         let back = FetchTicket::from_bytes(&ticket.to_bytes()).unwrap();
         assert_eq!(back, ticket);

@@ -168,7 +168,11 @@ async fn rows_and_visibility_arrive_through_flight() {
     assert_eq!(v.clusters["c1"].via, "proxy-c1");
     assert_eq!(v.tables["sys"].machines_with_rows, 2);
     assert!(v.children.iter().all(|c| c.merged));
-    assert_eq!(generation.meta.available, tables(&["processes", "sys"]));
+    // Every tier also offers its own state as `fleet_nodes`.
+    assert_eq!(
+        generation.meta.available,
+        tables(&["fleet_nodes", "processes", "sys"])
+    );
 
     // The generation decoded by the client is the proxy's, metadata and all.
     let direct = remote
@@ -221,6 +225,7 @@ async fn long_poll_answers_once_a_newer_generation_exists() {
             tables: tables(&["sys"]),
             since_generation: Some(first.meta.id),
             wait: Some(Duration::from_millis(300)),
+            meta_only: false,
         })
         .await
         .expect("held fetch");
@@ -238,6 +243,7 @@ async fn long_poll_answers_once_a_newer_generation_exists() {
                     tables: tables(&["sys"]),
                     since_generation: Some(since),
                     wait: Some(Duration::from_secs(30)),
+                    meta_only: false,
                 })
                 .await;
             (g, started.elapsed())

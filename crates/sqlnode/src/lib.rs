@@ -16,12 +16,14 @@
 //! [`Child`]: fleetsql_aggregator::Child
 
 mod catalog;
+mod choice;
 mod error;
 mod info;
 mod node;
 mod requests;
 mod system_tables;
 
+pub use choice::SourceStatus;
 pub use error::{Result, SqlError};
 pub use info::GenerationInfo;
 pub use node::{QueryOutput, SqlNode, SqlNodeConfig};

@@ -1,5 +1,6 @@
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -10,13 +11,17 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement;
-use fleetsql_aggregator::{Child, FetchRequest, covers_all};
-use fleetsql_model::Generation;
+use fleetsql_aggregator::{
+    Child, FLEET_NODES, FetchRequest, NodeState, covers_all, fleet_nodes_table, host_name,
+    process_rss_bytes,
+};
+use fleetsql_model::{Generation, merge_tables, now_ms};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::catalog::{FleetSchema, PINNED};
+use crate::choice::{self, SourceStatus};
 use crate::requests::QueryRequests;
 use crate::system_tables::SYSTEM_TABLES;
 use crate::{GenerationInfo, Result, SqlError};
@@ -36,6 +41,13 @@ pub struct SqlNodeConfig {
     pub request_idle_expiry: Duration,
     /// Tables collected whether or not a query named them.
     pub prewarm: BTreeSet<String>,
+    /// Per source name: added to the clusters it sees when choosing one
+    /// (a TLA in the same data centre is worth a few clusters).
+    pub locality_bonus: BTreeMap<String, i64>,
+    /// How much higher another source must score before the node switches.
+    pub switch_margin: i64,
+    /// How often every source is probed for what it sees.
+    pub probe_interval: Duration,
 }
 
 impl SqlNodeConfig {
@@ -48,6 +60,9 @@ impl SqlNodeConfig {
             table_wait: (tick * 2 + Duration::from_secs(2)).max(Duration::from_secs(5)),
             request_idle_expiry: Duration::from_secs(600),
             prewarm: BTreeSet::new(),
+            locality_bonus: BTreeMap::new(),
+            switch_margin: 1,
+            probe_interval: tick.min(Duration::from_secs(5)),
         }
     }
 }
@@ -74,6 +89,12 @@ struct Inner {
     requests: Mutex<QueryRequests>,
     refetch: Notify,
     ctx: Arc<SessionContext>,
+    sources_status: Mutex<Vec<SourceStatus>>,
+    chosen: AtomicUsize,
+    /// Wakes the fetch loop when the probe loop picked another source.
+    switch: Notify,
+    started: Instant,
+    host: String,
 }
 
 impl std::fmt::Debug for Inner {
@@ -89,12 +110,14 @@ impl std::fmt::Debug for Inner {
 #[derive(Debug)]
 pub struct SqlNode {
     inner: Arc<Inner>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for SqlNode {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -144,6 +167,15 @@ impl SqlNode {
             .register_schema("public", Arc::new(FleetSchema { current: receiver }))
             .map_err(SqlError::from)?;
         let requests = QueryRequests::new(config.prewarm.clone(), config.request_idle_expiry);
+        let statuses: Vec<SourceStatus> = sources
+            .iter()
+            .map(|s| SourceStatus {
+                name: s.name().to_string(),
+                locality_bonus: config.locality_bonus.get(s.name()).copied().unwrap_or(0),
+                ..Default::default()
+            })
+            .collect();
+        let first = choice::initial(&statuses);
         let inner = Arc::new(Inner {
             config,
             sources,
@@ -151,9 +183,17 @@ impl SqlNode {
             requests: Mutex::new(requests),
             refetch: Notify::new(),
             ctx: Arc::new(ctx),
+            sources_status: Mutex::new(statuses),
+            chosen: AtomicUsize::new(first),
+            switch: Notify::new(),
+            started: Instant::now(),
+            host: host_name(),
         });
-        let task = tokio::spawn(fetch_loop(inner.clone()));
-        Ok(SqlNode { inner, task })
+        let mut tasks = vec![tokio::spawn(fetch_loop(inner.clone()))];
+        if inner.sources.len() > 1 {
+            tasks.push(tokio::spawn(probe_loop(inner.clone())));
+        }
+        Ok(SqlNode { inner, tasks })
     }
 
     pub fn name(&self) -> &str {
@@ -417,22 +457,35 @@ impl SqlNode {
         }
     }
 
-    pub async fn shutdown(self) {
-        self.task.abort();
+    /// Every source with what the node last learned of it.
+    pub fn sources_status(&self) -> Vec<SourceStatus> {
+        let chosen = self.inner.chosen.load(Ordering::Relaxed);
+        let mut statuses = self.inner.sources_status.lock().clone();
+        for (i, s) in statuses.iter_mut().enumerate() {
+            s.chosen = i == chosen;
+        }
+        statuses
+    }
+
+    pub async fn shutdown(mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
     }
 }
 
-/// Long-polls the current source for generations newer than the one held,
-/// naming every table the node's queries want; moves to the next source
-/// when one fails.
+/// Long-polls the chosen source for generations newer than the one held,
+/// naming every table the node's queries want. A source that fails is
+/// marked dead and the best live one taken; meanwhile queries keep
+/// answering from the last generation, which states its age.
 async fn fetch_loop(inner: Arc<Inner>) {
-    let mut source = 0usize;
     let mut failures = 0u32;
     loop {
         if inner.sources.is_empty() {
             return;
         }
-        let child = inner.sources[source % inner.sources.len()].clone();
+        let index = inner.chosen.load(Ordering::Relaxed) % inner.sources.len();
+        let child = inner.sources[index].clone();
         let held = inner.generation.borrow().clone();
         let tables = inner.requests.lock().current(Instant::now());
         let request = FetchRequest {
@@ -441,32 +494,159 @@ async fn fetch_loop(inner: Arc<Inner>) {
             since_generation: (held.meta.producer == child.name() && held.meta.id > 0)
                 .then_some(held.meta.id),
             wait: Some(inner.config.tick * 2),
+            meta_only: false,
         };
         let answer = tokio::select! {
             answer = child.fetch(&request) => Some(answer),
             _ = inner.refetch.notified() => None,
+            _ = inner.switch.notified() => None,
         };
         match answer {
             None => continue,
             Some(Ok(generation)) => {
                 failures = 0;
+                note_answer(&inner, index, &generation);
                 if generation.meta.id != held.meta.id
                     || generation.meta.producer != held.meta.producer
                     || generation.tables.len() != held.tables.len()
                 {
+                    let generation = with_own_row(&inner, generation);
                     inner.generation.send_replace(generation);
                 }
             }
             Some(Err(e)) => {
                 failures += 1;
                 tracing::warn!(node = %inner.config.name, source = child.name(), error = %e, "fetching a generation failed; answering from the last one");
-                source += 1;
+                let next = {
+                    let mut statuses = inner.sources_status.lock();
+                    if let Some(s) = statuses.get_mut(index) {
+                        s.alive = false;
+                        s.probed = true;
+                        s.last_error = Some(e.to_string());
+                    }
+                    choice::choose(&statuses, index, inner.config.switch_margin)
+                };
+                if next != index {
+                    tracing::info!(node = %inner.config.name, from = child.name(), to = inner.sources[next].name(), "switching source");
+                    inner.chosen.store(next, Ordering::Relaxed);
+                    continue;
+                }
                 let backoff = Duration::from_millis(200 * u64::from(failures.min(10)));
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = inner.refetch.notified() => {}
+                    _ = inner.switch.notified() => {}
                 }
             }
+        }
+    }
+}
+
+fn note_answer(inner: &Inner, index: usize, generation: &Generation) {
+    if let Some(s) = inner.sources_status.lock().get_mut(index) {
+        s.alive = true;
+        s.probed = true;
+        s.generation_id = generation.meta.id;
+        s.made_at_ms = generation.meta.made_at_ms;
+        s.clusters_seen = generation.meta.visibility.clusters_seen();
+        s.machines_seen = generation.meta.visibility.machines_seen();
+        s.last_error = None;
+    }
+}
+
+/// Asks every source, each probe interval, what it sees (metadata only;
+/// the table set is named so a standby keeps collecting it and a switch
+/// finds the data warm) and moves the fetch loop to a clearly better one.
+async fn probe_loop(inner: Arc<Inner>) {
+    let timeout = inner.config.probe_interval.max(Duration::from_secs(1));
+    loop {
+        let tables = inner.requests.lock().current(Instant::now());
+        let request = FetchRequest {
+            requester: inner.config.name.clone(),
+            tables,
+            since_generation: None,
+            wait: None,
+            meta_only: true,
+        };
+        let answers = futures::future::join_all(inner.sources.iter().map(|child| {
+            let request = &request;
+            async move { tokio::time::timeout(timeout, child.fetch(request)).await }
+        }))
+        .await;
+        for (index, answer) in answers.into_iter().enumerate() {
+            match answer {
+                Ok(Ok(generation)) if generation.meta.id > 0 => {
+                    note_answer(&inner, index, &generation)
+                }
+                other => {
+                    let reason = match other {
+                        Ok(Ok(_)) => "has not made a generation yet".to_string(),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => format!("no answer within {} ms", timeout.as_millis()),
+                    };
+                    if let Some(s) = inner.sources_status.lock().get_mut(index) {
+                        s.alive = false;
+                        s.probed = true;
+                        s.last_error = Some(reason);
+                    }
+                }
+            }
+        }
+        let current = inner.chosen.load(Ordering::Relaxed);
+        let next = choice::choose(
+            &inner.sources_status.lock(),
+            current,
+            inner.config.switch_margin,
+        );
+        if next != current {
+            tracing::info!(node = %inner.config.name, from = inner.sources[current].name(), to = inner.sources[next].name(), "switching source");
+            inner.chosen.store(next, Ordering::Relaxed);
+            inner.switch.notify_one();
+        }
+        tokio::time::sleep(inner.config.probe_interval).await;
+    }
+}
+
+/// Adds the SQL node's own row to `fleet_nodes` when the generation has it.
+fn with_own_row(inner: &Inner, generation: Arc<Generation>) -> Arc<Generation> {
+    let Some(theirs) = generation.tables.get(FLEET_NODES) else {
+        return generation;
+    };
+    let now = now_ms();
+    let row = NodeState {
+        role: "sqlnode".to_string(),
+        name: inner.config.name.clone(),
+        host: inner.host.clone(),
+        generation_id: generation.meta.id,
+        made_at_ms: now,
+        lag_ms: None,
+        children_seen: 0,
+        children_expected: 0,
+        clusters_seen: 0,
+        machines_seen: 0,
+        machines_expected: 0,
+        memory_bytes: process_rss_bytes(),
+        uptime_s: inner.started.elapsed().as_secs_f64(),
+    }
+    .with_visibility(&generation.meta.visibility, now);
+    let mut row = row;
+    // The SQL node's children are its sources, not the TLA's children.
+    let statuses = inner.sources_status.lock();
+    row.children_expected = statuses.len() as u64;
+    row.children_seen = statuses.iter().filter(|s| s.alive).count() as u64;
+    drop(statuses);
+    let own = fleet_nodes_table(&[row]);
+    match merge_tables(FLEET_NODES, &[theirs.as_ref(), &own]) {
+        Ok((merged, _)) => {
+            let mut generation = (*generation).clone();
+            generation
+                .tables
+                .insert(FLEET_NODES.to_string(), Arc::new(merged));
+            Arc::new(generation)
+        }
+        Err(e) => {
+            tracing::warn!(node = %inner.config.name, error = %e, "own fleet_nodes row left out");
+            generation
         }
     }
 }

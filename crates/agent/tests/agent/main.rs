@@ -49,8 +49,7 @@ pub(crate) async fn fetch(agent: &Agent, names: &[&str]) -> Arc<Generation> {
     let request = FetchRequest {
         requester: "test-parent".into(),
         tables: tables(names),
-        since_generation: None,
-        wait: None,
+        ..FetchRequest::default()
     };
     // The first fetch naming the tables ticks at once; later ones must
     // wait for a fresh generation, which tick_now makes.
