@@ -97,6 +97,7 @@ impl Agent {
         })?;
 
         let mut aggregator_config = AggregatorConfig::new(name, config.tick);
+        aggregator_config.role = "agent".to_string();
         aggregator_config.prewarm = config.prewarm.clone();
         if let Some(grace) = config.request_grace {
             aggregator_config.parent_grace = grace;

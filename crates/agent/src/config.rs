@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use fleetsql_model::duration;
+
 use crate::{AgentError, Result, host};
 
 /// How one agent runs. Every field has a default, so an empty TOML table is
@@ -121,67 +123,6 @@ impl AgentConfig {
 
 /// Durations in config files: `"5s"`, `"500ms"`, `"2m"`, `"1h"` or a number
 /// of seconds.
-pub(crate) mod duration {
-    use std::time::Duration;
-
-    use serde::Deserialize;
-    use serde::de::{Deserializer, Error};
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Seconds(f64),
-        Text(String),
-    }
-
-    pub(crate) fn parse(text: &str) -> Result<Duration, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let number: f64 = number
-            .parse()
-            .map_err(|_| format!("`{text}` is not a duration like 5s or 500ms"))?;
-        let seconds = match unit.trim() {
-            "ms" => number / 1000.0,
-            "" | "s" => number,
-            "m" => number * 60.0,
-            "h" => number * 3600.0,
-            other => {
-                return Err(format!(
-                    "unknown unit `{other}` in `{text}`; use ms, s, m or h"
-                ));
-            }
-        };
-        Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
-    }
-
-    fn from_raw(raw: Raw) -> Result<Duration, String> {
-        match raw {
-            Raw::Seconds(s) => Duration::try_from_secs_f64(s).map_err(|e| e.to_string()),
-            Raw::Text(t) => parse(&t),
-        }
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        from_raw(Raw::deserialize(d)?).map_err(D::Error::custom)
-    }
-
-    pub(crate) mod option {
-        use super::*;
-
-        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<Duration>, D::Error> {
-            match Option::<Raw>::deserialize(d)? {
-                None => Ok(None),
-                Some(raw) => from_raw(raw).map(Some).map_err(D::Error::custom),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

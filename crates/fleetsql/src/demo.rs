@@ -58,29 +58,11 @@ pub(crate) struct DemoArgs {
 
 /// Accepts `250ms`, `5s`, `2m`, or a plain number of seconds.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration; use e.g. 500ms, 5s, 2m"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{text}`; use ms, s, m or h"
-            ));
-        }
-    };
-    if !(seconds > 0.0 && seconds.is_finite()) {
+    let duration = fleetsql_model::duration::parse(text)?;
+    if duration.is_zero() {
         return Err(format!("`{text}` must be a positive duration"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(duration)
 }
 
 fn default_static_index() -> PathBuf {
@@ -192,7 +174,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!("generations every {:?}; Ctrl-C stops", args.tick);
 
-    shutdown_signal().await;
+    crate::signal::shutdown_signal().await;
     eprintln!("shutting down");
     http.shutdown().await;
     pg.shutdown().await;
@@ -204,29 +186,6 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     hierarchy.shutdown().await;
     agent.shutdown().await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //! argument parsing and wiring; the work happens in the library crates.
 
 mod demo;
+mod signal;
 mod sql_client;
+mod tier;
 
 use std::process::ExitCode;
 
@@ -28,6 +30,14 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Ask a SQL node one question and print the answer.
     Sql(sql_client::SqlArgs),
+    /// Run an agent: this machine's tables, served to its cluster proxies.
+    Agent(tier::TierArgs),
+    /// Run a cluster proxy: merges its cluster's agents.
+    Proxy(tier::TierArgs),
+    /// Run a top-level aggregator: merges every cluster through its proxies.
+    Tla(tier::TierArgs),
+    /// Run a SQL node over one or more TLAs (Postgres wire and HTTP).
+    Sqlnode(tier::TierArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +60,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
             Command::Sql(args) => sql_client::run(args).await,
+            Command::Agent(args) => tier::run(tier::Role::Agent, args).await,
+            Command::Proxy(args) => tier::run(tier::Role::Proxy, args).await,
+            Command::Tla(args) => tier::run(tier::Role::Tla, args).await,
+            Command::Sqlnode(args) => tier::run(tier::Role::SqlNode, args).await,
         }
     });
     match result {

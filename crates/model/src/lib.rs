@@ -12,6 +12,7 @@
 //! Rows published on a machine carry origin columns ([`origin`]) so that
 //! every answer can say where each row came from.
 
+pub mod duration;
 mod error;
 mod generation;
 mod names;

@@ -4,3 +4,4 @@ mod cluster;
 mod demo;
 mod fixture;
 mod slt;
+mod tiers;

@@ -1,0 +1,76 @@
+//! `fleetsql agent|proxy|tla|sqlnode`: one tier of a distributed fleet per
+//! process, described by a topology file (see `fleetsql_tiers::Topology`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use fleetsql_tiers::{AgentProcess, Listen, SqlProcess, TierProcess, Topology};
+
+#[derive(Debug, Args)]
+pub(crate) struct TierArgs {
+    /// The topology file shared by every node of the fleet.
+    #[arg(long, env = "FLEETSQL_TOPOLOGY")]
+    config: PathBuf,
+    /// This node's name in the topology.
+    #[arg(long)]
+    name: String,
+    /// Flight address to listen on (overrides the topology; port 0 picks one).
+    #[arg(long)]
+    flight: Option<SocketAddr>,
+    /// Address of `/health` and `/metrics` (SQL node: also `/v1/query`).
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Agent only: the loopback publish API.
+    #[arg(long)]
+    publish: Option<SocketAddr>,
+    /// SQL node only: the Postgres wire address.
+    #[arg(long)]
+    pg: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Role {
+    Agent,
+    Proxy,
+    Tla,
+    SqlNode,
+}
+
+enum Running {
+    Agent(AgentProcess),
+    Tier(TierProcess),
+    Sql(SqlProcess),
+}
+
+pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
+    let topology = Topology::load(&args.config)?;
+    let listen = Listen {
+        flight: args.flight,
+        http: args.http,
+        publish: args.publish,
+        pg: args.pg,
+    };
+    let name = &args.name;
+    let running = match role {
+        Role::Agent => Running::Agent(AgentProcess::start(&topology, name, listen).await?),
+        Role::Proxy => Running::Tier(TierProcess::start_proxy(&topology, name, listen).await?),
+        Role::Tla => Running::Tier(TierProcess::start_tla(&topology, name, listen).await?),
+        Role::SqlNode => Running::Sql(SqlProcess::start(&topology, name, listen).await?),
+    };
+    let ready = match &running {
+        Running::Agent(p) => p.ready_line(),
+        Running::Tier(p) => p.ready_line(),
+        Running::Sql(p) => p.ready_line(),
+    };
+    // Tests and scripts wait for this line (or poll /health).
+    println!("{ready}");
+    crate::signal::shutdown_signal().await;
+    eprintln!("shutting down {name}");
+    match running {
+        Running::Agent(p) => p.shutdown().await,
+        Running::Tier(p) => p.shutdown().await,
+        Running::Sql(p) => p.shutdown().await,
+    }
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! `/health` and `/metrics` (Prometheus text) for every role.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use fleetsql_aggregator::{Aggregator, process_rss_bytes};
+use fleetsql_flight::{TransferStats, render_prometheus};
+use fleetsql_model::{Generation, now_ms};
+use fleetsql_sqlnode::SqlNode;
+use serde_json::json;
+use tokio::sync::watch;
+
+/// What one process shows on its admin endpoints.
+pub(crate) struct Observed {
+    pub(crate) role: &'static str,
+    pub(crate) name: String,
+    pub(crate) generation: watch::Receiver<Arc<Generation>>,
+    pub(crate) aggregator: Option<Arc<Aggregator>>,
+    pub(crate) sqlnode: Option<Arc<SqlNode>>,
+    /// Sent to parents (absent on a SQL node).
+    pub(crate) server: Option<Arc<TransferStats>>,
+    /// Received from each child, by child name.
+    pub(crate) clients: Vec<(String, Arc<TransferStats>)>,
+    pub(crate) started: std::time::Instant,
+}
+
+pub(crate) fn router(observed: Arc<Observed>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(observed)
+}
+
+/// Only `/metrics`, for a SQL node whose query router has its own `/health`.
+pub(crate) fn metrics_router(observed: Arc<Observed>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(observed)
+}
+
+async fn health(State(o): State<Arc<Observed>>) -> impl IntoResponse {
+    let generation = o.generation.borrow().clone();
+    let v = &generation.meta.visibility;
+    axum::Json(json!({
+        "status": "ok",
+        "role": o.role,
+        "name": o.name,
+        "generation_id": generation.meta.id,
+        "generation_age_ms": (generation.meta.id > 0).then(|| now_ms() - generation.meta.made_at_ms),
+        "clusters_seen": v.clusters_seen(),
+        "clusters_expected": v.clusters_expected(),
+        "machines_seen": v.machines_seen(),
+        "machines_expected": v.machines_expected(),
+        "uptime_s": o.started.elapsed().as_secs_f64(),
+    }))
+}
+
+async fn metrics(State(o): State<Arc<Observed>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render(&o),
+    )
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn render(o: &Observed) -> String {
+    let mut out = String::new();
+    let labels = format!("role=\"{}\",node=\"{}\"", o.role, escape(&o.name));
+    let generation = o.generation.borrow().clone();
+    let v = &generation.meta.visibility;
+    let mut gauge = |name: &str, help: &str, value: f64| {
+        family(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    };
+    gauge(
+        "fleetsql_generation_id",
+        "Id of the newest generation held",
+        generation.meta.id as f64,
+    );
+    if generation.meta.id > 0 {
+        gauge(
+            "fleetsql_generation_age_seconds",
+            "Time since the newest generation held was made",
+            (now_ms() - generation.meta.made_at_ms) as f64 / 1000.0,
+        );
+    }
+    if let Some(oldest) = v.oldest_data_ms() {
+        gauge(
+            "fleetsql_data_age_seconds",
+            "Age of the oldest machine data in the newest generation",
+            (now_ms() - oldest) as f64 / 1000.0,
+        );
+    }
+    gauge(
+        "fleetsql_clusters_seen",
+        "Clusters with data in the newest generation",
+        v.clusters_seen() as f64,
+    );
+    gauge(
+        "fleetsql_clusters_expected",
+        "Clusters the newest generation should cover",
+        v.clusters_expected() as f64,
+    );
+    gauge(
+        "fleetsql_machines_seen",
+        "Machines with data in the newest generation",
+        v.machines_seen() as f64,
+    );
+    gauge(
+        "fleetsql_machines_expected",
+        "Machines the newest generation should cover",
+        v.machines_expected() as f64,
+    );
+    gauge(
+        "fleetsql_generation_rows",
+        "Rows in the newest generation",
+        generation
+            .tables
+            .values()
+            .map(|t| t.num_rows() as f64)
+            .sum(),
+    );
+    gauge(
+        "fleetsql_generation_bytes",
+        "Arrow memory of the newest generation",
+        generation.memory_size() as f64,
+    );
+    if let Some(rss) = process_rss_bytes() {
+        gauge(
+            "process_resident_memory_bytes",
+            "Resident memory of the process",
+            rss as f64,
+        );
+    }
+    gauge(
+        "fleetsql_uptime_seconds",
+        "Time since the process started",
+        o.started.elapsed().as_secs_f64(),
+    );
+    if let Some(aggregator) = &o.aggregator {
+        let stats = aggregator.stats();
+        family(
+            &mut out,
+            "fleetsql_generations_total",
+            "counter",
+            "Generations made",
+        );
+        let _ = writeln!(
+            out,
+            "fleetsql_generations_total{{{labels}}} {}",
+            stats.generations
+        );
+        family(
+            &mut out,
+            "fleetsql_merge_seconds",
+            "gauge",
+            "Time the last tick took (fetch and merge)",
+        );
+        let _ = writeln!(
+            out,
+            "fleetsql_merge_seconds{{{labels}}} {}",
+            stats.last_merge_ms / 1000.0
+        );
+        family(
+            &mut out,
+            "fleetsql_children",
+            "gauge",
+            "Children merged and expected at the last tick",
+        );
+        let _ = writeln!(
+            out,
+            "fleetsql_children{{{labels},state=\"merged\"}} {}",
+            stats.children_merged
+        );
+        let _ = writeln!(
+            out,
+            "fleetsql_children{{{labels},state=\"expected\"}} {}",
+            stats.children_expected
+        );
+    }
+    if let Some(node) = &o.sqlnode {
+        let sources = node.sources_status();
+        family(
+            &mut out,
+            "fleetsql_source_up",
+            "gauge",
+            "Whether a TLA answered the last probe or fetch",
+        );
+        for s in &sources {
+            let _ = writeln!(
+                out,
+                "fleetsql_source_up{{{labels},source=\"{}\"}} {}",
+                escape(&s.name),
+                u8::from(s.alive)
+            );
+        }
+        family(
+            &mut out,
+            "fleetsql_source_chosen",
+            "gauge",
+            "The TLA the SQL node reads from",
+        );
+        for s in &sources {
+            let _ = writeln!(
+                out,
+                "fleetsql_source_chosen{{{labels},source=\"{}\"}} {}",
+                escape(&s.name),
+                u8::from(s.chosen)
+            );
+        }
+        family(
+            &mut out,
+            "fleetsql_source_clusters_seen",
+            "gauge",
+            "Clusters each TLA advertised at the last probe",
+        );
+        for s in &sources {
+            let _ = writeln!(
+                out,
+                "fleetsql_source_clusters_seen{{{labels},source=\"{}\"}} {}",
+                escape(&s.name),
+                s.clusters_seen
+            );
+        }
+    }
+    let server = o.server.as_ref().map(|s| s.snapshot());
+    let clients: Vec<_> = o
+        .clients
+        .iter()
+        .map(|(name, s)| (name.as_str(), s.snapshot()))
+        .collect();
+    let server_labels: [(&str, &str); 1] = [("peer", "parents")];
+    let client_labels: Vec<[(&str, &str); 1]> =
+        clients.iter().map(|(name, _)| [("peer", *name)]).collect();
+    let mut parts: Vec<(&[(&str, &str)], &fleetsql_flight::TransferSnapshot)> = Vec::new();
+    if let Some(server) = &server {
+        parts.push((&server_labels, server));
+    }
+    for (labels, (_, snapshot)) in client_labels.iter().zip(&clients) {
+        parts.push((labels, snapshot));
+    }
+    out.push_str(&render_prometheus(&parts));
+    out
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,28 @@
+//! The tiers as separate processes (seed sections 3 and 4).
+//!
+//! One [`Topology`] file describes the tree: agents (grouped into clusters
+//! by their `cluster`), cluster proxies, TLAs and SQL nodes, with their
+//! addresses. Each process is started with its role and name and finds
+//! its children in the file:
+//!
+//! - [`AgentProcess`]: this machine's publishers behind a Flight server;
+//! - [`TierProcess::start_proxy`]: an aggregator over its cluster's agents;
+//! - [`TierProcess::start_tla`]: an aggregator with one child group per
+//!   cluster whose members are that cluster's proxies (failover in turn),
+//!   plus static tables;
+//! - [`SqlProcess`]: a SQL node over its TLAs, chosen by the clusters each
+//!   sees plus a locality bonus, with the Postgres and HTTP front ends.
+//!
+//! Generations move between them over Arrow Flight (`fleetsql-flight`);
+//! table requests travel down the same calls. Every process serves
+//! `/health` and `/metrics` (Prometheus text, including per-table Flight
+//! transfer counters) and adds its row to `fleet_nodes`.
+
+mod admin;
+mod error;
+mod roles;
+mod topology;
+
+pub use error::{Result, TiersError};
+pub use roles::{AgentProcess, Listen, SqlProcess, TierProcess};
+pub use topology::{AgentEntry, ProxyEntry, SqlNodeEntry, TlaEntry, Topology};

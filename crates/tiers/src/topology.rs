@@ -1,0 +1,332 @@
+//! The whole tree in one TOML file; each process finds itself by name.
+//!
+//! ```toml
+//! tick = "5s"
+//!
+//! [agents.web-1]
+//! cluster = "fra"
+//! flight = "10.0.0.1:7101"      # where its proxies reach it
+//!
+//! [proxies.fra-a]
+//! cluster = "fra"
+//! flight = "10.0.1.1:7201"
+//!
+//! [tlas.tla-eu]
+//! flight = "10.0.2.1:7301"
+//! prewarm = ["sys"]
+//!
+//! [sqlnodes.sql-eu]
+//! tlas = { tla-eu = 5, tla-us = 0 }   # TLA name = locality bonus
+//! ```
+//!
+//! A cluster is the set of agents naming it; its proxies are the proxies
+//! naming it. Parents read their children's `flight` addresses from here,
+//! so children start first (agents, proxies, TLAs, SQL nodes).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleetsql_model::duration;
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, TiersError};
+
+fn default_tick() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_table_expiry() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// The fleet's tree of tiers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// Time between generations at every tier.
+    #[serde(default = "default_tick", with = "duration_text")]
+    pub tick: Duration,
+    /// A child whose data are older than this is left out of a merge
+    /// (default three ticks).
+    #[serde(default, with = "duration_text::option")]
+    pub stale_after: Option<Duration>,
+    /// A table no query names for this long stops being collected.
+    #[serde(default = "default_table_expiry", with = "duration_text")]
+    pub table_expiry: Duration,
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentEntry>,
+    #[serde(default)]
+    pub proxies: BTreeMap<String, ProxyEntry>,
+    #[serde(default)]
+    pub tlas: BTreeMap<String, TlaEntry>,
+    #[serde(default)]
+    pub sqlnodes: BTreeMap<String, SqlNodeEntry>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentEntry {
+    pub cluster: String,
+    /// Flight address its proxies fetch from (and it listens on).
+    pub flight: Option<SocketAddr>,
+    /// `/health` and `/metrics`.
+    pub http: Option<SocketAddr>,
+    /// The loopback publish API.
+    pub publish: Option<SocketAddr>,
+    /// `_host` of its rows (default: the machine's host name).
+    pub host: Option<String>,
+    /// `_ip` of its rows (default: the machine's first IPv4 address).
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub drop_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub prewarm: BTreeSet<String>,
+    /// Collect `sys`, `processes` and `filesystem` from the host (default on).
+    pub host_collectors: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyEntry {
+    pub cluster: String,
+    pub flight: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlaEntry {
+    pub flight: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    /// Clusters this TLA spans (default: every cluster).
+    pub clusters: Option<BTreeSet<String>>,
+    /// Tables collected whether or not anyone asked.
+    #[serde(default)]
+    pub prewarm: BTreeSet<String>,
+    /// Index of static tables this TLA adds (relative to the topology file).
+    pub static_tables: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlNodeEntry {
+    /// The TLAs it may read from, each with its locality bonus (added to
+    /// the clusters the TLA sees when the node chooses).
+    pub tlas: BTreeMap<String, i64>,
+    pub pg: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    #[serde(default)]
+    pub prewarm: BTreeSet<String>,
+    #[serde(default, with = "duration_text::option")]
+    pub query_timeout: Option<Duration>,
+}
+
+/// Durations written as text (`"5s"`), read as text or seconds.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        super::duration::deserialize(d)
+    }
+
+    pub(super) mod option {
+        use super::*;
+
+        pub(in super::super) fn serialize<S: Serializer>(
+            d: &Option<Duration>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            super::super::duration::option::deserialize(d)
+        }
+    }
+}
+
+impl Topology {
+    /// Reads and checks a topology file; relative paths in it are taken
+    /// relative to the file.
+    pub fn load(path: &Path) -> Result<Topology> {
+        let text = std::fs::read_to_string(path).map_err(|source| TiersError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut topology = Topology::parse(&text).map_err(|e| match e {
+            TiersError::Config { reason, .. } => TiersError::Config {
+                path: path.display().to_string(),
+                reason,
+            },
+            other => other,
+        })?;
+        if let Some(dir) = path.parent() {
+            for tla in topology.tlas.values_mut() {
+                if let Some(index) = &tla.static_tables
+                    && index.is_relative()
+                {
+                    tla.static_tables = Some(dir.join(index));
+                }
+            }
+            for agent in topology.agents.values_mut() {
+                if let Some(drop_dir) = &agent.drop_dir
+                    && drop_dir.is_relative()
+                {
+                    agent.drop_dir = Some(dir.join(drop_dir));
+                }
+            }
+        }
+        Ok(topology)
+    }
+
+    pub fn parse(text: &str) -> Result<Topology> {
+        let topology: Topology = toml::from_str(text).map_err(|e| TiersError::Config {
+            path: "topology".to_string(),
+            reason: e.to_string(),
+        })?;
+        topology.validate()?;
+        Ok(topology)
+    }
+
+    pub fn to_toml(&self) -> String {
+        // Every field serializes to a TOML value; this cannot fail.
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// Cross-references: every proxy's cluster has agents, every SQL
+    /// node's TLA exists, every name is unique across roles.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |reason: String| TiersError::Config {
+            path: "topology".to_string(),
+            reason,
+        };
+        if self.tick.is_zero() {
+            return Err(invalid("`tick` must be positive".into()));
+        }
+        let mut names = BTreeSet::new();
+        for name in self
+            .agents
+            .keys()
+            .chain(self.proxies.keys())
+            .chain(self.tlas.keys())
+            .chain(self.sqlnodes.keys())
+        {
+            if !names.insert(name) {
+                return Err(invalid(format!(
+                    "the name `{name}` is used twice; every node needs its own"
+                )));
+            }
+        }
+        let clusters = self.clusters();
+        for (name, proxy) in &self.proxies {
+            if !clusters.contains_key(&proxy.cluster) {
+                return Err(invalid(format!(
+                    "proxy `{name}` serves cluster `{}`, which no agent belongs to",
+                    proxy.cluster
+                )));
+            }
+        }
+        for (name, tla) in &self.tlas {
+            for cluster in tla.clusters.iter().flatten() {
+                if !clusters.contains_key(cluster) {
+                    return Err(invalid(format!(
+                        "TLA `{name}` spans cluster `{cluster}`, which no agent belongs to"
+                    )));
+                }
+            }
+        }
+        for (name, node) in &self.sqlnodes {
+            if node.tlas.is_empty() {
+                return Err(invalid(format!("SQL node `{name}` names no `tlas`")));
+            }
+            for tla in node.tlas.keys() {
+                if !self.tlas.contains_key(tla) {
+                    return Err(invalid(format!(
+                        "SQL node `{name}` reads from TLA `{tla}`, which is not in [tlas]"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Cluster name → its agents' names.
+    pub fn clusters(&self) -> BTreeMap<String, Vec<String>> {
+        let mut clusters: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, agent) in &self.agents {
+            clusters
+                .entry(agent.cluster.clone())
+                .or_default()
+                .push(name.clone());
+        }
+        clusters
+    }
+
+    /// The proxies serving `cluster`, in name order (the failover order).
+    pub fn proxies_of(&self, cluster: &str) -> Vec<(&String, &ProxyEntry)> {
+        self.proxies
+            .iter()
+            .filter(|(_, p)| p.cluster == cluster)
+            .collect()
+    }
+
+    pub fn stale_after(&self) -> Duration {
+        self.stale_after.unwrap_or(self.tick * 3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+        tick = "1s"
+        [agents.a1]
+        cluster = "c1"
+        flight = "127.0.0.1:7101"
+        [agents.a2]
+        cluster = "c1"
+        [proxies.p1]
+        cluster = "c1"
+        [tlas.t1]
+        prewarm = ["sys"]
+        [sqlnodes.s1]
+        tlas = { t1 = 3 }
+    "#;
+
+    #[test]
+    fn parses_and_derives_clusters() {
+        let t = Topology::parse(EXAMPLE).unwrap();
+        assert_eq!(t.tick, Duration::from_secs(1));
+        assert_eq!(t.stale_after(), Duration::from_secs(3));
+        assert_eq!(t.clusters()["c1"], ["a1", "a2"]);
+        assert_eq!(t.proxies_of("c1").len(), 1);
+        assert_eq!(t.sqlnodes["s1"].tlas["t1"], 3);
+        let back = Topology::parse(&t.to_toml()).unwrap();
+        assert_eq!(back, t);
+    }
+
+    #[test]
+    fn errors_name_what_is_wrong() {
+        let err = |text: &str| Topology::parse(text).unwrap_err().to_string();
+        assert!(err("[proxies.p]\ncluster = \"nowhere\"").contains("nowhere"));
+        assert!(err("[sqlnodes.s]\ntlas = { t9 = 0 }").contains("t9"));
+        assert!(err("[agents.x]\ncluster = \"c\"\n[tlas.x]\n").contains("twice"));
+        assert!(err("tick = \"5 parsecs\"").contains("parsecs"));
+        assert!(err("[agents.a]\ncluster = \"c\"\ncolour = 1").contains("colour"));
+    }
+}
