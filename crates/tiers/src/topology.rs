@@ -42,7 +42,7 @@ fn default_table_expiry() -> Duration {
 }
 
 /// The fleet's tree of tiers.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
     /// Time between generations at every tier.
@@ -63,6 +63,21 @@ pub struct Topology {
     pub tlas: BTreeMap<String, TlaEntry>,
     #[serde(default)]
     pub sqlnodes: BTreeMap<String, SqlNodeEntry>,
+}
+
+impl Default for Topology {
+    /// The same defaults as an empty topology file.
+    fn default() -> Self {
+        Topology {
+            tick: default_tick(),
+            stale_after: None,
+            table_expiry: default_table_expiry(),
+            agents: BTreeMap::new(),
+            proxies: BTreeMap::new(),
+            tlas: BTreeMap::new(),
+            sqlnodes: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -214,8 +229,10 @@ impl Topology {
             path: "topology".to_string(),
             reason,
         };
-        if self.tick.is_zero() {
-            return Err(invalid("`tick` must be positive".into()));
+        if self.tick.is_zero() || self.table_expiry.is_zero() {
+            return Err(invalid(
+                "`tick` and `table_expiry` must be positive durations".into(),
+            ));
         }
         let mut names = BTreeSet::new();
         for name in self
@@ -318,6 +335,11 @@ mod tests {
         assert_eq!(t.sqlnodes["s1"].tlas["t1"], 3);
         let back = Topology::parse(&t.to_toml()).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn default_is_an_empty_file() {
+        assert_eq!(Topology::default(), Topology::parse("").unwrap());
     }
 
     #[test]
