@@ -3,4 +3,5 @@
 mod cluster;
 mod demo;
 mod fixture;
+mod integrations;
 mod slt;
