@@ -26,6 +26,12 @@
 //! topics = ["sensors/#"]
 //! stream = "sensor"
 //!
+//! [[snmp]]
+//! name = "switch1"
+//! host = "10.1.2.3:161"
+//! community = "public"
+//! tables = ["ifTable"]
+//!
 //! [[esmond]]
 //! name = "ps"
 //! archives = ["http://127.0.0.1:8085/esmond/perfsonar/archive/"]
@@ -59,6 +65,9 @@ pub struct IntegrationsConfig {
     /// perfSONAR esmond archives polled for measurements.
     #[serde(default)]
     pub esmond: Vec<EsmondConfig>,
+    /// SNMP devices whose tables are published.
+    #[serde(default)]
+    pub snmp: Vec<SnmpConfig>,
 }
 
 /// `fleet_sources` settings.
@@ -268,6 +277,46 @@ fn default_lookback() -> Duration {
     Duration::from_secs(3600)
 }
 
+/// One SNMP device (v2c).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SnmpConfig {
+    /// Device name (`device` column, `fleet_sources.name`).
+    pub name: String,
+    /// `host:port` of the device's agent (UDP), e.g. `10.1.2.3:161`.
+    pub host: String,
+    /// Community string.
+    #[serde(default = "default_community")]
+    pub community: String,
+    /// Tables to walk: `ifTable`, `ifXTable` or a dotted table OID.
+    #[serde(default = "default_snmp_tables")]
+    pub tables: Vec<String>,
+    /// Put before every table name.
+    #[serde(default = "default_snmp_prefix")]
+    pub table_prefix: String,
+    /// Time between polls.
+    #[serde(default = "default_esmond_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Per-request time-out.
+    #[serde(default = "default_snmp_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Retries.
+    #[serde(flatten)]
+    pub retry: Retry,
+}
+
+fn default_community() -> String {
+    "public".to_string()
+}
+fn default_snmp_tables() -> Vec<String> {
+    vec!["ifTable".to_string()]
+}
+fn default_snmp_prefix() -> String {
+    "snmp_".to_string()
+}
+fn default_snmp_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+
 impl IntegrationsConfig {
     /// Reads and checks a TOML file.
     pub fn load(path: &Path) -> Result<Self> {
@@ -299,7 +348,8 @@ impl IntegrationsConfig {
             .map(|p| &p.name)
             .chain(self.mqtt_sink.iter().map(|p| &p.name))
             .chain(self.mqtt_source.iter().map(|p| &p.name))
-            .chain(self.esmond.iter().map(|p| &p.name));
+            .chain(self.esmond.iter().map(|p| &p.name))
+            .chain(self.snmp.iter().map(|p| &p.name));
         for name in all {
             if name.is_empty() {
                 return Err(IntegrationError::Config(
@@ -357,6 +407,7 @@ impl IntegrationsConfig {
             && self.mqtt_sink.is_empty()
             && self.mqtt_source.is_empty()
             && self.esmond.is_empty()
+            && self.snmp.is_empty()
     }
 }
 

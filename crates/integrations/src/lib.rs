@@ -4,7 +4,7 @@
 //! Three small traits carry every integration:
 //!
 //! - [`Publisher`]: polled for tables that the local agent publishes like
-//!   any other publisher's (Prometheus exposition scrapes).
+//!   any other publisher's (Prometheus exposition scrapes, SNMP tables).
 //! - [`EventSource`]: runs a connection or poller that turns outside items
 //!   into events of a persistent-query stream (MQTT subscriptions, perfSONAR
 //!   esmond archives behind [`esmond::ArchiveSource`]).
@@ -27,6 +27,7 @@ pub mod esmond;
 pub mod health;
 pub mod mqtt;
 pub mod prometheus;
+pub mod snmp;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -168,8 +169,13 @@ impl Integrations {
                 })
             }
         };
-        for p in &config.prometheus {
-            need(&p.name, "a local agent", tables.is_some())?;
+        for p in config
+            .prometheus
+            .iter()
+            .map(|p| &p.name)
+            .chain(config.snmp.iter().map(|s| &s.name))
+        {
+            need(p, "a local agent", tables.is_some())?;
         }
         for s in config.mqtt_sink.iter().map(|s| &s.name).chain(
             config
@@ -190,6 +196,9 @@ impl Integrations {
         for p in &config.prometheus {
             let publisher = prometheus::PrometheusPublisher::new(p)?;
             me.add_publisher(Arc::new(publisher), p.retry)?;
+        }
+        for s in &config.snmp {
+            me.add_publisher(Arc::new(snmp::SnmpPublisher::new(s)?), s.retry)?;
         }
         for s in &config.mqtt_source {
             me.add_source(Arc::new(mqtt::MqttSource::new(s)), s.retry)?;
