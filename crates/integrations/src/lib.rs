@@ -26,6 +26,7 @@ pub mod error;
 pub mod esmond;
 pub mod health;
 pub mod mqtt;
+pub mod mqtt_wire;
 pub mod prometheus;
 pub mod snmp;
 

@@ -3,66 +3,57 @@
 //! The sink keeps one connection per configured broker; every registration
 //! gets a [`MqttSink`] publishing its notifications (JSON) to
 //! `{topic_prefix}/{query id}`. Publishing never waits for the broker: while
-//! it is unreachable, notifications beyond the client's queue are dropped
+//! it is unreachable, notifications beyond the sink's queue are dropped
 //! and counted as bad items, and the connection is retried with back-off.
+//! QoS 1 and 2 are sent with the protocol's acknowledgements but not
+//! retransmitted after a reconnect. The wire protocol is in `mqtt_wire`.
 //!
 //! The source subscribes to topic filters; each message's payload, a JSON
 //! object or an array of objects, becomes events of the configured stream.
 //! Anything else is skipped and counted.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use fleetsql_pqa::{Notification, PqaError, Sink, SinkFactory};
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{MqttBroker, MqttSinkConfig, MqttSourceConfig, Retry};
+use crate::config::{MqttBroker, MqttSinkConfig, MqttSourceConfig};
 use crate::error::{IntegrationError, Result};
 use crate::health::HealthHandle;
+use crate::mqtt_wire::{Connection, Incoming};
 use crate::{EventSource, SourceContext, sleep_or_cancel};
 
-/// Requests the client queues while the broker is slow or away.
+/// Notifications queued while the broker is slow or away.
 const QUEUE: usize = 256;
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn qos(level: u8) -> QoS {
-    match level {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
-fn client(name: &str, broker: &MqttBroker) -> (AsyncClient, EventLoop) {
-    let id = broker
+fn client_id(name: &str, broker: &MqttBroker) -> String {
+    broker
         .client_id
         .clone()
-        .unwrap_or_else(|| format!("fleetsql-{name}-{}", std::process::id()));
-    let mut options = MqttOptions::new(id, broker.host.clone(), broker.port);
-    options.set_keep_alive(broker.keep_alive);
-    if let Some(user) = &broker.username {
-        options.set_credentials(user.clone(), broker.password.clone().unwrap_or_default());
-    }
-    AsyncClient::new(options, QUEUE)
+        .unwrap_or_else(|| format!("fleetsql-{name}-{}", std::process::id()))
 }
 
-fn describe(broker: &MqttBroker, e: &ConnectionError) -> String {
-    let hint = match e {
-        ConnectionError::ConnectionRefused(_) => "; check username and password",
-        ConnectionError::Io(_) | ConnectionError::NetworkTimeout => "; is the broker running?",
-        _ => "",
-    };
-    format!("mqtt {}:{}: {e}{hint}", broker.host, broker.port)
+fn describe(broker: &MqttBroker, e: &str) -> String {
+    format!("mqtt {}:{}: {e}", broker.host, broker.port)
+}
+
+/// Half the keep-alive, so the broker never sees a silent client.
+fn ping_every(broker: &MqttBroker) -> Duration {
+    (broker.keep_alive / 2).max(Duration::from_millis(500))
 }
 
 /// Makes a [`MqttSink`] for every registration; all share one connection.
 #[derive(Debug, Clone)]
 pub struct MqttSinkFactory {
     name: String,
-    client: AsyncClient,
+    queue: mpsc::Sender<(String, String)>,
     prefix: String,
-    qos: QoS,
     health: HealthHandle,
 }
 
@@ -74,52 +65,75 @@ impl MqttSinkFactory {
         health: HealthHandle,
         cancel: CancellationToken,
     ) -> (MqttSinkFactory, JoinHandle<()>) {
-        let (client, events) = client(&config.name, &config.broker);
+        let (queue, rx) = mpsc::channel(QUEUE);
         let factory = MqttSinkFactory {
             name: config.name.clone(),
-            client: client.clone(),
+            queue,
             prefix: config.topic_prefix.trim_end_matches('/').to_string(),
-            qos: qos(config.qos),
             health: health.clone(),
         };
-        let task = tokio::spawn(drive(
-            events,
-            client,
-            config.broker.clone(),
-            config.retry,
-            health,
-            cancel,
-        ));
+        let task = tokio::spawn(drive(rx, config.clone(), health, cancel));
         (factory, task)
     }
 }
 
 async fn drive(
-    mut events: EventLoop,
-    client: AsyncClient,
-    broker: MqttBroker,
-    retry: Retry,
+    mut queue: mpsc::Receiver<(String, String)>,
+    config: MqttSinkConfig,
     health: HealthHandle,
     cancel: CancellationToken,
 ) {
+    let broker = &config.broker;
+    let id = client_id(&config.name, broker);
     loop {
-        let event = tokio::select! {
-            _ = cancel.cancelled() => break,
-            event = events.poll() => event,
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => return,
+            c = Connection::connect(broker, &id, CONNECT_TIMEOUT) => c,
         };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => health.success(0),
-            Ok(Event::Outgoing(Outgoing::Publish(_))) => health.items(1),
-            Ok(_) => {}
-            Err(e) => {
-                health.failure(&describe(&broker, &e));
-                if !sleep_or_cancel(retry.delay(health.consecutive_failures()), &cancel).await {
-                    break;
+        let result = match outcome {
+            Ok(mut conn) => {
+                health.success(0);
+                let r = serve_sink(&mut conn, &mut queue, &config, &health, &cancel).await;
+                if r.is_ok() {
+                    conn.disconnect().await;
+                    return;
                 }
+                r
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            health.failure(&describe(broker, &e));
+            if !sleep_or_cancel(config.retry.delay(health.consecutive_failures()), &cancel).await {
+                return;
             }
         }
     }
-    let _ = client.try_disconnect();
+}
+
+/// Publishes queued notifications until cancelled (`Ok`) or the connection fails.
+async fn serve_sink(
+    conn: &mut Connection,
+    queue: &mut mpsc::Receiver<(String, String)>,
+    config: &MqttSinkConfig,
+    health: &HealthHandle,
+    cancel: &CancellationToken,
+) -> std::result::Result<(), String> {
+    let mut ping = tokio::time::interval(ping_every(&config.broker));
+    ping.tick().await;
+    loop {
+        conn.flush().await?;
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            next = queue.recv() => {
+                let Some((topic, json)) = next else { return Ok(()) };
+                conn.publish(&topic, config.qos, json.as_bytes()).await?;
+                health.items(1);
+            }
+            incoming = conn.read() => { incoming?; }
+            _ = ping.tick() => conn.ping().await?,
+        }
+    }
 }
 
 impl SinkFactory for MqttSinkFactory {
@@ -146,8 +160,8 @@ impl Sink for MqttSink {
 
     async fn deliver(&self, _n: &Notification, json: &str) -> fleetsql_pqa::Result<()> {
         let f = &self.factory;
-        f.client
-            .try_publish(self.topic.as_str(), f.qos, false, json.as_bytes().to_vec())
+        f.queue
+            .try_send((self.topic.clone(), json.to_string()))
             .map_err(|e| {
                 let message = format!(
                     "notification for {} dropped: {e}; the broker is unreachable or slow",
@@ -195,52 +209,46 @@ impl EventSource for MqttSource {
     }
     async fn run(&self, ctx: &SourceContext) -> Result<()> {
         let c = &self.config;
+        let remote = |e: String| IntegrationError::Remote(describe(&c.broker, &e));
         // A fresh clean session per run: subscriptions are made after each
         // connect, so a broker restart loses nothing but the messages sent
         // while it was away.
-        let (client, mut events) = client(&c.name, &c.broker);
+        let id = client_id(&c.name, &c.broker);
+        let mut conn = tokio::select! {
+            _ = ctx.cancel.cancelled() => return Ok(()),
+            conn = Connection::connect(&c.broker, &id, CONNECT_TIMEOUT) => conn.map_err(remote)?,
+        };
+        conn.subscribe(&c.topics, c.qos).await.map_err(remote)?;
+        let mut ping = tokio::time::interval(ping_every(&c.broker));
+        ping.tick().await;
         loop {
-            let event = tokio::select! {
+            conn.flush().await.map_err(remote)?;
+            let incoming = tokio::select! {
                 _ = ctx.cancel.cancelled() => {
-                    let _ = client.try_disconnect();
+                    conn.disconnect().await;
                     return Ok(());
                 }
-                event = events.poll() => event,
+                incoming = conn.read() => incoming.map_err(remote)?,
+                _ = ping.tick() => {
+                    conn.ping().await.map_err(remote)?;
+                    continue;
+                }
             };
-            match event.map_err(|e| IntegrationError::Remote(describe(&c.broker, &e)))? {
-                Event::Incoming(Packet::ConnAck(_)) => {
-                    for topic in &c.topics {
-                        client
-                            .try_subscribe(topic.as_str(), qos(c.qos))
-                            .map_err(|e| {
-                                IntegrationError::Remote(format!("subscribe {topic}: {e}"))
-                            })?;
-                    }
+            match incoming {
+                Incoming::SubAck { granted: false } => {
+                    return Err(IntegrationError::Remote(format!(
+                        "mqtt {}:{}: the broker refused a subscription to {:?}; check the topic filters and ACLs",
+                        c.broker.host, c.broker.port, c.topics
+                    )));
                 }
-                Event::Incoming(Packet::SubAck(ack)) => {
-                    let refused = ack
-                        .return_codes
-                        .iter()
-                        .any(|r| matches!(r, rumqttc::SubscribeReasonCode::Failure));
-                    if refused {
-                        return Err(IntegrationError::Remote(format!(
-                            "mqtt {}:{}: the broker refused a subscription to {:?}; check the topic filters and ACLs",
-                            c.broker.host, c.broker.port, c.topics
-                        )));
+                Incoming::SubAck { granted: true } => ctx.health.success(0),
+                Incoming::Publish { topic, payload } => match payload_events(&payload) {
+                    Ok(events) => {
+                        ctx.emit(&c.stream, &events);
                     }
-                    ctx.health.success(0);
-                }
-                Event::Incoming(Packet::Publish(message)) => {
-                    match payload_events(&message.payload) {
-                        Ok(events) => {
-                            ctx.emit(&c.stream, &events);
-                        }
-                        Err(e) => ctx
-                            .health
-                            .bad_items(1, &format!("topic {}: {e}", message.topic)),
-                    }
-                }
-                _ => {}
+                    Err(e) => ctx.health.bad_items(1, &format!("topic {topic}: {e}")),
+                },
+                Incoming::Other => {}
             }
         }
     }

@@ -5,9 +5,10 @@ mod common;
 use std::time::Duration;
 
 use common::{Server, free_port, start_server};
+use fleetsql_integrations::config::MqttBroker;
+use fleetsql_integrations::mqtt_wire::{Connection, Incoming};
 use fleetsql_integrations::{Integrations, IntegrationsConfig};
 use fleetsql_pqa::{PqaService, Publish, ServiceConfig};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
 /// mosquitto with an open listener and one that refuses everyone.
@@ -31,33 +32,51 @@ fn mosquitto(dir: &std::path::Path) -> (Server, u16, u16) {
     (server, open, closed)
 }
 
-/// A test client: subscribes to `filter`, forwards (topic, payload).
-async fn client(port: u16, filter: &str) -> (AsyncClient, mpsc::Receiver<(String, Vec<u8>)>) {
-    let mut options = MqttOptions::new(format!("test-{}", free_port()), "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(10));
-    let (client, mut events) = AsyncClient::new(options, 64);
-    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+fn broker(port: u16) -> MqttBroker {
+    MqttBroker {
+        host: "127.0.0.1".into(),
+        port,
+        client_id: None,
+        username: None,
+        password: None,
+        keep_alive: Duration::from_secs(10),
+    }
+}
+
+async fn connect(port: u16) -> Connection {
+    Connection::connect(
+        &broker(port),
+        &format!("test-{}", free_port()),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+}
+
+/// A test subscriber to `filter`, forwarding (topic, payload) once subscribed.
+async fn subscriber(port: u16, filter: &str) -> mpsc::Receiver<(String, Vec<u8>)> {
+    let mut conn = connect(port).await;
+    conn.subscribe(&[filter.to_string()], 1).await.unwrap();
     let (tx, rx) = mpsc::channel(64);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let mut ready = Some(ready_tx);
         for _ in 0..10_000 {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
+            if conn.flush().await.is_err() {
+                break;
+            }
+            match conn.read().await {
+                Ok(Incoming::SubAck { .. }) => {
                     if let Some(r) = ready.take() {
                         let _ = r.send(());
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if tx
-                        .send((p.topic.clone(), p.payload.to_vec()))
-                        .await
-                        .is_err()
-                    {
+                Ok(Incoming::Publish { topic, payload }) => {
+                    if tx.send((topic, payload)).await.is_err() {
                         break;
                     }
                 }
-                Ok(_) => {}
+                Ok(Incoming::Other) => {}
                 Err(_) => break,
             }
         }
@@ -66,7 +85,7 @@ async fn client(port: u16, filter: &str) -> (AsyncClient, mpsc::Receiver<(String
         .await
         .expect("test client subscribed")
         .unwrap();
-    (client, rx)
+    rx
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +120,8 @@ async fn results_to_topics_and_messages_to_events() {
             None,
         )
         .unwrap();
-    let (publisher, mut results) = client(port, "ops/pq/#").await;
+    let mut results = subscriber(port, "ops/pq/#").await;
+    let mut publisher = connect(port).await;
     for name in ["results", "sensors"] {
         let h = integrations
             .wait_health(name, Duration::from_secs(10), |h| h.status == "ok")
@@ -116,7 +136,7 @@ async fn results_to_topics_and_messages_to_events() {
         r#"[{"room": "c", "temp": 30}]"#,
     ] {
         publisher
-            .publish("sensors/floor1", QoS::AtLeastOnce, false, payload)
+            .publish("sensors/floor1", 1, payload.as_bytes())
             .await
             .unwrap();
     }
