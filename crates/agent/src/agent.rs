@@ -203,6 +203,19 @@ impl Agent {
         self.store.publish(table, publisher, batch, now_ms())
     }
 
+    /// Publishes an in-process component's own `fleet_<name>` table (e.g.
+    /// `fleet_sources`, the integrations' health), a prefix the HTTP API and
+    /// [`Agent::publish`] refuse.
+    pub fn publish_fleet_table(
+        &self,
+        table: &str,
+        publisher: &str,
+        batch: &RecordBatch,
+    ) -> Result<usize> {
+        self.store
+            .publish_fleet_table(table, publisher, batch, now_ms())
+    }
+
     /// Publishers that currently have rows in `table` (`http`, the
     /// `X-Fleetsql-Publisher` names, `file:<name>`, `builtin:<table>`).
     pub fn publishers(&self, table: &str) -> Vec<String> {

@@ -67,6 +67,39 @@ impl Store {
         published_at_ms: i64,
     ) -> Result<usize> {
         validate_table_name(table).map_err(AgentError::from_model)?;
+        self.publish_named(table, publisher, batch, published_at_ms)
+    }
+
+    /// Like [`Store::publish`] for a `fleet_` table that an in-process
+    /// component owns (e.g. `fleet_sources`): the reserved prefix is what
+    /// keeps outside publishers from spoofing it, so only the syntax is checked.
+    pub(crate) fn publish_fleet_table(
+        &self,
+        table: &str,
+        publisher: &str,
+        batch: &RecordBatch,
+        published_at_ms: i64,
+    ) -> Result<usize> {
+        let rest = table.strip_prefix("fleet_").unwrap_or("");
+        validate_table_name(&format!("x{rest}")).map_err(AgentError::from_model)?;
+        if rest.is_empty() {
+            return Err(AgentError::from_model(
+                fleetsql_model::ModelError::InvalidTableName {
+                    name: table.chars().take(80).collect(),
+                    reason: "only fleet_<name> tables are published this way".to_string(),
+                },
+            ));
+        }
+        self.publish_named(table, publisher, batch, published_at_ms)
+    }
+
+    fn publish_named(
+        &self,
+        table: &str,
+        publisher: &str,
+        batch: &RecordBatch,
+        published_at_ms: i64,
+    ) -> Result<usize> {
         for field in batch.schema().fields() {
             validate_column_name(field.name()).map_err(AgentError::from_model)?;
         }

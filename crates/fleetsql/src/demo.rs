@@ -54,6 +54,9 @@ pub(crate) struct DemoArgs {
     /// Memory all running queries may hold together, in MiB.
     #[arg(long, default_value_t = 1024)]
     query_memory_mib: usize,
+    /// A TOML file of integrations (Prometheus scrapes, MQTT, perfSONAR esmond).
+    #[arg(long)]
+    integrations: Option<PathBuf>,
 }
 
 /// Accepts `250ms`, `5s`, `2m`, or a plain number of seconds.
@@ -88,6 +91,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     })
     .context("invalid simulated fleet")?;
 
+    let integrations_config = crate::integrations::load(args.integrations.as_deref())?;
     let agent = Agent::start(AgentConfig {
         tick: args.tick,
         publish_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.publish_port),
@@ -96,6 +100,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ..AgentConfig::default()
     })
     .context("cannot start the local agent")?;
+    let agent = Arc::new(agent);
 
     let mut clusters: Vec<ClusterSpec> = sim
         .clusters()
@@ -141,6 +146,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let pqa_feed = fleetsql_http::feed_persistent_queries(node.clone(), pqa.clone());
     let app = fleetsql_http::router(node.clone()).merge(fleetsql_pqa::router(pqa.clone()));
     let http = HttpServer::start(app, SocketAddr::new(args.bind, args.http_port)).await?;
+    let integrations =
+        crate::integrations::start(integrations_config.as_ref(), agent.clone(), pqa.clone())?;
 
     // First generation now rather than at the first tick, bottom up.
     let mut local = agent.subscribe();
@@ -176,6 +183,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     crate::signal::shutdown_signal().await;
     eprintln!("shutting down");
+    if let Some(integrations) = integrations {
+        integrations.shutdown().await;
+    }
     http.shutdown().await;
     pg.shutdown().await;
     pqa_feed.abort();
@@ -184,7 +194,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         node.shutdown().await;
     }
     hierarchy.shutdown().await;
-    agent.shutdown().await;
+    if let Ok(agent) = Arc::try_unwrap(agent) {
+        agent.shutdown().await;
+    }
     Ok(())
 }
 

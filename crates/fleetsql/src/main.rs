@@ -2,6 +2,7 @@
 //! argument parsing and wiring; the work happens in the library crates.
 
 mod demo;
+mod integrations;
 mod signal;
 mod sql_client;
 mod tier;

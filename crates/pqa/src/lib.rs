@@ -87,6 +87,6 @@ pub use error::{PqaError, Result};
 pub use http::router;
 pub use processor::Row;
 pub use service::{BatchResult, PqaService, Publish, QueryInfo, Registered, ServiceConfig};
-pub use sink::{Sink, WebhookSink};
+pub use sink::{Sink, SinkFactory, WebhookSink};
 pub use topic::{CloseReason, Notification, Topic};
 pub use value::Value;

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::engine::{Clock, Engine, EngineConfig, Output, StatementId};
 use crate::error::{PqaError, Result};
 use crate::parser;
-use crate::sink::{Sink, SinkTask, WebhookSink, spawn_sink};
+use crate::sink::{Sink, SinkFactory, SinkTask, WebhookSink, spawn_sink};
 use crate::stream::StreamStats;
 use crate::topic::{Notification, Topic};
 use crate::value::Value;
@@ -153,6 +153,7 @@ struct State {
 struct Inner {
     state: Mutex<State>,
     config: ServiceConfig,
+    factories: Mutex<Vec<Arc<dyn SinkFactory>>>,
 }
 
 /// The shared handle: engine + registrations + topics. Cheap to clone.
@@ -184,8 +185,21 @@ impl PqaService {
                     outputs: Vec::new(),
                 }),
                 config,
+                factories: Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// Gives every registration, present and future, the sinks `factory`
+    /// makes for it.
+    pub fn add_sink_factory(&self, factory: Arc<dyn SinkFactory>) {
+        let mut st = self.inner.state.lock();
+        for (id, reg) in st.regs.iter_mut() {
+            for sink in factory.sinks_for(id, &reg.epl) {
+                attach(reg, sink);
+            }
+        }
+        self.inner.factories.lock().push(factory);
     }
 
     /// Registers a statement (or adds a reference to an identical one) and,
@@ -235,6 +249,11 @@ impl PqaService {
         };
         if let Some(s) = sink {
             attach(&mut reg, Arc::new(s));
+        }
+        for factory in self.inner.factories.lock().iter() {
+            for sink in factory.sinks_for(&id, epl) {
+                attach(&mut reg, sink);
+            }
         }
         if let Some(s) = stmt {
             st.instances.entry(s).or_default().push(id.clone());

@@ -3,5 +3,6 @@
 mod cluster;
 mod demo;
 mod fixture;
+mod integrations;
 mod slt;
 mod tiers;

@@ -25,6 +25,14 @@ pub trait Sink: Send + Sync + std::fmt::Debug + 'static {
     async fn deliver(&self, n: &Notification, json: &str) -> Result<()>;
 }
 
+/// Makes the sinks every new registration gets (e.g. an MQTT topic per
+/// query), so integrations see a query's first result, not only those after
+/// they noticed it. Registered with [`crate::PqaService::add_sink_factory`].
+pub trait SinkFactory: Send + Sync + std::fmt::Debug + 'static {
+    /// Sinks for the registration `id` of `epl`; none to leave it alone.
+    fn sinks_for(&self, id: &str, epl: &str) -> Vec<Arc<dyn Sink>>;
+}
+
 /// A running sink; dropping it stops the task.
 #[derive(Debug)]
 pub struct SinkTask {

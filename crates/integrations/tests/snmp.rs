@@ -1,0 +1,100 @@
+//! The SNMP gateway against a real `snmpd` on a loopback UDP port.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, Int64Array, StringArray};
+use common::{RecordingAgent, eventually, free_port};
+use fleetsql_integrations::{Integrations, IntegrationsConfig, TableTarget};
+
+struct Snmpd(std::process::Child);
+
+impl Drop for Snmpd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn snmpd(dir: &std::path::Path, port: u16) -> Snmpd {
+    let conf = dir.join("snmpd.conf");
+    std::fs::write(
+        &conf,
+        format!("agentAddress udp:127.0.0.1:{port}\nrocommunity fleettest 127.0.0.1\n"),
+    )
+    .unwrap();
+    let child = Command::new("snmpd")
+        .args(["-f", "-Lf", "/dev/null", "-C", "-c"])
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir.join("snmpd.pid"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("snmpd (see scripts/apt/integrations.txt)");
+    Snmpd(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_table_becomes_a_fleet_table_and_bad_community_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _snmpd = snmpd(dir.path(), port);
+    let agent = RecordingAgent::start();
+    let target: Arc<dyn TableTarget> = agent.clone();
+    let config = IntegrationsConfig::parse(&format!(
+        r#"
+        [[snmp]]
+        name = "sw1"
+        host = "127.0.0.1:{port}"
+        community = "fleettest"
+        interval = "500ms"
+        timeout = "500ms"
+        retry_min = "100ms"
+        retry_max = "200ms"
+
+        [[snmp]]
+        name = "wrong"
+        host = "127.0.0.1:{port}"
+        community = "guess"
+        timeout = "200ms"
+        retry_min = "100ms"
+        retry_max = "200ms"
+        "#
+    ))
+    .unwrap();
+    let integrations = Integrations::start(&config, Some(target), None).unwrap();
+    // snmpd answers once it is up; until then the poll fails and is retried.
+    let table = eventually(20, "snmp_iftable", || agent.table("snmp_iftable")).await;
+    assert!(table.num_rows() >= 1, "at least the loopback interface");
+    let descr = table
+        .column_by_name("ifdescr")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    assert!(
+        (0..descr.len()).any(|i| descr.value(i) == "lo"),
+        "{table:?}"
+    );
+    let index = table
+        .column_by_name("ifindex")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    assert!(index.value(0) >= 1);
+    assert!(table.column_by_name("ifinoctets").is_some());
+    assert_eq!(agent.agent.publishers("snmp_iftable"), ["snmp:sw1"]);
+
+    let wrong = integrations
+        .wait_health("wrong", Duration::from_secs(10), |h| h.failures >= 2)
+        .await
+        .unwrap();
+    assert_eq!(wrong.status, "failing");
+    assert!(wrong.last_error.unwrap().contains("community"));
+    integrations.shutdown().await;
+}
