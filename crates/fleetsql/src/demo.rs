@@ -7,9 +7,11 @@ use anyhow::Context;
 use clap::Args;
 use fleetsql_agent::{Agent, AgentConfig};
 use fleetsql_aggregator::{Child, ClusterSpec, InProcessHierarchy, StaticTables};
+use fleetsql_console::ConsoleOptions;
 use fleetsql_http::HttpServer;
 use fleetsql_pgwire::PgServer;
 use fleetsql_pqa::{Clock, EngineConfig, PqaService, ServiceConfig};
+use fleetsql_reports::{Reports, ReportsConfig};
 use fleetsql_sim::{SimConfig, SimFleet};
 use fleetsql_sqlnode::{SqlNode, SqlNodeConfig};
 
@@ -57,6 +59,12 @@ pub(crate) struct DemoArgs {
     /// A TOML file of integrations (Prometheus scrapes, MQTT, perfSONAR esmond).
     #[arg(long)]
     integrations: Option<PathBuf>,
+    /// Directory of report definitions (`*.toml`; defaults to the demo's own).
+    #[arg(long)]
+    reports_dir: Option<PathBuf>,
+    /// SQLite file keeping report runs; without it runs are kept in memory.
+    #[arg(long)]
+    reports_db: Option<PathBuf>,
 }
 
 /// Accepts `250ms`, `5s`, `2m`, or a plain number of seconds.
@@ -69,15 +77,21 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn default_static_index() -> PathBuf {
-    // Next to the sources when run from a checkout, else beside the binary.
-    let checkout = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../demo/static/index.toml");
+    demo_path("demo/static/index.toml")
+}
+
+/// `relative` next to the sources when run from a checkout, else beside the binary.
+fn demo_path(relative: &str) -> PathBuf {
+    let checkout = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(relative);
     if checkout.exists() {
         return checkout;
     }
     std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("demo/static/index.toml")))
-        .unwrap_or_else(|| PathBuf::from("demo/static/index.toml"))
+        .and_then(|exe| exe.parent().map(|dir| dir.join(relative)))
+        .unwrap_or_else(|| PathBuf::from(relative))
 }
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -144,7 +158,30 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     });
     let pqa_clock = pqa.start_clock();
     let pqa_feed = fleetsql_http::feed_persistent_queries(node.clone(), pqa.clone());
-    let app = fleetsql_http::router(node.clone()).merge(fleetsql_pqa::router(pqa.clone()));
+    let reports_dir = args
+        .reports_dir
+        .clone()
+        .unwrap_or_else(|| demo_path("demo/reports"));
+    let reports = Reports::start(
+        node.clone(),
+        &ReportsConfig {
+            dir: reports_dir.clone(),
+            database: args.reports_db.clone(),
+        },
+    )
+    .with_context(|| format!("cannot start the reports in {}", reports_dir.display()))?;
+    let console = fleetsql_console::router(
+        node.clone(),
+        ConsoleOptions {
+            alerts: false,
+            reports: true,
+            persistent_queries: true,
+        },
+    );
+    let app = fleetsql_http::router(node.clone())
+        .merge(fleetsql_pqa::router(pqa.clone()))
+        .merge(reports.router())
+        .merge(console);
     let http = HttpServer::start(app, SocketAddr::new(args.bind, args.http_port)).await?;
     let integrations =
         crate::integrations::start(integrations_config.as_ref(), agent.clone(), pqa.clone())?;
@@ -178,6 +215,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "  curl -s -H 'content-type: text/csv' --data-binary $'svc,up\\nweb,1\\n' http://{}/v1/tables/services",
         agent.publish_addr()
     );
+    println!("  console: http://{http_addr}/");
     println!();
     println!("generations every {:?}; Ctrl-C stops", args.tick);
 
@@ -189,6 +227,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     http.shutdown().await;
     pg.shutdown().await;
     pqa_feed.abort();
+    reports.shutdown().await;
     drop(pqa_clock);
     if let Ok(node) = Arc::try_unwrap(node) {
         node.shutdown().await;

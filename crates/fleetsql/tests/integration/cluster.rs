@@ -41,22 +41,27 @@ impl TestDemo {
     }
 
     pub(crate) async fn start_sized(clusters: usize, machines: usize) -> TestDemo {
-        Self::start_with(clusters, machines, &[]).await
+        Self::start_with(clusters, machines, "1s", &[]).await
     }
 
-    /// Like [`TestDemo::start_sized`] with extra `demo` arguments.
-    pub(crate) async fn start_with(clusters: usize, machines: usize, extra: &[String]) -> TestDemo {
+    /// A demo fleet with its tick and further `fleetsql demo` arguments.
+    pub(crate) async fn start_with(
+        clusters: usize,
+        machines: usize,
+        tick: &str,
+        extra_args: &[std::ffi::OsString],
+    ) -> TestDemo {
         let dir = tempfile::tempdir().unwrap();
         let drop_dir = dir.path().join("drop");
         std::fs::create_dir_all(&drop_dir).unwrap();
         let mut process = Command::new(BINARY)
-            .args(["demo", "--processes", "10", "--tick", "1s"])
+            .args(["demo", "--processes", "10", "--tick", tick])
             .args(["--clusters", &clusters.to_string()])
             .args(["--machines", &machines.to_string()])
             .args(["--pg-port", "0", "--http-port", "0", "--publish-port", "0"])
             .arg("--drop-dir")
             .arg(&drop_dir)
-            .args(extra)
+            .args(extra_args)
             .env("FLEETSQL_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

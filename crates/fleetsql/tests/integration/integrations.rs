@@ -30,7 +30,7 @@ async fn scraped_metrics_and_fleet_sources_are_queryable() {
     )
     .unwrap();
     let demo =
-        TestDemo::start_with(1, 1, &["--integrations".into(), file.display().to_string()]).await;
+        TestDemo::start_with(1, 1, "1s", &["--integrations".into(), file.clone().into()]).await;
 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -161,7 +161,7 @@ int main(int argc, char **argv) {
 async fn c_and_python_programs_publish_through_libfleetsql() {
     let lib = libfleetsql_dir();
     let include = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../libfleetsql/include");
-    let demo = TestDemo::start_with(1, 1, &[]).await;
+    let demo = TestDemo::start_with(1, 1, "1s", &[]).await;
     let source = demo.dir.path().join("publish.c");
     let program = demo.dir.path().join("publish");
     std::fs::write(&source, C_PROGRAM).unwrap();

@@ -1,8 +1,10 @@
 //! Every integration test of fleetsql, built into one test binary.
 
 mod cluster;
+mod console;
 mod demo;
 mod fixture;
 mod integrations;
 mod slt;
 mod tiers;
+mod webdriver;
