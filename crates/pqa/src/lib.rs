@@ -75,13 +75,16 @@ pub mod topic;
 pub mod value;
 
 mod agg;
+mod batch;
 mod expr;
+mod kernel;
 mod output;
 mod pattern;
 mod statement;
 mod window;
 mod xmlrpc;
 
+pub use batch::EventBatch;
 pub use engine::{Clock, Engine, EngineConfig, Output, StatementId, StreamHandle};
 pub use error::{PqaError, Result};
 pub use http::router;
