@@ -3,4 +3,5 @@
 mod cluster;
 mod demo;
 mod fixture;
+mod pqa;
 mod slt;
