@@ -122,7 +122,7 @@ impl Column {
             _ => false,
         };
         if !fits {
-            self.to_values(symbols);
+            self.widen_to_values(symbols);
             if let ColData::Val(c) = &mut self.data {
                 c.push(v);
             }
@@ -151,7 +151,7 @@ impl Column {
     }
 
     /// Turns a typed column into plain values (on a type change within the batch).
-    fn to_values(&mut self, symbols: &Symbols) {
+    fn widen_to_values(&mut self, symbols: &Symbols) {
         let n = self.len();
         let vals: Vec<Value> = (0..n).map(|i| self.value(i, symbols)).collect();
         self.data = ColData::Val(vals);

@@ -56,7 +56,10 @@ const STATEMENTS: &[&str] = &[
     "select host, count(*) as n from Busy.win:length(5) group by host",
 ];
 
-fn run(mode: &str, evs: &[serde_json::Value]) -> (Vec<(u64, i64, Vec<Row>)>, Vec<bool>) {
+/// (statement, time, rows) of every output, in order.
+type Outputs = Vec<(u64, i64, Vec<Row>)>;
+
+fn run(mode: &str, evs: &[serde_json::Value]) -> (Outputs, Vec<bool>) {
     let mut e = engine(mode != "general");
     let ids: Vec<StatementId> = STATEMENTS
         .iter()
