@@ -13,6 +13,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
+use crate::batch::EventBatch;
 use crate::error::{PqaError, Result};
 use crate::expr::Streams;
 use crate::parser::{self, ast};
@@ -79,6 +80,12 @@ pub struct Engine {
     by_stream: Vec<Vec<(usize, usize)>>,
     heap: BinaryHeap<Reverse<(i64, usize)>>,
     rows: Vec<Row>,
+    /// `insert into` events waiting to be processed (kept to reuse its memory).
+    queue: VecDeque<(usize, Arc<Event>, u8)>,
+    /// Compile qualifying statements to kernels (see `crate::kernel`).
+    kernels: bool,
+    /// Scratch row for building batches.
+    scratch: Vec<(usize, Value)>,
 }
 
 impl Engine {
@@ -97,7 +104,17 @@ impl Engine {
             by_stream: Vec::new(),
             heap: BinaryHeap::new(),
             rows: Vec::new(),
+            queue: VecDeque::new(),
+            kernels: true,
+            scratch: Vec::new(),
         }
+    }
+
+    /// Whether statements registered from now on may run as compiled
+    /// kernels (on by default). Both paths give the same rows; turning
+    /// kernels off is for comparing them.
+    pub fn set_kernels(&mut self, on: bool) {
+        self.kernels = on;
     }
 
     /// Current engine time in milliseconds.
@@ -117,7 +134,7 @@ impl Engine {
         if self.config.clock == Clock::Wall {
             self.now = self.now.max(wall_ms());
         }
-        match statement::compile(st, &mut self.streams, self.now)? {
+        match statement::compile(st, &mut self.streams, self.now, self.kernels)? {
             Compiled::Schema => Ok(None),
             Compiled::Stmt(stmt) => {
                 let id = self.stmts.len();
@@ -152,6 +169,12 @@ impl Engine {
             }
         }
         true
+    }
+
+    /// True when a running statement was compiled to a kernel (the fast
+    /// path for single-stream aggregations, see the crate docs).
+    pub fn uses_kernel(&self, id: StatementId) -> bool {
+        matches!(self.stmts.get(id.0 as usize), Some(Some(e)) if e.stmt.has_kernel())
     }
 
     /// Number of running statements.
@@ -263,9 +286,105 @@ impl Engine {
         let ts = ev.ts.max(self.now);
         self.run_due(ts, out);
         self.now = ts;
-        let mut queue = VecDeque::new();
+        let mut queue = std::mem::take(&mut self.queue);
         queue.push_back((stream.0, ev, 0u8));
         self.drain(&mut queue, out);
+        self.queue = queue;
+    }
+
+    /// Converts JSON objects into a typed batch of `stream` (learning its
+    /// schema), without running any statement. Bad input is counted and
+    /// left out; the errors come back with the index of the event.
+    pub fn prepare_batch<'a, I>(
+        &mut self,
+        stream: StreamHandle,
+        events: I,
+    ) -> (EventBatch, Vec<(usize, PqaError)>)
+    where
+        I: IntoIterator<Item = &'a serde_json::Value>,
+    {
+        let mut batch = EventBatch::new(stream.0);
+        let mut errors = Vec::new();
+        let mut row = std::mem::take(&mut self.scratch);
+        for (i, json) in events.into_iter().enumerate() {
+            let Some(obj) = json.as_object() else {
+                let state = &mut self.streams.list[stream.0];
+                state.stats.not_object += 1;
+                state.stats.last_error = Some("event is not a JSON object".into());
+                errors.push((
+                    i,
+                    PqaError::BadEvent {
+                        stream: state.name.to_string(),
+                        message: "event is not a JSON object".into(),
+                    },
+                ));
+                continue;
+            };
+            let ts = self.event_time(obj);
+            let state = &mut self.streams.list[stream.0];
+            match state.check_json(obj, &mut row) {
+                Ok(()) => state.append(&mut batch, ts, &mut row),
+                Err(message) => errors.push((
+                    i,
+                    PqaError::BadEvent {
+                        stream: state.name.to_string(),
+                        message,
+                    },
+                )),
+            }
+        }
+        self.scratch = row;
+        (batch, errors)
+    }
+
+    /// Pushes a batch built by [`Engine::prepare_batch`]: the same as pushing
+    /// its events one by one, in order, but statements compiled to kernels
+    /// read the rows in place.
+    pub fn push_batch(&mut self, batch: &EventBatch, out: &mut Vec<Output>) {
+        let sid = batch.stream;
+        self.grow();
+        let mut queue = std::mem::take(&mut self.queue);
+        for row in 0..batch.len() {
+            let ts = batch.ts[row].max(self.now);
+            if self.heap.peek().is_some_and(|Reverse((t, _))| *t <= ts) {
+                self.run_due(ts, out);
+            }
+            self.now = ts;
+            let mut event: Option<Arc<Event>> = None;
+            let mut missing = false;
+            let n = self.by_stream.get(sid).map_or(0, Vec::len);
+            for j in 0..n {
+                let (id, k) = self.by_stream[sid][j];
+                let Some(Some(entry)) = self.stmts.get_mut(id) else {
+                    continue;
+                };
+                let state = &self.streams.list[sid];
+                let fed = if entry.stmt.has_kernel() {
+                    entry
+                        .stmt
+                        .on_batch_row(batch, row, self.now, state, &mut self.rows)
+                } else {
+                    let ev = event.get_or_insert_with(|| batch.event(row, &state.symbols));
+                    entry
+                        .stmt
+                        .on_event(k, sid, ev, self.now, state, &mut self.rows)
+                };
+                missing |= fed == Fed::MissingField;
+                if !self.rows.is_empty() {
+                    self.emit(id, 0, &mut queue, out);
+                }
+                self.reschedule(id);
+            }
+            if missing {
+                let s = &mut self.streams.list[sid];
+                s.stats.missing_field += 1;
+                s.stats.last_error = Some("event lacks a field a statement reads".into());
+            }
+            if !queue.is_empty() {
+                self.drain(&mut queue, out);
+            }
+        }
+        self.queue = queue;
     }
 
     /// Moves the clock to `to` (milliseconds; never backwards) and runs what
@@ -299,10 +418,11 @@ impl Engine {
             let now = self.now;
             self.rows.clear();
             entry.stmt.advance(now, &mut self.rows);
-            let mut queue = VecDeque::new();
+            let mut queue = std::mem::take(&mut self.queue);
             self.emit(id, 0, &mut queue, out);
             self.reschedule(id);
             self.drain(&mut queue, out);
+            self.queue = queue;
         }
     }
 
@@ -368,7 +488,12 @@ impl Engine {
                     continue;
                 };
                 self.rows.clear();
-                if entry.stmt.on_event(k, sid, &ev, self.now, &mut self.rows) == Fed::MissingField {
+                let state = &self.streams.list[sid];
+                if entry
+                    .stmt
+                    .on_event(k, sid, &ev, self.now, state, &mut self.rows)
+                    == Fed::MissingField
+                {
                     missing = true;
                 }
                 if !self.rows.is_empty() {

@@ -223,7 +223,7 @@ fn text(v: &Value) -> String {
 }
 
 #[inline]
-fn compare(op: BinOp, l: &Value, r: &Value) -> Value {
+pub(crate) fn compare(op: BinOp, l: &Value, r: &Value) -> Value {
     let Some(o) = l.sql_cmp(r) else {
         return Value::Null;
     };
@@ -237,7 +237,7 @@ fn compare(op: BinOp, l: &Value, r: &Value) -> Value {
     })
 }
 
-fn arith(op: BinOp, l: &Value, r: &Value) -> Value {
+pub(crate) fn arith(op: BinOp, l: &Value, r: &Value) -> Value {
     match (l, r) {
         (Value::Int(a), Value::Int(b)) => match op {
             BinOp::Add => Value::Int(a.wrapping_add(*b)),

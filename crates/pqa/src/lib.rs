@@ -30,6 +30,18 @@
 //!    publish mode) has an id and a [`Topic`]. Subscribers that fall behind
 //!    are dropped with a close reason; the engine never waits for them.
 //!
+//! # Fast path: kernels and typed batches
+//!
+//! A single-stream aggregation (`count`/`sum`/`avg` over plain fields, at
+//! most one plain group-by field, no window, `win:length` or `win:time`,
+//! filters comparing fields with literals) compiles to a kernel: closures
+//! over column indices, groups found by interned string, a window that keeps
+//! only the aggregated numbers. [`Engine::prepare_batch`] turns many JSON
+//! events into an [`EventBatch`] (typed columns, strings interned) and
+//! [`Engine::push_batch`] feeds it with the same results as pushing the
+//! events one by one; kernels read the rows in place. Everything else runs
+//! on the general path; both give the same rows (`tests/kernel.rs`).
+//!
 //! # Time
 //!
 //! Time is event time when [`EngineConfig::timestamp_field`] names a field
@@ -75,13 +87,16 @@ pub mod topic;
 pub mod value;
 
 mod agg;
+mod batch;
 mod expr;
+mod kernel;
 mod output;
 mod pattern;
 mod statement;
 mod window;
 mod xmlrpc;
 
+pub use batch::EventBatch;
 pub use engine::{Clock, Engine, EngineConfig, Output, StatementId, StreamHandle};
 pub use error::{PqaError, Result};
 pub use http::router;

@@ -90,6 +90,10 @@ pub(crate) struct Processor {
 }
 
 impl Processor {
+    pub(crate) fn spec(&self) -> &ProcessorSpec {
+        &self.s
+    }
+
     pub(crate) fn new(s: ProcessorSpec) -> Self {
         let mut p = Processor {
             groups: Vec::new(),

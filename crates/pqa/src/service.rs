@@ -162,6 +162,9 @@ pub struct PqaService {
     inner: Arc<Inner>,
 }
 
+/// Events per typed batch in [`PqaService::push_events`].
+const BATCH_EVENTS: usize = 1024;
+
 fn hash_id(parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for p in parts {
@@ -368,24 +371,24 @@ impl PqaService {
         let st = &mut *st;
         let mut outputs = std::mem::take(&mut st.outputs);
         let h = st.engine.stream(stream);
-        for ev in events {
-            match st.engine.prepare(h, ev) {
-                Ok(e) => {
-                    st.engine.push_prepared(h, e, &mut outputs);
-                    res.accepted += 1;
-                }
-                Err(e) => {
-                    res.rejected += 1;
-                    if res.errors.len() < 10 {
-                        res.errors.push(e.to_string());
-                    }
+        let mut events = events.into_iter().peekable();
+        let mut chunk = Vec::with_capacity(BATCH_EVENTS);
+        while events.peek().is_some() {
+            // Typed batches of bounded size: kernels read them in place, and
+            // notifications go out after each batch rather than at the end.
+            chunk.clear();
+            chunk.extend(events.by_ref().take(BATCH_EVENTS));
+            let (batch, errors) = st.engine.prepare_batch(h, chunk.iter().copied());
+            res.accepted += batch.len();
+            res.rejected += errors.len();
+            for (_, e) in errors {
+                if res.errors.len() < 10 {
+                    res.errors.push(e.to_string());
                 }
             }
-            if outputs.len() > 256 {
-                publish(st, &mut outputs);
-            }
+            st.engine.push_batch(&batch, &mut outputs);
+            publish(st, &mut outputs);
         }
-        publish(st, &mut outputs);
         st.outputs = outputs;
         res
     }
@@ -485,6 +488,14 @@ fn publish(st: &mut State, outputs: &mut Vec<Output>) {
             let Some(reg) = st.regs.get_mut(id) else {
                 continue;
             };
+            if matches!(reg.publish, Publish::All | Publish::Current)
+                && reg.topic.subscriber_count() == 0
+            {
+                // Nobody listens (no SSE/WebSocket client, no sink): count
+                // the notification, skip building and serializing it.
+                reg.seq += 1;
+                continue;
+            }
             let rows = apply_publish(reg, &o.rows);
             if rows.is_empty() {
                 continue;

@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use crate::error::{Pos, PqaError, Result};
 use crate::expr::{CExpr, Compiler, Slot, Streams, has_aggregate};
+use crate::kernel::{Kernel, KernelSpec, RowRef};
 use crate::output::OutputLimiter;
 use crate::parser::ast::{self, BinOp, Body, Expr, From, PatternExpr, SelectItem, Statement};
 use crate::pattern::{Binding, PNode, State, unbound};
 use crate::processor::{Item, Processor, ProcessorSpec, Row};
 use crate::stream::Event;
-use crate::window::{self, Delta, Window};
+use crate::stream::StreamState;
+use crate::window::{self, Delta, Shape, Window};
 
 #[derive(Debug)]
 struct Input {
@@ -39,6 +41,8 @@ pub(crate) struct Stmt {
     pub(crate) listen: Vec<(usize, usize)>,
     delta: Delta,
     rows: Vec<Row>,
+    /// The compiled fast path, when the statement qualifies.
+    kernel: Option<Kernel>,
 }
 
 /// What compiling a statement yields.
@@ -92,7 +96,12 @@ fn names_field(e: &Expr, names: &[String]) -> bool {
     hit
 }
 
-pub(crate) fn compile(st: &Statement, streams: &mut Streams, now: i64) -> Result<Compiled> {
+pub(crate) fn compile(
+    st: &Statement,
+    streams: &mut Streams,
+    now: i64,
+    kernels: bool,
+) -> Result<Compiled> {
     let sel = match &st.body {
         Body::CreateSchema(cs) => {
             let id = streams.id(&cs.name.name);
@@ -269,6 +278,7 @@ pub(crate) fn compile(st: &Statement, streams: &mut Streams, now: i64) -> Result
         listen: Vec::new(),
         delta: Delta::default(),
         rows: Vec::new(),
+        kernel: None,
     };
     if is_join {
         stmt.join_where = where_c;
@@ -324,6 +334,29 @@ pub(crate) fn compile(st: &Statement, streams: &mut Streams, now: i64) -> Result
             stmt.pattern = Some(PatternRt {
                 root: State::start(&node, base, now),
             });
+        }
+    }
+    if kernels && stmt.pattern.is_none() && stmt.inputs.len() == 1 {
+        let spec = stmt.processor.spec();
+        let input = &stmt.inputs[0];
+        let view = input.window.shape();
+        if view != Shape::Other {
+            stmt.kernel = Kernel::build(
+                KernelSpec {
+                    filter: input.filter.as_ref(),
+                    where_: spec.where_.as_ref(),
+                    required: &input.required,
+                    group_by: &spec.group_by,
+                    specs: &spec.specs,
+                    having: spec.having.as_ref(),
+                    items: &spec.items,
+                    view,
+                    per_event: spec.per_event,
+                    aggregated: spec.aggregated,
+                    plain: !spec.distinct && spec.order_by.is_empty() && spec.limit.is_none(),
+                },
+                &mut streams.list[slots[0].stream].symbols,
+            );
         }
     }
     Ok(Compiled::Stmt(Box::new(stmt)))
@@ -446,8 +479,21 @@ impl Stmt {
         stream: usize,
         ev: &Arc<Event>,
         now: i64,
+        stream_state: &StreamState,
         out: &mut Vec<Row>,
     ) -> Fed {
+        if let Some(kn) = &mut self.kernel {
+            if !kn.on_row(
+                RowRef::Event(ev),
+                now,
+                &stream_state.symbols,
+                &mut self.rows,
+            ) {
+                return Fed::MissingField;
+            }
+            out.extend(self.output.offer(&mut self.rows));
+            return Fed::Ok;
+        }
         if let Some(p) = &mut self.pattern {
             let mut got = Vec::new();
             p.root.on_event(stream, ev, now, &mut got);
@@ -535,8 +581,47 @@ impl Stmt {
         combos
     }
 
+    /// True when events can be handed over as batch rows ([`Stmt::on_batch_row`]).
+    #[inline]
+    pub(crate) fn has_kernel(&self) -> bool {
+        self.kernel.is_some()
+    }
+
+    /// A row of a batch arrives (only for statements with a kernel).
+    #[inline]
+    pub(crate) fn on_batch_row(
+        &mut self,
+        batch: &crate::batch::EventBatch,
+        row: usize,
+        now: i64,
+        stream_state: &StreamState,
+        out: &mut Vec<Row>,
+    ) -> Fed {
+        let Some(kn) = &mut self.kernel else {
+            return Fed::Ok;
+        };
+        if !kn.on_row(
+            RowRef::Batch(batch, row),
+            now,
+            &stream_state.symbols,
+            &mut self.rows,
+        ) {
+            return Fed::MissingField;
+        }
+        if !self.rows.is_empty() {
+            out.extend(self.output.offer(&mut self.rows));
+        }
+        Fed::Ok
+    }
+
     /// The clock reached `now`.
     pub(crate) fn advance(&mut self, now: i64, out: &mut Vec<Row>) {
+        if let Some(kn) = &mut self.kernel {
+            kn.advance(now, &mut self.rows);
+            out.extend(self.output.offer(&mut self.rows));
+            out.extend(self.output.on_time(now));
+            return;
+        }
         for k in 0..self.inputs.len() {
             self.delta.clear();
             self.inputs[k].window.advance(now, &mut self.delta);
@@ -562,8 +647,13 @@ impl Stmt {
                 d = Some(d.map_or(x, |y| y.min(x)));
             }
         };
-        for i in &self.inputs {
-            take(i.window.next_deadline());
+        match &self.kernel {
+            Some(kn) => take(kn.next_deadline()),
+            None => {
+                for i in &self.inputs {
+                    take(i.window.next_deadline());
+                }
+            }
         }
         if let Some(p) = &self.pattern {
             take(p.root.next_deadline());

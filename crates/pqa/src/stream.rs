@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::batch::{EventBatch, Symbols};
 use crate::value::{Kind, Value};
 
 /// An immutable snapshot of a stream's field names; a new snapshot is made
@@ -91,6 +92,8 @@ pub(crate) struct StreamState {
     /// True once `create schema` declared it: kinds are then fixed.
     pub(crate) declared: bool,
     pub(crate) stats: StreamStats,
+    /// Interned strings, for batches and kernels.
+    pub(crate) symbols: Symbols,
 }
 
 impl StreamState {
@@ -102,6 +105,7 @@ impl StreamState {
             kinds: Vec::new(),
             declared: false,
             stats: StreamStats::default(),
+            symbols: Symbols::default(),
         }
     }
 
@@ -197,6 +201,46 @@ impl StreamState {
 }
 
 impl StreamState {
+    /// Type-checks one JSON object into (field index, value) pairs, learning
+    /// new fields; counts and returns the problem when a kind is wrong.
+    pub(crate) fn check_json(
+        &mut self,
+        obj: &serde_json::Map<String, serde_json::Value>,
+        row: &mut Vec<(usize, Value)>,
+    ) -> Result<(), String> {
+        row.clear();
+        for (k, v) in obj {
+            let val = Value::from_json(v);
+            let i = self.field(k);
+            if let Some(kind) = val.kind() {
+                match self.kinds[i] {
+                    None => self.kinds[i] = Some(kind),
+                    Some(k0) if k0 == kind => {}
+                    Some(k0) => {
+                        let msg = format!("field {k} is {kind:?}, expected {k0:?}");
+                        self.stats.wrong_type += 1;
+                        self.stats.last_error = Some(msg.clone());
+                        return Err(msg);
+                    }
+                }
+            }
+            row.push((i, val));
+        }
+        self.stats.events += 1;
+        Ok(())
+    }
+
+    /// Appends a checked row to a batch of this stream.
+    pub(crate) fn append(
+        &mut self,
+        batch: &mut EventBatch,
+        ts: i64,
+        row: &mut Vec<(usize, Value)>,
+    ) {
+        batch.push_row(ts, row, &mut self.symbols);
+        batch.schema = self.schema.clone();
+    }
+
     pub(crate) fn has_field(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }

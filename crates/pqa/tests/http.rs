@@ -391,3 +391,33 @@ async fn explicit_clock_drives_time_windows_through_the_service() {
     let r = svc.push_events("S", [json!({"x": "text"}), json!({"x": 3})].iter());
     assert_eq!((r.accepted, r.rejected), (1, 1));
 }
+
+#[tokio::test]
+async fn slow_sse_client_gets_a_close_frame_with_the_reason() {
+    let svc = PqaService::new(ServiceConfig {
+        topic_capacity: 4,
+        ..ServiceConfig::default()
+    });
+    let base = serve(svc.clone()).await;
+    let reg = svc.register("select x from S", Publish::All, None).unwrap();
+    let resp = reqwest::get(format!("{base}/v1/persistent-queries/{}/events", reg.id))
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    // The runtime has one thread and this call does not yield: the SSE task
+    // cannot read while 100 notifications go into a topic that holds 4.
+    let events: Vec<Value> = (0..100).map(|x| json!({"x": x})).collect();
+    let res = svc.push_events("S", events.iter());
+    assert_eq!(res.accepted, 100);
+    let frames = read_sse(resp, 1).await;
+    assert_eq!(frames[0].0, "close", "{frames:?}");
+    assert_eq!(
+        frames[0].1["reason"],
+        json!("subscriber too slow: 96 notifications dropped; reconnect to resume")
+    );
+    // The query goes on for everyone else.
+    let mut sub = svc.topic(&reg.id).unwrap().subscribe();
+    svc.push_event("S", &json!({"x": 1000})).unwrap();
+    let next = sub.next().await.unwrap();
+    assert_eq!(next.notification.seq, 101);
+}

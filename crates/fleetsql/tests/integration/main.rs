@@ -5,6 +5,7 @@ mod console;
 mod demo;
 mod fixture;
 mod integrations;
+mod pqa;
 mod slt;
 mod tiers;
 mod webdriver;

@@ -22,6 +22,9 @@ impl Length {
 }
 
 impl Window for Length {
+    fn shape(&self) -> super::Shape {
+        super::Shape::Length(self.n)
+    }
     fn insert(&mut self, ev: Arc<Event>, _now: i64, out: &mut Delta) {
         self.buf.push_back(ev.clone());
         out.new.push(ev);

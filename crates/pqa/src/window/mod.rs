@@ -44,8 +44,22 @@ impl Delta {
     }
 }
 
+/// What a kernel needs to know of a window (see `crate::kernel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    None,
+    Length(usize),
+    Time(i64),
+    /// A window kernels do not reproduce.
+    Other,
+}
+
 /// A data window.
 pub(crate) trait Window: Send + std::fmt::Debug {
+    /// The window's kind and size, for kernels.
+    fn shape(&self) -> Shape {
+        Shape::Other
+    }
     /// An event arrives at `now` (the clock was already advanced to `now`).
     fn insert(&mut self, ev: Arc<Event>, now: i64, out: &mut Delta);
     /// The clock reaches `now`: expire or release what is due.

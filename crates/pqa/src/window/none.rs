@@ -9,6 +9,9 @@ use crate::stream::Event;
 pub(crate) struct NoWindow;
 
 impl Window for NoWindow {
+    fn shape(&self) -> super::Shape {
+        super::Shape::None
+    }
     #[inline]
     fn insert(&mut self, ev: Arc<Event>, _now: i64, out: &mut Delta) {
         out.new.push(ev);

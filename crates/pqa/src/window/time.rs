@@ -24,6 +24,9 @@ impl Time {
 }
 
 impl Window for Time {
+    fn shape(&self) -> super::Shape {
+        super::Shape::Time(self.ms)
+    }
     fn insert(&mut self, ev: Arc<Event>, now: i64, out: &mut Delta) {
         self.advance(now, out);
         self.buf.push_back((now, ev.clone()));
