@@ -13,9 +13,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::child::covers_all;
-use crate::self_monitor::{
-    FLEET_NODES, NodeState, fleet_nodes_table, host_name, process_rss_bytes,
-};
+use crate::self_monitor::{FLEET_NODES, NodeState, fleet_nodes_table, host_name};
 use crate::{AggregatorError, Child, FetchRequest, Result, TableRequests};
 
 /// How one aggregator runs; every field has a default fit for the demo.
@@ -395,21 +393,14 @@ fn merge(inner: &Inner, wanted: &BTreeSet<String>, fetched: Vec<Fetched>) -> Gen
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
     if wanted.contains(FLEET_NODES) {
         let made_at_ms = now_ms();
-        let row = NodeState {
-            role: inner.config.role.clone(),
-            name: inner.config.name.clone(),
-            host: inner.host.clone(),
-            generation_id: id,
+        let row = NodeState::new(
+            &inner.config.role,
+            &inner.config.name,
+            &inner.host,
+            id,
             made_at_ms,
-            lag_ms: None,
-            children_seen: 0,
-            children_expected: 0,
-            clusters_seen: 0,
-            machines_seen: 0,
-            machines_expected: 0,
-            memory_bytes: process_rss_bytes(),
-            uptime_s: inner.started.elapsed().as_secs_f64(),
-        }
+            inner.started.elapsed().as_secs_f64(),
+        )
         .with_visibility(&visibility, made_at_ms);
         own_row = fleet_nodes_table(&[row]);
         parts.entry(&fleet_nodes_key).or_default().push(&own_row);

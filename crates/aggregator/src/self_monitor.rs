@@ -36,6 +36,32 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// A node's row before coverage is filled in: memory read now.
+    pub fn new(
+        role: &str,
+        name: &str,
+        host: &str,
+        generation_id: u64,
+        made_at_ms: i64,
+        uptime_s: f64,
+    ) -> Self {
+        NodeState {
+            role: role.to_string(),
+            name: name.to_string(),
+            host: host.to_string(),
+            generation_id,
+            made_at_ms,
+            lag_ms: None,
+            children_seen: 0,
+            children_expected: 0,
+            clusters_seen: 0,
+            machines_seen: 0,
+            machines_expected: 0,
+            memory_bytes: process_rss_bytes(),
+            uptime_s,
+        }
+    }
+
     /// Fills the coverage columns from a generation's visibility.
     pub fn with_visibility(mut self, visibility: &Visibility, now_ms: i64) -> Self {
         self.lag_ms = visibility.oldest_data_ms().map(|t| now_ms - t);

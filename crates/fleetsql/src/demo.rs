@@ -69,11 +69,7 @@ pub(crate) struct DemoArgs {
 
 /// Accepts `250ms`, `5s`, `2m`, or a plain number of seconds.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = fleetsql_model::duration::parse(text)?;
-    if duration.is_zero() {
-        return Err(format!("`{text}` must be a positive duration"));
-    }
-    Ok(duration)
+    fleetsql_model::duration::parse_positive(text)
 }
 
 fn default_static_index() -> PathBuf {

@@ -28,13 +28,23 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "" | "s" => number,
         "m" => number * 60.0,
         "h" => number * 3600.0,
+        "d" => number * 86400.0,
         other => {
             return Err(format!(
-                "unknown unit `{other}` in `{text}`; use ms, s, m or h"
+                "unknown unit `{other}` in `{text}`; use ms, s, m, h or d"
             ));
         }
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
+}
+
+/// Like [`parse`], refusing zero (an interval, a retention, a time-out).
+pub fn parse_positive(text: &str) -> Result<Duration, String> {
+    let duration = parse(text)?;
+    if duration.is_zero() {
+        return Err(format!("`{text}` must be a positive duration"));
+    }
+    Ok(duration)
 }
 
 fn from_raw(raw: Raw) -> Result<Duration, String> {

@@ -13,7 +13,6 @@ use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 use fleetsql_aggregator::{
     Child, FLEET_NODES, FetchRequest, NodeState, covers_all, fleet_nodes_table, host_name,
-    process_rss_bytes,
 };
 use fleetsql_model::{Generation, merge_tables, now_ms};
 use parking_lot::Mutex;
@@ -613,21 +612,14 @@ fn with_own_row(inner: &Inner, generation: Arc<Generation>) -> Arc<Generation> {
         return generation;
     };
     let now = now_ms();
-    let row = NodeState {
-        role: "sqlnode".to_string(),
-        name: inner.config.name.clone(),
-        host: inner.host.clone(),
-        generation_id: generation.meta.id,
-        made_at_ms: now,
-        lag_ms: None,
-        children_seen: 0,
-        children_expected: 0,
-        clusters_seen: 0,
-        machines_seen: 0,
-        machines_expected: 0,
-        memory_bytes: process_rss_bytes(),
-        uptime_s: inner.started.elapsed().as_secs_f64(),
-    }
+    let row = NodeState::new(
+        "sqlnode",
+        &inner.config.name,
+        &inner.host,
+        generation.meta.id,
+        now,
+        inner.started.elapsed().as_secs_f64(),
+    )
     .with_visibility(&generation.meta.visibility, now);
     let mut row = row;
     // The SQL node's children are its sources, not the TLA's children.

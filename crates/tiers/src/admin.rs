@@ -189,47 +189,34 @@ fn render(o: &Observed) -> String {
     }
     if let Some(node) = &o.sqlnode {
         let sources = node.sources_status();
-        family(
-            &mut out,
-            "fleetsql_source_up",
-            "gauge",
-            "Whether a TLA answered the last probe or fetch",
-        );
-        for s in &sources {
-            let _ = writeln!(
-                out,
-                "fleetsql_source_up{{{labels},source=\"{}\"}} {}",
-                escape(&s.name),
-                u8::from(s.alive)
-            );
-        }
-        family(
-            &mut out,
-            "fleetsql_source_chosen",
-            "gauge",
-            "The TLA the SQL node reads from",
-        );
-        for s in &sources {
-            let _ = writeln!(
-                out,
-                "fleetsql_source_chosen{{{labels},source=\"{}\"}} {}",
-                escape(&s.name),
-                u8::from(s.chosen)
-            );
-        }
-        family(
-            &mut out,
-            "fleetsql_source_clusters_seen",
-            "gauge",
-            "Clusters each TLA advertised at the last probe",
-        );
-        for s in &sources {
-            let _ = writeln!(
-                out,
-                "fleetsql_source_clusters_seen{{{labels},source=\"{}\"}} {}",
-                escape(&s.name),
-                s.clusters_seen
-            );
+        type Pick = fn(&fleetsql_sqlnode::SourceStatus) -> u64;
+        let families: [(&str, &str, Pick); 3] = [
+            (
+                "fleetsql_source_up",
+                "Whether a TLA answered the last probe or fetch",
+                |s| u64::from(s.alive),
+            ),
+            (
+                "fleetsql_source_chosen",
+                "The TLA the SQL node reads from",
+                |s| u64::from(s.chosen),
+            ),
+            (
+                "fleetsql_source_clusters_seen",
+                "Clusters each TLA advertised at the last probe",
+                |s| s.clusters_seen,
+            ),
+        ];
+        for (name, help, pick) in families {
+            family(&mut out, name, "gauge", help);
+            for s in &sources {
+                let _ = writeln!(
+                    out,
+                    "{name}{{{labels},source=\"{}\"}} {}",
+                    escape(&s.name),
+                    pick(s)
+                );
+            }
         }
     }
     let server = o.server.as_ref().map(|s| s.snapshot());

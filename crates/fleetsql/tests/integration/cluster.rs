@@ -24,6 +24,31 @@ impl Drop for TestDemo {
     }
 }
 
+/// Waits for the line a `fleetsql` process prints once it listens (it
+/// names the bound ports), then keeps draining stdout so the process never
+/// blocks on a full pipe. `None` if the process exited first.
+pub(crate) async fn ready_line(process: &mut Child, prefix: &str) -> Option<String> {
+    let stdout = process.stdout.take()?;
+    let prefix = prefix.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return None;
+            }
+            if line.starts_with(&prefix) {
+                std::thread::spawn(move || for _ in reader.lines() {});
+                return Some(line.clone());
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 fn field(line: &str, key: &str) -> SocketAddr {
     let start = line
         .find(&format!("{key}="))
@@ -67,27 +92,9 @@ impl TestDemo {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start fleetsql demo");
-        let stdout = process.stdout.take().unwrap();
-        // The ready line names the bound ports; reading it is the only
-        // synchronisation with start-up besides /health.
-        let line = tokio::task::spawn_blocking(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    return None;
-                }
-                if line.starts_with("fleetsql demo ready:") {
-                    // Keep draining so the demo never blocks on a full pipe.
-                    std::thread::spawn(move || for _ in reader.lines() {});
-                    return Some(line.clone());
-                }
-            }
-        })
-        .await
-        .unwrap()
-        .expect("fleetsql demo exited before it was ready");
+        let line = ready_line(&mut process, "fleetsql demo ready:")
+            .await
+            .expect("fleetsql demo exited before it was ready");
         let demo = TestDemo {
             process,
             pg: field(&line, "pg"),

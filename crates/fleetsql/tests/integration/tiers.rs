@@ -3,7 +3,6 @@
 //! bottom up, each ready once its `/health` answers with a generation.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -13,7 +12,7 @@ use fleetsql_tiers::{AgentEntry, ProxyEntry, SqlNodeEntry, TlaEntry, Topology};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cluster::BINARY;
+use crate::cluster::{BINARY, ready_line};
 use crate::fixture::{FixtureFleet, repo_root};
 
 const TICK: Duration = Duration::from_secs(1);
@@ -181,25 +180,9 @@ impl TestCluster {
             _ => &mut command,
         };
         let mut child = command.spawn().expect("start fleetsql");
-        let stdout = child.stdout.take().unwrap();
-        let prefix = format!("fleetsql {role} ready:");
-        let line = tokio::task::spawn_blocking(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    return None;
-                }
-                if line.starts_with(&prefix) {
-                    std::thread::spawn(move || for _ in reader.lines() {});
-                    return Some(line.clone());
-                }
-            }
-        })
-        .await
-        .unwrap()
-        .unwrap_or_else(|| panic!("{role} {name} exited before it was ready; see {name}.log"));
+        let line = ready_line(&mut child, &format!("fleetsql {role} ready:"))
+            .await
+            .unwrap_or_else(|| panic!("{role} {name} exited before it was ready; see {name}.log"));
         let addrs = ready_fields(&line);
         if fresh {
             let flight = addrs.get("flight").copied();
