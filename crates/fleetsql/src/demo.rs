@@ -54,6 +54,8 @@ pub(crate) struct DemoArgs {
     /// Memory all running queries may hold together, in MiB.
     #[arg(long, default_value_t = 1024)]
     query_memory_mib: usize,
+    #[command(flatten)]
+    alerts: crate::demo_alerts::AlertArgs,
 }
 
 /// Accepts `250ms`, `5s`, `2m`, or a plain number of seconds.
@@ -157,7 +159,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     });
     let pqa_clock = pqa.start_clock();
     let pqa_feed = fleetsql_http::feed_persistent_queries(node.clone(), pqa.clone());
-    let app = fleetsql_http::router(node.clone()).merge(fleetsql_pqa::router(pqa.clone()));
+    let alerts = crate::demo_alerts::start(&args.alerts, node.clone())?;
+    let app = fleetsql_http::router(node.clone())
+        .merge(fleetsql_pqa::router(pqa.clone()))
+        .merge(alerts.router());
     let http = HttpServer::start(app, SocketAddr::new(args.bind, args.http_port)).await?;
 
     // First generation now rather than at the first tick, bottom up.
@@ -190,11 +195,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         agent.publish_addr()
     );
     println!();
+    println!("  alerts console: http://{http_addr}/alerts");
     println!("generations every {:?}; Ctrl-C stops", args.tick);
 
     shutdown_signal().await;
     eprintln!("shutting down");
     http.shutdown().await;
+    alerts.shutdown().await;
     pg.shutdown().await;
     pqa_feed.abort();
     drop(pqa_clock);

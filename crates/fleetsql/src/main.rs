@@ -1,7 +1,9 @@
 //! `fleetsql`: one binary, a subcommand per role. Everything here is
 //! argument parsing and wiring; the work happens in the library crates.
 
+mod alerts_cmd;
 mod demo;
+mod demo_alerts;
 mod sql_client;
 
 use std::process::ExitCode;
@@ -28,6 +30,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Ask a SQL node one question and print the answer.
     Sql(sql_client::SqlArgs),
+    /// Alert tools: `alerts check FILE` tries a definition before deploying it.
+    Alerts(alerts_cmd::AlertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
             Command::Sql(args) => sql_client::run(args).await,
+            Command::Alerts(args) => alerts_cmd::run(args).await,
         }
     });
     match result {

@@ -41,6 +41,11 @@ impl TestDemo {
     }
 
     pub(crate) async fn start_sized(clusters: usize, machines: usize) -> TestDemo {
+        Self::start_with(clusters, machines, &[]).await
+    }
+
+    /// A demo with extra command-line arguments (e.g. alert flags).
+    pub(crate) async fn start_with(clusters: usize, machines: usize, extra: &[String]) -> TestDemo {
         let dir = tempfile::tempdir().unwrap();
         let drop_dir = dir.path().join("drop");
         std::fs::create_dir_all(&drop_dir).unwrap();
@@ -51,6 +56,7 @@ impl TestDemo {
             .args(["--pg-port", "0", "--http-port", "0", "--publish-port", "0"])
             .arg("--drop-dir")
             .arg(&drop_dir)
+            .args(extra)
             .env("FLEETSQL_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
