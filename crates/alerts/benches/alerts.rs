@@ -106,6 +106,16 @@ async fn run(clusters: usize, machines: usize, alerts: usize) {
     node.wait_for_generation(Duration::from_secs(600))
         .await
         .expect("generation");
+    let wanted = ["filesystem".to_string()].into_iter().collect();
+    node.request_tables(&wanted);
+    let mut generations = node.subscribe();
+    tokio::time::timeout(
+        Duration::from_secs(600),
+        generations.wait_for(|g| g.tables.contains_key("filesystem")),
+    )
+    .await
+    .expect("filesystem collected in time")
+    .expect("node running");
     let rows = node
         .query("SELECT count(*) FROM filesystem")
         .await
