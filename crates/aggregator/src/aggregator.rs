@@ -51,7 +51,7 @@ impl AggregatorConfig {
             offset: Duration::ZERO,
             stale_after: tick * 3,
             fetch_timeout: tick.max(Duration::from_secs(2)),
-            child_wait: tick / 4,
+            child_wait: (tick / 4).min(Duration::from_secs(2)),
             parent_grace: (tick * 6).max(Duration::from_secs(30)),
             prewarm: BTreeSet::new(),
         }
@@ -195,11 +195,11 @@ impl Aggregator {
 async fn run(inner: Arc<Inner>) {
     loop {
         let sleep = until_next_tick(inner.config.tick, inner.config.offset);
-        tokio::select! {
-            _ = tokio::time::sleep(sleep) => {}
-            _ = inner.tick_now.notified() => {}
-        }
-        tick(&inner).await;
+        let on_timer = tokio::select! {
+            _ = tokio::time::sleep(sleep) => true,
+            _ = inner.tick_now.notified() => false,
+        };
+        tick(&inner, on_timer).await;
     }
 }
 
@@ -218,7 +218,15 @@ struct Fetched {
     result: Result<Arc<Generation>>,
 }
 
-async fn fetch_group(inner: &Inner, group: usize, request: &FetchRequest) -> Fetched {
+/// `long_poll`: a timer tick may wait `child_wait` for a child's next
+/// generation; a tick made on demand (a new table, `tick_now`) answers with
+/// what the children have.
+async fn fetch_group(
+    inner: &Inner,
+    group: usize,
+    request: &FetchRequest,
+    long_poll: bool,
+) -> Fetched {
     let members = &inner.groups[group].members;
     let (preferred, last_id) = {
         let state = &inner.group_state.lock()[group];
@@ -230,7 +238,11 @@ async fn fetch_group(inner: &Inner, group: usize, request: &FetchRequest) -> Fet
         let member = (preferred + k) % members.len();
         let child = &members[member];
         let mut request = request.clone();
-        if member == preferred && last_id.is_some() && !inner.config.child_wait.is_zero() {
+        if long_poll
+            && member == preferred
+            && last_id.is_some()
+            && !inner.config.child_wait.is_zero()
+        {
             request.since_generation = last_id;
             request.wait = Some(inner.config.child_wait);
         }
@@ -280,7 +292,7 @@ async fn fetch_group(inner: &Inner, group: usize, request: &FetchRequest) -> Fet
     }
 }
 
-async fn tick(inner: &Arc<Inner>) {
+async fn tick(inner: &Arc<Inner>, on_timer: bool) {
     let started = Instant::now();
     let wanted = inner.requests.lock().current(started);
     let request = FetchRequest {
@@ -290,9 +302,10 @@ async fn tick(inner: &Arc<Inner>) {
         wait: None,
         meta_only: false,
     };
-    let fetched =
-        futures::future::join_all((0..inner.groups.len()).map(|g| fetch_group(inner, g, &request)))
-            .await;
+    let fetched = futures::future::join_all(
+        (0..inner.groups.len()).map(|g| fetch_group(inner, g, &request, on_timer)),
+    )
+    .await;
 
     let merge_inner = inner.clone();
     let merged = tokio::task::spawn_blocking(move || merge(&merge_inner, &wanted, fetched)).await;

@@ -554,7 +554,7 @@
     }
   }
 
-  // ---------- alerts (wired by the lead once the alerts crate lands) ----------
+  // ---------- alerts (the alerts crate's state; live view at /alerts) ----------
 
   async function loadAlerts() {
     const status = $("alerts-status");
@@ -565,14 +565,20 @@
     }
     showError("alerts-error", null);
     try {
-      const answer = await api("/v1/alerts");
-      const rows = Array.isArray(answer) ? answer
-        : (answer.instances || answer.alerts || []);
-      const keys = rows.length ? Object.keys(rows[0]) : [];
-      renderGrid($("alerts-table"), keys.map((k) => ({ name: k })),
-        rows.map((r) => keys.map((k) => (typeof r[k] === "object" && r[k] !== null ? JSON.stringify(r[k]) : r[k]))),
+      const answer = await api("/alerts/api/state");
+      const alerts = answer.alerts || [];
+      const instances = answer.instances || [];
+      const when = (ms) => (ms ? new Date(ms).toISOString() : "");
+      const columns = ["alert", "severity", "status", "stale", "key", "details", "fired at", "acked at"];
+      renderGrid($("alerts-table"), columns.map((name) => ({ name })),
+        instances.map((i) => [
+          i.alert, i.severity, i.status, i.stale ? "stale" : "",
+          JSON.stringify(i.key), JSON.stringify(i.details),
+          when(i.fired_at_ms), when(i.acked_at_ms),
+        ]),
         { sortable: true });
-      status.textContent = rows.length + " entries";
+      const active = instances.filter((i) => i.status === "active").length;
+      status.textContent = active + " active instances of " + alerts.length + " alerts";
     } catch (error) {
       if (error.status === 404) status.textContent = "alerts not configured";
       else showError("alerts-error", error);

@@ -65,6 +65,8 @@ pub(crate) struct DemoArgs {
     /// SQLite file keeping report runs; without it runs are kept in memory.
     #[arg(long)]
     reports_db: Option<PathBuf>,
+    #[command(flatten)]
+    alerts: crate::demo_alerts::AlertArgs,
 }
 
 /// Accepts `250ms`, `5s`, `2m`, or a plain number of seconds.
@@ -154,6 +156,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     });
     let pqa_clock = pqa.start_clock();
     let pqa_feed = fleetsql_http::feed_persistent_queries(node.clone(), pqa.clone());
+    let alerts = crate::demo_alerts::start(&args.alerts, node.clone())?;
     let reports_dir = args
         .reports_dir
         .clone()
@@ -169,7 +172,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let console = fleetsql_console::router(
         node.clone(),
         ConsoleOptions {
-            alerts: false,
+            alerts: true,
             reports: true,
             persistent_queries: true,
         },
@@ -177,6 +180,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let app = fleetsql_http::router(node.clone())
         .merge(fleetsql_pqa::router(pqa.clone()))
         .merge(reports.router())
+        .merge(alerts.router())
         .merge(console);
     let http = HttpServer::start(app, SocketAddr::new(args.bind, args.http_port)).await?;
     let integrations =
@@ -213,6 +217,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("  console: http://{http_addr}/");
     println!();
+    println!("  alerts console: http://{http_addr}/alerts");
     println!("generations every {:?}; Ctrl-C stops", args.tick);
 
     crate::signal::shutdown_signal().await;
@@ -221,6 +226,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         integrations.shutdown().await;
     }
     http.shutdown().await;
+    alerts.shutdown().await;
     pg.shutdown().await;
     pqa_feed.abort();
     reports.shutdown().await;

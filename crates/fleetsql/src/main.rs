@@ -1,7 +1,9 @@
 //! `fleetsql`: one binary, a subcommand per role. Everything here is
 //! argument parsing and wiring; the work happens in the library crates.
 
+mod alerts_cmd;
 mod demo;
+mod demo_alerts;
 mod integrations;
 mod signal;
 mod sql_client;
@@ -39,6 +41,8 @@ enum Command {
     Tla(tier::TierArgs),
     /// Run a SQL node over one or more TLAs (Postgres wire and HTTP).
     Sqlnode(tier::TierArgs),
+    /// Alert tools: `alerts check FILE` tries a definition before deploying it.
+    Alerts(alerts_cmd::AlertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
             Command::Proxy(args) => tier::run(tier::Role::Proxy, args).await,
             Command::Tla(args) => tier::run(tier::Role::Tla, args).await,
             Command::Sqlnode(args) => tier::run(tier::Role::SqlNode, args).await,
+            Command::Alerts(args) => alerts_cmd::run(args).await,
         }
     });
     match result {

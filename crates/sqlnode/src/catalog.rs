@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use std::collections::BTreeMap;
+
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
@@ -16,6 +18,10 @@ use fleetsql_model::{Generation, conform_batch};
 use tokio::sync::watch;
 
 use crate::system_tables;
+
+/// Tables other components register on the node (e.g. alert state); they
+/// do not read the pinned generation.
+pub(crate) type ExtraTables = Arc<parking_lot::RwLock<BTreeMap<String, Arc<dyn TableProvider>>>>;
 
 tokio::task_local! {
     /// The generation the query running on this task reads.
@@ -33,6 +39,7 @@ pub(crate) fn pinned_or(current: &watch::Receiver<Arc<Generation>>) -> Arc<Gener
 #[derive(Debug)]
 pub(crate) struct FleetSchema {
     pub(crate) current: watch::Receiver<Arc<Generation>>,
+    pub(crate) extra: ExtraTables,
 }
 
 #[async_trait]
@@ -41,12 +48,16 @@ impl SchemaProvider for FleetSchema {
         let generation = pinned_or(&self.current);
         let mut names: Vec<String> = generation.meta.available.iter().cloned().collect();
         names.extend(system_tables::SYSTEM_TABLES.iter().map(|s| s.to_string()));
+        names.extend(self.extra.read().keys().cloned());
         names.sort();
         names.dedup();
         names
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if let Some(table) = self.extra.read().get(name) {
+            return Ok(Some(table.clone()));
+        }
         let generation = pinned_or(&self.current);
         if let Some(batch) = system_tables::build(name, &generation)? {
             let table = Arc::new(GenerationTable {
@@ -69,7 +80,9 @@ impl SchemaProvider for FleetSchema {
 
     fn table_exist(&self, name: &str) -> bool {
         let generation = pinned_or(&self.current);
-        generation.tables.contains_key(name) || system_tables::SYSTEM_TABLES.contains(&name)
+        generation.tables.contains_key(name)
+            || system_tables::SYSTEM_TABLES.contains(&name)
+            || self.extra.read().contains_key(name)
     }
 }
 

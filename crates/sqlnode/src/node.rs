@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
@@ -19,7 +20,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::catalog::{FleetSchema, PINNED};
+use crate::catalog::{ExtraTables, FleetSchema, PINNED};
 use crate::choice::{self, SourceStatus};
 use crate::requests::QueryRequests;
 use crate::system_tables::SYSTEM_TABLES;
@@ -94,6 +95,7 @@ struct Inner {
     switch: Notify,
     started: Instant,
     host: String,
+    extra_tables: ExtraTables,
 }
 
 impl std::fmt::Debug for Inner {
@@ -159,11 +161,18 @@ impl SqlNode {
             .with_information_schema(true)
             .with_default_catalog_and_schema("datafusion", "public");
         let ctx = SessionContext::new_with_config_rt(session_config, runtime);
+        let extra_tables = ExtraTables::default();
         let catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| SqlError::Query("default catalog missing".into()))?;
         catalog
-            .register_schema("public", Arc::new(FleetSchema { current: receiver }))
+            .register_schema(
+                "public",
+                Arc::new(FleetSchema {
+                    current: receiver,
+                    extra: extra_tables.clone(),
+                }),
+            )
             .map_err(SqlError::from)?;
         let requests = QueryRequests::new(config.prewarm.clone(), config.request_idle_expiry);
         let statuses: Vec<SourceStatus> = sources
@@ -187,6 +196,7 @@ impl SqlNode {
             switch: Notify::new(),
             started: Instant::now(),
             host: host_name(),
+            extra_tables,
         });
         let mut tasks = vec![tokio::spawn(fetch_loop(inner.clone()))];
         if inner.sources.len() > 1 {
@@ -206,6 +216,17 @@ impl SqlNode {
     /// The shared DataFusion context (front ends add catalogs to it).
     pub fn session_context(&self) -> Arc<SessionContext> {
         self.inner.ctx.clone()
+    }
+
+    /// Adds a table that other components own (alert state, say) to the
+    /// node's schema. It is not a fleet table: queries naming it neither
+    /// request it from the TLA nor wait for it, and it does not read the
+    /// pinned generation. Registering a name again replaces the table.
+    pub fn register_system_table(&self, name: &str, table: Arc<dyn TableProvider>) {
+        self.inner
+            .extra_tables
+            .write()
+            .insert(name.to_string(), table);
     }
 
     pub fn current(&self) -> Arc<Generation> {
@@ -248,6 +269,13 @@ impl SqlNode {
             .map(|r| r.table().to_string())
             .filter(|t| !SYSTEM_TABLES.contains(&t.as_str()))
             .collect();
+        let tables = {
+            let extra = self.inner.extra_tables.read();
+            tables
+                .into_iter()
+                .filter(|t| !extra.contains_key(t))
+                .collect()
+        };
         self.pin_tables(&tables).await
     }
 

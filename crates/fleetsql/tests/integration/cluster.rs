@@ -79,6 +79,15 @@ impl TestDemo {
         let dir = tempfile::tempdir().unwrap();
         let drop_dir = dir.path().join("drop");
         std::fs::create_dir_all(&drop_dir).unwrap();
+        // Tests that are not about alerts run none (the demo's default is
+        // the shipped examples, which request tables of their own).
+        let mut extra = extra_args.to_vec();
+        if !extra.iter().any(|a| a == "--alerts-dir") {
+            let no_alerts = dir.path().join("no-alerts");
+            std::fs::create_dir_all(&no_alerts).unwrap();
+            extra.push("--alerts-dir".into());
+            extra.push(no_alerts.into_os_string());
+        }
         let mut process = Command::new(BINARY)
             .args(["demo", "--processes", "10", "--tick", tick])
             .args(["--clusters", &clusters.to_string()])
@@ -86,7 +95,7 @@ impl TestDemo {
             .args(["--pg-port", "0", "--http-port", "0", "--publish-port", "0"])
             .arg("--drop-dir")
             .arg(&drop_dir)
-            .args(extra_args)
+            .args(&extra)
             .env("FLEETSQL_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -542,7 +542,7 @@ async fn console_pages_in_headless_chromium() {
     );
     screenshot(&browser, "reports").await;
 
-    // --- alerts: not mounted in this build, and the page says so.
+    // --- alerts: the demo runs none here (an empty alerts directory).
     open(&browser, &base, "alerts").await;
     let status = wait_for(
         &browser,
@@ -550,7 +550,7 @@ async fn console_pages_in_headless_chromium() {
         "document.getElementById('alerts-status').textContent",
     )
     .await;
-    assert_eq!(status, "alerts not configured");
+    assert_eq!(status, "0 active instances of 0 alerts");
     screenshot(&browser, "alerts").await;
 
     assert_no_console_errors(

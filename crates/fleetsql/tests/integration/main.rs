@@ -1,5 +1,6 @@
 //! Every integration test of fleetsql, built into one test binary.
 
+mod alerts;
 mod cluster;
 mod console;
 mod demo;

@@ -1,0 +1,173 @@
+//! Alert iterations per minute one SQL node sustains with the seed's disk
+//! alert, next to a baseline measured in the same run: the same SQL run
+//! directly on the node, back to back.
+//!
+//! `cargo bench --workspace --profile dev --bench alerts -- [clusters] [machines] [alerts]`
+//!
+//! Every alert is a copy of the disk alert with its own SQL text, so each
+//! iteration runs its own query (answers are not reused across passes);
+//! a last row shows the same number of alerts sharing one SQL text.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetsql_aggregator::{Child, ClusterSpec, FetchRequest, InProcessHierarchy};
+use fleetsql_alerts::{AlertService, AlertsConfig};
+use fleetsql_sim::{SimConfig, SimFleet};
+use fleetsql_sqlnode::{SqlNode, SqlNodeConfig};
+
+const DISK_SQL: &str = "SELECT machineip ip_key, mountp mnt_key, bavail*bsize free_space, (100*bavail)/blocks pct FROM filesystem a WHERE blocks > 0 and (100*bavail)/blocks < 3";
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let clusters = args.first().copied().unwrap_or(100);
+    let machines = args.get(1).copied().unwrap_or(100);
+    let alerts = args.get(2).copied().unwrap_or(20);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(clusters, machines, alerts));
+}
+
+fn write_alerts(dir: &std::path::Path, alerts: usize, shared: bool) {
+    for entry in std::fs::read_dir(dir).expect("dir") {
+        let _ = std::fs::remove_file(entry.expect("entry").path());
+    }
+    for i in 0..alerts {
+        // A comment makes each copy's SQL text distinct unless shared.
+        let sql = if shared {
+            DISK_SQL.to_string()
+        } else {
+            format!("{DISK_SQL} -- copy {i}")
+        };
+        std::fs::write(
+            dir.join(format!("disk{i}.toml")),
+            format!("name = \"disk {i}\"\nevery = \"1s\"\nsql = \"{sql}\"\n"),
+        )
+        .expect("write alert");
+    }
+}
+
+/// Runs passes (each making every alert due) for at least `budget`.
+async fn iterations_per_minute(service: &AlertService, budget: Duration) -> (f64, usize, usize) {
+    let mut now = 1_000_000_000i64;
+    // Warm-up pass: first iteration fires the instances.
+    service.run_pass(now).await.expect("pass");
+    let started = Instant::now();
+    let (mut iterations, mut queries) = (0, 0);
+    while started.elapsed() < budget {
+        now += 1_000;
+        let report = service.run_pass(now).await.expect("pass");
+        iterations += report.iterations;
+        queries += report.queries;
+    }
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    (iterations as f64 / minutes, iterations, queries)
+}
+
+async fn run(clusters: usize, machines: usize, alerts: usize) {
+    let tick = Duration::from_secs(3600);
+    let built = Instant::now();
+    let sim = SimFleet::new(SimConfig {
+        clusters,
+        machines_per_cluster: machines,
+        processes_per_machine: 1,
+        tick,
+        ..SimConfig::default()
+    })
+    .expect("sim");
+    let specs = sim
+        .clusters()
+        .iter()
+        .map(|c| ClusterSpec {
+            name: c.name.clone(),
+            machines: c
+                .machines
+                .iter()
+                .map(|m| m.clone() as Arc<dyn Child>)
+                .collect(),
+        })
+        .collect();
+    let hierarchy = InProcessHierarchy::start(specs, vec![], tick);
+    let tla = hierarchy.tla.as_child();
+    tla.fetch(&FetchRequest {
+        requester: "bench".into(),
+        tables: ["filesystem".to_string()].into_iter().collect(),
+        ..Default::default()
+    })
+    .await
+    .expect("first fetch");
+    let node =
+        Arc::new(SqlNode::start(SqlNodeConfig::new("bench", tick), vec![tla]).expect("node"));
+    node.wait_for_generation(Duration::from_secs(600))
+        .await
+        .expect("generation");
+    let wanted = ["filesystem".to_string()].into_iter().collect();
+    node.request_tables(&wanted);
+    let mut generations = node.subscribe();
+    tokio::time::timeout(
+        Duration::from_secs(600),
+        generations.wait_for(|g| g.tables.contains_key("filesystem")),
+    )
+    .await
+    .expect("filesystem collected in time")
+    .expect("node running");
+    let rows = node
+        .query("SELECT count(*) FROM filesystem")
+        .await
+        .expect("count");
+    let rows = fleetsql_http::batches_to_rows(&rows.batches).expect("rows")[0][0].clone();
+    let fired = node.query(DISK_SQL).await.expect("disk").num_rows();
+    println!(
+        "fleet: {clusters} clusters x {machines} machines = {} machines, filesystem {rows} rows, disk alert {fired} instances; built in {:.1} s",
+        clusters * machines,
+        built.elapsed().as_secs_f64()
+    );
+
+    // Baseline: the disk alert's SQL straight on the node, back to back.
+    let budget = Duration::from_secs(10);
+    let started = Instant::now();
+    let mut runs = 0usize;
+    while started.elapsed() < budget {
+        std::hint::black_box(node.query(DISK_SQL).await.expect("query").num_rows());
+        runs += 1;
+    }
+    let baseline = runs as f64 / (started.elapsed().as_secs_f64() / 60.0);
+    println!();
+    println!("| measure | per minute | vs baseline |");
+    println!("|---|---|---|");
+    println!("| disk alert SQL run directly, one at a time (baseline) | {baseline:.0} | 1.00x |");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alerts_dir = dir.path().join("alerts");
+    std::fs::create_dir_all(&alerts_dir).expect("dir");
+    for (shared, parallel) in [(false, 1), (false, 4), (true, 4)] {
+        write_alerts(&alerts_dir, alerts, shared);
+        let mut config = AlertsConfig::new(
+            &alerts_dir,
+            dir.path().join(format!("state-{shared}-{parallel}.db")),
+        );
+        config.parallel_queries = parallel;
+        config.reuse_answers = false;
+        let service = AlertService::open(node.clone(), config).expect("service");
+        let (per_minute, iterations, queries) = iterations_per_minute(&service, budget).await;
+        let label = if shared {
+            format!("{alerts} alerts with identical SQL (one query per pass), {parallel} at once")
+        } else {
+            format!(
+                "{alerts} disk alerts, distinct SQL, {parallel} quer{} at once",
+                if parallel == 1 { "y" } else { "ies" }
+            )
+        };
+        println!(
+            "| alert iterations: {label} ({iterations} iterations, {queries} queries) | {per_minute:.0} | {:.2}x |",
+            per_minute / baseline
+        );
+        service.shutdown().await;
+    }
+    hierarchy.shutdown().await;
+}

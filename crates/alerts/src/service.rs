@@ -1,0 +1,646 @@
+//! The alert service: schedules each alert's SQL on the SQL node, feeds the
+//! answers through the state machine, commits state and notifications to
+//! the store, and delivers notifications from the store's outbox.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use datafusion::sql::parser::Statement as DfStatement;
+use fleetsql_model::{Generation, now_ms};
+use fleetsql_sqlnode::{SYSTEM_TABLES, SqlError, SqlNode};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, broadcast};
+use tokio::task::JoinHandle;
+
+use crate::definition::{AlertDefinition, CONSOLE_ROUTE, DefinitionError, DefinitionSet};
+use crate::routes::RouteConfig;
+use crate::state::{AlertState, EventKind, Observation, Row, Timing};
+use crate::store::Store;
+use crate::{Result, tables};
+
+/// Tables the alert service adds to the SQL node.
+pub const ALERT_TABLES: [&str; 3] = ["alerts", "alert_instances", "alert_errors"];
+
+/// How the alert service runs; every field but `dir` and `state_path` has
+/// a working default.
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    /// The watched directory of `*.toml` definitions (and `routes.toml`).
+    pub dir: PathBuf,
+    /// The SQLite file holding state; SQL nodes sharing it share the alerts.
+    pub state_path: PathBuf,
+    /// This node's name in the lease (unique among nodes sharing the file).
+    pub node_id: String,
+    /// How often the scheduler looks for due alerts and re-reads the directory.
+    pub poll: Duration,
+    /// Below this fraction of machines answering for a table an alert
+    /// reads, the alert is in "no data" (alerts may override it).
+    pub min_completeness: f64,
+    /// How long the lease lasts without renewal; another node takes over
+    /// this long after the holder dies.
+    pub lease_ttl: Duration,
+    /// How long cleared instances stay in `alert_instances`.
+    pub retention: Duration,
+    /// Distinct alert queries run at once.
+    pub parallel_queries: usize,
+    /// Reuse an answer for identical SQL in later passes while the
+    /// generation is the same (within one pass it is always shared).
+    pub reuse_answers: bool,
+}
+
+impl AlertsConfig {
+    pub fn new(dir: impl Into<PathBuf>, state_path: impl Into<PathBuf>) -> Self {
+        AlertsConfig {
+            dir: dir.into(),
+            state_path: state_path.into(),
+            node_id: format!("node-{}", std::process::id()),
+            poll: Duration::from_secs(1),
+            min_completeness: 0.5,
+            lease_ttl: Duration::from_secs(10),
+            retention: Duration::from_secs(24 * 3600),
+            parallel_queries: 4,
+            reuse_answers: true,
+        }
+    }
+}
+
+/// What one scheduler pass did (for tests and the benchmark).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PassReport {
+    pub leader: bool,
+    /// Alert iterations run.
+    pub iterations: usize,
+    /// Distinct queries executed (identical SQL shares one).
+    pub queries: usize,
+    pub events: usize,
+}
+
+/// The state the console and the alert tables show.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Snapshot {
+    pub(crate) definitions: BTreeMap<String, AlertDefinition>,
+    pub(crate) states: BTreeMap<String, AlertState>,
+    pub(crate) errors: Vec<DefinitionError>,
+    pub(crate) leader: Option<String>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) node: Arc<SqlNode>,
+    pub(crate) config: AlertsConfig,
+    pub(crate) store: Store,
+    definitions: Mutex<DefinitionSet>,
+    pub(crate) snapshot: Mutex<Snapshot>,
+    /// Bumped on every visible change; the console's SSE streams follow it.
+    pub(crate) updates: broadcast::Sender<()>,
+    leader: AtomicBool,
+    deliver_now: Notify,
+    http: reqwest::Client,
+    /// Last answers by SQL text, valid for one generation id.
+    cache: Mutex<(u64, BTreeMap<String, Evaluation>)>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertService")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running alert service; dropping it stops the scheduler.
+#[derive(Debug)]
+pub struct AlertService {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for AlertService {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// One query's answer, shared by every alert with the same SQL.
+#[derive(Debug, Clone)]
+struct Evaluation {
+    observation: Observation,
+    /// Lowest fraction of machines answering among the fleet tables read.
+    completeness: f64,
+    least_complete: Option<String>,
+    generation: Option<u64>,
+}
+
+/// Fraction of expected machines that answered for `table`.
+fn table_completeness(generation: &Generation, table: &str) -> f64 {
+    let visibility = &generation.meta.visibility;
+    let expected = visibility.machines_expected();
+    match visibility.tables.get(table) {
+        Some(s) if expected > 0 && s.machines_with_rows + s.machines_empty > 0 => {
+            ((s.machines_with_rows + s.machines_empty) as f64 / expected as f64).min(1.0)
+        }
+        // Static tables come from the TLA itself, not from machines.
+        _ if generation.tables.contains_key(table) => 1.0,
+        _ => 0.0,
+    }
+}
+
+/// Rows of an answer, keyed by their `*_key` columns.
+pub fn rows_from_batches(
+    batches: &[arrow::array::RecordBatch],
+    schema: &arrow::datatypes::Schema,
+) -> std::result::Result<Vec<Row>, String> {
+    let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let values = fleetsql_http::batches_to_rows(batches).map_err(|e| e.to_string())?;
+    Ok(values
+        .into_iter()
+        .map(|v| Row::from_values(&columns, v))
+        .collect())
+}
+
+impl Inner {
+    fn fleet_tables(&self, statement: &datafusion::sql::sqlparser::ast::Statement) -> Vec<String> {
+        let state = self.node.session_context().state();
+        let Ok(references) =
+            state.resolve_table_references(&DfStatement::Statement(Box::new(statement.clone())))
+        else {
+            return Vec::new();
+        };
+        let mut tables: BTreeSet<String> = BTreeSet::new();
+        for r in references {
+            let name = r.table().to_string();
+            if r.schema().is_none_or(|s| s == "public")
+                && !SYSTEM_TABLES.contains(&name.as_str())
+                && !ALERT_TABLES.contains(&name.as_str())
+            {
+                tables.insert(name);
+            }
+        }
+        tables.into_iter().collect()
+    }
+
+    async fn evaluate(&self, sql: &str) -> Evaluation {
+        let failed = |reason: String| Evaluation {
+            observation: Observation::Failed(reason),
+            completeness: 1.0,
+            least_complete: None,
+            generation: None,
+        };
+        let nodata = |reason: String, generation: Option<u64>| Evaluation {
+            observation: Observation::NoData(reason),
+            completeness: 0.0,
+            least_complete: None,
+            generation,
+        };
+        let statement = match self.node.parse(sql) {
+            Ok(s) => s,
+            Err(e) => return failed(e.to_string()),
+        };
+        let tables = self.fleet_tables(&statement);
+        let generation = match self.node.pin(&statement).await {
+            Ok(g) => g,
+            Err(
+                e @ (SqlError::UnknownTable { .. }
+                | SqlError::NotYetCollected { .. }
+                | SqlError::NoGeneration { .. }),
+            ) => return nodata(e.to_string(), None),
+            Err(e) => return failed(e.to_string()),
+        };
+        let mut completeness = 1.0;
+        let mut least_complete = None;
+        for table in &tables {
+            let c = table_completeness(&generation, table);
+            if c < completeness {
+                completeness = c;
+                least_complete = Some(table.clone());
+            }
+        }
+        let id = generation.meta.id;
+        match self.node.execute(statement, generation).await {
+            Ok(output) => match rows_from_batches(&output.batches, &output.schema) {
+                Ok(rows) => Evaluation {
+                    observation: Observation::Rows(rows),
+                    completeness,
+                    least_complete,
+                    generation: Some(id),
+                },
+                Err(e) => failed(e),
+            },
+            Err(e @ (SqlError::UnknownTable { .. } | SqlError::NotYetCollected { .. })) => {
+                nodata(e.to_string(), Some(id))
+            }
+            Err(e) => failed(e.to_string()),
+        }
+    }
+
+    /// Answers for every distinct SQL text, computing each once per
+    /// generation.
+    async fn evaluate_all(&self, sqls: BTreeSet<String>) -> (BTreeMap<String, Evaluation>, usize) {
+        let current = self.node.current().meta.id;
+        let mut answers = BTreeMap::new();
+        let mut todo = Vec::new();
+        {
+            let mut cache = self.cache.lock();
+            if cache.0 != current || !self.config.reuse_answers {
+                *cache = (current, BTreeMap::new());
+            }
+            for sql in sqls {
+                match cache.1.get(&sql) {
+                    Some(e) => {
+                        answers.insert(sql, e.clone());
+                    }
+                    None => todo.push(sql),
+                }
+            }
+        }
+        let ran = todo.len();
+        let computed: Vec<(String, Evaluation)> = futures::stream::iter(todo)
+            .map(|sql| async move {
+                let e = self.evaluate(&sql).await;
+                (sql, e)
+            })
+            .buffer_unordered(self.config.parallel_queries.max(1))
+            .collect()
+            .await;
+        let current = self.node.current().meta.id;
+        let mut cache = self.cache.lock();
+        if cache.0 != current {
+            // A generation arrived while the queries ran.
+            *cache = (current, BTreeMap::new());
+        }
+        for (sql, e) in computed {
+            // Only answers of the current generation are reused.
+            if matches!(e.observation, Observation::Rows(_)) && e.generation == Some(current) {
+                cache.1.insert(sql.clone(), e.clone());
+            }
+            answers.insert(sql, e);
+        }
+        (answers, ran)
+    }
+
+    fn reload_states(&self) {
+        match self.store.load() {
+            Ok(states) => self.snapshot.lock().states = states,
+            Err(e) => tracing::warn!(error = %e, "cannot read alert state"),
+        }
+    }
+
+    /// One scheduler pass at `now`: re-read definitions, hold the lease,
+    /// run the due alerts.
+    async fn pass(&self, now: i64) -> Result<PassReport> {
+        let (definitions, errors, routes_changed) = {
+            let mut set = self.definitions.lock();
+            let changed = set.scan(now);
+            (set.definitions(), set.errors(), changed)
+        };
+        let was_leader = self.leader.load(Ordering::SeqCst);
+        let leader = self
+            .store
+            .acquire_lease(&self.config.node_id, now, self.config.lease_ttl)?;
+        self.leader.store(leader, Ordering::SeqCst);
+        if leader && !was_leader {
+            tracing::info!(node = %self.config.node_id, "holding the alert lease; running alerts here");
+            self.reload_states();
+        }
+        let holder = if leader {
+            Some(self.config.node_id.clone())
+        } else {
+            self.store.lease_holder(now).ok().flatten()
+        };
+        {
+            let mut snapshot = self.snapshot.lock();
+            snapshot.definitions = definitions.clone();
+            snapshot.errors = errors;
+            snapshot.leader = holder;
+        }
+        if !leader {
+            if was_leader {
+                tracing::warn!(node = %self.config.node_id, "lost the alert lease; another node runs the alerts");
+            }
+            self.reload_states();
+            if routes_changed {
+                let _ = self.updates.send(());
+            }
+            return Ok(PassReport::default());
+        }
+        if routes_changed {
+            // Alerts whose file is gone stop and are forgotten.
+            let stale: Vec<String> = self
+                .snapshot
+                .lock()
+                .states
+                .keys()
+                .filter(|name| !definitions.contains_key(*name))
+                .cloned()
+                .collect();
+            for name in stale {
+                self.store.forget(&name)?;
+                self.snapshot.lock().states.remove(&name);
+            }
+        }
+
+        let due: Vec<&AlertDefinition> = {
+            let snapshot = self.snapshot.lock();
+            definitions
+                .values()
+                .filter(|d| {
+                    snapshot
+                        .states
+                        .get(&d.name)
+                        .and_then(|s| s.last_run_ms)
+                        .is_none_or(|last| now - last >= d.every.as_millis() as i64)
+                })
+                .collect()
+        };
+        let mut report = PassReport {
+            leader: true,
+            ..Default::default()
+        };
+        if due.is_empty() {
+            if routes_changed {
+                let _ = self.updates.send(());
+            }
+            return Ok(report);
+        }
+        let sqls: BTreeSet<String> = due.iter().map(|d| d.sql.clone()).collect();
+        let (answers, ran) = self.evaluate_all(sqls).await;
+        report.queries = ran;
+
+        let mut notified = false;
+        for def in due {
+            let Some(answer) = answers.get(&def.sql) else {
+                continue;
+            };
+            let threshold = def.min_completeness.unwrap_or(self.config.min_completeness);
+            let observation = match &answer.observation {
+                Observation::Rows(_) if answer.completeness < threshold => {
+                    Observation::NoData(format!(
+                        "only {:.0}% of machines answered for `{}` (needs {:.0}%)",
+                        answer.completeness * 100.0,
+                        answer.least_complete.as_deref().unwrap_or("?"),
+                        threshold * 100.0
+                    ))
+                }
+                other => other.clone(),
+            };
+            if let Observation::Failed(reason) = &observation {
+                tracing::warn!(alert = %def.name, error = %reason, "alert query failed; nothing fires or clears");
+            }
+            let timing = Timing {
+                fire_after: def.fire_after,
+                clear_after: def.clear_after,
+            };
+            let mut snapshot = self.snapshot.lock();
+            let mut state = snapshot
+                .states
+                .get(&def.name)
+                .cloned()
+                .unwrap_or_else(|| AlertState::new(&def.name));
+            let mut outcome = state.step(timing, now, observation);
+            if answer.generation.is_some() {
+                state.last_generation = answer.generation;
+            }
+            outcome
+                .removed
+                .extend(state.prune(now, self.config.retention));
+            let events: Vec<Value> = outcome
+                .events
+                .iter()
+                .filter(|e| e.kind != EventKind::NoData || def.notify_nodata)
+                .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
+                .collect();
+            let mut notifications = Vec::new();
+            if !events.is_empty() {
+                let payload = json!({
+                    "alert": def.name,
+                    "severity": def.severity.as_str(),
+                    "description": def.description,
+                    "procedure": def.procedure,
+                    "node": self.config.node_id,
+                    "events": events,
+                });
+                for route in def.routes.iter().filter(|r| *r != CONSOLE_ROUTE) {
+                    notifications.push((route.clone(), payload.clone()));
+                }
+            }
+            let changed: Vec<&String> = outcome.changed.iter().collect();
+            let removed: Vec<&String> = outcome.removed.iter().collect();
+            let committed = self.store.commit(
+                Some(&self.config.node_id),
+                now,
+                &state,
+                &changed,
+                &removed,
+                &notifications,
+            )?;
+            if !committed {
+                drop(snapshot);
+                tracing::warn!(node = %self.config.node_id, "lease lost during an iteration; its result is dropped");
+                self.leader.store(false, Ordering::SeqCst);
+                self.reload_states();
+                return Ok(report);
+            }
+            for event in &outcome.events {
+                tracing::info!(alert = %def.name, kind = event.kind.as_str(), key = %serde_json::Value::Object(event.key.clone()), "alert event");
+            }
+            // Acknowledgements live in the store only; keep them.
+            if let Some(old) = snapshot.states.get(&def.name) {
+                for (key, instance) in state.instances.iter_mut() {
+                    if let Some(before) = old.instances.get(key)
+                        && before.first_seen_ms == instance.first_seen_ms
+                    {
+                        instance.acked_at_ms = before.acked_at_ms;
+                        instance.acked_by = before.acked_by.clone();
+                    }
+                }
+            }
+            report.iterations += 1;
+            report.events += outcome.events.len();
+            notified |= !notifications.is_empty();
+            snapshot.states.insert(def.name.clone(), state);
+        }
+        if notified {
+            self.deliver_now.notify_one();
+        }
+        let _ = self.updates.send(());
+        Ok(report)
+    }
+
+    /// Delivers due outbox entries (only while holding the lease).
+    async fn deliver(&self) -> usize {
+        if !self.leader.load(Ordering::SeqCst) {
+            return 0;
+        }
+        let now = now_ms();
+        let pending = match self.store.pending(now, 64) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the notification outbox");
+                return 0;
+            }
+        };
+        let routes: BTreeMap<String, RouteConfig> = self.definitions.lock().routes().clone();
+        let results: Vec<(i64, u32, std::result::Result<(), String>)> =
+            futures::stream::iter(pending)
+                .map(|entry| {
+                    let route = routes.get(&entry.route).cloned();
+                    async move {
+                        let mut payload = entry.payload.clone();
+                        payload["id"] = json!(entry.id);
+                        let result = match route {
+                            Some(route) => route.deliver(&payload, &self.http).await,
+                            None => Err(format!(
+                                "route `{}` is no longer configured in routes.toml",
+                                entry.route
+                            )),
+                        };
+                        (entry.id, entry.attempts, result)
+                    }
+                })
+                .buffer_unordered(8)
+                .collect()
+                .await;
+        let mut delivered = 0;
+        for (id, attempts, result) in results {
+            let stored = match result {
+                Ok(()) => {
+                    delivered += 1;
+                    self.store.delivered(id, now_ms())
+                }
+                Err(error) => {
+                    let wait = 1000i64 << attempts.min(8);
+                    tracing::warn!(
+                        notification = id,
+                        error,
+                        retry_in_ms = wait,
+                        "notification not delivered; will retry"
+                    );
+                    self.store.failed(id, &error, now_ms() + wait)
+                }
+            };
+            if let Err(e) = stored {
+                tracing::warn!(error = %e, "cannot record a delivery");
+            }
+        }
+        delivered
+    }
+}
+
+impl AlertService {
+    /// Opens the state, registers the alert tables on `node` and starts the
+    /// scheduler and the delivery loop.
+    pub fn start(node: Arc<SqlNode>, config: AlertsConfig) -> Result<AlertService> {
+        let service = Self::open(node, config)?;
+        let mut service = service;
+        let scheduler = service.inner.clone();
+        service.tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(scheduler.config.poll);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = scheduler.pass(now_ms()).await {
+                    tracing::warn!(error = %e, "alert pass failed");
+                }
+            }
+        }));
+        let delivery = service.inner.clone();
+        service.tasks.push(tokio::spawn(async move {
+            loop {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    delivery.deliver_now.notified(),
+                )
+                .await;
+                while delivery.deliver().await > 0 {}
+            }
+        }));
+        Ok(service)
+    }
+
+    /// Like `start` but runs nothing by itself: the caller drives passes
+    /// with [`AlertService::run_pass`] and [`AlertService::deliver_pending`]
+    /// (tests, benchmarks, `alerts check`).
+    pub fn open(node: Arc<SqlNode>, config: AlertsConfig) -> Result<AlertService> {
+        let store = Store::open(&config.state_path)?;
+        let states = store.load()?;
+        let (updates, _) = broadcast::channel(64);
+        let inner = Arc::new(Inner {
+            node: node.clone(),
+            definitions: Mutex::new(DefinitionSet::new(&config.dir)),
+            config,
+            store,
+            snapshot: Mutex::new(Snapshot {
+                states,
+                ..Default::default()
+            }),
+            updates,
+            leader: AtomicBool::new(false),
+            deliver_now: Notify::new(),
+            http: reqwest::Client::new(),
+            cache: Mutex::new((0, BTreeMap::new())),
+        });
+        tables::register(&node, &inner);
+        Ok(AlertService {
+            inner,
+            tasks: Vec::new(),
+        })
+    }
+
+    /// Runs one scheduler pass as if the time were `now_ms`.
+    pub async fn run_pass(&self, now_ms: i64) -> Result<PassReport> {
+        self.inner.pass(now_ms).await
+    }
+
+    /// Delivers every due notification once; returns how many went out.
+    pub async fn deliver_pending(&self) -> usize {
+        self.inner.deliver().await
+    }
+
+    /// The console: `GET /alerts` (page), `/alerts/api/state`,
+    /// `POST /alerts/api/ack`, `GET /alerts/events` (SSE).
+    pub fn router(&self) -> axum::Router {
+        crate::console::router(self.inner.clone())
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.inner.leader.load(Ordering::SeqCst)
+    }
+
+    /// Active instances of `alert` (for tests and tools).
+    pub fn active_instances(&self, alert: &str) -> Vec<crate::state::Instance> {
+        self.inner
+            .snapshot
+            .lock()
+            .states
+            .get(alert)
+            .map(|s| s.active().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn state(&self, alert: &str) -> Option<AlertState> {
+        self.inner.snapshot.lock().states.get(alert).cloned()
+    }
+
+    pub fn definition_errors(&self) -> Vec<DefinitionError> {
+        self.inner.snapshot.lock().errors.clone()
+    }
+
+    /// Stops the loops and hands the lease to another node at once.
+    pub async fn shutdown(mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+        if self.is_leader()
+            && let Err(e) = self.inner.store.release_lease(&self.inner.config.node_id)
+        {
+            tracing::warn!(error = %e, "cannot release the alert lease");
+        }
+    }
+}

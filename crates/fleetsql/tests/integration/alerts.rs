@@ -1,0 +1,195 @@
+//! Alerts in the real binary: state survives kill -9 and a restart; two
+//! demo processes sharing one state file notify each instance exactly
+//! once, also when the one running the alerts is killed.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::routing::post;
+use serde_json::Value;
+
+use crate::cluster::TestDemo;
+
+/// (kind, instance key) of every event every POST carried.
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+async fn record(State(seen): State<Seen>, axum::Json(body): axum::Json<Value>) {
+    for event in body["events"].as_array().cloned().unwrap_or_default() {
+        let kind = event["kind"].as_str().unwrap_or_default().to_string();
+        seen.lock().unwrap().push((kind, event["key"].to_string()));
+    }
+}
+
+async fn webhook_receiver() -> (SocketAddr, Seen) {
+    let seen = Seen::default();
+    let app = axum::Router::new()
+        .route("/hook", post(record))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+fn write_alert(dir: &Path, hostname_pattern: &str) {
+    let text = format!(
+        "name = \"watched machines\"\nevery = \"500ms\"\nroutes = [\"noc\"]\n\
+         sql = \"SELECT ip ip_key, hostname FROM sys WHERE hostname LIKE '{hostname_pattern}'\"\n"
+    );
+    // Written elsewhere and renamed: the service never reads half a file.
+    let tmp = dir.join("watched.toml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(tmp, dir.join("watched.toml")).unwrap();
+}
+
+fn alert_dir(hook: SocketAddr) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("routes.toml"),
+        format!(
+            "[route.noc]\nkind = \"webhook\"\nurl = \"http://{hook}/hook\"\nbackoff = \"50ms\"\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn args(dir: &Path, state: &Path, node: &str) -> Vec<std::ffi::OsString> {
+    vec![
+        "--alerts-dir".into(),
+        dir.into(),
+        "--alerts-state".into(),
+        state.into(),
+        "--alerts-node".into(),
+        node.into(),
+        "--alerts-poll".into(),
+        "200ms".into(),
+        "--alerts-lease".into(),
+        "2s".into(),
+    ]
+}
+
+async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn count(seen: &Seen, kind: &str) -> usize {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k == kind)
+        .count()
+}
+
+async fn one_value(demo: &TestDemo, sql: &str) -> Value {
+    let (status, body) = demo.query_json(sql).await;
+    assert!(status.is_success(), "{sql}: {body}");
+    body["rows"][0][0].clone()
+}
+
+async fn iteration(demo: &TestDemo) -> u64 {
+    one_value(
+        demo,
+        "SELECT iteration FROM alerts WHERE name = 'watched machines'",
+    )
+    .await
+    .as_u64()
+    .unwrap_or(0)
+}
+
+fn assert_each_once(seen: &Seen) {
+    let events = seen.lock().unwrap().clone();
+    for event in &events {
+        let n = events.iter().filter(|e| *e == event).count();
+        assert_eq!(n, 1, "{event:?} notified {n} times: {events:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_state_survives_kill_and_restart() {
+    let (hook, seen) = webhook_receiver().await;
+    let dir = alert_dir(hook);
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().join("alerts.db");
+    write_alert(dir.path(), "%-m000");
+    let demo = TestDemo::start_with(2, 3, "1s", &args(dir.path(), &state, "a")).await;
+    wait_for("two instances to fire", async || count(&seen, "fired") == 2).await;
+    wait_for("a few iterations", async || iteration(&demo).await >= 3).await;
+    let fired_at = one_value(&demo, "SELECT string_agg(CAST(fired_at AS VARCHAR), ',' ORDER BY instance_key) FROM alert_instances").await;
+    let before = iteration(&demo).await;
+    drop(demo); // kill -9
+
+    let demo = TestDemo::start_with(2, 3, "1s", &args(dir.path(), &state, "a")).await;
+    wait_for("iterations to continue", async || {
+        iteration(&demo).await >= before + 3
+    })
+    .await;
+    assert_eq!(count(&seen, "fired"), 2, "nothing re-fired");
+    assert_eq!(count(&seen, "cleared"), 0, "nothing lost");
+    let after = one_value(&demo, "SELECT string_agg(CAST(fired_at AS VARCHAR), ',' ORDER BY instance_key) FROM alert_instances").await;
+    assert_eq!(fired_at, after);
+    let active = one_value(
+        &demo,
+        "SELECT count(*) FROM alert_instances WHERE status = 'active'",
+    )
+    .await;
+    assert_eq!(active, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_notify_each_instance_once_across_a_kill() {
+    let (hook, seen) = webhook_receiver().await;
+    let dir = alert_dir(hook);
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().join("alerts.db");
+    write_alert(dir.path(), "%-m000");
+    // Same seed, same fleet: both nodes see the same rows.
+    let a = TestDemo::start_with(3, 2, "1s", &args(dir.path(), &state, "a")).await;
+    let b = TestDemo::start_with(3, 2, "1s", &args(dir.path(), &state, "b")).await;
+    wait_for("three instances to fire", async || {
+        count(&seen, "fired") == 3
+    })
+    .await;
+    let holder = one_value(&a, "SELECT lease_holder FROM alerts").await;
+    let holder = holder.as_str().unwrap().to_string();
+    assert_eq!(
+        one_value(&b, "SELECT lease_holder FROM alerts").await,
+        holder.as_str()
+    );
+    let survivor = if holder == "a" {
+        drop(a); // kill -9 the node running the alerts
+        b
+    } else {
+        drop(b);
+        a
+    };
+    let survivor_name = if holder == "a" { "b" } else { "a" };
+
+    // While nobody holds the lease, the alert changes: cluster-00-m001
+    // appears, the first machines of clusters 01 and 02 go.
+    write_alert(dir.path(), "cluster-00-m00%");
+    wait_for("the survivor to fire and clear", async || {
+        count(&seen, "fired") == 4 && count(&seen, "cleared") == 2
+    })
+    .await;
+    assert_eq!(
+        one_value(&survivor, "SELECT lease_holder FROM alerts").await,
+        survivor_name
+    );
+    // A few more iterations, so that a late duplicate would have arrived.
+    let now = iteration(&survivor).await;
+    wait_for("more iterations", async || {
+        iteration(&survivor).await >= now + 4
+    })
+    .await;
+    assert_each_once(&seen);
+    assert_eq!(count(&seen, "fired"), 4);
+    assert_eq!(count(&seen, "cleared"), 2);
+}
