@@ -530,6 +530,16 @@ async fn fetch_loop(inner: Arc<Inner>) {
         };
         match answer {
             None => continue,
+            Some(Ok(generation)) if generation.meta.id == 0 => {
+                // The source has not made its first generation: it cannot
+                // long-poll for one, so ask again shortly instead of
+                // spinning on immediate answers.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = inner.refetch.notified() => {}
+                    _ = inner.switch.notified() => {}
+                }
+            }
             Some(Ok(generation)) => {
                 failures = 0;
                 note_answer(&inner, index, &generation);

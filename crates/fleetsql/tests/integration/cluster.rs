@@ -120,7 +120,11 @@ impl TestDemo {
         let deadline = Instant::now() + Duration::from_secs(60);
         let url = format!("http://{}/health", self.http);
         loop {
-            if let Ok(response) = client.get(&url).send().await
+            if let Ok(response) = client
+                .get(&url)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
                 && let Ok(body) = response.json::<serde_json::Value>().await
                 && body["generation"]["id"].as_u64().unwrap_or(0) > 0
             {
@@ -151,6 +155,7 @@ impl TestDemo {
         let response = reqwest::Client::new()
             .post(format!("{}/v1/query", self.url()))
             .json(&serde_json::json!({ "sql": sql }))
+            .timeout(Duration::from_secs(60))
             .send()
             .await
             .unwrap();
