@@ -36,6 +36,7 @@ impl InProcessHierarchy {
             .into_iter()
             .map(|cluster| {
                 let mut config = AggregatorConfig::new(format!("proxy-{}", cluster.name), tick);
+                config.role = "proxy".to_string();
                 config.offset = step;
                 let groups = cluster
                     .machines
@@ -54,6 +55,7 @@ impl InProcessHierarchy {
             .collect();
         groups.extend(tla_extra.into_iter().map(ChildGroup::single));
         let mut config = AggregatorConfig::new("tla", tick);
+        config.role = "tla".to_string();
         config.offset = step * 2;
         let tla = Aggregator::start(config, groups);
         InProcessHierarchy { proxies, tla }
