@@ -193,3 +193,57 @@ async fn two_nodes_notify_each_instance_once_across_a_kill() {
     assert_eq!(count(&seen, "fired"), 4);
     assert_eq!(count(&seen, "cleared"), 2);
 }
+
+/// `fleetsql alerts check FILE`: every shipped example runs against a live
+/// demo; an alert whose SQL fails, or a file that does not parse, exits
+/// non-zero with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_check_runs_the_shipped_examples_and_reports_bad_ones() {
+    let demo = TestDemo::start().await;
+    let check = |file: &Path| {
+        std::process::Command::new(crate::cluster::BINARY)
+            .args(["alerts", "check"])
+            .arg(file)
+            .args(["--url", &demo.url()])
+            .env("FLEETSQL_LOG", "warn")
+            .output()
+            .expect("run fleetsql alerts check")
+    };
+    let examples = crate::fixture::repo_root().join("alerts/examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let output = check(&path);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.starts_with("alert `"), "{stdout}");
+        checked += 1;
+    }
+    assert_eq!(checked, 3, "the three shipped examples");
+
+    let dir = tempfile::tempdir().unwrap();
+    let failing = dir.path().join("failing.toml");
+    std::fs::write(
+        &failing,
+        "name = \"bad sql\"\nsql = \"SELECT nope FROM sys\"\n",
+    )
+    .unwrap();
+    let output = check(&failing);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("its SQL fails"), "{stderr}");
+
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "name = \"no sql\"\n").unwrap();
+    let output = check(&broken);
+    assert!(!output.status.success());
+    assert!(!output.stderr.is_empty());
+}
