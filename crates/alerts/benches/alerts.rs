@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetsql_aggregator::{Child, ClusterSpec, FetchRequest, InProcessHierarchy};
+use fleetsql_aggregator::{FetchRequest, InProcessHierarchy};
 use fleetsql_alerts::{AlertService, AlertsConfig};
 use fleetsql_sim::{SimConfig, SimFleet};
 use fleetsql_sqlnode::{SqlNode, SqlNodeConfig};
@@ -80,18 +80,7 @@ async fn run(clusters: usize, machines: usize, alerts: usize) {
         ..SimConfig::default()
     })
     .expect("sim");
-    let specs = sim
-        .clusters()
-        .iter()
-        .map(|c| ClusterSpec {
-            name: c.name.clone(),
-            machines: c
-                .machines
-                .iter()
-                .map(|m| m.clone() as Arc<dyn Child>)
-                .collect(),
-        })
-        .collect();
+    let specs = sim.cluster_specs();
     let hierarchy = InProcessHierarchy::start(specs, vec![], tick);
     let tla = hierarchy.tla.as_child();
     tla.fetch(&FetchRequest {

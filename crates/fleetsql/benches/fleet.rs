@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetsql_aggregator::{Child, ClusterSpec, FetchRequest, InProcessHierarchy, StaticTables};
+use fleetsql_aggregator::{FetchRequest, InProcessHierarchy, StaticTables};
 use fleetsql_sim::{SimConfig, SimFleet};
 use fleetsql_sqlnode::{SqlNode, SqlNodeConfig};
 
@@ -68,18 +68,7 @@ async fn run(clusters: usize, machines: usize) {
         ..SimConfig::default()
     })
     .expect("sim");
-    let specs = sim
-        .clusters()
-        .iter()
-        .map(|c| ClusterSpec {
-            name: c.name.clone(),
-            machines: c
-                .machines
-                .iter()
-                .map(|m| m.clone() as Arc<dyn Child>)
-                .collect(),
-        })
-        .collect();
+    let specs = sim.cluster_specs();
     let index = concat!(env!("CARGO_MANIFEST_DIR"), "/../../demo/static/index.toml");
     let static_tables = StaticTables::open(index).expect("static tables");
     let hierarchy = InProcessHierarchy::start(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use fleetsql_agent::{Agent, AgentConfig};
-use fleetsql_aggregator::{Child, ClusterSpec, InProcessHierarchy, StaticTables};
+use fleetsql_aggregator::{ClusterSpec, InProcessHierarchy, StaticTables};
 use fleetsql_console::ConsoleOptions;
 use fleetsql_http::HttpServer;
 use fleetsql_pgwire::PgServer;
@@ -114,18 +114,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     .context("cannot start the local agent")?;
     let agent = Arc::new(agent);
 
-    let mut clusters: Vec<ClusterSpec> = sim
-        .clusters()
-        .iter()
-        .map(|c| ClusterSpec {
-            name: c.name.clone(),
-            machines: c
-                .machines
-                .iter()
-                .map(|m| m.clone() as Arc<dyn Child>)
-                .collect(),
-        })
-        .collect();
+    let mut clusters: Vec<ClusterSpec> = sim.cluster_specs();
     clusters.push(ClusterSpec {
         name: "local".to_string(),
         machines: vec![agent.as_child()],

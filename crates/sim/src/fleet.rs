@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fleetsql_aggregator::ChildGroup;
+use fleetsql_aggregator::{Child, ChildGroup, ClusterSpec};
 use fleetsql_model::now_ms;
 
 use crate::geo::{continent, region_of_cluster};
@@ -87,6 +87,22 @@ impl SimFleet {
 
     pub fn machines(&self) -> impl Iterator<Item = &Arc<SimMachine>> {
         self.clusters.iter().flat_map(|c| c.machines.iter())
+    }
+
+    /// Every cluster with its machines as children: the input of
+    /// `InProcessHierarchy::start`.
+    pub fn cluster_specs(&self) -> Vec<ClusterSpec> {
+        self.clusters
+            .iter()
+            .map(|c| ClusterSpec {
+                name: c.name.clone(),
+                machines: c
+                    .machines
+                    .iter()
+                    .map(|m| m.clone() as Arc<dyn Child>)
+                    .collect(),
+            })
+            .collect()
     }
 
     pub fn machine_count(&self) -> usize {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetsql_aggregator::{ClusterSpec, InProcessHierarchy};
+use fleetsql_aggregator::InProcessHierarchy;
 use fleetsql_alerts::{AlertService, AlertsConfig};
 use fleetsql_sim::{SimConfig, SimFleet};
 use fleetsql_sqlnode::{SqlNode, SqlNodeConfig};
@@ -29,18 +29,7 @@ impl TestFleet {
             ..SimConfig::default()
         })
         .unwrap();
-        let specs = sim
-            .clusters()
-            .iter()
-            .map(|c| ClusterSpec {
-                name: c.name.clone(),
-                machines: c
-                    .machines
-                    .iter()
-                    .map(|m| m.clone() as Arc<dyn fleetsql_aggregator::Child>)
-                    .collect(),
-            })
-            .collect();
+        let specs = sim.cluster_specs();
         let hierarchy = InProcessHierarchy::start(specs, vec![], tick);
         let node = SqlNode::start(
             SqlNodeConfig::new("alerts-test", Duration::from_millis(200)),
