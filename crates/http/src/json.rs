@@ -1,6 +1,6 @@
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type};
+use arrow::datatypes::{ArrowPrimitiveType, DataType, Float64Type, Int64Type, UInt64Type};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde_json::Value;
 
@@ -24,59 +24,26 @@ pub fn batches_to_rows(
 }
 
 fn column_values(array: &ArrayRef) -> Result<Vec<Value>, arrow::error::ArrowError> {
-    let n = array.len();
     let t = array.data_type();
     let values: Vec<Value> = if t.is_signed_integer() {
-        let a = cast(array, &DataType::Int64)?;
-        let a = a.as_primitive::<Int64Type>();
-        (0..n)
-            .map(|i| {
-                if a.is_null(i) {
-                    Value::Null
-                } else {
-                    a.value(i).into()
-                }
-            })
-            .collect()
+        widened::<Int64Type>(array, &DataType::Int64, Value::from)?
     } else if t.is_unsigned_integer() {
-        let a = cast(array, &DataType::UInt64)?;
-        let a = a.as_primitive::<UInt64Type>();
-        (0..n)
-            .map(|i| {
-                if a.is_null(i) {
-                    Value::Null
-                } else {
-                    a.value(i).into()
-                }
-            })
-            .collect()
+        widened::<UInt64Type>(array, &DataType::UInt64, Value::from)?
     } else if t.is_floating() {
-        let a = cast(array, &DataType::Float64)?;
-        let a = a.as_primitive::<Float64Type>();
-        (0..n)
-            .map(|i| {
-                if a.is_null(i) {
-                    Value::Null
-                } else {
-                    serde_json::Number::from_f64(a.value(i)).map_or(Value::Null, Value::Number)
-                }
-            })
-            .collect()
+        // NaN and infinities have no JSON number: null.
+        widened::<Float64Type>(array, &DataType::Float64, |v| {
+            serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
+        })?
     } else if *t == DataType::Boolean {
-        let a = array.as_boolean();
-        (0..n)
-            .map(|i| {
-                if a.is_null(i) {
-                    Value::Null
-                } else {
-                    a.value(i).into()
-                }
-            })
+        array
+            .as_boolean()
+            .iter()
+            .map(|v| v.map_or(Value::Null, Value::Bool))
             .collect()
     } else {
         let options = FormatOptions::default();
         let formatter = ArrayFormatter::try_new(array.as_ref(), &options)?;
-        (0..n)
+        (0..array.len())
             .map(|i| {
                 if array.is_null(i) {
                     Value::Null
@@ -87,6 +54,20 @@ fn column_values(array: &ArrayRef) -> Result<Vec<Value>, arrow::error::ArrowErro
             .collect()
     };
     Ok(values)
+}
+
+/// Casts `array` to the widest type of its kind and maps each value.
+fn widened<T: ArrowPrimitiveType>(
+    array: &ArrayRef,
+    to: &DataType,
+    value: impl Fn(T::Native) -> Value,
+) -> Result<Vec<Value>, arrow::error::ArrowError> {
+    let cast_array = cast(array, to)?;
+    Ok(cast_array
+        .as_primitive::<T>()
+        .iter()
+        .map(|v| v.map_or(Value::Null, &value))
+        .collect())
 }
 
 #[cfg(test)]
