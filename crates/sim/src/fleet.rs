@@ -6,7 +6,7 @@ use fleetsql_model::now_ms;
 
 use crate::geo::{continent, region_of_cluster};
 use crate::profile::Profile;
-use crate::{Result, SimConfig, SimMachine};
+use crate::{Result, SimConfig, SimMachine, SimProxy};
 
 /// The machines of one cluster.
 #[derive(Debug, Clone)]
@@ -101,6 +101,25 @@ impl SimFleet {
                     .iter()
                     .map(|m| m.clone() as Arc<dyn Child>)
                     .collect(),
+            })
+            .collect()
+    }
+
+    /// One simulated proxy per cluster (`cluster-00-proxy`, ...), each
+    /// answering with its whole cluster's rows already merged: the same
+    /// rows a real proxy over [`SimFleet::cluster_specs`] would send, made
+    /// directly, so one process can feed a real TLA a large fleet.
+    pub fn proxies(&self) -> Vec<Arc<SimProxy>> {
+        self.clusters
+            .iter()
+            .map(|c| {
+                Arc::new(SimProxy::new(
+                    format!("{}-proxy", c.name),
+                    c.machines.iter().map(|m| m.profile_clone()).collect(),
+                    self.config.processes_per_machine,
+                    self.config.tick_ms(),
+                    self.config.churn,
+                ))
             })
             .collect()
     }

@@ -34,6 +34,6 @@ pub use config::SimConfig;
 pub use error::{Result, SimError};
 pub use fleet::{SimCluster, SimFleet};
 pub use geo::{CONTINENTS, Continent, DEMO_STATIC_FILES, REGIONS, Region};
-pub use machine::SimMachine;
+pub use machine::{SimMachine, SimProxy};
 pub use profile::Role;
 pub use tables::{TABLES, table_schema};

@@ -732,11 +732,21 @@ impl Clock {
     }
 }
 
-/// One table of one machine, as last built.
+/// Rows per Arrow batch of a table covering many machines: long enough for
+/// the query engine, short enough to spread over its partitions. The
+/// aggregator passes batches of at least half this length through a merge
+/// untouched.
+const BATCH_ROWS: usize = 64 * 1024;
+
+/// One table of a set of machines (one machine for a simulated agent, a
+/// whole cluster for a simulated proxy), as last built. Rows are the
+/// machines' rows one after the other, in the order of `profiles`.
 #[derive(Debug)]
 pub(crate) struct TableState {
     kind: Kind,
     rows: usize,
+    /// Where each machine's rows begin; one entry per machine plus the end.
+    offsets: Vec<usize>,
     /// Each row's churn phase, kept so that finding the rows that churned
     /// costs a multiply per row instead of four hashes.
     phases: Vec<f64>,
@@ -751,67 +761,137 @@ pub(crate) struct TableState {
     built: Option<(u64, Arc<Table>)>,
 }
 
+/// One column made of every machine's part of it.
+fn concat_parts(table: Kind, parts: &[ArrayRef]) -> Result<ArrayRef, ModelError> {
+    if let [only] = parts {
+        return Ok(only.clone());
+    }
+    let refs: Vec<&dyn arrow::array::Array> = parts.iter().map(|a| a.as_ref()).collect();
+    arrow::compute::concat(&refs).map_err(|source| ModelError::Arrow {
+        table: table.name().to_string(),
+        source,
+    })
+}
+
 impl TableState {
-    pub(crate) fn new(kind: Kind, p: &Profile, processes: usize, clock: Clock) -> Self {
-        let rows = row_count(kind, p, processes);
-        let ip = string_array(std::iter::repeat_n(p.ip.as_str(), rows));
-        let origin = [
-            string_array(std::iter::repeat_n(p.host.as_str(), rows)),
-            ip.clone(),
-            string_array(std::iter::repeat_n(p.cluster.as_str(), rows)),
-        ];
-        let fixed = fixed_columns(kind, p, rows, &ip);
-        let mut values = empty_dyn(kind, rows);
-        let mut versions = Vec::with_capacity(rows);
-        let mut phases = Vec::with_capacity(rows);
-        for row in 0..rows {
-            let key = row_key(kind, p, row);
-            let phase = phase(key);
-            let version = row_version(phase, clock.tick, clock.churn);
-            let sampled = sampled_at_s(phase, version, clock);
-            store(
-                &mut values,
-                row,
-                &sample(kind, p, row, key, version, sampled),
-            );
-            versions.push(version);
-            phases.push(phase);
+    pub(crate) fn new(
+        kind: Kind,
+        profiles: &[&Profile],
+        processes: usize,
+        clock: Clock,
+    ) -> Result<Self, ModelError> {
+        let mut offsets = Vec::with_capacity(profiles.len() + 1);
+        offsets.push(0);
+        for p in profiles {
+            offsets.push(offsets[offsets.len() - 1] + row_count(kind, p, processes));
         }
-        let arrays = values.iter().map(DynCol::to_array).collect();
-        TableState {
+        let rows = offsets[profiles.len()];
+        let each = |value: fn(&Profile) -> &str| {
+            let values: Vec<&str> = profiles
+                .iter()
+                .enumerate()
+                .flat_map(|(m, p)| std::iter::repeat_n(value(p), offsets[m + 1] - offsets[m]))
+                .collect();
+            string_array(values)
+        };
+        let ip = each(|p| p.ip.as_str());
+        let origin = [
+            each(|p| p.host.as_str()),
+            ip.clone(),
+            each(|p| p.cluster.as_str()),
+        ];
+        let mut fixed_parts: Vec<Vec<ArrayRef>> = Vec::new();
+        for (m, p) in profiles.iter().enumerate() {
+            let machine_rows = offsets[m + 1] - offsets[m];
+            let machine_ip = if profiles.len() == 1 {
+                ip.clone()
+            } else {
+                string_array(std::iter::repeat_n(p.ip.as_str(), machine_rows))
+            };
+            for (c, column) in fixed_columns(kind, p, machine_rows, &machine_ip)
+                .into_iter()
+                .enumerate()
+            {
+                if fixed_parts.len() <= c {
+                    fixed_parts.push(Vec::with_capacity(profiles.len()));
+                }
+                fixed_parts[c].push(column);
+            }
+        }
+        let mut fixed = fixed_parts
+            .iter()
+            .map(|parts| concat_parts(kind, parts))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(first) = fixed.first_mut() {
+            // The table's own ip column is the origin `_ip` array itself.
+            *first = ip;
+        }
+        let mut state = TableState {
             kind,
             rows,
-            phases,
-            versions,
+            offsets,
+            phases: Vec::with_capacity(rows),
+            versions: Vec::with_capacity(rows),
             fixed,
-            values,
-            arrays,
+            values: empty_dyn(kind, rows),
+            arrays: Vec::new(),
             origin,
             built: None,
+        };
+        for (m, p) in profiles.iter().enumerate() {
+            for row in 0..state.offsets[m + 1] - state.offsets[m] {
+                let key = row_key(kind, p, row);
+                let phase = phase(key);
+                let version = row_version(phase, clock.tick, clock.churn);
+                let sampled = sampled_at_s(phase, version, clock);
+                store(
+                    &mut state.values,
+                    state.phases.len(),
+                    &sample(kind, p, row, key, version, sampled),
+                );
+                state.versions.push(version);
+                state.phases.push(phase);
+            }
         }
+        state.arrays = state.values.iter().map(DynCol::to_array).collect();
+        Ok(state)
+    }
+
+    /// Machines (of this state's set) with at least one row.
+    pub(crate) fn machines_with_rows(&self) -> u64 {
+        self.offsets.windows(2).filter(|w| w[1] > w[0]).count() as u64
     }
 
     /// The table at `clock.tick`, re-sampling only rows that churned.
-    pub(crate) fn table_at(&mut self, p: &Profile, clock: Clock) -> Result<Arc<Table>, ModelError> {
+    /// `profiles` are the ones the state was made from, in the same order.
+    pub(crate) fn table_at(
+        &mut self,
+        profiles: &[&Profile],
+        clock: Clock,
+    ) -> Result<Arc<Table>, ModelError> {
         if let Some((tick, table)) = &self.built
             && *tick == clock.tick
         {
             return Ok(table.clone());
         }
         let mut changed = false;
-        for row in 0..self.rows {
-            let phase = self.phases[row];
-            let version = row_version(phase, clock.tick, clock.churn);
-            if version != self.versions[row] {
-                let key = row_key(self.kind, p, row);
-                let sampled = sampled_at_s(phase, version, clock);
-                store(
-                    &mut self.values,
-                    row,
-                    &sample(self.kind, p, row, key, version, sampled),
-                );
-                self.versions[row] = version;
-                changed = true;
+        for (m, p) in profiles.iter().enumerate() {
+            let first = self.offsets[m];
+            for row in 0..self.offsets[m + 1] - first {
+                let at = first + row;
+                let phase = self.phases[at];
+                let version = row_version(phase, clock.tick, clock.churn);
+                if version != self.versions[at] {
+                    let key = row_key(self.kind, p, row);
+                    let sampled = sampled_at_s(phase, version, clock);
+                    store(
+                        &mut self.values,
+                        at,
+                        &sample(self.kind, p, row, key, version, sampled),
+                    );
+                    self.versions[at] = version;
+                    changed = true;
+                }
             }
         }
         if changed {
@@ -822,7 +902,11 @@ impl TableState {
             Table::empty(schema.clone())
         } else {
             let batch = self.batch(clock.tick_start_ms())?;
-            Table::new(self.kind.name(), schema.clone(), vec![batch])?
+            let batches = (0..self.rows)
+                .step_by(BATCH_ROWS)
+                .map(|start| batch.slice(start, BATCH_ROWS.min(self.rows - start)))
+                .collect();
+            Table::new(self.kind.name(), schema.clone(), batches)?
         };
         let table = Arc::new(table);
         self.built = Some((clock.tick, table.clone()));

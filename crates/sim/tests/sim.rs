@@ -463,3 +463,35 @@ async fn default_fleet_merges_through_proxies_and_a_tla() {
         .collect();
     assert_eq!(hosts.len(), 500);
 }
+
+/// A simulated proxy's rows are its machines' rows, in machine order, at
+/// every tick, whether built fresh or advanced tick by tick.
+#[test]
+fn a_simulated_proxy_sends_exactly_its_machines_rows() {
+    let fleet = SimFleet::new(small()).unwrap();
+    let proxies = fleet.proxies();
+    assert_eq!(proxies.len(), fleet.clusters().len());
+    for (proxy, cluster) in proxies.iter().zip(fleet.clusters()) {
+        assert_eq!(proxy.cluster(), cluster.name);
+        assert_eq!(proxy.machines(), cluster.machines.len());
+        for tick in [TICK, TICK + 1, TICK + 4] {
+            let merged = proxy.generation_at(tick, &all_tables()).unwrap();
+            assert_eq!(merged.meta.id, tick);
+            let seen = &merged.meta.visibility.clusters[&cluster.name];
+            assert_eq!(seen.machines_seen, cluster.machines.len() as u64);
+            for t in TABLES {
+                let parts: Vec<RecordBatch> = cluster
+                    .machines
+                    .iter()
+                    .map(|m| batch(&m.generation_at(tick, &one(t)).unwrap().tables[t]))
+                    .filter(|b| b.num_rows() > 0)
+                    .collect();
+                let expected =
+                    concat_batches(&fleetsql_sim::table_schema(t).unwrap(), &parts).unwrap();
+                assert_eq!(batch(&merged.tables[t]), expected, "{t} at {tick}");
+                let with_rows = merged.meta.visibility.tables[t].machines_with_rows;
+                assert_eq!(with_rows, parts.len() as u64, "{t}");
+            }
+        }
+    }
+}
