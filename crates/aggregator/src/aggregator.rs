@@ -91,6 +91,10 @@ impl ChildGroup {
 #[derive(Debug, Clone, Default)]
 pub struct AggregatorStats {
     pub generations: u64,
+    /// Collecting the children's answers at the last tick (transfer, and
+    /// the long poll of a timer tick waiting for a newer child generation).
+    pub last_fetch_ms: f64,
+    /// Merging those answers into the generation, once they were all in.
     pub last_merge_ms: f64,
     pub children_expected: u64,
     pub children_merged: u64,
@@ -307,6 +311,8 @@ async fn tick(inner: &Arc<Inner>, on_timer: bool) {
     )
     .await;
 
+    let fetched_in = started.elapsed();
+    let merge_started = Instant::now();
     let merge_inner = inner.clone();
     let merged = tokio::task::spawn_blocking(move || merge(&merge_inner, &wanted, fetched)).await;
     let generation = match merged {
@@ -316,11 +322,13 @@ async fn tick(inner: &Arc<Inner>, on_timer: bool) {
             return;
         }
     };
+    let merged_in = merge_started.elapsed();
     let elapsed = started.elapsed();
     {
         let mut stats = inner.stats.lock();
         stats.generations += 1;
-        stats.last_merge_ms = elapsed.as_secs_f64() * 1000.0;
+        stats.last_fetch_ms = fetched_in.as_secs_f64() * 1000.0;
+        stats.last_merge_ms = merged_in.as_secs_f64() * 1000.0;
         stats.children_expected = inner.groups.len() as u64;
         stats.children_merged = generation
             .meta

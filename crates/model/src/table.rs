@@ -7,10 +7,13 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use crate::schema::{conform_batch, unify_fields};
 use crate::{ModelError, Result};
 
-/// Batches at least this long pass through a merge untouched; shorter runs
-/// are concatenated up to it, so a generation of 100k machines is a few
-/// hundred batches for the query engine rather than 100k tiny ones.
-const TARGET_BATCH_ROWS: usize = 64 * 1024;
+/// Batches of at least half this length pass through a merge untouched;
+/// shorter runs are concatenated up to it, so a generation of 100k machines
+/// is a thousand batches for the query engine rather than 100k tiny ones.
+/// It is the query engine's own batch size: longer batches would buy it
+/// nothing, while every row concatenated is a copy on the merge's critical
+/// path (batches decoded from Flight are a few thousand rows each).
+const TARGET_BATCH_ROWS: usize = 8192;
 
 /// One table: record batches that all have `schema`.
 #[derive(Debug, Clone)]

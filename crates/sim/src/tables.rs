@@ -732,11 +732,9 @@ impl Clock {
     }
 }
 
-/// Rows per Arrow batch of a table covering many machines: long enough for
-/// the query engine, short enough to spread over its partitions. The
-/// aggregator passes batches of at least half this length through a merge
-/// untouched.
-const BATCH_ROWS: usize = 64 * 1024;
+/// Rows per Arrow batch of a table covering many machines: the batches a
+/// real proxy's merge makes (see `fleetsql_model::merge_tables`).
+const BATCH_ROWS: usize = 8192;
 
 /// One table of a set of machines (one machine for a simulated agent, a
 /// whole cluster for a simulated proxy), as last built. Rows are the

@@ -26,5 +26,5 @@ mod system_tables;
 pub use choice::SourceStatus;
 pub use error::{Result, SqlError};
 pub use info::GenerationInfo;
-pub use node::{QueryOutput, SqlNode, SqlNodeConfig};
+pub use node::{Install, QueryOutput, SqlNode, SqlNodeConfig};
 pub use system_tables::SYSTEM_TABLES;

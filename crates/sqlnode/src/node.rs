@@ -96,6 +96,32 @@ struct Inner {
     started: Instant,
     host: String,
     extra_tables: ExtraTables,
+    last_install: Mutex<Option<Install>>,
+}
+
+/// When the node began answering from a generation its source made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Install {
+    pub generation_id: u64,
+    /// When the source finished making it.
+    pub made_at_ms: i64,
+    /// When this node's queries first saw it.
+    pub installed_at_ms: i64,
+    /// The oldest machine data it holds, when it holds any.
+    pub oldest_data_ms: Option<i64>,
+}
+
+impl Install {
+    /// Transfer from the source plus installation here.
+    pub fn latency_ms(&self) -> i64 {
+        self.installed_at_ms - self.made_at_ms
+    }
+
+    /// How old its oldest machine data were when queries first saw them.
+    pub fn data_age_ms(&self) -> Option<i64> {
+        self.oldest_data_ms
+            .map(|oldest| self.installed_at_ms - oldest)
+    }
 }
 
 impl std::fmt::Debug for Inner {
@@ -197,6 +223,7 @@ impl SqlNode {
             started: Instant::now(),
             host: host_name(),
             extra_tables,
+            last_install: Mutex::new(None),
         });
         let mut tasks = vec![tokio::spawn(fetch_loop(inner.clone()))];
         if inner.sources.len() > 1 {
@@ -484,6 +511,12 @@ impl SqlNode {
         }
     }
 
+    /// The newest generation taken from a source, and how long it took to
+    /// arrive and be installed.
+    pub fn last_install(&self) -> Option<Install> {
+        *self.inner.last_install.lock()
+    }
+
     /// Every source with what the node last learned of it.
     pub fn sources_status(&self) -> Vec<SourceStatus> {
         let chosen = self.inner.chosen.load(Ordering::Relaxed);
@@ -548,7 +581,17 @@ async fn fetch_loop(inner: Arc<Inner>) {
                     || generation.tables.len() != held.tables.len()
                 {
                     let generation = with_own_row(&inner, generation);
+                    let install = Install {
+                        generation_id: generation.meta.id,
+                        made_at_ms: generation.meta.made_at_ms,
+                        installed_at_ms: 0,
+                        oldest_data_ms: generation.meta.visibility.oldest_data_ms(),
+                    };
                     inner.generation.send_replace(generation);
+                    *inner.last_install.lock() = Some(Install {
+                        installed_at_ms: now_ms(),
+                        ..install
+                    });
                 }
             }
             Some(Err(e)) => {

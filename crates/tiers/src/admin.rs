@@ -159,17 +159,21 @@ fn render(o: &Observed) -> String {
             "fleetsql_generations_total{{{labels}}} {}",
             stats.generations
         );
-        family(
-            &mut out,
-            "fleetsql_merge_seconds",
-            "gauge",
-            "Time the last tick took (fetch and merge)",
-        );
-        let _ = writeln!(
-            out,
-            "fleetsql_merge_seconds{{{labels}}} {}",
-            stats.last_merge_ms / 1000.0
-        );
+        for (name, help, ms) in [
+            (
+                "fleetsql_fetch_seconds",
+                "Time the last tick took to collect its children's answers",
+                stats.last_fetch_ms,
+            ),
+            (
+                "fleetsql_merge_seconds",
+                "Time the last tick took to merge the answers collected",
+                stats.last_merge_ms,
+            ),
+        ] {
+            family(&mut out, name, "gauge", help);
+            let _ = writeln!(out, "{name}{{{labels}}} {}", ms / 1000.0);
+        }
         family(
             &mut out,
             "fleetsql_children",
@@ -188,6 +192,32 @@ fn render(o: &Observed) -> String {
         );
     }
     if let Some(node) = &o.sqlnode {
+        if let Some(install) = node.last_install() {
+            family(
+                &mut out,
+                "fleetsql_install_seconds",
+                "gauge",
+                "From the source making the newest generation to this node answering from it",
+            );
+            let _ = writeln!(
+                out,
+                "fleetsql_install_seconds{{{labels}}} {}",
+                install.latency_ms() as f64 / 1000.0
+            );
+            if let Some(age) = install.data_age_ms() {
+                family(
+                    &mut out,
+                    "fleetsql_install_data_age_seconds",
+                    "gauge",
+                    "Age of the newest generation's oldest machine data when this node began answering from it",
+                );
+                let _ = writeln!(
+                    out,
+                    "fleetsql_install_data_age_seconds{{{labels}}} {}",
+                    age as f64 / 1000.0
+                );
+            }
+        }
         let sources = node.sources_status();
         type Pick = fn(&fleetsql_sqlnode::SourceStatus) -> u64;
         let families: [(&str, &str, Pick); 3] = [

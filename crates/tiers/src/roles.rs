@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use fleetsql_agent::{Agent, AgentConfig};
 use fleetsql_aggregator::{Aggregator, AggregatorConfig, Child, ChildGroup, StaticTables};
-use fleetsql_flight::{FlightChild, FlightChildOptions, FlightServer, TransferStats};
+use fleetsql_flight::{
+    FlightChild, FlightChildOptions, FlightServer, FlightServerConfig, TransferStats,
+};
 use fleetsql_http::HttpServer;
 use fleetsql_pgwire::PgServer;
 use fleetsql_sqlnode::{SqlNode, SqlNodeConfig};
@@ -58,6 +60,14 @@ fn flight_child(name: &str, addr: Option<SocketAddr>, role: &'static str) -> Res
 /// Tiers tick one after the other within a tick: agents at its start,
 /// proxies a fifth later, TLAs two fifths, so each merges its children's
 /// fresh generations and a row waits at most about one tick per hop.
+/// How every Flight server of the tree sends: the topology's compression.
+fn server_config(topology: &Topology) -> FlightServerConfig {
+    FlightServerConfig {
+        compression: topology.compression,
+        ..FlightServerConfig::default()
+    }
+}
+
 fn offset(tick: Duration, tier: u32) -> Duration {
     tick * tier / 5
 }
@@ -103,7 +113,8 @@ impl AgentProcess {
                     name: name.to_string(),
                     field: "flight",
                 })?;
-        let flight = FlightServer::start(agent.as_child(), flight_addr)?;
+        let flight =
+            FlightServer::start_with(agent.as_child(), flight_addr, server_config(topology))?;
         let observed = Arc::new(Observed {
             role: "agent",
             name: name.to_string(),
@@ -180,6 +191,15 @@ impl TierProcess {
             .ok_or_else(|| unknown("proxy", name, topology.proxies.keys().collect()))?;
         let clusters = topology.clusters();
         let agents = clusters.get(&entry.cluster).cloned().unwrap_or_default();
+        if agents.is_empty() {
+            return Err(TiersError::Config {
+                path: "topology".into(),
+                reason: format!(
+                    "proxy `{name}` has no agents in this file to collect from; list cluster `{}`'s agents under [agents.NAME]",
+                    entry.cluster
+                ),
+            });
+        }
         let mut groups = Vec::new();
         let mut clients = Vec::new();
         for agent_name in &agents {
@@ -192,14 +212,19 @@ impl TierProcess {
         config.role = "proxy".to_string();
         config.offset = offset(topology.tick, 1);
         config.stale_after = topology.stale_after();
+        let listen = Listen {
+            flight: listen.flight.or(entry.flight),
+            http: listen.http.or(entry.http),
+            ..listen
+        };
         Self::serve(
             "proxy",
             name,
             config,
             groups,
             clients,
-            listen.flight.or(entry.flight),
-            listen.http.or(entry.http),
+            listen,
+            server_config(topology),
         )
         .await
     }
@@ -213,7 +238,7 @@ impl TierProcess {
             .ok_or_else(|| unknown("tla", name, topology.tlas.keys().collect()))?;
         let mut groups = Vec::new();
         let mut clients = Vec::new();
-        for (cluster, agents) in topology.clusters() {
+        for (cluster, machines) in topology.cluster_sizes() {
             if entry
                 .clusters
                 .as_ref()
@@ -239,7 +264,7 @@ impl TierProcess {
             groups.push(ChildGroup {
                 name: cluster.clone(),
                 members,
-                expected: Some((cluster, agents.len() as u64)),
+                expected: Some((cluster, machines)),
             });
         }
         if let Some(index) = &entry.static_tables {
@@ -251,14 +276,19 @@ impl TierProcess {
         config.offset = offset(topology.tick, 2);
         config.stale_after = topology.stale_after();
         config.prewarm = entry.prewarm.clone();
+        let listen = Listen {
+            flight: listen.flight.or(entry.flight),
+            http: listen.http.or(entry.http),
+            ..listen
+        };
         Self::serve(
             "tla",
             name,
             config,
             groups,
             clients,
-            listen.flight.or(entry.flight),
-            listen.http.or(entry.http),
+            listen,
+            server_config(topology),
         )
         .await
     }
@@ -269,16 +299,17 @@ impl TierProcess {
         config: AggregatorConfig,
         groups: Vec<ChildGroup>,
         clients: Vec<(String, Arc<TransferStats>)>,
-        flight_addr: Option<SocketAddr>,
-        http_addr: Option<SocketAddr>,
+        listen: Listen,
+        server: FlightServerConfig,
     ) -> Result<TierProcess> {
-        let flight_addr = flight_addr.ok_or_else(|| TiersError::MissingAddress {
+        let http_addr = listen.http;
+        let flight_addr = listen.flight.ok_or_else(|| TiersError::MissingAddress {
             role,
             name: name.to_string(),
             field: "flight",
         })?;
         let aggregator = Arc::new(Aggregator::start(config, groups));
-        let flight = FlightServer::start(aggregator.as_child(), flight_addr)?;
+        let flight = FlightServer::start_with(aggregator.as_child(), flight_addr, server)?;
         let observed = Arc::new(Observed {
             role,
             name: name.to_string(),

@@ -55,6 +55,11 @@ pub struct Topology {
     /// A table no query names for this long stops being collected.
     #[serde(default = "default_table_expiry", with = "duration_text")]
     pub table_expiry: Duration,
+    /// How tables are compressed on the wire between tiers: `lz4` (the
+    /// default), `zstd` for thin links between sites, or `none` where the
+    /// network is faster than the CPU compressing for it (loopback, 25G+).
+    #[serde(default)]
+    pub compression: fleetsql_flight::Compression,
     #[serde(default)]
     pub agents: BTreeMap<String, AgentEntry>,
     #[serde(default)]
@@ -72,6 +77,7 @@ impl Default for Topology {
             tick: default_tick(),
             stale_after: None,
             table_expiry: default_table_expiry(),
+            compression: fleetsql_flight::Compression::default(),
             agents: BTreeMap::new(),
             proxies: BTreeMap::new(),
             tlas: BTreeMap::new(),
@@ -109,6 +115,10 @@ pub struct ProxyEntry {
     pub cluster: String,
     pub flight: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    /// How many machines the cluster has when its agents are not listed in
+    /// this file (a TLA's own file, or a simulated cluster): the count a TLA
+    /// expects from the cluster. Left out, it is the number of agents.
+    pub machines: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -250,16 +260,32 @@ impl Topology {
         }
         let clusters = self.clusters();
         for (name, proxy) in &self.proxies {
-            if !clusters.contains_key(&proxy.cluster) {
-                return Err(invalid(format!(
-                    "proxy `{name}` serves cluster `{}`, which no agent belongs to",
-                    proxy.cluster
-                )));
+            let agents = clusters.get(&proxy.cluster).map_or(0, Vec::len) as u64;
+            match proxy.machines {
+                None if agents == 0 => {
+                    return Err(invalid(format!(
+                        "proxy `{name}` serves cluster `{}`, which no agent belongs to; list its agents or give the proxy `machines = N`",
+                        proxy.cluster
+                    )));
+                }
+                Some(0) => {
+                    return Err(invalid(format!(
+                        "proxy `{name}`: `machines` must be at least 1"
+                    )));
+                }
+                Some(machines) if agents > 0 && machines != agents => {
+                    return Err(invalid(format!(
+                        "proxy `{name}` says cluster `{}` has {machines} machines but {agents} agents are listed for it; drop `machines` or make them agree",
+                        proxy.cluster
+                    )));
+                }
+                _ => {}
             }
         }
+        let sizes = self.cluster_sizes();
         for (name, tla) in &self.tlas {
             for cluster in tla.clusters.iter().flatten() {
-                if !clusters.contains_key(cluster) {
+                if !sizes.contains_key(cluster) {
                     return Err(invalid(format!(
                         "TLA `{name}` spans cluster `{cluster}`, which no agent belongs to"
                     )));
@@ -291,6 +317,23 @@ impl Topology {
                 .push(name.clone());
         }
         clusters
+    }
+
+    /// Cluster name → how many machines it has: its listed agents, or the
+    /// `machines` its proxies declare when no agent is listed.
+    pub fn cluster_sizes(&self) -> BTreeMap<String, u64> {
+        let mut sizes: BTreeMap<String, u64> = self
+            .clusters()
+            .into_iter()
+            .map(|(cluster, agents)| (cluster, agents.len() as u64))
+            .collect();
+        for proxy in self.proxies.values() {
+            if let Some(machines) = proxy.machines {
+                let size = sizes.entry(proxy.cluster.clone()).or_default();
+                *size = (*size).max(machines);
+            }
+        }
+        sizes
     }
 
     /// The proxies serving `cluster`, in name order (the failover order).
@@ -350,5 +393,22 @@ mod tests {
         assert!(err("[agents.x]\ncluster = \"c\"\n[tlas.x]\n").contains("twice"));
         assert!(err("tick = \"5 parsecs\"").contains("parsecs"));
         assert!(err("[agents.a]\ncluster = \"c\"\ncolour = 1").contains("colour"));
+        assert!(
+            err("[agents.a]\ncluster = \"c\"\n[proxies.p]\ncluster = \"c\"\nmachines = 3")
+                .contains("1 agents are listed")
+        );
+        assert!(err("[proxies.p]\ncluster = \"c\"\nmachines = 0").contains("at least 1"));
+    }
+
+    #[test]
+    fn a_cluster_without_listed_agents_takes_its_size_from_its_proxy() {
+        let t = Topology::parse(
+            "[proxies.p1]\ncluster = \"far\"\nmachines = 1000\n[proxies.p2]\ncluster = \"far\"\nmachines = 1000\n[tlas.t]\nclusters = [\"far\"]",
+        )
+        .unwrap();
+        assert_eq!(t.cluster_sizes()["far"], 1000);
+        assert!(t.clusters().is_empty());
+        let listed = Topology::parse(EXAMPLE).unwrap();
+        assert_eq!(listed.cluster_sizes()["c1"], 2);
     }
 }
