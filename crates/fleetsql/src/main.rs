@@ -2,6 +2,7 @@
 //! argument parsing and wiring; the work happens in the library crates.
 
 mod alerts_cmd;
+mod bench_cmd;
 mod demo;
 mod demo_alerts;
 mod integrations;
@@ -43,12 +44,21 @@ enum Command {
     Sqlnode(tier::TierArgs),
     /// Alert tools: `alerts check FILE` tries a definition before deploying it.
     Alerts(alerts_cmd::AlertsArgs),
+    /// Measure a real TLA and SQL node fed by a simulated fleet (up to
+    /// 100,000 machines) against baselines taken in the same run.
+    Bench(bench_cmd::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        // Our SQL node sends a NOTICE with every answer (generation, age,
+        // coverage); the client library logs each at info, which would
+        // bury everything else a command prints.
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "{},tokio_postgres::connection=warn",
+            cli.log
+        )))
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -70,6 +80,7 @@ fn main() -> ExitCode {
             Command::Tla(args) => tier::run(tier::Role::Tla, args).await,
             Command::Sqlnode(args) => tier::run(tier::Role::SqlNode, args).await,
             Command::Alerts(args) => alerts_cmd::run(args).await,
+            Command::Bench(args) => bench_cmd::run(args).await,
         }
     });
     match result {

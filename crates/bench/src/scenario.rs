@@ -1,0 +1,658 @@
+//! One scenario, phase by phase: build the simulated fleet, serve it over
+//! Flight, start the TLA and SQL node, wait for a complete generation,
+//! measure for the configured duration, then take the quiet query timings
+//! and the baselines.
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use fleetsql_aggregator::Child;
+use fleetsql_flight::{FlightServer, FlightServerConfig};
+use fleetsql_model::{Generation, Table, now_ms};
+use fleetsql_sim::{DEMO_STATIC_FILES, SimConfig, SimFleet, SimProxy, TABLES};
+use fleetsql_tiers::{ProxyEntry, SqlNodeEntry, TlaEntry, Topology};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::duckdb::{self, DuckDbResults};
+use crate::metrics::MetricsClient;
+use crate::process::{Memory, TierChild};
+use crate::stats::ratio;
+use crate::{BenchConfig, BenchError, Latency, QueryReport, Report, Result, SEED_QUERIES};
+
+const TLA: &str = "bench-tla";
+const SQL: &str = "bench-sql";
+const STATIC_TABLES: [&str; 2] = ["region_data", "continent_data"];
+
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Says what phase the run is in: on a bar when stderr is a terminal,
+/// as a plain line otherwise (CI logs).
+fn phase(message: &str) {
+    eprintln!("fleetsql bench: {message}");
+}
+
+fn bar(len: u64, message: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        phase(message);
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:40} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(message.to_string());
+    bar
+}
+
+fn all_tables() -> BTreeSet<String> {
+    TABLES.iter().map(|t| t.to_string()).collect()
+}
+
+/// Bytes the Arrow arrays of `tables` hold, counting a sliced array's
+/// share only (a cluster's batches are slices of one set of columns).
+fn arrow_bytes<'a>(tables: impl Iterator<Item = &'a Arc<Table>>) -> u64 {
+    tables
+        .flat_map(|t| t.batches())
+        .flat_map(RecordBatch::columns)
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64)
+        .sum()
+}
+
+async fn build_tick(
+    proxies: &[Arc<SimProxy>],
+    tick: u64,
+    what: &str,
+) -> Result<Vec<Arc<Generation>>> {
+    let bar = bar(proxies.len() as u64, what);
+    let tables = all_tables();
+    let built: Vec<_> = futures::stream::iter(proxies.iter().cloned())
+        .map(|proxy| {
+            let tables = tables.clone();
+            tokio::task::spawn_blocking(move || proxy.generation_at(tick, &tables))
+        })
+        .buffered(2)
+        .inspect(|_| bar.inc(1))
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    built
+        .into_iter()
+        .map(|joined| {
+            joined
+                .map_err(|e| BenchError::Sim(e.to_string()))?
+                .map_err(|e| BenchError::Sim(e.to_string()))
+        })
+        .collect()
+}
+
+fn write_static_tables(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| BenchError::io(format!("creating {}", dir.display()), e))?;
+    for (name, content) in DEMO_STATIC_FILES {
+        let path = dir.join(name);
+        std::fs::write(&path, content)
+            .map_err(|e| BenchError::io(format!("writing {}", path.display()), e))?;
+    }
+    Ok(dir.join("index.toml"))
+}
+
+fn write_topology(path: &Path, topology: &Topology) -> Result<()> {
+    std::fs::write(path, topology.to_toml())
+        .map_err(|e| BenchError::io(format!("writing {}", path.display()), e))
+}
+
+/// Runs one scenario and returns what it measured. Everything it starts
+/// is stopped before it returns, on success or error.
+pub async fn run(config: &BenchConfig) -> Result<Report> {
+    config.validate()?;
+    let dir = &config.work_dir;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| BenchError::io(format!("creating {}", dir.display()), e))?;
+    let fleet = SimFleet::new(SimConfig {
+        clusters: config.clusters(),
+        machines_per_cluster: config.per_cluster(),
+        seed: config.seed,
+        churn: config.churn,
+        processes_per_machine: config.processes_per_machine,
+        tick: config.tick,
+    })
+    .map_err(|e| BenchError::Sim(e.to_string()))?;
+    let machines = fleet.machine_count();
+    let proxies = fleet.proxies();
+    drop(fleet);
+    phase(&format!(
+        "{machines} machines in {} clusters, {} processes each, tick {:?}, churn {}",
+        proxies.len(),
+        config.processes_per_machine,
+        config.tick,
+        config.churn
+    ));
+
+    let started = Instant::now();
+    let first_tick = proxies[0].tick_at(now_ms());
+    let first = build_tick(&proxies, first_tick, "building the simulated fleet").await?;
+    let sim_build_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let rows: u64 = first
+        .iter()
+        .flat_map(|g| g.tables.values())
+        .map(|t| t.num_rows() as u64)
+        .sum();
+    let raw_arrow_bytes = arrow_bytes(first.iter().flat_map(|g| g.tables.values()));
+    drop(first);
+    phase(&format!(
+        "{rows} rows, {:.0} MiB of Arrow per generation, built in {sim_build_ms:.0} ms",
+        raw_arrow_bytes as f64 / 1048576.0
+    ));
+
+    let mut servers = Vec::with_capacity(proxies.len());
+    let server_config = FlightServerConfig {
+        compression: config.compression,
+        ..FlightServerConfig::default()
+    };
+    for proxy in &proxies {
+        let server = FlightServer::start_with(
+            proxy.clone() as Arc<dyn Child>,
+            any_port(),
+            server_config.clone(),
+        )
+        .map_err(|e| BenchError::Sim(format!("serving a simulated proxy: {e}")))?;
+        servers.push(server);
+    }
+    let outcome = measure(
+        config,
+        dir,
+        &proxies,
+        &servers,
+        Sizes {
+            machines,
+            rows,
+            raw_arrow_bytes,
+            sim_build_ms,
+        },
+    )
+    .await;
+    for server in servers {
+        server.shutdown().await;
+    }
+    let report = outcome?;
+    let path = dir.join("report.json");
+    let json = serde_json::to_string_pretty(&report).map_err(|e| BenchError::Sim(e.to_string()))?;
+    std::fs::write(&path, json)
+        .map_err(|e| BenchError::io(format!("writing {}", path.display()), e))?;
+    Ok(report)
+}
+
+/// What the measurement loop collected.
+#[derive(Debug, Default)]
+struct Samples {
+    tla_fetch_ms: Vec<f64>,
+    tla_merge_ms: Vec<f64>,
+    tla_generation_bytes: u64,
+    tla_bytes_in: f64,
+    tla_bytes_out: f64,
+    tla_generations: f64,
+    sql_install_ms: Vec<f64>,
+    data_age_ms: Vec<f64>,
+    sql_generation_bytes: u64,
+}
+
+async fn measure(
+    config: &BenchConfig,
+    dir: &Path,
+    proxies: &[Arc<SimProxy>],
+    servers: &[FlightServer],
+    sizes: Sizes,
+) -> Result<Report> {
+    let tables = all_tables();
+    let mut wanted = tables.clone();
+    wanted.extend(STATIC_TABLES.iter().map(|t| t.to_string()));
+    let mut topology = Topology {
+        tick: config.tick,
+        compression: config.compression,
+        ..Topology::default()
+    };
+    for (proxy, server) in proxies.iter().zip(servers) {
+        topology.proxies.insert(
+            format!("{}-proxy", proxy.cluster()),
+            ProxyEntry {
+                cluster: proxy.cluster().to_string(),
+                flight: Some(server.local_addr()),
+                machines: Some(proxy.machines() as u64),
+                ..ProxyEntry::default()
+            },
+        );
+    }
+    topology.tlas.insert(
+        TLA.to_string(),
+        TlaEntry {
+            prewarm: wanted.clone(),
+            static_tables: Some(write_static_tables(&dir.join("static"))?),
+            ..TlaEntry::default()
+        },
+    );
+    topology.sqlnodes.insert(
+        SQL.to_string(),
+        SqlNodeEntry {
+            tlas: [(TLA.to_string(), 0)].into(),
+            prewarm: wanted,
+            ..SqlNodeEntry::default()
+        },
+    );
+    let topology_path = dir.join("topology.toml");
+    write_topology(&topology_path, &topology)?;
+    let ready_timeout = Duration::from_secs(60);
+    let local = any_port().to_string();
+    let tla = TierChild::start(
+        &config.fleetsql,
+        "tla",
+        &topology_path,
+        TLA,
+        &["--flight", &local, "--http", &local],
+        dir.join("tla.log"),
+        ready_timeout,
+    )
+    .await?;
+    let tla_idle = tla.memory().map_or(0, |m| m.rss);
+    if let Some(entry) = topology.tlas.get_mut(TLA) {
+        entry.flight = Some(tla.address("flight")?);
+    }
+    write_topology(&topology_path, &topology)?;
+    let sql = match TierChild::start(
+        &config.fleetsql,
+        "sqlnode",
+        &topology_path,
+        SQL,
+        &["--pg", &local, "--http", &local],
+        dir.join("sqlnode.log"),
+        ready_timeout,
+    )
+    .await
+    {
+        Ok(sql) => sql,
+        Err(e) => {
+            tla.stop().await;
+            return Err(e);
+        }
+    };
+    let idle = Idle {
+        tla: tla_idle,
+        sql: sql.memory().map_or(0, |m| m.rss),
+    };
+    let mut tiers = Tiers {
+        tla: Some(tla),
+        sql,
+    };
+    let outcome = measure_tiers(config, dir, proxies, &mut tiers, idle, sizes).await;
+    if let Some(tla) = tiers.tla.take() {
+        tla.stop().await;
+    }
+    tiers.sql.stop().await;
+    outcome
+}
+
+/// Resident memory of the tiers when they said they were ready.
+#[derive(Debug, Clone, Copy)]
+struct Idle {
+    tla: u64,
+    sql: u64,
+}
+
+/// The fleet as built.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    machines: usize,
+    rows: u64,
+    raw_arrow_bytes: u64,
+    sim_build_ms: f64,
+}
+
+struct Tiers {
+    /// Stopped (taken) before the quiet query timings.
+    tla: Option<TierChild>,
+    sql: TierChild,
+}
+
+impl Tiers {
+    fn tla(&self) -> Result<&TierChild> {
+        self.tla
+            .as_ref()
+            .ok_or_else(|| BenchError::Sim("the TLA was already stopped".to_string()))
+    }
+
+    fn check(&mut self, limit: u64) -> Result<()> {
+        if let Some(tla) = self.tla.as_mut() {
+            tla.check_alive()?;
+        }
+        self.sql.check_alive()?;
+        let tla = self.tla.as_ref().and_then(TierChild::memory);
+        let used: u64 = [tla, self.sql.memory(), Memory::own()]
+            .iter()
+            .flatten()
+            .map(|m| m.rss)
+            .sum();
+        if used > limit {
+            return Err(BenchError::Memory {
+                used_mib: used >> 20,
+                limit_mib: limit >> 20,
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn measure_tiers(
+    config: &BenchConfig,
+    dir: &Path,
+    proxies: &[Arc<SimProxy>],
+    tiers: &mut Tiers,
+    idle: Idle,
+    sizes: Sizes,
+) -> Result<Report> {
+    let machines = sizes.machines;
+    let tla_metrics = MetricsClient::new(tiers.tla()?.address("http")?);
+    let sql_metrics = MetricsClient::new(tiers.sql.address("http")?);
+    let pg = tiers.sql.address("pg")?;
+
+    // A complete first generation on the SQL node.
+    let wait_limit = (config.tick * 30).max(Duration::from_secs(120));
+    let waiting = bar(machines as u64, "waiting for a complete generation");
+    let deadline = Instant::now() + wait_limit;
+    loop {
+        tiers.check(config.max_rss_bytes)?;
+        if let Some(s) = sql_metrics.scrape().await {
+            let seen = s.or_zero("fleetsql_machines_seen") as u64;
+            waiting.set_position(seen);
+            if seen >= machines as u64 && s.or_zero("fleetsql_generation_id") > 0.0 {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Timeout(format!(
+                "the SQL node did not see all {machines} machines within {wait_limit:?}; see {} and {}",
+                tiers.tla()?.log().display(),
+                tiers.sql.log().display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    waiting.finish_and_clear();
+
+    // Measurement: queries over the wire while generations keep coming.
+    let client = connect(pg).await?;
+    let under_load = tokio::spawn(query_loop(client, config.duration));
+    let measuring = bar(config.duration.as_secs().max(1), "measuring");
+    let started = Instant::now();
+    let mut samples = Samples::default();
+    let (mut tla_last, mut sql_last): (Option<crate::metrics::Scrape>, f64) = (None, -1.0);
+    let mut tla_first: Option<crate::metrics::Scrape> = None;
+    while started.elapsed() < config.duration {
+        tiers.check(config.max_rss_bytes)?;
+        if let Some(s) = tla_metrics.scrape().await {
+            let generations = s.or_zero("fleetsql_generations_total");
+            if tla_last
+                .as_ref()
+                .is_some_and(|last| last.or_zero("fleetsql_generations_total") < generations)
+            {
+                samples
+                    .tla_fetch_ms
+                    .push(s.or_zero("fleetsql_fetch_seconds") * 1000.0);
+                samples
+                    .tla_merge_ms
+                    .push(s.or_zero("fleetsql_merge_seconds") * 1000.0);
+                samples.tla_generation_bytes = s.or_zero("fleetsql_generation_bytes") as u64;
+            }
+            if tla_first.is_none() {
+                tla_first = Some(s.clone());
+            }
+            tla_last = Some(s);
+        }
+        if let Some(s) = sql_metrics.scrape().await {
+            let id = s.or_zero("fleetsql_generation_id");
+            if sql_last >= 0.0 && id != sql_last {
+                samples
+                    .sql_install_ms
+                    .push(s.or_zero("fleetsql_install_seconds") * 1000.0);
+                if let Some(age) = s.get("fleetsql_install_data_age_seconds") {
+                    samples.data_age_ms.push(age * 1000.0);
+                }
+                samples.sql_generation_bytes = s.or_zero("fleetsql_generation_bytes") as u64;
+            }
+            sql_last = id;
+        }
+        measuring.set_position(started.elapsed().as_secs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    measuring.finish_and_clear();
+    if let (Some(first), Some(last)) = (&tla_first, &tla_last) {
+        let delta = |name: &str| last.or_zero(name) - first.or_zero(name);
+        samples.tla_generations = delta("fleetsql_generations_total");
+        samples.tla_bytes_in = delta("fleetsql_flight_bytes_received_total");
+        samples.tla_bytes_out = delta("fleetsql_flight_bytes_sent_total");
+    }
+    let loaded = under_load
+        .await
+        .map_err(|e| BenchError::Sim(format!("query loop failed: {e}")))??;
+    let tla_peak = tiers.tla()?.memory().map_or(0, |m| m.peak);
+    let sql_peak = tiers.sql.memory().map_or(0, |m| m.peak);
+
+    // Quiet: the TLA stops, the SQL node keeps answering from its last
+    // generation, and the queries have the box to themselves, as DuckDB
+    // will below.
+    phase("timing the seed queries on a quiet SQL node");
+    if let Some(tla) = tiers.tla.take() {
+        tla.stop().await;
+    }
+    let client = connect(pg).await?;
+    let quiet = quiet_queries(&client, config.query_runs).await?;
+    let held_tick = held_tick(&client, config.tick).await;
+
+    let (duckdb, duckdb_note) = if config.duckdb {
+        phase("exporting the same rows for DuckDB");
+        match export(
+            dir,
+            proxies,
+            held_tick.unwrap_or_else(|| proxies[0].tick_at(now_ms())),
+        )
+        .await
+        {
+            Ok(export_dir) => {
+                phase("timing the seed queries in DuckDB");
+                match duckdb::run(&config.python, &export_dir, config.query_runs).await {
+                    Ok(results) => (Ok(results), None),
+                    Err(e) => (Err(e.clone()), Some(e)),
+                }
+            }
+            Err(e) => (Err(e.to_string()), Some(e.to_string())),
+        }
+    } else {
+        (
+            Err("not asked for".to_string()),
+            Some("not run (--no-duckdb)".to_string()),
+        )
+    };
+
+    phase("copying the same bytes with memcpy");
+    let memcpy_ms = memcpy_ms(samples.tla_generation_bytes as usize);
+
+    let per_generation = |bytes: f64| ratio(bytes, samples.tla_generations);
+    Ok(Report {
+        machines,
+        clusters: proxies.len(),
+        processes_per_machine: config.processes_per_machine,
+        tick_ms: config.tick.as_millis() as u64,
+        churn: config.churn,
+        compression: format!("{:?}", config.compression).to_lowercase(),
+        duration_s: config.duration.as_secs_f64(),
+        rows: sizes.rows,
+        raw_arrow_bytes: sizes.raw_arrow_bytes,
+        sim_build_ms: sizes.sim_build_ms,
+        tla_generations: samples.tla_merge_ms.len(),
+        tla_fetch: Latency::of(&samples.tla_fetch_ms),
+        tla_merge: Latency::of(&samples.tla_merge_ms),
+        tla_bytes_in_per_generation: per_generation(samples.tla_bytes_in),
+        tla_bytes_out_per_generation: per_generation(samples.tla_bytes_out),
+        tla_generation_bytes: samples.tla_generation_bytes,
+        tla_peak_rss_bytes: tla_peak,
+        tla_idle_rss_bytes: idle.tla,
+        memcpy_ms,
+        sql_generations: samples.sql_install_ms.len(),
+        sql_install: Latency::of(&samples.sql_install_ms),
+        sql_generation_bytes: samples.sql_generation_bytes,
+        sql_peak_rss_bytes: sql_peak,
+        sql_idle_rss_bytes: idle.sql,
+        data_age: Latency::of(&samples.data_age_ms),
+        queries: query_reports(&loaded, &quiet, &duckdb),
+        bench_peak_rss_bytes: Memory::own().map_or(0, |m| m.peak),
+        duckdb_note,
+    })
+}
+
+async fn connect(pg: SocketAddr) -> Result<tokio_postgres::Client> {
+    let url = format!(
+        "host={} port={} user=bench dbname=fleet",
+        pg.ip(),
+        pg.port()
+    );
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| BenchError::Query {
+            name: "connect".to_string(),
+            reason: format!("cannot reach the SQL node's Postgres port {pg}: {e}"),
+        })?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Runs `sql` once: (milliseconds, rows).
+async fn timed(client: &tokio_postgres::Client, name: &str, sql: &str) -> Result<(f64, usize)> {
+    let started = Instant::now();
+    let messages = client
+        .simple_query(sql)
+        .await
+        .map_err(|e| BenchError::Query {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })?;
+    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+    let rows = messages
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    Ok((elapsed, rows))
+}
+
+type Timings = Vec<(Vec<f64>, usize)>;
+
+/// The seed queries round after round until `duration` is over, a short
+/// pause between rounds as a dashboard would leave.
+async fn query_loop(client: tokio_postgres::Client, duration: Duration) -> Result<Timings> {
+    let mut timings: Timings = vec![(Vec::new(), 0); SEED_QUERIES.len()];
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        for (i, (name, sql)) in SEED_QUERIES.iter().enumerate() {
+            let (ms, rows) = timed(&client, name, sql).await?;
+            timings[i].0.push(ms);
+            timings[i].1 = rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(timings)
+}
+
+async fn quiet_queries(client: &tokio_postgres::Client, runs: usize) -> Result<Timings> {
+    let mut timings: Timings = Vec::new();
+    for (name, sql) in SEED_QUERIES {
+        let (_, rows) = timed(client, name, sql).await?;
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            times.push(timed(client, name, sql).await?.0);
+        }
+        timings.push((times, rows));
+    }
+    Ok(timings)
+}
+
+/// The tick of the newest rows the SQL node holds, so DuckDB gets the very
+/// same rows.
+async fn held_tick(client: &tokio_postgres::Client, tick: Duration) -> Option<u64> {
+    let messages = client
+        .simple_query("SELECT date_part('epoch', max(_published_at)) FROM sys")
+        .await
+        .ok()?;
+    let seconds: f64 = messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse().ok(),
+        _ => None,
+    })?;
+    Some((seconds * 1000.0 / tick.as_millis() as f64).round() as u64)
+}
+
+async fn export(dir: &Path, proxies: &[Arc<SimProxy>], tick: u64) -> Result<PathBuf> {
+    let export_dir = dir.join("duckdb");
+    std::fs::create_dir_all(&export_dir)
+        .map_err(|e| BenchError::io(format!("creating {}", export_dir.display()), e))?;
+    let generations = build_tick(proxies, tick, "building the rows DuckDB reads").await?;
+    for table in TABLES {
+        let parts: Vec<Arc<Table>> = generations
+            .iter()
+            .filter_map(|g| g.tables.get(table).cloned())
+            .collect();
+        let dir = export_dir.clone();
+        tokio::task::spawn_blocking(move || duckdb::write_parquet(&dir, table, &parts))
+            .await
+            .map_err(|e| BenchError::DuckDb(e.to_string()))??;
+    }
+    for (name, content) in DEMO_STATIC_FILES {
+        if let Some(table) = name.strip_suffix(".csv") {
+            let path = export_dir.join(format!("{table}.csv"));
+            std::fs::write(&path, content)
+                .map_err(|e| BenchError::io(format!("writing {}", path.display()), e))?;
+        }
+    }
+    Ok(export_dir)
+}
+
+fn query_reports(loaded: &Timings, quiet: &Timings, duckdb: &DuckDbResults) -> Vec<QueryReport> {
+    SEED_QUERIES
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let theirs = duckdb.as_ref().ok().and_then(|d| d.get(*name));
+            QueryReport {
+                name: name.to_string(),
+                under_load: Latency::of(&loaded[i].0),
+                fleetsql: Latency::of(&quiet[i].0),
+                fleetsql_rows: quiet[i].1,
+                duckdb: theirs.map(|(latency, _)| *latency),
+                duckdb_rows: theirs.map(|(_, rows)| *rows),
+            }
+        })
+        .collect()
+}
+
+/// Best of five copies of `bytes` bytes: the physical limit a merge of
+/// that much data is compared with.
+fn memcpy_ms(bytes: usize) -> f64 {
+    if bytes == 0 {
+        return 0.0;
+    }
+    let source = vec![1u8; bytes];
+    let mut target = vec![0u8; bytes];
+    (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            target.copy_from_slice(&source);
+            std::hint::black_box(&target);
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .fold(f64::INFINITY, f64::min)
+}

@@ -1,0 +1,157 @@
+//! `fleetsql bench`: a simulated fleet (in this process, behind real Flight
+//! servers) feeding a real `fleetsql tla` and `fleetsql sqlnode`; see
+//! `fleetsql_bench`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use fleetsql_bench::{BenchConfig, Preset, Report};
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Starting point: `smoke` (2,000 machines, under a minute) or `full`
+    /// (100,000 machines, 5 s tick). The flags below override it.
+    #[arg(long, default_value = "full")]
+    preset: String,
+    /// Machines in the simulated fleet.
+    #[arg(long)]
+    machines: Option<usize>,
+    /// Machines per cluster (one simulated proxy each).
+    #[arg(long)]
+    per_cluster: Option<usize>,
+    /// Rows of `processes` per machine.
+    #[arg(long)]
+    processes: Option<usize>,
+    /// Time between generations, e.g. `5s`.
+    #[arg(long, value_parser = fleetsql_model::duration::parse_positive)]
+    tick: Option<Duration>,
+    /// Fraction of rows changing per tick.
+    #[arg(long)]
+    churn: Option<f64>,
+    /// How long to measure once the first complete generation arrived.
+    #[arg(long, value_parser = fleetsql_model::duration::parse_positive)]
+    duration: Option<Duration>,
+    /// Flight compression between the tiers: lz4 (default), zstd or none.
+    #[arg(long)]
+    compression: Option<String>,
+    /// Runs of each seed query on the quiet SQL node and in DuckDB.
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Seed of the simulated fleet.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Run the scenario once per fleet size, e.g. `10000,30000,100000`,
+    /// and report how the tiers grow.
+    #[arg(long, value_delimiter = ',')]
+    scaling: Vec<usize>,
+    /// Skip the DuckDB comparison.
+    #[arg(long)]
+    no_duckdb: bool,
+    /// Python with the `duckdb` package (scripts/bench installs one).
+    #[arg(long, env = "FLEETSQL_BENCH_PYTHON", default_value = "python3")]
+    python: PathBuf,
+    /// Stop with an error when the tiers and the bench hold more memory
+    /// than this many MiB.
+    #[arg(long, default_value_t = 20 * 1024)]
+    max_rss_mib: u64,
+    /// Where the topology, logs, exports and report.json go.
+    #[arg(long, default_value = "target/fleetsql-bench")]
+    out: PathBuf,
+    /// Write the results into this Markdown file's `fleetsql bench`
+    /// section (e.g. BENCHMARKS.md).
+    #[arg(long)]
+    write_benchmarks: Option<PathBuf>,
+    /// With --scaling: write the scaling plot here (e.g. docs/scaling.svg).
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    fn config(&self, machines: Option<usize>, out: PathBuf) -> anyhow::Result<BenchConfig> {
+        let fleetsql = std::env::current_exe().context("finding the fleetsql binary")?;
+        let mut config = BenchConfig::preset(Preset::parse(&self.preset)?, fleetsql, out);
+        if let Some(m) = machines.or(self.machines) {
+            config.machines = m;
+        }
+        if let Some(p) = self.per_cluster {
+            config.machines_per_cluster = p;
+        }
+        if let Some(p) = self.processes {
+            config.processes_per_machine = p;
+        }
+        if let Some(t) = self.tick {
+            config.tick = t;
+        }
+        if let Some(c) = self.churn {
+            config.churn = c;
+        }
+        if let Some(d) = self.duration {
+            config.duration = d;
+        }
+        if let Some(c) = &self.compression {
+            config.compression = match c.as_str() {
+                "lz4" => fleetsql_flight::Compression::Lz4,
+                "zstd" => fleetsql_flight::Compression::Zstd,
+                "none" => fleetsql_flight::Compression::None,
+                other => anyhow::bail!("--compression {other}: use lz4, zstd or none"),
+            };
+        }
+        if let Some(r) = self.runs {
+            config.query_runs = r;
+        }
+        if let Some(s) = self.seed {
+            config.seed = s;
+        }
+        config.duckdb = !self.no_duckdb;
+        config.python = self.python.clone();
+        config.max_rss_bytes = self.max_rss_mib << 20;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn write_section(path: &PathBuf, name: &str, content: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    std::fs::write(path, fleetsql_bench::replace_section(&text, name, content))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.scaling.is_empty() {
+        let config = args.config(None, args.out.clone())?;
+        let report = fleetsql_bench::run(&config).await?;
+        let text = fleetsql_bench::markdown(&report);
+        println!("{text}");
+        println!("report: {}", config.work_dir.join("report.json").display());
+        if let Some(path) = &args.write_benchmarks {
+            write_section(path, "fleetsql bench", &text)?;
+        }
+        return Ok(());
+    }
+    let mut reports: Vec<Report> = Vec::new();
+    for machines in &args.scaling {
+        let config = args.config(Some(*machines), args.out.join(format!("{machines}")))?;
+        let report = fleetsql_bench::run(&config)
+            .await
+            .with_context(|| format!("the {machines}-machine run"))?;
+        println!("{}", fleetsql_bench::markdown(&report));
+        reports.push(report);
+    }
+    let table = fleetsql_bench::scaling_markdown(&reports);
+    println!("{table}");
+    if let Some(path) = &args.svg {
+        std::fs::write(path, fleetsql_bench::scaling_svg(&reports))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.write_benchmarks {
+        let mut text = table;
+        if let Some(largest) = reports.last() {
+            text.push_str("\nThe largest run in full:\n\n");
+            text.push_str(&fleetsql_bench::markdown(largest));
+        }
+        write_section(path, "fleetsql bench scaling", &text)?;
+    }
+    Ok(())
+}
