@@ -14,20 +14,7 @@ use fleetsql_aggregator::{FetchRequest, InProcessHierarchy, StaticTables};
 use fleetsql_sim::{SimConfig, SimFleet};
 use fleetsql_sqlnode::{SqlNode, SqlNodeConfig};
 
-const QUERIES: [(&str, &str); 3] = [
-    (
-        "dns/rss",
-        "SELECT sys.ip ip, procname, rss, pid FROM sys, processes WHERE sys.ip = processes.ip AND (rss*100)/sys.memtotal > 75 AND sys.ip in (SELECT ip FROM machinerole WHERE role='dns')",
-    ),
-    (
-        "continent hits",
-        "SELECT c.continent_name, SUM(l.hits) hits FROM load_info l, region_data r, continent_data c WHERE l.georegion=r.id AND r.continent=c.continent GROUP BY c.continent_name ORDER BY hits DESC",
-    ),
-    (
-        "disk alert",
-        "SELECT machineip ip_key, mountp mnt_key, bavail*bsize free_space, (100*bavail)/blocks pct FROM filesystem a WHERE blocks > 0 and (100*bavail)/blocks < 3",
-    ),
-];
+use fleetsql_bench::SEED_QUERIES as QUERIES;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;

@@ -1,6 +1,7 @@
 //! Every integration test of fleetsql, built into one test binary.
 
 mod alerts;
+mod bench;
 mod cluster;
 mod console;
 mod demo;

@@ -1,0 +1,144 @@
+//! `fleetsql bench --preset smoke`: the whole benchmark on a small fleet,
+//! end to end (simulated proxies over Flight, a real TLA and SQL node, the
+//! quiet query timings, DuckDB and memcpy baselines), checked for what it
+//! reports rather than how fast it was.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use fleetsql_sim::{SimConfig, SimFleet, TABLES};
+use serde_json::Value;
+
+use crate::cluster::BINARY;
+
+/// Rows the smoke preset's fleet holds per generation, from the simulator
+/// itself (row counts do not change from tick to tick).
+fn expected_rows() -> u64 {
+    let fleet = SimFleet::new(SimConfig {
+        clusters: 4,
+        machines_per_cluster: 500,
+        processes_per_machine: 100,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let tables: BTreeSet<String> = TABLES.iter().map(|t| t.to_string()).collect();
+    fleet
+        .proxies()
+        .iter()
+        .map(|p| {
+            let g = p.generation_at(1_000_000, &tables).unwrap();
+            g.tables.values().map(|t| t.num_rows() as u64).sum::<u64>()
+        })
+        .sum()
+}
+
+fn num(v: &Value, path: &[&str]) -> f64 {
+    let mut at = v;
+    for key in path {
+        at = &at[*key];
+    }
+    at.as_f64()
+        .unwrap_or_else(|| panic!("{} is not a number in {v}", path.join(".")))
+}
+
+#[test]
+fn the_smoke_preset_measures_every_tier_and_both_baselines() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench");
+    let benchmarks = dir.path().join("BENCHMARKS.md");
+    std::fs::write(&benchmarks, "# Benchmarks\n\nkept\n").unwrap();
+    // scripts/test provides a Python with DuckDB; without it the bench
+    // says why it did not compare, and everything else must still hold.
+    let python = std::env::var("FLEETSQL_BENCH_PYTHON").ok();
+    let output = Command::new(BINARY)
+        .args([
+            "bench",
+            "--preset",
+            "smoke",
+            "--duration",
+            "4s",
+            "--runs",
+            "5",
+        ])
+        .arg("--python")
+        .arg(python.as_deref().unwrap_or("python3"))
+        .arg("--out")
+        .arg(&out)
+        .arg("--write-benchmarks")
+        .arg(&benchmarks)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    assert!(stderr.contains("fleetsql bench: measuring"), "{stderr}");
+
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["machines"], 2000);
+    assert_eq!(report["clusters"], 4);
+    assert_eq!(num(&report, &["rows"]) as u64, expected_rows());
+    assert!(num(&report, &["raw_arrow_bytes"]) > 0.0);
+    for tier in ["tla_merge", "tla_fetch", "sql_install", "data_age"] {
+        assert!(num(&report, &[tier, "samples"]) >= 1.0, "{tier}: {report}");
+        assert!(num(&report, &[tier, "p50_ms"]) > 0.0, "{tier}: {report}");
+    }
+    assert!(num(&report, &["tla_bytes_in_per_generation"]) > 0.0);
+    assert!(num(&report, &["tla_bytes_out_per_generation"]) > 0.0);
+    assert!(num(&report, &["memcpy_ms"]) > 0.0);
+    for tier in ["tla", "sql"] {
+        let peak = num(&report, &[&format!("{tier}_peak_rss_bytes")]);
+        let idle = num(&report, &[&format!("{tier}_idle_rss_bytes")]);
+        assert!(peak > idle && idle > 0.0, "{tier}: peak {peak} idle {idle}");
+    }
+
+    let queries = report["queries"].as_array().unwrap();
+    assert_eq!(queries.len(), 3);
+    for q in queries {
+        assert_eq!(num(q, &["fleetsql", "samples"]), 5.0, "{q}");
+        assert!(num(q, &["under_load", "samples"]) >= 1.0, "{q}");
+        assert!(num(q, &["fleetsql_rows"]) > 0.0, "{q}");
+        if python.is_some() {
+            // Row counts of the seed's queries do not move with churn (the
+            // hogs and full disks are fixed per machine), so DuckDB over
+            // the exported tick must find exactly as many.
+            assert_eq!(q["duckdb_rows"], q["fleetsql_rows"], "{q}");
+            assert_eq!(num(q, &["duckdb", "samples"]), 5.0, "{q}");
+        }
+    }
+    if python.is_some() {
+        assert!(report["duckdb_note"].is_null(), "{report}");
+    } else {
+        assert!(report["duckdb_note"].is_string(), "{report}");
+    }
+
+    assert!(stdout.contains("| TLA merge, p50 / max |"), "{stdout}");
+    let written = std::fs::read_to_string(&benchmarks).unwrap();
+    assert!(written.starts_with("# Benchmarks\n\nkept"), "{written}");
+    assert!(
+        written.contains("<!-- fleetsql bench begin -->"),
+        "{written}"
+    );
+    assert!(
+        written.contains("| SQL node receive + install"),
+        "{written}"
+    );
+}
+
+#[test]
+fn bad_bench_flags_are_refused_with_the_reason() {
+    let output = Command::new(BINARY)
+        .args(["bench", "--preset", "smoke", "--churn", "2", "--out"])
+        .arg(std::env::temp_dir().join("fleetsql-bench-never"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--churn is a fraction"), "{stderr}");
+    let output = Command::new(BINARY)
+        .args(["bench", "--preset", "huge"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown preset `huge`"));
+}
