@@ -25,7 +25,7 @@ pub fn markdown(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} machines in {} clusters ({} processes each), tick {} ms, churn {}, Flight compression {}, measured {:.0} s: {} rows and {:.0} MiB of Arrow per generation.\n",
+        "{} machines in {} clusters ({} processes each), tick {} ms, churn {}, Flight compression {}, measured {:.0} s (load average {:.1} on {} cores at the end): {} rows and {:.0} MiB of Arrow per generation.\n",
         r.machines,
         r.clusters,
         r.processes_per_machine,
@@ -33,6 +33,8 @@ pub fn markdown(r: &Report) -> String {
         r.churn,
         r.compression,
         r.duration_s,
+        r.load_average,
+        r.cores,
         r.rows,
         mib(r.raw_arrow_bytes)
     );

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
 use fleetsql_aggregator::Child;
 use fleetsql_flight::{FlightServer, FlightServerConfig};
 use fleetsql_model::{Generation, Table, now_ms};
@@ -61,11 +60,7 @@ fn all_tables() -> BTreeSet<String> {
 /// Bytes the Arrow arrays of `tables` hold, counting a sliced array's
 /// share only (a cluster's batches are slices of one set of columns).
 fn arrow_bytes<'a>(tables: impl Iterator<Item = &'a Arc<Table>>) -> u64 {
-    tables
-        .flat_map(|t| t.batches())
-        .flat_map(RecordBatch::columns)
-        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64)
-        .sum()
+    tables.map(|t| t.memory_size() as u64).sum()
 }
 
 async fn build_tick(
@@ -439,6 +434,10 @@ async fn measure_tiers(
         samples.tla_bytes_in = delta("fleetsql_flight_bytes_received_total");
         samples.tla_bytes_out = delta("fleetsql_flight_bytes_sent_total");
     }
+    let load_average = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN);
     let loaded = under_load
         .await
         .map_err(|e| BenchError::Sim(format!("query loop failed: {e}")))??;
@@ -500,7 +499,14 @@ async fn measure_tiers(
         tla_fetch: Latency::of(&samples.tla_fetch_ms),
         tla_merge: Latency::of(&samples.tla_merge_ms),
         tla_bytes_in_per_generation: per_generation(samples.tla_bytes_in),
-        tla_bytes_out_per_generation: per_generation(samples.tla_bytes_out),
+        // Sent to the SQL node, which takes the newest generation when it
+        // asks: per generation it installed, not per one the TLA made.
+        tla_bytes_out_per_generation: ratio(
+            samples.tla_bytes_out,
+            samples.sql_install_ms.len() as f64,
+        ),
+        load_average,
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
         tla_generation_bytes: samples.tla_generation_bytes,
         tla_peak_rss_bytes: tla_peak,
         tla_idle_rss_bytes: idle.tla,
@@ -553,18 +559,21 @@ async fn timed(client: &tokio_postgres::Client, name: &str, sql: &str) -> Result
 
 type Timings = Vec<(Vec<f64>, usize)>;
 
-/// The seed queries round after round until `duration` is over, a short
-/// pause between rounds as a dashboard would leave.
+/// The seed queries once a second until `duration` is over, as a dashboard
+/// refreshing every second would ask (a round that takes longer starts the
+/// next at once).
 async fn query_loop(client: tokio_postgres::Client, duration: Duration) -> Result<Timings> {
     let mut timings: Timings = vec![(Vec::new(), 0); SEED_QUERIES.len()];
     let started = Instant::now();
+    let mut rounds = tokio::time::interval(Duration::from_secs(1));
+    rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while started.elapsed() < duration {
+        rounds.tick().await;
         for (i, (name, sql)) in SEED_QUERIES.iter().enumerate() {
             let (ms, rows) = timed(&client, name, sql).await?;
             timings[i].0.push(ms);
             timings[i].1 = rows;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(timings)
 }

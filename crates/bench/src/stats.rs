@@ -76,6 +76,10 @@ pub struct Report {
     /// Flight bytes per generation into and out of the TLA.
     pub tla_bytes_in_per_generation: f64,
     pub tla_bytes_out_per_generation: f64,
+    /// The box's 1-minute load average at the end of the measurement:
+    /// figures taken on a busy machine say so.
+    pub load_average: f64,
+    pub cores: usize,
     pub tla_generation_bytes: u64,
     pub tla_peak_rss_bytes: u64,
     /// Resident memory when it said it was ready, before any data.

@@ -30,7 +30,7 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError as ArrowFlightError;
 use bytes::Bytes;
 use fleetsql_aggregator::FetchRequest;
-use fleetsql_model::{Generation, GenerationMeta, Table};
+use fleetsql_model::{Generation, GenerationMeta, Table, batch_data_bytes};
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
@@ -212,15 +212,39 @@ pub(crate) fn table_messages(
         table: name.to_string(),
         reason: e.to_string(),
     })?;
-    let batches: Vec<Result<RecordBatch, ArrowFlightError>> =
-        table.batches().iter().cloned().map(Ok).collect();
+    let batches: Vec<Result<RecordBatch, ArrowFlightError>> = table
+        .batches()
+        .iter()
+        .flat_map(|b| split_for_messages(b, max_message_bytes))
+        .map(Ok)
+        .collect();
     let encoder = FlightDataEncoderBuilder::new()
         .with_options(options)
-        .with_max_flight_data_size(max_message_bytes)
+        // Split above by the bytes the rows really hold; the encoder's own
+        // split counts whole buffers, which for a slice (or an array
+        // decoded in place from a larger message) is far more than the
+        // slice, and would cut batches into slivers.
+        .with_max_flight_data_size(usize::MAX)
         .with_schema(table.schema().clone())
         .with_metadata(Bytes::from(json))
         .build(futures::stream::iter(batches));
     Ok(futures::executor::block_on_stream(encoder))
+}
+
+/// `batch` cut into row ranges of about `max_bytes` each (zero-copy
+/// slices; the IPC writer writes only a slice's share of each buffer).
+fn split_for_messages(batch: &RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
+    let rows = batch.num_rows();
+    let bytes = batch_data_bytes(batch);
+    if rows <= 1 || bytes <= max_bytes {
+        return vec![batch.clone()];
+    }
+    let parts = bytes.div_ceil(max_bytes.max(1)).min(rows);
+    let per_part = rows.div_ceil(parts);
+    (0..rows)
+        .step_by(per_part)
+        .map(|start| batch.slice(start, per_part.min(rows - start)))
+        .collect()
 }
 
 /// A table being received.
@@ -385,6 +409,26 @@ pub(crate) fn status_error(endpoint: &str, status: &tonic::Status) -> FlightErro
 mod tests {
     use super::*;
     use arrow::array::{Int64Array, StringArray};
+
+    #[test]
+    fn batches_split_by_the_bytes_their_rows_hold() {
+        let big = RecordBatch::try_from_iter([(
+            "x",
+            Arc::new(Int64Array::from_iter_values(0..1_000_000)) as _,
+        )])
+        .unwrap();
+        // A slice of a large array is small, whatever buffer it points into.
+        let slice = big.slice(10, 1000);
+        assert_eq!(split_for_messages(&slice, 64 * 1024).len(), 1);
+        // 8 MB of rows in 1 MB messages: eight slices covering every row.
+        let parts = split_for_messages(&big, 1024 * 1024);
+        assert_eq!(parts.len(), 8);
+        assert_eq!(
+            parts.iter().map(RecordBatch::num_rows).sum::<usize>(),
+            1_000_000
+        );
+        assert!(parts.iter().all(|p| batch_data_bytes(p) <= 1024 * 1024));
+    }
 
     fn generation() -> Generation {
         let mut g = Generation::empty("p");

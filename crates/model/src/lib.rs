@@ -28,5 +28,5 @@ pub use generation::{
 };
 pub use names::{validate_column_name, validate_table_name};
 pub use schema::{conform_batch, unify_fields, unify_schemas};
-pub use table::{Table, merge_tables};
+pub use table::{Table, batch_data_bytes, merge_tables};
 pub use time::now_ms;

@@ -59,13 +59,23 @@ impl Table {
         self.num_rows
     }
 
-    /// Bytes of Arrow buffers this table holds.
+    /// Bytes of Arrow data this table's rows hold. A batch sliced from a
+    /// larger one, or decoded in place from a Flight message, counts only
+    /// its own share of the buffers it points into.
     pub fn memory_size(&self) -> usize {
-        self.batches
-            .iter()
-            .map(RecordBatch::get_array_memory_size)
-            .sum()
+        self.batches.iter().map(batch_data_bytes).sum()
     }
+}
+
+/// Bytes of data `batch`'s rows hold, counting a slice's share of its
+/// buffers only (`RecordBatch::get_array_memory_size` counts whole buffers,
+/// which for a slice can be many times its rows).
+pub fn batch_data_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum()
 }
 
 /// Merges the parts of one table that several children sent.
