@@ -2,20 +2,29 @@
 
 use std::fmt::Write;
 
-use crate::Report;
 use crate::stats::ratio;
+use crate::{Latency, Report};
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1_048_576.0
 }
 
 fn verdict(value: f64, target: f64) -> &'static str {
-    if value.is_nan() {
+    if !value.is_finite() {
         "not measured"
     } else if value <= target {
         "met"
     } else {
         "missed"
+    }
+}
+
+/// The p50 of `latency`, or NaN (not measured) without samples.
+fn measured(latency: &Latency) -> f64 {
+    if latency.samples == 0 {
+        f64::NAN
+    } else {
+        latency.p50_ms
     }
 }
 
@@ -45,8 +54,11 @@ pub fn markdown(r: &Report) -> String {
     };
     row(
         "TLA merge, p50 / max",
-        format!("{:.0} / {:.0} ms", r.tla_merge.p50_ms, r.tla_merge.max_ms),
-        format!("<= 1000 ms ({})", verdict(r.tla_merge.max_ms, 1000.0)),
+        format!(
+            "{:.0} / {:.0} ms ({} generations)",
+            r.tla_merge.p50_ms, r.tla_merge.max_ms, r.tla_merge.samples
+        ),
+        format!("<= 1000 ms ({})", verdict(measured(&r.tla_merge), 1000.0)),
         format!(
             "{:.1}x a memcpy of the generation's {:.0} MiB ({:.0} ms)",
             r.merge_vs_memcpy(),
@@ -89,10 +101,10 @@ pub fn markdown(r: &Report) -> String {
     row(
         "SQL node receive + install, p50 / p99",
         format!(
-            "{:.0} / {:.0} ms",
-            r.sql_install.p50_ms, r.sql_install.p99_ms
+            "{:.0} / {:.0} ms ({} generations)",
+            r.sql_install.p50_ms, r.sql_install.p99_ms, r.sql_install.samples
         ),
-        format!("<= 1000 ms ({})", verdict(r.sql_install.p50_ms, 1000.0)),
+        format!("<= 1000 ms ({})", verdict(measured(&r.sql_install), 1000.0)),
         format!("{:.1}x a memcpy", ratio(r.sql_install.p50_ms, r.memcpy_ms)),
     );
     row(

@@ -214,6 +214,10 @@ async fn measure(
     let mut topology = Topology {
         tick: config.tick,
         compression: config.compression,
+        // A generation of a large fleet can take longer than a tick to
+        // cross a link on a small box; measure how long rather than have
+        // every child cut off.
+        fetch_timeout: Some((config.tick * 6).max(Duration::from_secs(60))),
         ..Topology::default()
     };
     for (proxy, server) in proxies.iter().zip(servers) {
@@ -359,7 +363,7 @@ async fn measure_tiers(
     let pg = tiers.sql.address("pg")?;
 
     // A complete first generation on the SQL node.
-    let wait_limit = (config.tick * 30).max(Duration::from_secs(120));
+    let wait_limit = (config.tick * 30).max(Duration::from_secs(300));
     let waiting = bar(machines as u64, "waiting for a complete generation");
     let deadline = Instant::now() + wait_limit;
     loop {

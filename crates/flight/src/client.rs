@@ -17,6 +17,9 @@ use crate::wire::{self, FetchTicket};
 use crate::{FlightError, Result};
 
 /// How a [`FlightChild`] talks to its server.
+/// HTTP/2 flow-control window of a Flight stream, bytes.
+pub(crate) const FLOW_WINDOW: u32 = 16 * 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct FlightChildOptions {
     /// How long establishing the TCP + HTTP/2 connection may take.
@@ -77,7 +80,14 @@ impl FlightChild {
             // Notices a child that vanished without closing the socket
             // while we sit in a long poll.
             .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            // A generation is hundreds of megabytes on one stream. HTTP/2's
+            // default 64 KiB window makes the sender wait for a window
+            // update every 64 KiB, so one stream moves a few tens of MB/s
+            // on a busy host; windows of the size of a batch keep it
+            // streaming.
+            .initial_stream_window_size(FLOW_WINDOW)
+            .initial_connection_window_size(FLOW_WINDOW * 2);
         Ok(FlightChild {
             name: name.into(),
             endpoint,

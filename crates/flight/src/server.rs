@@ -118,6 +118,10 @@ impl FlightServer {
             let served = tonic::transport::Server::builder()
                 // Notices a parent that vanished without closing the socket.
                 .http2_keepalive_interval(Some(Duration::from_secs(20)))
+                // See `FLOW_WINDOW`: the window a client grants is what
+                // paces our sending, and the one we grant paces theirs.
+                .initial_stream_window_size(Some(crate::client::FLOW_WINDOW))
+                .initial_connection_window_size(Some(crate::client::FLOW_WINDOW * 2))
                 .add_service(FlightServiceServer::new(service))
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = signal.wait_for(|stop| *stop).await;

@@ -44,22 +44,28 @@ fn unknown(role: &'static str, name: &str, known: Vec<&String>) -> TiersError {
     }
 }
 
-fn flight_child(name: &str, addr: Option<SocketAddr>, role: &'static str) -> Result<FlightChild> {
+fn flight_child(
+    topology: &Topology,
+    name: &str,
+    addr: Option<SocketAddr>,
+    role: &'static str,
+) -> Result<FlightChild> {
     let addr = addr.ok_or_else(|| TiersError::MissingAddress {
         role,
         name: name.to_string(),
         field: "flight",
     })?;
+    let defaults = FlightChildOptions::default();
     Ok(FlightChild::new(
         name,
         format!("http://{addr}"),
-        FlightChildOptions::default(),
+        FlightChildOptions {
+            request_timeout: topology.fetch_timeout.unwrap_or(defaults.request_timeout),
+            ..defaults
+        },
     )?)
 }
 
-/// Tiers tick one after the other within a tick: agents at its start,
-/// proxies a fifth later, TLAs two fifths, so each merges its children's
-/// fresh generations and a row waits at most about one tick per hop.
 /// How every Flight server of the tree sends: the topology's compression.
 fn server_config(topology: &Topology) -> FlightServerConfig {
     FlightServerConfig {
@@ -68,6 +74,9 @@ fn server_config(topology: &Topology) -> FlightServerConfig {
     }
 }
 
+/// Tiers tick one after the other within a tick: agents at its start,
+/// proxies a fifth later, TLAs two fifths, so each merges its children's
+/// fresh generations and a row waits at most about one tick per hop.
 fn offset(tick: Duration, tier: u32) -> Duration {
     tick * tier / 5
 }
@@ -204,11 +213,14 @@ impl TierProcess {
         let mut clients = Vec::new();
         for agent_name in &agents {
             let agent = &topology.agents[agent_name];
-            let child = flight_child(agent_name, agent.flight, "agent")?;
+            let child = flight_child(topology, agent_name, agent.flight, "agent")?;
             clients.push((agent_name.clone(), child.stats()));
             groups.push(ChildGroup::single(Arc::new(child)).expecting(entry.cluster.clone(), 1));
         }
         let mut config = AggregatorConfig::new(name, topology.tick);
+        if let Some(timeout) = topology.fetch_timeout {
+            config.fetch_timeout = timeout;
+        }
         config.role = "proxy".to_string();
         config.offset = offset(topology.tick, 1);
         config.stale_after = topology.stale_after();
@@ -257,7 +269,7 @@ impl TierProcess {
             }
             let mut members: Vec<Arc<dyn Child>> = Vec::new();
             for (proxy_name, proxy) in proxies {
-                let child = flight_child(proxy_name, proxy.flight, "proxy")?;
+                let child = flight_child(topology, proxy_name, proxy.flight, "proxy")?;
                 clients.push((proxy_name.clone(), child.stats()));
                 members.push(Arc::new(child));
             }
@@ -272,6 +284,9 @@ impl TierProcess {
             groups.push(ChildGroup::single(Arc::new(tables)));
         }
         let mut config = AggregatorConfig::new(name, topology.tick);
+        if let Some(timeout) = topology.fetch_timeout {
+            config.fetch_timeout = timeout;
+        }
         config.role = "tla".to_string();
         config.offset = offset(topology.tick, 2);
         config.stale_after = topology.stale_after();
@@ -380,7 +395,7 @@ impl SqlProcess {
         let mut sources: Vec<Arc<dyn Child>> = Vec::new();
         let mut clients = Vec::new();
         for tla_name in entry.tlas.keys() {
-            let child = flight_child(tla_name, topology.tlas[tla_name].flight, "tla")?;
+            let child = flight_child(topology, tla_name, topology.tlas[tla_name].flight, "tla")?;
             clients.push((tla_name.clone(), child.stats()));
             sources.push(Arc::new(child));
         }

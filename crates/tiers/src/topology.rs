@@ -55,6 +55,13 @@ pub struct Topology {
     /// A table no query names for this long stops being collected.
     #[serde(default = "default_table_expiry", with = "duration_text")]
     pub table_expiry: Duration,
+    /// How long a tier waits for one child's answer, transfer included
+    /// (default: one tick, at least 2 s; a SQL node's fetch, 10 s past its
+    /// long poll). Raise it where a generation takes longer than that to
+    /// cross one link; a child that does not answer in time is left out of
+    /// that generation.
+    #[serde(default, with = "duration_text::option")]
+    pub fetch_timeout: Option<Duration>,
     /// How tables are compressed on the wire between tiers: `lz4` (the
     /// default), `zstd` for thin links between sites, or `none` where the
     /// network is faster than the CPU compressing for it (loopback, 25G+).
@@ -77,6 +84,7 @@ impl Default for Topology {
             tick: default_tick(),
             stale_after: None,
             table_expiry: default_table_expiry(),
+            fetch_timeout: None,
             compression: fleetsql_flight::Compression::default(),
             agents: BTreeMap::new(),
             proxies: BTreeMap::new(),
@@ -239,9 +247,12 @@ impl Topology {
             path: "topology".to_string(),
             reason,
         };
-        if self.tick.is_zero() || self.table_expiry.is_zero() {
+        if self.tick.is_zero()
+            || self.table_expiry.is_zero()
+            || self.fetch_timeout.is_some_and(|t| t.is_zero())
+        {
             return Err(invalid(
-                "`tick` and `table_expiry` must be positive durations".into(),
+                "`tick`, `table_expiry` and `fetch_timeout` must be positive durations".into(),
             ));
         }
         let mut names = BTreeSet::new();
