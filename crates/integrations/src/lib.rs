@@ -29,6 +29,7 @@ pub mod mqtt;
 pub mod mqtt_wire;
 pub mod prometheus;
 pub mod snmp;
+mod snmp_usm;
 pub mod xmpp;
 pub mod xmpp_wire;
 
