@@ -27,6 +27,13 @@ pub(crate) struct TierArgs {
     /// SQL node only: the Postgres wire address.
     #[arg(long)]
     pg: Option<SocketAddr>,
+    /// SQL node only: a TOML file of integrations, as for `fleetsql demo`.
+    /// The SQL node runs its persistent-query sinks and event sources
+    /// (MQTT, XMPP, esmond) and serves persistent queries on its HTTP
+    /// address; table publishers (Prometheus, SNMP) need a local agent and
+    /// are refused here.
+    #[arg(long)]
+    integrations: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -52,11 +59,33 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
         pg: args.pg,
     };
     let name = &args.name;
+    let integrations_config = match role {
+        Role::SqlNode => crate::integrations::load(args.integrations.as_deref())?,
+        _ if args.integrations.is_some() => {
+            anyhow::bail!("--integrations is for `fleetsql sqlnode` (and `fleetsql demo`)")
+        }
+        _ => None,
+    };
+    let mut persistent = None;
     let running = match role {
         Role::Agent => Running::Agent(AgentProcess::start(&topology, name, listen).await?),
         Role::Proxy => Running::Tier(TierProcess::start_proxy(&topology, name, listen).await?),
         Role::Tla => Running::Tier(TierProcess::start_tla(&topology, name, listen).await?),
-        Role::SqlNode => Running::Sql(SqlProcess::start(&topology, name, listen).await?),
+        Role::SqlNode => match &integrations_config {
+            None => Running::Sql(SqlProcess::start(&topology, name, listen).await?),
+            Some(config) => {
+                let pqa = crate::integrations::persistent_queries();
+                let routes = fleetsql_pqa::router(pqa.clone());
+                let process =
+                    SqlProcess::start_with_routes(&topology, name, listen, routes).await?;
+                persistent = Some(crate::integrations::start_on_sqlnode(
+                    config,
+                    process.node().clone(),
+                    pqa,
+                )?);
+                Running::Sql(process)
+            }
+        },
     };
     let ready = match &running {
         Running::Agent(p) => p.ready_line(),
@@ -67,6 +96,9 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
     println!("{ready}");
     crate::signal::shutdown_signal().await;
     eprintln!("shutting down {name}");
+    if let Some(persistent) = persistent {
+        persistent.shutdown().await;
+    }
     match running {
         Running::Agent(p) => p.shutdown().await,
         Running::Tier(p) => p.shutdown().await,

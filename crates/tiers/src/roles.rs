@@ -342,6 +342,17 @@ pub struct SqlProcess {
 
 impl SqlProcess {
     pub async fn start(topology: &Topology, name: &str, listen: Listen) -> Result<SqlProcess> {
+        Self::start_with_routes(topology, name, listen, axum::Router::new()).await
+    }
+
+    /// [`SqlProcess::start`], serving `extra` routes (e.g. persistent
+    /// queries) beside `/v1/query` on the HTTP address.
+    pub async fn start_with_routes(
+        topology: &Topology,
+        name: &str,
+        listen: Listen,
+        extra: axum::Router,
+    ) -> Result<SqlProcess> {
         let entry = topology
             .sqlnodes
             .get(name)
@@ -376,7 +387,9 @@ impl SqlProcess {
             listen.pg.or(entry.pg).unwrap_or(loopback(5433)),
         )
         .await?;
-        let app = fleetsql_http::router(node.clone()).merge(admin::metrics_router(observed));
+        let app = fleetsql_http::router(node.clone())
+            .merge(admin::metrics_router(observed))
+            .merge(extra);
         let http =
             HttpServer::start(app, listen.http.or(entry.http).unwrap_or(loopback(8080))).await?;
         Ok(SqlProcess {
