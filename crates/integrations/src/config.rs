@@ -15,7 +15,9 @@
 //! [[mqtt_sink]]
 //! name = "broker"
 //! host = "127.0.0.1"
-//! port = 1883
+//! port = 8883
+//! tls = true
+//! ca_file = "/etc/fleetsql/mqtt-ca.pem"
 //! topic_prefix = "fleetsql/pq"
 //! qos = 1
 //!
@@ -204,6 +206,16 @@ pub struct MqttBroker {
     /// MQTT keep-alive.
     #[serde(default = "default_keep_alive", deserialize_with = "duration")]
     pub keep_alive: Duration,
+    /// Connect over TLS (the broker's TLS listener, usually port 8883);
+    /// the certificate is always verified.
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM file of the CAs to trust (the system's by default).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Name the broker's certificate must carry (`host` by default).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
 }
 
 fn default_mqtt_port() -> u16 {
@@ -224,7 +236,8 @@ pub struct MqttSinkConfig {
     /// Results of query `id` go to `{topic_prefix}/{id}`.
     #[serde(default = "default_topic_prefix")]
     pub topic_prefix: String,
-    /// MQTT QoS 0, 1 or 2.
+    /// MQTT QoS 0, 1 or 2. At 1 and 2, publishes not acknowledged when
+    /// the connection drops are sent again after the reconnect.
     #[serde(default)]
     pub qos: u8,
     /// Retries.

@@ -30,6 +30,7 @@ pub mod mqtt_wire;
 pub mod prometheus;
 pub mod snmp;
 mod snmp_usm;
+pub mod tls;
 pub mod xmpp;
 pub mod xmpp_wire;
 

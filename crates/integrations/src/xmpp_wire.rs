@@ -11,8 +11,7 @@
 //! quick-xml's events.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -21,11 +20,9 @@ use quick_xml::escape::{escape, unescape};
 use quick_xml::events::Event;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+
+pub use crate::tls::SYSTEM_CA_FILE;
 
 /// XEP-0060 namespaces.
 pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
@@ -43,8 +40,6 @@ const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 
 /// A stanza larger than this is refused rather than buffered.
 const MAX_STANZA: usize = 4 << 20;
-/// Where the system's trusted CAs are when no `ca_file` is configured.
-pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// An XML element of a stanza: local name, attributes (namespace
 /// declarations included, as `xmlns`), children and text.
@@ -391,32 +386,6 @@ impl XmppError {
     }
 }
 
-fn tls_config(account: &Account) -> Result<Arc<ClientConfig>, String> {
-    let path: &Path = account
-        .ca_file
-        .as_deref()
-        .unwrap_or(Path::new(SYSTEM_CA_FILE));
-    let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("unusable CA certificate in {}: {e}", path.display()))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("CA file {} holds no certificate", path.display()));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
 async fn within<T>(
     timeout: Duration,
     what: &str,
@@ -448,7 +417,7 @@ impl Client {
         let timeout = account.timeout;
         let addr = format!("{}:{}", account.host, account.port);
         let fail = |e: String| XmppError::Connection(format!("xmpp {addr}: {e}"));
-        let tls = tls_config(account).map_err(fail)?;
+        let tls = crate::tls::client_config(account.ca_file.as_deref()).map_err(fail)?;
         let domain = account.domain().to_string();
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(&addr))
             .await
@@ -484,19 +453,9 @@ impl Client {
             )));
         }
         let name = account.tls_server_name.clone().unwrap_or(domain.clone());
-        let server_name = ServerName::try_from(name.clone())
-            .map_err(|e| fail(format!("`{name}` is not a TLS server name: {e}")))?;
-        let tls_stream = tokio::time::timeout(
-            timeout,
-            TlsConnector::from(tls).connect(server_name, plain.io),
-        )
-        .await
-        .map_err(|_| fail(format!("TLS handshake took over {timeout:?}")))?
-        .map_err(|e| {
-            fail(format!(
-                "TLS handshake failed: {e}; check ca_file and that the certificate names `{name}`"
-            ))
-        })?;
+        let tls_stream = crate::tls::handshake(plain.io, &name, tls, timeout)
+            .await
+            .map_err(fail)?;
         let mut stream = XmlStream {
             io: tls_stream,
             cutter: Cutter::default(),
