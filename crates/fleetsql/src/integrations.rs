@@ -76,3 +76,16 @@ pub(crate) fn start_on_sqlnode(
         feed: fleetsql_http::feed_persistent_queries(node, pqa),
     })
 }
+
+/// Starts `config`'s table publishers on a distributed agent, which also
+/// publishes their `fleet_sources` (sinks and sources are refused with the
+/// reason: they run on a SQL node).
+pub(crate) fn start_on_agent(
+    config: &IntegrationsConfig,
+    agent: Arc<Agent>,
+) -> anyhow::Result<Integrations> {
+    let tables: Arc<dyn TableTarget> = agent;
+    Integrations::start(config, Some(tables), None).context(
+        "cannot start the integrations (sinks and event sources run under `fleetsql sqlnode`)",
+    )
+}

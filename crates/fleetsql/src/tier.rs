@@ -27,11 +27,11 @@ pub(crate) struct TierArgs {
     /// SQL node only: the Postgres wire address.
     #[arg(long)]
     pg: Option<SocketAddr>,
-    /// SQL node only: a TOML file of integrations, as for `fleetsql demo`.
-    /// The SQL node runs its persistent-query sinks and event sources
-    /// (MQTT, XMPP, esmond) and serves persistent queries on its HTTP
-    /// address; table publishers (Prometheus, SNMP) need a local agent and
-    /// are refused here.
+    /// Agent and SQL node: a TOML file of integrations, as for `fleetsql
+    /// demo`. An agent runs the table publishers (Prometheus, SNMP) and
+    /// publishes `fleet_sources`; a SQL node runs the persistent-query
+    /// sinks and event sources (MQTT, XMPP, esmond) and serves persistent
+    /// queries on its HTTP address. Each refuses the other's kinds.
     #[arg(long)]
     integrations: Option<PathBuf>,
 }
@@ -60,15 +60,25 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
     };
     let name = &args.name;
     let integrations_config = match role {
-        Role::SqlNode => crate::integrations::load(args.integrations.as_deref())?,
+        Role::SqlNode | Role::Agent => crate::integrations::load(args.integrations.as_deref())?,
         _ if args.integrations.is_some() => {
-            anyhow::bail!("--integrations is for `fleetsql sqlnode` (and `fleetsql demo`)")
+            anyhow::bail!("--integrations is for `fleetsql agent`, `sqlnode` and `demo`")
         }
         _ => None,
     };
     let mut persistent = None;
+    let mut publishers = None;
     let running = match role {
-        Role::Agent => Running::Agent(AgentProcess::start(&topology, name, listen).await?),
+        Role::Agent => {
+            let process = AgentProcess::start(&topology, name, listen).await?;
+            if let Some(config) = &integrations_config {
+                publishers = Some(crate::integrations::start_on_agent(
+                    config,
+                    process.shared_agent(),
+                )?);
+            }
+            Running::Agent(process)
+        }
         Role::Proxy => Running::Tier(TierProcess::start_proxy(&topology, name, listen).await?),
         Role::Tla => Running::Tier(TierProcess::start_tla(&topology, name, listen).await?),
         Role::SqlNode => match &integrations_config {
@@ -98,6 +108,9 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
     eprintln!("shutting down {name}");
     if let Some(persistent) = persistent {
         persistent.shutdown().await;
+    }
+    if let Some(publishers) = publishers {
+        publishers.shutdown().await;
     }
     match running {
         Running::Agent(p) => p.shutdown().await,

@@ -66,7 +66,7 @@ fn offset(tick: Duration, tier: u32) -> Duration {
 #[derive(Debug)]
 pub struct AgentProcess {
     name: String,
-    agent: Agent,
+    agent: Arc<Agent>,
     flight: FlightServer,
     admin: HttpServer,
 }
@@ -93,7 +93,7 @@ impl AgentProcess {
             host_collectors: entry.host_collectors.unwrap_or(defaults.host_collectors),
             ..defaults
         };
-        let agent = Agent::start(config)?;
+        let agent = Arc::new(Agent::start(config)?);
         let flight_addr =
             listen
                 .flight
@@ -131,6 +131,11 @@ impl AgentProcess {
         &self.agent
     }
 
+    /// The agent, for in-process publishers (integrations) that outlive a borrow.
+    pub fn shared_agent(&self) -> Arc<Agent> {
+        self.agent.clone()
+    }
+
     pub fn flight_addr(&self) -> SocketAddr {
         self.flight.local_addr()
     }
@@ -152,7 +157,10 @@ impl AgentProcess {
     pub async fn shutdown(self) {
         self.admin.shutdown().await;
         self.flight.shutdown().await;
-        self.agent.shutdown().await;
+        // Holders of `shared_agent` are stopped first by the caller.
+        if let Ok(agent) = Arc::try_unwrap(self.agent) {
+            agent.shutdown().await;
+        }
     }
 }
 
