@@ -100,7 +100,13 @@ async fn if_table_becomes_a_fleet_table_and_bad_community_is_reported() {
     assert_eq!(agent.agent.publishers("snmp_iftable"), ["snmp:sw1"]);
 
     let wrong = integrations
-        .wait_health("wrong", Duration::from_secs(10), |h| h.failures >= 2)
+        // Until snmpd listens the polls fail for another reason.
+        .wait_health("wrong", Duration::from_secs(10), |h| {
+            h.failures >= 2
+                && h.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("community"))
+        })
         .await
         .unwrap();
     assert_eq!(wrong.status, "failing");
@@ -181,7 +187,10 @@ async fn snmpv3_auth_priv_and_auth_no_priv_walk_and_wrong_keys_are_named() {
         ("bad-user", "unknown user name"),
     ] {
         let h = integrations
-            .wait_health(name, Duration::from_secs(10), |h| h.failures >= 2)
+            // Until snmpd listens the polls fail for another reason.
+            .wait_health(name, Duration::from_secs(10), |h| {
+                h.failures >= 2 && h.last_error.as_deref().is_some_and(|e| e.contains(needle))
+            })
             .await
             .unwrap();
         assert_eq!(h.status, "failing", "{h:?}");

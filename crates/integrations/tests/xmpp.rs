@@ -302,3 +302,53 @@ async fn an_untrusted_certificate_is_refused() {
     );
     client.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_reconnects_after_a_server_restart_and_delivers_what_waited() {
+    let mut prosody = Prosody::start(
+        &[("fleetsql", "s3cret"), ("watcher", "w4tch")],
+        &["fleetsql"],
+    );
+    let config = IntegrationsConfig::parse(&format!(
+        "[[xmpp_sink]]\nname = \"chat\"\nall_queries = true\n{}retry_min = \"50ms\"\nretry_max = \"200ms\"\n",
+        prosody.toml_account("fleetsql", "s3cret")
+    ))
+    .unwrap();
+    let pqa = PqaService::new(ServiceConfig::default());
+    let integrations = Integrations::start(&config, None, Some(pqa.clone())).unwrap();
+    // all_queries: a registration gets a node without asking.
+    let registered = pqa.register("select n from x", Publish::All, None).unwrap();
+    let node = format!("fleetsql/pq/{}", registered.id);
+    assert_eq!(registered.sinks[0]["node"], node.as_str());
+    let mut watcher = Client::connect(&account(&prosody, "watcher", "w4tch"))
+        .await
+        .unwrap();
+    subscribe_when_created(&mut watcher, &node).await;
+    watcher.close().await;
+
+    prosody.restart();
+    let down = integrations
+        .wait_health("chat", Duration::from_secs(10), |h| h.failures >= 1)
+        .await
+        .unwrap();
+    assert!(down.failures >= 1, "the sink noticed the restart: {down:?}");
+    assert_eq!(
+        pqa.push_events("x", &[serde_json::json!({ "n": 7 })])
+            .accepted,
+        1
+    );
+    let delivered = integrations
+        .wait_health("chat", Duration::from_secs(20), |h| h.items == 1)
+        .await
+        .unwrap();
+    assert_eq!(delivered.items, 1, "{delivered:?}\n{}", prosody.log());
+    let mut watcher = Client::connect(&account(&prosody, "watcher", "w4tch"))
+        .await
+        .unwrap();
+    let items = watcher.items(PUBSUB, &node).await.unwrap();
+    assert_eq!(items.len(), 1, "{items:?}");
+    let n: serde_json::Value = serde_json::from_str(items[0].json().unwrap()).unwrap();
+    assert_eq!(n["rows"], serde_json::json!([{ "n": 7 }]));
+    watcher.close().await;
+    integrations.shutdown().await;
+}

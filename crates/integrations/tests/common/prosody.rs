@@ -108,15 +108,7 @@ Component "{PUBSUB}" "pubsub"
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let child = Command::new("prosody")
-            .arg("--config")
-            .arg(&config)
-            .arg("-F")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start prosody (see scripts/apt/xmpp.txt): {e}"));
+        let child = spawn(&config);
         let mut prosody = Prosody {
             child,
             port,
@@ -124,22 +116,36 @@ Component "{PUBSUB}" "pubsub"
             dir,
             config,
         };
+        prosody.wait_listening();
+        prosody
+    }
+
+    /// Stops the server and starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.config);
+        self.wait_listening();
+    }
+
+    fn wait_listening(&mut self) {
+        let port = self.port;
         let deadline = Instant::now() + Duration::from_secs(20);
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         loop {
             if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return prosody;
+                return;
             }
-            if let Ok(Some(status)) = prosody.child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
                     "prosody exited before listening: {status}; log:\n{}",
-                    prosody.log()
+                    self.log()
                 );
             }
             assert!(
                 Instant::now() < deadline,
                 "prosody never listened on {addr}; log:\n{}",
-                prosody.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -158,4 +164,16 @@ Component "{PUBSUB}" "pubsub"
             self.ca.display().to_string()
         )
     }
+}
+
+fn spawn(config: &std::path::Path) -> Child {
+    Command::new("prosody")
+        .arg("--config")
+        .arg(config)
+        .arg("-F")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start prosody (see scripts/apt/xmpp.txt): {e}"))
 }
