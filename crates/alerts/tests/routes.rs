@@ -4,6 +4,10 @@
 //! over a simulated fleet, the state store, the outbox, delivery.
 
 mod common;
+#[path = "../../integrations/tests/common/prosody.rs"]
+mod prosody;
+#[path = "../../integrations/tests/common/tls.rs"]
+mod tls;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -290,6 +294,52 @@ async fn snmp_traps_reach_snmptrapd() {
     for host in ["cluster-00-m000", "cluster-01-m000", "cluster-02-m000"] {
         assert!(text.contains(host), "{host} missing from {text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xmpp_route_publishes_pubsub_items() {
+    use fleetsql_integrations::xmpp_wire::{Account, Client};
+    let server = prosody::Prosody::start(&[("alerts", "a1erts"), ("noc", "n0c")], &["alerts"]);
+    let fleet = TestFleet::start().await;
+    fleet.write(
+        "routes.toml",
+        &format!(
+            "[route.chat]\nkind = \"xmpp\"\nnode = \"alerts/critical\"\n{}",
+            server
+                .toml_account("alerts", "a1erts")
+                .replace("timeout = \"5s\"\n", "")
+        ),
+    );
+    fleet.write("first.toml", &with_routes("\"chat\""));
+    let service = fleet.service();
+    service.run_pass(1_000_000).await.unwrap();
+    let mut noc = Client::connect(&Account {
+        host: "127.0.0.1".into(),
+        port: server.port,
+        jid: format!("noc@{}", prosody::DOMAIN),
+        password: "n0c".into(),
+        resource: "test".into(),
+        tls_server_name: None,
+        ca_file: Some(server.ca.clone()),
+        timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    let mut items = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while items.is_empty() {
+        service.deliver_pending().await;
+        if let Ok(found) = noc.items(prosody::PUBSUB, "alerts/critical").await {
+            items = found;
+        }
+        assert!(Instant::now() < deadline, "no item on the node");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(items.len(), 1, "one item for the alert's iteration");
+    let body: Value = serde_json::from_str(items[0].json().unwrap()).unwrap();
+    assert_eq!(body["alert"], "first machines");
+    assert_eq!(body["events"].as_array().unwrap().len(), 3);
+    noc.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use fleetsql_agent::Agent;
 use fleetsql_integrations::{Integrations, IntegrationsConfig, TableTarget};
-use fleetsql_pqa::PqaService;
+use fleetsql_pqa::{Clock, EngineConfig, PqaService, ServiceConfig};
+use fleetsql_sqlnode::SqlNode;
 
 pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Option<IntegrationsConfig>> {
     path.map(|p| {
@@ -30,4 +31,61 @@ pub(crate) fn start(
     let integrations = Integrations::start(config, Some(tables), Some(pqa))
         .context("cannot start the integrations")?;
     Ok(Some(integrations))
+}
+
+/// The persistent-query service as the demo and the SQL node run it: fleet
+/// rows carry their publish time, so windows over fleet tables run on event
+/// time; posted events on arrival time.
+pub(crate) fn persistent_queries() -> PqaService {
+    PqaService::new(ServiceConfig {
+        engine: EngineConfig {
+            timestamp_field: Some("_published_at".to_string()),
+            clock: Clock::Wall,
+        },
+        ..ServiceConfig::default()
+    })
+}
+
+/// Persistent queries fed by a distributed SQL node, with the sinks and
+/// sources of `config`.
+pub(crate) struct SqlNodeIntegrations {
+    integrations: Integrations,
+    feed: tokio::task::JoinHandle<()>,
+    _clock: Option<fleetsql_pqa::ClockTask>,
+}
+
+impl SqlNodeIntegrations {
+    pub(crate) async fn shutdown(self) {
+        self.integrations.shutdown().await;
+        self.feed.abort();
+    }
+}
+
+/// Starts `config`'s sinks and sources on a SQL node (no local agent: a
+/// publisher is refused with the reason).
+pub(crate) fn start_on_sqlnode(
+    config: &IntegrationsConfig,
+    node: Arc<SqlNode>,
+    pqa: PqaService,
+) -> anyhow::Result<SqlNodeIntegrations> {
+    let integrations = Integrations::start(config, None, Some(pqa.clone()))
+        .context("cannot start the integrations (table publishers run under `fleetsql demo`)")?;
+    Ok(SqlNodeIntegrations {
+        integrations,
+        _clock: pqa.start_clock(),
+        feed: fleetsql_http::feed_persistent_queries(node, pqa),
+    })
+}
+
+/// Starts `config`'s table publishers on a distributed agent, which also
+/// publishes their `fleet_sources` (sinks and sources are refused with the
+/// reason: they run on a SQL node).
+pub(crate) fn start_on_agent(
+    config: &IntegrationsConfig,
+    agent: Arc<Agent>,
+) -> anyhow::Result<Integrations> {
+    let tables: Arc<dyn TableTarget> = agent;
+    Integrations::start(config, Some(tables), None).context(
+        "cannot start the integrations (sinks and event sources run under `fleetsql sqlnode`)",
+    )
 }

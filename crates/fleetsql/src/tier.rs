@@ -27,6 +27,13 @@ pub(crate) struct TierArgs {
     /// SQL node only: the Postgres wire address.
     #[arg(long)]
     pg: Option<SocketAddr>,
+    /// Agent and SQL node: a TOML file of integrations, as for `fleetsql
+    /// demo`. An agent runs the table publishers (Prometheus, SNMP) and
+    /// publishes `fleet_sources`; a SQL node runs the persistent-query
+    /// sinks and event sources (MQTT, XMPP, esmond) and serves persistent
+    /// queries on its HTTP address. Each refuses the other's kinds.
+    #[arg(long)]
+    integrations: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -52,11 +59,43 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
         pg: args.pg,
     };
     let name = &args.name;
+    let integrations_config = match role {
+        Role::SqlNode | Role::Agent => crate::integrations::load(args.integrations.as_deref())?,
+        _ if args.integrations.is_some() => {
+            anyhow::bail!("--integrations is for `fleetsql agent`, `sqlnode` and `demo`")
+        }
+        _ => None,
+    };
+    let mut persistent = None;
+    let mut publishers = None;
     let running = match role {
-        Role::Agent => Running::Agent(AgentProcess::start(&topology, name, listen).await?),
+        Role::Agent => {
+            let process = AgentProcess::start(&topology, name, listen).await?;
+            if let Some(config) = &integrations_config {
+                publishers = Some(crate::integrations::start_on_agent(
+                    config,
+                    process.shared_agent(),
+                )?);
+            }
+            Running::Agent(process)
+        }
         Role::Proxy => Running::Tier(TierProcess::start_proxy(&topology, name, listen).await?),
         Role::Tla => Running::Tier(TierProcess::start_tla(&topology, name, listen).await?),
-        Role::SqlNode => Running::Sql(SqlProcess::start(&topology, name, listen).await?),
+        Role::SqlNode => match &integrations_config {
+            None => Running::Sql(SqlProcess::start(&topology, name, listen).await?),
+            Some(config) => {
+                let pqa = crate::integrations::persistent_queries();
+                let routes = fleetsql_pqa::router(pqa.clone());
+                let process =
+                    SqlProcess::start_with_routes(&topology, name, listen, routes).await?;
+                persistent = Some(crate::integrations::start_on_sqlnode(
+                    config,
+                    process.node().clone(),
+                    pqa,
+                )?);
+                Running::Sql(process)
+            }
+        },
     };
     let ready = match &running {
         Running::Agent(p) => p.ready_line(),
@@ -67,6 +106,12 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
     println!("{ready}");
     crate::signal::shutdown_signal().await;
     eprintln!("shutting down {name}");
+    if let Some(persistent) = persistent {
+        persistent.shutdown().await;
+    }
+    if let Some(publishers) = publishers {
+        publishers.shutdown().await;
+    }
     match running {
         Running::Agent(p) => p.shutdown().await,
         Running::Tier(p) => p.shutdown().await,

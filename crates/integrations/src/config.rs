@@ -15,7 +15,9 @@
 //! [[mqtt_sink]]
 //! name = "broker"
 //! host = "127.0.0.1"
-//! port = 1883
+//! port = 8883
+//! tls = true
+//! ca_file = "/etc/fleetsql/mqtt-ca.pem"
 //! topic_prefix = "fleetsql/pq"
 //! qos = 1
 //!
@@ -31,6 +33,22 @@
 //! host = "10.1.2.3:161"
 //! community = "public"
 //! tables = ["ifTable"]
+//!
+//! [[xmpp_sink]]
+//! name = "xmpp"
+//! host = "127.0.0.1"
+//! jid = "fleetsql@example.net"
+//! password = "secret"
+//! ca_file = "/etc/fleetsql/xmpp-ca.pem"
+//! pubsub_service = "pubsub.example.net"
+//!
+//! [[xmpp_source]]
+//! name = "alarms"
+//! host = "127.0.0.1"
+//! jid = "fleetsql@example.net"
+//! password = "secret"
+//! stream = "alarm"
+//! nodes = [{ node = "alarms/site1" }, { service = "pubsub.other.net", node = "x" }]
 //!
 //! [[esmond]]
 //! name = "ps"
@@ -68,6 +86,12 @@ pub struct IntegrationsConfig {
     /// SNMP devices whose tables are published.
     #[serde(default)]
     pub snmp: Vec<SnmpConfig>,
+    /// XMPP pubsub (XEP-0060) services receiving persistent queries' results.
+    #[serde(default)]
+    pub xmpp_sink: Vec<XmppSinkConfig>,
+    /// XMPP pubsub subscriptions whose items become events of a stream.
+    #[serde(default)]
+    pub xmpp_source: Vec<XmppSourceConfig>,
 }
 
 /// `fleet_sources` settings.
@@ -182,6 +206,16 @@ pub struct MqttBroker {
     /// MQTT keep-alive.
     #[serde(default = "default_keep_alive", deserialize_with = "duration")]
     pub keep_alive: Duration,
+    /// Connect over TLS (the broker's TLS listener, usually port 8883);
+    /// the certificate is always verified.
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM file of the CAs to trust (the system's by default).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Name the broker's certificate must carry (`host` by default).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
 }
 
 fn default_mqtt_port() -> u16 {
@@ -202,7 +236,8 @@ pub struct MqttSinkConfig {
     /// Results of query `id` go to `{topic_prefix}/{id}`.
     #[serde(default = "default_topic_prefix")]
     pub topic_prefix: String,
-    /// MQTT QoS 0, 1 or 2.
+    /// MQTT QoS 0, 1 or 2. At 1 and 2, publishes not acknowledged when
+    /// the connection drops are sent again after the reconnect.
     #[serde(default)]
     pub qos: u8,
     /// Retries.
@@ -229,6 +264,102 @@ pub struct MqttSourceConfig {
     /// Subscription QoS.
     #[serde(default)]
     pub qos: u8,
+    /// Retries.
+    #[serde(flatten)]
+    pub retry: Retry,
+}
+
+/// An XMPP account and how to reach and trust its server. The connection
+/// is always secured with STARTTLS and the server's certificate verified.
+#[derive(Debug, Clone, Deserialize)]
+pub struct XmppServer {
+    /// Server host.
+    pub host: String,
+    /// Client-to-server port.
+    #[serde(default = "default_xmpp_port")]
+    pub port: u16,
+    /// Bare JID to log in as, `user@domain`.
+    pub jid: String,
+    /// Its password.
+    pub password: String,
+    /// Resource to bind (defaults to `fleetsql-<name>`).
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// PEM file of the CAs to trust (the system's by default).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Name the server's certificate must carry (the JID's domain by default).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    /// Limit for connecting and for every answer awaited.
+    #[serde(default = "default_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Whitespace keep-alive period.
+    #[serde(default = "default_keep_alive", deserialize_with = "duration")]
+    pub keep_alive: Duration,
+}
+
+impl XmppServer {
+    /// The JID's domain.
+    pub fn domain(&self) -> &str {
+        self.jid.split_once('@').map_or(&self.jid, |(_, d)| d)
+    }
+
+    /// `pubsub.<domain>`, the usual pubsub service.
+    pub fn default_pubsub(&self) -> String {
+        format!("pubsub.{}", self.domain())
+    }
+}
+
+fn default_xmpp_port() -> u16 {
+    5222
+}
+
+/// Persistent-query results to XMPP pubsub nodes.
+#[derive(Debug, Clone, Deserialize)]
+pub struct XmppSinkConfig {
+    /// Sink name; registrations ask for it with `"sinks": [name]`.
+    pub name: String,
+    /// The account.
+    #[serde(flatten)]
+    pub server: XmppServer,
+    /// Pubsub service JID (`pubsub.<domain>` by default).
+    #[serde(default)]
+    pub pubsub_service: Option<String>,
+    /// Results of query `id` go to node `{node_prefix}/{id}`.
+    #[serde(default = "default_topic_prefix")]
+    pub node_prefix: String,
+    /// Give every registration a node, not only those that ask.
+    #[serde(default)]
+    pub all_queries: bool,
+    /// Retries.
+    #[serde(flatten)]
+    pub retry: Retry,
+}
+
+/// One pubsub node to subscribe to.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct XmppNode {
+    /// Pubsub service JID (`pubsub.<domain>` by default).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Node name.
+    pub node: String,
+}
+
+/// XMPP pubsub items to events.
+#[derive(Debug, Clone, Deserialize)]
+pub struct XmppSourceConfig {
+    /// Source name.
+    pub name: String,
+    /// The account.
+    #[serde(flatten)]
+    pub server: XmppServer,
+    /// Nodes to subscribe to.
+    pub nodes: Vec<XmppNode>,
+    /// The stream the items' JSON payloads become events of.
+    pub stream: String,
     /// Retries.
     #[serde(flatten)]
     pub retry: Retry,
@@ -277,16 +408,34 @@ fn default_lookback() -> Duration {
     Duration::from_secs(3600)
 }
 
-/// One SNMP device (v2c).
+/// One SNMP device (v2c, or v3 with a USM user).
 #[derive(Debug, Clone, Deserialize)]
 pub struct SnmpConfig {
     /// Device name (`device` column, `fleet_sources.name`).
     pub name: String,
     /// `host:port` of the device's agent (UDP), e.g. `10.1.2.3:161`.
     pub host: String,
-    /// Community string.
+    /// Community string (v2c).
     #[serde(default = "default_community")]
     pub community: String,
+    /// `2c` (community) or `3` (USM user).
+    #[serde(default = "default_snmp_version")]
+    pub version: String,
+    /// v3 user name.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// v3 authentication protocol; `SHA` (HMAC-SHA-96) is supported.
+    #[serde(default)]
+    pub auth_protocol: Option<String>,
+    /// v3 authentication password (authNoPriv when alone).
+    #[serde(default)]
+    pub auth_password: Option<String>,
+    /// v3 privacy protocol; `AES` (AES-128 CFB) is supported.
+    #[serde(default)]
+    pub priv_protocol: Option<String>,
+    /// v3 privacy password (authPriv; needs `auth_password`).
+    #[serde(default)]
+    pub priv_password: Option<String>,
     /// Tables to walk: `ifTable`, `ifXTable` or a dotted table OID.
     #[serde(default = "default_snmp_tables")]
     pub tables: Vec<String>,
@@ -304,6 +453,9 @@ pub struct SnmpConfig {
     pub retry: Retry,
 }
 
+fn default_snmp_version() -> String {
+    "2c".to_string()
+}
 fn default_community() -> String {
     "public".to_string()
 }
@@ -349,7 +501,9 @@ impl IntegrationsConfig {
             .chain(self.mqtt_sink.iter().map(|p| &p.name))
             .chain(self.mqtt_source.iter().map(|p| &p.name))
             .chain(self.esmond.iter().map(|p| &p.name))
-            .chain(self.snmp.iter().map(|p| &p.name));
+            .chain(self.snmp.iter().map(|p| &p.name))
+            .chain(self.xmpp_sink.iter().map(|p| &p.name))
+            .chain(self.xmpp_source.iter().map(|p| &p.name));
         for name in all {
             if name.is_empty() {
                 return Err(IntegrationError::Config(
@@ -390,6 +544,71 @@ impl IntegrationsConfig {
                 )));
             }
         }
+        for (name, server) in self
+            .xmpp_sink
+            .iter()
+            .map(|s| (&s.name, &s.server))
+            .chain(self.xmpp_source.iter().map(|s| (&s.name, &s.server)))
+        {
+            let valid = server.jid.split_once('@').is_some_and(|(user, domain)| {
+                !user.is_empty() && !domain.is_empty() && !domain.contains('/')
+            });
+            if !valid {
+                return Err(IntegrationError::Config(format!(
+                    "xmpp `{name}`: jid `{}` must be a bare JID, user@domain",
+                    server.jid
+                )));
+            }
+        }
+        for s in &self.xmpp_source {
+            if s.nodes.is_empty() {
+                return Err(IntegrationError::Config(format!(
+                    "xmpp_source `{}`: list at least one node in `nodes`",
+                    s.name
+                )));
+            }
+        }
+        for s in &self.snmp {
+            let fail = |why: String| {
+                Err(IntegrationError::Config(format!(
+                    "snmp `{}`: {why}",
+                    s.name
+                )))
+            };
+            match s.version.as_str() {
+                "2c" => {}
+                "3" => {
+                    if s.user.as_deref().is_none_or(str::is_empty) {
+                        return fail("version 3 needs `user`".into());
+                    }
+                    if s.auth_password.is_none() {
+                        return fail(
+                            "version 3 needs `auth_password` (noAuthNoPriv is not offered)".into(),
+                        );
+                    }
+                    for p in [&s.auth_password, &s.priv_password].into_iter().flatten() {
+                        if p.len() < 8 {
+                            return fail("SNMPv3 passwords have at least 8 characters".into());
+                        }
+                    }
+                    if let Some(p) = s
+                        .auth_protocol
+                        .as_deref()
+                        .filter(|p| !p.eq_ignore_ascii_case("sha"))
+                    {
+                        return fail(format!("auth_protocol `{p}` is not supported; use SHA"));
+                    }
+                    if let Some(p) = s
+                        .priv_protocol
+                        .as_deref()
+                        .filter(|p| !p.eq_ignore_ascii_case("aes"))
+                    {
+                        return fail(format!("priv_protocol `{p}` is not supported; use AES"));
+                    }
+                }
+                other => return fail(format!("version `{other}` is not 2c or 3")),
+            }
+        }
         for e in &self.esmond {
             if e.archives.is_empty() {
                 return Err(IntegrationError::Config(format!(
@@ -408,6 +627,8 @@ impl IntegrationsConfig {
             && self.mqtt_source.is_empty()
             && self.esmond.is_empty()
             && self.snmp.is_empty()
+            && self.xmpp_sink.is_empty()
+            && self.xmpp_source.is_empty()
     }
 }
 
@@ -449,6 +670,38 @@ mod tests {
     }
 
     #[test]
+    fn parses_xmpp_sink_and_source() {
+        let c = IntegrationsConfig::parse(
+            r#"
+            [[xmpp_sink]]
+            name = "x"
+            host = "127.0.0.1"
+            jid = "bot@example.net"
+            password = "pw"
+            ca_file = "/tmp/ca.pem"
+
+            [[xmpp_source]]
+            name = "alarms"
+            host = "127.0.0.1"
+            port = 5223
+            jid = "bot@example.net"
+            password = "pw"
+            stream = "alarm"
+            nodes = [{ node = "a" }, { service = "ps.example.org", node = "b" }]
+            "#,
+        )
+        .unwrap();
+        let sink = &c.xmpp_sink[0];
+        assert_eq!(sink.server.port, 5222);
+        assert_eq!(sink.server.default_pubsub(), "pubsub.example.net");
+        assert_eq!(sink.node_prefix, "fleetsql/pq");
+        assert!(!sink.all_queries);
+        let source = &c.xmpp_source[0];
+        assert_eq!(source.nodes[1].service.as_deref(), Some("ps.example.org"));
+        assert_eq!(source.server.port, 5223);
+    }
+
+    #[test]
     fn refuses_mistakes_with_a_reason() {
         for (text, needle) in [
             ("[[prometheus]]\nname='a'\nurl='ftp://x'", "http://"),
@@ -462,6 +715,14 @@ mod tests {
                 "unit",
             ),
             ("[[bogus]]\nname='a'", "unknown field"),
+            (
+                "[[xmpp_sink]]\nname='x'\nhost='h'\njid='nodomain'\npassword='p'",
+                "bare JID",
+            ),
+            (
+                "[[xmpp_source]]\nname='x'\nhost='h'\njid='a@b'\npassword='p'\nstream='s'\nnodes=[]",
+                "at least one node",
+            ),
         ] {
             let e = IntegrationsConfig::parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{e} should mention {needle}");

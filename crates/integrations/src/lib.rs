@@ -7,10 +7,10 @@
 //!   any other publisher's (Prometheus exposition scrapes, SNMP tables).
 //! - [`EventSource`]: runs a connection or poller that turns outside items
 //!   into events of a persistent-query stream (MQTT subscriptions, perfSONAR
-//!   esmond archives behind [`esmond::ArchiveSource`]).
-//! - [`fleetsql_pqa::Sink`]: receives every persistent query's results
-//!   (MQTT topics `{prefix}/{query id}`), attached to each registration by a
-//!   [`fleetsql_pqa::SinkFactory`].
+//!   esmond archives behind [`esmond::ArchiveSource`], XMPP pubsub nodes).
+//! - [`fleetsql_pqa::Sink`]: receives persistent queries' results (MQTT
+//!   topics `{prefix}/{query id}`, XMPP pubsub nodes), attached to each
+//!   registration by a [`fleetsql_pqa::SinkFactory`].
 //!
 //! [`Integrations::start`] reads an [`IntegrationsConfig`] and runs each
 //! integration in its own task. A failure (unreachable server, bad
@@ -29,6 +29,10 @@ pub mod mqtt;
 pub mod mqtt_wire;
 pub mod prometheus;
 pub mod snmp;
+mod snmp_usm;
+pub mod tls;
+pub mod xmpp;
+pub mod xmpp_wire;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -178,13 +182,15 @@ impl Integrations {
         {
             need(p, "a local agent", tables.is_some())?;
         }
-        for s in config.mqtt_sink.iter().map(|s| &s.name).chain(
-            config
-                .mqtt_source
-                .iter()
-                .map(|s| &s.name)
-                .chain(config.esmond.iter().map(|e| &e.name)),
-        ) {
+        for s in config
+            .mqtt_sink
+            .iter()
+            .map(|s| &s.name)
+            .chain(config.mqtt_source.iter().map(|s| &s.name))
+            .chain(config.esmond.iter().map(|e| &e.name))
+            .chain(config.xmpp_sink.iter().map(|s| &s.name))
+            .chain(config.xmpp_source.iter().map(|s| &s.name))
+        {
             need(s, "persistent queries", pqa.is_some())?;
         }
         let mut me = Integrations {
@@ -208,8 +214,14 @@ impl Integrations {
             let source = esmond::EsmondSource::new(e)?;
             me.add_source(Arc::new(source), e.retry)?;
         }
+        for s in &config.xmpp_source {
+            me.add_source(Arc::new(xmpp::XmppSource::new(s)), s.retry)?;
+        }
         for s in &config.mqtt_sink {
             me.add_mqtt_sink(s)?;
+        }
+        for s in &config.xmpp_sink {
+            me.add_xmpp_sink(s)?;
         }
         if let Some(target) = me.tables.clone() {
             let task = health_task(
@@ -267,6 +279,20 @@ impl Integrations {
         };
         let health = self.health.handle(&config.name, "mqtt_sink");
         let (factory, task) = mqtt::MqttSinkFactory::start(config, health, self.cancel.clone());
+        pqa.add_sink_factory(Arc::new(factory));
+        self.tasks.push(task);
+        Ok(())
+    }
+
+    fn add_xmpp_sink(&mut self, config: &config::XmppSinkConfig) -> Result<()> {
+        let Some(pqa) = self.pqa.clone() else {
+            return Err(IntegrationError::Missing {
+                name: config.name.clone(),
+                what: "persistent queries",
+            });
+        };
+        let health = self.health.handle(&config.name, "xmpp_sink");
+        let (factory, task) = xmpp::XmppSinkFactory::start(config, health, self.cancel.clone());
         pqa.add_sink_factory(Arc::new(factory));
         self.tasks.push(task);
         Ok(())

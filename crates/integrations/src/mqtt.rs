@@ -5,8 +5,12 @@
 //! `{topic_prefix}/{query id}`. Publishing never waits for the broker: while
 //! it is unreachable, notifications beyond the sink's queue are dropped
 //! and counted as bad items, and the connection is retried with back-off.
-//! QoS 1 and 2 are sent with the protocol's acknowledgements but not
-//! retransmitted after a reconnect. The wire protocol is in `mqtt_wire`.
+//! At QoS 1 and 2 a publish counts as delivered when the broker
+//! acknowledges it; those still unacknowledged when the connection drops
+//! are published again after the reconnect (at least once; each connection
+//! is a clean session, so they go out as new publishes). At most
+//! `MAX_INFLIGHT` wait for acknowledgement; the queue waits behind them.
+//! The wire protocol is in `mqtt_wire`, over TCP or TLS.
 //!
 //! The source subscribes to topic filters; each message's payload, a JSON
 //! object or an array of objects, becomes events of the configured stream.
@@ -29,6 +33,8 @@ use crate::{EventSource, SourceContext, sleep_or_cancel};
 
 /// Notifications queued while the broker is slow or away.
 const QUEUE: usize = 256;
+/// Publishes awaiting acknowledgement before the queue waits.
+const MAX_INFLIGHT: usize = 64;
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -85,6 +91,7 @@ async fn drive(
 ) {
     let broker = &config.broker;
     let id = client_id(&config.name, broker);
+    let mut inflight = Inflight::default();
     loop {
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -93,7 +100,15 @@ async fn drive(
         let result = match outcome {
             Ok(mut conn) => {
                 health.success(0);
-                let r = serve_sink(&mut conn, &mut queue, &config, &health, &cancel).await;
+                let r = serve_sink(
+                    &mut conn,
+                    &mut queue,
+                    &mut inflight,
+                    &config,
+                    &health,
+                    &cancel,
+                )
+                .await;
                 if r.is_ok() {
                     conn.disconnect().await;
                     return;
@@ -111,26 +126,81 @@ async fn drive(
     }
 }
 
+/// Publishes (QoS 1, 2) awaiting acknowledgement, oldest first, by packet
+/// id on the current connection.
+#[derive(Debug, Default)]
+struct Inflight {
+    waiting: Vec<(Option<u16>, String, String)>,
+}
+
+impl Inflight {
+    async fn publish(
+        &mut self,
+        conn: &mut Connection,
+        qos: u8,
+        topic: String,
+        json: String,
+    ) -> std::result::Result<Option<u16>, String> {
+        // Kept before sending: a send cut short is sent again.
+        self.waiting.push((None, topic, json));
+        let at = self.waiting.len() - 1;
+        let (_, topic, json) = &self.waiting[at];
+        let id = conn.publish(topic, qos, json.as_bytes()).await?;
+        match id {
+            Some(id) => self.waiting[at].0 = Some(id),
+            None => {
+                self.waiting.pop();
+            }
+        }
+        Ok(id)
+    }
+
+    /// Removes an acknowledged publish; true if it was waiting.
+    fn acked(&mut self, id: u16) -> bool {
+        let before = self.waiting.len();
+        self.waiting.retain(|(waiting, ..)| *waiting != Some(id));
+        self.waiting.len() < before
+    }
+}
+
 /// Publishes queued notifications until cancelled (`Ok`) or the connection fails.
 async fn serve_sink(
     conn: &mut Connection,
     queue: &mut mpsc::Receiver<(String, String)>,
+    inflight: &mut Inflight,
     config: &MqttSinkConfig,
     health: &HealthHandle,
     cancel: &CancellationToken,
 ) -> std::result::Result<(), String> {
+    // What the previous connection left unacknowledged goes out again first.
+    let unacknowledged = std::mem::take(&mut inflight.waiting);
+    for (_, topic, json) in unacknowledged {
+        if inflight
+            .publish(conn, config.qos, topic, json)
+            .await?
+            .is_none()
+        {
+            health.items(1);
+        }
+    }
     let mut ping = tokio::time::interval(ping_every(&config.broker));
     ping.tick().await;
     loop {
         conn.flush().await?;
+        let room = inflight.waiting.len() < MAX_INFLIGHT;
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            next = queue.recv() => {
+            next = queue.recv(), if room => {
                 let Some((topic, json)) = next else { return Ok(()) };
-                conn.publish(&topic, config.qos, json.as_bytes()).await?;
-                health.items(1);
+                if inflight.publish(conn, config.qos, topic, json).await?.is_none() {
+                    health.items(1);
+                }
             }
-            incoming = conn.read() => { incoming?; }
+            incoming = conn.read() => {
+                if let Incoming::Acked { id } = incoming? && inflight.acked(id) {
+                    health.items(1);
+                }
+            }
             _ = ping.tick() => conn.ping().await?,
         }
     }
@@ -248,7 +318,7 @@ impl EventSource for MqttSource {
                     }
                     Err(e) => ctx.health.bad_items(1, &format!("topic {topic}: {e}")),
                 },
-                Incoming::Other => {}
+                Incoming::Acked { .. } | Incoming::Other => {}
             }
         }
     }

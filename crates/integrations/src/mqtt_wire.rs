@@ -1,6 +1,6 @@
 //! A minimal MQTT 3.1.1 client (public for tests and tools): what the sink and the source need (connect
 //! with credentials, publish and subscribe at QoS 0-2, keep-alive), over
-//! plain TCP.
+//! plain TCP or TLS (`tls = true`, see `crate::tls`).
 //!
 //! Written here rather than taken from `rumqttc`: that crate enables the
 //! `std` feature of `fixedbitset`, which DataFusion's `petgraph` shares, and
@@ -8,9 +8,8 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::config::MqttBroker;
 
@@ -21,21 +20,36 @@ pub enum Incoming {
     Publish { topic: String, payload: Vec<u8> },
     /// Subscription answer: true when every filter was granted.
     SubAck { granted: bool },
+    /// Our QoS 1 publish `id` was acknowledged (PUBACK), or our QoS 2
+    /// publish completed (PUBCOMP).
+    Acked { id: u16 },
     /// Anything else (acks, ping responses).
     Other,
 }
 
+/// A byte stream: TCP or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
+
 /// A connected session.
-#[derive(Debug)]
 pub struct Connection {
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    reader: ReadHalf<Box<dyn Io>>,
+    writer: WriteHalf<Box<dyn Io>>,
     /// Bytes read but not yet parsed: reading is cancel-safe, so a reader
     /// inside `select!` loses nothing.
     buf: Vec<u8>,
     /// Acknowledgements owed, written by [`Connection::flush`] outside any `select!`.
     owed: Vec<u8>,
     next_id: u16,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("buffered", &self.buf.len())
+            .field("next_id", &self.next_id)
+            .finish()
+    }
 }
 
 fn put_str(out: &mut Vec<u8>, s: &[u8]) {
@@ -87,7 +101,14 @@ impl Connection {
                 format!("no connection to {addr} within {timeout:?}; is the broker running?")
             })?
             .map_err(|e| format!("cannot connect to {addr}: {e}; is the broker running?"))?;
-        let (read, write) = stream.into_split();
+        let io: Box<dyn Io> = if broker.tls {
+            let config = crate::tls::client_config(broker.ca_file.as_deref())?;
+            let name = broker.tls_server_name.as_deref().unwrap_or(&broker.host);
+            Box::new(crate::tls::handshake(stream, name, config, timeout).await?)
+        } else {
+            Box::new(stream)
+        };
+        let (read, write) = tokio::io::split(io);
         let mut c = Connection {
             reader: read,
             writer: write,
@@ -140,16 +161,23 @@ impl Connection {
         id
     }
 
-    /// Sends a PUBLISH; acknowledgements are handled by [`Connection::read`].
-    pub async fn publish(&mut self, topic: &str, qos: u8, payload: &[u8]) -> Result<(), String> {
+    /// Sends a PUBLISH; returns its packet id at QoS 1 and 2, which
+    /// [`Connection::read`] reports as [`Incoming::Acked`] once delivered.
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        qos: u8,
+        payload: &[u8],
+    ) -> Result<Option<u16>, String> {
         let mut body = Vec::new();
         put_str(&mut body, topic.as_bytes());
-        if qos > 0 {
-            let id = self.id();
+        let id = (qos > 0).then(|| self.id());
+        if let Some(id) = id {
             body.extend_from_slice(&id.to_be_bytes());
         }
         body.extend_from_slice(payload);
-        self.send(&packet(0x30 | (qos.min(2) << 1), &body)).await
+        self.send(&packet(0x30 | (qos.min(2) << 1), &body)).await?;
+        Ok(id)
     }
 
     /// Sends a SUBSCRIBE for `filters`.
@@ -247,6 +275,9 @@ impl Connection {
                     payload: body.get(at..).unwrap_or_default().to_vec(),
                 })
             }
+            4 | 7 => Ok(id(0).map_or(Incoming::Other, |b| Incoming::Acked {
+                id: u16::from_be_bytes(b),
+            })),
             // PUBREC for our QoS 2 publish: release it.
             5 => {
                 let pid = id(0).ok_or("short PUBREC")?;

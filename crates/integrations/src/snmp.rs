@@ -12,8 +12,8 @@
 //! The SNMPv2c messages (GETBULK out, Response in) are encoded here in a
 //! few lines of BER: the `snmp2` crate pulls `asn1-rs`, whose dependencies
 //! change features of crates DataFusion shares (a full rebuild for every
-//! build of the workspace). SNMPv3 (USM authentication and privacy) is not
-//! done yet.
+//! build of the workspace). SNMPv3 (USM: authNoPriv with HMAC-SHA-96,
+//! authPriv adding AES-128) wraps the same PDUs; see `snmp_usm`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use tokio::net::UdpSocket;
 
 use crate::config::SnmpConfig;
 use crate::error::{IntegrationError, Result};
+use crate::snmp_usm;
 use crate::{Polled, Publisher};
 
 const IF_TABLE: [&str; 22] = [
@@ -168,14 +169,14 @@ fn ber_len(out: &mut Vec<u8>, len: usize) {
     }
 }
 
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+pub(crate) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
     ber_len(&mut out, content.len());
     out.extend_from_slice(content);
     out
 }
 
-fn ber_int(n: i64) -> Vec<u8> {
+pub(crate) fn ber_int(n: i64) -> Vec<u8> {
     let bytes = n.to_be_bytes();
     let mut start = 0;
     while start < 7
@@ -207,10 +208,10 @@ fn ber_oid(oid: &[u64]) -> Vec<u8> {
     tlv(0x06, &content)
 }
 
-/// A GETBULK request for the names after `oid`.
-fn getbulk_request(community: &str, request_id: i32, oid: &[u64], repetitions: i64) -> Vec<u8> {
+/// A GETBULK PDU for the names after `oid`.
+fn getbulk_pdu(request_id: i32, oid: &[u64], repetitions: i64) -> Vec<u8> {
     let varbind = tlv(0x30, &[ber_oid(oid), vec![0x05, 0x00]].concat());
-    let pdu = tlv(
+    tlv(
         0xa5,
         &[
             ber_int(i64::from(request_id)),
@@ -219,19 +220,24 @@ fn getbulk_request(community: &str, request_id: i32, oid: &[u64], repetitions: i
             tlv(0x30, &varbind),
         ]
         .concat(),
-    );
+    )
+}
+
+/// A v2c GETBULK request for the names after `oid`.
+fn getbulk_request(community: &str, request_id: i32, oid: &[u64], repetitions: i64) -> Vec<u8> {
+    let pdu = getbulk_pdu(request_id, oid, repetitions);
     tlv(
         0x30,
         &[ber_int(1), tlv(0x04, community.as_bytes()), pdu].concat(),
     )
 }
 
-struct Reader<'a> {
-    data: &'a [u8],
+pub(crate) struct Reader<'a> {
+    pub(crate) data: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn next(&mut self) -> std::result::Result<(u8, &'a [u8]), String> {
+    pub(crate) fn next(&mut self) -> std::result::Result<(u8, &'a [u8]), String> {
         let short = || "truncated SNMP message".to_string();
         let (&tag, rest) = self.data.split_first().ok_or_else(short)?;
         let (&first, mut rest) = rest.split_first().ok_or_else(short)?;
@@ -255,7 +261,7 @@ impl<'a> Reader<'a> {
         Ok((tag, &rest[..len]))
     }
 
-    fn expect(&mut self, want: u8) -> std::result::Result<&'a [u8], String> {
+    pub(crate) fn expect(&mut self, want: u8) -> std::result::Result<&'a [u8], String> {
         match self.next()? {
             (tag, content) if tag == want => Ok(content),
             (tag, _) => Err(format!("expected BER tag {want:#04x}, found {tag:#04x}")),
@@ -263,7 +269,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode_int(content: &[u8]) -> i64 {
+pub(crate) fn decode_int(content: &[u8]) -> i64 {
     let negative = content.first().is_some_and(|b| b & 0x80 != 0);
     content
         .iter()
@@ -279,7 +285,7 @@ fn decode_unsigned(content: &[u8]) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn decode_oid(content: &[u8]) -> std::result::Result<Vec<u64>, String> {
+pub(crate) fn decode_oid(content: &[u8]) -> std::result::Result<Vec<u64>, String> {
     let mut parts = Vec::new();
     let mut current = 0u64;
     for b in content {
@@ -310,9 +316,12 @@ fn decode_response(message: &[u8]) -> std::result::Result<Response, String> {
     };
     msg.expect(0x02)?;
     msg.expect(0x04)?;
-    let mut pdu = Reader {
-        data: msg.expect(0xa2)?,
-    };
+    decode_pdu(msg.expect(0xa2)?)
+}
+
+/// The content of a Response PDU.
+fn decode_pdu(content: &[u8]) -> std::result::Result<Response, String> {
+    let mut pdu = Reader { data: content };
     let request_id = decode_int(pdu.expect(0x02)?);
     let error_status = decode_int(pdu.expect(0x02)?);
     pdu.expect(0x02)?;
@@ -399,11 +408,23 @@ fn table_batch(device: &str, spec: &TableSpec, rows: &Walked) -> RecordBatch {
     RecordBatch::try_new(schema.clone(), columns).unwrap_or_else(|_| RecordBatch::new_empty(schema))
 }
 
+/// How requests are secured for one poll.
+#[derive(Debug)]
+enum Session {
+    V2c,
+    V3 {
+        user: snmp_usm::UsmUser,
+        engine: snmp_usm::Engine,
+    },
+}
+
 /// Polls one device.
 #[derive(Debug)]
 pub struct SnmpPublisher {
     config: SnmpConfig,
     tables: Vec<TableSpec>,
+    /// The v3 user (keys not yet localized), when `version = "3"`.
+    user: Option<snmp_usm::UsmUser>,
 }
 
 impl SnmpPublisher {
@@ -415,54 +436,197 @@ impl SnmpPublisher {
             .map(|t| table_spec(t, &config.table_prefix))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| IntegrationError::Config(format!("snmp `{}`: {e}", config.name)))?;
+        let user = (config.version == "3").then(|| {
+            snmp_usm::UsmUser::new(
+                config.user.as_deref().unwrap_or_default(),
+                config.auth_password.as_deref(),
+                config.priv_password.as_deref(),
+            )
+        });
         Ok(SnmpPublisher {
             config: config.clone(),
             tables,
+            user,
         })
     }
 
-    async fn walk(&self, socket: &UdpSocket, spec: &TableSpec) -> Result<(Walked, u64)> {
+    /// Sends one datagram and waits for the answer `accept` takes (late
+    /// answers to earlier requests are skipped).
+    async fn send_and_receive<T>(
+        &self,
+        socket: &UdpSocket,
+        request: &[u8],
+        mut accept: impl FnMut(&[u8]) -> Option<std::result::Result<T, String>>,
+    ) -> Result<T> {
+        let c = &self.config;
+        let mut buf = vec![0u8; 65_536];
+        socket
+            .send(request)
+            .await
+            .map_err(|e| IntegrationError::Remote(format!("snmp {}: {e}", c.host)))?;
+        loop {
+            let n = match tokio::time::timeout(c.timeout, socket.recv(&mut buf)).await {
+                Err(_) => {
+                    let check = if c.version == "3" {
+                        "the v3 user and its passwords (agents drop requests encrypted with a wrong priv_password unanswered)"
+                    } else {
+                        "the community"
+                    };
+                    return Err(IntegrationError::Remote(format!(
+                        "snmp {}: no answer within {:?}; check the address, that snmpd runs, and {check}",
+                        c.host, c.timeout
+                    )));
+                }
+                Ok(Err(e)) => {
+                    return Err(IntegrationError::Remote(format!("snmp {}: {e}", c.host)));
+                }
+                Ok(Ok(n)) => n,
+            };
+            match accept(&buf[..n]) {
+                Some(Ok(answer)) => return Ok(answer),
+                Some(Err(e)) => {
+                    return Err(IntegrationError::BadInput(format!(
+                        "snmp {}: unreadable response: {e}",
+                        c.host
+                    )));
+                }
+                None => continue,
+            }
+        }
+    }
+
+    /// Starts a session: for v3, discovers the agent's engine and localizes the keys.
+    async fn session(&self, socket: &UdpSocket) -> Result<Session> {
+        let c = &self.config;
+        let Some(user) = &self.user else {
+            return Ok(Session::V2c);
+        };
+        let discovery = snmp_usm::discovery_request(0);
+        let engine = self
+            .send_and_receive(socket, &discovery, |answer| {
+                match snmp_usm::decode(user, answer) {
+                    Ok(snmp_usm::V3Answer::Report {
+                        engine, problem, ..
+                    }) if snmp_usm::is_unknown_engine(&problem) => Some(Ok(engine)),
+                    Ok(other) => Some(Err(format!(
+                        "unexpected answer to engine discovery: {other:?}"
+                    ))),
+                    Err(e) => Some(Err(e)),
+                }
+            })
+            .await?;
+        if engine.id.is_empty() {
+            return Err(IntegrationError::Remote(format!(
+                "snmp {}: the agent announced no engine id",
+                c.host
+            )));
+        }
+        let mut user = user.clone();
+        user.localize(&engine.id);
+        Ok(Session::V3 { user, engine })
+    }
+
+    /// One GETBULK exchange: (error status, varbinds).
+    async fn getbulk(
+        &self,
+        socket: &UdpSocket,
+        session: &mut Session,
+        request_id: i32,
+        next: &[u64],
+    ) -> Result<(i64, Vec<(Vec<u64>, Value)>)> {
+        let c = &self.config;
+        let (user, engine) = match session {
+            Session::V2c => {
+                let request = getbulk_request(&c.community, request_id, next, 25);
+                return self
+                    .send_and_receive(socket, &request, |answer| match decode_response(answer) {
+                        Ok((id, status, varbinds)) if id == i64::from(request_id) => {
+                            Some(Ok((status, varbinds)))
+                        }
+                        Ok(_) => None,
+                        Err(e) => Some(Err(e)),
+                    })
+                    .await;
+            }
+            Session::V3 { user, engine } => (user, engine),
+        };
+        let pdu = getbulk_pdu(request_id, next, 25);
+        // One resend when the agent's clock moved out of our window.
+        for _ in 0..2 {
+            let salt = (u64::from(std::process::id()) << 32) | request_id as u32 as u64;
+            let request = snmp_usm::request(user, engine, request_id, &pdu, salt);
+            let answer = self
+                .send_and_receive(socket, &request, |answer| {
+                    match snmp_usm::decode(user, answer) {
+                        Ok(snmp_usm::V3Answer::Report { msg_id, .. })
+                            if msg_id != i64::from(request_id) =>
+                        {
+                            None
+                        }
+                        Ok(a) => Some(Ok(a)),
+                        Err(e) => Some(Err(e)),
+                    }
+                })
+                .await;
+            let answer = match answer {
+                Err(IntegrationError::BadInput(e)) => {
+                    return Err(IntegrationError::Remote(format!(
+                        "{e} (SNMPv3 user `{}`)",
+                        user.name
+                    )));
+                }
+                other => other?,
+            };
+            match answer {
+                snmp_usm::V3Answer::Pdu(0xa2, content) => {
+                    let (_, status, varbinds) = decode_pdu(&content).map_err(|e| {
+                        IntegrationError::BadInput(format!(
+                            "snmp {}: unreadable response: {e}",
+                            c.host
+                        ))
+                    })?;
+                    return Ok((status, varbinds));
+                }
+                snmp_usm::V3Answer::Pdu(tag, _) => {
+                    return Err(IntegrationError::BadInput(format!(
+                        "snmp {}: expected a Response PDU, found tag {tag:#04x}",
+                        c.host
+                    )));
+                }
+                snmp_usm::V3Answer::Report {
+                    problem,
+                    engine: now,
+                    ..
+                } if snmp_usm::is_time_window(&problem) => *engine = now,
+                snmp_usm::V3Answer::Report { problem, .. } => {
+                    return Err(IntegrationError::Remote(format!(
+                        "snmp {}: the agent refused SNMPv3 user `{}`: {problem}",
+                        c.host, user.name
+                    )));
+                }
+            }
+        }
+        Err(IntegrationError::Remote(format!(
+            "snmp {}: the agent's clock keeps leaving the time window",
+            c.host
+        )))
+    }
+
+    async fn walk(
+        &self,
+        socket: &UdpSocket,
+        session: &mut Session,
+        spec: &TableSpec,
+    ) -> Result<(Walked, u64)> {
         let c = &self.config;
         let mut entry = spec.oid.clone();
         entry.push(1);
         let mut next = entry.clone();
         let mut rows = Walked::new();
         let mut bad = 0u64;
-        let mut buf = vec![0u8; 65_536];
         // Bounded: a device answering forever (or looping) stops here.
         for request_id in 1..10_000i32 {
-            let request = getbulk_request(&c.community, request_id, &next, 25);
-            socket
-                .send(&request)
-                .await
-                .map_err(|e| IntegrationError::Remote(format!("snmp {}: {e}", c.host)))?;
-            let (status, varbinds) = loop {
-                let n = match tokio::time::timeout(c.timeout, socket.recv(&mut buf)).await {
-                    Err(_) => {
-                        return Err(IntegrationError::Remote(format!(
-                            "snmp {}: no answer within {:?}; check the address, that snmpd runs, and the community",
-                            c.host, c.timeout
-                        )));
-                    }
-                    Ok(Err(e)) => {
-                        return Err(IntegrationError::Remote(format!("snmp {}: {e}", c.host)));
-                    }
-                    Ok(Ok(n)) => n,
-                };
-                match decode_response(&buf[..n]) {
-                    // A late answer to an earlier request is skipped.
-                    Ok((id, status, varbinds)) if id == i64::from(request_id) => {
-                        break (status, varbinds);
-                    }
-                    Ok(_) => continue,
-                    Err(e) => {
-                        return Err(IntegrationError::BadInput(format!(
-                            "snmp {}: unreadable response: {e}",
-                            c.host
-                        )));
-                    }
-                }
-            };
+            let (status, varbinds) = self.getbulk(socket, session, request_id, &next).await?;
             if status != 0 {
                 return Err(IntegrationError::Remote(format!(
                     "snmp {}: the agent answered error status {status}",
@@ -529,9 +693,10 @@ impl Publisher for SnmpPublisher {
             .connect(remote)
             .await
             .map_err(|e| IntegrationError::Remote(format!("snmp {}: {e}", c.host)))?;
+        let mut session = self.session(&socket).await?;
         let mut polled = Polled::default();
         for spec in &self.tables {
-            let (rows, bad) = self.walk(&socket, spec).await?;
+            let (rows, bad) = self.walk(&socket, &mut session, spec).await?;
             if bad > 0 {
                 polled.bad_items += bad;
                 polled.last_bad = Some(format!(

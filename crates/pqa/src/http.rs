@@ -51,11 +51,15 @@ struct RegisterBody {
     publish: Option<String>,
     #[serde(default)]
     webhook: Option<String>,
+    /// Names of configured sinks to attach (e.g. an XMPP pubsub sink).
+    #[serde(default)]
+    sinks: Vec<String>,
 }
 
 /// The routes, to be merged into the SQL node's server:
 ///
-/// - `POST /v1/persistent-queries` `{"epl", "publish"?, "webhook"?}` → `201 {id, topic}`
+/// - `POST /v1/persistent-queries` `{"epl", "publish"?, "webhook"?, "sinks"?: [name]}`
+///   → `201 {id, topic, sinks?: [handle]}` (handles of sinks such as an XMPP pubsub node)
 /// - `GET /v1/persistent-queries` → list
 /// - `DELETE /v1/persistent-queries/{id}`
 /// - `GET /v1/persistent-queries/{id}/events` → Server-Sent Events (`event: result`,
@@ -79,11 +83,11 @@ pub fn router(service: PqaService) -> Router {
 async fn register(State(svc): State<PqaService>, body: Bytes) -> Result<Response, PqaError> {
     let body: RegisterBody = serde_json::from_slice(&body).map_err(|e| {
         PqaError::BadRequest(format!(
-            "body must be {{\"epl\": \"...\", \"publish\"?: ..., \"webhook\"?: ...}}: {e}"
+            "body must be {{\"epl\": \"...\", \"publish\"?: ..., \"webhook\"?: ..., \"sinks\"?: [...]}}: {e}"
         ))
     })?;
     let publish: Publish = body.publish.as_deref().unwrap_or("all").parse()?;
-    let r = svc.register(&body.epl, publish, body.webhook.as_deref())?;
+    let r = svc.register_with_sinks(&body.epl, publish, body.webhook.as_deref(), &body.sinks)?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 

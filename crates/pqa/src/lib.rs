@@ -101,7 +101,9 @@ pub use engine::{Clock, Engine, EngineConfig, Output, StatementId, StreamHandle}
 pub use error::{PqaError, Result};
 pub use http::router;
 pub use processor::Row;
-pub use service::{BatchResult, PqaService, Publish, QueryInfo, Registered, ServiceConfig};
+pub use service::{
+    BatchResult, ClockTask, PqaService, Publish, QueryInfo, Registered, ServiceConfig,
+};
 pub use sink::{Sink, SinkFactory, WebhookSink};
 pub use topic::{CloseReason, Notification, Topic};
 pub use value::Value;

@@ -85,6 +85,10 @@ pub struct Registered {
     pub id: String,
     /// Topic name.
     pub topic: String,
+    /// Handles of the registration's sinks that have one (e.g. the XMPP
+    /// pubsub node its results are published to).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<serde_json::Value>,
 }
 
 /// A registration as listed.
@@ -213,6 +217,35 @@ impl PqaService {
         publish: Publish,
         webhook: Option<&str>,
     ) -> Result<Registered> {
+        self.register_with_sinks(epl, publish, webhook, &[])
+    }
+
+    /// [`PqaService::register`], also attaching the sinks of the factories
+    /// named in `sinks` (see [`SinkFactory::requested_as`]). An unknown
+    /// name is refused before anything is registered.
+    pub fn register_with_sinks(
+        &self,
+        epl: &str,
+        publish: Publish,
+        webhook: Option<&str>,
+        sinks: &[String],
+    ) -> Result<Registered> {
+        let factories: Vec<Arc<dyn SinkFactory>> = self.inner.factories.lock().clone();
+        for wanted in sinks {
+            if !factories
+                .iter()
+                .any(|f| f.requested_as() == Some(wanted.as_str()))
+            {
+                let known: Vec<&str> = factories.iter().filter_map(|f| f.requested_as()).collect();
+                return Err(PqaError::BadRequest(format!(
+                    "no sink named `{wanted}`; configured sinks: {known:?}"
+                )));
+            }
+        }
+        let wanted = |f: &Arc<dyn SinkFactory>| {
+            f.requested_as()
+                .is_none_or(|name| sinks.iter().any(|s| s == name))
+        };
         let normalized = parser::normalize(epl)?;
         let ast = parser::parse(epl)?;
         let sink = webhook.map(WebhookSink::new).transpose()?;
@@ -224,9 +257,18 @@ impl PqaService {
             if let Some(s) = sink {
                 attach(reg, Arc::new(s));
             }
+            // Requested sinks the earlier registrations did not ask for.
+            for factory in factories.iter().filter(|f| f.requested_as().is_some()) {
+                if wanted(factory) {
+                    for sink in factory.sinks_for(&id, epl) {
+                        attach(reg, sink);
+                    }
+                }
+            }
             return Ok(Registered {
                 id,
                 topic: reg.topic.name().to_string(),
+                sinks: sink_handles(reg),
             });
         }
         let stmt = match st.by_text.get(&normalized) {
@@ -253,7 +295,7 @@ impl PqaService {
         if let Some(s) = sink {
             attach(&mut reg, Arc::new(s));
         }
-        for factory in self.inner.factories.lock().iter() {
+        for factory in factories.iter().filter(|f| wanted(f)) {
             for sink in factory.sinks_for(&id, epl) {
                 attach(&mut reg, sink);
             }
@@ -261,10 +303,12 @@ impl PqaService {
         if let Some(s) = stmt {
             st.instances.entry(s).or_default().push(id.clone());
         }
+        let sinks = sink_handles(&reg);
         st.regs.insert(id.clone(), reg);
         Ok(Registered {
             id,
             topic: topic.name().to_string(),
+            sinks,
         })
     }
 
@@ -305,6 +349,9 @@ impl PqaService {
                 st.by_text.retain(|_, v| *v != s);
                 st.engine.remove(s);
             }
+        }
+        for task in &reg.sinks {
+            task.sink().query_deleted();
         }
         // Dropping the topic's sender closes SSE/WebSocket subscribers with "query deleted".
         drop(reg);
@@ -468,6 +515,10 @@ impl Drop for ClockTask {
     }
 }
 
+fn sink_handles(reg: &Reg) -> Vec<serde_json::Value> {
+    reg.sinks.iter().filter_map(|t| t.sink().handle()).collect()
+}
+
 fn attach(reg: &mut Reg, sink: Arc<dyn Sink>) {
     if reg.sinks.iter().any(|s| s.name() == sink.name()) {
         return;
@@ -551,5 +602,81 @@ fn apply_publish(
             }
             vec![m]
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+
+    /// Sinks that record what happens to them.
+    #[derive(Debug, Default)]
+    struct Recording {
+        made: Mutex<Vec<String>>,
+        deleted: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[derive(Debug)]
+    struct RecordingSink {
+        id: String,
+        deleted: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[async_trait]
+    impl Sink for RecordingSink {
+        fn name(&self) -> String {
+            format!("recording:{}", self.id)
+        }
+        async fn deliver(&self, _n: &Notification, _json: &str) -> Result<()> {
+            Ok(())
+        }
+        fn handle(&self) -> Option<serde_json::Value> {
+            Some(serde_json::json!({ "node": self.id }))
+        }
+        fn query_deleted(&self) {
+            self.deleted.lock().push(self.id.clone());
+        }
+    }
+
+    impl SinkFactory for Recording {
+        fn sinks_for(&self, id: &str, _epl: &str) -> Vec<Arc<dyn Sink>> {
+            self.made.lock().push(id.to_string());
+            vec![Arc::new(RecordingSink {
+                id: id.to_string(),
+                deleted: self.deleted.clone(),
+            })]
+        }
+        fn requested_as(&self) -> Option<&str> {
+            Some("rec")
+        }
+    }
+
+    #[tokio::test]
+    async fn requested_sinks_attach_answer_with_handles_and_hear_the_delete() {
+        let svc = PqaService::new(ServiceConfig::default());
+        let factory = Arc::new(Recording::default());
+        svc.add_sink_factory(factory.clone());
+        let epl = "select * from s";
+
+        let plain = svc.register(epl, Publish::All, None).unwrap();
+        assert!(plain.sinks.is_empty(), "not requested: no sink");
+        assert!(factory.made.lock().is_empty());
+
+        let asked = svc
+            .register_with_sinks(epl, Publish::All, None, &["rec".to_string()])
+            .unwrap();
+        assert_eq!(asked.id, plain.id, "same statement, same registration");
+        assert_eq!(asked.sinks, vec![serde_json::json!({ "node": plain.id })]);
+
+        let unknown = svc
+            .register_with_sinks(epl, Publish::Max, None, &["nope".to_string()])
+            .unwrap_err();
+        assert!(unknown.to_string().contains("`nope`"), "{unknown}");
+
+        assert_eq!(svc.delete(&plain.id).unwrap(), 1);
+        assert!(factory.deleted.lock().is_empty(), "a reference is left");
+        assert_eq!(svc.delete(&plain.id).unwrap(), 0);
+        assert_eq!(*factory.deleted.lock(), vec![plain.id.clone()]);
     }
 }

@@ -85,7 +85,7 @@ fn offset(tick: Duration, tier: u32) -> Duration {
 #[derive(Debug)]
 pub struct AgentProcess {
     name: String,
-    agent: Agent,
+    agent: Arc<Agent>,
     flight: FlightServer,
     admin: HttpServer,
 }
@@ -112,7 +112,7 @@ impl AgentProcess {
             host_collectors: entry.host_collectors.unwrap_or(defaults.host_collectors),
             ..defaults
         };
-        let agent = Agent::start(config)?;
+        let agent = Arc::new(Agent::start(config)?);
         let flight_addr =
             listen
                 .flight
@@ -151,6 +151,11 @@ impl AgentProcess {
         &self.agent
     }
 
+    /// The agent, for in-process publishers (integrations) that outlive a borrow.
+    pub fn shared_agent(&self) -> Arc<Agent> {
+        self.agent.clone()
+    }
+
     pub fn flight_addr(&self) -> SocketAddr {
         self.flight.local_addr()
     }
@@ -172,7 +177,10 @@ impl AgentProcess {
     pub async fn shutdown(self) {
         self.admin.shutdown().await;
         self.flight.shutdown().await;
-        self.agent.shutdown().await;
+        // Holders of `shared_agent` are stopped first by the caller.
+        if let Ok(agent) = Arc::try_unwrap(self.agent) {
+            agent.shutdown().await;
+        }
     }
 }
 
@@ -388,6 +396,17 @@ pub struct SqlProcess {
 
 impl SqlProcess {
     pub async fn start(topology: &Topology, name: &str, listen: Listen) -> Result<SqlProcess> {
+        Self::start_with_routes(topology, name, listen, axum::Router::new()).await
+    }
+
+    /// [`SqlProcess::start`], serving `extra` routes (e.g. persistent
+    /// queries) beside `/v1/query` on the HTTP address.
+    pub async fn start_with_routes(
+        topology: &Topology,
+        name: &str,
+        listen: Listen,
+        extra: axum::Router,
+    ) -> Result<SqlProcess> {
         let entry = topology
             .sqlnodes
             .get(name)
@@ -422,7 +441,9 @@ impl SqlProcess {
             listen.pg.or(entry.pg).unwrap_or(loopback(5433)),
         )
         .await?;
-        let app = fleetsql_http::router(node.clone()).merge(admin::metrics_router(observed));
+        let app = fleetsql_http::router(node.clone())
+            .merge(admin::metrics_router(observed))
+            .merge(extra);
         let http =
             HttpServer::start(app, listen.http.or(entry.http).unwrap_or(loopback(8080))).await?;
         Ok(SqlProcess {

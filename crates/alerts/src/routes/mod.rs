@@ -5,6 +5,7 @@
 mod email;
 mod snmp;
 mod webhook;
+mod xmpp;
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use serde_json::Value;
 pub use email::send_email;
 pub use snmp::{encode_trap, send_traps};
 pub use webhook::post_webhook;
+pub use xmpp::publish_xmpp;
 
 fn default_community() -> String {
     "public".to_string()
@@ -30,6 +32,10 @@ fn default_retries() -> u32 {
 
 fn default_backoff() -> String {
     "500ms".to_string()
+}
+
+fn default_xmpp_port() -> u16 {
+    5222
 }
 
 fn default_from() -> String {
@@ -68,6 +74,26 @@ pub enum RouteConfig {
         #[serde(default = "default_enterprise")]
         enterprise_oid: String,
     },
+    /// An XEP-0060 pubsub item per alert and iteration (the batch as JSON
+    /// in a XEP-0335 container), on a node created at first use. The
+    /// connection uses STARTTLS and verifies the server's certificate.
+    Xmpp {
+        /// Server host.
+        host: String,
+        #[serde(default = "default_xmpp_port")]
+        port: u16,
+        /// Bare JID to log in as; it must be allowed to create nodes.
+        jid: String,
+        password: String,
+        /// PEM file of the CAs to trust (the system's by default).
+        #[serde(default)]
+        ca_file: Option<std::path::PathBuf>,
+        /// Pubsub service JID (`pubsub.<domain>` by default).
+        #[serde(default)]
+        service: Option<String>,
+        /// The node subscribers follow.
+        node: String,
+    },
 }
 
 impl RouteConfig {
@@ -90,6 +116,7 @@ impl RouteConfig {
                 community,
                 enterprise_oid,
             } => send_traps(target, community, enterprise_oid, payload).await,
+            RouteConfig::Xmpp { .. } => publish_xmpp(self, payload).await,
         }
     }
 }

@@ -11,3 +11,10 @@ mod pqa;
 mod slt;
 mod tiers;
 mod webdriver;
+mod xmpp;
+
+// The Prosody launcher and test CA of the integrations crate's tests.
+#[path = "../../../integrations/tests/common/prosody.rs"]
+mod prosody;
+#[path = "../../../integrations/tests/common/tls.rs"]
+mod tls;

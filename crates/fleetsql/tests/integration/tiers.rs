@@ -38,6 +38,8 @@ pub(crate) struct TestCluster {
     pub(crate) dir: tempfile::TempDir,
     topology: Topology,
     processes: BTreeMap<String, Process>,
+    /// Further arguments of a process, by name.
+    extra_args: BTreeMap<String, Vec<std::ffi::OsString>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +141,7 @@ impl TestCluster {
             dir,
             topology,
             processes: BTreeMap::new(),
+            extra_args: BTreeMap::new(),
         };
         for name in keys(&cluster.topology.agents) {
             cluster.spawn("agent", &name, true).await;
@@ -179,6 +182,7 @@ impl TestCluster {
             (_, true) => command.args(["--flight", any, "--http", any]),
             _ => &mut command,
         };
+        command.args(self.extra_args.get(name).into_iter().flatten());
         let mut child = command.spawn().expect("start fleetsql");
         let line = ready_line(&mut child, &format!("fleetsql {role} ready:"))
             .await
@@ -253,6 +257,18 @@ impl TestCluster {
 
     /// Starts a killed node again on its old addresses.
     pub(crate) async fn restart(&mut self, name: &str, role: &'static str) {
+        self.spawn(role, name, false).await;
+    }
+
+    /// Stops `name` and starts it again on its addresses with `args` added.
+    pub(crate) async fn restart_with(
+        &mut self,
+        name: &str,
+        role: &'static str,
+        args: Vec<std::ffi::OsString>,
+    ) {
+        self.kill(name);
+        self.extra_args.insert(name.to_string(), args);
         self.spawn(role, name, false).await;
     }
 
@@ -562,4 +578,50 @@ async fn tables_travel_only_while_queried() {
         ),
         0.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_runs_table_publishers_from_its_integrations_file() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let exporter = listener.local_addr().unwrap();
+    let body = "# TYPE rack_temp gauge\nrack_temp{rack=\"r1\"} 31.5\n";
+    let app =
+        axum::Router::new().route("/metrics", axum::routing::get(move || async move { body }));
+    let server = tokio::spawn(axum::serve(listener, app).into_future());
+    let mut cluster = TestCluster::start(1, 1, Duration::from_secs(30)).await;
+    let file = cluster.dir.path().join("agent-integrations.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[prometheus]]\nname = \"racks\"\nurl = \"http://{exporter}/metrics\"\ninterval = \"500ms\"\n"
+        ),
+    )
+    .unwrap();
+    cluster
+        .restart_with("c1-m1", "agent", vec!["--integrations".into(), file.into()])
+        .await;
+    let rows = eventually(
+        Duration::from_secs(30),
+        "rack_temp through the tiers",
+        || async {
+            let (status, body) = cluster
+                .query("SELECT rack, value, job FROM rack_temp")
+                .await;
+            (status.is_success() && body["rows"].as_array().is_some_and(|r| !r.is_empty()))
+                .then_some(body["rows"].clone())
+        },
+    )
+    .await;
+    assert_eq!(rows[0][0], "r1", "{rows}");
+    assert_eq!(rows[0][1], 31.5, "{rows}");
+    assert_eq!(rows[0][2], "racks", "{rows}");
+    let sources = eventually(Duration::from_secs(30), "fleet_sources", || async {
+        let (status, body) = cluster
+            .query("SELECT name, kind, status FROM fleet_sources")
+            .await;
+        (status.is_success() && body["rows"][0][2] == "ok").then_some(body["rows"].clone())
+    })
+    .await;
+    assert_eq!(sources, serde_json::json!([["racks", "prometheus", "ok"]]));
+    server.abort();
 }

@@ -1,6 +1,9 @@
 //! Helpers for tests against real servers started on loopback.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod prosody;
+pub mod tls;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};

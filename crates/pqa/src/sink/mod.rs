@@ -23,6 +23,16 @@ pub trait Sink: Send + Sync + std::fmt::Debug + 'static {
     fn name(&self) -> String;
     /// Delivers one notification; retries are the sink's business.
     async fn deliver(&self, n: &Notification, json: &str) -> Result<()>;
+    /// Where a client finds this sink's results (e.g. an XMPP pubsub
+    /// service and node), shown in the registration answer; `None` for
+    /// sinks with nothing to subscribe to.
+    fn handle(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// The registration was deleted (its last reference dropped). Called
+    /// synchronously under the service's lock, so it must not block: queue
+    /// any cleanup (deleting a pubsub node) for the sink's own task.
+    fn query_deleted(&self) {}
 }
 
 /// Makes the sinks every new registration gets (e.g. an MQTT topic per
@@ -31,12 +41,18 @@ pub trait Sink: Send + Sync + std::fmt::Debug + 'static {
 pub trait SinkFactory: Send + Sync + std::fmt::Debug + 'static {
     /// Sinks for the registration `id` of `epl`; none to leave it alone.
     fn sinks_for(&self, id: &str, epl: &str) -> Vec<Arc<dyn Sink>>;
+    /// The name a registration gives (`"sinks": [name]`) to get this
+    /// factory's sinks. `None` (the default) gives them to every registration.
+    fn requested_as(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// A running sink; dropping it stops the task.
 #[derive(Debug)]
 pub struct SinkTask {
     name: String,
+    sink: Arc<dyn Sink>,
     handle: tokio::task::JoinHandle<()>,
 }
 
@@ -44,6 +60,11 @@ impl SinkTask {
     /// The sink's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The sink it runs.
+    pub fn sink(&self) -> &Arc<dyn Sink> {
+        &self.sink
     }
 }
 
@@ -59,6 +80,7 @@ pub fn spawn_sink(topic: &Topic, sink: Arc<dyn Sink>) -> Option<SinkTask> {
     let rt = tokio::runtime::Handle::try_current().ok()?;
     let mut sub = topic.subscribe();
     let name = sink.name();
+    let running = sink.clone();
     let topic_name = topic.name().to_string();
     let handle = rt.spawn(async move {
         loop {
@@ -76,5 +98,9 @@ pub fn spawn_sink(topic: &Topic, sink: Arc<dyn Sink>) -> Option<SinkTask> {
             }
         }
     });
-    Some(SinkTask { name, handle })
+    Some(SinkTask {
+        name,
+        sink: running,
+        handle,
+    })
 }
