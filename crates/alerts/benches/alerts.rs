@@ -6,7 +6,9 @@
 //!
 //! Every alert is a copy of the disk alert with its own SQL text, so each
 //! iteration runs its own query (answers are not reused across passes);
-//! a last row shows the same number of alerts sharing one SQL text.
+//! a last row shows the same number of alerts sharing one SQL text. It
+//! also prints where the query's time goes and, for each kind of pass,
+//! where an alert iteration's time goes (query, state machine, SQLite).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,21 +54,43 @@ fn write_alerts(dir: &std::path::Path, alerts: usize, shared: bool) {
     }
 }
 
+/// What a run of passes did.
+struct Run {
+    per_minute: f64,
+    iterations: usize,
+    queries: usize,
+    /// Wall time of the passes' phases, summed.
+    query: Duration,
+    step: Duration,
+    commit: Duration,
+}
+
 /// Runs passes (each making every alert due) for at least `budget`.
-async fn iterations_per_minute(service: &AlertService, budget: Duration) -> (f64, usize, usize) {
+async fn iterations_per_minute(service: &AlertService, budget: Duration) -> Run {
     let mut now = 1_000_000_000i64;
     // Warm-up pass: first iteration fires the instances.
     service.run_pass(now).await.expect("pass");
     let started = Instant::now();
-    let (mut iterations, mut queries) = (0, 0);
+    let mut run = Run {
+        per_minute: 0.0,
+        iterations: 0,
+        queries: 0,
+        query: Duration::ZERO,
+        step: Duration::ZERO,
+        commit: Duration::ZERO,
+    };
     while started.elapsed() < budget {
         now += 1_000;
         let report = service.run_pass(now).await.expect("pass");
-        iterations += report.iterations;
-        queries += report.queries;
+        run.iterations += report.iterations;
+        run.queries += report.queries;
+        run.query += report.query_time;
+        run.step += report.step_time;
+        run.commit += report.commit_time;
     }
     let minutes = started.elapsed().as_secs_f64() / 60.0;
-    (iterations as f64 / minutes, iterations, queries)
+    run.per_minute = run.iterations as f64 / minutes;
+    run
 }
 
 async fn run(clusters: usize, machines: usize, alerts: usize) {
@@ -126,7 +150,8 @@ async fn run(clusters: usize, machines: usize, alerts: usize) {
         runs += 1;
     }
     let baseline = runs as f64 / (started.elapsed().as_secs_f64() / 60.0);
-    println!();
+
+    query_phases(&node).await;
     println!("| measure | per minute | vs baseline |");
     println!("|---|---|---|");
     println!("| disk alert SQL run directly, one at a time (baseline) | {baseline:.0} | 1.00x |");
@@ -134,6 +159,7 @@ async fn run(clusters: usize, machines: usize, alerts: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let alerts_dir = dir.path().join("alerts");
     std::fs::create_dir_all(&alerts_dir).expect("dir");
+    let mut phases = Vec::new();
     for (shared, parallel) in [(false, 1), (false, 4), (true, 4)] {
         write_alerts(&alerts_dir, alerts, shared);
         let mut config = AlertsConfig::new(
@@ -143,7 +169,13 @@ async fn run(clusters: usize, machines: usize, alerts: usize) {
         config.parallel_queries = parallel;
         config.reuse_answers = false;
         let service = AlertService::open(node.clone(), config).expect("service");
-        let (per_minute, iterations, queries) = iterations_per_minute(&service, budget).await;
+        let run = iterations_per_minute(&service, budget).await;
+        let Run {
+            per_minute,
+            iterations,
+            queries,
+            ..
+        } = run;
         let label = if shared {
             format!("{alerts} alerts with identical SQL (one query per pass), {parallel} at once")
         } else {
@@ -156,7 +188,71 @@ async fn run(clusters: usize, machines: usize, alerts: usize) {
             "| alert iterations: {label} ({iterations} iterations, {queries} queries) | {per_minute:.0} | {:.2}x |",
             per_minute / baseline
         );
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0 / iterations.max(1) as f64;
+        phases.push(format!(
+            "| {label} | {:.2} | {:.2} | {:.2} |",
+            ms(run.query),
+            ms(run.step),
+            ms(run.commit)
+        ));
         service.shutdown().await;
     }
+    println!();
+    println!("Where an iteration's time goes (ms of wall time per alert iteration):");
+    println!();
+    println!("| passes | queries (and rows) | state machine | SQLite commit |");
+    println!("|---|---|---|---|");
+    for line in phases {
+        println!("{line}");
+    }
     hierarchy.shutdown().await;
+}
+
+/// Where the disk alert's query spends its time on the node (ms per run).
+async fn query_phases(node: &SqlNode) {
+    let runs = 50;
+    let ctx = node.session_context();
+    let mut phases = [Duration::ZERO; 6];
+    for _ in 0..runs {
+        let t = Instant::now();
+        let statement = node.parse(DISK_SQL).expect("parse");
+        phases[0] += t.elapsed();
+        let t = Instant::now();
+        let generation = node.pin(&statement).await.expect("pin");
+        phases[1] += t.elapsed();
+        let t = Instant::now();
+        let logical = node.plan(statement, generation).await.expect("plan");
+        phases[2] += t.elapsed();
+        // The bench's generation never changes, so the node's current one
+        // is the pinned one.
+        let t = Instant::now();
+        let plan = ctx
+            .state()
+            .create_physical_plan(&logical)
+            .await
+            .expect("physical plan");
+        phases[3] += t.elapsed();
+        let t = Instant::now();
+        let batches = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
+            .await
+            .expect("collect");
+        phases[4] += t.elapsed();
+        let t = Instant::now();
+        std::hint::black_box(
+            fleetsql_alerts::rows_from_batches(&batches, &plan.schema()).expect("rows"),
+        );
+        phases[5] += t.elapsed();
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0 / runs as f64;
+    println!();
+    println!(
+        "disk alert query phases (ms per run): parse {:.2}, pin {:.2}, logical plan {:.2}, optimise + physical plan {:.2}, execute {:.2}, answer to rows {:.2}",
+        ms(phases[0]),
+        ms(phases[1]),
+        ms(phases[2]),
+        ms(phases[3]),
+        ms(phases[4]),
+        ms(phases[5])
+    );
+    println!();
 }

@@ -29,6 +29,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/alerts", get(page))
         .route("/alerts/api/state", get(state))
         .route("/alerts/api/ack", post(ack))
+        .route("/alerts/api/history", get(history))
         .route("/alerts/events", get(events))
         .with_state(inner)
 }
@@ -94,6 +95,43 @@ pub(crate) fn state_json(inner: &Inner) -> Value {
 
 async fn state(State(inner): State<Arc<Inner>>) -> Response {
     axum::Json(state_json(&inner)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+/// Recently cleared instances, newest first: `?limit=` (default 50, at
+/// most 1000), each with its alert's severity.
+async fn history(
+    State(inner): State<Arc<Inner>>,
+    axum::extract::Query(query): axum::extract::Query<HistoryQuery>,
+) -> Response {
+    let limit = query.limit.unwrap_or(50).min(1000);
+    match inner.store.history(limit) {
+        Ok(entries) => {
+            let snapshot = inner.snapshot.lock();
+            let cleared: Vec<Value> = entries
+                .into_iter()
+                .map(|entry| {
+                    let severity = snapshot
+                        .definitions
+                        .get(&entry.alert)
+                        .map(|d| d.severity.as_str());
+                    let mut value = serde_json::to_value(entry).unwrap_or(Value::Null);
+                    value["severity"] = json!(severity);
+                    value
+                })
+                .collect();
+            axum::Json(json!({ "cleared": cleared, "limit": limit })).into_response()
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
 }
 
 #[derive(Debug, Deserialize)]

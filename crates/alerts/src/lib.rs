@@ -37,4 +37,4 @@ pub use service::{ALERT_TABLES, AlertService, AlertsConfig, PassReport, rows_fro
 pub use state::{
     AlertState, Event, EventKind, Instance, Observation, Row, Status, StepOutcome, Timing, key_text,
 };
-pub use store::{OutboxEntry, Store};
+pub use store::{HistoryEntry, OutboxEntry, Store};

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use datafusion::sql::parser::Statement as DfStatement;
 use fleetsql_model::{Generation, now_ms};
@@ -51,6 +51,10 @@ pub struct AlertsConfig {
     /// Reuse an answer for identical SQL in later passes while the
     /// generation is the same (within one pass it is always shared).
     pub reuse_answers: bool,
+    /// How often refreshes that need not survive a crash exactly (an
+    /// instance's `last_seen_ms`, details, an active instance's count) are
+    /// written; fires, clears and pending counts are written at once.
+    pub checkpoint_every: Duration,
 }
 
 impl AlertsConfig {
@@ -65,6 +69,7 @@ impl AlertsConfig {
             retention: Duration::from_secs(24 * 3600),
             parallel_queries: 4,
             reuse_answers: true,
+            checkpoint_every: Duration::from_secs(60),
         }
     }
 }
@@ -78,6 +83,12 @@ pub struct PassReport {
     /// Distinct queries executed (identical SQL shares one).
     pub queries: usize,
     pub events: usize,
+    /// Time spent running the queries (and turning answers into rows).
+    pub query_time: Duration,
+    /// Time spent in the state machine (and building notifications).
+    pub step_time: Duration,
+    /// Time spent committing to the store.
+    pub commit_time: Duration,
 }
 
 /// The state the console and the alert tables show.
@@ -157,7 +168,15 @@ pub fn rows_from_batches(
     schema: &arrow::datatypes::Schema,
 ) -> std::result::Result<Vec<Row>, String> {
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let values = fleetsql_http::batches_to_rows(batches).map_err(|e| e.to_string())?;
+    // A filter over a big table answers in many small batches; converting
+    // one batch costs a cast per column, so join them first.
+    let Some(first) = batches.first() else {
+        return Ok(Vec::new());
+    };
+    let joined =
+        arrow::compute::concat_batches(&first.schema(), batches).map_err(|e| e.to_string())?;
+    let values =
+        fleetsql_http::batches_to_rows(std::slice::from_ref(&joined)).map_err(|e| e.to_string())?;
     Ok(values
         .into_iter()
         .map(|v| Row::from_values(&columns, v))
@@ -369,7 +388,9 @@ impl Inner {
             return Ok(report);
         }
         let sqls: BTreeSet<String> = due.iter().map(|d| d.sql.clone()).collect();
+        let started = Instant::now();
         let (answers, ran) = self.evaluate_all(sqls).await;
+        report.query_time = started.elapsed();
         report.queries = ran;
 
         let mut notified = false;
@@ -378,17 +399,18 @@ impl Inner {
                 continue;
             };
             let threshold = def.min_completeness.unwrap_or(self.config.min_completeness);
-            let observation = match &answer.observation {
+            let too_incomplete = match &answer.observation {
                 Observation::Rows(_) if answer.completeness < threshold => {
-                    Observation::NoData(format!(
+                    Some(Observation::NoData(format!(
                         "only {:.0}% of machines answered for `{}` (needs {:.0}%)",
                         answer.completeness * 100.0,
                         answer.least_complete.as_deref().unwrap_or("?"),
                         threshold * 100.0
-                    ))
+                    )))
                 }
-                other => other.clone(),
+                _ => None,
             };
+            let observation = too_incomplete.as_ref().unwrap_or(&answer.observation);
             if let Observation::Failed(reason) = &observation {
                 tracing::warn!(alert = %def.name, error = %reason, "alert query failed; nothing fires or clears");
             }
@@ -396,13 +418,16 @@ impl Inner {
                 fire_after: def.fire_after,
                 clear_after: def.clear_after,
             };
+            let started = Instant::now();
             let mut snapshot = self.snapshot.lock();
+            // Stepped in place (no copy of every instance per iteration);
+            // if the commit does not happen, the state is reloaded from
+            // the store, so memory never runs ahead of it.
             let mut state = snapshot
                 .states
-                .get(&def.name)
-                .cloned()
+                .remove(&def.name)
                 .unwrap_or_else(|| AlertState::new(&def.name));
-            let mut outcome = state.step(timing, now, observation);
+            let mut outcome = state.step_shared(timing, now, observation);
             if answer.generation.is_some() {
                 state.last_generation = answer.generation;
             }
@@ -429,8 +454,16 @@ impl Inner {
                     notifications.push((route.clone(), payload.clone()));
                 }
             }
-            let changed: Vec<&String> = outcome.changed.iter().collect();
+            let checkpoint = state.checkpointed_ms.is_none_or(|at| {
+                now.saturating_sub(at) >= self.config.checkpoint_every.as_millis() as i64
+            });
+            let mut changed: Vec<&String> = outcome.changed.iter().collect();
+            if checkpoint {
+                changed.extend(state.unsaved.iter());
+            }
             let removed: Vec<&String> = outcome.removed.iter().collect();
+            report.step_time += started.elapsed();
+            let started = Instant::now();
             let committed = self.store.commit(
                 Some(&self.config.node_id),
                 now,
@@ -438,38 +471,66 @@ impl Inner {
                 &changed,
                 &removed,
                 &notifications,
-            )?;
-            if !committed {
-                drop(snapshot);
-                tracing::warn!(node = %self.config.node_id, "lease lost during an iteration; its result is dropped");
-                self.leader.store(false, Ordering::SeqCst);
-                self.reload_states();
-                return Ok(report);
+            );
+            report.commit_time += started.elapsed();
+            let started = Instant::now();
+            match committed {
+                Ok(true) => {}
+                Ok(false) => {
+                    drop(snapshot);
+                    tracing::warn!(node = %self.config.node_id, "lease lost during an iteration; its result is dropped");
+                    self.leader.store(false, Ordering::SeqCst);
+                    self.reload_states();
+                    return Ok(report);
+                }
+                Err(e) => {
+                    drop(snapshot);
+                    self.reload_states();
+                    return Err(e);
+                }
+            }
+            if checkpoint {
+                state.unsaved.clear();
+                state.checkpointed_ms = Some(now);
             }
             for event in &outcome.events {
                 tracing::info!(alert = %def.name, kind = event.kind.as_str(), key = %serde_json::Value::Object(event.key.clone()), "alert event");
-            }
-            // Acknowledgements live in the store only; keep them.
-            if let Some(old) = snapshot.states.get(&def.name) {
-                for (key, instance) in state.instances.iter_mut() {
-                    if let Some(before) = old.instances.get(key)
-                        && before.first_seen_ms == instance.first_seen_ms
-                    {
-                        instance.acked_at_ms = before.acked_at_ms;
-                        instance.acked_by = before.acked_by.clone();
-                    }
-                }
             }
             report.iterations += 1;
             report.events += outcome.events.len();
             notified |= !notifications.is_empty();
             snapshot.states.insert(def.name.clone(), state);
+            report.step_time += started.elapsed();
         }
         if notified {
             self.deliver_now.notify_one();
         }
+        if report.events > 0 {
+            let cutoff = now.saturating_sub(self.config.retention.as_millis() as i64);
+            self.store.prune_history(cutoff)?;
+        }
         let _ = self.updates.send(());
         Ok(report)
+    }
+
+    /// Writes every alert's unsaved refreshes (clean shutdown).
+    fn checkpoint_all(&self, now: i64) -> Result<()> {
+        let mut snapshot = self.snapshot.lock();
+        for state in snapshot.states.values_mut() {
+            if state.unsaved.is_empty() {
+                continue;
+            }
+            let keys: Vec<&String> = state.unsaved.iter().collect();
+            if !self
+                .store
+                .commit(Some(&self.config.node_id), now, state, &keys, &[], &[])?
+            {
+                return Ok(());
+            }
+            state.unsaved.clear();
+            state.checkpointed_ms = Some(now);
+        }
+        Ok(())
     }
 
     /// Delivers due outbox entries (only while holding the lease).
@@ -627,20 +688,29 @@ impl AlertService {
         self.inner.snapshot.lock().states.get(alert).cloned()
     }
 
+    /// The most recently cleared instances, newest first.
+    pub fn history(&self, limit: usize) -> Result<Vec<crate::store::HistoryEntry>> {
+        self.inner.store.history(limit)
+    }
+
     pub fn definition_errors(&self) -> Vec<DefinitionError> {
         self.inner.snapshot.lock().errors.clone()
     }
 
-    /// Stops the loops and hands the lease to another node at once.
+    /// Stops the loops, writes what is unsaved and hands the lease to
+    /// another node at once.
     pub async fn shutdown(mut self) {
         for task in self.tasks.drain(..) {
             task.abort();
             let _ = task.await;
         }
-        if self.is_leader()
-            && let Err(e) = self.inner.store.release_lease(&self.inner.config.node_id)
-        {
-            tracing::warn!(error = %e, "cannot release the alert lease");
+        if self.is_leader() {
+            if let Err(e) = self.inner.checkpoint_all(now_ms()) {
+                tracing::warn!(error = %e, "cannot write the alert state at shutdown");
+            }
+            if let Err(e) = self.inner.store.release_lease(&self.inner.config.node_id) {
+                tracing::warn!(error = %e, "cannot release the alert lease");
+            }
         }
     }
 }

@@ -37,6 +37,11 @@ impl Row {
 }
 
 pub fn key_text(key: &Map<String, Value>) -> String {
+    // serde_json's map is sorted unless a crate turns on its
+    // `preserve_order`; sort only then.
+    if key.keys().is_sorted() {
+        return serde_json::to_string(key).unwrap_or_default();
+    }
     let sorted: BTreeMap<&String, &Value> = key.iter().collect();
     serde_json::to_string(&sorted).unwrap_or_default()
 }
@@ -143,7 +148,11 @@ pub struct Timing {
 #[derive(Debug, Default, Clone)]
 pub struct StepOutcome {
     pub events: Vec<Event>,
-    /// Instances (by key text) whose stored state changed.
+    /// Instances (by key text) whose durable state changed: new, fired,
+    /// cleared, stale or absent since, or a pending instance's count. They
+    /// are written with this iteration. Changes that only refresh a
+    /// present instance (`last_seen_ms`, details, an active instance's
+    /// count) go to [`AlertState::unsaved`] and are written at checkpoints.
     pub changed: BTreeSet<String>,
     /// Instances dropped (pending ones that vanished, old cleared ones).
     pub removed: BTreeSet<String>,
@@ -162,6 +171,13 @@ pub struct AlertState {
     /// The last iteration found no (or too little) data.
     pub nodata: bool,
     pub instances: BTreeMap<String, Instance>,
+    /// Instances refreshed since they were last written (see
+    /// [`StepOutcome::changed`]); in memory only.
+    #[serde(skip)]
+    pub unsaved: BTreeSet<String>,
+    /// When the unsaved refreshes were last written (in memory only).
+    #[serde(skip)]
+    pub checkpointed_ms: Option<i64>,
 }
 
 impl AlertState {
@@ -192,12 +208,23 @@ impl AlertState {
 
     /// Runs one iteration at `now_ms` over what the query saw.
     pub fn step(&mut self, timing: Timing, now_ms: i64, observation: Observation) -> StepOutcome {
+        self.step_shared(timing, now_ms, &observation)
+    }
+
+    /// [`AlertState::step`] over an answer other alerts with the same SQL
+    /// share: rows are copied only into new instances and changed details.
+    pub fn step_shared(
+        &mut self,
+        timing: Timing,
+        now_ms: i64,
+        observation: &Observation,
+    ) -> StepOutcome {
         self.iteration += 1;
         self.last_run_ms = Some(now_ms);
         let mut outcome = StepOutcome::default();
         match observation {
             Observation::Failed(reason) => {
-                self.last_error = Some(reason);
+                self.last_error = Some(reason.clone());
             }
             Observation::NoData(reason) => {
                 self.last_error = Some(format!("no data: {reason}"));
@@ -216,27 +243,29 @@ impl AlertState {
                         details: Map::new(),
                         at_ms: now_ms,
                         iteration: self.iteration,
-                        reason: Some(reason),
+                        reason: Some(reason.clone()),
                     });
                 }
             }
             Observation::Rows(rows) => {
                 self.last_error = None;
                 self.nodata = false;
-                let mut seen = BTreeSet::new();
-                for row in rows {
-                    let key = row.key_text();
-                    if !seen.insert(key.clone()) {
+                let keys: Vec<String> = rows.iter().map(Row::key_text).collect();
+                let mut seen: BTreeSet<&str> = BTreeSet::new();
+                for (row, key) in rows.iter().zip(&keys) {
+                    if !seen.insert(key) {
                         // Duplicate key in one answer: counted once, last
                         // row's details win.
-                        if let Some(instance) = self.instances.get_mut(&key) {
-                            instance.details = row.details;
+                        if let Some(instance) = self.instances.get_mut(key) {
+                            instance.details.clone_from(&row.details);
                         }
                         continue;
                     }
-                    let instance = match self.instances.get_mut(&key) {
+                    let mut durable = false;
+                    let instance = match self.instances.get_mut(key) {
                         Some(i) if i.status != Status::Cleared => i,
                         _ => {
+                            durable = true;
                             self.instances.insert(
                                 key.clone(),
                                 Instance {
@@ -254,12 +283,19 @@ impl AlertState {
                                     acked_by: None,
                                 },
                             );
-                            self.instances.get_mut(&key).expect("just inserted")
+                            self.instances.get_mut(key).expect("just inserted")
                         }
                     };
                     instance.present_count = instance.present_count.saturating_add(1);
                     instance.last_seen_ms = now_ms;
-                    instance.details = row.details;
+                    if instance.details != row.details {
+                        instance.details.clone_from(&row.details);
+                    }
+                    // A pending count decides when it fires: it must
+                    // survive a restart exactly, so it is written each time.
+                    durable |= instance.status == Status::Pending
+                        || instance.absent_since_ms.is_some()
+                        || instance.stale;
                     instance.absent_since_ms = None;
                     instance.stale = false;
                     let fires = instance.status == Status::Pending
@@ -268,16 +304,21 @@ impl AlertState {
                         instance.status = Status::Active;
                         instance.fired_at_ms = Some(now_ms);
                     }
-                    outcome.changed.insert(key.clone());
+                    if durable {
+                        self.unsaved.remove(key);
+                        outcome.changed.insert(key.clone());
+                    } else if !self.unsaved.contains(key) {
+                        self.unsaved.insert(key.clone());
+                    }
                     if fires {
-                        let event = self.event(EventKind::Fired, &self.instances[&key], now_ms);
+                        let event = self.event(EventKind::Fired, &self.instances[key], now_ms);
                         outcome.events.push(event);
                     }
                 }
                 let absent: Vec<String> = self
                     .instances
                     .iter()
-                    .filter(|(k, i)| !seen.contains(*k) && i.status != Status::Cleared)
+                    .filter(|(k, i)| !seen.contains(k.as_str()) && i.status != Status::Cleared)
                     .map(|(k, _)| k.clone())
                     .collect();
                 for key in absent {
@@ -288,17 +329,21 @@ impl AlertState {
                         Status::Pending => {
                             // Not present in a row: the count starts over.
                             self.instances.remove(&key);
+                            self.unsaved.remove(&key);
                             outcome.removed.insert(key);
                         }
                         Status::Active => {
+                            if instance.absent_since_ms.is_none() || instance.stale {
+                                outcome.changed.insert(key.clone());
+                            }
                             let since = *instance.absent_since_ms.get_or_insert(now_ms);
                             instance.stale = false;
-                            outcome.changed.insert(key.clone());
                             let absent_for = now_ms.saturating_sub(since).max(0) as u128;
                             if absent_for >= timing.clear_after.as_millis() {
                                 instance.status = Status::Cleared;
                                 instance.cleared_at_ms = Some(now_ms);
                                 instance.present_count = 0;
+                                outcome.changed.insert(key.clone());
                                 let event =
                                     self.event(EventKind::Cleared, &self.instances[&key], now_ms);
                                 outcome.events.push(event);
@@ -323,6 +368,7 @@ impl AlertState {
             .collect();
         for key in &old {
             self.instances.remove(key);
+            self.unsaved.remove(key);
         }
         old
     }

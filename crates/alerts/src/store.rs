@@ -55,6 +55,19 @@ CREATE TABLE IF NOT EXISTS alert_outbox (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS alert_outbox_pending ON alert_outbox (delivered_ms, next_attempt_ms);
+CREATE TABLE IF NOT EXISTS alert_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    alert TEXT NOT NULL,
+    key TEXT NOT NULL,
+    key_json TEXT NOT NULL,
+    details_json TEXT NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    fired_at_ms INTEGER,
+    cleared_at_ms INTEGER NOT NULL,
+    acked_at_ms INTEGER,
+    acked_by TEXT
+);
+CREATE INDEX IF NOT EXISTS alert_history_cleared ON alert_history (cleared_at_ms);
 CREATE TABLE IF NOT EXISTS alert_lease (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
@@ -72,6 +85,21 @@ pub struct OutboxEntry {
     pub route: String,
     pub payload: Value,
     pub attempts: u32,
+}
+
+/// One cleared instance, as the history keeps it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HistoryEntry {
+    pub alert: String,
+    /// The instance's key text (the `id` of the console's state).
+    pub id: String,
+    pub key: Value,
+    pub details: Value,
+    pub first_seen_ms: i64,
+    pub fired_at_ms: Option<i64>,
+    pub cleared_at_ms: i64,
+    pub acked_at_ms: Option<i64>,
+    pub acked_by: Option<String>,
 }
 
 /// The alert state database; one connection, shared by the service.
@@ -137,6 +165,7 @@ impl Store {
                     last_generation: r.get::<_, Option<i64>>(4)?.map(|g| g as u64),
                     nodata: r.get::<_, i64>(5)? != 0,
                     instances: BTreeMap::new(),
+                    ..AlertState::default()
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -188,6 +217,11 @@ impl Store {
     /// in `changed` and `removed`, and `notifications` (route, payload) into
     /// the outbox. With `holder`, only while that node holds the lease;
     /// returns false (and writes nothing) when it does not.
+    ///
+    /// The caller names in `changed` the instances whose durable state
+    /// changed (every iteration) and, at checkpoints, those only refreshed
+    /// since the last one ([`AlertState::unsaved`]); see ARCHITECTURE.md
+    /// for what a kill between checkpoints loses.
     pub fn commit(
         &self,
         holder: Option<&str>,
@@ -203,32 +237,35 @@ impl Store {
             .map_err(|e| self.err(e))?;
         if let Some(holder) = holder {
             let holds: Option<String> = tx
-                .query_row(
+                .prepare_cached(
                     "SELECT holder FROM alert_lease WHERE name = ?1 AND holder = ?2 AND expires_ms > ?3",
-                    params![LEASE, holder, now_ms],
-                    |r| r.get(0),
                 )
-                .optional()
+                .and_then(|mut s| {
+                    s.query_row(params![LEASE, holder, now_ms], |r| r.get(0))
+                        .optional()
+                })
                 .map_err(|e| self.err(e))?;
             if holds.is_none() {
                 return Ok(false);
             }
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO alert_state (alert, iteration, last_run_ms, last_error, last_generation, nodata)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (alert) DO UPDATE SET iteration = excluded.iteration,
                  last_run_ms = excluded.last_run_ms, last_error = excluded.last_error,
                  last_generation = excluded.last_generation, nodata = excluded.nodata",
-            params![
+        )
+        .and_then(|mut s| {
+            s.execute(params![
                 state.name,
                 state.iteration as i64,
                 state.last_run_ms,
                 state.last_error,
                 state.last_generation.map(|g| g as i64),
                 state.nodata as i64
-            ],
-        )
+            ])
+        })
         .map_err(|e| self.err(e))?;
         {
             let mut upsert = tx
@@ -257,8 +294,8 @@ impl Store {
                     .execute(params![
                         state.name,
                         key,
-                        Value::Object(i.key.clone()).to_string(),
-                        Value::Object(i.details.clone()).to_string(),
+                        serde_json::to_string(&i.key).unwrap_or_default(),
+                        serde_json::to_string(&i.details).unwrap_or_default(),
                         i.status.as_str(),
                         i.present_count as i64,
                         i.first_seen_ms,
@@ -269,6 +306,27 @@ impl Store {
                         i.stale as i64
                     ])
                     .map_err(|e| self.err(e))?;
+            }
+            // Each clear is appended to the history (with the ack the
+            // instance row kept), in the transaction that clears it.
+            let mut history = tx
+                .prepare_cached(
+                    "INSERT INTO alert_history (alert, key, key_json, details_json, first_seen_ms,
+                        fired_at_ms, cleared_at_ms, acked_at_ms, acked_by)
+                     SELECT alert, key, key_json, details_json, first_seen_ms, fired_at_ms,
+                        cleared_at_ms, acked_at_ms, acked_by
+                     FROM alert_instance WHERE alert = ?1 AND key = ?2",
+                )
+                .map_err(|e| self.err(e))?;
+            for key in changed {
+                if let Some(i) = state.instances.get(*key)
+                    && i.status == Status::Cleared
+                    && i.cleared_at_ms == Some(now_ms)
+                {
+                    history
+                        .execute(params![state.name, key])
+                        .map_err(|e| self.err(e))?;
+                }
             }
             let mut delete = tx
                 .prepare_cached("DELETE FROM alert_instance WHERE alert = ?1 AND key = ?2")
@@ -291,6 +349,44 @@ impl Store {
         }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(true)
+    }
+
+    /// The most recently cleared instances, newest first.
+    pub fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT alert, key, key_json, details_json, first_seen_ms, fired_at_ms,
+                        cleared_at_ms, acked_at_ms, acked_by
+                 FROM alert_history ORDER BY cleared_at_ms DESC, id DESC LIMIT ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![limit as i64], |r| {
+                Ok(HistoryEntry {
+                    alert: r.get(0)?,
+                    id: r.get(1)?,
+                    key: Value::Object(opt_json(&r.get::<_, String>(2)?)),
+                    details: Value::Object(opt_json(&r.get::<_, String>(3)?)),
+                    first_seen_ms: r.get(4)?,
+                    fired_at_ms: r.get(5)?,
+                    cleared_at_ms: r.get(6)?,
+                    acked_at_ms: r.get(7)?,
+                    acked_by: r.get(8)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Drops history cleared before `before_ms`.
+    pub fn prune_history(&self, before_ms: i64) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.prepare_cached("DELETE FROM alert_history WHERE cleared_at_ms < ?1")
+            .and_then(|mut s| s.execute(params![before_ms]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Forgets an alert whose definition was deleted.
@@ -456,6 +552,8 @@ mod tests {
         );
         let key_a = state.instances.keys().next().unwrap().clone();
         assert!(store.ack("disk", &key_a, "ops", 11).unwrap());
+        let key_b = state.instances.keys().nth(1).unwrap().clone();
+        assert!(store.ack("disk", &key_b, "night shift", 12).unwrap());
 
         let out = state.step(timing, 20, disk_rows(&["a"]));
         let changed: Vec<&String> = out.changed.iter().collect();
@@ -468,6 +566,16 @@ mod tests {
         assert_eq!(disk.active().count(), 1);
         assert_eq!(disk.instances.len(), 2);
         assert_eq!(store.pending(100, 10).unwrap().len(), 1);
+
+        // The clear of b is in the history, with its ack.
+        let history = store.history(10).unwrap();
+        assert_eq!(history.len(), 1, "{history:?}");
+        assert_eq!(history[0].key["ip_key"], json!("b"));
+        assert_eq!(history[0].cleared_at_ms, 20);
+        assert_eq!(history[0].fired_at_ms, Some(10));
+        assert_eq!(history[0].acked_by.as_deref(), Some("night shift"));
+        store.prune_history(21).unwrap();
+        assert!(store.history(10).unwrap().is_empty());
     }
 
     #[test]

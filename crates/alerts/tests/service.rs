@@ -159,3 +159,60 @@ async fn state_survives_a_restart_without_refiring() {
     service.run_pass(16_000).await.unwrap();
     assert!(service.state("first").is_none());
 }
+
+/// Fires, clears and pending counts are written with their iteration;
+/// `last_seen_ms` and details of active instances only at checkpoints (and
+/// at a clean shutdown). A kill between checkpoints loses only those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_between_checkpoints_loses_only_refreshes() {
+    let fleet = TestFleet::start().await;
+    fleet.write("first.toml", FIRST);
+    fleet.write(
+        "third.toml",
+        &FIRST
+            .replace("\"first\"", "\"third\"")
+            .replace("every = \"1s\"", "every = \"1s\"\nfire_after = 3"),
+    );
+    let service = fleet.service();
+    assert_eq!(service.run_pass(10_000).await.unwrap().events, 3);
+    assert_eq!(service.run_pass(12_000).await.unwrap().events, 0);
+    let pending = service.state("third").unwrap();
+    assert!(pending.instances.values().all(|i| i.present_count == 2));
+    drop(service); // no shutdown: nothing unsaved is written
+
+    let service = fleet.service();
+    let loaded = service.state("first").unwrap();
+    assert!(
+        loaded.active().all(|i| i.last_seen_ms == 10_000),
+        "refreshes since the checkpoint at 10 s are lost: {loaded:?}"
+    );
+    let report = service.run_pass(14_000).await.unwrap();
+    assert_eq!(
+        report.events, 3,
+        "only `third` fires, on its third iteration in a row"
+    );
+    assert_eq!(service.active_instances("third").len(), 3);
+    assert!(
+        service
+            .state("first")
+            .unwrap()
+            .active()
+            .all(|i| i.last_seen_ms == 14_000),
+        "the first iteration after the restart refreshes them"
+    );
+    assert_eq!(service.state("third").unwrap().iteration, 3);
+
+    // A clean shutdown writes what is unsaved (while it holds the lease,
+    // which it checks against the clock: this pass runs at the real time).
+    let now = fleetsql_model::now_ms();
+    service.run_pass(now).await.unwrap();
+    service.shutdown().await;
+    let service = fleet.service();
+    assert!(
+        service
+            .state("first")
+            .unwrap()
+            .active()
+            .all(|i| i.last_seen_ms == now)
+    );
+}

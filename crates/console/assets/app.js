@@ -6,6 +6,7 @@
   const HISTORY_MAX = 50;
   // Badge thresholds: amber when data are this old or any machine is
   // missing; red when much older or more than a tenth of machines missing.
+  // The server's /v1/console/config may set other ages.
   const AMBER_AGE_MS = 30000;
   const RED_AGE_MS = 120000;
   const RED_MISSING_FRACTION = 0.1;
@@ -127,6 +128,7 @@
     if (!info || !info.id) {
       badge.textContent = "no generation yet";
       badge.className = "badge red";
+      badge.dataset.level = "red";
       return;
     }
     const age = info.data_age_ms !== null && info.data_age_ms !== undefined
@@ -134,10 +136,13 @@
     const missing = info.machines_expected - info.machines_seen;
     const missingFraction = info.machines_expected ? missing / info.machines_expected : 1;
     const incomplete = missing > 0 || info.clusters_seen < info.clusters_expected;
+    const amberAge = (config.badge && config.badge.amber_age_ms) || AMBER_AGE_MS;
+    const redAge = (config.badge && config.badge.red_age_ms) || RED_AGE_MS;
     let level = "ok";
-    if (age > AMBER_AGE_MS || incomplete) level = "amber";
-    if (age > RED_AGE_MS || missingFraction > RED_MISSING_FRACTION || info.machines_seen === 0) level = "red";
+    if (age > amberAge || incomplete) level = "amber";
+    if (age > redAge || missingFraction > RED_MISSING_FRACTION || info.machines_seen === 0) level = "red";
     badge.className = "badge " + level;
+    badge.dataset.level = level;
     badge.dataset.generation = String(info.id);
     badge.textContent = "generation " + info.id + " · " + formatMs(info.age_ms) + " old · "
       + info.clusters_seen + "/" + info.clusters_expected + " clusters · "
@@ -554,34 +559,139 @@
     }
   }
 
-  // ---------- alerts (the alerts crate's state; live view at /alerts) ----------
+  // ---------- alerts (live over the alerts crate's SSE stream) ----------
 
-  async function loadAlerts() {
+  let alertsSource = null;
+  let historyLoading = false;
+  let historyFor = null;
+  let activeShown = null;
+  const when = (ms) => (ms ? new Date(ms).toISOString().replace("T", " ").slice(0, 19) : "");
+  const keyText = (key) => Object.entries(key || {}).map(([k, v]) => k + "=" + v).join(" ") || "(one instance)";
+
+  function stopAlerts() {
+    if (alertsSource) alertsSource.close();
+    alertsSource = null;
+  }
+
+  function loadAlerts() {
     const status = $("alerts-status");
     if (!config.features.alerts) {
       status.textContent = "alerts not configured";
-      $("alerts-table").replaceChildren();
       return;
     }
     showError("alerts-error", null);
+    stopAlerts();
+    historyFor = null;
+    activeShown = null;
+    const live = $("alerts-live");
+    live.textContent = "connecting…";
+    live.dataset.connected = "false";
+    const source = new EventSource("/alerts/events");
+    alertsSource = source;
+    source.addEventListener("state", (event) => {
+      let state;
+      try { state = JSON.parse(event.data); } catch (_) { return; }
+      live.textContent = "live";
+      live.dataset.connected = "true";
+      renderAlerts(state);
+      // The stream sends the whole state after every pass; the history
+      // changes only when an instance does.
+      const changes = JSON.stringify((state.instances || []).map((i) => [i.alert, i.id, i.status, i.cleared_at_ms]));
+      if (changes !== historyFor) {
+        historyFor = changes;
+        loadAlertHistory();
+      }
+    });
+    source.onerror = () => {
+      live.dataset.connected = "false";
+      live.textContent = source.readyState === EventSource.CLOSED ? "disconnected" : "reconnecting…";
+    };
+  }
+
+  function renderAlerts(state) {
+    const alerts = state.alerts || [];
+    const instances = state.instances || [];
+    const active = instances.filter((i) => i.status === "active");
+    $("alerts-status").textContent = active.length + " active instances of " + alerts.length + " alerts";
+
+    // Cards are rebuilt only when they would change, so a button is not
+    // replaced under the operator's pointer by a pass that changed nothing.
+    const shown = JSON.stringify(active);
+    if (shown !== activeShown) {
+      activeShown = shown;
+      renderActive(active);
+    }
+
+    renderGrid($("alerts-table"),
+      ["alert", "severity", "iterations", "last run", "state"].map((name) => ({ name })),
+      alerts.map((a) => [
+        a.name, a.severity, a.iteration, when(a.last_run_ms),
+        a.nodata ? "no data: " + (a.last_error || "").replace(/^no data: /, "")
+          : (a.last_error ? "error: " + a.last_error : "ok"),
+      ]),
+      { rowClass: (row) => (row[4].startsWith("no data") ? "stale" : (row[4] === "ok" ? "" : "incomplete")) });
+  }
+
+  function renderActive(active) {
+    const list = $("alerts-active");
+    list.replaceChildren();
+    for (const i of active) {
+      const details = el("ul", { class: "details" }, Object.entries(i.details || {}).map(([k, v]) =>
+        el("li", { text: k + ": " + (typeof v === "object" ? JSON.stringify(v) : String(v)) })));
+      const ack = i.acked_by
+        ? el("span", { class: "acked", text: "acknowledged by " + i.acked_by + " at " + when(i.acked_at_ms) })
+        : el("button", { type: "button", class: "ack", text: "Acknowledge", onclick: () => acknowledge(i) });
+      const head = el("h3", {}, [
+        el("span", { class: "alert-name", text: i.alert }),
+        el("span", { class: "kind severity-" + (i.severity || "none"), text: i.severity || "" }),
+      ]);
+      if (i.stale) head.append(el("span", { class: "stale-mark", text: "stale: no data" }));
+      const card = el("div", {
+        class: "card alert-instance" + (i.stale ? " stale" : "") + (i.acked_by ? " acked" : ""),
+        "data-alert": i.alert,
+        "data-id": i.id,
+      }, [
+        head,
+        el("div", { class: "instance-key", text: keyText(i.key) }),
+        details,
+        el("div", { class: "meta", text: "fired " + when(i.fired_at_ms) }),
+        i.procedure ? el("div", { class: "procedure", text: i.procedure }) : "",
+        ack,
+      ]);
+      list.append(card);
+    }
+    if (!active.length) list.append(el("div", { class: "meta", text: "no active instances" }));
+  }
+
+  async function acknowledge(instance) {
+    showError("alerts-error", null);
     try {
-      const answer = await api("/alerts/api/state");
-      const alerts = answer.alerts || [];
-      const instances = answer.instances || [];
-      const when = (ms) => (ms ? new Date(ms).toISOString() : "");
-      const columns = ["alert", "severity", "status", "stale", "key", "details", "fired at", "acked at"];
-      renderGrid($("alerts-table"), columns.map((name) => ({ name })),
-        instances.map((i) => [
-          i.alert, i.severity, i.status, i.stale ? "stale" : "",
-          JSON.stringify(i.key), JSON.stringify(i.details),
-          when(i.fired_at_ms), when(i.acked_at_ms),
+      await api("/alerts/api/ack", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ alert: instance.alert, key: instance.id, by: "console" }),
+      });
+    } catch (error) {
+      showError("alerts-error", error);
+    }
+  }
+
+  async function loadAlertHistory() {
+    if (historyLoading) return;
+    historyLoading = true;
+    try {
+      const answer = await api("/alerts/api/history?limit=50");
+      renderGrid($("alerts-history"),
+        ["alert", "severity", "key", "details", "fired at", "cleared at", "acknowledged by"].map((name) => ({ name })),
+        answer.cleared.map((c) => [
+          c.alert, c.severity, keyText(c.key), JSON.stringify(c.details),
+          when(c.fired_at_ms), when(c.cleared_at_ms), c.acked_by || "",
         ]),
         { sortable: true });
-      const active = instances.filter((i) => i.status === "active").length;
-      status.textContent = active + " active instances of " + alerts.length + " alerts";
     } catch (error) {
-      if (error.status === 404) status.textContent = "alerts not configured";
-      else showError("alerts-error", error);
+      showError("alerts-error", error);
+    } finally {
+      historyLoading = false;
     }
   }
 
@@ -606,6 +716,7 @@
       link.classList.toggle("active", link.dataset.view === view);
     }
     document.body.dataset.view = view;
+    if (view !== "alerts") stopAlerts();
     loaders[view]();
   }
 
@@ -633,7 +744,6 @@
     $("report-select").addEventListener("change", drawReport);
     $("report-range").addEventListener("change", drawReport);
     $("report-refresh").addEventListener("click", loadReports);
-    $("alerts-refresh").addEventListener("click", loadAlerts);
     window.addEventListener("hashchange", showView);
 
     renderHistory();

@@ -11,7 +11,8 @@
 //! Besides the assets the console adds two small JSON endpoints:
 //! `GET /v1/tables` (every table of the current generation with columns,
 //! types, rows and publishing machines) and `GET /v1/console/config` (which
-//! optional surfaces, alerts and reports, this server mounts).
+//! optional surfaces, alerts and reports, this server mounts, and when the
+//! generation badge turns amber and red).
 
 mod tables;
 
@@ -42,6 +43,27 @@ pub struct ConsoleOptions {
     pub reports: bool,
     /// Persistent queries (`/v1/persistent-queries`) are mounted.
     pub persistent_queries: bool,
+    /// When the generation badge turns amber and red.
+    #[serde(skip)]
+    pub badge: BadgeThresholds,
+}
+
+/// Data older than `amber_age_ms` (or any machine missing) make the badge
+/// amber; older than `red_age_ms` (or over a tenth of machines missing),
+/// red. Operators of slow-ticking fleets raise them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BadgeThresholds {
+    pub amber_age_ms: u64,
+    pub red_age_ms: u64,
+}
+
+impl Default for BadgeThresholds {
+    fn default() -> Self {
+        BadgeThresholds {
+            amber_age_ms: 30_000,
+            red_age_ms: 120_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +110,7 @@ async fn config(State(state): State<ConsoleState>) -> Response {
         "node": state.node.name(),
         "tick_ms": state.node.config().tick.as_millis() as u64,
         "features": state.options,
+        "badge": state.options.badge,
     }))
     .into_response()
 }

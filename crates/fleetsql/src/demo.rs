@@ -65,6 +65,12 @@ pub(crate) struct DemoArgs {
     /// SQLite file keeping report runs; without it runs are kept in memory.
     #[arg(long)]
     reports_db: Option<PathBuf>,
+    /// The console's generation badge turns amber when data are older.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    console_amber_after: Duration,
+    /// ... and red when they are older than this.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    console_red_after: Duration,
     #[command(flatten)]
     alerts: crate::demo_alerts::AlertArgs,
 }
@@ -164,6 +170,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             alerts: true,
             reports: true,
             persistent_queries: true,
+            badge: fleetsql_console::BadgeThresholds {
+                amber_age_ms: args.console_amber_after.as_millis() as u64,
+                red_age_ms: args.console_red_after.as_millis() as u64,
+            },
         },
     );
     let app = fleetsql_http::router(node.clone())

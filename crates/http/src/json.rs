@@ -11,13 +11,20 @@ pub fn batches_to_rows(
 ) -> Result<Vec<Vec<Value>>, arrow::error::ArrowError> {
     let mut rows = Vec::new();
     for batch in batches {
-        let columns: Vec<Vec<Value>> = batch
+        let mut columns: Vec<std::vec::IntoIter<Value>> = batch
             .columns()
             .iter()
-            .map(column_values)
+            .map(|c| column_values(c).map(Vec::into_iter))
             .collect::<Result<_, _>>()?;
-        for i in 0..batch.num_rows() {
-            rows.push(columns.iter().map(|c| c[i].clone()).collect());
+        // Values move into their rows (a copy per value showed in profiles
+        // of alert iterations).
+        for _ in 0..batch.num_rows() {
+            rows.push(
+                columns
+                    .iter_mut()
+                    .map(|c| c.next().unwrap_or(Value::Null))
+                    .collect(),
+            );
         }
     }
     Ok(rows)

@@ -234,6 +234,7 @@ async fn console_pages_in_headless_chromium() {
     // The page and the API must read the same generation to agree row for
     // row; a generation lasts 2 s, so a few tries suffice.
     let mut matched = false;
+    let mut api_answer = Value::Null;
     for _ in 0..10 {
         browser
             .execute("document.getElementById('result-meta').removeAttribute('data-row-count');")
@@ -271,12 +272,52 @@ async fn console_pages_in_headless_chromium() {
             "row count and time taken: {meta}"
         );
         matched = true;
+        api_answer = api;
         break;
     }
     assert!(
         matched,
         "the page and the API never read the same generation"
     );
+    // Download as CSV: the file the page builds holds the rows the API
+    // gave (the Blob is read where the page hands it to the browser).
+    browser
+        .execute(
+            "window.__csv = null; window.__csvName = null;
+             const make = URL.createObjectURL;
+             URL.createObjectURL = (blob) => { blob.text().then((t) => { window.__csv = t; }); return make.call(URL, blob); };
+             const click = HTMLAnchorElement.prototype.click;
+             HTMLAnchorElement.prototype.click = function () { window.__csvName = this.download; return click.call(this); };",
+        )
+        .await;
+    browser.click(&browser.find("#csv").await).await;
+    let csv = wait_for(&browser, "the CSV download", "window.__csv").await;
+    assert_eq!(
+        browser.execute("return window.__csvName;").await,
+        "fleetsql-result.csv"
+    );
+    let csv_lines: Vec<&str> = csv.as_str().unwrap().lines().collect();
+    let header: Vec<&str> = api_answer["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(csv_lines[0], header.join(","));
+    let api_lines: Vec<String> = api_answer["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(cell_text)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    assert_eq!(csv_lines[1..], api_lines[..], "CSV: {csv}");
     let badge_text = browser.text(&browser.find("#gen-badge").await).await;
     assert!(
         badge_text.contains("clusters") && badge_text.contains("machines"),
@@ -558,6 +599,236 @@ async fn console_pages_in_headless_chromium() {
         "the table, fleet, persistent-query, report and alert pages",
     )
     .await;
+    browser.close().await;
+}
+
+/// The generation badge follows the thresholds the server gives in
+/// `/v1/console/config`: with data older than them it turns amber, then red.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_badge_turns_amber_and_red_for_stale_data() {
+    let driver = ChromeDriver::start().await;
+    for (amber, red, level) in [("1ms", "1h", "amber"), ("1ms", "1ms", "red")] {
+        let extra: Vec<OsString> = vec![
+            "--console-amber-after".into(),
+            amber.into(),
+            "--console-red-after".into(),
+            red.into(),
+        ];
+        let demo = TestDemo::start_with(2, 3, "2s", &extra).await;
+        let base = demo.url();
+        let config = http_json(&format!("{base}/v1/console/config")).await;
+        assert_eq!(config["badge"]["amber_age_ms"], 1, "{config}");
+        let profile = tempfile::tempdir().unwrap();
+        let browser = driver.browser(profile.path()).await;
+        open(&browser, &base, "query").await;
+        let shown = wait_for(
+            &browser,
+            &format!("the badge to turn {level}"),
+            &format!(
+                "(() => {{ const b = document.getElementById('gen-badge');
+                   return b.dataset.level === '{level}' && b.classList.contains('{level}')
+                     && b.textContent.startsWith('generation ') && [b.textContent, getComputedStyle(b).backgroundColor]; }})()"
+            ),
+        )
+        .await;
+        let health = http_json(&format!("{base}/health")).await;
+        let generation = &health["generation"];
+        assert!(generation["id"].as_u64().unwrap() > 0, "{health}");
+        let colour = shown[1].as_str().unwrap().to_string();
+        assert!(
+            !colour.is_empty() && colour != "rgba(0, 0, 0, 0)",
+            "the {level} badge has no colour of its own: {shown}"
+        );
+        screenshot(&browser, &format!("badge-{level}")).await;
+        assert_no_console_errors(&browser, &format!("the query page with a {level} badge")).await;
+        browser.close().await;
+    }
+}
+
+fn write_alert(dir: &std::path::Path, sql: &str) {
+    let text = format!(
+        "name = \"watched machines\"\nevery = \"300ms\"\nseverity = \"critical\"\n\
+         procedure = \"Log in to the machine and check its disks.\"\nsql = \"{sql}\"\n"
+    );
+    // Written elsewhere and renamed: the service never reads half a file.
+    let tmp = dir.join("watched.toml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(tmp, dir.join("watched.toml")).unwrap();
+}
+
+/// The console's alerts view: an instance that fires appears without a
+/// reload, acknowledging it updates the page, no data marks it stale, and
+/// once it clears it is in the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_view_is_live_acknowledges_and_keeps_history() {
+    let alerts = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let extra: Vec<OsString> = vec![
+        "--alerts-dir".into(),
+        alerts.path().into(),
+        "--alerts-state".into(),
+        state.path().join("alerts.db").into(),
+        "--alerts-poll".into(),
+        "200ms".into(),
+    ];
+    let demo = TestDemo::start_with(2, 3, "2s", &extra).await;
+    let base = demo.url();
+    let driver = ChromeDriver::start().await;
+    let profile = tempfile::tempdir().unwrap();
+    let browser = driver.browser(profile.path()).await;
+
+    open(&browser, &base, "alerts").await;
+    wait_for(
+        &browser,
+        "the live stream",
+        "document.getElementById('alerts-live').dataset.connected === 'true'",
+    )
+    .await;
+    assert_eq!(
+        browser.text(&browser.find("#alerts-status").await).await,
+        "0 active instances of 0 alerts"
+    );
+
+    // The alert is deployed while the page is open: its instances arrive
+    // over the stream.
+    write_alert(
+        alerts.path(),
+        "SELECT ip ip_key, hostname FROM sys WHERE hostname LIKE '%-m000'",
+    );
+    let shown = wait_for(
+        &browser,
+        "two instances on the page",
+        "(() => { const ids = [...document.querySelectorAll('#alerts-active .alert-instance')].map(c => c.dataset.id).sort(); return ids.length === 2 && ids; })()",
+    )
+    .await;
+    let api = http_json(&format!("{base}/alerts/api/state")).await;
+    let mut active: Vec<Value> = api["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["status"] == "active")
+        .map(|i| i["id"].clone())
+        .collect();
+    active.sort_by_key(|v| v.to_string());
+    assert_eq!(shown.as_array().unwrap(), &active);
+    let card = browser
+        .text(&browser.find("#alerts-active .alert-instance").await)
+        .await;
+    assert!(
+        card.contains("watched machines")
+            && card.contains("critical")
+            && card.contains("hostname: ")
+            && card.contains("-m000")
+            && card.contains("Log in to the machine and check its disks."),
+        "details and procedure: {card}"
+    );
+    screenshot(&browser, "alerts-active").await;
+
+    // Acknowledge the first: the page shows who, from the stream.
+    let first = browser
+        .execute("return document.querySelector('#alerts-active .alert-instance').dataset.id;")
+        .await;
+    let first_js = first.to_string();
+    browser
+        .click(
+            &browser
+                .find("#alerts-active .alert-instance button.ack")
+                .await,
+        )
+        .await;
+    let acked = wait_for(
+        &browser,
+        "the acknowledgement on the page",
+        &format!(
+            "(() => {{ const c = [...document.querySelectorAll('#alerts-active .alert-instance')].find(c => c.dataset.id === {first_js}); const a = c && c.querySelector('.acked'); return a && a.textContent; }})()"
+        ),
+    )
+    .await;
+    assert!(
+        acked
+            .as_str()
+            .unwrap()
+            .starts_with("acknowledged by console at "),
+        "{acked}"
+    );
+    let api = http_json(&format!("{base}/alerts/api/state")).await;
+    let instance = api["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == first)
+        .unwrap()
+        .clone();
+    assert_eq!(instance["acked_by"], "console", "{instance}");
+    assert_eq!(
+        browser
+            .execute("return document.querySelectorAll('#alerts-active button.ack').length;")
+            .await,
+        1,
+        "the other instance is still to acknowledge"
+    );
+
+    // No data (the alert now reads a table nobody publishes): the
+    // instances stay, marked stale.
+    write_alert(
+        alerts.path(),
+        "SELECT ip ip_key, hostname FROM no_such_table",
+    );
+    wait_for(
+        &browser,
+        "both instances marked stale",
+        "document.querySelectorAll('#alerts-active .alert-instance.stale .stale-mark').length === 2",
+    )
+    .await;
+    let row = wait_for(
+        &browser,
+        "the alert's no-data state",
+        "(() => { const r = document.querySelector('#alerts-table tbody tr'); return r && r.className === 'stale' && r.lastChild.textContent; })()",
+    )
+    .await;
+    assert!(row.as_str().unwrap().starts_with("no data: "), "{row}");
+    screenshot(&browser, "alerts-stale").await;
+
+    // The rows vanish: both clear and move to the history.
+    write_alert(
+        alerts.path(),
+        "SELECT ip ip_key, hostname FROM sys WHERE hostname = 'no such host'",
+    );
+    let history = wait_for(
+        &browser,
+        "two cleared instances in the history",
+        "(() => { const rows = [...document.querySelectorAll('#alerts-history tbody tr')].map(tr => [...tr.children].map(td => td.textContent)); return rows.length === 2 && document.querySelectorAll('#alerts-active .alert-instance').length === 0 && rows; })()",
+    )
+    .await;
+    let history = texts(&history);
+    let api = http_json(&format!("{base}/alerts/api/history?limit=10")).await;
+    let cleared = api["cleared"].as_array().unwrap();
+    assert_eq!(cleared.len(), 2, "{api}");
+    for (row, entry) in history.iter().zip(cleared) {
+        assert_eq!(row[0], "watched machines");
+        assert_eq!(row[1], "critical");
+        assert!(
+            row[2].contains(entry["key"]["ip_key"].as_str().unwrap()),
+            "{row:?} vs {entry}"
+        );
+        assert!(
+            !row[4].is_empty() && !row[5].is_empty(),
+            "fired and cleared at: {row:?}"
+        );
+        assert!(entry["cleared_at_ms"].as_i64().unwrap() >= entry["fired_at_ms"].as_i64().unwrap());
+        assert_eq!(row[6], entry["acked_by"].as_str().unwrap_or(""));
+    }
+    assert_eq!(
+        history.iter().filter(|r| r[6] == "console").count(),
+        1,
+        "the acknowledged one says so: {history:?}"
+    );
+    assert_eq!(
+        browser.text(&browser.find("#alerts-status").await).await,
+        "0 active instances of 1 alerts"
+    );
+    screenshot(&browser, "alerts-history").await;
+    assert_no_console_errors(&browser, "the alerts view").await;
     browser.close().await;
 }
 
