@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use fleetsql_agent::Agent;
-use fleetsql_integrations::{Integrations, IntegrationsConfig, TableTarget};
+use fleetsql_integrations::{FLEET_SOURCES, Integrations, IntegrationsConfig, TableTarget};
 use fleetsql_pqa::{Clock, EngineConfig, PqaService, ServiceConfig};
 use fleetsql_sqlnode::SqlNode;
 
@@ -51,6 +51,7 @@ pub(crate) fn persistent_queries() -> PqaService {
 pub(crate) struct SqlNodeIntegrations {
     integrations: Integrations,
     feed: tokio::task::JoinHandle<()>,
+    sources: tokio::task::JoinHandle<()>,
     _clock: Option<fleetsql_pqa::ClockTask>,
 }
 
@@ -58,6 +59,7 @@ impl SqlNodeIntegrations {
     pub(crate) async fn shutdown(self) {
         self.integrations.shutdown().await;
         self.feed.abort();
+        self.sources.abort();
     }
 }
 
@@ -70,11 +72,35 @@ pub(crate) fn start_on_sqlnode(
 ) -> anyhow::Result<SqlNodeIntegrations> {
     let integrations = Integrations::start(config, None, Some(pqa.clone()))
         .context("cannot start the integrations (table publishers run under `fleetsql demo`)")?;
+    let sources = tokio::spawn(serve_fleet_sources(
+        node.clone(),
+        integrations.health_view(),
+    ));
     Ok(SqlNodeIntegrations {
         integrations,
         _clock: pqa.start_clock(),
         feed: fleetsql_http::feed_persistent_queries(node, pqa),
+        sources,
     })
+}
+
+/// Keeps the SQL node's own `fleet_sources` table current: on an agent the
+/// table travels with the fleet's data, but a SQL node's sinks and sources
+/// have no agent, so the node answers for them itself.
+async fn serve_fleet_sources(node: Arc<SqlNode>, health: fleetsql_integrations::HealthView) {
+    loop {
+        let batch = fleetsql_integrations::health::fleet_sources_batch(&health.snapshot());
+        match datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]]) {
+            Ok(table) => node.register_system_table(FLEET_SOURCES, Arc::new(table)),
+            Err(e) => tracing::warn!(error = %e, "cannot serve fleet_sources"),
+        }
+        // Counters move on every success; a second's staleness is fine,
+        // a change of status shows at once.
+        tokio::select! {
+            _ = health.changed() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 /// Starts `config`'s table publishers on a distributed agent, which also

@@ -50,6 +50,22 @@ pub use health::{FLEET_SOURCES, HealthHandle, SourceHealth};
 
 use health::HealthRegistry;
 
+/// Reads every integration's health whenever asked; see
+/// [`Integrations::health_view`].
+#[derive(Debug, Clone)]
+pub struct HealthView(Arc<HealthRegistry>);
+
+impl HealthView {
+    pub fn snapshot(&self) -> Vec<SourceHealth> {
+        self.0.snapshot()
+    }
+
+    /// Returns when any integration's health changes next.
+    pub async fn changed(&self) {
+        self.0.changed_any.notified().await
+    }
+}
+
 /// Where publishers' tables go: the local agent in the binary.
 pub trait TableTarget: Send + Sync + std::fmt::Debug + 'static {
     /// Replaces `publisher`'s rows of `table`.
@@ -301,6 +317,13 @@ impl Integrations {
     /// Every integration's health, as `fleet_sources` shows it.
     pub fn health(&self) -> Vec<SourceHealth> {
         self.health.snapshot()
+    }
+
+    /// A handle on the same health for a process that serves
+    /// `fleet_sources` itself (a SQL node, which has no agent to publish
+    /// it through).
+    pub fn health_view(&self) -> HealthView {
+        HealthView(self.health.clone())
     }
 
     /// Waits until `pred` holds for the health of integration `name`, or

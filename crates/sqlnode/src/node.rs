@@ -310,6 +310,12 @@ impl SqlNode {
         let is_new = self.inner.requests.lock().touch(tables, Instant::now());
         let mut receiver = self.inner.generation.subscribe();
         let current = receiver.borrow_and_update().clone();
+        if tables.is_empty() {
+            // Only the node's own tables (alerts, fleet_sources, ...):
+            // they answer before any fleet data arrive, and while the TLA
+            // is unreachable, which is when an operator asks them.
+            return Ok(current);
+        }
         let covered = |g: &Generation| {
             tables
                 .iter()

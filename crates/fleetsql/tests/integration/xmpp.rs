@@ -323,6 +323,38 @@ async fn a_distributed_sql_node_runs_xmpp_sinks_and_sources() {
         first["rows"],
         serde_json::json!([{ "host": "far", "rtt": 250 }])
     );
+    // The node answers for its own sinks and sources in `fleet_sources`
+    // (it has no agent to publish them through).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let body: serde_json::Value = reqwest::Client::new()
+            .post(format!("http://{http}/v1/query"))
+            .json(&serde_json::json!({
+                "sql": "SELECT name, kind, status, items FROM fleet_sources ORDER BY name"
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let rows = &body["rows"];
+        let delivering = |name: &str, kind: &str| {
+            rows.as_array().is_some_and(|rows| {
+                rows.iter().any(|r| {
+                    r[0] == name && r[1] == kind && r[2] == "ok" && r[3].as_u64() >= Some(1)
+                })
+            })
+        };
+        if delivering("chat", "xmpp_sink") && delivering("probes", "xmpp_source") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sqlnode's fleet_sources never showed its integrations: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     watcher.close().await;
     ops.close().await;
 }
