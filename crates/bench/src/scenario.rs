@@ -32,12 +32,14 @@ fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// Says what phase the run is in: on a bar when stderr is a terminal,
-/// as a plain line otherwise (CI logs).
+/// Says on stderr what phase the run is in (bars, when stderr is a
+/// terminal, show the progress within a phase).
 fn phase(message: &str) {
     eprintln!("fleetsql bench: {message}");
 }
 
+/// A progress bar on a terminal; elsewhere (CI logs) a line naming the
+/// phase and a hidden bar.
 fn bar(len: u64, message: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         phase(message);
