@@ -47,6 +47,13 @@ fn column_values(array: &ArrayRef) -> Result<Vec<Value>, arrow::error::ArrowErro
             .iter()
             .map(|v| v.map_or(Value::Null, Value::Bool))
             .collect()
+    } else if let Some(strings) = array.as_string_opt::<i32>() {
+        // Strings are the common key columns of alert answers: taken as
+        // they are instead of through the generic formatter.
+        strings
+            .iter()
+            .map(|v| v.map_or(Value::Null, |s| Value::String(s.to_string())))
+            .collect()
     } else {
         let options = FormatOptions::default();
         let formatter = ArrayFormatter::try_new(array.as_ref(), &options)?;
