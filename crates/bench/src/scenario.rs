@@ -626,13 +626,9 @@ async fn export(dir: &Path, proxies: &[Arc<SimProxy>], tick: u64) -> Result<Path
             .await
             .map_err(|e| BenchError::DuckDb(e.to_string()))??;
     }
-    for (name, content) in DEMO_STATIC_FILES {
-        if let Some(table) = name.strip_suffix(".csv") {
-            let path = export_dir.join(format!("{table}.csv"));
-            std::fs::write(&path, content)
-                .map_err(|e| BenchError::io(format!("writing {}", path.display()), e))?;
-        }
-    }
+    // The static tables' CSVs, named after their tables (the DuckDB script
+    // skips the index file beside them).
+    write_static_tables(&export_dir)?;
     Ok(export_dir)
 }
 

@@ -131,6 +131,28 @@ impl Source {
         seen
     }
 
+    /// Answers a fetch. A source covering many machines (a cluster) builds
+    /// on a blocking thread: that takes long enough to stall the transfers
+    /// of the other sources if it ran on their threads.
+    async fn answer(
+        self: &Arc<Self>,
+        request: &FetchRequest,
+    ) -> fleetsql_aggregator::Result<Arc<Generation>> {
+        let tick = self.tick_for(request).await;
+        if self.profiles.len() == 1 {
+            return Ok(self.generation_at(tick, &request.tables)?);
+        }
+        let source = self.clone();
+        let tables = request.tables.clone();
+        tokio::task::spawn_blocking(move || source.generation_at(tick, &tables))
+            .await
+            .map_err(|e| fleetsql_aggregator::AggregatorError::Child {
+                child: self.name.clone(),
+                reason: format!("simulated cluster build failed: {e}"),
+            })?
+            .map_err(Into::into)
+    }
+
     /// The tick a fetch answers with: the current one, or for a long poll
     /// on the current one the next, waited for no longer than allowed.
     async fn tick_for(&self, request: &FetchRequest) -> u64 {
@@ -155,20 +177,20 @@ impl Source {
 /// on demand, and 100,000 idle machines cost only their cached arrays.
 #[derive(Debug)]
 pub struct SimMachine {
-    source: Source,
+    source: Arc<Source>,
 }
 
 impl SimMachine {
     pub(crate) fn new(profile: Profile, processes: usize, tick_ms: i64, churn: f64) -> Self {
         SimMachine {
-            source: Source {
+            source: Arc::new(Source {
                 name: profile.host.clone(),
                 profiles: vec![profile],
                 processes,
                 tick_ms,
                 churn,
                 state: Mutex::new(SourceState::default()),
-            },
+            }),
         }
     }
 
@@ -221,8 +243,7 @@ impl Child for SimMachine {
     }
 
     async fn fetch(&self, request: &FetchRequest) -> fleetsql_aggregator::Result<Arc<Generation>> {
-        let tick = self.source.tick_for(request).await;
-        Ok(self.source.generation_at(tick, &request.tables)?)
+        self.source.answer(request).await
     }
 }
 
@@ -290,17 +311,6 @@ impl Child for SimProxy {
     }
 
     async fn fetch(&self, request: &FetchRequest) -> fleetsql_aggregator::Result<Arc<Generation>> {
-        let tick = self.source.tick_for(request).await;
-        let source = self.source.clone();
-        let tables = request.tables.clone();
-        // Building a cluster's tables takes long enough to stall the
-        // transfers of the other clusters if it ran on their threads.
-        let generation = tokio::task::spawn_blocking(move || source.generation_at(tick, &tables))
-            .await
-            .map_err(|e| fleetsql_aggregator::AggregatorError::Child {
-                child: self.source.name.clone(),
-                reason: format!("simulated cluster build failed: {e}"),
-            })??;
-        Ok(generation)
+        self.source.answer(request).await
     }
 }
