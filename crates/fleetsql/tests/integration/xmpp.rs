@@ -45,8 +45,9 @@ async fn next_items(client: &mut Client, node: &str) -> Vec<serde_json::Value> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_queries_publish_to_xmpp_pubsub_and_nodes_feed_queries() {
+/// Prosody with the node's account (`fleetsql`), a subscriber (`watcher`)
+/// and `ops`, connected, owning the `ops/probes` node the sources read.
+async fn prosody_with_probes_node() -> (Prosody, Client) {
     let prosody = Prosody::start(
         &[("fleetsql", "s3cret"), ("watcher", "w4tch"), ("ops", "0ps")],
         &["fleetsql", "ops"],
@@ -55,6 +56,12 @@ async fn demo_queries_publish_to_xmpp_pubsub_and_nodes_feed_queries() {
         .await
         .unwrap();
     ops.create_node(PUBSUB, "ops/probes").await.unwrap();
+    (prosody, ops)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_queries_publish_to_xmpp_pubsub_and_nodes_feed_queries() {
+    let (prosody, mut ops) = prosody_with_probes_node().await;
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("integrations.toml");
@@ -235,14 +242,7 @@ impl Drop for Killed {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_distributed_sql_node_runs_xmpp_sinks_and_sources() {
-    let prosody = Prosody::start(
-        &[("fleetsql", "s3cret"), ("watcher", "w4tch"), ("ops", "0ps")],
-        &["fleetsql", "ops"],
-    );
-    let mut ops = Client::connect(&account(&prosody, "ops", "0ps"))
-        .await
-        .unwrap();
-    ops.create_node(PUBSUB, "ops/probes").await.unwrap();
+    let (prosody, mut ops) = prosody_with_probes_node().await;
     let dir = tempfile::tempdir().unwrap();
     let mut sqlnode = Killed(sqlnode_with(
         dir.path(),
