@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use datafusion::sql::parser::Statement as DfStatement;
 use fleetsql_model::{Generation, now_ms};
-use fleetsql_sqlnode::{SYSTEM_TABLES, SqlError, SqlNode};
+use fleetsql_sqlnode::{SqlError, SqlNode};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -112,7 +111,7 @@ pub(crate) struct Inner {
     deliver_now: Notify,
     http: reqwest::Client,
     /// Last answers by SQL text, valid for one generation id.
-    cache: Mutex<(u64, BTreeMap<String, Evaluation>)>,
+    cache: Mutex<(u64, BTreeMap<String, Arc<Evaluation>>)>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -184,26 +183,6 @@ pub fn rows_from_batches(
 }
 
 impl Inner {
-    fn fleet_tables(&self, statement: &datafusion::sql::sqlparser::ast::Statement) -> Vec<String> {
-        let state = self.node.session_context().state();
-        let Ok(references) =
-            state.resolve_table_references(&DfStatement::Statement(Box::new(statement.clone())))
-        else {
-            return Vec::new();
-        };
-        let mut tables: BTreeSet<String> = BTreeSet::new();
-        for r in references {
-            let name = r.table().to_string();
-            if r.schema().is_none_or(|s| s == "public")
-                && !SYSTEM_TABLES.contains(&name.as_str())
-                && !ALERT_TABLES.contains(&name.as_str())
-            {
-                tables.insert(name);
-            }
-        }
-        tables.into_iter().collect()
-    }
-
     async fn evaluate(&self, sql: &str) -> Evaluation {
         let failed = |reason: String| Evaluation {
             observation: Observation::Failed(reason),
@@ -217,12 +196,13 @@ impl Inner {
             least_complete: None,
             generation,
         };
-        let statement = match self.node.parse(sql) {
-            Ok(s) => s,
+        // The same SQL every iteration: parsed and planned once, while the
+        // tables it reads keep their schemas.
+        let prepared = match self.node.prepare(sql) {
+            Ok(p) => p,
             Err(e) => return failed(e.to_string()),
         };
-        let tables = self.fleet_tables(&statement);
-        let generation = match self.node.pin(&statement).await {
+        let generation = match self.node.pin_prepared(&prepared).await {
             Ok(g) => g,
             Err(
                 e @ (SqlError::UnknownTable { .. }
@@ -233,7 +213,7 @@ impl Inner {
         };
         let mut completeness = 1.0;
         let mut least_complete = None;
-        for table in &tables {
+        for table in prepared.fleet_tables() {
             let c = table_completeness(&generation, table);
             if c < completeness {
                 completeness = c;
@@ -241,7 +221,7 @@ impl Inner {
             }
         }
         let id = generation.meta.id;
-        match self.node.execute(statement, generation).await {
+        match self.node.execute_prepared(&prepared, generation).await {
             Ok(output) => match rows_from_batches(&output.batches, &output.schema) {
                 Ok(rows) => Evaluation {
                     observation: Observation::Rows(rows),
@@ -260,7 +240,10 @@ impl Inner {
 
     /// Answers for every distinct SQL text, computing each once per
     /// generation.
-    async fn evaluate_all(&self, sqls: BTreeSet<String>) -> (BTreeMap<String, Evaluation>, usize) {
+    async fn evaluate_all(
+        &self,
+        sqls: BTreeSet<String>,
+    ) -> (BTreeMap<String, Arc<Evaluation>>, usize) {
         let current = self.node.current().meta.id;
         let mut answers = BTreeMap::new();
         let mut todo = Vec::new();
@@ -279,9 +262,10 @@ impl Inner {
             }
         }
         let ran = todo.len();
-        let computed: Vec<(String, Evaluation)> = futures::stream::iter(todo)
+        let computed: Vec<(String, Arc<Evaluation>)> = futures::stream::iter(todo)
             .map(|sql| async move {
-                let e = self.evaluate(&sql).await;
+                // Shared, not copied: an answer can hold thousands of rows.
+                let e = Arc::new(self.evaluate(&sql).await);
                 (sql, e)
             })
             .buffer_unordered(self.config.parallel_queries.max(1))

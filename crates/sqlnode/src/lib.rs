@@ -20,6 +20,7 @@ mod choice;
 mod error;
 mod info;
 mod node;
+mod prepared;
 mod requests;
 mod system_tables;
 
@@ -27,4 +28,5 @@ pub use choice::SourceStatus;
 pub use error::{Result, SqlError};
 pub use info::GenerationInfo;
 pub use node::{Install, QueryOutput, SqlNode, SqlNodeConfig};
+pub use prepared::Prepared;
 pub use system_tables::SYSTEM_TABLES;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
+use datafusion::execution::TaskContext;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
@@ -22,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::catalog::{ExtraTables, FleetSchema, PINNED};
 use crate::choice::{self, SourceStatus};
+use crate::prepared::{KeptPlan, Prepared, PreparedCache, folds_changing_values};
 use crate::requests::QueryRequests;
 use crate::system_tables::SYSTEM_TABLES;
 use crate::{GenerationInfo, Result, SqlError};
@@ -97,6 +99,7 @@ struct Inner {
     host: String,
     extra_tables: ExtraTables,
     last_install: Mutex<Option<Install>>,
+    prepared: PreparedCache,
 }
 
 /// When the node began answering from a generation its source made.
@@ -224,6 +227,7 @@ impl SqlNode {
             host: host_name(),
             extra_tables,
             last_install: Mutex::new(None),
+            prepared: PreparedCache::default(),
         });
         let mut tasks = vec![tokio::spawn(fetch_loop(inner.clone()))];
         if inner.sources.len() > 1 {
@@ -254,6 +258,8 @@ impl SqlNode {
             .extra_tables
             .write()
             .insert(name.to_string(), table);
+        // Kept statements decided which of their tables are fleet tables.
+        self.inner.prepared.clear();
     }
 
     pub fn current(&self) -> Arc<Generation> {
@@ -286,24 +292,129 @@ impl SqlNode {
     /// it names and waits (bounded) until a generation covers them.
     pub async fn pin(&self, statement: &Statement) -> Result<Arc<Generation>> {
         read_only_check(statement)?;
+        let (tables, _) = self.tables_of(statement)?;
+        self.pin_tables(&tables).await
+    }
+
+    /// The fleet tables `statement` reads, and whether it reads any other
+    /// table (system tables, tables registered on the node, other schemas).
+    fn tables_of(&self, statement: &Statement) -> Result<(BTreeSet<String>, bool)> {
         let state = self.inner.ctx.state();
         let references = state
             .resolve_table_references(&DfStatement::Statement(Box::new(statement.clone())))
             .map_err(SqlError::from)?;
-        let tables: BTreeSet<String> = references
-            .iter()
-            .filter(|r| r.schema().is_none_or(|s| s == "public"))
-            .map(|r| r.table().to_string())
-            .filter(|t| !SYSTEM_TABLES.contains(&t.as_str()))
-            .collect();
-        let tables = {
-            let extra = self.inner.extra_tables.read();
-            tables
-                .into_iter()
-                .filter(|t| !extra.contains_key(t))
-                .collect()
+        let extra = self.inner.extra_tables.read();
+        let mut fleet = BTreeSet::new();
+        let mut other = false;
+        for reference in &references {
+            let table = reference.table();
+            if reference.schema().is_some_and(|s| s != "public")
+                || SYSTEM_TABLES.contains(&table)
+                || extra.contains_key(table)
+            {
+                other = true;
+            } else {
+                fleet.insert(table.to_string());
+            }
+        }
+        Ok((fleet, other))
+    }
+
+    /// Parses and checks `sql`, or finds it among the statements already
+    /// seen: the same SQL text again skips parsing and, while the tables'
+    /// schemas stay the same, planning and optimising.
+    pub fn prepare(&self, sql: &str) -> Result<Arc<Prepared>> {
+        if let Some(prepared) = self.inner.prepared.get(sql) {
+            return Ok(prepared);
+        }
+        let statement = self.parse(sql)?;
+        read_only_check(&statement)?;
+        let (tables, other) = self.tables_of(&statement)?;
+        let prepared = Arc::new(Prepared::new(statement, tables, other));
+        self.inner.prepared.insert(sql, prepared.clone());
+        Ok(prepared)
+    }
+
+    /// How many SQL texts [`SqlNode::prepare`] keeps now.
+    pub fn prepared_count(&self) -> usize {
+        self.inner.prepared.len()
+    }
+
+    /// [`SqlNode::pin`] for a prepared statement.
+    pub async fn pin_prepared(&self, prepared: &Prepared) -> Result<Arc<Generation>> {
+        self.pin_tables(prepared.fleet_tables()).await
+    }
+
+    /// Runs a prepared statement pinned to `generation`, reusing its kept
+    /// plan when the tables it reads kept their schemas.
+    pub async fn execute_prepared(
+        &self,
+        prepared: &Prepared,
+        generation: Arc<Generation>,
+    ) -> Result<QueryOutput> {
+        if !prepared.is_query() {
+            return self.execute(prepared.statement().clone(), generation).await;
+        }
+        let started = Instant::now();
+        if let Some(kept) = prepared.kept_plan(&generation) {
+            return self.run_kept(kept, generation, started).await;
+        }
+        let timeout = self.inner.config.query_timeout;
+        let plan = tokio::time::timeout(
+            timeout,
+            self.plan(prepared.statement().clone(), generation.clone()),
+        )
+        .await
+        .map_err(|_| SqlError::Timeout {
+            timeout_ms: timeout.as_millis() as u64,
+        })??;
+        let kept = if folds_changing_values(&plan) {
+            KeptPlan::new(plan, false)
+        } else {
+            let optimised = self.inner.ctx.state().optimize(&plan)?;
+            KeptPlan::new(optimised, true)
         };
-        self.pin_tables(&tables).await
+        prepared.keep_plan(&generation, &kept);
+        self.run_kept(kept, generation, started).await
+    }
+
+    async fn run_kept(
+        &self,
+        kept: KeptPlan,
+        generation: Arc<Generation>,
+        started: Instant,
+    ) -> Result<QueryOutput> {
+        if !kept.optimised {
+            return self.run_plan(kept.plan, generation, started).await;
+        }
+        let info = GenerationInfo::of(&generation);
+        let ctx = self.inner.ctx.clone();
+        let timeout = self.inner.config.query_timeout;
+        let plan = kept.plan;
+        let run = PINNED.scope(generation, async move {
+            let state = ctx.state();
+            let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+            // Optimised already: straight to the physical planner.
+            let physical = state
+                .query_planner()
+                .create_physical_plan(&plan, &state)
+                .await?;
+            let task = Arc::new(TaskContext::from(&state));
+            let batches = datafusion::physical_plan::collect(physical, task).await?;
+            Ok::<_, SqlError>((schema, batches))
+        });
+        let (schema, batches) =
+            tokio::time::timeout(timeout, run)
+                .await
+                .map_err(|_| SqlError::Timeout {
+                    timeout_ms: timeout.as_millis() as u64,
+                })??;
+        Ok(QueryOutput {
+            schema,
+            batches,
+            generation: info,
+            elapsed: started.elapsed(),
+        })
     }
 
     async fn pin_tables(&self, tables: &BTreeSet<String>) -> Result<Arc<Generation>> {
@@ -493,9 +604,9 @@ impl SqlNode {
 
     /// Parses, pins and runs one statement.
     pub async fn query(&self, sql: &str) -> Result<QueryOutput> {
-        let statement = self.parse(sql)?;
-        let generation = self.pin(&statement).await?;
-        self.execute(statement, generation).await
+        let prepared = self.prepare(sql)?;
+        let generation = self.pin_prepared(&prepared).await?;
+        self.execute_prepared(&prepared, generation).await
     }
 
     /// Keeps `tables` collected as if a query had just named them (for
