@@ -14,6 +14,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// Every tier allocates and frees many short-lived Arrow buffers and rows;
+// mimalloc keeps that off the profile (see BENCHMARKS.md, Alerts).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "fleetsql",
