@@ -14,6 +14,13 @@ pub enum FlightError {
     },
     #[error("the Flight server must be started inside a tokio runtime")]
     NoRuntime,
+    #[error(
+        "cannot start the Flight server's own threads for {addr}: {source} (lower own_threads, or raise the process's thread limit)"
+    )]
+    Threads {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("invalid endpoint `{endpoint}`: {reason}")]
     InvalidEndpoint { endpoint: String, reason: String },
     #[error("cannot connect to {endpoint}: {reason}")]

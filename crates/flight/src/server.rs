@@ -40,6 +40,12 @@ pub struct FlightServerConfig {
     pub send_buffer: usize,
     /// How long [`FlightServer::shutdown`] lets calls in flight finish.
     pub shutdown_grace: Duration,
+    /// Serve from this many threads of the server's own instead of the
+    /// caller's runtime. A TLA's runtime is busy decoding a hundred
+    /// children's streams at once; there, the one stream to a SQL node
+    /// would get a hundredth of it and a generation would take a tick or
+    /// more to leave. Own threads get their share from the OS instead.
+    pub own_threads: Option<usize>,
 }
 
 impl Default for FlightServerConfig {
@@ -50,6 +56,7 @@ impl Default for FlightServerConfig {
             max_message_bytes: 2 * 1024 * 1024,
             send_buffer: 8,
             shutdown_grace: Duration::from_secs(5),
+            own_threads: None,
         }
     }
 }
@@ -72,6 +79,8 @@ pub struct FlightServer {
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
     grace: Duration,
+    /// The server's own runtime, with [`FlightServerConfig::own_threads`].
+    own_runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl FlightServer {
@@ -86,7 +95,19 @@ impl FlightServer {
         addr: SocketAddr,
         config: FlightServerConfig,
     ) -> Result<FlightServer> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| FlightError::NoRuntime)?;
+        let caller = tokio::runtime::Handle::try_current().map_err(|_| FlightError::NoRuntime)?;
+        let own_runtime = match config.own_threads {
+            Some(threads) => Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads.max(1))
+                    .thread_name("flight-serve")
+                    .enable_all()
+                    .build()
+                    .map_err(|source| FlightError::Threads { addr, source })?,
+            ),
+            None => None,
+        };
+        let runtime = own_runtime.as_ref().map_or(caller, |r| r.handle().clone());
         // Bind synchronously so the caller knows the port (and a taken port
         // is an error here, not a log line from a background task).
         let listener = std::net::TcpListener::bind(addr)
@@ -142,6 +163,7 @@ impl FlightServer {
             shutdown,
             task: Some(task),
             grace: config.shutdown_grace,
+            own_runtime,
         })
     }
 
@@ -166,6 +188,10 @@ impl FlightServer {
             task.abort();
             let _ = task.await;
         }
+        if let Some(runtime) = self.own_runtime.take() {
+            // Dropping a runtime inside another one's task would panic.
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -174,6 +200,9 @@ impl Drop for FlightServer {
         if let Some(task) = self.task.take() {
             let _ = self.shutdown.send(true);
             task.abort();
+        }
+        if let Some(runtime) = self.own_runtime.take() {
+            runtime.shutdown_background();
         }
     }
 }

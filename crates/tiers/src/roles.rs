@@ -70,6 +70,9 @@ fn flight_child(
 fn server_config(topology: &Topology) -> FlightServerConfig {
     FlightServerConfig {
         compression: topology.compression,
+        // The link to the parent gets its own thread, so collecting from
+        // many children cannot starve it (see `own_threads`).
+        own_threads: Some(1),
         ..FlightServerConfig::default()
     }
 }
