@@ -70,11 +70,17 @@ impl QueryHook for FleetHook {
         if is_session_statement(statement) {
             return None;
         }
-        let generation = match self.node.pin(statement).await {
+        // Dashboards and alerting pipelines send the same SQL again and
+        // again: planned once while the tables keep their schemas.
+        let prepared = match self.node.prepare_statement(statement) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(user_error(&e))),
+        };
+        let generation = match self.node.pin_prepared(&prepared).await {
             Ok(g) => g,
             Err(e) => return Some(Err(user_error(&e))),
         };
-        let output = match self.node.execute(statement.clone(), generation).await {
+        let output = match self.node.execute_prepared(&prepared, generation).await {
             Ok(output) => output,
             Err(e) => return Some(Err(user_error(&e))),
         };

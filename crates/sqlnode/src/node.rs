@@ -328,10 +328,24 @@ impl SqlNode {
             return Ok(prepared);
         }
         let statement = self.parse(sql)?;
+        self.keep_prepared(sql, statement)
+    }
+
+    /// [`SqlNode::prepare`] for a statement a front end parsed itself (the
+    /// Postgres wire); kept by its text as printed.
+    pub fn prepare_statement(&self, statement: &Statement) -> Result<Arc<Prepared>> {
+        let text = statement.to_string();
+        if let Some(prepared) = self.inner.prepared.get(&text) {
+            return Ok(prepared);
+        }
+        self.keep_prepared(&text, statement.clone())
+    }
+
+    fn keep_prepared(&self, text: &str, statement: Statement) -> Result<Arc<Prepared>> {
         read_only_check(&statement)?;
         let (tables, other) = self.tables_of(&statement)?;
         let prepared = Arc::new(Prepared::new(statement, tables, other));
-        self.inner.prepared.insert(sql, prepared.clone());
+        self.inner.prepared.insert(text, prepared.clone());
         Ok(prepared)
     }
 
@@ -357,7 +371,9 @@ impl SqlNode {
         }
         let started = Instant::now();
         if let Some(kept) = prepared.kept_plan(&generation) {
-            return self.run_kept(kept, generation, started).await;
+            return self
+                .run_plan(kept.plan, kept.optimised, generation, started)
+                .await;
         }
         let timeout = self.inner.config.query_timeout;
         let plan = tokio::time::timeout(
@@ -375,46 +391,8 @@ impl SqlNode {
             KeptPlan::new(optimised, true)
         };
         prepared.keep_plan(&generation, &kept);
-        self.run_kept(kept, generation, started).await
-    }
-
-    async fn run_kept(
-        &self,
-        kept: KeptPlan,
-        generation: Arc<Generation>,
-        started: Instant,
-    ) -> Result<QueryOutput> {
-        if !kept.optimised {
-            return self.run_plan(kept.plan, generation, started).await;
-        }
-        let info = GenerationInfo::of(&generation);
-        let ctx = self.inner.ctx.clone();
-        let timeout = self.inner.config.query_timeout;
-        let plan = kept.plan;
-        let run = PINNED.scope(generation, async move {
-            let state = ctx.state();
-            let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-            // Optimised already: straight to the physical planner.
-            let physical = state
-                .query_planner()
-                .create_physical_plan(&plan, &state)
-                .await?;
-            let task = Arc::new(TaskContext::from(&state));
-            let batches = datafusion::physical_plan::collect(physical, task).await?;
-            Ok::<_, SqlError>((schema, batches))
-        });
-        let (schema, batches) =
-            tokio::time::timeout(timeout, run)
-                .await
-                .map_err(|_| SqlError::Timeout {
-                    timeout_ms: timeout.as_millis() as u64,
-                })??;
-        Ok(QueryOutput {
-            schema,
-            batches,
-            generation: info,
-            elapsed: started.elapsed(),
-        })
+        self.run_plan(kept.plan, kept.optimised, generation, started)
+            .await
     }
 
     async fn pin_tables(&self, tables: &BTreeSet<String>) -> Result<Arc<Generation>> {
@@ -528,7 +506,7 @@ impl SqlNode {
             .map_err(|_| SqlError::Timeout {
                 timeout_ms: timeout.as_millis() as u64,
             })??;
-        self.run_plan(plan, generation, started).await
+        self.run_plan(plan, false, generation, started).await
     }
 
     /// Plans `statement` pinned to `generation` (for protocols that plan
@@ -558,13 +536,15 @@ impl SqlNode {
         generation: Arc<Generation>,
     ) -> Result<QueryOutput> {
         Self::verify_read_only(&plan)?;
-        self.run_plan(plan, generation, Instant::now()).await
+        self.run_plan(plan, false, generation, Instant::now()).await
     }
 
-    /// The one place a plan is executed: pinned, collected under the time-out.
+    /// The one place a plan is executed: pinned, collected under the
+    /// time-out. An `optimised` plan (a kept one) skips the optimiser.
     async fn run_plan(
         &self,
         plan: LogicalPlan,
+        optimised: bool,
         generation: Arc<Generation>,
         started: Instant,
     ) -> Result<QueryOutput> {
@@ -572,10 +552,21 @@ impl SqlNode {
         let ctx = self.inner.ctx.clone();
         let timeout = self.inner.config.query_timeout;
         let run = PINNED.scope(generation, async move {
-            let frame = ctx.execute_logical_plan(plan).await?;
-            let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-            let batches = frame.collect().await?;
-            Ok::<_, SqlError>((schema, batches))
+            if !optimised {
+                let frame = ctx.execute_logical_plan(plan).await?;
+                let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+                let batches = frame.collect().await?;
+                return Ok::<_, SqlError>((schema, batches));
+            }
+            let state = ctx.state();
+            let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+            let physical = state
+                .query_planner()
+                .create_physical_plan(&plan, &state)
+                .await?;
+            let task = Arc::new(TaskContext::from(&state));
+            let batches = datafusion::physical_plan::collect(physical, task).await?;
+            Ok((schema, batches))
         });
         let (schema, batches) =
             tokio::time::timeout(timeout, run)

@@ -206,3 +206,34 @@ async fn system_tables_are_read_fresh_and_errors_are_not_kept() {
     assert!(error.to_string().contains("nope"), "{error}");
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_parsed_by_a_front_end_are_kept_by_their_text() {
+    let (node, sender) = node_with(generation(1, false)).await;
+    let statement = node.parse("select v  from t").expect("parse");
+    let first = node.prepare_statement(&statement).expect("prepare");
+    let again = node
+        .prepare_statement(&node.parse("select v  from t").expect("parse"))
+        .expect("prepare again");
+    assert!(Arc::ptr_eq(&first, &again), "one statement, kept once");
+    assert_eq!(first.fleet_tables().iter().collect::<Vec<_>>(), ["t"]);
+    let generation_one = node.pin_prepared(&first).await.expect("pin");
+    let output = node
+        .execute_prepared(&first, generation_one)
+        .await
+        .expect("run");
+    assert_eq!(int_column(&output, 0), vec![1, 1, 1]);
+    install(&node, &sender, generation(2, false)).await;
+    let generation_two = node.pin_prepared(&again).await.expect("pin");
+    let output = node
+        .execute_prepared(&again, generation_two)
+        .await
+        .expect("run again");
+    assert_eq!(int_column(&output, 0), vec![2, 2, 2]);
+    let refused = node.prepare_statement(&node.parse("DROP TABLE t").expect("parse"));
+    assert!(
+        refused.is_err(),
+        "read-only check applies to kept statements"
+    );
+    node.shutdown().await;
+}
