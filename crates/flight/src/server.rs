@@ -96,6 +96,19 @@ impl FlightServer {
         config: FlightServerConfig,
     ) -> Result<FlightServer> {
         let caller = tokio::runtime::Handle::try_current().map_err(|_| FlightError::NoRuntime)?;
+        // Bind synchronously so the caller knows the port (and a taken port
+        // is an error here, not a log line from a background task).
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|source| FlightError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| FlightError::Bind { addr, source })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| FlightError::Bind { addr, source })?;
+        let write_options = config.compression.write_options()?;
+        // Made after every other fallible step: a runtime dropped inside
+        // the caller's runtime would panic instead of returning the error.
         let own_runtime = match config.own_threads {
             Some(threads) => Some(
                 tokio::runtime::Builder::new_multi_thread()
@@ -108,22 +121,19 @@ impl FlightServer {
             None => None,
         };
         let runtime = own_runtime.as_ref().map_or(caller, |r| r.handle().clone());
-        // Bind synchronously so the caller knows the port (and a taken port
-        // is an error here, not a log line from a background task).
-        let listener = std::net::TcpListener::bind(addr)
-            .map_err(|source| FlightError::Bind { addr, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| FlightError::Bind { addr, source })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| FlightError::Bind { addr, source })?;
         let listener = {
             let _guard = runtime.enter();
             tokio::net::TcpListener::from_std(listener)
-                .map_err(|source| FlightError::Bind { addr, source })?
         };
-        let write_options = config.compression.write_options()?;
+        let listener = match listener {
+            Ok(listener) => listener,
+            Err(source) => {
+                if let Some(runtime) = own_runtime {
+                    runtime.shutdown_background();
+                }
+                return Err(FlightError::Bind { addr, source });
+            }
+        };
         let stats = Arc::new(TransferStats::new());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let service = Service {

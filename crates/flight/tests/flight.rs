@@ -18,7 +18,8 @@ use fleetsql_aggregator::{
     Aggregator, AggregatorConfig, AggregatorError, Child, ChildGroup, FetchRequest,
 };
 use fleetsql_flight::{
-    FetchTicket, FlightChild, FlightChildOptions, FlightServer, render_prometheus,
+    FetchTicket, FlightChild, FlightChildOptions, FlightError, FlightServer, FlightServerConfig,
+    render_prometheus,
 };
 use fleetsql_model::{ClusterVisibility, Generation, Table, TableVisibility, now_ms};
 use futures::{Stream, StreamExt};
@@ -564,4 +565,42 @@ async fn unsupported_methods_say_so() {
         .expect_err("bad ticket");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     served.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_server_on_threads_of_its_own_serves_and_shuts_down() {
+    let proxy = Aggregator::start(
+        AggregatorConfig::new("proxy-c1", HOUR),
+        vec![machine("m1", "c1"), machine("m2", "c1")],
+    );
+    let config = FlightServerConfig {
+        own_threads: Some(1),
+        ..FlightServerConfig::default()
+    };
+    let server =
+        FlightServer::start_with(proxy.as_child(), loopback(), config.clone()).expect("starts");
+    let remote: Arc<dyn Child> = flight_child("proxy-c1", server.local_addr());
+    let generation = ask(&remote, &["processes"]).await;
+    assert_eq!(
+        generation.table("processes").expect("processes").num_rows(),
+        6
+    );
+
+    // A taken port is an error, not a panic from dropping the runtime made
+    // for the server inside this one.
+    let taken = FlightServer::start_with(proxy.as_child(), server.local_addr(), config);
+    assert!(matches!(taken, Err(FlightError::Bind { .. })), "{taken:?}");
+
+    server.shutdown().await;
+    assert!(
+        remote
+            .fetch(&FetchRequest {
+                requester: "sql".into(),
+                tables: tables(&["processes"]),
+                ..Default::default()
+            })
+            .await
+            .is_err(),
+        "nothing answers after shutdown"
+    );
 }
