@@ -28,11 +28,8 @@ enum Kind {
 }
 
 pub(crate) fn register(node: &SqlNode, inner: &Arc<Inner>) {
-    for (name, kind) in [
-        ("alerts", Kind::Alerts),
-        ("alert_instances", Kind::Instances),
-        ("alert_errors", Kind::Errors),
-    ] {
+    let kinds = [Kind::Alerts, Kind::Instances, Kind::Errors];
+    for (name, kind) in crate::ALERT_TABLES.into_iter().zip(kinds) {
         node.register_system_table(
             name,
             Arc::new(AlertTable {

@@ -198,10 +198,7 @@ impl FlightServer {
             task.abort();
             let _ = task.await;
         }
-        if let Some(runtime) = self.own_runtime.take() {
-            // Dropping a runtime inside another one's task would panic.
-            runtime.shutdown_background();
-        }
+        // `Drop` then stops the server's own runtime, if it has one.
     }
 }
 
@@ -212,6 +209,7 @@ impl Drop for FlightServer {
             task.abort();
         }
         if let Some(runtime) = self.own_runtime.take() {
+            // Dropping a runtime inside another one's task would panic.
             runtime.shutdown_background();
         }
     }

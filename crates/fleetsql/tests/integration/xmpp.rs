@@ -45,6 +45,40 @@ async fn next_items(client: &mut Client, node: &str) -> Vec<serde_json::Value> {
     }
 }
 
+/// Registers the slow-probe query with the `chat` sink at `base` (an HTTP
+/// URL) and returns the registration answer.
+async fn register_probe_query(base: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .post(format!("{base}/v1/persistent-queries"))
+        .json(&serde_json::json!({
+            "epl": "select host, rtt from probe where rtt > 100",
+            "sinks": ["chat"],
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// `watcher`, subscribed to `node` once the sink has created it (bounded).
+async fn watcher_subscribed(prosody: &Prosody, node: &str) -> Client {
+    let mut watcher = Client::connect(&account(prosody, "watcher", "w4tch"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match watcher.subscribe(PUBSUB, node).await {
+            Ok(()) => return watcher,
+            Err(e) if e.is("item-not-found") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("subscribing to {node}: {e}"),
+        }
+    }
+}
+
 /// Prosody with the node's account (`fleetsql`), a subscriber (`watcher`)
 /// and `ops`, connected, owning the `ops/probes` node the sources read.
 async fn prosody_with_probes_node() -> (Prosody, Client) {
@@ -81,36 +115,13 @@ async fn demo_queries_publish_to_xmpp_pubsub_and_nodes_feed_queries() {
     let demo = TestDemo::start_with(1, 1, "1s", &["--integrations".into(), file.into()]).await;
     let http = reqwest::Client::new();
 
-    let answer: serde_json::Value = http
-        .post(format!("{}/v1/persistent-queries", demo.url()))
-        .json(&serde_json::json!({
-            "epl": "select host, rtt from probe where rtt > 100",
-            "sinks": ["chat"],
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = register_probe_query(&demo.url()).await;
     let id = answer["id"].as_str().expect("an id").to_string();
     let node = format!("fleetsql/pq/{id}");
     assert_eq!(answer["sinks"][0]["service"], PUBSUB, "{answer}");
     assert_eq!(answer["sinks"][0]["node"], node.as_str(), "{answer}");
 
-    let mut watcher = Client::connect(&account(&prosody, "watcher", "w4tch"))
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match watcher.subscribe(PUBSUB, &node).await {
-            Ok(()) => break,
-            Err(e) if e.is("item-not-found") && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("subscribing to {node}: {e}"),
-        }
-    }
+    let mut watcher = watcher_subscribed(&prosody, &node).await;
     let posted = http
         .post(format!("{}/v1/events/probe", demo.url()))
         .json(&serde_json::json!([
@@ -261,35 +272,12 @@ async fn a_distributed_sql_node_runs_xmpp_sinks_and_sources() {
         .find_map(|f| f.strip_prefix("http="))
         .expect("http= in the ready line")
         .to_string();
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{http}/v1/persistent-queries"))
-        .json(&serde_json::json!({
-            "epl": "select host, rtt from probe where rtt > 100",
-            "sinks": ["chat"],
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = register_probe_query(&format!("http://{http}")).await;
     let node = answer["sinks"][0]["node"]
         .as_str()
         .unwrap_or_else(|| panic!("no node in {answer}"))
         .to_string();
-    let mut watcher = Client::connect(&account(&prosody, "watcher", "w4tch"))
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match watcher.subscribe(PUBSUB, &node).await {
-            Ok(()) => break,
-            Err(e) if e.is("item-not-found") && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("subscribing to {node}: {e}"),
-        }
-    }
+    let mut watcher = watcher_subscribed(&prosody, &node).await;
     // The source subscribes in the background: publish until an item
     // comes back through the query and the sink (bounded).
     let mut items = Vec::new();
