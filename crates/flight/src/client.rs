@@ -1,5 +1,4 @@
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arrow_flight::flight_service_client::FlightServiceClient;
@@ -56,9 +55,10 @@ pub struct FlightChild {
     options: FlightChildOptions,
     target: Endpoint,
     client: Mutex<Option<FlightServiceClient<Channel>>>,
-    /// Newest generation id received: sent as `base_generation`, which the
-    /// server will use for diffs once those exist.
-    last_received: AtomicU64,
+    /// The last generation received with its rows: named as
+    /// `base_generation`, so the server may send a diff against it, and the
+    /// source of the columns a diff leaves out.
+    base: Mutex<Option<Arc<Generation>>>,
     stats: Arc<TransferStats>,
 }
 
@@ -94,7 +94,7 @@ impl FlightChild {
             options,
             target,
             client: Mutex::new(None),
-            last_received: AtomicU64::new(0),
+            base: Mutex::new(None),
             stats: Arc::new(TransferStats::new()),
         })
     }
@@ -110,7 +110,7 @@ impl FlightChild {
 
     /// Fetches over Flight with this crate's error type (the [`Child`]
     /// impl maps it to an aggregator error).
-    pub async fn fetch_generation(&self, request: &FetchRequest) -> Result<Generation> {
+    pub async fn fetch_generation(&self, request: &FetchRequest) -> Result<Arc<Generation>> {
         let limit = request.wait.unwrap_or_default() + self.options.request_timeout;
         let attempt = tokio::time::timeout(limit, self.call(request)).await;
         let result = match attempt {
@@ -123,8 +123,9 @@ impl FlightChild {
         self.stats.add_call();
         match &result {
             Ok(generation) => {
-                self.last_received
-                    .fetch_max(generation.meta.id, Ordering::Relaxed);
+                if !request.meta_only {
+                    *self.base.lock() = Some(generation.clone());
+                }
             }
             Err(e) => {
                 self.stats.add_failure();
@@ -178,21 +179,20 @@ impl FlightChild {
         }
     }
 
-    async fn call(&self, request: &FetchRequest) -> Result<Generation> {
+    async fn call(&self, request: &FetchRequest) -> Result<Arc<Generation>> {
         let mut client = self.client().await?;
-        let base = match self.last_received.load(Ordering::Relaxed) {
-            0 => None,
-            id => Some(id),
-        };
+        let base = self.base.lock().clone();
         let ticket = Ticket {
-            ticket: FetchTicket::from_request(request, base).to_bytes(),
+            ticket: FetchTicket::from_request(request, base.as_ref().map(|b| b.meta.id)).to_bytes(),
         };
         let stream = client
             .do_get(ticket)
             .await
             .map_err(|s| wire::status_error(&self.endpoint, &s))?
             .into_inner();
-        wire::decode_generation(&self.endpoint, stream, &self.stats).await
+        wire::decode_generation(&self.endpoint, stream, &self.stats, base.as_deref())
+            .await
+            .map(Arc::new)
     }
 
     /// The cached client, or a new connection. The lock is never held
@@ -232,7 +232,6 @@ impl Child for FlightChild {
     async fn fetch(&self, request: &FetchRequest) -> fleetsql_aggregator::Result<Arc<Generation>> {
         self.fetch_generation(request)
             .await
-            .map(Arc::new)
             .map_err(|e| e.into_aggregator(&self.name))
     }
 }

@@ -23,11 +23,17 @@
 //!    adds up (every announced table, every announced row); anything else
 //!    is an error and the parent keeps merging without this child, never
 //!    with part of its data.
+//! 4. Once the parent holds a generation, its tickets name it
+//!    (`base_generation`, `accept_diff`) and tables whose rows line up with
+//!    the parent's copy travel as the columns that changed (`src/diff.rs`):
+//!    identity columns cross once, and each new generation shares their
+//!    buffers with the one before.
 //!
 //! Both ends count bytes and rows per table ([`TransferStats`]) for
 //! `/metrics` ([`render_prometheus`]).
 
 mod client;
+mod diff;
 mod error;
 mod server;
 mod stats;
@@ -37,4 +43,4 @@ pub use client::{FlightChild, FlightChildOptions};
 pub use error::{FlightError, Result};
 pub use server::{FlightServer, FlightServerConfig, HEALTH_ACTION, HealthReport};
 pub use stats::{TableTransfer, TransferSnapshot, TransferStats, render_prometheus};
-pub use wire::{Compression, ENCODING_FULL, FetchTicket, WIRE_FORMAT};
+pub use wire::{Compression, ENCODING_DIFF, ENCODING_FULL, FetchTicket, WIRE_FORMAT};

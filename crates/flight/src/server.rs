@@ -1,7 +1,8 @@
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::{
@@ -12,12 +13,14 @@ use fleetsql_aggregator::{AggregatorError, Child, FetchRequest};
 use fleetsql_model::Generation;
 use futures::Stream;
 use futures::stream::BoxStream;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::diff;
 use crate::stats::TransferStats;
 use crate::wire::{self, Compression, FetchTicket};
 use crate::{FlightError, Result};
@@ -142,6 +145,7 @@ impl FlightServer {
             write_options,
             stats: stats.clone(),
             shutdown: shutdown_rx.clone(),
+            sent: Arc::new(Mutex::new(SentMemory::default())),
         };
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut signal = shutdown_rx;
@@ -221,6 +225,69 @@ struct Service {
     write_options: arrow::ipc::writer::IpcWriteOptions,
     stats: Arc<TransferStats>,
     shutdown: watch::Receiver<bool>,
+    sent: Arc<Mutex<SentMemory>>,
+}
+
+/// What was last sent to each parent, so the next answer can be a diff
+/// against what that parent holds.
+///
+/// Two per parent: when a parent drops an answer (it failed to read it,
+/// or gave up on the call) it still holds the one before, and the next
+/// answer can still be a diff. The generations are shared with the tier's
+/// own (tables are `Arc`s), so this holds little beyond the previous
+/// generation's changed columns.
+#[derive(Debug, Default)]
+struct SentMemory {
+    parents: HashMap<String, SentTo>,
+}
+
+#[derive(Debug)]
+struct SentTo {
+    last_call: Instant,
+    generations: VecDeque<Arc<Generation>>,
+}
+
+impl SentMemory {
+    const PER_PARENT: usize = 2;
+    /// Requesters are parents' node names, a handful per tier; the bound
+    /// only stops a misbehaving client from growing the map.
+    const MAX_PARENTS: usize = 64;
+    const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+    fn find(&mut self, requester: &str, id: u64) -> Option<Arc<Generation>> {
+        let to = self.parents.get_mut(requester)?;
+        to.last_call = Instant::now();
+        to.generations.iter().find(|g| g.meta.id == id).cloned()
+    }
+
+    fn remember(&mut self, requester: &str, generation: Arc<Generation>) {
+        let now = Instant::now();
+        self.parents
+            .retain(|_, to| now.duration_since(to.last_call) < Self::FORGET_AFTER);
+        if !self.parents.contains_key(requester)
+            && self.parents.len() >= Self::MAX_PARENTS
+            && let Some(oldest) = self
+                .parents
+                .iter()
+                .min_by_key(|(_, to)| to.last_call)
+                .map(|(name, _)| name.clone())
+        {
+            self.parents.remove(&oldest);
+        }
+        let to = self
+            .parents
+            .entry(requester.to_string())
+            .or_insert_with(|| SentTo {
+                last_call: now,
+                generations: VecDeque::new(),
+            });
+        to.last_call = now;
+        to.generations.retain(|g| g.meta.id != generation.meta.id);
+        to.generations.push_back(generation);
+        while to.generations.len() > Self::PER_PARENT {
+            to.generations.pop_front();
+        }
+    }
 }
 
 impl Service {
@@ -278,14 +345,32 @@ impl FlightService for Service {
             .fetch(&fetch)
             .await
             .inspect_err(|_| self.stats.add_failure())?;
+        let base = match ticket.base_generation {
+            Some(id) if ticket.accept_diff && !ticket.meta_only => {
+                self.sent.lock().find(&ticket.requester, id)
+            }
+            _ => None,
+        };
         let (tx, rx) = mpsc::channel(self.config.send_buffer.max(1));
         let options = self.write_options.clone();
         let max_message = self.config.max_message_bytes;
         let stats = self.stats.clone();
-        // Encoding compresses every buffer: CPU work, done on a blocking
-        // thread and handed to the network through a bounded channel.
+        let sent = (!ticket.meta_only).then(|| (self.sent.clone(), ticket.requester));
+        // Diffing compares columns and encoding compresses every buffer:
+        // CPU work, done on a blocking thread and handed to the network
+        // through a bounded channel.
         tokio::task::spawn_blocking(move || {
-            send_generation(&generation, options, max_message, &stats, &tx)
+            let outgoing = Outgoing {
+                options,
+                max_message,
+                stats: &stats,
+                tx: &tx,
+            };
+            if outgoing.send(&generation, base.as_deref())
+                && let Some((memory, requester)) = sent
+            {
+                memory.lock().remember(&requester, generation);
+            }
         });
         let stream = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
@@ -381,49 +466,82 @@ impl FlightService for Service {
     }
 }
 
-/// Encodes and sends one answer; stops quietly when the parent hangs up.
-fn send_generation(
-    generation: &Generation,
+/// Where and how one answer is sent.
+struct Outgoing<'a> {
     options: arrow::ipc::writer::IpcWriteOptions,
     max_message: usize,
-    stats: &TransferStats,
-    tx: &mpsc::Sender<Result<FlightData, Status>>,
-) {
-    let fail = |e: FlightError| {
-        tracing::error!(producer = %generation.meta.producer, error = %e, "cannot encode generation");
-        stats.add_failure();
-        // An error item makes tonic end the call with this status, so the
-        // parent sees a failed call, never a short generation.
-        let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
-    };
-    let header = match wire::header_message(generation) {
-        Ok(header) => header,
-        Err(e) => return fail(e),
-    };
-    stats.add_header_sent(wire::message_bytes(&header));
-    if tx.blocking_send(Ok(header)).is_err() {
-        return;
-    }
-    for (name, table) in &generation.tables {
-        let messages = match wire::table_messages(name, table, options.clone(), max_message) {
-            Ok(messages) => messages,
+    stats: &'a TransferStats,
+    tx: &'a mpsc::Sender<Result<FlightData, Status>>,
+}
+
+impl Outgoing<'_> {
+    /// Encodes and sends one answer, as a diff against `base` (what this
+    /// parent holds) where tables line up with it. True when every message
+    /// was handed to the network; stops quietly when the parent hangs up.
+    fn send(&self, generation: &Generation, base: Option<&Generation>) -> bool {
+        let fail = |e: FlightError| {
+            tracing::error!(producer = %generation.meta.producer, error = %e, "cannot encode generation");
+            self.stats.add_failure();
+            // An error item makes tonic end the call with this status, so
+            // the parent sees a failed call, never a short generation.
+            let _ = self.tx.blocking_send(Err(Status::internal(e.to_string())));
+            false
+        };
+        let plan = wire::plan(generation, base);
+        let header = match wire::header_message(generation, base.map(|b| b.meta.id), &plan) {
+            Ok(header) => header,
             Err(e) => return fail(e),
         };
-        for message in messages {
-            let message = match message {
-                Ok(message) => message,
-                Err(e) => {
-                    return fail(FlightError::Encode {
-                        table: name.clone(),
-                        reason: e.to_string(),
-                    });
-                }
-            };
-            stats.add_sent(name, wire::message_bytes(&message), 0);
-            if tx.blocking_send(Ok(message)).is_err() {
-                return;
-            }
+        self.stats.add_header_sent(wire::message_bytes(&header));
+        if self.tx.blocking_send(Ok(header)).is_err() {
+            return false;
         }
-        stats.add_sent(name, 0, table.num_rows() as u64);
+        let mut diffs = 0;
+        for (name, table) in &generation.tables {
+            let projected;
+            let sent = match (base, plan.get(name)) {
+                (Some(_), Some(wire::TablePlan::Changed(changed))) => {
+                    diffs += 1;
+                    if changed.is_empty() {
+                        self.stats.add_sent(name, 0, table.num_rows() as u64);
+                        continue;
+                    }
+                    projected = match diff::project(name, table, changed) {
+                        Ok(projected) => projected,
+                        Err(reason) => {
+                            return fail(FlightError::Encode {
+                                table: name.clone(),
+                                reason,
+                            });
+                        }
+                    };
+                    &projected
+                }
+                _ => table.as_ref(),
+            };
+            let messages =
+                match wire::table_messages(name, sent, self.options.clone(), self.max_message) {
+                    Ok(messages) => messages,
+                    Err(e) => return fail(e),
+                };
+            for message in messages {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(e) => {
+                        return fail(FlightError::Encode {
+                            table: name.clone(),
+                            reason: e.to_string(),
+                        });
+                    }
+                };
+                self.stats.add_sent(name, wire::message_bytes(&message), 0);
+                if self.tx.blocking_send(Ok(message)).is_err() {
+                    return false;
+                }
+            }
+            self.stats.add_sent(name, 0, table.num_rows() as u64);
+        }
+        self.stats.add_diff_sent(diffs);
+        true
     }
 }

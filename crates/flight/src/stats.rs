@@ -23,6 +23,10 @@ pub struct TransferSnapshot {
     pub calls: u64,
     /// Calls that failed: the source failed, or the stream was rejected.
     pub failures: u64,
+    /// Tables that travelled as column diffs (only changed columns, or
+    /// nothing for a table equal to the parent's copy).
+    pub diff_tables_sent: u64,
+    pub diff_tables_received: u64,
 }
 
 impl TransferSnapshot {
@@ -84,6 +88,14 @@ impl TransferStats {
         self.inner.lock().header_bytes_received += bytes;
     }
 
+    pub(crate) fn add_diff_sent(&self, tables: u64) {
+        self.inner.lock().diff_tables_sent += tables;
+    }
+
+    pub(crate) fn add_diff_received(&self, tables: u64) {
+        self.inner.lock().diff_tables_received += tables;
+    }
+
     pub(crate) fn add_call(&self) {
         self.inner.lock().calls += 1;
     }
@@ -102,7 +114,7 @@ impl TransferStats {
 /// `fleetsql_flight_rows_sent_total{peer="tla",table="sys"} 123`.
 pub fn render_prometheus(parts: &[(&[(&str, &str)], &TransferSnapshot)]) -> String {
     type Pick = fn(&TransferSnapshot) -> Vec<(Option<&str>, u64)>;
-    let families: [(&str, &str, Pick); 8] = [
+    let families: [(&str, &str, Pick); 10] = [
         (
             "fleetsql_flight_bytes_sent_total",
             "Flight bytes sent per table",
@@ -152,6 +164,16 @@ pub fn render_prometheus(parts: &[(&[(&str, &str)], &TransferSnapshot)]) -> Stri
             "fleetsql_flight_header_bytes_received_total",
             "Generation header bytes received",
             |s| vec![(None, s.header_bytes_received)],
+        ),
+        (
+            "fleetsql_flight_diff_tables_sent_total",
+            "Tables sent as column diffs against the parent's copy",
+            |s| vec![(None, s.diff_tables_sent)],
+        ),
+        (
+            "fleetsql_flight_diff_tables_received_total",
+            "Tables received as column diffs against this node's copy",
+            |s| vec![(None, s.diff_tables_received)],
         ),
         (
             "fleetsql_flight_calls_total",

@@ -12,6 +12,15 @@
 //!    message whose `app_metadata` is `{"table": name, "rows": n}`, then
 //!    its record batches (IPC bodies compressed with lz4 or zstd).
 //!
+//! A diff (`"encoding": "diff"`, only to a parent whose ticket says
+//! `accept_diff` and names a `base_generation` the child remembers sending
+//! it) differs in one way: a table whose header entry carries `changed`
+//! (column indexes of the full schema) sends a schema of just those columns
+//! and batches of just those columns; the parent takes the other columns
+//! from the same table of its base, row for row. `changed: []` means the
+//! table equals the base's and no messages follow for it. Tables without
+//! `changed` are sent whole as above. See `src/diff.rs`.
+//!
 //! The header's table list and row counts are what make a truncated stream
 //! detectable: a stream that ends early, skips a table or loses batches
 //! does not add up and is rejected as a whole.
@@ -34,6 +43,7 @@ use fleetsql_model::{Generation, GenerationMeta, Table, batch_data_bytes};
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
+use crate::diff;
 use crate::stats::TransferStats;
 use crate::{FlightError, Result};
 
@@ -41,9 +51,11 @@ use crate::{FlightError, Result};
 /// value instead of guessing.
 pub const WIRE_FORMAT: u32 = 1;
 
-/// The only encoding written today: every row of every table. `"diff"`
-/// (rows changed since `base_generation`) is reserved for later.
+/// Every table whole.
 pub const ENCODING_FULL: &str = "full";
+
+/// Some tables as the columns that changed since `base_generation`.
+pub const ENCODING_DIFF: &str = "diff";
 
 /// What a parent asks a child for: the JSON body of a `DoGet` ticket.
 ///
@@ -64,12 +76,14 @@ pub struct FetchTicket {
     /// generation newer than `since_generation` (capped by the server).
     #[serde(default)]
     pub wait_ms: Option<u64>,
-    /// Reserved for diff encoding: the generation the requester still holds
-    /// in full, against which the child may later send only changed rows.
-    /// Accepted and ignored today: the answer is always a full generation
-    /// (its header says `"encoding": "full"`).
+    /// The generation the requester holds (with every table it was sent),
+    /// against which the child may send a diff.
     #[serde(default)]
     pub base_generation: Option<u64>,
+    /// The requester reads diffs. Peers that predate diffs do not send it
+    /// and always get whole tables.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_diff: bool,
     /// A probe: note the tables, answer with the generation header only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub meta_only: bool,
@@ -83,6 +97,7 @@ impl FetchTicket {
             since_generation: request.since_generation,
             wait_ms: request.wait.map(|w| w.as_millis() as u64),
             base_generation,
+            accept_diff: base_generation.is_some(),
             meta_only: request.meta_only,
         }
     }
@@ -161,6 +176,44 @@ struct StreamLayout {
 struct TableHeader {
     table: String,
     rows: u64,
+    /// Diffs only: the columns sent; the rest come from the base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    changed: Option<Vec<usize>>,
+}
+
+/// How one table of an answer travels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TablePlan {
+    Whole,
+    /// Only these columns (possibly none) of a table the parent holds.
+    Changed(Vec<usize>),
+}
+
+/// What to send of `generation` to a parent holding `base`: per table,
+/// whole or as a column diff. CPU work (columns compared by value where
+/// they are not the same buffers): call it off the IO runtime.
+pub(crate) fn plan(
+    generation: &Generation,
+    base: Option<&Generation>,
+) -> BTreeMap<String, TablePlan> {
+    generation
+        .tables
+        .iter()
+        .map(|(name, table)| {
+            let plan = base
+                .and_then(|b| b.tables.get(name))
+                .and_then(|held| {
+                    if Arc::ptr_eq(held, table) {
+                        return Some(Vec::new());
+                    }
+                    diff::changed_columns(table, held)
+                })
+                // Every column changed: a diff would only add a lookup.
+                .filter(|changed| changed.len() < table.schema().fields().len())
+                .map_or(TablePlan::Whole, TablePlan::Changed);
+            (name.clone(), plan)
+        })
+        .collect()
 }
 
 /// Bytes a message takes on the wire, give or take protobuf framing.
@@ -168,20 +221,36 @@ pub(crate) fn message_bytes(data: &FlightData) -> u64 {
     (data.data_header.len() + data.data_body.len() + data.app_metadata.len()) as u64
 }
 
-/// The first message of an answer: metadata only.
-pub(crate) fn header_message(generation: &Generation) -> Result<FlightData> {
+/// The first message of an answer: metadata only. `base` is the
+/// generation a diff `plan` was made against.
+pub(crate) fn header_message(
+    generation: &Generation,
+    base: Option<u64>,
+    plan: &BTreeMap<String, TablePlan>,
+) -> Result<FlightData> {
+    let changed = |name: &str| match plan.get(name) {
+        Some(TablePlan::Changed(columns)) => Some(columns.clone()),
+        _ => None,
+    };
+    let is_diff = base.is_some() && plan.values().any(|p| matches!(p, TablePlan::Changed(_)));
     let header = StreamHeader {
         meta: generation.meta.clone(),
         stream: StreamLayout {
             format: WIRE_FORMAT,
-            encoding: ENCODING_FULL.to_string(),
-            base_generation: None,
+            encoding: if is_diff {
+                ENCODING_DIFF
+            } else {
+                ENCODING_FULL
+            }
+            .to_string(),
+            base_generation: base.filter(|_| is_diff),
             tables: generation
                 .tables
                 .iter()
                 .map(|(name, table)| TableHeader {
                     table: name.clone(),
                     rows: table.num_rows() as u64,
+                    changed: changed(name).filter(|_| is_diff),
                 })
                 .collect(),
         },
@@ -207,6 +276,7 @@ pub(crate) fn table_messages(
     let header = TableHeader {
         table: name.to_string(),
         rows: table.num_rows() as u64,
+        changed: None,
     };
     let json = serde_json::to_vec(&header).map_err(|e| FlightError::Encode {
         table: name.to_string(),
@@ -261,10 +331,14 @@ struct Incoming {
 ///
 /// Counters are updated only once the whole stream has been accepted, so a
 /// rejected stream shows as a failure, not as rows received.
+///
+/// `base` is the generation this parent holds from the child: a diff must
+/// name it, and its tables supply the columns a diff leaves out.
 pub(crate) async fn decode_generation<S>(
     endpoint: &str,
     stream: S,
     stats: &TransferStats,
+    base: Option<&Generation>,
 ) -> Result<Generation>
 where
     S: Stream<Item = Result<FlightData, tonic::Status>> + Send + Unpin + 'static,
@@ -292,17 +366,46 @@ where
             header.stream.format
         )));
     }
-    if header.stream.encoding != ENCODING_FULL {
-        return Err(protocol(format!(
-            "encoding `{}` is not supported",
-            header.stream.encoding
-        )));
-    }
+    let base = match header.stream.encoding.as_str() {
+        ENCODING_FULL => None,
+        ENCODING_DIFF => match (base, header.stream.base_generation) {
+            (Some(held), Some(id)) if held.meta.id == id => Some(held),
+            (held, id) => {
+                return Err(protocol(format!(
+                    "diff against generation {} but this node holds {}",
+                    id.map_or("none".to_string(), |id| id.to_string()),
+                    held.map_or("none".to_string(), |g| g.meta.id.to_string())
+                )));
+            }
+        },
+        other => return Err(protocol(format!("encoding `{other}` is not supported"))),
+    };
     let header_bytes = message_bytes(&first);
+    // The base table of every table that is a diff; a diff of a table the
+    // base lacks cannot be applied.
+    let mut based: BTreeMap<String, (Arc<Table>, Vec<usize>)> = BTreeMap::new();
+    if let Some(held) = base {
+        for table in &header.stream.tables {
+            if let Some(changed) = &table.changed {
+                let Some(held_table) = held.tables.get(&table.table) else {
+                    return Err(protocol(format!(
+                        "diff of table `{}`, which generation {} does not hold",
+                        table.table, held.meta.id
+                    )));
+                };
+                based.insert(table.table.clone(), (held_table.clone(), changed.clone()));
+            }
+        }
+    }
 
     let rest = stream.map(|item| item.map_err(|status| ArrowFlightError::Tonic(Box::new(status))));
     let mut decoder = FlightDataDecoder::new(rest);
-    let mut expected = header.stream.tables.iter();
+    // Tables equal to the base's send no messages.
+    let mut expected = header
+        .stream
+        .tables
+        .iter()
+        .filter(|t| t.changed.as_ref().is_none_or(|c| !c.is_empty()) || base.is_none());
     let mut done: Vec<Incoming> = Vec::new();
     let mut current: Option<Incoming> = None;
     while let Some(item) = decoder.next().await {
@@ -370,14 +473,45 @@ where
     }
 
     let mut tables = BTreeMap::new();
-    let mut counted = Vec::with_capacity(done.len());
+    let mut counted = Vec::with_capacity(header.stream.tables.len());
     for table in done {
         counted.push((table.name.clone(), table.bytes, table.rows));
-        let built = Table::new(&table.name, table.schema, table.batches)
-            .map_err(|e| protocol(format!("table `{}`: {e}", table.name)))?;
+        let built = match based.remove(&table.name) {
+            Some((held, changed)) => diff::apply(&table.name, &held, &changed, &table.batches)
+                .map_err(|e| protocol(format!("cannot apply diff: {e}")))?,
+            None => Table::new(&table.name, table.schema, table.batches)
+                .map_err(|e| protocol(format!("table `{}`: {e}", table.name)))?,
+        };
         tables.insert(table.name, Arc::new(built));
     }
+    // What is left are tables equal to the base's.
+    for (name, (held, changed)) in based {
+        let announced = header
+            .stream
+            .tables
+            .iter()
+            .find(|t| t.table == name)
+            .map_or(0, |t| t.rows);
+        if !changed.is_empty() || held.num_rows() as u64 != announced {
+            return Err(protocol(format!(
+                "table `{name}`: announced {announced} rows as unchanged, the base has {}",
+                held.num_rows()
+            )));
+        }
+        counted.push((name.clone(), 0, announced));
+        tables.insert(name, held);
+    }
     stats.add_header_received(header_bytes);
+    if base.is_some() {
+        stats.add_diff_received(
+            header
+                .stream
+                .tables
+                .iter()
+                .filter(|t| t.changed.is_some())
+                .count() as u64,
+        );
+    }
     for (name, bytes, rows) in counted {
         stats.add_received(&name, bytes, rows);
     }
@@ -450,11 +584,26 @@ mod tests {
     }
 
     fn encode(g: &Generation, compression: Compression) -> Vec<FlightData> {
-        let mut out = vec![header_message(g).unwrap()];
+        encode_against(g, None, compression)
+    }
+
+    /// What the server sends, as a diff against `base` where it can.
+    fn encode_against(
+        g: &Generation,
+        base: Option<&Generation>,
+        compression: Compression,
+    ) -> Vec<FlightData> {
+        let plan = plan(g, base);
+        let mut out = vec![header_message(g, base.map(|b| b.meta.id), &plan).unwrap()];
         for (name, table) in &g.tables {
             let options = compression.write_options().unwrap();
+            let sent = match (&plan[name], base) {
+                (TablePlan::Changed(c), Some(_)) if c.is_empty() => continue,
+                (TablePlan::Changed(c), Some(_)) => diff::project(name, table, c).unwrap(),
+                _ => table.as_ref().clone(),
+            };
             out.extend(
-                table_messages(name, table, options, 1 << 20)
+                table_messages(name, &sent, options, 1 << 20)
                     .unwrap()
                     .map(|m| m.unwrap()),
             );
@@ -463,8 +612,127 @@ mod tests {
     }
 
     async fn decode(messages: Vec<FlightData>) -> Result<Generation> {
+        decode_on(messages, None).await
+    }
+
+    async fn decode_on(messages: Vec<FlightData>, base: Option<&Generation>) -> Result<Generation> {
         let stream = futures::stream::iter(messages.into_iter().map(Ok));
-        decode_generation("test", stream, &TransferStats::new()).await
+        decode_generation("test", stream, &TransferStats::new(), base).await
+    }
+
+    /// `generation()` one tick later: same ids and names, new `x` values in
+    /// `t`; `u` untouched.
+    fn next_tick(g: &Generation) -> Generation {
+        let mut next = g.clone();
+        next.meta.id = 8;
+        let old = g.tables["t"].batches()[0].clone();
+        let batch = RecordBatch::try_new(
+            old.schema(),
+            vec![
+                Arc::new(Int64Array::from(vec![10, 20, 30])) as _,
+                old.column(1).clone(),
+            ],
+        )
+        .unwrap();
+        let table = Table::new("t", batch.schema(), vec![batch.clone(), batch]).unwrap();
+        next.tables.insert("t".into(), Arc::new(table));
+        next
+    }
+
+    fn column_values(g: &Generation, table: &str, column: usize) -> Vec<String> {
+        let t = &g.tables[table];
+        let all = arrow::compute::concat_batches(t.schema(), t.batches()).unwrap();
+        let col = all.column(column);
+        (0..col.len())
+            .map(|i| arrow::util::display::array_value_to_string(col, i).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_diff_sends_changed_columns_and_rebuilds_the_generation() {
+        let base = generation();
+        let next = next_tick(&base);
+        for compression in [Compression::Lz4, Compression::None] {
+            let full = encode(&next, compression);
+            let diff = encode_against(&next, Some(&base), compression);
+            let header: StreamHeader = serde_json::from_slice(&diff[0].app_metadata).unwrap();
+            assert_eq!(header.stream.encoding, ENCODING_DIFF);
+            assert_eq!(header.stream.base_generation, Some(7));
+            let t = header
+                .stream
+                .tables
+                .iter()
+                .find(|t| t.table == "t")
+                .unwrap();
+            assert_eq!(t.changed, Some(vec![0]));
+            // `u` is the very table the base holds: nothing of it travels.
+            let u = header
+                .stream
+                .tables
+                .iter()
+                .find(|t| t.table == "u")
+                .unwrap();
+            assert_eq!(u.changed, Some(vec![]));
+            let bytes = |m: &[FlightData]| m.iter().map(message_bytes).sum::<u64>();
+            assert!(bytes(&diff) < bytes(&full), "a diff is smaller");
+
+            let back = decode_on(diff, Some(&base)).await.unwrap();
+            assert_eq!(back.meta, next.meta);
+            assert_eq!(
+                column_values(&back, "t", 0),
+                ["10", "20", "30", "10", "20", "30"]
+            );
+            assert_eq!(column_values(&back, "t", 1), ["a", "b", "c", "a", "b", "c"]);
+            assert_eq!(back.tables["u"].schema(), next.tables["u"].schema());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_table_travels_as_its_name_only() {
+        let base = generation();
+        let mut same = base.clone();
+        same.meta.id = 8;
+        let messages = encode_against(&same, Some(&base), Compression::Lz4);
+        assert_eq!(messages.len(), 1, "the header alone");
+        let back = decode_on(messages, Some(&base)).await.unwrap();
+        assert!(Arc::ptr_eq(&back.tables["t"], &base.tables["t"]));
+        assert_eq!(back.meta.id, 8);
+    }
+
+    #[tokio::test]
+    async fn a_diff_against_another_base_is_rejected() {
+        let base = generation();
+        let next = next_tick(&base);
+        let diff = encode_against(&next, Some(&base), Compression::Lz4);
+        // No base at all, or a different generation than the diff's.
+        let err = decode_on(diff.clone(), None).await.unwrap_err();
+        assert!(
+            err.to_string().contains("diff against generation 7"),
+            "{err}"
+        );
+        let mut other = base.clone();
+        other.meta.id = 6;
+        assert!(decode_on(diff.clone(), Some(&other)).await.is_err());
+        // A base that lacks the table the diff is of.
+        let mut without = base.clone();
+        without.tables.remove("t");
+        let err = decode_on(diff.clone(), Some(&without)).await.unwrap_err();
+        assert!(err.to_string().contains("does not hold"), "{err}");
+        // A base whose table has other rows.
+        let mut shorter = base.clone();
+        let one = base.tables["t"].batches()[0].clone();
+        shorter.tables.insert(
+            "t".into(),
+            Arc::new(Table::new("t", one.schema(), vec![one]).unwrap()),
+        );
+        assert!(decode_on(diff.clone(), Some(&shorter)).await.is_err());
+        // Every truncation of a diff is rejected too.
+        for cut in 0..diff.len() {
+            assert!(
+                decode_on(diff[..cut].to_vec(), Some(&base)).await.is_err(),
+                "cut {cut}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -482,7 +750,7 @@ mod tests {
 
     #[tokio::test]
     async fn header_parses_as_plain_generation_meta() {
-        let first = header_message(&generation()).unwrap();
+        let first = header_message(&generation(), None, &BTreeMap::new()).unwrap();
         let meta: GenerationMeta = serde_json::from_slice(&first.app_metadata).unwrap();
         assert_eq!(meta.id, 7);
     }
@@ -529,6 +797,7 @@ mod tests {
             since_generation: Some(3),
             wait_ms: Some(60_000),
             base_generation: Some(3),
+            accept_diff: true,
             meta_only: true,
         };
         let back = FetchTicket::from_bytes(&ticket.to_bytes()).unwrap();

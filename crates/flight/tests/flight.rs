@@ -604,3 +604,155 @@ async fn a_server_on_threads_of_its_own_serves_and_shuts_down() {
         "nothing answers after shutdown"
     );
 }
+
+/// A source whose `t` keeps its identity columns (the same arrays) from
+/// one generation to the next while `value` changes; `rows` sets the size.
+#[derive(Debug)]
+struct Ticking {
+    ids: Mutex<(usize, Arc<Int64Array>, Arc<StringArray>)>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Ticking {
+    fn new(rows: usize) -> Ticking {
+        Ticking {
+            ids: Mutex::new(Ticking::identity(rows)),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn identity(rows: usize) -> (usize, Arc<Int64Array>, Arc<StringArray>) {
+        let ids = Int64Array::from_iter_values(0..rows as i64);
+        let names = StringArray::from_iter_values((0..rows).map(|i| format!("host-{i}")));
+        (rows, Arc::new(ids), Arc::new(names))
+    }
+
+    /// Processes come and go: the rows no longer line up with the last ones.
+    fn resize(&self, rows: usize) {
+        *self.ids.lock() = Ticking::identity(rows);
+    }
+}
+
+#[async_trait]
+impl Child for Ticking {
+    fn name(&self) -> &str {
+        "ticking"
+    }
+
+    async fn fetch(&self, request: &FetchRequest) -> fleetsql_aggregator::Result<Arc<Generation>> {
+        let id = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let (rows, ids, names) = self.ids.lock().clone();
+        let mut g = Generation::empty("ticking");
+        g.meta.id = id;
+        g.meta.made_at_ms = now_ms();
+        g.meta.available = ["t".to_string()].into();
+        if request.meta_only || !request.tables.contains("t") {
+            return Ok(Arc::new(g));
+        }
+        let values = Float64Array::from_iter_values((0..rows).map(|i| (i as u64 * id) as f64));
+        let batch = RecordBatch::try_from_iter([
+            ("id", ids as _),
+            ("host", names as _),
+            ("value", Arc::new(values) as _),
+        ])
+        .expect("test batch");
+        let table = Table::new("t", batch.schema(), vec![batch])?;
+        g.tables.insert("t".into(), Arc::new(table));
+        Ok(Arc::new(g))
+    }
+}
+
+fn values_of(g: &Generation) -> Vec<f64> {
+    let t = &g.tables["t"];
+    t.batches()
+        .iter()
+        .flat_map(|b| {
+            let v = b.column(2).as_any().downcast_ref::<Float64Array>().unwrap();
+            v.values().to_vec()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn later_generations_travel_as_the_columns_that_changed() {
+    let source = Arc::new(Ticking::new(20_000));
+    let config = FlightServerConfig {
+        compression: fleetsql_flight::Compression::None,
+        ..FlightServerConfig::default()
+    };
+    let server = FlightServer::start_with(source.clone(), loopback(), config).expect("starts");
+    let remote = flight_child("ticking", server.local_addr());
+    let fetch = |remote: Arc<FlightChild>, meta_only: bool| async move {
+        remote
+            .fetch_generation(&FetchRequest {
+                requester: "tla".into(),
+                tables: tables(&["t"]),
+                meta_only,
+                ..Default::default()
+            })
+            .await
+            .expect("fetch")
+    };
+
+    let first = fetch(remote.clone(), false).await;
+    let full_bytes = remote.stats().snapshot().bytes_received("t");
+    assert_eq!(server.stats().snapshot().diff_tables_sent, 0);
+
+    // A probe in between neither moves the base nor gets rows.
+    let probe = fetch(remote.clone(), true).await;
+    assert!(probe.tables.is_empty());
+
+    let second = fetch(remote.clone(), false).await;
+    assert_eq!(second.meta.id, 3);
+    let stats = remote.stats().snapshot();
+    assert_eq!(stats.diff_tables_received, 1);
+    assert_eq!(server.stats().snapshot().diff_tables_sent, 1);
+    let diff_bytes = stats.bytes_received("t") - full_bytes;
+    // Only `value` (8 of the ~21 bytes a row holds) travelled.
+    assert!(
+        diff_bytes * 2 < full_bytes,
+        "diff {diff_bytes} B vs full {full_bytes} B"
+    );
+    assert_eq!(stats.rows_received("t"), 40_000);
+    // The rows are the source's, and the identity columns are the very
+    // buffers the first generation brought.
+    assert_eq!(
+        values_of(&second),
+        (0..20_000u64).map(|i| (i * 3) as f64).collect::<Vec<_>>()
+    );
+    let (old, new) = (&first.tables["t"], &second.tables["t"]);
+    for column in [0, 1] {
+        assert!(
+            new.batches()[0]
+                .column(column)
+                .to_data()
+                .ptr_eq(&old.batches()[0].column(column).to_data()),
+            "column {column} shared"
+        );
+    }
+
+    // A parent without that base (a new client) gets the whole table.
+    let fresh = flight_child("ticking", server.local_addr());
+    let whole = fetch(fresh.clone(), false).await;
+    assert_eq!(fresh.stats().snapshot().diff_tables_received, 0);
+    assert_eq!(values_of(&whole).len(), 20_000);
+
+    // Rows that no longer line up (a different row count) go whole too,
+    // and the diffs resume against that.
+    source.resize(20_001);
+    let resized = fetch(remote.clone(), false).await;
+    assert_eq!(resized.tables["t"].num_rows(), 20_001);
+    assert_eq!(remote.stats().snapshot().diff_tables_received, 1);
+    let after = fetch(remote.clone(), false).await;
+    assert_eq!(remote.stats().snapshot().diff_tables_received, 2);
+    assert_eq!(
+        values_of(&after),
+        (0..20_001u64)
+            .map(|i| (i * after.meta.id) as f64)
+            .collect::<Vec<_>>()
+    );
+    server.shutdown().await;
+}
