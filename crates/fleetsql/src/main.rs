@@ -19,6 +19,27 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in `mimalloc.h` (v3, the mimalloc that the
+/// pinned `libmimalloc-sys` builds; its bindings have no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// How long freed memory stays with the process before going back to the
+/// OS, unless `MIMALLOC_PURGE_DELAY` says otherwise.
+///
+/// A tier frees a whole generation every tick and allocates the next one's
+/// worth right after. With mimalloc's default of 10 ms every generation is
+/// faulted in and zeroed by the kernel again: half of a TLA's CPU at
+/// 100,000 machines (see BENCHMARKS.md). Ten seconds spans a tick, so the
+/// memory is reused, and an idle process still gives it back.
+fn keep_freed_memory_across_a_tick() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    // SAFETY: sets one integer option, which mimalloc reads atomically at
+    // each purge decision; no memory is touched.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "fleetsql",
@@ -55,6 +76,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory_across_a_tick();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         // Our SQL node sends a NOTICE with every answer (generation, age,

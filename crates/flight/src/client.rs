@@ -129,8 +129,11 @@ impl FlightChild {
             }
             Err(e) => {
                 self.stats.add_failure();
-                // Whatever broke, the next call starts from a new connection.
+                // Whatever broke, the next call starts from a new connection
+                // and asks for whole tables, so a diff that cannot be
+                // applied here is never asked for twice.
                 *self.client.lock() = None;
+                *self.base.lock() = None;
                 if matches!(e, FlightError::Protocol { .. }) {
                     tracing::error!(child = %self.name, error = %e, "rejected a Flight stream");
                 } else {
@@ -183,7 +186,7 @@ impl FlightChild {
         let mut client = self.client().await?;
         let base = self.base.lock().clone();
         let ticket = Ticket {
-            ticket: FetchTicket::from_request(request, base.as_ref().map(|b| b.meta.id)).to_bytes(),
+            ticket: FetchTicket::from_request(request, base.as_deref()).to_bytes(),
         };
         let stream = client
             .do_get(ticket)

@@ -1,27 +1,51 @@
-//! Column diffs: a table sent as only the columns that changed since the
-//! copy the parent already holds.
+//! Diffs: a table sent as what changed since the copy the parent already
+//! holds.
 //!
 //! Between ticks a machine's identity columns (ip, pid, procname, mount
-//! point, origin columns) stay as they were while its measurements move, so
-//! most of a generation's bytes are the same as in the previous one. When a
-//! table's rows line up with the parent's copy (same schema, same row
-//! count, rows in the same order) the child sends the changed columns and
-//! the parent takes the others from its copy, zero-copy: the new table
-//! shares those buffers with the old one, which is also what keeps a
-//! tier's memory near one generation instead of two.
+//! point, origin columns) stay as they were while its measurements move,
+//! and most rows' measurements move only now and then, so most of a
+//! generation's bytes are the same as in the previous one. When a table's
+//! rows line up with the parent's copy (same schema, same row count, rows
+//! in the same order) each column is one of
+//!
+//! - *kept*: equal to the copy's; nothing travels and the parent shares
+//!   the copy's buffers (zero-copy), which is also what keeps a tier's
+//!   memory near one generation instead of two;
+//! - *patched*: changed in at most [`MAX_PATCHED_SHARE`] of the rows; the
+//!   changed rows travel in one patch (`_row` positions plus the values of
+//!   every patched column), and the parent rebuilds those columns from its
+//!   copy and the patch;
+//! - *whole*: changed in more rows than that (`_published_at`, say); the
+//!   column travels whole.
 //!
 //! Rows are compared by position, so a table whose row count changed is
 //! sent whole. Columns are compared by buffer identity first (a column the
-//! tier passed through from its own base is the same buffer) and by value
-//! otherwise (a publisher that re-sent identical values); a column that
-//! changed in one row is sent whole.
+//! tier passed through from its own copy is the same buffer) and by value
+//! otherwise (a publisher that re-sent identical values).
 
-use arrow::array::{Array, ArrayRef, RecordBatch};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, ArrowPrimitiveType, BooleanArray, PrimitiveArray, RecordBatch, UInt64Array,
+    downcast_primitive_array,
+};
+use arrow::compute::kernels::cmp::distinct;
+use arrow::compute::{concat_batches, interleave};
+use arrow::datatypes::{DataType, Field, Schema};
 use fleetsql_model::Table;
 
-/// Below this many rows per piece on average, a diff would leave the
-/// parent's table cut into slivers; such a table is sent whole instead,
-/// which also resets the parent's batch layout to the child's.
+/// A changed column whose changed rows are at most this share of all rows
+/// travels as a patch; above it the patch (position plus value) would not
+/// save enough to pay for rebuilding the column at the parent.
+const MAX_PATCHED_SHARE: f64 = 0.4;
+
+/// The column of a patch that holds each row's position in the table.
+const PATCH_ROW: &str = "_row";
+
+/// When the two tables' batch boundaries fall between each other's and
+/// the pieces they cut average fewer rows than this, a diff would leave the
+/// parent's table in slivers; such a table is sent whole instead, which
+/// also resets the parent's batch layout to the child's.
 const MIN_ROWS_PER_PIECE: usize = 1024;
 
 /// A row range that lies inside one batch of each of two tables with the
@@ -79,11 +103,46 @@ fn same_values(a: &ArrayRef, b: &ArrayRef) -> bool {
     a.ptr_eq(&b) || a == b
 }
 
-/// The columns of `new` (by index) that differ from `base`, or `None` when
-/// the two cannot be compared row by row (different schema or row count)
-/// or a diff would fragment the parent's copy. An empty list means `new`
-/// holds exactly `base`'s rows.
-pub(crate) fn changed_columns(new: &Table, base: &Table) -> Option<Vec<usize>> {
+/// What travels of one table that lines up with the parent's copy.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TableDiff {
+    /// Columns sent whole, by index, in schema order.
+    pub(crate) whole: Vec<usize>,
+    /// Columns sent as a patch, by index, in schema order.
+    pub(crate) patched: Vec<usize>,
+    /// `_row` then the `patched` columns' new values, rows in table order;
+    /// `None` when nothing is patched.
+    pub(crate) patch: Option<RecordBatch>,
+}
+
+/// Where each row of a changed column differs from the base, per piece;
+/// `None` for a type the comparison kernels do not take (the column then
+/// goes whole).
+fn changed_rows(
+    new: &Table,
+    base: &Table,
+    pieces: &[Piece],
+    column: usize,
+) -> Option<Vec<BooleanArray>> {
+    pieces
+        .iter()
+        .map(|p| {
+            let a = piece_of(&new.batches()[p.left_batch], column, p.left_offset, p.len);
+            let b = piece_of(
+                &base.batches()[p.right_batch],
+                column,
+                p.right_offset,
+                p.len,
+            );
+            distinct(&a, &b).ok()
+        })
+        .collect()
+}
+
+/// How `new` differs from `base`, or `None` when the two cannot be compared
+/// row by row (different schema or row count) or a diff would fragment
+/// the parent's copy. An empty diff means `new` holds exactly `base`'s rows.
+pub(crate) fn diff_table(name: &str, new: &Table, base: &Table) -> Option<TableDiff> {
     if new.schema().fields() != base.schema().fields()
         || new.num_rows() != base.num_rows()
         || new.num_rows() == 0
@@ -96,68 +155,305 @@ pub(crate) fn changed_columns(new: &Table, base: &Table) -> Option<Vec<usize>> {
         return None;
     }
     let columns = new.schema().fields().len();
-    let changed: Vec<usize> = (0..columns)
-        .filter(|&c| {
-            !pieces.iter().all(|p| {
-                same_values(
-                    &piece_of(&new.batches()[p.left_batch], c, p.left_offset, p.len),
-                    &piece_of(&base.batches()[p.right_batch], c, p.right_offset, p.len),
-                )
-            })
+    let changed = (0..columns).filter(|&c| {
+        !pieces.iter().all(|p| {
+            same_values(
+                &piece_of(&new.batches()[p.left_batch], c, p.left_offset, p.len),
+                &piece_of(&base.batches()[p.right_batch], c, p.right_offset, p.len),
+            )
         })
-        .collect();
-    Some(changed)
+    });
+    let limit = (new.num_rows() as f64 * MAX_PATCHED_SHARE) as usize;
+    let mut whole = Vec::new();
+    let mut candidates = Vec::new();
+    for column in changed {
+        match changed_rows(new, base, &pieces, column) {
+            Some(masks) => {
+                let count: usize = masks.iter().map(|m| m.true_count()).sum();
+                if count > limit {
+                    whole.push(column);
+                } else {
+                    candidates.push((count, column, masks));
+                }
+            }
+            None => whole.push(column),
+        }
+    }
+    // One patch carries every patched column's values for the rows where
+    // any of them changed: take the least changed columns first, while the
+    // rows all of them need stay within the limit (a row's measurements
+    // usually change together, so the union is rarely larger than one).
+    candidates.sort_by_key(|(count, column, _)| (*count, *column));
+    let mut patched = Vec::new();
+    let mut rows: Option<Vec<BooleanArray>> = None;
+    for (_, column, masks) in candidates {
+        let merged = match &rows {
+            None => masks,
+            Some(so_far) => so_far
+                .iter()
+                .zip(&masks)
+                .map(|(a, b)| arrow::compute::or(a, b))
+                .collect::<Result<Vec<_>, _>>()
+                .ok()?,
+        };
+        if merged.iter().map(|m| m.true_count()).sum::<usize>() > limit {
+            whole.push(column);
+        } else {
+            patched.push(column);
+            rows = Some(merged);
+        }
+    }
+    whole.sort_unstable();
+    patched.sort_unstable();
+    let patch = match rows {
+        Some(rows) if !patched.is_empty() => {
+            Some(patch_batch(name, new, &pieces, &patched, &rows)?)
+        }
+        _ => None,
+    };
+    Some(TableDiff {
+        whole,
+        patched,
+        patch,
+    })
 }
 
-/// `new` cut down to the `changed` columns: what travels for a diff.
-pub(crate) fn project(name: &str, new: &Table, changed: &[usize]) -> Result<Table, String> {
+/// The patch of `new`: the rows set in `rows` (one mask per piece), their
+/// positions and the `patched` columns' values.
+fn patch_batch(
+    name: &str,
+    new: &Table,
+    pieces: &[Piece],
+    patched: &[usize],
+    rows: &[BooleanArray],
+) -> Option<RecordBatch> {
+    let schema = patch_schema(new.schema(), patched);
+    let mut parts = Vec::new();
+    let mut offset = 0u64;
+    for (p, mask) in pieces.iter().zip(rows) {
+        if mask.true_count() > 0 {
+            let positions = UInt64Array::from_iter_values(
+                mask.values().set_indices().map(|i| offset + i as u64),
+            );
+            let mut columns: Vec<ArrayRef> = vec![Arc::new(positions)];
+            for &c in patched {
+                let piece = piece_of(&new.batches()[p.left_batch], c, p.left_offset, p.len);
+                columns.push(arrow::compute::filter(&piece, mask).ok()?);
+            }
+            parts.push(RecordBatch::try_new(schema.clone(), columns).ok()?);
+        }
+        offset += p.len as u64;
+    }
+    let patch = concat_batches(&schema, &parts);
+    if let Err(e) = &patch {
+        tracing::warn!(table = name, error = %e, "cannot build a patch; sending the table whole");
+    }
+    patch.ok()
+}
+
+fn patch_schema(table: &Schema, patched: &[usize]) -> Arc<Schema> {
+    let mut fields = vec![Field::new(PATCH_ROW, DataType::UInt64, false)];
+    fields.extend(patched.iter().map(|&c| table.field(c).clone()));
+    Arc::new(Schema::new(fields))
+}
+
+/// `new` cut down to the `whole` columns: what travels of them.
+pub(crate) fn project(name: &str, new: &Table, whole: &[usize]) -> Result<Table, String> {
     let schema = new
         .schema()
-        .project(changed)
+        .project(whole)
         .map_err(|e| format!("table `{name}`: {e}"))?;
     let batches = new
         .batches()
         .iter()
-        .map(|b| b.project(changed))
+        .map(|b| b.project(whole))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("table `{name}`: {e}"))?;
-    Table::new(name, std::sync::Arc::new(schema), batches).map_err(|e| e.to_string())
+    Table::new(name, Arc::new(schema), batches).map_err(|e| e.to_string())
 }
 
-/// The table a diff describes: `base` with the `changed` columns replaced
-/// by those of `received` (batches of exactly those columns, in order).
-pub(crate) fn apply(
-    name: &str,
-    base: &Table,
-    changed: &[usize],
-    received: &[RecordBatch],
-) -> Result<Table, String> {
+/// What a parent received of a diffed table.
+#[derive(Debug)]
+pub(crate) struct Received<'a> {
+    pub(crate) whole: &'a [usize],
+    /// Batches of exactly the `whole` columns, in order.
+    pub(crate) whole_batches: &'a [RecordBatch],
+    pub(crate) patched: &'a [usize],
+    pub(crate) patch_batches: &'a [RecordBatch],
+}
+
+fn check_columns(name: &str, what: &str, columns: &[usize], width: usize) -> Result<(), String> {
+    if let Some(bad) = columns.iter().find(|&&c| c >= width) {
+        return Err(format!(
+            "table `{name}`: {what} names column {bad}, the base has {width} columns"
+        ));
+    }
+    if columns.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(format!(
+            "table `{name}`: {what} columns {columns:?} are not in schema order"
+        ));
+    }
+    Ok(())
+}
+
+/// The patch's positions and values, checked against the base.
+struct Patch {
+    rows: Vec<u64>,
+    values: Vec<ArrayRef>,
+}
+
+fn read_patch(name: &str, base: &Table, received: &Received<'_>) -> Result<Option<Patch>, String> {
+    if received.patched.is_empty() {
+        if received.patch_batches.iter().any(|b| b.num_rows() > 0) {
+            return Err(format!("table `{name}`: a patch without patched columns"));
+        }
+        return Ok(None);
+    }
+    let schema = patch_schema(base.schema(), received.patched);
+    for batch in received.patch_batches {
+        if batch.schema().fields() != schema.fields() {
+            return Err(format!(
+                "table `{name}`: the patch's columns do not match the base's schema"
+            ));
+        }
+    }
+    let all = concat_batches(&schema, received.patch_batches)
+        .map_err(|e| format!("table `{name}`: {e}"))?;
+    let positions = all
+        .column(0)
+        .as_any()
+        .downcast_ref::<UInt64Array>()
+        .ok_or_else(|| format!("table `{name}`: the patch's `{PATCH_ROW}` is not UInt64"))?;
+    if positions.null_count() > 0 {
+        return Err(format!(
+            "table `{name}`: the patch has rows without a position"
+        ));
+    }
+    let rows = positions.values().to_vec();
+    let total = base.num_rows() as u64;
+    if rows.windows(2).any(|w| w[0] >= w[1]) || rows.last().is_some_and(|&last| last >= total) {
+        return Err(format!(
+            "table `{name}`: the patch's positions are not increasing rows of the {total}-row base"
+        ));
+    }
+    Ok(Some(Patch {
+        rows,
+        values: all.columns()[1..].to_vec(),
+    }))
+}
+
+/// The patch rows falling into one piece (table rows `start..start +
+/// len`), shared by every patched column of the piece.
+struct PiecePatch<'a> {
+    patch: &'a Patch,
+    start: u64,
+    len: usize,
+    /// Index range into `patch.rows`.
+    from: usize,
+    to: usize,
+    /// For `interleave`: where each row of the piece comes from (base or
+    /// patch), made on first need.
+    indices: Option<Vec<(usize, usize)>>,
+}
+
+impl<'a> PiecePatch<'a> {
+    fn new(patch: &'a Patch, start: u64, len: usize) -> PiecePatch<'a> {
+        let from = patch.rows.partition_point(|&r| r < start);
+        let to = patch.rows.partition_point(|&r| r < start + len as u64);
+        PiecePatch {
+            patch,
+            start,
+            len,
+            from,
+            to,
+            indices: None,
+        }
+    }
+
+    /// `base_column` (this piece of a patched column) with the patch's rows
+    /// replaced by `value`'s.
+    fn apply(&mut self, base_column: ArrayRef, value: &ArrayRef) -> Result<ArrayRef, String> {
+        if self.from == self.to {
+            return Ok(base_column);
+        }
+        let base = base_column.as_ref();
+        let scattered = downcast_primitive_array!(
+            base => self.scatter(base, value.as_ref()),
+            _ => None
+        );
+        if let Some(done) = scattered {
+            return Ok(done);
+        }
+        let (start, len, from, to) = (self.start, self.len, self.from, self.to);
+        let rows = &self.patch.rows;
+        let indices = self.indices.get_or_insert_with(|| {
+            let mut indices = Vec::with_capacity(len);
+            let mut next = from;
+            for row in 0..len {
+                if next < to && rows[next] == start + row as u64 {
+                    indices.push((1, next));
+                    next += 1;
+                } else {
+                    indices.push((0, row));
+                }
+            }
+            indices
+        });
+        interleave(&[base_column.as_ref(), value.as_ref()], indices).map_err(|e| e.to_string())
+    }
+
+    /// The fast way for fixed-width values without nulls: copy the base's
+    /// values and write the patch's over them. `None` when it does not
+    /// apply (nulls, another type), for the general way.
+    fn scatter<T: ArrowPrimitiveType>(
+        &self,
+        base: &PrimitiveArray<T>,
+        value: &dyn Array,
+    ) -> Option<ArrayRef> {
+        let value = value.as_any().downcast_ref::<PrimitiveArray<T>>()?;
+        if base.null_count() > 0 || value.null_count() > 0 {
+            return None;
+        }
+        let mut values = base.values().to_vec();
+        let new = value.values();
+        for k in self.from..self.to {
+            values[(self.patch.rows[k] - self.start) as usize] = new[k];
+        }
+        let array =
+            PrimitiveArray::<T>::new(values.into(), None).with_data_type(base.data_type().clone());
+        Some(Arc::new(array))
+    }
+}
+
+/// The table a diff describes: `base` with the whole columns replaced by
+/// the received ones and the patched columns rebuilt from the patch.
+pub(crate) fn apply(name: &str, base: &Table, received: &Received<'_>) -> Result<Table, String> {
     let fields = base.schema().fields();
-    if let Some(bad) = changed.iter().find(|&&c| c >= fields.len()) {
+    check_columns(name, "diff", received.whole, fields.len())?;
+    check_columns(name, "patch", received.patched, fields.len())?;
+    if received.whole.iter().any(|c| received.patched.contains(c)) {
         return Err(format!(
-            "table `{name}`: diff names column {bad}, the base has {} columns",
-            fields.len()
+            "table `{name}`: a column is both sent whole and patched"
         ));
     }
-    if changed.windows(2).any(|w| w[0] >= w[1]) {
+    let whole_rows: usize = received
+        .whole_batches
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum();
+    if !received.whole.is_empty() && whole_rows != base.num_rows() {
         return Err(format!(
-            "table `{name}`: diff columns {changed:?} are not in schema order"
-        ));
-    }
-    let received_rows: usize = received.iter().map(RecordBatch::num_rows).sum();
-    if received_rows != base.num_rows() {
-        return Err(format!(
-            "table `{name}`: diff has {received_rows} rows, the base has {}",
+            "table `{name}`: diff has {whole_rows} rows, the base has {}",
             base.num_rows()
         ));
     }
-    for batch in received {
+    for batch in received.whole_batches {
         let got = batch.schema();
-        let matches = got.fields().len() == changed.len()
+        let matches = got.fields().len() == received.whole.len()
             && got
                 .fields()
                 .iter()
-                .zip(changed)
+                .zip(received.whole)
                 .all(|(field, &c)| field == &fields[c]);
         if !matches {
             return Err(format!(
@@ -165,47 +461,101 @@ pub(crate) fn apply(
             ));
         }
     }
-    let mut position = vec![None; fields.len()];
-    for (i, &c) in changed.iter().enumerate() {
-        position[c] = Some(i);
+    let patch = read_patch(name, base, received)?;
+    #[derive(Clone, Copy)]
+    enum Source {
+        Base,
+        Whole(usize),
+        Patch(usize),
     }
-    let batches = pieces(received, base.batches())
-        .into_iter()
-        .map(|p| {
-            let columns: Vec<ArrayRef> = position
-                .iter()
-                .enumerate()
-                .map(|(c, at)| match at {
-                    Some(i) => piece_of(&received[p.left_batch], *i, p.left_offset, p.len),
-                    None => piece_of(&base.batches()[p.right_batch], c, p.right_offset, p.len),
-                })
-                .collect();
+    let mut sources = vec![Source::Base; fields.len()];
+    for (i, &c) in received.whole.iter().enumerate() {
+        sources[c] = Source::Whole(i);
+    }
+    for (i, &c) in received.patched.iter().enumerate() {
+        sources[c] = Source::Patch(i);
+    }
+    // Without whole columns the base's own batches are the pieces.
+    let pieces = if received.whole.is_empty() {
+        pieces(base.batches(), base.batches())
+    } else {
+        pieces(received.whole_batches, base.batches())
+    };
+    let mut start = 0u64;
+    let mut batches = Vec::with_capacity(pieces.len());
+    for p in pieces {
+        let mut piece_patch = patch
+            .as_ref()
+            .map(|patch| PiecePatch::new(patch, start, p.len));
+        let columns = sources
+            .iter()
+            .enumerate()
+            .map(|(c, source)| match source {
+                Source::Whole(i) => Ok(piece_of(
+                    &received.whole_batches[p.left_batch],
+                    *i,
+                    p.left_offset,
+                    p.len,
+                )),
+                Source::Base => Ok(piece_of(
+                    &base.batches()[p.right_batch],
+                    c,
+                    p.right_offset,
+                    p.len,
+                )),
+                Source::Patch(i) => {
+                    let column = piece_of(&base.batches()[p.right_batch], c, p.right_offset, p.len);
+                    match piece_patch.as_mut() {
+                        Some(piece) => {
+                            let value = &piece.patch.values[*i];
+                            piece.apply(column, value)
+                        }
+                        None => Ok(column),
+                    }
+                }
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| format!("table `{name}`: {e}"))?;
+        batches.push(
             RecordBatch::try_new(base.schema().clone(), columns)
-                .map_err(|e| format!("table `{name}`: {e}"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+                .map_err(|e| format!("table `{name}`: {e}"))?,
+        );
+        start += p.len as u64;
+    }
     Table::new(name, base.schema().clone(), batches).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use arrow::array::{Float64Array, Int64Array, StringArray};
 
     use super::*;
 
-    fn batch(ids: std::ops::Range<i64>, value: f64, name: &str) -> RecordBatch {
+    /// `ids` with `value` everywhere but where `bumped` says, and `name`.
+    fn batch_with(
+        ids: std::ops::Range<i64>,
+        value: f64,
+        bumped: impl Fn(i64) -> bool,
+        name: &str,
+    ) -> RecordBatch {
         let n = (ids.end - ids.start) as usize;
+        let values: Vec<f64> = ids
+            .clone()
+            .map(|i| if bumped(i) { value + 1.0 } else { value })
+            .collect();
         RecordBatch::try_from_iter([
             (
                 "id",
                 Arc::new(Int64Array::from_iter_values(ids)) as ArrayRef,
             ),
-            ("v", Arc::new(Float64Array::from(vec![value; n])) as _),
+            ("v", Arc::new(Float64Array::from(values)) as _),
             ("s", Arc::new(StringArray::from(vec![name; n])) as _),
         ])
         .unwrap()
+    }
+
+    fn batch(ids: std::ops::Range<i64>, value: f64, name: &str) -> RecordBatch {
+        batch_with(ids, value, |_| false, name)
     }
 
     fn table(batches: Vec<RecordBatch>) -> Table {
@@ -213,7 +563,20 @@ mod tests {
     }
 
     fn rows(t: &Table) -> RecordBatch {
-        arrow::compute::concat_batches(t.schema(), t.batches()).unwrap()
+        concat_batches(t.schema(), t.batches()).unwrap()
+    }
+
+    /// What the parent rebuilds from `base` and what `diff` sends.
+    fn round_trip(base: &Table, new: &Table, diff: &TableDiff) -> Table {
+        let whole = project("t", new, &diff.whole).unwrap();
+        let patch: Vec<RecordBatch> = diff.patch.iter().cloned().collect();
+        let received = Received {
+            whole: &diff.whole,
+            whole_batches: whole.batches(),
+            patched: &diff.patched,
+            patch_batches: &patch,
+        };
+        apply("t", base, &received).unwrap()
     }
 
     #[test]
@@ -228,15 +591,16 @@ mod tests {
     }
 
     #[test]
-    fn only_changed_columns_travel_and_the_rest_is_shared() {
+    fn a_column_changed_everywhere_travels_whole_and_the_rest_is_shared() {
         let base = table(vec![batch(0..4096, 1.0, "a"), batch(4096..8192, 1.0, "a")]);
-        // Same ids and names (other buffers, same values), new measurements.
+        // Same ids and names (other buffers, same values), every value new.
         let new = table(vec![batch(0..8192, 2.0, "a")]);
-        let changed = changed_columns(&new, &base).unwrap();
-        assert_eq!(changed, vec![1]);
-        let sent = project("t", &new, &changed).unwrap();
-        assert_eq!(sent.schema().fields().len(), 1);
-        let back = apply("t", &base, &changed, sent.batches()).unwrap();
+        let diff = diff_table("t", &new, &base).unwrap();
+        assert_eq!(
+            (diff.whole.clone(), diff.patched.clone()),
+            (vec![1], vec![])
+        );
+        let back = round_trip(&base, &new, &diff);
         assert_eq!(rows(&back), rows(&new));
         // Unchanged columns are the base's buffers, not copies.
         let shared = back.batches()[1].column(0).to_data();
@@ -244,33 +608,97 @@ mod tests {
     }
 
     #[test]
+    fn a_column_changed_in_a_few_rows_travels_as_those_rows() {
+        let base = table(vec![batch(0..4096, 1.0, "a"), batch(4096..8192, 1.0, "a")]);
+        let new = table(vec![
+            batch_with(0..4096, 1.0, |i| i % 10 == 3, "a"),
+            batch_with(4096..8192, 1.0, |i| i % 10 == 3, "a"),
+        ]);
+        let diff = diff_table("t", &new, &base).unwrap();
+        assert_eq!(
+            (diff.whole.clone(), diff.patched.clone()),
+            (vec![], vec![1])
+        );
+        let patch = diff.patch.as_ref().unwrap();
+        assert_eq!(patch.num_rows(), 819);
+        assert_eq!(patch.schema().field(0).name(), PATCH_ROW);
+        let positions = patch
+            .column(0)
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap();
+        assert_eq!(&positions.values()[..3], &[3, 13, 23]);
+        let back = round_trip(&base, &new, &diff);
+        assert_eq!(rows(&back), rows(&new));
+    }
+
+    #[test]
+    fn whole_and_patched_columns_mix() {
+        let base = table(vec![batch(0..5000, 1.0, "a")]);
+        // `v` moves in a fifth of the rows, `s` everywhere.
+        let new = table(vec![batch_with(0..5000, 1.0, |i| i % 5 == 0, "b")]);
+        let diff = diff_table("t", &new, &base).unwrap();
+        assert_eq!(
+            (diff.whole.clone(), diff.patched.clone()),
+            (vec![2], vec![1])
+        );
+        assert_eq!(rows(&round_trip(&base, &new, &diff)), rows(&new));
+        // Two patched columns changing in different rows: one patch with
+        // the rows of both, or one of them whole once the union is too big.
+        let strings = |f: fn(i64) -> bool| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(
+                (0..5000).map(|i| if f(i) { "x" } else { "a" }),
+            ))
+        };
+        let two = |vf: fn(i64) -> bool, sf: fn(i64) -> bool| {
+            let b = batch_with(0..5000, 1.0, vf, "a");
+            table(vec![
+                RecordBatch::try_new(
+                    b.schema(),
+                    vec![b.column(0).clone(), b.column(1).clone(), strings(sf)],
+                )
+                .unwrap(),
+            ])
+        };
+        let small = two(|i| i % 10 == 0, |i| i % 10 == 5);
+        let diff = diff_table("t", &small, &base).unwrap();
+        assert_eq!(diff.patched, vec![1, 2]);
+        assert_eq!(diff.patch.as_ref().unwrap().num_rows(), 1000);
+        assert_eq!(rows(&round_trip(&base, &small, &diff)), rows(&small));
+        let big = two(|i| i % 4 == 0, |i| i % 4 == 2);
+        let diff = diff_table("t", &big, &base).unwrap();
+        assert_eq!(
+            (diff.whole.clone(), diff.patched.clone()),
+            (vec![2], vec![1])
+        );
+        assert_eq!(rows(&round_trip(&base, &big, &diff)), rows(&big));
+    }
+
+    #[test]
     fn identical_tables_change_nothing() {
         let base = table(vec![batch(0..5000, 1.0, "a")]);
-        assert_eq!(changed_columns(&base, &base), Some(vec![]));
+        let none = TableDiff {
+            whole: vec![],
+            patched: vec![],
+            patch: None,
+        };
+        assert_eq!(diff_table("t", &base, &base), Some(none.clone()));
         let equal_values = table(vec![batch(0..5000, 1.0, "a")]);
-        assert_eq!(changed_columns(&equal_values, &base), Some(vec![]));
-        let back = apply(
-            "t",
-            &base,
-            &[],
-            &[batch(0..5000, 1.0, "a").project(&[]).unwrap()],
-        );
-        assert_eq!(rows(&back.unwrap()), rows(&base));
+        assert_eq!(diff_table("t", &equal_values, &base), Some(none.clone()));
+        assert_eq!(rows(&round_trip(&base, &equal_values, &none)), rows(&base));
     }
 
     #[test]
     fn tables_that_do_not_line_up_are_sent_whole() {
         let base = table(vec![batch(0..5000, 1.0, "a")]);
-        assert_eq!(
-            changed_columns(&table(vec![batch(0..5001, 1.0, "a")]), &base),
-            None
-        );
+        let longer = table(vec![batch(0..5001, 1.0, "a")]);
+        assert_eq!(diff_table("t", &longer, &base), None);
         let other_schema = RecordBatch::try_from_iter([(
             "id",
             Arc::new(Int64Array::from_iter_values(0..5000)) as ArrayRef,
         )])
         .unwrap();
-        assert_eq!(changed_columns(&table(vec![other_schema]), &base), None);
+        assert_eq!(diff_table("t", &table(vec![other_schema]), &base), None);
         // Boundaries that fall between each other's: a diff would cut the
         // parent's copy into slivers.
         let shifted = |start: i64| {
@@ -283,10 +711,10 @@ mod tests {
                     .collect(),
             )
         };
-        assert_eq!(changed_columns(&shifted(300), &shifted(600)), None);
+        assert_eq!(diff_table("t", &shifted(300), &shifted(600)), None);
         // The same boundaries, however short the batches: the parent's copy
         // is laid out as the child's own table is.
-        assert_eq!(changed_columns(&shifted(300), &shifted(300)), Some(vec![]));
+        assert!(diff_table("t", &shifted(300), &shifted(300)).is_some());
     }
 
     #[test]
@@ -294,13 +722,58 @@ mod tests {
         let base = table(vec![batch(0..100, 1.0, "a")]);
         let new = table(vec![batch(0..100, 2.0, "a")]);
         let sent = project("t", &new, &[1]).unwrap();
+        let whole = |columns: &[usize], batches: &[RecordBatch]| {
+            let received = Received {
+                whole: columns,
+                whole_batches: batches,
+                patched: &[],
+                patch_batches: &[],
+            };
+            apply("t", &base, &received)
+        };
         // Wrong column: a float diff for the id column.
-        assert!(apply("t", &base, &[0], sent.batches()).is_err());
+        assert!(whole(&[0], sent.batches()).is_err());
         // Out of range, out of order.
-        assert!(apply("t", &base, &[7], sent.batches()).is_err());
-        assert!(apply("t", &base, &[2, 1], sent.batches()).is_err());
+        assert!(whole(&[7], sent.batches()).is_err());
+        assert!(whole(&[2, 1], sent.batches()).is_err());
         // Too few rows.
         let short = project("t", &table(vec![batch(0..50, 2.0, "a")]), &[1]).unwrap();
-        assert!(apply("t", &base, &[1], short.batches()).is_err());
+        assert!(whole(&[1], short.batches()).is_err());
+
+        // Patches whose positions are not increasing rows of the base.
+        let patch = |positions: Vec<u64>| {
+            let n = positions.len();
+            RecordBatch::try_new(
+                patch_schema(base.schema(), &[1]),
+                vec![
+                    Arc::new(UInt64Array::from(positions)) as ArrayRef,
+                    Arc::new(Float64Array::from(vec![9.0; n])) as _,
+                ],
+            )
+            .unwrap()
+        };
+        let patched = |batch: RecordBatch, whole: &[usize]| {
+            let batches = [batch];
+            let received = Received {
+                whole,
+                whole_batches: if whole.is_empty() {
+                    &[]
+                } else {
+                    sent.batches()
+                },
+                patched: &[1],
+                patch_batches: &batches,
+            };
+            apply("t", &base, &received)
+        };
+        assert!(patched(patch(vec![5, 3]), &[]).is_err());
+        assert!(patched(patch(vec![5, 5]), &[]).is_err());
+        assert!(patched(patch(vec![100]), &[]).is_err());
+        // A column both whole and patched.
+        assert!(patched(patch(vec![1]), &[1]).is_err());
+        let ok = patched(patch(vec![0, 99]), &[]).unwrap();
+        let v = rows(&ok);
+        let v = v.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
+        assert_eq!((v.value(0), v.value(1), v.value(99)), (9.0, 1.0, 9.0));
     }
 }

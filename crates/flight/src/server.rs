@@ -20,7 +20,6 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::diff;
 use crate::stats::TransferStats;
 use crate::wire::{self, Compression, FetchTicket};
 use crate::{FlightError, Result};
@@ -346,9 +345,11 @@ impl FlightService for Service {
             .await
             .inspect_err(|_| self.stats.add_failure())?;
         let base = match ticket.base_generation {
-            Some(id) if ticket.accept_diff && !ticket.meta_only => {
-                self.sent.lock().find(&ticket.requester, id)
-            }
+            Some(id) if ticket.accept_diff && !ticket.meta_only => self
+                .sent
+                .lock()
+                .find(&ticket.requester, id)
+                .map(|sent| Arc::new(sent.restricted(&ticket.base_tables))),
             _ => None,
         };
         let (tx, rx) = mpsc::channel(self.config.send_buffer.max(1));
@@ -498,45 +499,40 @@ impl Outgoing<'_> {
         }
         let mut diffs = 0;
         for (name, table) in &generation.tables {
-            let projected;
-            let sent = match (base, plan.get(name)) {
-                (Some(_), Some(wire::TablePlan::Changed(changed))) => {
-                    diffs += 1;
-                    if changed.is_empty() {
-                        self.stats.add_sent(name, 0, table.num_rows() as u64);
-                        continue;
-                    }
-                    projected = match diff::project(name, table, changed) {
-                        Ok(projected) => projected,
-                        Err(reason) => {
-                            return fail(FlightError::Encode {
-                                table: name.clone(),
-                                reason,
-                            });
-                        }
-                    };
-                    &projected
-                }
-                _ => table.as_ref(),
+            let Some(table_plan) = plan.get(name) else {
+                continue;
             };
-            let messages =
-                match wire::table_messages(name, sent, self.options.clone(), self.max_message) {
+            if base.is_some() && matches!(table_plan, wire::TablePlan::Diff(_)) {
+                diffs += 1;
+            }
+            let segments = match wire::segments(name, table, table_plan) {
+                Ok(segments) => segments,
+                Err(e) => return fail(e),
+            };
+            for segment in &segments {
+                let messages = match wire::table_messages(
+                    name,
+                    segment,
+                    self.options.clone(),
+                    self.max_message,
+                ) {
                     Ok(messages) => messages,
                     Err(e) => return fail(e),
                 };
-            for message in messages {
-                let message = match message {
-                    Ok(message) => message,
-                    Err(e) => {
-                        return fail(FlightError::Encode {
-                            table: name.clone(),
-                            reason: e.to_string(),
-                        });
+                for message in messages {
+                    let message = match message {
+                        Ok(message) => message,
+                        Err(e) => {
+                            return fail(FlightError::Encode {
+                                table: name.clone(),
+                                reason: e.to_string(),
+                            });
+                        }
+                    };
+                    self.stats.add_sent(name, wire::message_bytes(&message), 0);
+                    if self.tx.blocking_send(Ok(message)).is_err() {
+                        return false;
                     }
-                };
-                self.stats.add_sent(name, wire::message_bytes(&message), 0);
-                if self.tx.blocking_send(Ok(message)).is_err() {
-                    return false;
                 }
             }
             self.stats.add_sent(name, 0, table.num_rows() as u64);

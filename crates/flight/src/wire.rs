@@ -14,12 +14,14 @@
 //!
 //! A diff (`"encoding": "diff"`, only to a parent whose ticket says
 //! `accept_diff` and names a `base_generation` the child remembers sending
-//! it) differs in one way: a table whose header entry carries `changed`
-//! (column indexes of the full schema) sends a schema of just those columns
-//! and batches of just those columns; the parent takes the other columns
-//! from the same table of its base, row for row. `changed: []` means the
-//! table equals the base's and no messages follow for it. Tables without
-//! `changed` are sent whole as above. See `src/diff.rs`.
+//! it) differs for the tables whose header entry carries `changed`: their
+//! messages are, in this order, a schema and batches of just the `changed`
+//! columns (if any), then a schema and batches of the patch (if `patched`
+//! is not empty: a `_row` UInt64 column of row positions, then the new
+//! values of the `patched` columns, `patch_rows` rows). Every other column
+//! is the base's. `changed: []` without `patched` means the table equals
+//! the base's and no messages follow for it. Tables without `changed` are
+//! sent whole as above. See `src/diff.rs`.
 //!
 //! The header's table list and row counts are what make a truncated stream
 //! detectable: a stream that ends early, skips a table or loses batches
@@ -84,20 +86,29 @@ pub struct FetchTicket {
     /// and always get whole tables.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accept_diff: bool,
+    /// The tables of `base_generation` the requester holds: only these may
+    /// be diffs. (The child may have sent more under that id in an answer
+    /// the requester never read, e.g. a call it gave up on.)
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub base_tables: BTreeSet<String>,
     /// A probe: note the tables, answer with the generation header only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub meta_only: bool,
 }
 
 impl FetchTicket {
-    pub fn from_request(request: &FetchRequest, base_generation: Option<u64>) -> Self {
+    /// The ticket for `request` from a requester holding `base`.
+    pub fn from_request(request: &FetchRequest, base: Option<&Generation>) -> Self {
         FetchTicket {
             requester: request.requester.clone(),
             tables: request.tables.clone(),
             since_generation: request.since_generation,
             wait_ms: request.wait.map(|w| w.as_millis() as u64),
-            base_generation,
-            accept_diff: base_generation.is_some(),
+            base_generation: base.map(|b| b.meta.id),
+            accept_diff: base.is_some(),
+            base_tables: base
+                .map(|b| b.tables.keys().cloned().collect())
+                .unwrap_or_default(),
             meta_only: request.meta_only,
         }
     }
@@ -176,22 +187,65 @@ struct StreamLayout {
 struct TableHeader {
     table: String,
     rows: u64,
-    /// Diffs only: the columns sent; the rest come from the base.
+    /// Diffs only: the columns sent whole; with `patched`, every column
+    /// named in neither comes from the base.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     changed: Option<Vec<usize>>,
+    /// Diffs only: the columns rebuilt from the base and a patch of
+    /// `patch_rows` rows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    patched: Vec<usize>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    patch_rows: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl TableHeader {
+    /// The segments (schema message plus batches) that follow for this
+    /// table, in order, with their row counts; none for a table equal to
+    /// the base's.
+    fn segments(&self) -> Vec<(Segment, u64)> {
+        match &self.changed {
+            None => vec![(Segment::Whole, self.rows)],
+            Some(changed) => {
+                let mut out = Vec::new();
+                if !changed.is_empty() {
+                    out.push((Segment::Columns, self.rows));
+                }
+                if !self.patched.is_empty() {
+                    out.push((Segment::Patch, self.patch_rows));
+                }
+                out
+            }
+        }
+    }
+}
+
+/// What one run of a table's messages holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Segment {
+    /// Every column.
+    Whole,
+    /// A diff's whole columns.
+    Columns,
+    /// A diff's patch.
+    Patch,
 }
 
 /// How one table of an answer travels.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum TablePlan {
     Whole,
-    /// Only these columns (possibly none) of a table the parent holds.
-    Changed(Vec<usize>),
+    /// What changed of a table the parent holds.
+    Diff(diff::TableDiff),
 }
 
 /// What to send of `generation` to a parent holding `base`: per table,
-/// whole or as a column diff. CPU work (columns compared by value where
-/// they are not the same buffers): call it off the IO runtime.
+/// whole or as a diff. CPU work (columns compared by value where they are
+/// not the same buffers, patches cut out): call it off the IO runtime.
 pub(crate) fn plan(
     generation: &Generation,
     base: Option<&Generation>,
@@ -200,20 +254,51 @@ pub(crate) fn plan(
         .tables
         .iter()
         .map(|(name, table)| {
+            let width = table.schema().fields().len();
             let plan = base
                 .and_then(|b| b.tables.get(name))
                 .and_then(|held| {
                     if Arc::ptr_eq(held, table) {
-                        return Some(Vec::new());
+                        return Some(diff::TableDiff {
+                            whole: Vec::new(),
+                            patched: Vec::new(),
+                            patch: None,
+                        });
                     }
-                    diff::changed_columns(table, held)
+                    diff::diff_table(name, table, held)
                 })
-                // Every column changed: a diff would only add a lookup.
-                .filter(|changed| changed.len() < table.schema().fields().len())
-                .map_or(TablePlan::Whole, TablePlan::Changed);
+                // Every column sent whole: a diff would only add a lookup.
+                .filter(|d| d.whole.len() < width)
+                .map_or(TablePlan::Whole, TablePlan::Diff);
             (name.clone(), plan)
         })
         .collect()
+}
+
+/// The tables to encode, in wire order, for one table of an answer: the
+/// table itself, or for a diff its whole columns (if any) then its patch
+/// (if any).
+pub(crate) fn segments(name: &str, table: &Arc<Table>, plan: &TablePlan) -> Result<Vec<Table>> {
+    let encode = |reason: String| FlightError::Encode {
+        table: name.to_string(),
+        reason,
+    };
+    match plan {
+        TablePlan::Whole => Ok(vec![table.as_ref().clone()]),
+        TablePlan::Diff(d) => {
+            let mut out = Vec::new();
+            if !d.whole.is_empty() {
+                out.push(diff::project(name, table, &d.whole).map_err(encode)?);
+            }
+            if let Some(patch) = &d.patch {
+                out.push(
+                    Table::new(name, patch.schema(), vec![patch.clone()])
+                        .map_err(|e| encode(e.to_string()))?,
+                );
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// Bytes a message takes on the wire, give or take protobuf framing.
@@ -228,11 +313,22 @@ pub(crate) fn header_message(
     base: Option<u64>,
     plan: &BTreeMap<String, TablePlan>,
 ) -> Result<FlightData> {
-    let changed = |name: &str| match plan.get(name) {
-        Some(TablePlan::Changed(columns)) => Some(columns.clone()),
-        _ => None,
+    let is_diff = base.is_some() && plan.values().any(|p| matches!(p, TablePlan::Diff(_)));
+    let table_header = |name: &String, table: &Arc<Table>| {
+        let mut header = TableHeader {
+            table: name.clone(),
+            rows: table.num_rows() as u64,
+            changed: None,
+            patched: Vec::new(),
+            patch_rows: 0,
+        };
+        if let (true, Some(TablePlan::Diff(d))) = (is_diff, plan.get(name)) {
+            header.changed = Some(d.whole.clone());
+            header.patched = d.patched.clone();
+            header.patch_rows = d.patch.as_ref().map_or(0, |p| p.num_rows() as u64);
+        }
+        header
     };
-    let is_diff = base.is_some() && plan.values().any(|p| matches!(p, TablePlan::Changed(_)));
     let header = StreamHeader {
         meta: generation.meta.clone(),
         stream: StreamLayout {
@@ -247,11 +343,7 @@ pub(crate) fn header_message(
             tables: generation
                 .tables
                 .iter()
-                .map(|(name, table)| TableHeader {
-                    table: name.clone(),
-                    rows: table.num_rows() as u64,
-                    changed: changed(name).filter(|_| is_diff),
-                })
+                .map(|(name, table)| table_header(name, table))
                 .collect(),
         },
     };
@@ -277,6 +369,8 @@ pub(crate) fn table_messages(
         table: name.to_string(),
         rows: table.num_rows() as u64,
         changed: None,
+        patched: Vec::new(),
+        patch_rows: 0,
     };
     let json = serde_json::to_vec(&header).map_err(|e| FlightError::Encode {
         table: name.to_string(),
@@ -320,6 +414,7 @@ fn split_for_messages(batch: &RecordBatch, max_bytes: usize) -> Vec<RecordBatch>
 /// A table being received.
 struct Incoming {
     name: String,
+    segment: Segment,
     expected_rows: u64,
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
@@ -381,31 +476,38 @@ where
         other => return Err(protocol(format!("encoding `{other}` is not supported"))),
     };
     let header_bytes = message_bytes(&first);
-    // The base table of every table that is a diff; a diff of a table the
-    // base lacks cannot be applied.
-    let mut based: BTreeMap<String, (Arc<Table>, Vec<usize>)> = BTreeMap::new();
-    if let Some(held) = base {
-        for table in &header.stream.tables {
-            if let Some(changed) = &table.changed {
-                let Some(held_table) = held.tables.get(&table.table) else {
-                    return Err(protocol(format!(
-                        "diff of table `{}`, which generation {} does not hold",
-                        table.table, held.meta.id
-                    )));
-                };
-                based.insert(table.table.clone(), (held_table.clone(), changed.clone()));
+    // In a full answer every table is whole, whatever its entry says.
+    let tables_header: Vec<TableHeader> = header
+        .stream
+        .tables
+        .iter()
+        .cloned()
+        .map(|mut t| {
+            if base.is_none() {
+                t.changed = None;
+                t.patched.clear();
+                t.patch_rows = 0;
             }
-        }
+            t
+        })
+        .collect();
+    // A diff of a table the base lacks cannot be applied.
+    if let Some(held) = base
+        && let Some(missing) = tables_header
+            .iter()
+            .find(|t| t.changed.is_some() && !held.tables.contains_key(&t.table))
+    {
+        return Err(protocol(format!(
+            "diff of table `{}`, which generation {} does not hold",
+            missing.table, held.meta.id
+        )));
     }
 
     let rest = stream.map(|item| item.map_err(|status| ArrowFlightError::Tonic(Box::new(status))));
     let mut decoder = FlightDataDecoder::new(rest);
-    // Tables equal to the base's send no messages.
-    let mut expected = header
-        .stream
-        .tables
+    let mut expected = tables_header
         .iter()
-        .filter(|t| t.changed.as_ref().is_none_or(|c| !c.is_empty()) || base.is_none());
+        .flat_map(|t| t.segments().into_iter().map(move |(s, rows)| (t, s, rows)));
     let mut done: Vec<Incoming> = Vec::new();
     let mut current: Option<Incoming> = None;
     while let Some(item) = decoder.next().await {
@@ -419,7 +521,7 @@ where
             DecodedPayload::Schema(schema) => {
                 let table: TableHeader = serde_json::from_slice(&decoded.inner.app_metadata)
                     .map_err(|e| protocol(format!("table header is not valid JSON: {e}")))?;
-                let Some(next) = expected.next() else {
+                let Some((next, segment, rows)) = expected.next() else {
                     return Err(protocol(format!(
                         "table `{}` was not announced in the generation header",
                         table.table
@@ -436,7 +538,8 @@ where
                 }
                 current = Some(Incoming {
                     name: table.table,
-                    expected_rows: next.rows,
+                    segment,
+                    expected_rows: rows,
                     schema,
                     batches: Vec::new(),
                     rows: 0,
@@ -465,53 +568,73 @@ where
     if let Some(last) = current.take() {
         done.push(finish(last).map_err(protocol)?);
     }
-    if let Some(missing) = expected.next() {
+    if let Some((missing, _, _)) = expected.next() {
         return Err(protocol(format!(
             "stream ended before table `{}` (truncated)",
             missing.table
         )));
     }
 
-    let mut tables = BTreeMap::new();
-    let mut counted = Vec::with_capacity(header.stream.tables.len());
-    for table in done {
-        counted.push((table.name.clone(), table.bytes, table.rows));
-        let built = match based.remove(&table.name) {
-            Some((held, changed)) => diff::apply(&table.name, &held, &changed, &table.batches)
-                .map_err(|e| protocol(format!("cannot apply diff: {e}")))?,
-            None => Table::new(&table.name, table.schema, table.batches)
-                .map_err(|e| protocol(format!("table `{}`: {e}", table.name)))?,
-        };
-        tables.insert(table.name, Arc::new(built));
+    let mut received: BTreeMap<String, Vec<Incoming>> = BTreeMap::new();
+    for incoming in done {
+        received
+            .entry(incoming.name.clone())
+            .or_default()
+            .push(incoming);
     }
-    // What is left are tables equal to the base's.
-    for (name, (held, changed)) in based {
-        let announced = header
-            .stream
-            .tables
-            .iter()
-            .find(|t| t.table == name)
-            .map_or(0, |t| t.rows);
-        if !changed.is_empty() || held.num_rows() as u64 != announced {
-            return Err(protocol(format!(
-                "table `{name}`: announced {announced} rows as unchanged, the base has {}",
-                held.num_rows()
-            )));
-        }
-        counted.push((name.clone(), 0, announced));
-        tables.insert(name, held);
+    let mut tables = BTreeMap::new();
+    let mut counted = Vec::with_capacity(tables_header.len());
+    let mut diffs = 0;
+    for entry in &tables_header {
+        let parts = received.remove(&entry.table).unwrap_or_default();
+        counted.push((
+            entry.table.clone(),
+            parts.iter().map(|p| p.bytes).sum::<u64>(),
+            entry.rows,
+        ));
+        let held = base.and_then(|b| b.tables.get(&entry.table));
+        let built = match (&entry.changed, held) {
+            (Some(whole), Some(held)) => {
+                diffs += 1;
+                let batches_of = |segment: Segment| {
+                    parts
+                        .iter()
+                        .find(|p| p.segment == segment)
+                        .map_or(&[][..], |p| p.batches.as_slice())
+                };
+                if whole.is_empty() && entry.patched.is_empty() {
+                    if held.num_rows() as u64 != entry.rows {
+                        return Err(protocol(format!(
+                            "table `{}`: announced {} rows as unchanged, the base has {}",
+                            entry.table,
+                            entry.rows,
+                            held.num_rows()
+                        )));
+                    }
+                    tables.insert(entry.table.clone(), held.clone());
+                    continue;
+                }
+                let diff = diff::Received {
+                    whole,
+                    whole_batches: batches_of(Segment::Columns),
+                    patched: &entry.patched,
+                    patch_batches: batches_of(Segment::Patch),
+                };
+                diff::apply(&entry.table, held, &diff)
+                    .map_err(|e| protocol(format!("cannot apply diff: {e}")))?
+            }
+            _ => {
+                let Some(whole) = parts.into_iter().find(|p| p.segment == Segment::Whole) else {
+                    return Err(protocol(format!("table `{}` has no rows", entry.table)));
+                };
+                Table::new(&entry.table, whole.schema, whole.batches)
+                    .map_err(|e| protocol(format!("table `{}`: {e}", entry.table)))?
+            }
+        };
+        tables.insert(entry.table.clone(), Arc::new(built));
     }
     stats.add_header_received(header_bytes);
-    if base.is_some() {
-        stats.add_diff_received(
-            header
-                .stream
-                .tables
-                .iter()
-                .filter(|t| t.changed.is_some())
-                .count() as u64,
-        );
-    }
+    stats.add_diff_received(diffs);
     for (name, bytes, rows) in counted {
         stats.add_received(&name, bytes, rows);
     }
@@ -596,17 +719,14 @@ mod tests {
         let plan = plan(g, base);
         let mut out = vec![header_message(g, base.map(|b| b.meta.id), &plan).unwrap()];
         for (name, table) in &g.tables {
-            let options = compression.write_options().unwrap();
-            let sent = match (&plan[name], base) {
-                (TablePlan::Changed(c), Some(_)) if c.is_empty() => continue,
-                (TablePlan::Changed(c), Some(_)) => diff::project(name, table, c).unwrap(),
-                _ => table.as_ref().clone(),
-            };
-            out.extend(
-                table_messages(name, &sent, options, 1 << 20)
-                    .unwrap()
-                    .map(|m| m.unwrap()),
-            );
+            for sent in segments(name, table, &plan[name]).unwrap() {
+                let options = compression.write_options().unwrap();
+                out.extend(
+                    table_messages(name, &sent, options, 1 << 20)
+                        .unwrap()
+                        .map(|m| m.unwrap()),
+                );
+            }
         }
         out
     }
@@ -798,6 +918,7 @@ mod tests {
             wait_ms: Some(60_000),
             base_generation: Some(3),
             accept_diff: true,
+            base_tables: ["sys".to_string()].into(),
             meta_only: true,
         };
         let back = FetchTicket::from_bytes(&ticket.to_bytes()).unwrap();

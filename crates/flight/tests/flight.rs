@@ -652,7 +652,7 @@ impl Child for Ticking {
         if request.meta_only || !request.tables.contains("t") {
             return Ok(Arc::new(g));
         }
-        let values = Float64Array::from_iter_values((0..rows).map(|i| (i as u64 * id) as f64));
+        let values = Float64Array::from_iter_values((0..rows as u64).map(|i| value_at(i, id)));
         let batch = RecordBatch::try_from_iter([
             ("id", ids as _),
             ("host", names as _),
@@ -662,6 +662,15 @@ impl Child for Ticking {
         let table = Table::new("t", batch.schema(), vec![batch])?;
         g.tables.insert("t".into(), Arc::new(table));
         Ok(Arc::new(g))
+    }
+}
+
+/// One row in ten moves each generation; the others keep their value.
+fn value_at(row: u64, generation: u64) -> f64 {
+    if row.is_multiple_of(10) {
+        (row * generation) as f64
+    } else {
+        row as f64
     }
 }
 
@@ -677,7 +686,7 @@ fn values_of(g: &Generation) -> Vec<f64> {
 }
 
 #[tokio::test]
-async fn later_generations_travel_as_the_columns_that_changed() {
+async fn later_generations_travel_as_the_rows_and_columns_that_changed() {
     let source = Arc::new(Ticking::new(20_000));
     let config = FlightServerConfig {
         compression: fleetsql_flight::Compression::None,
@@ -711,9 +720,10 @@ async fn later_generations_travel_as_the_columns_that_changed() {
     assert_eq!(stats.diff_tables_received, 1);
     assert_eq!(server.stats().snapshot().diff_tables_sent, 1);
     let diff_bytes = stats.bytes_received("t") - full_bytes;
-    // Only `value` (8 of the ~21 bytes a row holds) travelled.
+    // Only the tenth of the rows whose `value` moved travelled (position
+    // and value, 16 of the ~30 bytes a row holds).
     assert!(
-        diff_bytes * 2 < full_bytes,
+        diff_bytes * 10 < full_bytes,
         "diff {diff_bytes} B vs full {full_bytes} B"
     );
     assert_eq!(stats.rows_received("t"), 40_000);
@@ -721,7 +731,7 @@ async fn later_generations_travel_as_the_columns_that_changed() {
     // buffers the first generation brought.
     assert_eq!(
         values_of(&second),
-        (0..20_000u64).map(|i| (i * 3) as f64).collect::<Vec<_>>()
+        (0..20_000u64).map(|i| value_at(i, 3)).collect::<Vec<_>>()
     );
     let (old, new) = (&first.tables["t"], &second.tables["t"]);
     for column in [0, 1] {
@@ -751,8 +761,50 @@ async fn later_generations_travel_as_the_columns_that_changed() {
     assert_eq!(
         values_of(&after),
         (0..20_001u64)
-            .map(|i| (i * after.meta.id) as f64)
+            .map(|i| value_at(i, after.meta.id))
             .collect::<Vec<_>>()
     );
+    server.shutdown().await;
+}
+
+/// The `stream` part of an answer's first message.
+async fn answer_layout(addr: SocketAddr, ticket: FetchTicket) -> serde_json::Value {
+    let mut client = raw_client(addr).await;
+    let mut stream = client
+        .do_get(Ticket {
+            ticket: ticket.to_bytes(),
+        })
+        .await
+        .expect("do_get")
+        .into_inner();
+    let first = stream.next().await.expect("header").expect("header");
+    let header: serde_json::Value = serde_json::from_slice(&first.app_metadata).expect("json");
+    header["stream"].clone()
+}
+
+#[tokio::test]
+async fn only_tables_the_parent_says_it_holds_are_diffs() {
+    let source = Arc::new(Ticking::new(5_000));
+    let server = FlightServer::start(source, loopback()).expect("starts");
+    let addr = server.local_addr();
+    let ticket = |base: Option<u64>, base_tables: &[&str]| FetchTicket {
+        requester: "tla".into(),
+        tables: tables(&["t"]),
+        base_generation: base,
+        accept_diff: base.is_some(),
+        base_tables: tables(base_tables),
+        ..Default::default()
+    };
+    let first = answer_layout(addr, ticket(None, &[])).await;
+    assert_eq!(first["encoding"], "full");
+    // Generation 1 went out with `t`. A parent that names it but not `t`
+    // (it gave up on that call, say) gets `t` whole, not a diff it cannot
+    // apply.
+    let without = answer_layout(addr, ticket(Some(1), &[])).await;
+    assert_eq!(without["encoding"], "full", "{without}");
+    // Generation 2 went out whole too; naming it with `t` gets a diff.
+    let with = answer_layout(addr, ticket(Some(2), &["t"])).await;
+    assert_eq!(with["encoding"], "diff", "{with}");
+    assert_eq!(with["base_generation"], 2);
     server.shutdown().await;
 }

@@ -1,4 +1,4 @@
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
@@ -21,6 +21,10 @@ pub struct Table {
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
     num_rows: usize,
+    /// `memory_size`, worked out on first use: `/metrics` and `fleet_nodes`
+    /// ask for it on every scrape, and a table of 10M rows has thousands
+    /// of batches to walk.
+    data_bytes: OnceLock<usize>,
 }
 
 impl Table {
@@ -36,6 +40,7 @@ impl Table {
             schema,
             batches,
             num_rows,
+            data_bytes: OnceLock::new(),
         })
     }
 
@@ -44,6 +49,7 @@ impl Table {
             schema,
             batches: Vec::new(),
             num_rows: 0,
+            data_bytes: OnceLock::new(),
         }
     }
 
@@ -63,7 +69,9 @@ impl Table {
     /// larger one, or decoded in place from a Flight message, counts only
     /// its own share of the buffers it points into.
     pub fn memory_size(&self) -> usize {
-        self.batches.iter().map(batch_data_bytes).sum()
+        *self
+            .data_bytes
+            .get_or_init(|| self.batches.iter().map(batch_data_bytes).sum())
     }
 }
 
@@ -150,6 +158,7 @@ pub fn merge_tables(name: &str, parts: &[&Table]) -> Result<(Table, Vec<(usize, 
             schema,
             batches,
             num_rows,
+            data_bytes: OnceLock::new(),
         },
         rejected,
     ))
