@@ -366,15 +366,25 @@ async fn measure_tiers(
 
     // A complete first generation on the SQL node.
     let wait_limit = (config.tick * 30).max(Duration::from_secs(300));
-    let waiting = bar(machines as u64, "waiting for a complete generation");
+    let waiting = bar(
+        machines as u64,
+        "waiting for a complete generation and the two after it",
+    );
     let deadline = Instant::now() + wait_limit;
+    // The complete generation came whole through both links; the next one
+    // still waits behind that transfer. Measure from the one after, the
+    // steady state of diffs between the tiers.
+    let mut complete_id: Option<f64> = None;
     loop {
         tiers.check(config.max_rss_bytes)?;
         if let Some(s) = sql_metrics.scrape().await {
             let seen = s.or_zero("fleetsql_machines_seen") as u64;
+            let id = s.or_zero("fleetsql_generation_id");
             waiting.set_position(seen);
-            if seen >= machines as u64 && s.or_zero("fleetsql_generation_id") > 0.0 {
-                break;
+            match complete_id {
+                None if seen >= machines as u64 && id > 0.0 => complete_id = Some(id),
+                Some(complete) if id > complete + 1.0 => break,
+                _ => {}
             }
         }
         if Instant::now() > deadline {

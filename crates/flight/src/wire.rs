@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
+use arrow::array::{MutableArrayData, RecordBatch, make_array};
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::CompressionType;
 use arrow::ipc::writer::IpcWriteOptions;
@@ -558,6 +558,12 @@ where
                 }
                 table.rows += batch.num_rows() as u64;
                 table.bytes += bytes;
+                let batch = if table.segment == Segment::Whole {
+                    own_buffers(&batch)
+                        .map_err(|e| protocol(format!("table `{}`: {e}", table.name)))?
+                } else {
+                    batch
+                };
                 table.batches.push(batch);
             }
             DecodedPayload::None => {
@@ -642,6 +648,26 @@ where
         meta: header.meta,
         tables,
     })
+}
+
+/// `batch` in buffers of its own. Arrays decoded from a message point into
+/// the receive buffer that held it, which also holds the message's other
+/// columns (and may hold parts of the messages around it): once later
+/// diffs replace the columns that change, the columns that stay would keep
+/// the whole buffer alive, a generation's worth of memory that no table
+/// uses. One copy when a table arrives whole lets the rest go.
+fn own_buffers(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|column| {
+            let data = column.to_data();
+            let mut copy = MutableArrayData::new(vec![&data], false, data.len());
+            copy.try_extend(0, 0, data.len())?;
+            Ok(make_array(copy.freeze()))
+        })
+        .collect::<Result<Vec<_>, arrow::error::ArrowError>>()?;
+    RecordBatch::try_new(batch.schema(), columns)
 }
 
 fn finish(table: Incoming) -> Result<Incoming, String> {

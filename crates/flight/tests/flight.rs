@@ -779,6 +779,12 @@ async fn answer_layout(addr: SocketAddr, ticket: FetchTicket) -> serde_json::Val
         .into_inner();
     let first = stream.next().await.expect("header").expect("header");
     let header: serde_json::Value = serde_json::from_slice(&first.app_metadata).expect("json");
+    // Read to the end: the server counts an answer as held by the parent
+    // (a base for diffs) only once it has handed over every message, and
+    // the stream ends after that.
+    while let Some(message) = stream.next().await {
+        message.expect("message");
+    }
     header["stream"].clone()
 }
 
