@@ -380,6 +380,7 @@ async fn distributed_fleet_answers_like_the_in_process_one() {
 
     // The seed's queries: same rows as the in-process fleet on the same data.
     let fixture = FixtureFleet::start().await;
+    let mut seed_answers = Vec::new();
     for sql in SEED_QUERIES {
         let expected = fixture.node.query(sql).await.unwrap();
         let expected = fleetsql_http::batches_to_rows(&expected.batches).unwrap();
@@ -388,13 +389,19 @@ async fn distributed_fleet_answers_like_the_in_process_one() {
             .map(|row| Value::Array(row.clone()).to_string())
             .collect();
         expected.sort();
-        let (status, body) = cluster.query(sql).await;
-        assert!(status.is_success(), "{sql}: {body}");
-        assert_eq!(sorted_rows(&body), expected, "{sql}");
         assert!(!expected.is_empty(), "{sql} should have rows");
-        assert_eq!(body["generation"]["machines_seen"], 6, "{body}");
-        assert_eq!(body["generation"]["clusters_seen"], 2, "{body}");
+        seed_answers.push((sql, expected));
     }
+    let seed_queries_answer_as_in_process = || async {
+        for (sql, expected) in &seed_answers {
+            let (status, body) = cluster.query(sql).await;
+            assert!(status.is_success(), "{sql}: {body}");
+            assert_eq!(&sorted_rows(&body), expected, "{sql}");
+            assert_eq!(body["generation"]["machines_seen"], 6, "{body}");
+            assert_eq!(body["generation"]["clusters_seen"], 2, "{body}");
+        }
+    };
+    seed_queries_answer_as_in_process().await;
 
     // A row published on one agent is queryable on the SQL node.
     let publish = cluster.addr("c2-m2", "publish");
@@ -414,6 +421,33 @@ async fn distributed_fleet_answers_like_the_in_process_one() {
     })
     .await;
     assert_eq!(host[0][1], "c2");
+
+    // The publisher's next version of the table (the same row, one value
+    // changed) reaches the SQL node too: later generations travel as diffs
+    // against what each parent holds, on every link.
+    let response = reqwest::Client::new()
+        .post(format!("http://{publish}/v1/tables/services"))
+        .header("content-type", "text/csv")
+        .body("svc,up\nmarker-42,2\n")
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    eventually(Duration::from_secs(20), "the changed value", || async {
+        let (_, body) = cluster
+            .query("SELECT up FROM services WHERE svc = 'marker-42'")
+            .await;
+        (body["rows"][0][0] == 2).then_some(())
+    })
+    .await;
+    for name in ["t1", "sql"] {
+        let text = cluster.metrics(name).await;
+        assert!(
+            metric(&text, "fleetsql_flight_diff_tables_received_total", &[]) > 0.0,
+            "{name} received no diffs: {text}"
+        );
+    }
+    seed_queries_answer_as_in_process().await;
 
     // Every tier reports itself in fleet_nodes: all agents, the proxy the
     // TLA took each cluster from, the TLA and the SQL node.
