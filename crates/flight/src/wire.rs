@@ -834,6 +834,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_whole_table_keeps_none_of_the_receive_buffers() {
+        let g = generation();
+        let messages = encode(&g, Compression::None);
+        let bodies: Vec<std::ops::Range<usize>> = messages
+            .iter()
+            .map(|m| {
+                let start = m.data_body.as_ptr() as usize;
+                start..start + m.data_body.len()
+            })
+            .collect();
+        let back = decode(messages).await.unwrap();
+        for batch in back.tables["t"].batches() {
+            for column in batch.columns() {
+                for buffer in column.to_data().buffers() {
+                    let at = buffer.as_ptr() as usize;
+                    assert!(
+                        !bodies.iter().any(|body| body.contains(&at)),
+                        "a decoded column still points into a message"
+                    );
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn an_unchanged_table_travels_as_its_name_only() {
         let base = generation();
         let mut same = base.clone();
