@@ -251,7 +251,10 @@ impl SentMemory {
     /// Requesters are parents' node names, a handful per tier; the bound
     /// only stops a misbehaving client from growing the map.
     const MAX_PARENTS: usize = 64;
-    const FORGET_AFTER: Duration = Duration::from_secs(600);
+    /// A parent polls every tick or two; one silent for this long has gone
+    /// (or switched to another child), and what it was sent would only
+    /// keep old columns alive. If it comes back, it gets whole tables.
+    const FORGET_AFTER: Duration = Duration::from_secs(60);
 
     fn find(&mut self, requester: &str, id: u64) -> Option<Arc<Generation>> {
         let to = self.parents.get_mut(requester)?;
@@ -539,5 +542,46 @@ impl Outgoing<'_> {
         }
         self.stats.add_diff_sent(diffs);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generation(id: u64) -> Arc<Generation> {
+        let mut g = Generation::empty("child");
+        g.meta.id = id;
+        Arc::new(g)
+    }
+
+    #[test]
+    fn the_last_two_answers_per_parent_are_remembered() {
+        let mut memory = SentMemory::default();
+        for id in 1..=3 {
+            memory.remember("sql-a", generation(id));
+        }
+        memory.remember("sql-b", generation(7));
+        assert!(memory.find("sql-a", 1).is_none(), "only the last two");
+        assert_eq!(memory.find("sql-a", 2).map(|g| g.meta.id), Some(2));
+        assert_eq!(memory.find("sql-a", 3).map(|g| g.meta.id), Some(3));
+        // Parents are kept apart: another's answers are not a base.
+        assert!(memory.find("sql-b", 3).is_none());
+        assert!(memory.find("nobody", 7).is_none());
+        // The same generation again is one entry, not two.
+        memory.remember("sql-b", generation(7));
+        memory.remember("sql-b", generation(8));
+        assert_eq!(memory.find("sql-b", 7).map(|g| g.meta.id), Some(7));
+    }
+
+    #[test]
+    fn a_client_naming_ever_new_parents_cannot_grow_the_memory() {
+        let mut memory = SentMemory::default();
+        for i in 0..(SentMemory::MAX_PARENTS + 10) {
+            memory.remember(&format!("parent-{i}"), generation(1));
+        }
+        assert_eq!(memory.parents.len(), SentMemory::MAX_PARENTS);
+        let newest = format!("parent-{}", SentMemory::MAX_PARENTS + 9);
+        assert!(memory.find(&newest, 1).is_some());
     }
 }
