@@ -451,25 +451,32 @@ async fn distributed_fleet_answers_like_the_in_process_one() {
 
     // Every tier reports itself in fleet_nodes: all agents, the proxy the
     // TLA took each cluster from, the TLA and the SQL node.
-    let (_, body) = cluster
-        .query("SELECT role, count(*) n FROM fleet_nodes GROUP BY role ORDER BY role")
-        .await;
-    let counts: BTreeMap<String, u64> = body["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_u64().unwrap()))
-        .collect();
-    assert_eq!(
-        counts,
-        BTreeMap::from([
-            ("agent".to_string(), 6),
-            ("proxy".to_string(), 2),
-            ("sqlnode".to_string(), 1),
-            ("tla".to_string(), 1)
-        ]),
-        "{body}"
-    );
+    // `fleet_nodes` is named here for the first time, and the first answer
+    // for a newly named table is best-effort: on a loaded box a proxy may
+    // not have collected it within `fetch_timeout`, and that cluster's rows
+    // come a tick later.
+    let every_tier = BTreeMap::from([
+        ("agent".to_string(), 6),
+        ("proxy".to_string(), 2),
+        ("sqlnode".to_string(), 1),
+        ("tla".to_string(), 1),
+    ]);
+    eventually(
+        Duration::from_secs(20),
+        "every tier in fleet_nodes",
+        || async {
+            let (_, body) = cluster
+                .query("SELECT role, count(*) n FROM fleet_nodes GROUP BY role ORDER BY role")
+                .await;
+            let counts: BTreeMap<String, u64> = body["rows"]
+                .as_array()?
+                .iter()
+                .filter_map(|r| Some((r[0].as_str()?.to_string(), r[1].as_u64()?)))
+                .collect();
+            (counts == every_tier).then_some(())
+        },
+    )
+    .await;
 
     // /metrics on every process.
     for name in ["c1-m1", "c1-p1", "t1", "sql"] {
