@@ -631,7 +631,10 @@ where
             }
             _ => {
                 let Some(whole) = parts.into_iter().find(|p| p.segment == Segment::Whole) else {
-                    return Err(protocol(format!("table `{}` has no rows", entry.table)));
+                    return Err(protocol(format!(
+                        "table `{}` was announced but not sent",
+                        entry.table
+                    )));
                 };
                 Table::new(&entry.table, whole.schema, whole.batches)
                     .map_err(|e| protocol(format!("table `{}`: {e}", entry.table)))?
