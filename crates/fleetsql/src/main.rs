@@ -27,7 +27,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// OS, unless `MIMALLOC_PURGE_DELAY` says otherwise.
 ///
 /// A tier frees a whole generation every tick and allocates the next one's
-/// worth right after. With mimalloc's default of 10 ms every generation is
+/// worth right after. With mimalloc's default of 1 s every generation is
 /// faulted in and zeroed by the kernel again: half of a TLA's CPU at
 /// 100,000 machines (see BENCHMARKS.md). Ten seconds spans a tick, so the
 /// memory is reused, and an idle process still gives it back.
@@ -116,5 +116,24 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_option_set_is_mimallocs_purge_delay() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: reads one integer option.
+        let get = || unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        // This mimalloc's own default purge delay is 1,000 ms, and no other
+        // option defaults to 1,000, so the number names the right one.
+        assert_eq!(get(), 1000);
+        keep_freed_memory_across_a_tick();
+        assert_eq!(get(), 10_000);
     }
 }
