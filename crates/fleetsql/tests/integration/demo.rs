@@ -4,6 +4,7 @@
 use std::process::Command;
 
 use crate::cluster::TestDemo;
+use crate::tiers::publish_csv;
 
 const DNS_RSS: &str = "SELECT sys.ip ip, procname, rss, pid
 FROM sys, processes
@@ -179,19 +180,7 @@ async fn cli_formats_and_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_rows_and_dropped_files_reach_sql_with_origin_columns() {
     let demo = TestDemo::start().await;
-    let client = reqwest::Client::new();
-    let response = client
-        .post(format!("http://{}/v1/tables/services", demo.publish))
-        .header("content-type", "text/csv")
-        .body("svc,up\nweb,1\ndb,0\n")
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{}",
-        response.text().await.unwrap()
-    );
+    publish_csv(demo.publish, "services", "svc,up\nweb,1\ndb,0\n").await;
 
     let (status, body) = demo
         .query_json(

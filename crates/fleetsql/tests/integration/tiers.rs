@@ -335,6 +335,24 @@ pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Publishes `csv` as `table` through an agent's publish API at `agent`,
+/// failing the test with the agent's answer if it refuses.
+pub(crate) async fn publish_csv(agent: SocketAddr, table: &str, csv: &str) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{agent}/v1/tables/{table}"))
+        .header("content-type", "text/csv")
+        .body(csv.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert!(
+        status.is_success(),
+        "publishing {table}: {status} {}",
+        response.text().await.unwrap_or_default()
+    );
+}
+
 /// Polls `check` every 100 ms until it returns `Some`, at most `limit`.
 pub(crate) async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
 where
@@ -405,14 +423,7 @@ async fn distributed_fleet_answers_like_the_in_process_one() {
 
     // A row published on one agent is queryable on the SQL node.
     let publish = cluster.addr("c2-m2", "publish");
-    let response = reqwest::Client::new()
-        .post(format!("http://{publish}/v1/tables/services"))
-        .header("content-type", "text/csv")
-        .body("svc,up\nmarker-42,1\n")
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
+    publish_csv(publish, "services", "svc,up\nmarker-42,1\n").await;
     let host = eventually(Duration::from_secs(20), "the published row", || async {
         let (_, body) = cluster
             .query("SELECT _host, _cluster FROM services WHERE svc = 'marker-42'")
@@ -425,14 +436,7 @@ async fn distributed_fleet_answers_like_the_in_process_one() {
     // The publisher's next version of the table (the same row, one value
     // changed) reaches the SQL node too: later generations travel as diffs
     // against what each parent holds, on every link.
-    let response = reqwest::Client::new()
-        .post(format!("http://{publish}/v1/tables/services"))
-        .header("content-type", "text/csv")
-        .body("svc,up\nmarker-42,2\n")
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
+    publish_csv(publish, "services", "svc,up\nmarker-42,2\n").await;
     eventually(Duration::from_secs(20), "the changed value", || async {
         let (_, body) = cluster
             .query("SELECT up FROM services WHERE svc = 'marker-42'")
