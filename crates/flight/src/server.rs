@@ -505,7 +505,8 @@ impl Outgoing<'_> {
             let Some(table_plan) = plan.get(name) else {
                 continue;
             };
-            if base.is_some() && matches!(table_plan, wire::TablePlan::Diff(_)) {
+            // `plan` makes diffs only against a base.
+            if matches!(table_plan, wire::TablePlan::Diff(_)) {
                 diffs += 1;
             }
             let segments = match wire::segments(name, table, table_plan) {
