@@ -1,19 +1,20 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::ParamValues;
-use datafusion::datasource::MemTable;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion_postgres::QueryHook;
-use datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe;
+use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::hooks::HookClient;
 use datafusion_postgres::pgwire;
-use fleetsql_sqlnode::{GenerationInfo, SqlError, SqlNode};
+use fleetsql_sqlnode::{GenerationInfo, QueryOutput, SqlError, SqlNode};
 use pgwire::api::ClientInfo;
 use pgwire::api::portal::Format;
-use pgwire::api::results::Response;
+use pgwire::api::results::{QueryResponse, Response};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::response::NoticeResponse;
@@ -59,14 +60,70 @@ fn is_session_statement(statement: &Statement) -> bool {
     )
 }
 
+/// `SHOW server_version` / `server_version_num` as Postgres answers them
+/// (the protocol layer's own answer is not in a form drivers parse).
+fn show_server_version(statement: &Statement) -> Option<PgWireResult<RecordBatch>> {
+    let Statement::ShowVariable { variable } = statement else {
+        return None;
+    };
+    let [name] = variable.as_slice() else {
+        return None;
+    };
+    let name = name.value.to_lowercase();
+    let value = match name.as_str() {
+        "server_version" => fleetsql_sqlnode::server_version(),
+        "server_version_num" => fleetsql_sqlnode::server_version_num().to_string(),
+        _ => return None,
+    };
+    let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
+    let column: ArrayRef = Arc::new(StringArray::from(vec![value]));
+    Some(RecordBatch::try_new(schema, vec![column]).map_err(|e| PgWireError::ApiError(Box::new(e))))
+}
+
+fn encode_batch(batch: RecordBatch, options: Arc<FormatOptions>) -> PgWireResult<Response> {
+    let fields = Arc::new(arrow_schema_to_pg_fields(
+        &batch.schema(),
+        &Format::UnifiedText,
+        Some(options),
+    )?);
+    let rows: Vec<_> = encode_recordbatch(fields.clone(), batch).collect();
+    Ok(Response::Query(QueryResponse::new(
+        fields,
+        futures::stream::iter(rows),
+    )))
+}
+
+/// Rows as the node computed them, named as it named them: columns that
+/// share a name (`SELECT *` over a join) stay apart, which a round trip
+/// through a DataFusion table would refuse.
+fn encode_output(output: QueryOutput, options: Arc<FormatOptions>) -> PgWireResult<QueryResponse> {
+    let fields = Arc::new(arrow_schema_to_pg_fields(
+        &output.schema,
+        &Format::UnifiedText,
+        Some(options),
+    )?);
+    let rows_fields = fields.clone();
+    let rows = futures::stream::iter(
+        output
+            .batches
+            .into_iter()
+            .flat_map(move |batch| encode_recordbatch(rows_fields.clone(), batch)),
+    );
+    Ok(QueryResponse::new(fields, rows))
+}
+
 #[async_trait]
 impl QueryHook for FleetHook {
     async fn handle_simple_query(
         &self,
         statement: &Statement,
-        session_context: &SessionContext,
+        _session_context: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        if let Some(answer) = show_server_version(statement) {
+            let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+            return Some(answer.and_then(|batch| encode_batch(batch, options)));
+        }
         if is_session_statement(statement) {
             return None;
         }
@@ -87,20 +144,8 @@ impl QueryHook for FleetHook {
         if let Err(e) = client.send_message(notice(&output.generation)).await {
             return Some(Err(e));
         }
-        let table = match MemTable::try_new(output.schema.clone(), vec![output.batches]) {
-            Ok(t) => t,
-            Err(e) => return Some(Err(PgWireError::ApiError(Box::new(e)))),
-        };
-        let frame = match session_context.read_table(Arc::new(table)) {
-            Ok(f) => f,
-            Err(e) => return Some(Err(PgWireError::ApiError(Box::new(e)))),
-        };
         let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-        Some(
-            encode_dataframe(frame, &Format::UnifiedText, Some(options))
-                .await
-                .map(Response::Query),
-        )
+        Some(encode_output(output, options).map(Response::Query))
     }
 
     async fn handle_extended_parse_query(
@@ -112,13 +157,19 @@ impl QueryHook for FleetHook {
         if is_session_statement(statement) {
             return None;
         }
-        // Request and wait for the tables now, so the protocol layer's own
-        // planning finds them; planning itself stays with it so parameter
-        // types are inferred the way drivers expect.
-        match self.node.pin(statement).await {
-            Ok(_) => None,
-            Err(e) => Some(Err(user_error(&e))),
-        }
+        // Request and wait for the tables now, then plan as the simple
+        // protocol does (read-only check, Postgres's column names); the
+        // protocol layer infers parameter types from this plan and runs it.
+        let generation = match self.node.pin(statement).await {
+            Ok(g) => g,
+            Err(e) => return Some(Err(user_error(&e))),
+        };
+        Some(
+            self.node
+                .plan(statement.clone(), generation)
+                .await
+                .map_err(|e| user_error(&e)),
+        )
     }
 
     async fn handle_extended_query(

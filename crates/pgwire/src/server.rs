@@ -9,12 +9,15 @@ use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::pgwire;
 use datafusion_postgres::{DfSessionService, QueryHook};
 use fleetsql_sqlnode::SqlNode;
+use futures::{Sink, SinkExt};
 use pgwire::api::auth::StartupHandler;
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::{ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandlers};
-use pgwire::error::PgWireError;
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::startup::ParameterStatus;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -38,9 +41,32 @@ struct Startup {
     connections: Arc<ConnectionManager>,
 }
 
+#[async_trait::async_trait]
 impl NoopStartupHandler for Startup {
     fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
         Some(self.connections.clone())
+    }
+
+    /// Restates `server_version` in Postgres's own form: the protocol
+    /// layer's default names itself in a way version parsers reject, and a
+    /// client keeps the last value a server reports.
+    async fn post_startup<C>(
+        &self,
+        client: &mut C,
+        _message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        client
+            .feed(PgWireBackendMessage::ParameterStatus(ParameterStatus::new(
+                "server_version".to_string(),
+                fleetsql_sqlnode::server_version(),
+            )))
+            .await?;
+        Ok(())
     }
 }
 

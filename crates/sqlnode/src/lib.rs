@@ -17,14 +17,17 @@
 
 mod catalog;
 mod choice;
+mod compat;
 mod error;
 mod info;
+mod naming;
 mod node;
 mod prepared;
 mod requests;
 mod system_tables;
 
 pub use choice::SourceStatus;
+pub use compat::{server_version, server_version_num, version_text};
 pub use error::{Result, SqlError};
 pub use info::GenerationInfo;
 pub use node::{Install, QueryOutput, SqlNode, SqlNodeConfig};

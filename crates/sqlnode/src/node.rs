@@ -190,6 +190,7 @@ impl SqlNode {
             .with_information_schema(true)
             .with_default_catalog_and_schema("datafusion", "public");
         let ctx = SessionContext::new_with_config_rt(session_config, runtime);
+        ctx.register_udf(crate::compat::version_udf());
         let extra_tables = ExtraTables::default();
         let catalog = ctx
             .catalog("datafusion")
@@ -510,13 +511,16 @@ impl SqlNode {
     }
 
     /// Plans `statement` pinned to `generation` (for protocols that plan
-    /// and execute in separate steps).
+    /// and execute in separate steps). Output columns carry Postgres's
+    /// names (`count`, `?column?`, duplicates allowed; see `naming`).
     pub async fn plan(
         &self,
         statement: Statement,
         generation: Arc<Generation>,
     ) -> Result<LogicalPlan> {
         let ctx = self.inner.ctx.clone();
+        let mut statement = statement;
+        crate::naming::name_outputs(&mut statement);
         PINNED
             .scope(generation, async move {
                 let plan = ctx
@@ -524,7 +528,7 @@ impl SqlNode {
                     .statement_to_plan(DfStatement::Statement(Box::new(statement)))
                     .await?;
                 Self::verify_read_only(&plan)?;
-                Ok(plan)
+                Ok(crate::naming::restore_names(plan)?)
             })
             .await
     }

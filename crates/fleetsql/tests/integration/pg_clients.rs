@@ -1,0 +1,82 @@
+//! What users type, with the clients they type it in: the real `psql`
+//! binary and tokio-postgres against the fixed fleet's Postgres listener.
+
+use std::process::Command;
+
+use crate::fixture::FixtureFleet;
+
+/// Runs `psql` (unaligned, no psqlrc) with `args` against `fleet`.
+fn psql(fleet: &FixtureFleet, args: &[&str]) -> (String, String) {
+    let port = fleet.pg.local_addr().port().to_string();
+    let output = Command::new("psql")
+        .args(["-X", "-A", "-h", "127.0.0.1", "-p", &port, "-U", "fleetsql"])
+        .args(args)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql is installed (scripts/apt lists it)");
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_select_star_over_a_join_keeps_both_sides_columns() {
+    let fleet = FixtureFleet::start().await;
+    let (out, err) = psql(
+        &fleet,
+        &[
+            "-c",
+            "SELECT * FROM sys s JOIN machinerole m ON s.ip = m.ip ORDER BY s.hostname",
+        ],
+    );
+    assert!(!err.contains("ERROR"), "psql failed: {err}");
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split('|').collect();
+    assert_eq!(header.iter().filter(|c| **c == "ip").count(), 2, "{out}");
+    assert_eq!(header.iter().filter(|c| **c == "_host").count(), 2, "{out}");
+    let rows: Vec<&str> = lines.filter(|l| l.starts_with("10.0.")).collect();
+    assert_eq!(rows.len(), 4, "{out}");
+    assert!(out.contains("(4 rows)"), "{out}");
+    // The same query through the extended protocol (psql's \gexec-free
+    // way: a prepared statement over tokio-postgres).
+    let url = format!(
+        "host=127.0.0.1 port={} user=fleetsql",
+        fleet.pg.local_addr().port()
+    );
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let statement = client
+        .prepare("SELECT s.hostname, m.role, s.ip, m.ip FROM sys s JOIN machinerole m ON s.ip = m.ip WHERE m.role = $1 ORDER BY 1")
+        .await
+        .unwrap();
+    let names: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["hostname", "role", "ip", "ip"]);
+    let rows = client.query(&statement, &[&"dns"]).await.unwrap();
+    let hosts: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(hosts, ["m1", "m3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_says_it_is_postgres_in_postgres_form() {
+    let fleet = FixtureFleet::start().await;
+    let (out, err) = psql(
+        &fleet,
+        &[
+            "-t",
+            "-c",
+            "SHOW server_version",
+            "-c",
+            "SHOW server_version_num",
+            "-c",
+            "SELECT version()",
+        ],
+    );
+    assert!(!err.contains("ERROR"), "psql failed: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("16.6 (fleetsql "), "{out}");
+    assert_eq!(lines[1], "160006", "{out}");
+    assert!(lines[2].starts_with("PostgreSQL 16.6 (fleetsql "), "{out}");
+}
