@@ -71,6 +71,10 @@ fn error_response(e: &SqlError) -> Response {
             StatusCode::UNPROCESSABLE_ENTITY,
             "aggregate or filter more, or raise the memory limit",
         ),
+        SqlError::SharedSetting { .. } => (
+            StatusCode::FORBIDDEN,
+            "set it in the SQL node's configuration",
+        ),
         SqlError::Query(_) => (StatusCode::BAD_REQUEST, "check table and column names"),
     };
     (

@@ -124,6 +124,9 @@ impl QueryHook for FleetHook {
             let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
             return Some(answer.and_then(|batch| encode_batch(batch, options)));
         }
+        if let Err(e) = fleetsql_sqlnode::check_setting(statement) {
+            return Some(Err(user_error(&e)));
+        }
         if is_session_statement(statement) {
             return None;
         }
@@ -154,6 +157,9 @@ impl QueryHook for FleetHook {
         _session_context: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
+        if let Err(e) = fleetsql_sqlnode::check_setting(statement) {
+            return Some(Err(user_error(&e)));
+        }
         if is_session_statement(statement) {
             return None;
         }

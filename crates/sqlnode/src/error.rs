@@ -29,6 +29,10 @@ pub enum SqlError {
         "query cancelled after the time-out of {timeout_ms} ms; narrow it or raise query_timeout"
     )]
     Timeout { timeout_ms: u64 },
+    #[error(
+        "cannot SET {name}: the node's settings are shared by every client and come from its configuration; a session may set statement_timeout, application_name, DateStyle, IntervalStyle, extra_float_digits, search_path and bytea_output"
+    )]
+    SharedSetting { name: String },
     #[error("query needs more memory than its limit: {0}")]
     ResourcesExhausted(String),
     #[error("{0}")]
@@ -65,6 +69,8 @@ impl SqlError {
             SqlError::NotYetCollected { .. } | SqlError::NoGeneration { .. } => "57P03",
             SqlError::Timeout { .. } => "57014",
             SqlError::ResourcesExhausted(_) => "53200",
+            // cant_change_runtime_param
+            SqlError::SharedSetting { .. } => "55P02",
             SqlError::Query(_) => "XX000",
         }
     }

@@ -24,6 +24,7 @@ mod naming;
 mod node;
 mod prepared;
 mod requests;
+mod settings;
 mod system_tables;
 
 pub use choice::SourceStatus;
@@ -32,4 +33,5 @@ pub use error::{Result, SqlError};
 pub use info::GenerationInfo;
 pub use node::{Install, QueryOutput, SqlNode, SqlNodeConfig};
 pub use prepared::Prepared;
+pub use settings::check_setting;
 pub use system_tables::SYSTEM_TABLES;

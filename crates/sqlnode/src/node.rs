@@ -153,6 +153,7 @@ impl Drop for SqlNode {
 
 /// Statements a read-only node runs. Everything else is refused by name.
 fn read_only_check(statement: &Statement) -> Result<()> {
+    crate::settings::check_setting(statement)?;
     match statement {
         Statement::Query(_)
         | Statement::Explain { .. }
