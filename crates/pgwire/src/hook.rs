@@ -3,8 +3,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::common::ParamValues;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::common::{DFSchema, ParamValues};
+use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion_postgres::QueryHook;
@@ -14,7 +14,7 @@ use datafusion_postgres::pgwire;
 use fleetsql_sqlnode::{GenerationInfo, QueryOutput, SqlError, SqlNode};
 use pgwire::api::ClientInfo;
 use pgwire::api::portal::Format;
-use pgwire::api::results::{QueryResponse, Response};
+use pgwire::api::results::{QueryResponse, Response, Tag};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::response::NoticeResponse;
@@ -112,6 +112,20 @@ fn encode_output(output: QueryOutput, options: Arc<FormatOptions>) -> PgWireResu
     Ok(QueryResponse::new(fields, rows))
 }
 
+/// Savepoints, which drivers and ORMs (SQLAlchemy over psycopg) set around
+/// their own statements: a read-only node has nothing to save or undo, so
+/// they succeed and the transaction stays open.
+fn savepoint_tag(statement: &Statement) -> Option<Tag> {
+    match statement {
+        Statement::Savepoint { .. } => Some(Tag::new("SAVEPOINT")),
+        Statement::ReleaseSavepoint { .. } => Some(Tag::new("RELEASE")),
+        Statement::Rollback {
+            savepoint: Some(_), ..
+        } => Some(Tag::new("ROLLBACK")),
+        _ => None,
+    }
+}
+
 #[async_trait]
 impl QueryHook for FleetHook {
     async fn handle_simple_query(
@@ -120,6 +134,9 @@ impl QueryHook for FleetHook {
         _session_context: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        if let Some(tag) = savepoint_tag(statement) {
+            return Some(Ok(Response::Execution(tag)));
+        }
         if let Some(answer) = show_server_version(statement) {
             let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
             return Some(answer.and_then(|batch| encode_batch(batch, options)));
@@ -157,6 +174,12 @@ impl QueryHook for FleetHook {
         _session_context: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
+        if savepoint_tag(statement).is_some() {
+            return Some(Ok(LogicalPlan::EmptyRelation(EmptyRelation {
+                produce_one_row: false,
+                schema: Arc::new(DFSchema::empty()),
+            })));
+        }
         if let Err(e) = fleetsql_sqlnode::check_setting(statement) {
             return Some(Err(user_error(&e)));
         }
@@ -186,6 +209,9 @@ impl QueryHook for FleetHook {
         _session_context: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        if let Some(tag) = savepoint_tag(statement) {
+            return Some(Ok(Response::Execution(tag)));
+        }
         if is_session_statement(statement) {
             return None;
         }

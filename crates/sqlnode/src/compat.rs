@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::{ArrayRef, AsArray, Int32Array};
 use datafusion::arrow::datatypes::DataType;
+use datafusion::common::exec_err;
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
 use datafusion::scalar::ScalarValue;
 
@@ -49,6 +51,67 @@ pub(crate) fn version_udf() -> ScalarUDF {
     )
 }
 
+/// OIDs of the built-in types a name can mean (`integer` is `int4`).
+fn builtin_type_oid(name: &str) -> Option<i32> {
+    let name = name.trim().trim_start_matches("pg_catalog.").to_lowercase();
+    Some(match name.as_str() {
+        "bool" | "boolean" => 16,
+        "bytea" => 17,
+        "name" => 19,
+        "int8" | "bigint" => 20,
+        "int2" | "smallint" => 21,
+        "int4" | "integer" | "int" => 23,
+        "text" => 25,
+        "oid" => 26,
+        "json" => 114,
+        "float4" | "real" => 700,
+        "float8" | "double precision" => 701,
+        "varchar" | "character varying" => 1043,
+        "date" => 1082,
+        "time" | "time without time zone" => 1083,
+        "timestamp" | "timestamp without time zone" => 1114,
+        "timestamptz" | "timestamp with time zone" => 1184,
+        "interval" => 1186,
+        "numeric" | "decimal" => 1700,
+        "uuid" => 2950,
+        "jsonb" => 3802,
+        _ => return None,
+    })
+}
+
+/// `to_regtype(name)`: the type's OID, or NULL when there is no such type.
+/// Drivers ask it at connect time for optional types (psycopg and
+/// SQLAlchemy look for `hstore`, `json`), and treat NULL as "not here".
+pub(crate) fn to_regtype_udf() -> ScalarUDF {
+    create_udf(
+        "to_regtype",
+        vec![DataType::Utf8],
+        DataType::Int32,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let names = match args.first() {
+                Some(ColumnarValue::Scalar(value)) => value.to_array()?,
+                Some(ColumnarValue::Array(array)) => array.clone(),
+                None => return exec_err!("to_regtype takes one argument, a type name"),
+            };
+            let names = datafusion::arrow::compute::cast(&names, &DataType::Utf8)?;
+            let oids: Int32Array = names
+                .as_string::<i32>()
+                .iter()
+                .map(|name| name.and_then(builtin_type_oid))
+                .collect();
+            let oids: ArrayRef = Arc::new(oids);
+            if matches!(args.first(), Some(ColumnarValue::Scalar(_))) {
+                Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
+                    &oids, 0,
+                )?))
+            } else {
+                Ok(ColumnarValue::Array(oids))
+            }
+        }),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +126,12 @@ mod tests {
         assert!(rest.starts_with(|c: char| c.is_ascii_digit()));
         assert!(text.contains("fleetsql"));
         assert_eq!(server_version_num(), 160006);
+    }
+
+    #[test]
+    fn unknown_types_have_no_oid() {
+        assert_eq!(builtin_type_oid("hstore"), None);
+        assert_eq!(builtin_type_oid("integer"), Some(23));
+        assert_eq!(builtin_type_oid("pg_catalog.text"), Some(25));
     }
 }

@@ -192,6 +192,7 @@ impl SqlNode {
             .with_default_catalog_and_schema("datafusion", "public");
         let ctx = SessionContext::new_with_config_rt(session_config, runtime);
         ctx.register_udf(crate::compat::version_udf());
+        ctx.register_udf(crate::compat::to_regtype_udf());
         let extra_tables = ExtraTables::default();
         let catalog = ctx
             .catalog("datafusion")

@@ -80,3 +80,37 @@ async fn the_server_says_it_is_postgres_in_postgres_form() {
     assert_eq!(lines[1], "160006", "{out}");
     assert!(lines[2].starts_with("PostgreSQL 16.6 (fleetsql "), "{out}");
 }
+
+/// psycopg 3, psycopg2, asyncpg, SQLAlchemy and pandas, from the Python
+/// environment `scripts/test` builds (`FLEETSQL_BENCH_PYTHON`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_drivers() {
+    let Some(python) = std::env::var_os("FLEETSQL_BENCH_PYTHON") else {
+        // CI always runs through scripts/test, which provides it.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "FLEETSQL_BENCH_PYTHON is unset; run ./scripts/test"
+        );
+        eprintln!("skipped: FLEETSQL_BENCH_PYTHON is unset (./scripts/test sets it)");
+        return;
+    };
+    let fleet = FixtureFleet::start().await;
+    let script = crate::fixture::repo_root().join("tests/clients/pg_drivers.py");
+    let port = fleet.pg.local_addr().port().to_string();
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(port)
+        .output()
+        .await
+        .expect("the Python of scripts/python-env runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "drivers failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("ok   pandas read_sql SELECT * join"),
+        "{stdout}"
+    );
+}

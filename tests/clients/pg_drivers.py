@@ -1,0 +1,114 @@
+"""The Postgres drivers people use, against a fleetsql SQL node.
+
+Run by the integration test `pg_clients::python_drivers` with the node's
+Postgres port; prints one line per check and exits non-zero when any
+fails, naming it. Every driver runs a seed query, a parameterised query
+and a `SELECT *` over a join, and reads the completeness NOTICE where the
+driver exposes notices.
+"""
+
+import asyncio
+import sys
+
+port = int(sys.argv[1])
+failures = []
+
+SEED_DISK = (
+    "SELECT machineip ip_key, mountp mnt_key, bavail*bsize free_space, "
+    "(100*bavail)/blocks pct FROM filesystem a "
+    "WHERE blocks > 0 and (100*bavail)/blocks < 3 ORDER BY ip_key"
+)
+SEED_DISK_ROWS = [("10.0.1.1", "/var", 81920000, 2), ("10.0.2.2", "/var", 20480000, 1)]
+JOIN = "SELECT * FROM sys s JOIN machinerole m ON s.ip = m.ip ORDER BY s.ip"
+
+
+def check(name, condition, detail=""):
+    print(("ok   " if condition else "FAIL ") + name + ("" if condition else f": {detail}"))
+    if not condition:
+        failures.append(name)
+
+
+def run(name, body):
+    try:
+        body()
+    except Exception as e:  # noqa: BLE001 - every failure is reported by name
+        check(name, False, f"{type(e).__name__}: {e}")
+
+
+def psycopg3():
+    import psycopg
+
+    notices = []
+    with psycopg.connect(f"host=127.0.0.1 port={port} user=fleetsql dbname=fleetsql") as conn:
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+        rows = conn.execute(SEED_DISK).fetchall()
+        check("psycopg3 seed query", [tuple(r) for r in rows] == SEED_DISK_ROWS, rows)
+        cur = conn.execute(JOIN)
+        names = [c.name for c in cur.description]
+        check("psycopg3 SELECT * join", names.count("ip") == 2 and len(cur.fetchall()) == 4, names)
+        rows = conn.execute("SELECT hostname FROM sys WHERE memtotal > %s ORDER BY 1", (1500000,)).fetchall()
+        check("psycopg3 parameters", [r[0] for r in rows] == ["m2", "m4"], rows)
+        rows = conn.execute("SELECT hostname FROM sys WHERE hostname = %s", ("m3",), prepare=True).fetchall()
+        check("psycopg3 prepared", rows == [("m3",)], rows)
+    check("psycopg3 notice", any("generation" in n for n in notices), notices)
+
+
+def psycopg2_driver():
+    import psycopg2
+
+    conn = psycopg2.connect(host="127.0.0.1", port=port, user="fleetsql", dbname="fleetsql")
+    cur = conn.cursor()
+    cur.execute(SEED_DISK)
+    check("psycopg2 seed query", cur.fetchall() == SEED_DISK_ROWS)
+    cur.execute(JOIN)
+    check("psycopg2 SELECT * join", [d[0] for d in cur.description].count("ip") == 2)
+    cur.execute("SELECT count(*) FROM processes WHERE rss > %s", (500000,))
+    check("psycopg2 parameters", cur.fetchone()[0] == 3)
+    check("psycopg2 notice", any("generation" in n for n in conn.notices), conn.notices)
+    conn.close()
+
+
+def asyncpg_driver():
+    import asyncpg
+
+    async def body():
+        conn = await asyncpg.connect(host="127.0.0.1", port=port, user="fleetsql", database="fleetsql")
+        notices = []
+        conn.add_log_listener(lambda c, m: notices.append(m.message))
+        rows = await conn.fetch(SEED_DISK)
+        check("asyncpg seed query", [tuple(r) for r in rows] == SEED_DISK_ROWS, rows)
+        rows = await conn.fetch("SELECT pid, procname FROM processes WHERE rss > $1 ORDER BY pid", 700000)
+        check("asyncpg parameters", [r["pid"] for r in rows] == [101, 201, 302], rows)
+        rows = await conn.fetch(JOIN)
+        check("asyncpg SELECT * join", len(rows) == 4 and len(rows[0]) == 15, rows[:1])
+        await conn.close()
+        check("asyncpg notice", any("generation" in n for n in notices), notices)
+
+    asyncio.run(body())
+
+
+def sqlalchemy_and_pandas():
+    import pandas
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(f"postgresql+psycopg://fleetsql@127.0.0.1:{port}/fleetsql")
+    with engine.connect() as conn:
+        rows = conn.execute(sqlalchemy.text(SEED_DISK)).all()
+        check("sqlalchemy seed query", [tuple(r) for r in rows] == SEED_DISK_ROWS, rows)
+        rows = conn.execute(
+            sqlalchemy.text("SELECT role FROM machinerole WHERE ip = :ip"), {"ip": "10.0.2.2"}
+        ).all()
+        check("sqlalchemy parameters", rows == [("cache",)], rows)
+    frame = pandas.read_sql(JOIN, engine)
+    check("pandas read_sql SELECT * join", frame.shape == (4, 15), frame.shape)
+    frame = pandas.read_sql(sqlalchemy.text("SELECT hostname, memtotal FROM sys ORDER BY 1"), engine)
+    check("pandas read_sql", list(frame["hostname"]) == ["m1", "m2", "m3", "m4"], frame)
+
+
+run("psycopg3", psycopg3)
+run("psycopg2", psycopg2_driver)
+run("asyncpg", asyncpg_driver)
+run("sqlalchemy/pandas", sqlalchemy_and_pandas)
+if failures:
+    print("failed: " + ", ".join(failures))
+    sys.exit(1)
