@@ -1,3 +1,4 @@
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -6,7 +7,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::{DFSchema, ParamValues};
 use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{Statement, visit_relations};
 use datafusion_postgres::QueryHook;
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::hooks::HookClient;
@@ -112,6 +113,23 @@ fn encode_output(output: QueryOutput, options: Arc<FormatOptions>) -> PgWireResu
     Ok(QueryResponse::new(fields, rows))
 }
 
+/// Whether `statement` reads nothing but the catalogs (`pg_catalog`,
+/// `information_schema`) or no table at all: what psql's `\d` and
+/// drivers' introspection send, several queries per command. The
+/// completeness NOTICE speaks of fleet data, so those go without it.
+fn reads_no_fleet_data(statement: &Statement) -> bool {
+    let mut catalog_only = true;
+    let _ = visit_relations(statement, |name| {
+        let first = name.0.first().map(|p| p.to_string().to_lowercase());
+        let last = name.0.last().map(|p| p.to_string().to_lowercase());
+        let in_catalog = matches!(first.as_deref(), Some("pg_catalog" | "information_schema"))
+            || (name.0.len() == 1 && last.is_some_and(|t| t.starts_with("pg_")));
+        catalog_only &= in_catalog;
+        ControlFlow::<()>::Continue(())
+    });
+    catalog_only
+}
+
 /// Savepoints, which drivers and ORMs (SQLAlchemy over psycopg) set around
 /// their own statements: a read-only node has nothing to save or undo, so
 /// they succeed and the transaction stays open.
@@ -161,7 +179,9 @@ impl QueryHook for FleetHook {
             Ok(output) => output,
             Err(e) => return Some(Err(user_error(&e))),
         };
-        if let Err(e) = client.send_message(notice(&output.generation)).await {
+        if !reads_no_fleet_data(statement)
+            && let Err(e) = client.send_message(notice(&output.generation)).await
+        {
             return Some(Err(e));
         }
         let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
@@ -216,7 +236,9 @@ impl QueryHook for FleetHook {
             return None;
         }
         let info = GenerationInfo::of(&self.node.current());
-        if let Err(e) = client.send_message(notice(&info)).await {
+        if !reads_no_fleet_data(statement)
+            && let Err(e) = client.send_message(notice(&info)).await
+        {
             return Some(Err(e));
         }
         None

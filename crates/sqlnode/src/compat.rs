@@ -5,11 +5,16 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, Int32Array};
+use std::ops::ControlFlow;
+
+use datafusion::arrow::array::{ArrayRef, AsArray, Int32Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::exec_err;
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
 use datafusion::scalar::ScalarValue;
+use datafusion::sql::sqlparser::ast::{SetExpr, Statement, TableFactor, VisitMut, VisitorMut};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
 
 /// The PostgreSQL release whose wire protocol and catalogs we speak.
 const POSTGRES_RELEASE: &str = "16.6";
@@ -40,7 +45,7 @@ pub fn version_text() -> String {
 }
 
 /// Replaces DataFusion's own `version()`, whose text no driver parses.
-pub(crate) fn version_udf() -> ScalarUDF {
+fn version_udf() -> ScalarUDF {
     let text = version_text();
     create_udf(
         "version",
@@ -82,7 +87,7 @@ fn builtin_type_oid(name: &str) -> Option<i32> {
 /// `to_regtype(name)`: the type's OID, or NULL when there is no such type.
 /// Drivers ask it at connect time for optional types (psycopg and
 /// SQLAlchemy look for `hstore`, `json`), and treat NULL as "not here".
-pub(crate) fn to_regtype_udf() -> ScalarUDF {
+fn to_regtype_udf() -> ScalarUDF {
     create_udf(
         "to_regtype",
         vec![DataType::Utf8],
@@ -112,6 +117,129 @@ pub(crate) fn to_regtype_udf() -> ScalarUDF {
     )
 }
 
+/// The Postgres name of a type as DataFusion's `information_schema` prints
+/// it (`Utf8`, `Int64`, `Timestamp(µs, "UTC")`): tools that introspect
+/// before they query (JDBC, SQLAlchemy, DBeaver, Grafana) know only these.
+fn postgres_type_name(arrow: &str) -> String {
+    let base = arrow.split('(').next().unwrap_or(arrow);
+    match base {
+        "Utf8" | "LargeUtf8" | "Utf8View" | "Null" => "text",
+        "Int64" | "UInt32" => "bigint",
+        "Int32" | "UInt16" => "integer",
+        "Int16" | "Int8" | "UInt8" => "smallint",
+        "UInt64" | "Decimal32" | "Decimal64" | "Decimal128" | "Decimal256" => "numeric",
+        "Float64" => "double precision",
+        "Float32" | "Float16" => "real",
+        "Boolean" => "boolean",
+        "Timestamp" if arrow.contains(',') => "timestamp with time zone",
+        "Timestamp" => "timestamp without time zone",
+        "Date32" | "Date64" => "date",
+        "Time32" | "Time64" => "time without time zone",
+        "Interval" | "Duration" => "interval",
+        "Binary" | "LargeBinary" | "BinaryView" | "FixedSizeBinary" => "bytea",
+        "List" | "LargeList" | "FixedSizeList" | "ListView" => "ARRAY",
+        _ => "USER-DEFINED",
+    }
+    .to_string()
+}
+
+fn postgres_type_name_udf() -> ScalarUDF {
+    create_udf(
+        POSTGRES_TYPE_NAME,
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let Some(arg) = args.first() else {
+                return exec_err!("{POSTGRES_TYPE_NAME} takes one argument");
+            };
+            let names = arg.to_array(1)?;
+            let names = datafusion::arrow::compute::cast(&names, &DataType::Utf8)?;
+            let mapped: StringArray = names
+                .as_string::<i32>()
+                .iter()
+                .map(|name| name.map(postgres_type_name))
+                .collect();
+            let mapped: ArrayRef = Arc::new(mapped);
+            Ok(match arg {
+                ColumnarValue::Scalar(_) => {
+                    ColumnarValue::Scalar(ScalarValue::try_from_array(&mapped, 0)?)
+                }
+                ColumnarValue::Array(_) => ColumnarValue::Array(mapped),
+            })
+        }),
+    )
+}
+
+const POSTGRES_TYPE_NAME: &str = "fleetsql_postgres_type_name";
+
+/// `information_schema.columns` as Postgres has it: Postgres type names,
+/// positions from 1. DataFusion's own table stays underneath.
+const POSTGRES_COLUMNS: &str = "SELECT * FROM (SELECT table_catalog, table_schema, table_name, \
+    column_name, CAST(ordinal_position + 1 AS INT) AS ordinal_position, column_default, \
+    is_nullable, fleetsql_postgres_type_name(data_type) AS data_type, \
+    character_maximum_length, character_octet_length, numeric_precision, \
+    numeric_precision_radix, numeric_scale, datetime_precision, interval_type \
+    FROM information_schema.columns) AS columns";
+
+/// Registers the functions above on a node's session.
+pub(crate) fn register(ctx: &datafusion::prelude::SessionContext) {
+    ctx.register_udf(version_udf());
+    ctx.register_udf(to_regtype_udf());
+    ctx.register_udf(postgres_type_name_udf());
+}
+
+/// Reads `information_schema.columns` through [`POSTGRES_COLUMNS`].
+pub(crate) fn postgres_information_schema(statement: &mut Statement) {
+    struct Columns;
+    impl VisitorMut for Columns {
+        type Break = ();
+        fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+            let TableFactor::Table { name, alias, .. } = factor else {
+                return ControlFlow::Continue(());
+            };
+            let parts: Vec<String> = name
+                .0
+                .iter()
+                .map(|p| p.to_string().to_lowercase())
+                .collect();
+            let is_columns = matches!(
+                parts
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .as_slice(),
+                ["information_schema", "columns"] | [_, "information_schema", "columns"]
+            );
+            if !is_columns {
+                return ControlFlow::Continue(());
+            }
+            let alias = alias.clone();
+            if let Some(mut derived) = postgres_columns() {
+                if let (TableFactor::Derived { alias: slot, .. }, Some(alias)) =
+                    (&mut derived, alias)
+                {
+                    *slot = Some(alias);
+                }
+                *factor = derived;
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = statement.visit(&mut Columns);
+}
+
+fn postgres_columns() -> Option<TableFactor> {
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, POSTGRES_COLUMNS).ok()?;
+    let Statement::Query(query) = statements.pop()? else {
+        return None;
+    };
+    let SetExpr::Select(select) = *query.body else {
+        return None;
+    };
+    select.from.into_iter().next().map(|from| from.relation)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +254,23 @@ mod tests {
         assert!(rest.starts_with(|c: char| c.is_ascii_digit()));
         assert!(text.contains("fleetsql"));
         assert_eq!(server_version_num(), 160006);
+    }
+
+    #[test]
+    fn arrow_types_get_postgres_names() {
+        assert_eq!(postgres_type_name("Utf8"), "text");
+        assert_eq!(postgres_type_name("Int64"), "bigint");
+        assert_eq!(postgres_type_name("Float64"), "double precision");
+        assert_eq!(postgres_type_name("Boolean"), "boolean");
+        assert_eq!(
+            postgres_type_name("Timestamp(µs, \"UTC\")"),
+            "timestamp with time zone"
+        );
+        assert_eq!(
+            postgres_type_name("Timestamp(ms)"),
+            "timestamp without time zone"
+        );
+        assert!(postgres_columns().is_some());
     }
 
     #[test]

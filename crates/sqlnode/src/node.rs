@@ -191,8 +191,7 @@ impl SqlNode {
             .with_information_schema(true)
             .with_default_catalog_and_schema("datafusion", "public");
         let ctx = SessionContext::new_with_config_rt(session_config, runtime);
-        ctx.register_udf(crate::compat::version_udf());
-        ctx.register_udf(crate::compat::to_regtype_udf());
+        crate::compat::register(&ctx);
         let extra_tables = ExtraTables::default();
         let catalog = ctx
             .catalog("datafusion")
@@ -522,6 +521,7 @@ impl SqlNode {
     ) -> Result<LogicalPlan> {
         let ctx = self.inner.ctx.clone();
         let mut statement = statement;
+        crate::compat::postgres_information_schema(&mut statement);
         crate::naming::name_outputs(&mut statement);
         PINNED
             .scope(generation, async move {

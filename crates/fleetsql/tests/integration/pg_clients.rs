@@ -114,3 +114,23 @@ async fn python_drivers() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_describes_a_table_without_a_notice_per_catalog_query() {
+    let fleet = FixtureFleet::start().await;
+    // Collected first, so its columns are known.
+    let (_, err) = psql(&fleet, &["-c", "SELECT count(*) FROM sys"]);
+    assert_eq!(err.matches("NOTICE").count(), 1, "{err}");
+    let (out, err) = psql(&fleet, &["-c", "\\d sys"]);
+    assert!(!err.contains("ERROR"), "{err}");
+    assert!(
+        !err.contains("NOTICE"),
+        "catalog queries sent a NOTICE: {err}"
+    );
+    assert!(out.contains("Table \"public.sys\""), "{out}");
+    for column in ["ip|text", "memtotal|bigint", "cpu_pct|double precision"] {
+        assert!(out.contains(column), "no {column} in:\n{out}");
+    }
+    let (out, _) = psql(&fleet, &["-c", "\\dt"]);
+    assert!(out.contains("public|sys|table"), "{out}");
+}
