@@ -7,11 +7,9 @@ use anyhow::Context;
 use clap::Args;
 use fleetsql_agent::{Agent, AgentConfig};
 use fleetsql_aggregator::{ClusterSpec, InProcessHierarchy, StaticTables};
-use fleetsql_console::ConsoleOptions;
+use fleetsql_apps::{AppsConfig, SqlNodeApps};
 use fleetsql_http::HttpServer;
 use fleetsql_pgwire::PgServer;
-use fleetsql_pqa::{Clock, EngineConfig, PqaService, ServiceConfig};
-use fleetsql_reports::{Reports, ReportsConfig};
 use fleetsql_sim::{SimConfig, SimFleet};
 use fleetsql_sqlnode::{SqlNode, SqlNodeConfig};
 
@@ -59,20 +57,8 @@ pub(crate) struct DemoArgs {
     /// A TOML file of integrations (Prometheus scrapes, MQTT, perfSONAR esmond).
     #[arg(long)]
     integrations: Option<PathBuf>,
-    /// Directory of report definitions (`*.toml`; defaults to the demo's own).
-    #[arg(long)]
-    reports_dir: Option<PathBuf>,
-    /// SQLite file keeping report runs; without it runs are kept in memory.
-    #[arg(long)]
-    reports_db: Option<PathBuf>,
-    /// The console's generation badge turns amber when data are older.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    console_amber_after: Duration,
-    /// ... and red when they are older than this.
-    #[arg(long, default_value = "2m", value_parser = parse_duration)]
-    console_red_after: Duration,
     #[command(flatten)]
-    alerts: crate::demo_alerts::AlertArgs,
+    apps: crate::apps_args::AppArgs,
 }
 
 /// Accepts `250ms`, `5s`, `2m`, or a plain number of seconds.
@@ -98,6 +84,25 @@ fn demo_path(relative: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(relative))
 }
 
+/// The demo's apps: the shipped alerts and reports, state kept under a
+/// directory of this user's (printed when ready), each given flag over that.
+fn apps_config(args: &DemoArgs) -> anyhow::Result<AppsConfig> {
+    let mut config = AppsConfig {
+        state_dir: fleetsql_apps::default_state_dir("demo"),
+        alerts_dir: Some(demo_path("alerts/examples")),
+        reports_dir: Some(demo_path("demo/reports")),
+        integrations: args.integrations.clone(),
+        ..AppsConfig::default()
+    };
+    args.apps.apply(&mut config);
+    if config.state_dir.is_none() {
+        anyhow::bail!(
+            "the demo keeps its state under $XDG_STATE_HOME or $HOME, and neither is set; pass --state-dir DIR"
+        );
+    }
+    Ok(config)
+}
+
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let sim = SimFleet::new(SimConfig {
         clusters: args.clusters,
@@ -109,7 +114,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     })
     .context("invalid simulated fleet")?;
 
-    let integrations_config = crate::integrations::load(args.integrations.as_deref())?;
+    let apps_config = apps_config(&args)?;
+    // Contradictory settings stop the demo before anything listens.
+    apps_config.validate()?;
+    let state_dir = apps_config.state_dir.clone().unwrap_or_default();
     let agent = Agent::start(AgentConfig {
         tick: args.tick,
         publish_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.publish_port),
@@ -139,51 +147,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     config.memory_limit = args.query_memory_mib << 20;
     let node = Arc::new(SqlNode::start(config, vec![hierarchy.tla.as_child()])?);
 
+    let apps = SqlNodeApps::start_with_tables(
+        node.clone(),
+        apps_config,
+        Some(agent.clone() as fleetsql_apps::LocalTables),
+    )?;
     let pg = PgServer::start(node.clone(), SocketAddr::new(args.bind, args.pg_port)).await?;
-    // Persistent queries: fleet rows carry their publish time, so windows
-    // over fleet tables run on event time; posted events on arrival time.
-    let pqa = PqaService::new(ServiceConfig {
-        engine: EngineConfig {
-            timestamp_field: Some("_published_at".to_string()),
-            clock: Clock::Wall,
-        },
-        ..ServiceConfig::default()
-    });
-    let pqa_clock = pqa.start_clock();
-    let pqa_feed = fleetsql_http::feed_persistent_queries(node.clone(), pqa.clone());
-    let alerts = crate::demo_alerts::start(&args.alerts, node.clone())?;
-    let reports_dir = args
-        .reports_dir
-        .clone()
-        .unwrap_or_else(|| demo_path("demo/reports"));
-    let reports = Reports::start(
-        node.clone(),
-        &ReportsConfig {
-            dir: reports_dir.clone(),
-            database: args.reports_db.clone(),
-        },
-    )
-    .with_context(|| format!("cannot start the reports in {}", reports_dir.display()))?;
-    let console = fleetsql_console::router(
-        node.clone(),
-        ConsoleOptions {
-            alerts: true,
-            reports: true,
-            persistent_queries: true,
-            badge: fleetsql_console::BadgeThresholds {
-                amber_age_ms: args.console_amber_after.as_millis() as u64,
-                red_age_ms: args.console_red_after.as_millis() as u64,
-            },
-        },
-    );
-    let app = fleetsql_http::router(node.clone())
-        .merge(fleetsql_pqa::router(pqa.clone()))
-        .merge(reports.router())
-        .merge(alerts.router())
-        .merge(console);
+    let app = fleetsql_http::router(node.clone()).merge(apps.router());
     let http = HttpServer::start(app, SocketAddr::new(args.bind, args.http_port)).await?;
-    let integrations =
-        crate::integrations::start(integrations_config.as_ref(), agent.clone(), pqa.clone())?;
 
     // First generation now rather than at the first tick, bottom up.
     let mut local = agent.subscribe();
@@ -194,9 +165,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let pg_addr = pg.local_addr();
     let http_addr = http.local_addr();
     println!(
-        "fleetsql demo ready: pg={pg_addr} http={http_addr} publish={} machines={machines} clusters={}",
+        "fleetsql demo ready: pg={pg_addr} http={http_addr} publish={} machines={machines} clusters={} state={}",
         agent.publish_addr(),
-        args.clusters + 1
+        args.clusters + 1,
+        state_dir.display()
     );
     println!();
     println!(
@@ -217,19 +189,17 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  console: http://{http_addr}/");
     println!();
     println!("  alerts console: http://{http_addr}/alerts");
+    println!(
+        "  state (alert state, report runs): {}",
+        state_dir.display()
+    );
     println!("generations every {:?}; Ctrl-C stops", args.tick);
 
     crate::signal::shutdown_signal().await;
     eprintln!("shutting down");
-    if let Some(integrations) = integrations {
-        integrations.shutdown().await;
-    }
     http.shutdown().await;
-    alerts.shutdown().await;
     pg.shutdown().await;
-    pqa_feed.abort();
-    reports.shutdown().await;
-    drop(pqa_clock);
+    apps.shutdown().await;
     if let Ok(node) = Arc::try_unwrap(node) {
         node.shutdown().await;
     }

@@ -2,9 +2,9 @@
 //! argument parsing and wiring; the work happens in the library crates.
 
 mod alerts_cmd;
+mod apps_args;
 mod bench_cmd;
 mod demo;
-mod demo_alerts;
 mod integrations;
 mod signal;
 mod sql_client;

@@ -34,6 +34,9 @@ pub(crate) struct TierArgs {
     /// queries on its HTTP address. Each refuses the other's kinds.
     #[arg(long)]
     integrations: Option<PathBuf>,
+    /// SQL node only: its apps' paths and settings, over its topology entry.
+    #[command(flatten)]
+    apps: crate::apps_args::AppArgs,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -59,19 +62,24 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
         pg: args.pg,
     };
     let name = &args.name;
-    let integrations_config = match role {
-        Role::SqlNode | Role::Agent => crate::integrations::load(args.integrations.as_deref())?,
+    if args.apps.any() && !matches!(role, Role::SqlNode) {
+        anyhow::bail!(
+            "--state-dir, --alerts-* , --reports-* and --console-* are for `fleetsql sqlnode` and `demo`"
+        );
+    }
+    let agent_integrations = match role {
+        Role::Agent => crate::integrations::load(args.integrations.as_deref())?,
+        Role::SqlNode => None,
         _ if args.integrations.is_some() => {
             anyhow::bail!("--integrations is for `fleetsql agent`, `sqlnode` and `demo`")
         }
         _ => None,
     };
-    let mut persistent = None;
     let mut publishers = None;
     let running = match role {
         Role::Agent => {
             let process = AgentProcess::start(&topology, name, listen).await?;
-            if let Some(config) = &integrations_config {
+            if let Some(config) = &agent_integrations {
                 publishers = Some(crate::integrations::start_on_agent(
                     config,
                     process.shared_agent(),
@@ -81,21 +89,16 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
         }
         Role::Proxy => Running::Tier(TierProcess::start_proxy(&topology, name, listen).await?),
         Role::Tla => Running::Tier(TierProcess::start_tla(&topology, name, listen).await?),
-        Role::SqlNode => match &integrations_config {
-            None => Running::Sql(SqlProcess::start(&topology, name, listen).await?),
-            Some(config) => {
-                let pqa = crate::integrations::persistent_queries();
-                let routes = fleetsql_pqa::router(pqa.clone());
-                let process =
-                    SqlProcess::start_with_routes(&topology, name, listen, routes).await?;
-                persistent = Some(crate::integrations::start_on_sqlnode(
-                    config,
-                    process.node().clone(),
-                    pqa,
-                )?);
-                Running::Sql(process)
+        Role::SqlNode => {
+            // Flags win over the node's entry; the entry keeps what they
+            // do not name.
+            let mut apps = topology.sqlnode(name)?.apps(name);
+            args.apps.apply(&mut apps);
+            if args.integrations.is_some() {
+                apps.integrations.clone_from(&args.integrations);
             }
-        },
+            Running::Sql(SqlProcess::start_with_apps(&topology, name, listen, apps).await?)
+        }
     };
     let ready = match &running {
         Running::Agent(p) => p.ready_line(),
@@ -106,9 +109,6 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
     println!("{ready}");
     crate::signal::shutdown_signal().await;
     eprintln!("shutting down {name}");
-    if let Some(persistent) = persistent {
-        persistent.shutdown().await;
-    }
     if let Some(publishers) = publishers {
         publishers.shutdown().await;
     }

@@ -34,6 +34,12 @@ pub enum TiersError {
     Pg(#[from] fleetsql_pgwire::PgServerError),
     #[error(transparent)]
     Http(#[from] fleetsql_http::HttpServerError),
+    #[error("SQL node `{name}`'s apps")]
+    Apps {
+        name: String,
+        #[source]
+        source: Box<fleetsql_apps::AppsError>,
+    },
 }
 
 pub type Result<T, E = TiersError> = std::result::Result<T, E>;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use fleetsql_agent::{Agent, AgentConfig};
 use fleetsql_aggregator::{Aggregator, AggregatorConfig, Child, ChildGroup, StaticTables};
+use fleetsql_apps::{AppsConfig, SqlNodeApps};
 use fleetsql_flight::{
     FlightChild, FlightChildOptions, FlightServer, FlightServerConfig, TransferStats,
 };
@@ -388,32 +389,33 @@ impl TierProcess {
 }
 
 /// A SQL node reading from its TLAs over Flight, answering over the
-/// Postgres wire and HTTP.
+/// Postgres wire and HTTP, with its apps (persistent queries, alerts,
+/// reports, the console, integrations) on the same HTTP address.
 #[derive(Debug)]
 pub struct SqlProcess {
     name: String,
     node: Arc<SqlNode>,
+    apps: SqlNodeApps,
     pg: PgServer,
     http: HttpServer,
 }
 
 impl SqlProcess {
+    /// Starts the node and the apps its topology entry configures.
     pub async fn start(topology: &Topology, name: &str, listen: Listen) -> Result<SqlProcess> {
-        Self::start_with_routes(topology, name, listen, axum::Router::new()).await
+        let entry = topology.sqlnode(name)?;
+        Self::start_with_apps(topology, name, listen, entry.apps(name)).await
     }
 
-    /// [`SqlProcess::start`], serving `extra` routes (e.g. persistent
-    /// queries) beside `/v1/query` on the HTTP address.
-    pub async fn start_with_routes(
+    /// [`SqlProcess::start`] with `apps` instead of the entry's own (the
+    /// entry's, with command-line flags over them).
+    pub async fn start_with_apps(
         topology: &Topology,
         name: &str,
         listen: Listen,
-        extra: axum::Router,
+        apps: AppsConfig,
     ) -> Result<SqlProcess> {
-        let entry = topology
-            .sqlnodes
-            .get(name)
-            .ok_or_else(|| unknown("sqlnode", name, topology.sqlnodes.keys().collect()))?;
+        let entry = topology.sqlnode(name)?;
         let mut sources: Vec<Arc<dyn Child>> = Vec::new();
         let mut clients = Vec::new();
         for tla_name in entry.tlas.keys() {
@@ -439,6 +441,10 @@ impl SqlProcess {
             clients,
             started: Instant::now(),
         });
+        let apps = SqlNodeApps::start(node.clone(), apps).map_err(|source| TiersError::Apps {
+            name: name.to_string(),
+            source: Box::new(source),
+        })?;
         let pg = PgServer::start(
             node.clone(),
             listen.pg.or(entry.pg).unwrap_or(loopback(5433)),
@@ -446,15 +452,21 @@ impl SqlProcess {
         .await?;
         let app = fleetsql_http::router(node.clone())
             .merge(admin::metrics_router(observed))
-            .merge(extra);
+            .merge(apps.router());
         let http =
             HttpServer::start(app, listen.http.or(entry.http).unwrap_or(loopback(8080))).await?;
         Ok(SqlProcess {
             name: name.to_string(),
             node,
+            apps,
             pg,
             http,
         })
+    }
+
+    /// The running apps (e.g. to see which are on).
+    pub fn apps(&self) -> &SqlNodeApps {
+        &self.apps
     }
 
     pub fn node(&self) -> &Arc<SqlNode> {
@@ -478,9 +490,12 @@ impl SqlProcess {
         )
     }
 
+    /// Stops accepting (HTTP, then Postgres), stops the apps (alerts write
+    /// their checkpoint and hand the lease on), then the node.
     pub async fn shutdown(self) {
         self.http.shutdown().await;
         self.pg.shutdown().await;
+        self.apps.shutdown().await;
         if let Ok(node) = Arc::try_unwrap(self.node) {
             node.shutdown().await;
         }

@@ -155,6 +155,47 @@ pub struct SqlNodeEntry {
     pub prewarm: BTreeSet<String>,
     #[serde(default, with = "duration_text::option")]
     pub query_timeout: Option<Duration>,
+    /// Where this node keeps its apps' state (alert state, report runs)
+    /// unless a file is named below; relative to the topology file.
+    pub state_dir: Option<PathBuf>,
+    /// Alert definitions (`*.toml`, `routes.toml`); without it, no alerts.
+    pub alerts_dir: Option<PathBuf>,
+    /// Alert state (default `<state_dir>/alerts.db`). The SQL nodes of one
+    /// set given the same file run the alerts once between them.
+    pub alerts_state: Option<PathBuf>,
+    /// How often due alerts are looked for (default 1 s).
+    #[serde(default, with = "duration_text::option")]
+    pub alerts_poll: Option<Duration>,
+    /// How long after the alert lease holder died another node takes over
+    /// (default 10 s).
+    #[serde(default, with = "duration_text::option")]
+    pub alerts_lease: Option<Duration>,
+    /// Report definitions; without it, no reports.
+    pub reports_dir: Option<PathBuf>,
+    /// Report runs (default `<state_dir>/reports.db`).
+    pub reports_db: Option<PathBuf>,
+    /// Persistent-query sinks and event sources (MQTT, XMPP, esmond).
+    pub integrations: Option<PathBuf>,
+}
+
+impl SqlNodeEntry {
+    /// The apps this node runs: its paths, and its own name in the alert
+    /// lease (names are unique in a topology).
+    pub fn apps(&self, name: &str) -> fleetsql_apps::AppsConfig {
+        let defaults = fleetsql_apps::AppsConfig::default();
+        fleetsql_apps::AppsConfig {
+            state_dir: self.state_dir.clone(),
+            alerts_dir: self.alerts_dir.clone(),
+            alerts_state: self.alerts_state.clone(),
+            alerts_node: Some(name.to_string()),
+            alerts_poll: self.alerts_poll.unwrap_or(defaults.alerts_poll),
+            alerts_lease: self.alerts_lease.unwrap_or(defaults.alerts_lease),
+            reports_dir: self.reports_dir.clone(),
+            reports_db: self.reports_db.clone(),
+            integrations: self.integrations.clone(),
+            ..defaults
+        }
+    }
 }
 
 /// Durations written as text (`"5s"`), read as text or seconds.
@@ -213,6 +254,23 @@ impl Topology {
                     && index.is_relative()
                 {
                     tla.static_tables = Some(dir.join(index));
+                }
+            }
+            for node in topology.sqlnodes.values_mut() {
+                for path in [
+                    &mut node.state_dir,
+                    &mut node.alerts_dir,
+                    &mut node.alerts_state,
+                    &mut node.reports_dir,
+                    &mut node.reports_db,
+                    &mut node.integrations,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    if path.is_relative() {
+                        *path = dir.join(&*path);
+                    }
                 }
             }
             for agent in topology.agents.values_mut() {
@@ -318,6 +376,17 @@ impl Topology {
         Ok(())
     }
 
+    /// The SQL node `name`, or an error listing the ones there are.
+    pub fn sqlnode(&self, name: &str) -> Result<&SqlNodeEntry> {
+        self.sqlnodes
+            .get(name)
+            .ok_or_else(|| TiersError::UnknownNode {
+                role: "sqlnode",
+                name: name.to_string(),
+                known: self.sqlnodes.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
+    }
+
     /// Cluster name → its agents' names.
     pub fn clusters(&self) -> BTreeMap<String, Vec<String>> {
         let mut clusters: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -389,6 +458,31 @@ mod tests {
         assert_eq!(t.sqlnodes["s1"].tlas["t1"], 3);
         let back = Topology::parse(&t.to_toml()).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn a_sql_nodes_app_paths_are_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("topology.toml");
+        std::fs::write(
+            &file,
+            "[tlas.t1]\n[sqlnodes.s1]\ntlas = { t1 = 0 }\nstate_dir = \"state\"\n\
+             alerts_dir = \"alerts\"\nreports_db = \"/abs/runs.db\"\nalerts_lease = \"3s\"\n",
+        )
+        .unwrap();
+        let t = Topology::load(&file).unwrap();
+        let apps = t.sqlnodes["s1"].apps("s1");
+        assert_eq!(apps.state_dir, Some(dir.path().join("state")));
+        assert_eq!(apps.alerts_dir, Some(dir.path().join("alerts")));
+        assert_eq!(
+            apps.alerts_state_path(),
+            Some(dir.path().join("state/alerts.db"))
+        );
+        assert_eq!(apps.reports_db_path(), Some(PathBuf::from("/abs/runs.db")));
+        assert_eq!(apps.alerts_node.as_deref(), Some("s1"));
+        assert_eq!(apps.alerts_lease, Duration::from_secs(3));
+        assert_eq!(apps.alerts_poll, Duration::from_secs(1));
+        apps.validate().unwrap();
     }
 
     #[test]

@@ -12,6 +12,7 @@ use axum::routing::post;
 use serde_json::Value;
 
 use crate::cluster::TestDemo;
+use crate::tiers::{FleetSpec, TestCluster, eventually};
 
 /// (kind, instance key) of every event every POST carried.
 type Seen = Arc<Mutex<Vec<(String, String)>>>;
@@ -45,15 +46,19 @@ fn write_alert(dir: &Path, hostname_pattern: &str) {
     std::fs::rename(tmp, dir.join("watched.toml")).unwrap();
 }
 
-fn alert_dir(hook: SocketAddr) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
+fn write_routes(dir: &Path, hook: SocketAddr) {
     std::fs::write(
-        dir.path().join("routes.toml"),
+        dir.join("routes.toml"),
         format!(
             "[route.noc]\nkind = \"webhook\"\nurl = \"http://{hook}/hook\"\nbackoff = \"50ms\"\n"
         ),
     )
     .unwrap();
+}
+
+fn alert_dir(hook: SocketAddr) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_routes(dir.path(), hook);
     dir
 }
 
@@ -246,4 +251,170 @@ async fn alerts_check_runs_the_shipped_examples_and_reports_bad_ones() {
     let output = check(&broken);
     assert!(!output.status.success());
     assert!(!output.stderr.is_empty());
+}
+
+/// The seed's disk alert (as shipped in `alerts/examples/disk_space.toml`),
+/// run every 500 ms and routed to the test's webhook.
+const DISK_ALERT: &str = r#"
+name = "disk space low"
+every = "500ms"
+fire_after = 1
+clear_after = "0s"
+routes = ["noc"]
+sql = """
+SELECT machineip ip_key, mountp mnt_key, bavail*bsize free_space, (100*bavail)/blocks pct
+FROM filesystem a
+WHERE blocks > 0 and (100*bavail)/blocks < 3
+"""
+"#;
+
+async fn cluster_value(cluster: &TestCluster, node: &str, sql: &str) -> Value {
+    let (status, body) = cluster.query_on(node, sql).await;
+    assert!(status.is_success(), "{node}: {sql}: {body}");
+    body["rows"][0][0].clone()
+}
+
+/// Active instances of the console's alert API on `node`.
+async fn console_active(cluster: &TestCluster, node: &str) -> usize {
+    let state: Value = reqwest::get(format!(
+        "http://{}/alerts/api/state",
+        cluster.addr(node, "http")
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    state["instances"]
+        .as_array()
+        .map_or(0, |i| i.iter().filter(|i| i["status"] == "active").count())
+}
+
+/// The multi-process fleet of issue 16: 2 clusters x 2 agents, 2 proxies
+/// per cluster, 2 TLAs and 2 SQL nodes from one topology file whose SQL
+/// node entries name one alerts directory and one alert state file. The
+/// fixture's two nearly full disks fire once each on the webhook; both
+/// nodes show them; the lease holder is killed with -9 and the other node
+/// runs the alerts on, notifying a new instance once and no old one again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sqlnode_processes_share_the_alerts_across_a_kill() {
+    let (hook, seen) = webhook_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Paths in the topology are relative to it: the file is written into
+    // `dir`, so these name `dir/alerts` and so on.
+    let alerts = dir.path().join("alerts");
+    std::fs::create_dir_all(&alerts).unwrap();
+    write_routes(&alerts, hook);
+    std::fs::write(alerts.join("disk.toml"), DISK_ALERT).unwrap();
+    let reports = dir.path().join("reports");
+    std::fs::create_dir_all(&reports).unwrap();
+    std::fs::copy(
+        crate::fixture::repo_root().join("demo/reports/continent_hits.toml"),
+        reports.join("continent_hits.toml"),
+    )
+    .unwrap();
+    let entry = |name: &str, reports: bool| fleetsql_tiers::SqlNodeEntry {
+        state_dir: Some(format!("{name}-state").into()),
+        alerts_dir: Some("alerts".into()),
+        alerts_state: Some("shared/alerts.db".into()),
+        alerts_poll: Some(Duration::from_millis(200)),
+        alerts_lease: Some(Duration::from_secs(2)),
+        reports_dir: reports.then(|| "reports".into()),
+        ..fleetsql_tiers::SqlNodeEntry::default()
+    };
+    let mut cluster = TestCluster::start_fleet_in(
+        dir,
+        FleetSpec {
+            proxies: 2,
+            tlas: 2,
+            table_expiry: Duration::from_secs(600),
+            extra_agent: false,
+            sqlnodes: [
+                ("s1".to_string(), entry("s1", true)),
+                ("s2".to_string(), entry("s2", false)),
+            ]
+            .into(),
+        },
+    )
+    .await;
+    assert_eq!(
+        cluster.roles(),
+        std::collections::BTreeMap::from([("agent", 4), ("proxy", 4), ("sqlnode", 2), ("tla", 2)])
+    );
+    wait_for("both disks to fire", async || count(&seen, "fired") == 2).await;
+
+    // Both nodes show the instances, in SQL and on the console's alert API,
+    // and agree on who holds the lease.
+    for node in ["s1", "s2"] {
+        wait_for("the instances on both nodes", async || {
+            cluster_value(
+                &cluster,
+                node,
+                "SELECT count(*) FROM alert_instances WHERE status = 'active'",
+            )
+            .await
+                == 2
+        })
+        .await;
+        wait_for("the console's alert API", async || {
+            console_active(&cluster, node).await == 2
+        })
+        .await;
+    }
+    let holder = cluster_value(&cluster, "s1", "SELECT lease_holder FROM alerts").await;
+    let holder = holder.as_str().expect("a lease holder").to_string();
+    assert_eq!(
+        cluster_value(&cluster, "s2", "SELECT lease_holder FROM alerts").await,
+        holder.as_str()
+    );
+    let survivor = if holder == "s1" { "s2" } else { "s1" };
+    // Only the node with a reports directory says the console has reports.
+    for (node, reports) in [("s1", true), ("s2", false)] {
+        let config: Value = reqwest::get(format!(
+            "http://{}/v1/console/config",
+            cluster.addr(node, "http")
+        ))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(config["features"]["alerts"], true, "{node}: {config}");
+        assert_eq!(config["features"]["reports"], reports, "{node}: {config}");
+    }
+
+    cluster.kill(&holder); // kill -9 the node running the alerts
+
+    // While nobody holds the lease, a third disk fills up (c2-m1's /data).
+    let drop_dir = cluster.drop_dir("c2-m1");
+    let file = drop_dir.join("filesystem.csv");
+    let mut csv = std::fs::read_to_string(&file).unwrap();
+    csv.push_str("10.0.2.1,/data,xfs,4096,1000000,20000,10000,65536,50000\n");
+    let tmp = drop_dir.join("filesystem.csv.tmp");
+    std::fs::write(&tmp, csv).unwrap();
+    std::fs::rename(tmp, file).unwrap();
+
+    wait_for("the survivor to fire the new disk", async || {
+        count(&seen, "fired") == 3
+    })
+    .await;
+    assert_eq!(
+        cluster_value(&cluster, survivor, "SELECT lease_holder FROM alerts").await,
+        survivor
+    );
+    // A few more iterations, so that a late duplicate would have arrived.
+    let sql = "SELECT iteration FROM alerts WHERE name = 'disk space low'";
+    let now = cluster_value(&cluster, survivor, sql)
+        .await
+        .as_u64()
+        .unwrap();
+    eventually(Duration::from_secs(30), "more iterations", || async {
+        let n = cluster_value(&cluster, survivor, sql).await.as_u64()?;
+        (n >= now + 5).then_some(())
+    })
+    .await;
+    assert_each_once(&seen);
+    assert_eq!(count(&seen, "fired"), 3);
+    assert_eq!(count(&seen, "cleared"), 0);
+    assert_eq!(console_active(&cluster, survivor).await, 3);
 }

@@ -88,6 +88,11 @@ impl TestDemo {
             extra.push("--alerts-dir".into());
             extra.push(no_alerts.into_os_string());
         }
+        // Never the user's own demo state: tests run side by side.
+        if !extra.iter().any(|a| a == "--state-dir") {
+            extra.push("--state-dir".into());
+            extra.push(dir.path().join("state").into_os_string());
+        }
         let mut process = Command::new(BINARY)
             .args(["demo", "--processes", "10", "--tick", tick])
             .args(["--clusters", &clusters.to_string()])

@@ -62,12 +62,44 @@ fn ready_fields(line: &str) -> BTreeMap<String, SocketAddr> {
         .collect()
 }
 
+/// What [`TestCluster::start_fleet`] starts beside the fixture's machines.
+#[derive(Debug)]
+pub(crate) struct FleetSpec {
+    pub(crate) proxies: usize,
+    pub(crate) tlas: usize,
+    pub(crate) table_expiry: Duration,
+    /// One more (empty) agent per cluster, so each has three.
+    pub(crate) extra_agent: bool,
+    /// SQL nodes by name; an entry naming no TLAs reads from all of them.
+    pub(crate) sqlnodes: BTreeMap<String, SqlNodeEntry>,
+}
+
 impl TestCluster {
     /// The fixture fleet's machines as agents (their tables as drop-dir
     /// files, host collectors off), one more empty agent per cluster so each
-    /// cluster has three, `proxies` per cluster and `tlas` TLAs.
+    /// cluster has three, `proxies` per cluster, `tlas` TLAs and one SQL
+    /// node `sql`.
     pub(crate) async fn start(proxies: usize, tlas: usize, table_expiry: Duration) -> TestCluster {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_fleet(FleetSpec {
+            proxies,
+            tlas,
+            table_expiry,
+            extra_agent: true,
+            sqlnodes: BTreeMap::from([("sql".to_string(), SqlNodeEntry::default())]),
+        })
+        .await
+    }
+
+    /// A fleet as `spec` says, in the temp dir `dir` (for files the
+    /// topology's entries name before the fleet starts).
+    pub(crate) async fn start_fleet_in(dir: tempfile::TempDir, spec: FleetSpec) -> TestCluster {
+        let FleetSpec {
+            proxies,
+            tlas,
+            table_expiry,
+            extra_agent,
+            sqlnodes,
+        } = spec;
         let text = std::fs::read_to_string(repo_root().join("tests/fixtures/fleet.toml")).unwrap();
         let fixture: FixtureFile = toml::from_str(&text).unwrap();
         let mut topology = Topology {
@@ -109,8 +141,10 @@ impl TestCluster {
         let clusters: BTreeSet<String> =
             fixture.machine.iter().map(|m| m.cluster.clone()).collect();
         for (k, cluster) in clusters.iter().enumerate() {
-            let ip = format!("10.0.9.{}", k + 1);
-            add_agent(&mut topology, &format!("{cluster}-extra"), &ip, cluster);
+            if extra_agent {
+                let ip = format!("10.0.9.{}", k + 1);
+                add_agent(&mut topology, &format!("{cluster}-extra"), &ip, cluster);
+            }
             for p in 1..=proxies {
                 topology.proxies.insert(
                     format!("{cluster}-p{p}"),
@@ -130,13 +164,12 @@ impl TestCluster {
                 },
             );
         }
-        topology.sqlnodes.insert(
-            "sql".to_string(),
-            SqlNodeEntry {
-                tlas: (1..=tlas).map(|t| (format!("t{t}"), 0)).collect(),
-                ..SqlNodeEntry::default()
-            },
-        );
+        for (name, mut entry) in sqlnodes {
+            if entry.tlas.is_empty() {
+                entry.tlas = (1..=tlas).map(|t| (format!("t{t}"), 0)).collect();
+            }
+            topology.sqlnodes.insert(name, entry);
+        }
         let mut cluster = TestCluster {
             dir,
             topology,
@@ -152,8 +185,14 @@ impl TestCluster {
         for name in keys(&cluster.topology.tlas) {
             cluster.spawn("tla", &name, true).await;
         }
-        cluster.spawn("sqlnode", "sql", true).await;
+        for name in keys(&cluster.topology.sqlnodes) {
+            cluster.spawn("sqlnode", &name, true).await;
+        }
         cluster
+    }
+
+    pub(crate) async fn start_fleet(spec: FleetSpec) -> TestCluster {
+        Self::start_fleet_in(tempfile::tempdir().unwrap(), spec).await
     }
 
     fn topology_path(&self) -> PathBuf {
@@ -272,6 +311,11 @@ impl TestCluster {
         self.spawn(role, name, false).await;
     }
 
+    /// The directory whose files agent `name` publishes.
+    pub(crate) fn drop_dir(&self, name: &str) -> PathBuf {
+        self.topology.agents[name].drop_dir.clone().unwrap()
+    }
+
     pub(crate) fn addr(&self, name: &str, key: &str) -> SocketAddr {
         self.processes[name].addrs[key]
     }
@@ -281,8 +325,13 @@ impl TestCluster {
     }
 
     pub(crate) async fn query(&self, sql: &str) -> (reqwest::StatusCode, Value) {
+        self.query_on("sql", sql).await
+    }
+
+    /// `sql` over HTTP on the SQL node `node`.
+    pub(crate) async fn query_on(&self, node: &str, sql: &str) -> (reqwest::StatusCode, Value) {
         let response = reqwest::Client::new()
-            .post(format!("{}/v1/query", self.sql_url()))
+            .post(format!("http://{}/v1/query", self.addr(node, "http")))
             .json(&serde_json::json!({ "sql": sql }))
             .timeout(Duration::from_secs(20))
             .send()
@@ -669,4 +718,83 @@ async fn an_agent_runs_table_publishers_from_its_integrations_file() {
     .await;
     assert_eq!(sources, serde_json::json!([["racks", "prometheus", "ok"]]));
     server.abort();
+}
+
+/// A SQL node whose topology entry configures no apps still serves the
+/// console at `/` and persistent queries fed by its generations; the
+/// console's config says alerts and reports are off, so the page never
+/// calls their endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distributed_sql_node_serves_the_console_and_persistent_queries() {
+    let cluster = TestCluster::start(1, 1, Duration::from_secs(600)).await;
+    let base = cluster.sql_url();
+    let client = reqwest::Client::new();
+    let page = client.get(format!("{base}/")).send().await.unwrap();
+    assert!(page.status().is_success(), "{}", page.status());
+    assert!(page.text().await.unwrap().contains("<html"));
+    let config: Value = client
+        .get(format!("{base}/v1/console/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["node"], "sql", "{config}");
+    assert_eq!(config["features"]["persistent_queries"], true, "{config}");
+    assert_eq!(config["features"]["alerts"], false, "{config}");
+    assert_eq!(config["features"]["reports"], false, "{config}");
+    // /health and /metrics stay beside the apps.
+    assert!(
+        cluster
+            .metrics("sql")
+            .await
+            .contains("fleetsql_generation_id")
+    );
+
+    let registered: Value = client
+        .post(format!("{base}/v1/persistent-queries"))
+        .json(&serde_json::json!({
+            "epl": "select count(*) as n from sys.win:time(1 hour)"
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = registered["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {registered}"))
+        .to_string();
+    let mut events = client
+        .get(format!("{base}/v1/persistent-queries/{id}/events"))
+        .send()
+        .await
+        .unwrap();
+    assert!(events.status().is_success(), "{}", events.status());
+    // The node's generations feed the query: a result arrives (bounded).
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let has_result = |text: &str| {
+        text.lines()
+            .any(|l| l.starts_with("event:") && l[6..].trim() == "result")
+    };
+    while !has_result(&text) {
+        let chunk = tokio::time::timeout_at(deadline, events.chunk())
+            .await
+            .expect("a result from the fleet's generations within 30 s")
+            .unwrap()
+            .expect("the event stream ended");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let listed: Value = client
+        .get(format!("{base}/v1/persistent-queries"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(listed.to_string().contains(&id), "{listed}");
 }
