@@ -168,6 +168,30 @@ fn arrow_answer(output: QueryOutput) -> Response {
     response
 }
 
+/// The answer to a request whose handler panicked. Every router of the
+/// node is served by [`HttpServer`], so this is the one place a bug in a
+/// handler is contained: without it the connection would be dropped with
+/// no answer (and with `panic = "abort"` the process would die).
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(
+        panic = message,
+        "an HTTP request handler panicked; answered 500"
+    );
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(json!({
+            "error": "internal error: the request failed inside the node",
+            "hint": "the node is still running; retry, and report this with the node's log",
+        })),
+    )
+        .into_response()
+}
+
 /// A running HTTP listener with graceful shutdown.
 #[derive(Debug)]
 pub struct HttpServer {
@@ -177,8 +201,13 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Serves `app` on `addr` (port 0 picks one).
+    /// Serves `app` on `addr` (port 0 picks one). A request whose handler
+    /// panics is answered 500 and logged; the server and every other
+    /// request go on.
     pub async fn start(app: Router, addr: SocketAddr) -> Result<HttpServer, HttpServerError> {
+        let app = app.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ));
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| HttpServerError::Bind { addr, source })?;

@@ -203,6 +203,16 @@ impl Engine {
     }
 
     /// Resolves a stream by name (creating it), for [`Engine::prepare`] / [`Engine::push_prepared`].
+    /// Whether a stream of this name exists (was posted to or is read).
+    pub fn has_stream(&self, name: &str) -> bool {
+        self.streams.ids.contains_key(name)
+    }
+
+    /// Streams known to this engine.
+    pub fn stream_count(&self) -> usize {
+        self.streams.list.len()
+    }
+
     pub fn stream(&mut self, name: &str) -> StreamHandle {
         let id = self.streams.id(name);
         self.grow();

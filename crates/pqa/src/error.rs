@@ -52,6 +52,27 @@ pub enum PqaError {
     /// The request itself is malformed (bad publish mode, bad webhook URL...).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A request went over one of the node's limits (nesting depth, name
+    /// length, registrations, subscribers...). Each names its setting so the
+    /// operator knows what to raise, and the client what to shrink.
+    #[error("{what} is over the limit of {max} (setting `{setting}`)")]
+    Limit {
+        /// What was too deep, too long or too many.
+        what: String,
+        /// The limit in force.
+        max: usize,
+        /// The `ServiceConfig` field that sets it.
+        setting: &'static str,
+    },
+    /// A webhook URL the node will not call (not http(s), or a host the
+    /// webhook policy does not allow).
+    #[error("webhook {url} is refused: {rule}")]
+    WebhookRefused {
+        /// The URL as given.
+        url: String,
+        /// Which rule refused it.
+        rule: String,
+    },
     /// A sink failed to deliver a notification.
     #[error("sink {sink} failed: {message}")]
     Sink {
@@ -76,6 +97,12 @@ impl PqaError {
             }
             PqaError::BadRequest(_) => {
                 "publish is one of all|current|max|min|avg; webhook must be an http(s) URL"
+            }
+            PqaError::Limit { .. } => {
+                "simplify or split the request, delete unused queries, or ask the operator to raise the setting"
+            }
+            PqaError::WebhookRefused { .. } => {
+                "use an http(s) URL of a public host; private, loopback and link-local targets need the operator's webhook_allow_hosts"
             }
             PqaError::Sink { .. } => "the sink is retried with backoff; check its endpoint",
         }

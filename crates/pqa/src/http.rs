@@ -25,7 +25,9 @@ impl IntoResponse for PqaError {
             PqaError::Parse { .. }
             | PqaError::Semantic { .. }
             | PqaError::BadEvent { .. }
-            | PqaError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            | PqaError::BadRequest(_)
+            | PqaError::Limit { .. }
+            | PqaError::WebhookRefused { .. } => StatusCode::BAD_REQUEST,
             PqaError::UnknownQuery(_) => StatusCode::NOT_FOUND,
             PqaError::Sink { .. } => StatusCode::BAD_GATEWAY,
         };
@@ -34,6 +36,10 @@ impl IntoResponse for PqaError {
             body["line"] = json!(pos.line);
             body["column"] = json!(pos.col);
             body["expected"] = json!(expected);
+        }
+        if let PqaError::Limit { max, setting, .. } = &self {
+            body["limit"] = json!(max);
+            body["setting"] = json!(setting);
         }
         if let PqaError::Semantic { pos, .. } = &self {
             body["line"] = json!(pos.line);
@@ -87,6 +93,11 @@ async fn register(State(svc): State<PqaService>, body: Bytes) -> Result<Response
         ))
     })?;
     let publish: Publish = body.publish.as_deref().unwrap_or("all").parse()?;
+    if let Some(url) = &body.webhook {
+        // Resolved here, where waiting is allowed; the sink's client checks
+        // again at every connection.
+        svc.webhook_policy().check_resolved(url).await?;
+    }
     let r = svc.register_with_sinks(&body.epl, publish, body.webhook.as_deref(), &body.sinks)?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
@@ -116,10 +127,7 @@ async fn sse(
     State(svc): State<PqaService>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, PqaError> {
-    let sub = svc
-        .topic(&id)
-        .ok_or(PqaError::UnknownQuery(id))?
-        .subscribe();
+    let sub = svc.subscribe(&id)?;
     let stream = futures::stream::unfold(Some(sub), |sub: Option<Subscription>| async move {
         let mut sub = sub?;
         match sub.next().await {
@@ -146,10 +154,7 @@ async fn ws(
     Path(id): Path<String>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, PqaError> {
-    let sub = svc
-        .topic(&id)
-        .ok_or(PqaError::UnknownQuery(id))?
-        .subscribe();
+    let sub = svc.subscribe(&id)?;
     Ok(upgrade.on_upgrade(move |socket| ws_loop(socket, sub)))
 }
 
@@ -205,7 +210,7 @@ async fn events(
             v
         }
     };
-    let res = svc.push_events(&stream, values.iter());
+    let res = svc.accept_events(&stream, values.iter())?;
     let status = if res.accepted == 0 && res.rejected > 0 {
         StatusCode::BAD_REQUEST
     } else {

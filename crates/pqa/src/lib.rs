@@ -102,8 +102,8 @@ pub use error::{PqaError, Result};
 pub use http::router;
 pub use processor::Row;
 pub use service::{
-    BatchResult, ClockTask, PqaService, Publish, QueryInfo, Registered, ServiceConfig,
+    BatchResult, ClockTask, Limits, PqaService, Publish, QueryInfo, Registered, ServiceConfig,
 };
-pub use sink::{Sink, SinkFactory, WebhookSink};
+pub use sink::{Sink, SinkFactory, WebhookPolicy, WebhookSink};
 pub use topic::{CloseReason, Notification, Topic};
 pub use value::Value;

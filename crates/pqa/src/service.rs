@@ -17,9 +17,9 @@ use sha2::{Digest, Sha256};
 use crate::engine::{Clock, Engine, EngineConfig, Output, StatementId};
 use crate::error::{PqaError, Result};
 use crate::parser;
-use crate::sink::{Sink, SinkFactory, SinkTask, WebhookSink, spawn_sink};
+use crate::sink::{Sink, SinkFactory, SinkTask, WebhookPolicy, WebhookSink, spawn_sink};
 use crate::stream::StreamStats;
-use crate::topic::{Notification, Topic};
+use crate::topic::{Notification, Subscription, Topic};
 use crate::value::Value;
 
 /// What a registration publishes per trigger (the seed's ClientSideUpdateListener functions).
@@ -66,6 +66,12 @@ pub struct ServiceConfig {
     pub topic_capacity: usize,
     /// How often [`PqaService::start_clock`] advances a wall clock.
     pub tick: Duration,
+    /// Bounds on what clients may ask of this node.
+    pub limits: Limits,
+    /// Hosts a webhook may point at although they are loopback, private,
+    /// link-local or unspecified addresses (see [`crate::sink::WebhookPolicy`]).
+    /// Empty by default: webhooks reach public hosts only.
+    pub webhook_allow_hosts: Vec<String>,
 }
 
 impl Default for ServiceConfig {
@@ -74,6 +80,43 @@ impl Default for ServiceConfig {
             engine: EngineConfig::default(),
             topic_capacity: 1024,
             tick: Duration::from_millis(100),
+            limits: Limits::default(),
+            webhook_allow_hosts: Vec::new(),
+        }
+    }
+}
+
+/// What one client request may make this node hold or do. Each breach is
+/// a [`PqaError::Limit`] (HTTP 400, XML-RPC fault 1) naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Nesting depth of an EPL statement (parentheses, chained operators,
+    /// `not`/`every`); see [`parser::parse_limited`].
+    pub max_epl_depth: usize,
+    /// Element nesting of an XML-RPC call (`methodCall`, `params`, ...
+    /// each `value`/`array`/`data` counts).
+    pub max_xmlrpc_depth: usize,
+    /// Bytes of a stream name.
+    pub max_stream_name_len: usize,
+    /// Streams this node knows (posted to or read by a statement); streams
+    /// are never forgotten, so this bounds their memory.
+    pub max_streams: usize,
+    /// Distinct registrations (statement + publish function) on this node.
+    pub max_registrations: usize,
+    /// Live subscribers of all topics together: SSE and WebSocket clients
+    /// and sinks (webhooks included).
+    pub max_subscribers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_epl_depth: parser::DEFAULT_MAX_DEPTH,
+            max_xmlrpc_depth: 64,
+            max_stream_name_len: 128,
+            max_streams: 4096,
+            max_registrations: 1024,
+            max_subscribers: 4096,
         }
     }
 }
@@ -157,6 +200,7 @@ struct State {
 struct Inner {
     state: Mutex<State>,
     config: ServiceConfig,
+    webhook_policy: WebhookPolicy,
     factories: Mutex<Vec<Arc<dyn SinkFactory>>>,
 }
 
@@ -191,6 +235,7 @@ impl PqaService {
                     by_text: HashMap::new(),
                     outputs: Vec::new(),
                 }),
+                webhook_policy: WebhookPolicy::allowing(&config.webhook_allow_hosts),
                 config,
                 factories: Mutex::new(Vec::new()),
             }),
@@ -246,12 +291,18 @@ impl PqaService {
             f.requested_as()
                 .is_none_or(|name| sinks.iter().any(|s| s == name))
         };
+        let limits = &self.inner.config.limits;
         let normalized = parser::normalize(epl)?;
-        let ast = parser::parse(epl)?;
-        let sink = webhook.map(WebhookSink::new).transpose()?;
+        let ast = parser::parse_limited(epl, limits.max_epl_depth)?;
+        let sink = webhook
+            .map(|url| WebhookSink::with_policy(url, &self.inner.webhook_policy))
+            .transpose()?;
         let id = hash_id(&[&normalized, &format!("{publish:?}")]);
         let mut st = self.inner.state.lock();
         let st = &mut *st;
+        if sink.is_some() {
+            check_subscribers(st, limits)?;
+        }
         if let Some(reg) = st.regs.get_mut(&id) {
             reg.refs += 1;
             if let Some(s) = sink {
@@ -271,9 +322,21 @@ impl PqaService {
                 sinks: sink_handles(reg),
             });
         }
+        if st.regs.len() >= limits.max_registrations {
+            return Err(PqaError::Limit {
+                what: "the number of registrations on this node".to_string(),
+                max: limits.max_registrations,
+                setting: "limits.max_registrations",
+            });
+        }
         let stmt = match st.by_text.get(&normalized) {
             Some(s) => Some(*s),
             None => {
+                let mut names = Vec::new();
+                ast_streams(&ast, &mut names);
+                for name in names {
+                    check_stream(&st.engine, name, limits)?;
+                }
                 let s = st.engine.register_parsed(&ast)?;
                 if let Some(s) = s {
                     st.by_text.insert(normalized.clone(), s);
@@ -376,6 +439,39 @@ impl PqaService {
             .collect()
     }
 
+    /// Subscribes a client (SSE, WebSocket) to a registration's topic, if
+    /// the node has room for one more subscriber.
+    pub fn subscribe(&self, id: &str) -> Result<Subscription> {
+        let st = self.inner.state.lock();
+        check_subscribers(&st, &self.inner.config.limits)?;
+        st.regs
+            .get(id)
+            .map(|r| r.topic.subscribe())
+            .ok_or_else(|| PqaError::UnknownQuery(id.to_string()))
+    }
+
+    /// The webhook policy of this node (from
+    /// [`ServiceConfig::webhook_allow_hosts`]).
+    pub fn webhook_policy(&self) -> &WebhookPolicy {
+        &self.inner.webhook_policy
+    }
+
+    /// The limits of this node.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.config.limits
+    }
+
+    /// Events posted by a client: like [`PqaService::push_events`], after
+    /// checking the stream name against the stream limits.
+    pub fn accept_events<'a, I>(&self, stream: &str, events: I) -> Result<BatchResult>
+    where
+        I: IntoIterator<Item = &'a serde_json::Value>,
+    {
+        let mut st = self.inner.state.lock();
+        check_stream(&st.engine, stream, &self.inner.config.limits)?;
+        Ok(push_events_locked(&mut st, stream, events))
+    }
+
     /// A registration's topic, to subscribe to.
     pub fn topic(&self, id: &str) -> Option<Topic> {
         self.inner
@@ -413,31 +509,8 @@ impl PqaService {
     where
         I: IntoIterator<Item = &'a serde_json::Value>,
     {
-        let mut res = BatchResult::default();
         let mut st = self.inner.state.lock();
-        let st = &mut *st;
-        let mut outputs = std::mem::take(&mut st.outputs);
-        let h = st.engine.stream(stream);
-        let mut events = events.into_iter().peekable();
-        let mut chunk = Vec::with_capacity(BATCH_EVENTS);
-        while events.peek().is_some() {
-            // Typed batches of bounded size: kernels read them in place, and
-            // notifications go out after each batch rather than at the end.
-            chunk.clear();
-            chunk.extend(events.by_ref().take(BATCH_EVENTS));
-            let (batch, errors) = st.engine.prepare_batch(h, chunk.iter().copied());
-            res.accepted += batch.len();
-            res.rejected += errors.len();
-            for (_, e) in errors {
-                if res.errors.len() < 10 {
-                    res.errors.push(e.to_string());
-                }
-            }
-            st.engine.push_batch(&batch, &mut outputs);
-            publish(st, &mut outputs);
-        }
-        st.outputs = outputs;
-        res
+        push_events_locked(&mut st, stream, events)
     }
 
     /// Pushes already typed rows (column name, value) as events of `stream`.
@@ -513,6 +586,99 @@ impl Drop for ClockTask {
     fn drop(&mut self) {
         self.handle.abort();
     }
+}
+
+/// [`PqaService::push_events`] under the state lock.
+fn push_events_locked<'a, I>(st: &mut State, stream: &str, events: I) -> BatchResult
+where
+    I: IntoIterator<Item = &'a serde_json::Value>,
+{
+    let mut res = BatchResult::default();
+    let mut outputs = std::mem::take(&mut st.outputs);
+    let h = st.engine.stream(stream);
+    let mut events = events.into_iter().peekable();
+    let mut chunk = Vec::with_capacity(BATCH_EVENTS);
+    while events.peek().is_some() {
+        // Typed batches of bounded size: kernels read them in place, and
+        // notifications go out after each batch rather than at the end.
+        chunk.clear();
+        chunk.extend(events.by_ref().take(BATCH_EVENTS));
+        let (batch, errors) = st.engine.prepare_batch(h, chunk.iter().copied());
+        res.accepted += batch.len();
+        res.rejected += errors.len();
+        for (_, e) in errors {
+            if res.errors.len() < 10 {
+                res.errors.push(e.to_string());
+            }
+        }
+        st.engine.push_batch(&batch, &mut outputs);
+        publish(st, &mut outputs);
+    }
+    st.outputs = outputs;
+    res
+}
+
+/// Stream names a statement reads or writes, for the stream limits.
+fn ast_streams<'a>(st: &'a parser::ast::Statement, out: &mut Vec<&'a str>) {
+    use parser::ast::{Body, From};
+    if let Some(into) = &st.insert_into {
+        out.push(&into.name);
+    }
+    match &st.body {
+        Body::CreateSchema(c) => out.push(&c.name.name),
+        Body::Select(sel) => match &sel.from {
+            From::Streams(specs) => out.extend(specs.iter().map(|s| s.name.name.as_str())),
+            From::Pattern(p, _) => pattern_streams(p, out),
+        },
+    }
+}
+
+/// Recursion is bounded: the parser refused patterns deeper than the limit.
+fn pattern_streams<'a>(p: &'a parser::ast::PatternExpr, out: &mut Vec<&'a str>) {
+    use parser::ast::PatternExpr as P;
+    match p {
+        P::Filter { stream, .. } => out.push(&stream.name),
+        P::FollowedBy(v) | P::Or(v) | P::And(v) => v.iter().for_each(|p| pattern_streams(p, out)),
+        P::Every(p) | P::Not(p) | P::Within(p, _) => pattern_streams(p, out),
+        P::Interval(_) => {}
+    }
+}
+
+/// A stream name a client may use: short enough, and either known or with
+/// room for one more stream.
+fn check_stream(engine: &Engine, name: &str, limits: &Limits) -> Result<()> {
+    if name.len() > limits.max_stream_name_len {
+        return Err(PqaError::Limit {
+            what: format!(
+                "the stream name `{}...` ({} bytes)",
+                name.chars().take(32).collect::<String>(),
+                name.len()
+            ),
+            max: limits.max_stream_name_len,
+            setting: "limits.max_stream_name_len",
+        });
+    }
+    if !engine.has_stream(name) && engine.stream_count() >= limits.max_streams {
+        return Err(PqaError::Limit {
+            what: format!("a new stream `{name}`: the number of streams on this node"),
+            max: limits.max_streams,
+            setting: "limits.max_streams",
+        });
+    }
+    Ok(())
+}
+
+/// Room for one more subscriber (SSE, WebSocket or sink) on this node.
+fn check_subscribers(st: &State, limits: &Limits) -> Result<()> {
+    let live: usize = st.regs.values().map(|r| r.topic.subscriber_count()).sum();
+    if live >= limits.max_subscribers {
+        return Err(PqaError::Limit {
+            what: "the number of subscribers on this node".to_string(),
+            max: limits.max_subscribers,
+            setting: "limits.max_subscribers",
+        });
+    }
+    Ok(())
 }
 
 fn sink_handles(reg: &Reg) -> Vec<serde_json::Value> {

@@ -54,7 +54,42 @@ fn string_param(params: &[Value], i: usize, what: &str) -> Result<Option<String>
     }
 }
 
+/// Refuses XML nested deeper than `max_depth` elements before it reaches
+/// the XML-RPC decoder, which recurses once per `value`/`array`/`struct`:
+/// a body of a million nested arrays would overflow the stack and abort
+/// the process. The scan itself keeps only a counter.
+pub(crate) fn check_depth(body: &str, max_depth: usize) -> Result<(), PqaError> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(body);
+    let mut depth = 0usize;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(_)) => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(PqaError::Limit {
+                        what: format!(
+                            "XML-RPC element nesting at byte {}",
+                            reader.buffer_position()
+                        ),
+                        max: max_depth,
+                        setting: "limits.max_xmlrpc_depth",
+                    });
+                }
+            }
+            Ok(Event::End(_)) => depth = depth.saturating_sub(1),
+            Ok(Event::Eof) => return Ok(()),
+            Ok(_) => {}
+            // Malformed XML: the decoder says what is wrong with it.
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
 pub(crate) async fn handle(State(svc): State<PqaService>, body: String) -> Response {
+    if let Err(e) = check_depth(&body, svc.limits().max_xmlrpc_depth) {
+        return err_fault(e);
+    }
     let call = match MethodCall::from_xml(&body) {
         Ok(c) => c,
         Err(e) => return fault(1, format!("not an XML-RPC method call: {e}")),
@@ -78,6 +113,11 @@ pub(crate) async fn handle(State(svc): State<PqaService>, body: String) -> Respo
                 Ok(p) => p,
                 Err(e) => return err_fault(e),
             };
+            if let Some(url) = &webhook
+                && let Err(e) = svc.webhook_policy().check_resolved(url).await
+            {
+                return err_fault(e);
+            }
             match svc.register(&epl, publish, webhook.as_deref()) {
                 Ok(r) => {
                     let mut m = BTreeMap::new();

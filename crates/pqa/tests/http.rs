@@ -344,7 +344,11 @@ async fn webhook_retries_until_delivered() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let svc = service();
+    // The receiver is on loopback, which webhooks reach only when allowed.
+    let svc = PqaService::new(ServiceConfig {
+        webhook_allow_hosts: vec!["127.0.0.1".to_string()],
+        ..ServiceConfig::default()
+    });
     let reg = svc
         .register(
             "select x from S where x > 1",

@@ -52,11 +52,29 @@ const RESERVED: &[&str] = &[
     "last",
 ];
 
-/// Parses one EPL statement (a trailing `;` is allowed).
+/// How deep a statement may nest by default (see [`parse_limited`]).
+pub const DEFAULT_MAX_DEPTH: usize = 128;
+
+/// Parses one EPL statement (a trailing `;` is allowed), nesting at most
+/// [`DEFAULT_MAX_DEPTH`] deep.
 pub fn parse(src: &str) -> Result<Statement> {
+    parse_limited(src, DEFAULT_MAX_DEPTH)
+}
+
+/// Parses one EPL statement that nests at most `max_depth` levels.
+///
+/// The parser, the compiler and the evaluator all recurse over the tree, so
+/// a statement of 200,000 nested parentheses would overflow the stack and
+/// abort the whole process. Every level of nesting counts: parentheses,
+/// function arguments, `not`/`every`/unary minus, and each operator of a
+/// chain such as `a or b or c` (a chain builds a tree as deep as it is
+/// long). Deeper statements fail with [`PqaError::Limit`].
+pub fn parse_limited(src: &str, max_depth: usize) -> Result<Statement> {
     let mut p = Parser {
         toks: tokenize(src)?,
         i: 0,
+        depth: 0,
+        max_depth,
     };
     let st = p.statement()?;
     p.eat_sym(";");
@@ -147,9 +165,25 @@ fn unit_ms(word: &str) -> Option<f64> {
 struct Parser {
     toks: Vec<Token>,
     i: usize,
+    /// Nesting levels open at the current token.
+    depth: usize,
+    max_depth: usize,
 }
 
 impl Parser {
+    /// Opens one level of nesting; the caller restores `depth` when the
+    /// construct is done (on errors the parse is abandoned anyway).
+    fn enter(&mut self) -> Result<()> {
+        self.depth += 1;
+        if self.depth > self.max_depth {
+            return Err(PqaError::Limit {
+                what: format!("EPL nesting at {}", self.pos()),
+                max: self.max_depth,
+                setting: "limits.max_epl_depth",
+            });
+        }
+        Ok(())
+    }
     fn peek(&self) -> &Token {
         &self.toks[self.i.min(self.toks.len() - 1)]
     }
@@ -588,10 +622,12 @@ impl Parser {
     // ---- patterns ----
 
     fn pattern(&mut self) -> Result<PatternExpr> {
+        self.enter()?;
         let mut parts = vec![self.pattern_or()?];
         while self.eat_sym("->") {
             parts.push(self.pattern_or()?);
         }
+        self.depth -= 1;
         Ok(if parts.len() == 1 {
             parts.remove(0)
         } else {
@@ -624,14 +660,23 @@ impl Parser {
     }
 
     fn pattern_unary(&mut self) -> Result<PatternExpr> {
+        let start = self.depth;
         if self.eat_kw("every") {
-            return Ok(PatternExpr::Every(Box::new(self.pattern_unary()?)));
+            self.enter()?;
+            let inner = self.pattern_unary()?;
+            self.depth = start;
+            return Ok(PatternExpr::Every(Box::new(inner)));
         }
         if self.eat_kw("not") {
-            return Ok(PatternExpr::Not(Box::new(self.pattern_unary()?)));
+            self.enter()?;
+            let inner = self.pattern_unary()?;
+            self.depth = start;
+            return Ok(PatternExpr::Not(Box::new(inner)));
         }
         let mut atom = self.pattern_atom()?;
         while self.is_kw("where") && self.is_kw_at(1, "timer") {
+            // Each guard wraps the atom once more.
+            self.enter()?;
             self.bump();
             self.bump();
             self.expect_sym(":")?;
@@ -641,6 +686,7 @@ impl Parser {
             self.expect_sym(")")?;
             atom = PatternExpr::Within(Box::new(atom), ms);
         }
+        self.depth = start;
         Ok(atom)
     }
 
@@ -682,32 +728,46 @@ impl Parser {
     // ---- expressions ----
 
     fn expr(&mut self) -> Result<Expr> {
-        self.or_expr()
+        let start = self.depth;
+        self.enter()?;
+        let e = self.or_expr()?;
+        self.depth = start;
+        Ok(e)
     }
 
     fn or_expr(&mut self) -> Result<Expr> {
+        let start = self.depth;
         let mut l = self.and_expr()?;
         while self.eat_kw("or") {
+            // A chain is a left-deep tree: one level per operator.
+            self.enter()?;
             let r = self.and_expr()?;
             l = Expr::Binary(BinOp::Or, Box::new(l), Box::new(r));
         }
+        self.depth = start;
         Ok(l)
     }
 
     fn and_expr(&mut self) -> Result<Expr> {
+        let start = self.depth;
         let mut l = self.not_expr()?;
         while self.eat_kw("and") {
+            self.enter()?;
             let r = self.not_expr()?;
             l = Expr::Binary(BinOp::And, Box::new(l), Box::new(r));
         }
+        self.depth = start;
         Ok(l)
     }
 
     fn not_expr(&mut self) -> Result<Expr> {
         if self.is_kw("not") {
+            let start = self.depth;
             let p = self.pos();
             self.bump();
+            self.enter()?;
             let e = self.not_expr()?;
+            self.depth = start;
             return Ok(Expr::Unary(UnOp::Not, Box::new(e), p));
         }
         self.cmp_expr()
@@ -771,6 +831,7 @@ impl Parser {
     }
 
     fn add_expr(&mut self) -> Result<Expr> {
+        let start = self.depth;
         let mut l = self.mul_expr()?;
         loop {
             let op = match &self.peek().tok {
@@ -780,13 +841,16 @@ impl Parser {
                 _ => break,
             };
             self.bump();
+            self.enter()?;
             let r = self.mul_expr()?;
             l = Expr::Binary(op, Box::new(l), Box::new(r));
         }
+        self.depth = start;
         Ok(l)
     }
 
     fn mul_expr(&mut self) -> Result<Expr> {
+        let start = self.depth;
         let mut l = self.unary_expr()?;
         loop {
             let op = match &self.peek().tok {
@@ -796,17 +860,22 @@ impl Parser {
                 _ => break,
             };
             self.bump();
+            self.enter()?;
             let r = self.unary_expr()?;
             l = Expr::Binary(op, Box::new(l), Box::new(r));
         }
+        self.depth = start;
         Ok(l)
     }
 
     fn unary_expr(&mut self) -> Result<Expr> {
+        let start = self.depth;
         if self.is_sym("-") {
             let p = self.pos();
             self.bump();
+            self.enter()?;
             let e = self.unary_expr()?;
+            self.depth = start;
             return Ok(match e {
                 Expr::Lit(Value::Int(i), _) => Expr::Lit(Value::Int(-i), p),
                 Expr::Lit(Value::Float(f), _) => Expr::Lit(Value::Float(-f), p),
@@ -814,7 +883,11 @@ impl Parser {
             });
         }
         if self.eat_sym("+") {
-            return self.unary_expr();
+            // No tree node, but one more frame of recursion.
+            self.enter()?;
+            let e = self.unary_expr()?;
+            self.depth = start;
+            return Ok(e);
         }
         self.primary()
     }
@@ -1029,5 +1102,91 @@ mod tests {
         );
         let s = parse("insert into Hot select x from S output every 5 events").unwrap();
         assert_eq!(s.insert_into.unwrap().name, "Hot");
+    }
+
+    fn nested(depth: usize) -> String {
+        format!("select {}x{} from S", "(".repeat(depth), ")".repeat(depth))
+    }
+
+    fn is_depth_limit(e: &PqaError) -> bool {
+        matches!(
+            e,
+            PqaError::Limit {
+                setting: "limits.max_epl_depth",
+                ..
+            }
+        )
+    }
+
+    #[test]
+    fn nesting_just_over_the_depth_limit_is_refused_with_its_setting() {
+        // The select item is one level, each parenthesis one more.
+        parse_limited(&nested(9), 10).unwrap();
+        let e = parse_limited(&nested(10), 10).unwrap_err();
+        assert!(is_depth_limit(&e), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("limit of 10"), "{text}");
+        assert!(text.contains("limits.max_epl_depth"), "{text}");
+    }
+
+    #[test]
+    fn every_kind_of_nesting_counts_toward_the_depth_limit() {
+        let deep = DEFAULT_MAX_DEPTH + 1;
+        let chains = [
+            format!("select {}x from S", "not ".repeat(deep)),
+            format!("select {}x from S", "- ".repeat(deep)),
+            format!("select {}x from S", "+ ".repeat(deep)),
+            format!(
+                "select x from S where {}",
+                vec!["a = 1"; deep + 1].join(" or ")
+            ),
+            format!(
+                "select x from S where {}",
+                vec!["a"; deep + 1].join(" and ")
+            ),
+            format!("select {} from S", vec!["1"; deep + 1].join(" + ")),
+            format!("select {} from S", vec!["1"; deep + 1].join(" * ")),
+            format!("select {}x{} from S", "f(".repeat(deep), ")".repeat(deep)),
+            format!("select * from pattern [{}A]", "every ".repeat(deep)),
+            format!(
+                "select * from pattern [{}A{}]",
+                "(".repeat(deep),
+                ")".repeat(deep)
+            ),
+            format!(
+                "select * from pattern [A{}]",
+                " where timer:within(1 sec)".repeat(deep)
+            ),
+        ];
+        for epl in chains {
+            let e = parse(&epl).unwrap_err();
+            assert!(is_depth_limit(&e), "{e} for {}", &epl[..60.min(epl.len())]);
+        }
+        // Long but flat lists are not nesting.
+        parse(&format!(
+            "select x from S where x in ({})",
+            vec!["1"; 1000].join(",")
+        ))
+        .unwrap();
+        parse(&format!(
+            "select * from pattern [{}]",
+            vec!["A"; 1000].join(" -> ")
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn two_hundred_thousand_parentheses_fail_without_overflowing_the_stack() {
+        // This thread's stack is small on purpose: without the limit the
+        // parser recurses 200,000 levels deep and aborts the test binary.
+        let epl = nested(200_000);
+        let e = std::thread::Builder::new()
+            .stack_size(1024 * 1024)
+            .spawn(move || parse(&epl).map(|_| ()))
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap_err();
+        assert!(is_depth_limit(&e), "{e}");
     }
 }

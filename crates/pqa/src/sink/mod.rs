@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use crate::error::Result;
 use crate::topic::{CloseReason, Notification, Topic};
 
-pub use webhook::WebhookSink;
+pub use webhook::{WebhookPolicy, WebhookSink};
 
 /// A destination for notifications.
 #[async_trait]
