@@ -341,7 +341,7 @@ async fn two_sqlnode_processes_share_the_alerts_across_a_kill() {
         cluster.roles(),
         std::collections::BTreeMap::from([("agent", 4), ("proxy", 4), ("sqlnode", 2), ("tla", 2)])
     );
-    wait_for("both disks to fire", async || count(&seen, "fired") == 2).await;
+    wait_for("both disks to fire", async || count(&seen, "fired") >= 2).await;
 
     // Both nodes show the instances, in SQL and on the console's alert API,
     // and agree on who holds the lease.
@@ -367,7 +367,14 @@ async fn two_sqlnode_processes_share_the_alerts_across_a_kill() {
         cluster_value(&cluster, "s2", "SELECT lease_holder FROM alerts").await,
         holder.as_str()
     );
+    assert!(
+        holder == "s1" || holder == "s2",
+        "the lease holder is named `{holder}`, not after a SQL node"
+    );
     let survivor = if holder == "s1" { "s2" } else { "s1" };
+    // One node ran the alerts: each disk was notified once.
+    assert_each_once(&seen);
+    assert_eq!(count(&seen, "fired"), 2);
     // Only the node with a reports directory says the console has reports.
     for (node, reports) in [("s1", true), ("s2", false)] {
         let config: Value = reqwest::get(format!(
