@@ -30,8 +30,8 @@ pub(crate) struct TierArgs {
     /// Agent and SQL node: a TOML file of integrations, as for `fleetsql
     /// demo`. An agent runs the table publishers (Prometheus, SNMP) and
     /// publishes `fleet_sources`; a SQL node runs the persistent-query
-    /// sinks and event sources (MQTT, XMPP, esmond) and serves persistent
-    /// queries on its HTTP address. Each refuses the other's kinds.
+    /// sinks and event sources (MQTT, XMPP, esmond), over its entry's
+    /// `integrations`. Each refuses the other's kinds.
     #[arg(long)]
     integrations: Option<PathBuf>,
     /// SQL node only: its apps' paths and settings, over its topology entry.

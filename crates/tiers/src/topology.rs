@@ -17,6 +17,10 @@
 //!
 //! [sqlnodes.sql-eu]
 //! tlas = { tla-eu = 5, tla-us = 0 }   # TLA name = locality bonus
+//! state_dir = "/var/lib/fleetsql"     # its apps' state (alerts.db, reports.db)
+//! alerts_dir = "alerts"               # relative to this file; no alerts without it
+//! alerts_state = "/shared/alerts.db"  # one file per set of SQL nodes: one lease
+//! reports_dir = "reports"
 //! ```
 //!
 //! A cluster is the set of agents naming it; its proxies are the proxies
