@@ -12,9 +12,12 @@
 mod feed;
 mod json;
 mod server;
+mod shape;
 
 pub use feed::feed_persistent_queries;
 pub use json::batches_to_rows;
 pub use server::{
     ARROW_STREAM, GENERATION_HEADER, HttpServer, HttpServerError, QueryRequest, router,
+    router_with_limits,
 };
+pub use shape::{QueryLimits, sql_expression_depth};

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::json::batches_to_rows;
+use crate::shape::{QueryLimits, sql_expression_depth};
 
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 pub const GENERATION_HEADER: &str = "x-fleetsql-generation";
@@ -35,12 +36,18 @@ pub struct QueryRequest {
     pub sql: String,
 }
 
-/// The SQL node's routes; `extra` routes (persistent queries, console) are
-/// merged in by the caller.
+/// The SQL node's routes under the default [`QueryLimits`]; `extra` routes
+/// (persistent queries, console) are merged in by the caller.
 pub fn router(node: Arc<SqlNode>) -> Router {
+    router_with_limits(node, QueryLimits::default())
+}
+
+/// [`router`] under `limits`.
+pub fn router_with_limits(node: Arc<SqlNode>, limits: QueryLimits) -> Router {
     Router::new()
         .route("/v1/query", post(query))
         .route("/health", get(health))
+        .layer(axum::Extension(limits))
         .with_state(node)
 }
 
@@ -94,6 +101,7 @@ fn internal(message: String) -> Response {
 
 async fn query(
     State(node): State<Arc<SqlNode>>,
+    axum::Extension(limits): axum::Extension<QueryLimits>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
@@ -110,6 +118,23 @@ async fn query(
                 .into_response();
         }
     };
+    if let Some(depth) = sql_expression_depth(&request.sql)
+        && depth > limits.max_sql_expression_depth
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({
+                "error": format!(
+                    "the query's expressions nest about {depth} levels deep, over the limit of {} (setting `max_sql_expression_depth`)",
+                    limits.max_sql_expression_depth
+                ),
+                "hint": "split long chains of AND/OR/+ (e.g. use IN (...) for many alternatives)",
+                "setting": "max_sql_expression_depth",
+                "limit": limits.max_sql_expression_depth,
+            })),
+        )
+            .into_response();
+    }
     let output = match node.query(&request.sql).await {
         Ok(output) => output,
         Err(e) => return error_response(&e),

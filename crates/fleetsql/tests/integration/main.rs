@@ -7,6 +7,7 @@ mod console;
 mod demo;
 mod fixture;
 mod integrations;
+mod limits;
 mod pg_clients;
 mod pqa;
 mod slt;
