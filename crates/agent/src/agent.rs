@@ -14,7 +14,7 @@ use crate::collectors::{self, HostInfo};
 use crate::drop_dir::DropDir;
 use crate::http::{ApiState, router};
 use crate::local::LocalPublishers;
-use crate::store::Store;
+use crate::store::{Store, StoreLimits};
 use crate::{AgentConfig, AgentError, Result};
 
 /// A running agent: publish API, drop-directory watcher and the tier loop
@@ -53,7 +53,13 @@ impl Agent {
             ip: config.ip.clone(),
             cluster: config.cluster.clone(),
         };
-        let store = Arc::new(Store::new(origin));
+        let store = Arc::new(Store::with_limits(
+            origin,
+            StoreLimits {
+                max_publishers_per_table: config.max_publishers_per_table,
+                max_tables: config.max_tables,
+            },
+        ));
         let host = HostInfo {
             hostname: config.host.clone(),
             ip: config.ip.clone(),
@@ -68,6 +74,7 @@ impl Agent {
                     dir.clone(),
                     store.clone(),
                     config.max_body_bytes,
+                    config.limits,
                 )))
             }
             None => None,
@@ -111,6 +118,7 @@ impl Agent {
             store: store.clone(),
             local: local.clone(),
             max_body_bytes: config.max_body_bytes,
+            limits: config.limits,
         });
         let server_cancel = cancel.clone();
         let server = tokio::spawn(async move {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use fleetsql_model::duration;
+use fleetsql_model::parse::ParseLimits;
 
 use crate::{AgentError, Result, host};
 
@@ -36,6 +37,13 @@ pub struct AgentConfig {
     pub roles: Vec<String>,
     /// Largest publish body accepted.
     pub max_body_bytes: usize,
+    /// Bounds on what one publish (body or drop file) may decode to:
+    /// columns, rows, NDJSON nesting, Arrow IPC decoded bytes (`[limits]`).
+    pub limits: ParseLimits,
+    /// Publishers (`X-Fleetsql-Publisher` names, drop files) of one table.
+    pub max_publishers_per_table: usize,
+    /// Tables this agent holds rows of.
+    pub max_tables: usize,
     /// Collect `sys`, `processes` and `filesystem` from this machine when
     /// they are requested.
     pub host_collectors: bool,
@@ -59,6 +67,9 @@ impl Default for AgentConfig {
             drop_poll: Duration::from_millis(500),
             roles: Vec::new(),
             max_body_bytes: 16 * 1024 * 1024,
+            limits: ParseLimits::default(),
+            max_publishers_per_table: 256,
+            max_tables: 4096,
             host_collectors: true,
             prewarm: BTreeSet::new(),
             request_grace: None,
@@ -97,6 +108,18 @@ impl AgentConfig {
         }
         if self.max_body_bytes == 0 {
             return Err(AgentError::config("max_body_bytes", "must be at least 1"));
+        }
+        for (field, value) in [
+            ("max_publishers_per_table", self.max_publishers_per_table),
+            ("max_tables", self.max_tables),
+            ("limits.max_columns", self.limits.max_columns),
+            ("limits.max_rows", self.limits.max_rows),
+            ("limits.max_json_depth", self.limits.max_json_depth),
+            ("limits.max_decoded_bytes", self.limits.max_decoded_bytes),
+        ] {
+            if value == 0 {
+                return Err(AgentError::config(field, "must be at least 1"));
+            }
         }
         if let Some(role) = self.roles.iter().find(|r| !printable(r)) {
             return Err(AgentError::config(

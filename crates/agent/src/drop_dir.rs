@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fleetsql_model::now_ms;
-use fleetsql_model::parse::{InputFormat, parse_rows};
+use fleetsql_model::parse::{InputFormat, ParseLimits, parse_rows_limited};
 use parking_lot::Mutex;
 
 use crate::store::Store;
@@ -32,6 +32,7 @@ pub(crate) struct DropDir {
     dir: PathBuf,
     store: Arc<Store>,
     max_bytes: usize,
+    limits: ParseLimits,
     /// Files as last read, by file name, with the table they feed.
     seen: Mutex<BTreeMap<String, (Stamp, String)>>,
     dir_error_logged: Mutex<bool>,
@@ -42,11 +43,17 @@ pub(crate) fn publisher_of(file_name: &str) -> String {
 }
 
 impl DropDir {
-    pub(crate) fn new(dir: PathBuf, store: Arc<Store>, max_bytes: usize) -> Self {
+    pub(crate) fn new(
+        dir: PathBuf,
+        store: Arc<Store>,
+        max_bytes: usize,
+        limits: ParseLimits,
+    ) -> Self {
         DropDir {
             dir,
             store,
             max_bytes,
+            limits,
             seen: Mutex::new(BTreeMap::new()),
             dir_error_logged: Mutex::new(false),
         }
@@ -122,7 +129,7 @@ impl DropDir {
             Ok(body) => body,
             Err(e) => return warn(e.to_string()),
         };
-        let batch = match parse_rows(format, &body) {
+        let batch = match parse_rows_limited(format, &body, &self.limits) {
             Ok(batch) => batch,
             Err(e) => return warn(e.to_string()),
         };

@@ -30,6 +30,12 @@ pub enum AgentError {
     InvalidPublisher { publisher: String, reason: String },
     #[error("unsupported content type `{content_type}`")]
     UnsupportedContentType { content_type: String },
+    #[error("{what} is over the limit of {max} (setting `{setting}`)")]
+    Limit {
+        what: String,
+        max: usize,
+        setting: &'static str,
+    },
     #[error("the body is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
     #[error("the body could not be read: {reason}")]

@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use fleetsql_model::parse::{InputFormat, ParseError, parse_rows};
+use fleetsql_model::parse::{InputFormat, ParseError, ParseLimits, parse_rows_limited};
 use fleetsql_model::{ModelError, now_ms, validate_table_name};
 use futures::StreamExt;
 use serde::Serialize;
@@ -39,6 +39,7 @@ pub(crate) struct ApiState {
     pub(crate) store: Arc<Store>,
     pub(crate) local: LocalPublishers,
     pub(crate) max_body_bytes: usize,
+    pub(crate) limits: ParseLimits,
 }
 
 pub(crate) fn router(state: ApiState) -> Router {
@@ -112,7 +113,8 @@ async fn publish(
     let published_at = now_ms();
     // Parsing a large body is CPU work: off the IO runtime.
     let parse_table = table.clone();
-    let batch = tokio::task::spawn_blocking(move || parse_rows(format, &body))
+    let limits = state.limits;
+    let batch = tokio::task::spawn_blocking(move || parse_rows_limited(format, &body, &limits))
         .await
         .map_err(|e| AgentError::Body {
             reason: format!("parsing was interrupted: {e}"),
@@ -259,6 +261,22 @@ impl ApiError {
                 ),
             ),
             E::Parse {
+                source: ParseError::Limit { setting, .. },
+                ..
+            } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "publish fewer columns, rows or nesting levels, or raise the agent's `{setting}`"
+                ),
+            ),
+            E::Limit { setting, .. } => (
+                StatusCode::CONFLICT,
+                format!(
+                    "withdraw rows no longer needed (DELETE with the same X-Fleetsql-Publisher), \
+                     reuse a publisher name, or raise the agent's `{setting}`"
+                ),
+            ),
+            E::Parse {
                 source: ParseError::Name(_),
                 ..
             }
@@ -358,6 +376,7 @@ mod tests {
             store,
             local,
             max_body_bytes: 1024,
+            limits: ParseLimits::default(),
         }
     }
 

@@ -17,7 +17,25 @@ use crate::{AgentError, Result};
 #[derive(Debug)]
 pub(crate) struct Store {
     origin: Origin,
+    limits: StoreLimits,
     inner: Mutex<Inner>,
+}
+
+/// How much the store holds, whoever publishes: each publisher keeps its
+/// rows until it withdraws them, so names alone could grow it without end.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoreLimits {
+    pub(crate) max_publishers_per_table: usize,
+    pub(crate) max_tables: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            max_publishers_per_table: 256,
+            max_tables: 4096,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -50,9 +68,15 @@ pub(crate) struct Built {
 }
 
 impl Store {
+    #[cfg(test)]
     pub(crate) fn new(origin: Origin) -> Self {
+        Self::with_limits(origin, StoreLimits::default())
+    }
+
+    pub(crate) fn with_limits(origin: Origin, limits: StoreLimits) -> Self {
         Store {
             origin,
+            limits,
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -107,6 +131,28 @@ impl Store {
             .map_err(AgentError::from_model)?;
         let rows = batch.num_rows();
         let mut inner = self.inner.lock();
+        match inner.tables.get(table) {
+            None if inner.tables.len() >= self.limits.max_tables => {
+                return Err(AgentError::Limit {
+                    what: format!("a new table `{table}`: the number of tables on this agent"),
+                    max: self.limits.max_tables,
+                    setting: "max_tables",
+                });
+            }
+            Some(state)
+                if !state.publishers.contains_key(publisher)
+                    && state.publishers.len() >= self.limits.max_publishers_per_table =>
+            {
+                return Err(AgentError::Limit {
+                    what: format!(
+                        "a new publisher `{publisher}` of table `{table}`: the number of its publishers"
+                    ),
+                    max: self.limits.max_publishers_per_table,
+                    setting: "max_publishers_per_table",
+                });
+            }
+            _ => {}
+        }
         if let Some(state) = inner.tables.get(table) {
             // Checked against every row present, the publisher's own
             // included: a type change is refused until the old rows are
@@ -227,6 +273,49 @@ mod tests {
         let third = s.build("t").unwrap().unwrap();
         assert_eq!(third.table.num_rows(), 3);
         assert_eq!((third.oldest_ms, third.newest_ms), (10, 20));
+    }
+
+    #[test]
+    fn limit_publishers_per_table_and_tables_just_over_are_refused() {
+        let s = Store::with_limits(
+            store().origin.clone(),
+            StoreLimits {
+                max_publishers_per_table: 2,
+                max_tables: 2,
+            },
+        );
+        s.publish("t", "a", &ints(vec![1]), 10).unwrap();
+        s.publish("t", "b", &ints(vec![1]), 10).unwrap();
+        let e = s.publish("t", "c", &ints(vec![1]), 10).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AgentError::Limit {
+                    setting: "max_publishers_per_table",
+                    max: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("limit of 2"), "{e}");
+        // Known publishers still replace their rows; a withdrawal makes room.
+        s.publish("t", "a", &ints(vec![1, 2]), 11).unwrap();
+        s.withdraw("t", "b").unwrap();
+        s.publish("t", "c", &ints(vec![1]), 12).unwrap();
+        s.publish("u", "a", &ints(vec![1]), 10).unwrap();
+        let e = s.publish("v", "a", &ints(vec![1]), 10).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AgentError::Limit {
+                    setting: "max_tables",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        s.publish("u", "b", &ints(vec![1]), 10).unwrap();
     }
 
     #[test]
