@@ -16,9 +16,10 @@ use std::sync::Arc;
 use crate::batch::EventBatch;
 use crate::error::{PqaError, Result};
 use crate::expr::Streams;
+use crate::parser::ast::StreamSel;
 use crate::parser::{self, ast};
 use crate::processor::Row;
-use crate::statement::{self, Compiled, Fed, Stmt};
+use crate::statement::{self, Compiled, Emit, Fed, Stmt};
 use crate::stream::{Event, StreamStats};
 use crate::value::Value;
 
@@ -57,8 +58,11 @@ pub struct Output {
     pub statement: StatementId,
     /// Engine time of the trigger.
     pub time: i64,
-    /// The rows.
+    /// The rows: the insert stream (with `select rstream`, the rows leaving).
     pub rows: Vec<Row>,
+    /// The remove stream of `select irstream`: rows leaving windows, or a
+    /// fully aggregated statement's groups as they were before the update.
+    pub old: Vec<Row>,
 }
 
 #[derive(Debug)]
@@ -79,7 +83,7 @@ pub struct Engine {
     stmts: Vec<Option<Entry>>,
     by_stream: Vec<Vec<(usize, usize)>>,
     heap: BinaryHeap<Reverse<(i64, usize)>>,
-    rows: Vec<Row>,
+    rows: Emit,
     /// `insert into` events waiting to be processed (kept to reuse its memory).
     queue: VecDeque<(usize, Arc<Event>, u8)>,
     /// Compile qualifying statements to kernels (see `crate::kernel`).
@@ -103,7 +107,7 @@ impl Engine {
             stmts: Vec::new(),
             by_stream: Vec::new(),
             heap: BinaryHeap::new(),
-            rows: Vec::new(),
+            rows: Emit::default(),
             queue: VecDeque::new(),
             kernels: true,
             scratch: Vec::new(),
@@ -426,7 +430,6 @@ impl Engine {
             entry.scheduled = None;
             self.now = self.now.max(t);
             let now = self.now;
-            self.rows.clear();
             entry.stmt.advance(now, &mut self.rows);
             let mut queue = std::mem::take(&mut self.queue);
             self.emit(id, 0, &mut queue, out);
@@ -460,16 +463,25 @@ impl Engine {
         if self.rows.is_empty() {
             return;
         }
-        let rows = std::mem::take(&mut self.rows);
-        let target = self
-            .stmts
-            .get(id)
-            .and_then(|e| e.as_ref())
-            .and_then(|e| e.stmt.insert_into);
+        let mut rows = std::mem::take(&mut self.rows.new);
+        let mut old = std::mem::take(&mut self.rows.old);
+        let Some(Some(entry)) = self.stmts.get(id) else {
+            return;
+        };
+        let (target, routed, selected) = (
+            entry.stmt.insert_into,
+            entry.stmt.insert_stream,
+            entry.stmt.select_stream,
+        );
         if let Some(target) = target {
             if depth < MAX_INSERT_DEPTH {
-                for r in &rows {
-                    let state = &mut self.streams.list[target];
+                let state = &mut self.streams.list[target];
+                let (ins, rem) = match routed {
+                    StreamSel::IStream => (&rows[..], &[][..]),
+                    StreamSel::RStream => (&[][..], &old[..]),
+                    StreamSel::IRStream => (&rows[..], &old[..]),
+                };
+                for r in ins.iter().chain(rem) {
                     if let Ok(ev) = state.event_from_values(&r.cols, self.now) {
                         queue.push_back((target, ev, depth + 1));
                     }
@@ -480,10 +492,24 @@ impl Engine {
                     Some("insert into: too many chained statements (cycle?)".into());
             }
         }
+        // Listeners see what the select clause's stream selector asks for;
+        // `select rstream` hands the remove stream over as the insert stream.
+        match selected {
+            StreamSel::IStream => old.clear(),
+            StreamSel::RStream => {
+                rows = old;
+                old = Vec::new();
+            }
+            StreamSel::IRStream => {}
+        }
+        if rows.is_empty() && old.is_empty() {
+            return;
+        }
         out.push(Output {
             statement: StatementId(id as u64),
             time: self.now,
             rows,
+            old,
         });
     }
 
@@ -497,7 +523,6 @@ impl Engine {
                 let Some(Some(entry)) = self.stmts.get_mut(id) else {
                     continue;
                 };
-                self.rows.clear();
                 let state = &self.streams.list[sid];
                 if entry
                     .stmt

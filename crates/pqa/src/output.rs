@@ -1,71 +1,328 @@
-//! Output rate limiting: `output [all|first|last] every N events | <period>`.
+//! Output rate limiting: `output [after ...] [all|first|last|snapshot]
+//! every N events | <period>`, as Esper defines it.
+//!
+//! - A time interval starts with the first update that reaches the result
+//!   set processor, not with the statement: Esper starts its output timer
+//!   then (only statements over tables start it at creation). Output is due
+//!   at that time plus each multiple of the period, whether or not rows came.
+//! - No keyword: every row of the interval, in order. `all` is the same,
+//!   except for a fully aggregated grouped statement, which outputs each
+//!   group once: the last row of every group updated in the interval (its
+//!   remove-stream row the group's first one), and the current row of every
+//!   other group as both insert and remove row.
+//! - `last`: the last row (per group when grouped); a fully aggregated
+//!   statement's remove-stream row is the first of the interval (the value
+//!   the interval started from).
+//! - `first`: the first row (per group when grouped) goes out at once; the
+//!   rest of the interval is suppressed.
+//! - `snapshot`: the whole current result at each interval end.
+//! - `after`: nothing goes out until the period since the statement started
+//!   has passed, or until more than N events arrived.
+//!
+//! Distinct, order by and limit apply to each batch that goes out.
+
+use std::collections::{HashMap, HashSet};
 
 use crate::parser::ast::{OutputClause, OutputEvery, OutputKind};
-use crate::processor::Row;
+use crate::processor::{OutRow, Processor, Row, Update};
+use crate::value::Value;
+
+type Key = Box<[Value]>;
+
+/// The last insert row and first remove row of one group in an interval.
+#[derive(Debug, Default)]
+struct Held {
+    new: Option<OutRow>,
+    old: Option<OutRow>,
+}
 
 #[derive(Debug)]
 pub(crate) struct OutputLimiter {
-    clause: Option<OutputClause>,
-    buf: Vec<Row>,
+    clause: OutputClause,
+    /// Rows carry group keys: first/last/all work per group.
+    grouped: bool,
+    /// Fully aggregated: `all` outputs every group, `last` keeps the first remove row.
+    per_group_rows: bool,
+    started_at: i64,
+    after_open: bool,
+    after_seen: u64,
     next_at: Option<i64>,
+    counted: u64,
+    new: Vec<OutRow>,
+    old: Vec<OutRow>,
+    first_done: bool,
+    first_groups: HashSet<Key>,
+    held: Vec<(Key, Held)>,
+    held_at: HashMap<Key, usize>,
 }
 
+/// Where the statement's current result comes from (for `snapshot`, and
+/// the untouched groups of a grouped `all`).
+pub(crate) type Snapshot<'a> = &'a mut dyn FnMut(&mut Vec<OutRow>);
+
 impl OutputLimiter {
-    pub(crate) fn new(clause: Option<OutputClause>, now: i64) -> Self {
-        let next_at = match clause {
-            Some(OutputClause {
-                every: OutputEvery::Time(ms),
-                ..
-            }) => Some(now + ms),
-            _ => None,
-        };
+    pub(crate) fn new(clause: OutputClause, p: &Processor, now: i64) -> Self {
         OutputLimiter {
             clause,
-            buf: Vec::new(),
-            next_at,
+            grouped: p.grouped(),
+            per_group_rows: p.aggregated_per_group(),
+            started_at: now,
+            after_open: clause.after.is_none(),
+            after_seen: 0,
+            next_at: None,
+            counted: 0,
+            new: Vec::new(),
+            old: Vec::new(),
+            first_done: false,
+            first_groups: HashSet::new(),
+            held: Vec::new(),
+            held_at: HashMap::new(),
         }
     }
 
-    fn release(&mut self, kind: OutputKind) -> Vec<Row> {
-        let mut rows = std::mem::take(&mut self.buf);
-        match kind {
-            OutputKind::All => rows,
-            OutputKind::First => {
-                rows.truncate(1);
-                rows
+    /// Whether rows must carry group keys.
+    pub(crate) fn needs_groups(clause: &OutputClause) -> bool {
+        matches!(
+            clause.kind,
+            OutputKind::First | OutputKind::Last | OutputKind::All
+        )
+    }
+
+    /// The rows of one update; what goes out now is appended to `new`/`old`.
+    pub(crate) fn offer(
+        &mut self,
+        up: &mut Update,
+        now: i64,
+        p: &Processor,
+        new: &mut Vec<Row>,
+        old: &mut Vec<Row>,
+        snap: Snapshot<'_>,
+    ) {
+        let fed_new = up.fed_new;
+        if fed_new + up.fed_old == 0 && up.new.is_empty() && up.old.is_empty() {
+            return;
+        }
+        if !self.after_open {
+            let open = match self.clause.after {
+                Some(OutputEvery::Time(ms)) => now >= self.started_at + ms,
+                Some(OutputEvery::Events(n)) => {
+                    self.after_seen += fed_new;
+                    self.after_seen > n
+                }
+                None => true,
+            };
+            if !open {
+                up.clear();
+                return;
             }
-            OutputKind::Last => rows.pop().into_iter().collect(),
+            self.after_open = true;
+        }
+        let Some(every) = self.clause.every else {
+            // A bare `output after`: once open, rows go out as they come.
+            self.emit(p, &mut up.new, &mut up.old, new, old);
+            up.clear();
+            return;
+        };
+        if let OutputEvery::Time(ms) = every
+            && self.next_at.is_none()
+        {
+            self.next_at = Some(now + ms);
+        }
+        match self.clause.kind {
+            OutputKind::First => self.first(up, p, new, old),
+            OutputKind::Snapshot => up.clear(),
+            OutputKind::Last | OutputKind::All if self.grouped => self.hold_per_group(up),
+            OutputKind::Last => {
+                if let Some(r) = up.new.pop() {
+                    self.new.clear();
+                    self.new.push(r);
+                }
+                if self.per_group_rows {
+                    if self.old.is_empty() && !up.old.is_empty() {
+                        self.old.push(up.old.swap_remove(0));
+                    }
+                } else if let Some(r) = up.old.pop() {
+                    self.old.clear();
+                    self.old.push(r);
+                }
+                up.clear();
+            }
+            OutputKind::Default | OutputKind::All => {
+                self.new.append(&mut up.new);
+                self.old.append(&mut up.old);
+            }
+        }
+        if let OutputEvery::Events(n) = every {
+            // Counted before the rows were taken: `last` empties `up`.
+            self.counted += fed_new;
+            if self.counted >= n {
+                self.counted = 0;
+                self.release(p, new, old, snap);
+            }
+        }
+        up.clear();
+    }
+
+    fn first(&mut self, up: &mut Update, p: &Processor, new: &mut Vec<Row>, old: &mut Vec<Row>) {
+        if !self.grouped {
+            let has_rows = !up.new.is_empty() || !up.old.is_empty();
+            if !self.first_done && has_rows {
+                self.first_done = true;
+                self.emit(p, &mut up.new, &mut up.old, new, old);
+            }
+            return;
+        }
+        let mut out_new = Vec::new();
+        let mut released: HashSet<Key> = HashSet::new();
+        for r in up.new.drain(..) {
+            let Some(g) = &r.group else { continue };
+            if !self.first_groups.contains(g) {
+                self.first_groups.insert(g.clone());
+                released.insert(g.clone());
+                out_new.push(r);
+            }
+        }
+        let mut out_old: Vec<OutRow> = up
+            .old
+            .drain(..)
+            .filter(|r| r.group.as_ref().is_some_and(|g| released.contains(g)))
+            .collect();
+        self.emit(p, &mut out_new, &mut out_old, new, old);
+    }
+
+    fn hold_per_group(&mut self, up: &mut Update) {
+        for r in up.old.drain(..) {
+            let Some(g) = r.group.clone() else { continue };
+            let h = self.held_entry(g);
+            if h.old.is_none() {
+                h.old = Some(r);
+            }
+        }
+        for r in up.new.drain(..) {
+            let Some(g) = r.group.clone() else { continue };
+            self.held_entry(g).new = Some(r);
         }
     }
 
-    /// Rows produced by an update; returns what is output now.
-    pub(crate) fn offer(&mut self, rows: &mut Vec<Row>) -> Vec<Row> {
-        let Some(c) = self.clause else {
-            return std::mem::take(rows);
+    fn held_entry(&mut self, g: Key) -> &mut Held {
+        let i = match self.held_at.get(&g) {
+            Some(&i) => i,
+            None => {
+                self.held.push((g.clone(), Held::default()));
+                self.held_at.insert(g, self.held.len() - 1);
+                self.held.len() - 1
+            }
         };
-        self.buf.append(rows);
-        match c.every {
-            OutputEvery::Events(n) if self.buf.len() as u64 >= n => self.release(c.kind),
-            _ => Vec::new(),
+        &mut self.held[i].1
+    }
+
+    fn emit(
+        &self,
+        p: &Processor,
+        rows_new: &mut Vec<OutRow>,
+        rows_old: &mut Vec<OutRow>,
+        new: &mut Vec<Row>,
+        old: &mut Vec<Row>,
+    ) {
+        if !rows_new.is_empty() {
+            p.finalize(rows_new, new);
         }
+        if !rows_old.is_empty() {
+            p.finalize(rows_old, old);
+        }
+    }
+
+    /// The interval ends: output what it holds.
+    fn release(
+        &mut self,
+        p: &Processor,
+        new: &mut Vec<Row>,
+        old: &mut Vec<Row>,
+        snap: Snapshot<'_>,
+    ) {
+        match self.clause.kind {
+            OutputKind::First => {
+                self.first_done = false;
+                self.first_groups.clear();
+                return;
+            }
+            OutputKind::Snapshot => {
+                let mut rows = Vec::new();
+                snap(&mut rows);
+                self.emit(p, &mut rows, &mut Vec::new(), new, old);
+                return;
+            }
+            OutputKind::All if self.grouped && self.per_group_rows => {
+                let mut current = Vec::new();
+                snap(&mut current);
+                let mut rows_new = Vec::new();
+                let mut rows_old = Vec::new();
+                for r in current {
+                    let Some(g) = &r.group else { continue };
+                    if let Some(&i) = self.held_at.get(g) {
+                        let h = std::mem::take(&mut self.held[i].1);
+                        rows_new.extend(h.new);
+                        rows_old.extend(h.old);
+                    } else {
+                        // Not updated this interval: the group stands as it was.
+                        rows_old.push(OutRow {
+                            row: r.row.clone(),
+                            sort: r.sort.clone(),
+                            group: None,
+                        });
+                        rows_new.push(r);
+                    }
+                }
+                // Groups updated and then emptied are reported once more.
+                for (_, h) in self.held.drain(..) {
+                    rows_new.extend(h.new);
+                    rows_old.extend(h.old);
+                }
+                self.held_at.clear();
+                self.emit(p, &mut rows_new, &mut rows_old, new, old);
+                return;
+            }
+            OutputKind::Last | OutputKind::All if self.grouped => {
+                let mut rows_new = Vec::new();
+                let mut rows_old = Vec::new();
+                for (_, h) in self.held.drain(..) {
+                    rows_new.extend(h.new);
+                    rows_old.extend(h.old);
+                }
+                self.held_at.clear();
+                self.emit(p, &mut rows_new, &mut rows_old, new, old);
+                return;
+            }
+            _ => {}
+        }
+        let (mut n, mut o) = (std::mem::take(&mut self.new), std::mem::take(&mut self.old));
+        self.emit(p, &mut n, &mut o, new, old);
+        // Keep the buffers' memory for the next interval.
+        self.new = n;
+        self.old = o;
     }
 
     /// The clock reached `now`.
-    pub(crate) fn on_time(&mut self, now: i64) -> Vec<Row> {
-        let (Some(c), Some(at)) = (self.clause, self.next_at) else {
-            return Vec::new();
+    pub(crate) fn on_time(
+        &mut self,
+        now: i64,
+        p: &Processor,
+        new: &mut Vec<Row>,
+        old: &mut Vec<Row>,
+        snap: Snapshot<'_>,
+    ) {
+        let (Some(at), Some(OutputEvery::Time(ms))) = (self.next_at, self.clause.every) else {
+            return;
         };
         if now < at {
-            return Vec::new();
+            return;
         }
-        if let OutputEvery::Time(ms) = c.every {
-            let mut next = at;
-            while next <= now {
-                next += ms;
-            }
-            self.next_at = Some(next);
+        let mut next = at;
+        while next <= now {
+            next += ms;
         }
-        self.release(c.kind)
+        self.next_at = Some(next);
+        self.release(p, new, old, snap);
     }
 
     pub(crate) fn next_deadline(&self) -> Option<i64> {

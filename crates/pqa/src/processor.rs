@@ -8,6 +8,13 @@
 //!   entered or left the window;
 //! - aggregates plus fields that are not group keys: one row per new event,
 //!   carrying its group's aggregates.
+//!
+//! The remove stream (`select irstream|rstream`, `insert rstream into`)
+//! follows the same three shapes: without aggregates, one row per event
+//! (or combination) leaving; fully aggregated, one row per touched group
+//! holding its values *before* the update (a new group's is all null);
+//! aggregates plus other fields, one row per leaving event carrying its
+//! group's aggregates after the update.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,6 +68,34 @@ struct Group {
     live: bool,
 }
 
+/// A row on its way out: what order by sorts on and, when an output clause
+/// works per group, the row's group key.
+#[derive(Debug)]
+pub(crate) struct OutRow {
+    pub(crate) row: Row,
+    pub(crate) sort: Vec<Value>,
+    pub(crate) group: Option<Box<[Value]>>,
+}
+
+/// Rows of one update, insert and remove stream.
+#[derive(Debug, Default)]
+pub(crate) struct Update {
+    pub(crate) new: Vec<OutRow>,
+    pub(crate) old: Vec<OutRow>,
+    /// Events (or combinations) that entered / left past `where`.
+    pub(crate) fed_new: u64,
+    pub(crate) fed_old: u64,
+}
+
+impl Update {
+    pub(crate) fn clear(&mut self) {
+        self.new.clear();
+        self.old.clear();
+        self.fed_new = 0;
+        self.fed_old = 0;
+    }
+}
+
 /// Compiled parts handed over by the statement compiler.
 #[derive(Debug)]
 pub(crate) struct ProcessorSpec {
@@ -75,6 +110,10 @@ pub(crate) struct ProcessorSpec {
     pub(crate) order_by: Vec<(CExpr, bool)>,
     pub(crate) distinct: bool,
     pub(crate) limit: Option<u64>,
+    /// Produce the remove stream too.
+    pub(crate) rstream: bool,
+    /// Tag rows with their group key (an output clause that works per group).
+    pub(crate) tag_groups: bool,
 }
 
 #[derive(Debug)]
@@ -85,8 +124,9 @@ pub(crate) struct Processor {
     free: Vec<usize>,
     touched: Vec<usize>,
     pending: Vec<(Vec<Arc<Event>>, usize)>,
+    pending_old: Vec<(Vec<Arc<Event>>, usize)>,
     keybuf: Vec<Value>,
-    rows: Vec<(Row, Vec<Value>)>,
+    up: Update,
 }
 
 impl Processor {
@@ -101,8 +141,9 @@ impl Processor {
             free: Vec::new(),
             touched: Vec::new(),
             pending: Vec::new(),
+            pending_old: Vec::new(),
             keybuf: Vec::new(),
-            rows: Vec::new(),
+            up: Update::default(),
             s,
         };
         if p.s.aggregated && p.s.group_by.is_empty() {
@@ -162,11 +203,13 @@ impl Processor {
         {
             return;
         }
+        self.up.fed_new += 1;
         if !self.s.aggregated {
-            self.project(&ctx);
+            project_into(&self.s, &ctx, None, &mut self.up.new);
             return;
         }
         let gi = self.group_for(&ctx);
+        self.touch(gi);
         let g = &mut self.groups[gi];
         for (spec, st) in self.s.specs.iter().zip(g.aggs.iter_mut()) {
             let v = match &spec.arg {
@@ -176,10 +219,6 @@ impl Processor {
             st.add(v);
         }
         g.rows += 1;
-        if !g.touched {
-            g.touched = true;
-            self.touched.push(gi);
-        }
         if self.s.per_event {
             self.pending.push((row.to_vec(), gi));
         }
@@ -187,7 +226,7 @@ impl Processor {
 
     /// An event (or join combination) leaves a window.
     pub(crate) fn on_old(&mut self, row: &[Arc<Event>]) {
-        if !self.s.aggregated {
+        if !self.s.aggregated && !self.s.rstream {
             return;
         }
         let ctx = Ctx::row(row);
@@ -196,7 +235,16 @@ impl Processor {
         {
             return;
         }
+        self.up.fed_old += 1;
+        if !self.s.aggregated {
+            project_into(&self.s, &ctx, None, &mut self.up.old);
+            return;
+        }
         let gi = self.group_for(&ctx);
+        self.touch(gi);
+        if self.s.per_event && self.s.rstream {
+            self.pending_old.push((row.to_vec(), gi));
+        }
         let g = &mut self.groups[gi];
         for (spec, st) in self.s.specs.iter().zip(g.aggs.iter_mut()) {
             let v = match &spec.arg {
@@ -206,83 +254,206 @@ impl Processor {
             st.remove(v);
         }
         g.rows -= 1;
-        if !g.touched {
-            g.touched = true;
-            self.touched.push(gi);
-        }
     }
 
-    fn project(&mut self, ctx: &Ctx<'_>) {
-        project_into(&self.s, ctx, &mut self.rows);
-    }
-
-    /// Ends an update: produces its rows (possibly none) into `out`.
-    pub(crate) fn finish(&mut self, out: &mut Vec<Row>) {
-        if self.s.aggregated {
-            if self.s.per_event {
-                let pending = std::mem::take(&mut self.pending);
-                for (row, gi) in &pending {
-                    let g = &self.groups[*gi];
-                    let ctx = Ctx {
-                        events: row,
-                        aggs: &g.aggs,
-                        key: &g.key,
-                    };
-                    project_into(&self.s, &ctx, &mut self.rows);
-                }
-                self.pending = pending;
-                self.pending.clear();
-            } else {
-                for &gi in &self.touched {
-                    let g = &self.groups[gi];
-                    let ctx = Ctx {
-                        events: &[],
-                        aggs: &g.aggs,
-                        key: &g.key,
-                    };
-                    project_into(&self.s, &ctx, &mut self.rows);
-                }
-            }
-            for gi in self.touched.drain(..) {
-                let g = &mut self.groups[gi];
-                g.touched = false;
-                // A group whose last event left is forgotten once reported.
-                if g.rows <= 0 && !self.s.group_by.is_empty() && g.live {
-                    g.live = false;
-                    self.index.remove(&g.key);
-                    self.free.push(gi);
-                }
-            }
-        }
-        if self.rows.is_empty() {
+    /// Marks a group as changed by this update; a fully aggregated remove
+    /// stream reports the group as it was before its first change.
+    #[inline]
+    fn touch(&mut self, gi: usize) {
+        let g = &mut self.groups[gi];
+        if g.touched {
             return;
         }
-        if self.s.distinct {
-            let mut seen = std::collections::HashSet::new();
-            self.rows.retain(|(r, _)| {
-                seen.insert(r.cols.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>())
-            });
+        g.touched = true;
+        self.touched.push(gi);
+        if self.s.rstream && !self.s.per_event {
+            let g = &self.groups[gi];
+            let ctx = Ctx {
+                events: &[],
+                aggs: &g.aggs,
+                key: &g.key,
+            };
+            let tag = self.s.tag_groups.then(|| g.key.clone());
+            project_into(&self.s, &ctx, tag, &mut self.up.old);
         }
-        if !self.s.order_by.is_empty() {
-            let desc: Vec<bool> = self.s.order_by.iter().map(|(_, d)| *d).collect();
-            self.rows.sort_by(|(_, a), (_, b)| {
-                for (i, d) in desc.iter().enumerate() {
-                    let o = a[i].total_cmp(&b[i]);
-                    if o != std::cmp::Ordering::Equal {
-                        return if *d { o.reverse() } else { o };
-                    }
+    }
+
+    /// Ends an update: its rows (possibly none) stay in the update buffer
+    /// for [`Processor::finish`] or [`Processor::take_update`].
+    fn close_update(&mut self) {
+        if !self.s.aggregated {
+            return;
+        }
+        let tag = self.s.tag_groups;
+        if self.s.per_event {
+            for (pending, into_old) in [(&mut self.pending, false), (&mut self.pending_old, true)] {
+                for (row, gi) in pending.drain(..) {
+                    let g = &self.groups[gi];
+                    let ctx = Ctx {
+                        events: &row,
+                        aggs: &g.aggs,
+                        key: &g.key,
+                    };
+                    let out = if into_old {
+                        &mut self.up.old
+                    } else {
+                        &mut self.up.new
+                    };
+                    project_into(&self.s, &ctx, tag.then(|| g.key.clone()), out);
                 }
-                std::cmp::Ordering::Equal
-            });
+            }
+        } else {
+            for &gi in &self.touched {
+                let g = &self.groups[gi];
+                let ctx = Ctx {
+                    events: &[],
+                    aggs: &g.aggs,
+                    key: &g.key,
+                };
+                project_into(&self.s, &ctx, tag.then(|| g.key.clone()), &mut self.up.new);
+            }
         }
-        if let Some(l) = self.s.limit {
-            self.rows.truncate(l as usize);
+        for gi in self.touched.drain(..) {
+            let g = &mut self.groups[gi];
+            g.touched = false;
+            // A group whose last event left is forgotten once reported.
+            if g.rows <= 0 && !self.s.group_by.is_empty() && g.live {
+                g.live = false;
+                self.index.remove(&g.key);
+                self.free.push(gi);
+            }
         }
-        out.extend(self.rows.drain(..).map(|(r, _)| r));
+    }
+
+    /// Ends an update: distinct, order by and limit, then its rows
+    /// (possibly none) into `new` and `old`.
+    pub(crate) fn finish(&mut self, new: &mut Vec<Row>, old: &mut Vec<Row>) {
+        self.close_update();
+        self.up.fed_new = 0;
+        self.up.fed_old = 0;
+        if !self.up.new.is_empty() {
+            finalize(&self.s, &mut self.up.new, new);
+        }
+        if !self.up.old.is_empty() {
+            finalize(&self.s, &mut self.up.old, old);
+        }
+    }
+
+    /// Ends an update and hands its raw rows over (to an output clause,
+    /// which applies distinct, order by and limit to each batch it outputs).
+    pub(crate) fn take_update(&mut self, into: &mut Update) {
+        self.close_update();
+        into.new.append(&mut self.up.new);
+        into.old.append(&mut self.up.old);
+        into.fed_new += std::mem::take(&mut self.up.fed_new);
+        into.fed_old += std::mem::take(&mut self.up.fed_old);
+    }
+
+    /// The current result of a fully aggregated statement: one row per
+    /// group that holds events (the single row when ungrouped).
+    pub(crate) fn snapshot_groups(&self, out: &mut Vec<OutRow>) {
+        for g in &self.groups {
+            if !g.live || (g.rows <= 0 && !self.s.group_by.is_empty()) {
+                continue;
+            }
+            let ctx = Ctx {
+                events: &[],
+                aggs: &g.aggs,
+                key: &g.key,
+            };
+            let tag = self.s.tag_groups.then(|| g.key.clone());
+            project_into(&self.s, &ctx, tag, out);
+        }
+    }
+
+    /// The current result over retained events (or join combinations):
+    /// each one that passes `where`, with its group's aggregates.
+    pub(crate) fn snapshot_events(&self, rows: &[Vec<Arc<Event>>], out: &mut Vec<OutRow>) {
+        let mut key = Vec::new();
+        for row in rows {
+            let ctx = Ctx::row(row);
+            if let Some(w) = &self.s.where_
+                && !w.test(&ctx)
+            {
+                continue;
+            }
+            if !self.s.aggregated {
+                project_into(&self.s, &ctx, None, out);
+                continue;
+            }
+            key.clear();
+            for g in &self.s.group_by {
+                key.push(g.eval(&ctx));
+            }
+            let gi = if self.s.group_by.is_empty() {
+                Some(0)
+            } else {
+                self.index.get(&key[..]).copied()
+            };
+            let Some(gi) = gi else { continue };
+            let g = &self.groups[gi];
+            let ctx = Ctx {
+                events: row,
+                aggs: &g.aggs,
+                key: &g.key,
+            };
+            project_into(&self.s, &ctx, self.s.tag_groups.then(|| g.key.clone()), out);
+        }
+    }
+
+    /// Distinct, order by and limit over one batch of rows.
+    pub(crate) fn finalize(&self, rows: &mut Vec<OutRow>, out: &mut Vec<Row>) {
+        finalize(&self.s, rows, out)
+    }
+
+    /// True when rows carry group keys (grouped, per-group output clause).
+    pub(crate) fn grouped(&self) -> bool {
+        !self.s.group_by.is_empty()
+    }
+
+    pub(crate) fn aggregated_per_group(&self) -> bool {
+        self.s.aggregated && !self.s.per_event
     }
 }
 
-fn project_into(s: &ProcessorSpec, ctx: &Ctx<'_>, rows: &mut Vec<(Row, Vec<Value>)>) {
+fn finalize(s: &ProcessorSpec, rows: &mut Vec<OutRow>, out: &mut Vec<Row>) {
+    if s.distinct {
+        let mut seen = std::collections::HashSet::new();
+        rows.retain(|r| {
+            seen.insert(
+                r.row
+                    .cols
+                    .iter()
+                    .map(|(_, v)| v.clone())
+                    .collect::<Vec<_>>(),
+            )
+        });
+    }
+    if !s.order_by.is_empty() {
+        let desc: Vec<bool> = s.order_by.iter().map(|(_, d)| *d).collect();
+        // Stable: rows of equal keys keep the order they were produced in.
+        rows.sort_by(|a, b| {
+            for (i, d) in desc.iter().enumerate() {
+                let o = a.sort[i].total_cmp(&b.sort[i]);
+                if o != std::cmp::Ordering::Equal {
+                    return if *d { o.reverse() } else { o };
+                }
+            }
+            std::cmp::Ordering::Equal
+        });
+    }
+    if let Some(l) = s.limit {
+        rows.truncate(l as usize);
+    }
+    out.extend(rows.drain(..).map(|r| r.row));
+}
+
+fn project_into(
+    s: &ProcessorSpec,
+    ctx: &Ctx<'_>,
+    group: Option<Box<[Value]>>,
+    rows: &mut Vec<OutRow>,
+) {
     if let Some(h) = &s.having
         && !h.test(ctx)
     {
@@ -311,6 +482,10 @@ fn project_into(s: &ProcessorSpec, ctx: &Ctx<'_>, rows: &mut Vec<(Row, Vec<Value
             }
         }
     }
-    let keys = s.order_by.iter().map(|(e, _)| e.eval(ctx)).collect();
-    rows.push((Row { cols }, keys));
+    let sort = s.order_by.iter().map(|(e, _)| e.eval(ctx)).collect();
+    rows.push(OutRow {
+        row: Row { cols },
+        sort,
+        group,
+    });
 }

@@ -714,7 +714,11 @@ fn publish(st: &mut State, outputs: &mut Vec<Output>) {
                 continue;
             }
             let rows = apply_publish(reg, &o.rows);
-            if rows.is_empty() {
+            let old_rows: Vec<_> = match reg.publish {
+                Publish::All => o.old.iter().map(|r| r.to_json()).collect(),
+                _ => Vec::new(),
+            };
+            if rows.is_empty() && old_rows.is_empty() {
                 continue;
             }
             reg.seq += 1;
@@ -723,6 +727,7 @@ fn publish(st: &mut State, outputs: &mut Vec<Output>) {
                 seq: reg.seq,
                 time: o.time,
                 rows,
+                old_rows,
             });
         }
     }

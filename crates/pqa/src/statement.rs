@@ -8,9 +8,11 @@ use crate::error::{Pos, PqaError, Result};
 use crate::expr::{CExpr, Compiler, Slot, Streams, has_aggregate};
 use crate::kernel::{Kernel, KernelSpec, RowRef};
 use crate::output::OutputLimiter;
-use crate::parser::ast::{self, BinOp, Body, Expr, From, PatternExpr, SelectItem, Statement};
+use crate::parser::ast::{
+    self, BinOp, Body, Expr, From, PatternExpr, SelectItem, Statement, StreamSel,
+};
 use crate::pattern::{Binding, PNode, State, unbound};
-use crate::processor::{Item, Processor, ProcessorSpec, Row};
+use crate::processor::{Item, OutRow, Processor, ProcessorSpec, Row, Update};
 use crate::stream::Event;
 use crate::stream::StreamState;
 use crate::window::{self, Delta, Shape, Window};
@@ -34,15 +36,34 @@ pub(crate) struct Stmt {
     pattern: Option<PatternRt>,
     join_where: Option<CExpr>,
     processor: Processor,
-    output: OutputLimiter,
+    /// The output clause, if any.
+    output: Option<OutputLimiter>,
+    /// Rows of the current update on their way to the output clause.
+    update: Update,
     /// `insert into` target stream.
     pub(crate) insert_into: Option<usize>,
+    /// Which rows `insert into` routes.
+    pub(crate) insert_stream: StreamSel,
+    /// What listeners receive.
+    pub(crate) select_stream: StreamSel,
     /// (stream, input index) pairs this statement consumes.
     pub(crate) listen: Vec<(usize, usize)>,
     delta: Delta,
-    rows: Vec<Row>,
     /// The compiled fast path, when the statement qualifies.
     kernel: Option<Kernel>,
+}
+
+/// Rows a statement produced: its insert stream and its remove stream.
+#[derive(Debug, Default)]
+pub(crate) struct Emit {
+    pub(crate) new: Vec<Row>,
+    pub(crate) old: Vec<Row>,
+}
+
+impl Emit {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.new.is_empty() && self.old.is_empty()
+    }
 }
 
 /// What compiling a statement yields.
@@ -256,28 +277,38 @@ pub(crate) fn compile(
     drop(c);
 
     let is_join = slots.len() > 1 && matches!(sel.from, From::Streams(_));
+    let rstream =
+        sel.stream.has_remove() || (st.insert_into.is_some() && st.insert_stream.has_remove());
+    let tag_groups =
+        sel.output.as_ref().is_some_and(OutputLimiter::needs_groups) && !sel.group_by.is_empty();
+    let processor = Processor::new(ProcessorSpec {
+        where_: if is_join { None } else { where_c.clone() },
+        items,
+        slot_names,
+        aggregated,
+        per_event,
+        specs: agg_specs,
+        group_by,
+        having,
+        order_by,
+        distinct: sel.distinct,
+        limit: sel.limit,
+        rstream,
+        tag_groups,
+    });
+    let output = sel.output.map(|c| OutputLimiter::new(c, &processor, now));
     let mut stmt = Stmt {
         inputs: Vec::new(),
         pattern: None,
         join_where: None,
-        processor: Processor::new(ProcessorSpec {
-            where_: if is_join { None } else { where_c.clone() },
-            items,
-            slot_names,
-            aggregated,
-            per_event,
-            specs: agg_specs,
-            group_by,
-            having,
-            order_by,
-            distinct: sel.distinct,
-            limit: sel.limit,
-        }),
-        output: OutputLimiter::new(sel.output, now),
+        processor,
+        output,
+        update: Update::default(),
         insert_into: st.insert_into.as_ref().map(|i| streams.id(&i.name)),
+        insert_stream: st.insert_stream,
+        select_stream: sel.stream,
         listen: Vec::new(),
         delta: Delta::default(),
-        rows: Vec::new(),
         kernel: None,
     };
     if is_join {
@@ -336,7 +367,15 @@ pub(crate) fn compile(
             });
         }
     }
-    if kernels && stmt.pattern.is_none() && stmt.inputs.len() == 1 {
+    // Kernels produce the insert stream of plain updates; remove streams and
+    // output clauses (which need group keys, snapshots, order per batch)
+    // stay on the general path.
+    if kernels
+        && stmt.pattern.is_none()
+        && stmt.inputs.len() == 1
+        && stmt.output.is_none()
+        && !rstream
+    {
         let spec = stmt.processor.spec();
         let input = &stmt.inputs[0];
         let view = input.window.shape();
@@ -480,18 +519,12 @@ impl Stmt {
         ev: &Arc<Event>,
         now: i64,
         stream_state: &StreamState,
-        out: &mut Vec<Row>,
+        out: &mut Emit,
     ) -> Fed {
         if let Some(kn) = &mut self.kernel {
-            if !kn.on_row(
-                RowRef::Event(ev),
-                now,
-                &stream_state.symbols,
-                &mut self.rows,
-            ) {
+            if !kn.on_row(RowRef::Event(ev), now, &stream_state.symbols, &mut out.new) {
                 return Fed::MissingField;
             }
-            out.extend(self.output.offer(&mut self.rows));
             return Fed::Ok;
         }
         if let Some(p) = &mut self.pattern {
@@ -514,9 +547,31 @@ impl Stmt {
             input.window.insert(ev.clone(), now, &mut self.delta);
             self.process_delta(k);
         }
-        self.processor.finish(&mut self.rows);
-        out.extend(self.output.offer(&mut self.rows));
+        self.end_update(now, out);
         Fed::Ok
+    }
+
+    /// Hands the processor's rows of this update to the output clause (or
+    /// straight out).
+    fn end_update(&mut self, now: i64, out: &mut Emit) {
+        let Stmt {
+            output,
+            update,
+            processor,
+            inputs,
+            join_where,
+            ..
+        } = self;
+        match output {
+            None => processor.finish(&mut out.new, &mut out.old),
+            Some(limiter) => {
+                processor.take_update(update);
+                let p: &Processor = processor;
+                limiter.offer(update, now, p, &mut out.new, &mut out.old, &mut |rows| {
+                    snapshot(inputs, join_where.as_ref(), p, rows)
+                });
+            }
+        }
     }
 
     fn process_delta(&mut self, k: usize) {
@@ -532,53 +587,14 @@ impl Stmt {
             }
             return;
         }
-        let old = self.join(k, &self.delta.old);
-        let new = self.join(k, &self.delta.new);
+        let old = join_combos(&self.inputs, self.join_where.as_ref(), k, &self.delta.old);
+        let new = join_combos(&self.inputs, self.join_where.as_ref(), k, &self.delta.new);
         for r in &old {
             self.processor.on_old(r);
         }
         for r in &new {
             self.processor.on_new(r);
         }
-    }
-
-    /// Every combination of `events` (in slot `k`) with the other windows' contents
-    /// that satisfies the where clause.
-    fn join(&self, k: usize, events: &[Arc<Event>]) -> Vec<Vec<Arc<Event>>> {
-        let mut combos: Vec<Vec<Arc<Event>>> = Vec::new();
-        for e in events {
-            let mut partial: Vec<Vec<Arc<Event>>> = vec![Vec::with_capacity(self.inputs.len())];
-            for (i, input) in self.inputs.iter().enumerate() {
-                let mut next = Vec::new();
-                for p in &partial {
-                    if i == k {
-                        let mut q = p.clone();
-                        q.push(e.clone());
-                        next.push(q);
-                    } else {
-                        input.window.for_each(&mut |x| {
-                            let mut q = p.clone();
-                            q.push(x.clone());
-                            next.push(q);
-                        });
-                    }
-                }
-                partial = next;
-                if partial.is_empty() {
-                    break;
-                }
-            }
-            for row in partial {
-                if self
-                    .join_where
-                    .as_ref()
-                    .is_none_or(|w| w.test(&crate::expr::Ctx::row(&row)))
-                {
-                    combos.push(row);
-                }
-            }
-        }
-        combos
     }
 
     /// True when events can be handed over as batch rows ([`Stmt::on_batch_row`]).
@@ -595,7 +611,7 @@ impl Stmt {
         row: usize,
         now: i64,
         stream_state: &StreamState,
-        out: &mut Vec<Row>,
+        out: &mut Emit,
     ) -> Fed {
         let Some(kn) = &mut self.kernel else {
             return Fed::Ok;
@@ -604,22 +620,17 @@ impl Stmt {
             RowRef::Batch(batch, row),
             now,
             &stream_state.symbols,
-            &mut self.rows,
+            &mut out.new,
         ) {
             return Fed::MissingField;
-        }
-        if !self.rows.is_empty() {
-            out.extend(self.output.offer(&mut self.rows));
         }
         Fed::Ok
     }
 
     /// The clock reached `now`.
-    pub(crate) fn advance(&mut self, now: i64, out: &mut Vec<Row>) {
+    pub(crate) fn advance(&mut self, now: i64, out: &mut Emit) {
         if let Some(kn) = &mut self.kernel {
-            kn.advance(now, &mut self.rows);
-            out.extend(self.output.offer(&mut self.rows));
-            out.extend(self.output.on_time(now));
+            kn.advance(now, &mut out.new);
             return;
         }
         for k in 0..self.inputs.len() {
@@ -634,14 +645,25 @@ impl Stmt {
                 self.processor.on_new(b);
             }
         }
-        self.processor.finish(&mut self.rows);
-        out.extend(self.output.offer(&mut self.rows));
-        out.extend(self.output.on_time(now));
+        self.end_update(now, out);
+        let Stmt {
+            output,
+            processor,
+            inputs,
+            join_where,
+            ..
+        } = self;
+        if let Some(limiter) = output {
+            let p: &Processor = processor;
+            limiter.on_time(now, p, &mut out.new, &mut out.old, &mut |rows| {
+                snapshot(inputs, join_where.as_ref(), p, rows)
+            });
+        }
     }
 
     /// The next time `advance` has something to do.
     pub(crate) fn next_deadline(&self) -> Option<i64> {
-        let mut d = self.output.next_deadline();
+        let mut d = self.output.as_ref().and_then(OutputLimiter::next_deadline);
         let mut take = |x: Option<i64>| {
             if let Some(x) = x {
                 d = Some(d.map_or(x, |y| y.min(x)));
@@ -660,4 +682,63 @@ impl Stmt {
         }
         d
     }
+}
+
+/// Every combination of `events` (in slot `k`) with the other windows'
+/// contents that satisfies the join's where clause.
+fn join_combos(
+    inputs: &[Input],
+    join_where: Option<&CExpr>,
+    k: usize,
+    events: &[Arc<Event>],
+) -> Vec<Vec<Arc<Event>>> {
+    let mut combos: Vec<Vec<Arc<Event>>> = Vec::new();
+    for e in events {
+        let mut partial: Vec<Vec<Arc<Event>>> = vec![Vec::with_capacity(inputs.len())];
+        for (i, input) in inputs.iter().enumerate() {
+            let mut next = Vec::new();
+            for p in &partial {
+                if i == k {
+                    let mut q = p.clone();
+                    q.push(e.clone());
+                    next.push(q);
+                } else {
+                    input.window.for_each(&mut |x| {
+                        let mut q = p.clone();
+                        q.push(x.clone());
+                        next.push(q);
+                    });
+                }
+            }
+            partial = next;
+            if partial.is_empty() {
+                break;
+            }
+        }
+        for row in partial {
+            if join_where.is_none_or(|w| w.test(&crate::expr::Ctx::row(&row))) {
+                combos.push(row);
+            }
+        }
+    }
+    combos
+}
+
+/// The statement's whole current result (`output snapshot`).
+fn snapshot(inputs: &[Input], join_where: Option<&CExpr>, p: &Processor, out: &mut Vec<OutRow>) {
+    if p.aggregated_per_group() {
+        p.snapshot_groups(out);
+        return;
+    }
+    let Some(first) = inputs.first() else {
+        return;
+    };
+    let mut events = Vec::new();
+    first.window.for_each(&mut |e| events.push(e.clone()));
+    let combos = if inputs.len() == 1 {
+        events.into_iter().map(|e| vec![e]).collect()
+    } else {
+        join_combos(inputs, join_where, 0, &events)
+    };
+    p.snapshot_events(&combos, out);
 }

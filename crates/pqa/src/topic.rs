@@ -20,6 +20,10 @@ pub struct Notification {
     pub time: i64,
     /// The rows, after the registration's publish function.
     pub rows: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// The remove stream of `select irstream` (publish mode `all` only):
+    /// rows that left a window, or groups as they were before the update.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub old_rows: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Notification {

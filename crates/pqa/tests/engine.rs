@@ -337,10 +337,13 @@ fn output_rate_events_and_time() {
         .unwrap();
     push(&mut e, "S", json!({"ts": 1000, "x": 1}));
     push(&mut e, "S", json!({"ts": 2000, "x": 2}));
-    let out = e.advance_time(5000);
-    assert_eq!(out[0].time, 5000);
+    // As in Esper, the interval starts with the first event (1000), not
+    // with the statement (0): nothing at 5000, the last row at 6000.
+    assert!(e.advance_time(5999).is_empty());
+    let out = e.advance_time(6000);
+    assert_eq!(out[0].time, 6000);
     assert_eq!(rows(out), vec![json!({"x": 2})]);
-    assert!(rows(e.advance_time(10_000)).is_empty());
+    assert!(rows(e.advance_time(11_000)).is_empty());
 }
 
 #[test]

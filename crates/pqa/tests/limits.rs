@@ -340,6 +340,7 @@ async fn webhook_redirect_to_a_host_not_allowed_is_not_followed() {
         seq: 1,
         time: 0,
         rows: Vec::new(),
+        old_rows: Vec::new(),
     };
     let e = fleetsql_pqa::Sink::deliver(&sink, &n, "{}")
         .await

@@ -17,6 +17,8 @@ pub struct Ident {
 pub struct Statement {
     /// `insert into Other select ...`: results become events of `Other`.
     pub insert_into: Option<Ident>,
+    /// Which rows `insert [istream|irstream|rstream] into` routes.
+    pub insert_stream: StreamSel,
     /// What the statement is.
     pub body: Body,
 }
@@ -42,6 +44,8 @@ pub struct CreateSchema {
 /// `select ... from ...`.
 #[derive(Debug, Clone)]
 pub struct Select {
+    /// `select [istream|irstream|rstream]`: what listeners receive.
+    pub stream: StreamSel,
     /// `select distinct`.
     pub distinct: bool,
     /// The select list.
@@ -60,6 +64,26 @@ pub struct Select {
     pub order_by: Vec<(Expr, bool)>,
     /// `limit n`.
     pub limit: Option<u64>,
+}
+
+/// Esper's stream selector: the insert stream (rows entering), the remove
+/// stream (rows leaving) or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StreamSel {
+    /// `istream` (the default): rows entering.
+    #[default]
+    IStream,
+    /// `rstream`: rows leaving, delivered in place of the insert stream.
+    RStream,
+    /// `irstream`: both.
+    IRStream,
+}
+
+impl StreamSel {
+    /// Whether the remove stream is wanted.
+    pub fn has_remove(self) -> bool {
+        self != StreamSel::IStream
+    }
 }
 
 /// One select-list entry.
@@ -120,30 +144,37 @@ pub enum ViewArg {
     Expr(Expr),
 }
 
-/// `output [all|first|last] every N events|<time period>`.
+/// `output [after ...] [all|first|last|snapshot] every N events|<time period>`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OutputClause {
     /// Which of the buffered rows are output.
     pub kind: OutputKind,
-    /// When.
-    pub every: OutputEvery,
+    /// When; `None` for a bare `output after ...`.
+    pub every: Option<OutputEvery>,
+    /// `output after <period> | N events`: nothing is output before.
+    pub after: Option<OutputEvery>,
 }
 
 /// Which rows an output clause releases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputKind {
-    /// All buffered rows.
+    /// No keyword: every row of the interval, in order.
+    Default,
+    /// `all`: as the default, except that a grouped statement outputs one
+    /// row per group (the last), also for groups not updated.
     All,
-    /// The first row of the interval.
+    /// `first`: the first row (per group when grouped), at once.
     First,
-    /// The last row of the interval.
+    /// `last`: the last row of the interval (per group when grouped).
     Last,
+    /// `snapshot`: the statement's whole current result.
+    Snapshot,
 }
 
 /// The output rate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OutputEvery {
-    /// Every N result rows.
+    /// Every N events.
     Events(u64),
     /// Every so many milliseconds.
     Time(i64),

@@ -50,6 +50,11 @@ const RESERVED: &[&str] = &[
     "all",
     "first",
     "last",
+    "istream",
+    "irstream",
+    "rstream",
+    "snapshot",
+    "after",
 ];
 
 /// How deep a statement may nest by default (see [`parse_limited`]).
@@ -146,7 +151,6 @@ fn is_keyword_like(s: &str) -> bool {
             | "null"
             | "true"
             | "false"
-            | "snapshot"
     )
 }
 
@@ -277,11 +281,14 @@ impl Parser {
             self.expect_kw("schema")?;
             return Ok(Statement {
                 insert_into: None,
+                insert_stream: StreamSel::IStream,
                 body: Body::CreateSchema(self.create_schema()?),
             });
         }
         let mut insert_into = None;
+        let mut insert_stream = StreamSel::IStream;
         if self.eat_kw("insert") {
+            insert_stream = self.stream_sel();
             self.expect_kw("into")?;
             insert_into = Some(self.ident("a stream name after 'insert into'")?);
         }
@@ -294,6 +301,7 @@ impl Parser {
         }
         Ok(Statement {
             insert_into,
+            insert_stream,
             body: Body::Select(Box::new(self.select()?)),
         })
     }
@@ -331,6 +339,7 @@ impl Parser {
 
     fn select(&mut self) -> Result<Select> {
         self.expect_kw("select")?;
+        let stream = self.stream_sel();
         let distinct = self.eat_kw("distinct");
         let mut items = Vec::new();
         loop {
@@ -342,6 +351,7 @@ impl Parser {
         self.expect_kw("from")?;
         let from = self.from()?;
         let mut s = Select {
+            stream,
             distinct,
             items,
             from,
@@ -398,18 +408,49 @@ impl Parser {
         Ok(s)
     }
 
+    fn stream_sel(&mut self) -> StreamSel {
+        if self.eat_kw("istream") {
+            StreamSel::IStream
+        } else if self.eat_kw("irstream") {
+            StreamSel::IRStream
+        } else if self.eat_kw("rstream") {
+            StreamSel::RStream
+        } else {
+            StreamSel::IStream
+        }
+    }
+
     fn output_clause(&mut self) -> Result<OutputClause> {
+        let after = if self.eat_kw("after") {
+            Some(self.output_rate("a number after 'output after'")?)
+        } else {
+            None
+        };
         let kind = if self.eat_kw("first") {
             OutputKind::First
         } else if self.eat_kw("last") {
             OutputKind::Last
-        } else {
-            self.eat_kw("all");
+        } else if self.eat_kw("snapshot") {
+            OutputKind::Snapshot
+        } else if self.eat_kw("all") {
             OutputKind::All
+        } else {
+            OutputKind::Default
         };
-        self.expect_kw("every")?;
+        let every = if self.eat_kw("every") {
+            Some(self.output_rate("a number after 'output every'")?)
+        } else if after.is_some() && kind == OutputKind::Default {
+            None
+        } else {
+            return self.err("'every'");
+        };
+        Ok(OutputClause { kind, every, after })
+    }
+
+    /// `N events` or a time period.
+    fn output_rate(&mut self, what: &str) -> Result<OutputEvery> {
         let pos = self.pos();
-        let n = self.number("a number after 'output every'")?;
+        let n = self.number(what)?;
         if self.is_kw("events") || self.is_kw("event") {
             self.bump();
             if n < 1.0 || n.fract() != 0.0 {
@@ -419,16 +460,9 @@ impl Parser {
                     found: n.to_string(),
                 });
             }
-            return Ok(OutputClause {
-                kind,
-                every: OutputEvery::Events(n as u64),
-            });
+            return Ok(OutputEvery::Events(n as u64));
         }
-        let ms = self.period_rest(n, pos)?;
-        Ok(OutputClause {
-            kind,
-            every: OutputEvery::Time(ms),
-        })
+        Ok(OutputEvery::Time(self.period_rest(n, pos)?))
     }
 
     fn number(&mut self, what: &str) -> Result<f64> {
@@ -1097,7 +1131,8 @@ mod tests {
             sel.output,
             Some(OutputClause {
                 kind: OutputKind::Last,
-                every: OutputEvery::Time(2000)
+                every: Some(OutputEvery::Time(2000)),
+                after: None,
             })
         );
         let s = parse("insert into Hot select x from S output every 5 events").unwrap();
