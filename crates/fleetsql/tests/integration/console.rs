@@ -607,7 +607,8 @@ async fn console_pages_in_headless_chromium() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generation_badge_turns_amber_and_red_for_stale_data() {
     let driver = ChromeDriver::start().await;
-    for (amber, red, level) in [("1ms", "1h", "amber"), ("1ms", "1ms", "red")] {
+    // Red must come after amber: the demo refuses `--console-red-after` <= amber.
+    for (amber, red, level) in [("1ms", "1h", "amber"), ("1ms", "2ms", "red")] {
         let extra: Vec<OsString> = vec![
             "--console-amber-after".into(),
             amber.into(),
