@@ -115,7 +115,9 @@ impl Default for Limits {
             max_xmlrpc_depth: 64,
             max_stream_name_len: 128,
             max_streams: 4096,
-            max_registrations: 1024,
+            // The seed's load is ~10,000 persistent queries per node; a
+            // registration costs a few KiB, so this bounds memory, not use.
+            max_registrations: 16_384,
             max_subscribers: 4096,
         }
     }
