@@ -57,9 +57,12 @@ fn column_values(array: &ArrayRef) -> Result<Vec<Value>, arrow::error::ArrowErro
     } else {
         let options = FormatOptions::default();
         let formatter = ArrayFormatter::try_new(array.as_ref(), &options)?;
+        // Logical nulls: an untyped `SELECT NULL` is a NullArray, which has
+        // no validity buffer, so `is_null` would call its values present.
+        let nulls = array.logical_nulls();
         (0..array.len())
             .map(|i| {
-                if array.is_null(i) {
+                if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
                     Value::Null
                 } else {
                     Value::String(formatter.value(i).to_string())
@@ -111,5 +114,17 @@ mod tests {
         );
         assert_eq!(rows[1][0], Value::Null);
         assert_eq!(rows[1][1], Value::Null);
+    }
+
+    /// `SELECT NULL` answers a NullArray: JSON null, not an empty string.
+    #[test]
+    fn untyped_null_is_json_null() {
+        let batch = RecordBatch::try_from_iter([(
+            "n",
+            Arc::new(arrow::array::NullArray::new(2)) as ArrayRef,
+        )])
+        .unwrap();
+        let rows = batches_to_rows(&[batch]).unwrap();
+        assert_eq!(rows, vec![vec![Value::Null], vec![Value::Null]]);
     }
 }
