@@ -232,6 +232,15 @@ impl OutputLimiter {
         }
     }
 
+    /// Every group's held rows, in the order the groups were first seen.
+    fn drain_held(&mut self, rows_new: &mut Vec<OutRow>, rows_old: &mut Vec<OutRow>) {
+        for (_, h) in self.held.drain(..) {
+            rows_new.extend(h.new);
+            rows_old.extend(h.old);
+        }
+        self.held_at.clear();
+    }
+
     /// The interval ends: output what it holds.
     fn release(
         &mut self,
@@ -274,22 +283,14 @@ impl OutputLimiter {
                     }
                 }
                 // Groups updated and then emptied are reported once more.
-                for (_, h) in self.held.drain(..) {
-                    rows_new.extend(h.new);
-                    rows_old.extend(h.old);
-                }
-                self.held_at.clear();
+                self.drain_held(&mut rows_new, &mut rows_old);
                 self.emit(p, &mut rows_new, &mut rows_old, new, old);
                 return;
             }
             OutputKind::Last | OutputKind::All if self.grouped => {
                 let mut rows_new = Vec::new();
                 let mut rows_old = Vec::new();
-                for (_, h) in self.held.drain(..) {
-                    rows_new.extend(h.new);
-                    rows_old.extend(h.old);
-                }
-                self.held_at.clear();
+                self.drain_held(&mut rows_new, &mut rows_old);
                 self.emit(p, &mut rows_new, &mut rows_old, new, old);
                 return;
             }
