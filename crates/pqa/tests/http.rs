@@ -425,3 +425,45 @@ async fn slow_sse_client_gets_a_close_frame_with_the_reason() {
     let next = sub.next().await.unwrap();
     assert_eq!(next.notification.seq, 101);
 }
+
+/// `select irstream` over HTTP: the SSE notification carries the rows
+/// leaving the window as `old_rows`, beside the rows entering.
+#[tokio::test]
+async fn irstream_rows_leaving_reach_sse_subscribers_as_old_rows() {
+    let svc = service();
+    let base = serve(svc.clone()).await;
+    let c = reqwest::Client::new();
+    let reg: Value = c
+        .post(format!("{base}/v1/persistent-queries"))
+        .json(&json!({"epl": "select irstream x from S#length(1)", "publish": "all"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = reg["id"].as_str().expect("registered").to_string();
+    let sse = c
+        .get(format!("{base}/v1/persistent-queries/{id}/events"))
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if svc.list()[0].subscribers > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let r = c
+        .post(format!("{base}/v1/events/S"))
+        .body("{\"x\": 1}\n{\"x\": 2}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let frames = read_sse(sse, 2).await;
+    assert_eq!(frames[0].1["rows"], json!([{"x": 1}]));
+    assert_eq!(frames[0].1.get("old_rows"), None, "{}", frames[0].1);
+    assert_eq!(frames[1].1["rows"], json!([{"x": 2}]));
+    assert_eq!(frames[1].1["old_rows"], json!([{"x": 1}]));
+}
