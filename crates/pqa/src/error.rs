@@ -73,6 +73,18 @@ pub enum PqaError {
         /// Which rule refused it.
         rule: String,
     },
+    /// The file of durable registrations (see
+    /// [`crate::PqaService::with_store`]) cannot be read at start, or a
+    /// change cannot be written to it.
+    #[error("the persistent-query store {}: {problem}; {fix}", path.display())]
+    Store {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        problem: String,
+        /// What the operator (or client) can do.
+        fix: &'static str,
+    },
     /// A sink failed to deliver a notification.
     #[error("sink {sink} failed: {message}")]
     Sink {
@@ -105,6 +117,9 @@ impl PqaError {
                 "use an http(s) URL of a public host; private, loopback and link-local targets need the operator's webhook_allow_hosts"
             }
             PqaError::Sink { .. } => "the sink is retried with backoff; check its endpoint",
+            PqaError::Store { .. } => {
+                "the node could not keep the registration on disk; try again, or tell the operator (the node's log has the file and the cause)"
+            }
         }
     }
 }

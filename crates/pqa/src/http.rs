@@ -30,6 +30,7 @@ impl IntoResponse for PqaError {
             | PqaError::WebhookRefused { .. } => StatusCode::BAD_REQUEST,
             PqaError::UnknownQuery(_) => StatusCode::NOT_FOUND,
             PqaError::Sink { .. } => StatusCode::BAD_GATEWAY,
+            PqaError::Store { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut body = json!({ "error": self.to_string(), "hint": self.hint() });
         if let PqaError::Parse { pos, expected, .. } = &self {

@@ -93,6 +93,7 @@ mod kernel;
 mod output;
 mod pattern;
 mod statement;
+mod store;
 mod window;
 mod xmlrpc;
 

@@ -5,8 +5,17 @@
 //! statement. A *registration* is a statement plus a publish function; its
 //! id is a hash of both, so registering the same thing twice returns the
 //! same id and topic (and counts a reference; delete drops one).
+//!
+//! With a store ([`PqaService::with_store`]) registrations are durable:
+//! every registration, added reference, delete and requested webhook or
+//! sink is written before it is answered, and a restarted node registers
+//! each stored query again under its stored id, so clients subscribe to
+//! the same id (and topic) as before. What the queries had computed does
+//! not survive: windows, pattern states and the running max/min/avg of a
+//! publish function start empty, and notification numbers start at 1.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +27,7 @@ use crate::engine::{Clock, Engine, EngineConfig, Output, StatementId};
 use crate::error::{PqaError, Result};
 use crate::parser;
 use crate::sink::{Sink, SinkFactory, SinkTask, WebhookPolicy, WebhookSink, spawn_sink};
+use crate::store::{Store, StoredQuery};
 use crate::stream::StreamStats;
 use crate::topic::{Notification, Subscription, Topic};
 use crate::value::Value;
@@ -37,6 +47,19 @@ pub enum Publish {
     Min,
     /// Same with the running average.
     Avg,
+}
+
+impl Publish {
+    /// The name clients give (`all`, `current`, `max`, `min`, `avg`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Publish::All => "all",
+            Publish::Current => "current",
+            Publish::Max => "max",
+            Publish::Min => "min",
+            Publish::Avg => "avg",
+        }
+    }
 }
 
 impl std::str::FromStr for Publish {
@@ -155,6 +178,14 @@ pub struct QueryInfo {
     pub subscribers: usize,
     /// Webhooks attached.
     pub webhooks: Vec<String>,
+    /// When it was first registered (ms since the Unix epoch); kept across
+    /// restarts of a node with a store.
+    pub created_ms: i64,
+    /// Why a stored registration does not run after a restart (its
+    /// statement no longer compiles, a webhook is refused...). It is kept,
+    /// listed and deletable; registering the same statement again retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What a batch of events did.
@@ -186,6 +217,39 @@ struct Reg {
     seq: u64,
     stats: HashMap<String, ColStat>,
     sinks: Vec<SinkTask>,
+    /// Webhook URLs given at registration (the sinks made of them are in
+    /// `sinks`), kept to be stored.
+    webhooks: Vec<String>,
+    /// Names of the requested sinks (`"sinks": [...]`).
+    requested: Vec<String>,
+    created_ms: i64,
+    /// Set when a stored registration could not be restored whole.
+    error: Option<String>,
+    /// A stored publish function this version does not know, written back
+    /// as it was (the registration does not run).
+    unknown_publish: Option<String>,
+}
+
+impl Reg {
+    fn stored(&self, id: &str) -> StoredQuery {
+        StoredQuery {
+            id: id.to_string(),
+            epl: self.epl.clone(),
+            publish: self
+                .unknown_publish
+                .clone()
+                .unwrap_or_else(|| self.publish.as_str().to_string()),
+            refs: self.refs,
+            webhooks: self.webhooks.clone(),
+            sinks: self.requested.clone(),
+            created_ms: self.created_ms,
+        }
+    }
+}
+
+/// Writes `q`, when the service has a store.
+fn store_put(store: &Option<Store>, q: &StoredQuery) -> Result<()> {
+    store.as_ref().map_or(Ok(()), |s| s.put(q))
 }
 
 #[derive(Debug)]
@@ -196,6 +260,9 @@ struct State {
     instances: HashMap<StatementId, Vec<String>>,
     by_text: HashMap<String, StatementId>,
     outputs: Vec<Output>,
+    /// Durable registrations; written under this lock, so the file changes
+    /// in the order the registrations do.
+    store: Option<Store>,
 }
 
 #[derive(Debug)]
@@ -236,6 +303,7 @@ impl PqaService {
                     instances: HashMap::new(),
                     by_text: HashMap::new(),
                     outputs: Vec::new(),
+                    store: None,
                 }),
                 webhook_policy: WebhookPolicy::allowing(&config.webhook_allow_hosts),
                 config,
@@ -244,11 +312,114 @@ impl PqaService {
         }
     }
 
+    /// A service whose registrations are kept in the SQLite file `path`
+    /// (created if missing): every query stored there is registered again
+    /// under its stored id, with its references, webhooks and requested
+    /// sinks (those of factories added later attach when they are added).
+    /// A stored query that no longer compiles is kept, logged and listed
+    /// with its [`QueryInfo::error`], never dropped.
+    ///
+    /// A file that cannot be read is an error naming it and what to do, and
+    /// is left as it is: the caller (a SQL node) does not start, rather than
+    /// start without the queries and overwrite them. Call inside a tokio
+    /// runtime, which the restored webhooks run on.
+    pub fn with_store(config: ServiceConfig, path: &Path) -> Result<Self> {
+        let (store, stored) = Store::open(path)?;
+        let service = PqaService::new(config);
+        {
+            let mut st = service.inner.state.lock();
+            let mut failed = 0usize;
+            for q in stored {
+                if let Some(error) = service.restore_locked(&mut st, q) {
+                    failed += 1;
+                    tracing::warn!(store = %path.display(), %error, "a stored persistent query does not run");
+                }
+            }
+            tracing::info!(
+                store = %path.display(),
+                queries = st.regs.len(),
+                failed,
+                "persistent queries restored"
+            );
+            st.store = Some(store);
+        }
+        Ok(service)
+    }
+
+    /// Registers a stored query again under its stored id (not the hash of
+    /// its text, which a newer normalizer may compute differently). Returns
+    /// the error the registration keeps, if any.
+    fn restore_locked(&self, st: &mut State, q: StoredQuery) -> Option<String> {
+        let limits = &self.inner.config.limits;
+        let mut errors = Vec::new();
+        let mut unknown_publish = None;
+        let (publish, stmt) = match q.publish.parse::<Publish>() {
+            Ok(publish) => {
+                let compiled = parser::normalize(&q.epl).and_then(|normalized| {
+                    let ast = parser::parse_limited(&q.epl, limits.max_epl_depth)?;
+                    compile_locked(st, &normalized, &ast, limits)
+                });
+                match compiled {
+                    Ok((stmt, _)) => (publish, stmt),
+                    Err(e) => {
+                        errors.push(format!("the statement no longer compiles: {e}"));
+                        (publish, None)
+                    }
+                }
+            }
+            // Not run at all: running it with another function would
+            // publish something nobody asked for.
+            Err(e) => {
+                errors.push(format!("stored publish function: {e}"));
+                unknown_publish = Some(q.publish.clone());
+                (Publish::All, None)
+            }
+        };
+        let mut reg = Reg {
+            epl: q.epl,
+            publish,
+            stmt,
+            refs: q.refs.max(1),
+            topic: Topic::new(&format!("pqa/{}", q.id), self.inner.config.topic_capacity),
+            seq: 0,
+            stats: HashMap::new(),
+            sinks: Vec::new(),
+            webhooks: q.webhooks,
+            requested: q.sinks,
+            created_ms: q.created_ms,
+            error: None,
+            unknown_publish,
+        };
+        for url in reg.webhooks.clone() {
+            match WebhookSink::with_policy(&url, &self.inner.webhook_policy) {
+                Ok(sink) => attach(&mut reg, Arc::new(sink)),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if let Some(s) = stmt {
+            st.instances.entry(s).or_default().push(q.id.clone());
+        }
+        if !errors.is_empty() {
+            reg.error = Some(format!("query {}: {}", q.id, errors.join("; ")));
+        }
+        let error = reg.error.clone();
+        st.regs.insert(q.id, reg);
+        error
+    }
+
     /// Gives every registration, present and future, the sinks `factory`
     /// makes for it.
     pub fn add_sink_factory(&self, factory: Arc<dyn SinkFactory>) {
         let mut st = self.inner.state.lock();
         for (id, reg) in st.regs.iter_mut() {
+            // A requested factory serves only the registrations naming it
+            // (restored ones get their factories this way, at start).
+            if factory
+                .requested_as()
+                .is_some_and(|name| !reg.requested.iter().any(|r| r == name))
+            {
+                continue;
+            }
             for sink in factory.sinks_for(id, &reg.epl) {
                 attach(reg, sink);
             }
@@ -305,8 +476,40 @@ impl PqaService {
         if sink.is_some() {
             check_subscribers(st, limits)?;
         }
-        if let Some(reg) = st.regs.get_mut(&id) {
-            reg.refs += 1;
+        if let Some(reg) = st.regs.get(&id) {
+            // A stored registration whose statement failed to compile at
+            // start: this registration is the chance to run it (or to say
+            // why not). One kept for another reason (a refused webhook)
+            // runs already.
+            let failed = reg.stmt.is_none() && reg.error.is_some();
+            let mut stored = reg.stored(&id);
+            stored.refs += 1;
+            add_new(&mut stored.webhooks, webhook.into_iter());
+            add_new(&mut stored.sinks, sinks.iter().map(String::as_str));
+            let revived = if failed {
+                Some(compile_locked(st, &normalized, &ast, limits)?)
+            } else {
+                None
+            };
+            if let Err(e) = store_put(&st.store, &stored) {
+                if let Some((Some(stmt), true)) = revived {
+                    uncompile_locked(st, stmt);
+                }
+                return Err(e);
+            }
+            let Some(reg) = st.regs.get_mut(&id) else {
+                return Err(PqaError::UnknownQuery(id));
+            };
+            if let Some((stmt, _)) = revived {
+                reg.stmt = stmt;
+                reg.error = None;
+                if let Some(s) = stmt {
+                    st.instances.entry(s).or_default().push(id.clone());
+                }
+            }
+            reg.refs = stored.refs;
+            reg.webhooks = stored.webhooks;
+            reg.requested = stored.sinks;
             if let Some(s) = sink {
                 attach(reg, Arc::new(s));
             }
@@ -331,32 +534,30 @@ impl PqaService {
                 setting: "limits.max_registrations",
             });
         }
-        let stmt = match st.by_text.get(&normalized) {
-            Some(s) => Some(*s),
-            None => {
-                let mut names = Vec::new();
-                ast_streams(&ast, &mut names);
-                for name in names {
-                    check_stream(&st.engine, name, limits)?;
-                }
-                let s = st.engine.register_parsed(&ast)?;
-                if let Some(s) = s {
-                    st.by_text.insert(normalized.clone(), s);
-                }
-                s
-            }
-        };
-        let topic = Topic::new(&format!("pqa/{id}"), self.inner.config.topic_capacity);
+        let (stmt, created) = compile_locked(st, &normalized, &ast, limits)?;
+        let mut requested = Vec::new();
+        add_new(&mut requested, sinks.iter().map(String::as_str));
         let mut reg = Reg {
             epl: epl.to_string(),
             publish,
             stmt,
             refs: 1,
-            topic: topic.clone(),
+            topic: Topic::new(&format!("pqa/{id}"), self.inner.config.topic_capacity),
             seq: 0,
             stats: HashMap::new(),
             sinks: Vec::new(),
+            webhooks: webhook.map(str::to_string).into_iter().collect(),
+            requested,
+            created_ms: crate::engine::wall_ms(),
+            error: None,
+            unknown_publish: None,
         };
+        if let Err(e) = store_put(&st.store, &reg.stored(&id)) {
+            if let (Some(stmt), true) = (stmt, created) {
+                uncompile_locked(st, stmt);
+            }
+            return Err(e);
+        }
         if let Some(s) = sink {
             attach(&mut reg, Arc::new(s));
         }
@@ -369,15 +570,14 @@ impl PqaService {
             st.instances.entry(s).or_default().push(id.clone());
         }
         let sinks = sink_handles(&reg);
+        let topic = reg.topic.name().to_string();
         st.regs.insert(id.clone(), reg);
-        Ok(Registered {
-            id,
-            topic: topic.name().to_string(),
-            sinks,
-        })
+        Ok(Registered { id, topic, sinks })
     }
 
-    /// Attaches any sink (XMPP, MQTT...) to a registration's topic.
+    /// Attaches any sink (XMPP, MQTT...) to a registration's topic. Not
+    /// stored: after a restart, whoever attached it attaches it again
+    /// (factories, [`PqaService::add_sink_factory`], do so by themselves).
     pub fn add_sink(&self, id: &str, sink: Arc<dyn Sink>) -> Result<()> {
         let mut st = self.inner.state.lock();
         let reg = st
@@ -397,9 +597,15 @@ impl PqaService {
             .regs
             .get_mut(id)
             .ok_or_else(|| PqaError::UnknownQuery(id.to_string()))?;
-        reg.refs -= 1;
-        if reg.refs > 0 {
+        if reg.refs > 1 {
+            let mut stored = reg.stored(id);
+            stored.refs -= 1;
+            store_put(&st.store, &stored)?;
+            reg.refs -= 1;
             return Ok(reg.refs);
+        }
+        if let Some(store) = &st.store {
+            store.remove(id)?;
         }
         let Some(reg) = st.regs.remove(id) else {
             return Ok(0);
@@ -411,8 +617,7 @@ impl PqaService {
             });
             if left == Some(0) {
                 st.instances.remove(&s);
-                st.by_text.retain(|_, v| *v != s);
-                st.engine.remove(s);
+                uncompile_locked(st, s);
             }
         }
         for task in &reg.sinks {
@@ -437,6 +642,8 @@ impl PqaService {
                 notifications: r.seq,
                 subscribers: r.topic.subscriber_count(),
                 webhooks: r.sinks.iter().map(|s| s.name().to_string()).collect(),
+                created_ms: r.created_ms,
+                error: r.error.clone(),
             })
             .collect()
     }
@@ -618,6 +825,44 @@ where
     }
     st.outputs = outputs;
     res
+}
+
+/// The running statement for `ast`: the one already running its text, or a
+/// new one (`true`) after checking its streams against the limits.
+fn compile_locked(
+    st: &mut State,
+    normalized: &str,
+    ast: &parser::ast::Statement,
+    limits: &Limits,
+) -> Result<(Option<StatementId>, bool)> {
+    if let Some(s) = st.by_text.get(normalized) {
+        return Ok((Some(*s), false));
+    }
+    let mut names = Vec::new();
+    ast_streams(ast, &mut names);
+    for name in names {
+        check_stream(&st.engine, name, limits)?;
+    }
+    let s = st.engine.register_parsed(ast)?;
+    if let Some(s) = s {
+        st.by_text.insert(normalized.to_string(), s);
+    }
+    Ok((s, s.is_some()))
+}
+
+/// Stops a running statement no registration uses any more.
+fn uncompile_locked(st: &mut State, s: StatementId) {
+    st.by_text.retain(|_, v| *v != s);
+    st.engine.remove(s);
+}
+
+/// Appends the items of `new` that `list` lacks.
+fn add_new<'a>(list: &mut Vec<String>, new: impl Iterator<Item = &'a str>) {
+    for item in new {
+        if !list.iter().any(|x| x == item) {
+            list.push(item.to_string());
+        }
+    }
 }
 
 /// Stream names a statement reads or writes, for the stream limits.

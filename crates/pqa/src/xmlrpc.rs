@@ -2,7 +2,8 @@
 //!
 //! - `pqa.register(epl [, publish [, webhook]])` → `{id, topic}`
 //! - `pqa.delete(id)` → `true`
-//! - `pqa.list()` → `[{id, epl, publish, topic, refs}]`
+//! - `pqa.list()` → `[{id, epl, publish, topic, refs, error?}]` (`error`: why a
+//!   query restored after a restart does not run)
 //!
 //! `registerQuery`, `deleteQuery` and `listQueries` are accepted as aliases.
 //! Errors are XML-RPC faults: 1 bad statement or request, 2 unknown query.
@@ -152,6 +153,9 @@ pub(crate) async fn handle(State(svc): State<PqaService>, body: String) -> Respo
                     );
                     m.insert("topic".to_string(), Value::String(q.topic));
                     m.insert("refs".to_string(), Value::Integer(q.refs as i32));
+                    if let Some(error) = q.error {
+                        m.insert("error".to_string(), Value::String(error));
+                    }
                     Value::Struct(m)
                 })
                 .collect(),
