@@ -12,7 +12,9 @@ use crate::{AppsError, Result};
 #[serde(default, deny_unknown_fields)]
 pub struct AppsConfig {
     /// Where state files go unless named one by one (`alerts.db`,
-    /// `reports.db`); created at start.
+    /// `reports.db`) and where the registered persistent queries are kept
+    /// (`persistent_queries.db`); created at start. Without it, persistent
+    /// queries live in memory only and are gone after a restart.
     pub state_dir: Option<PathBuf>,
     /// The watched directory of alert definitions (`*.toml`, `routes.toml`).
     pub alerts_dir: Option<PathBuf>,
@@ -86,6 +88,13 @@ impl AppsConfig {
         self.reports_db
             .clone()
             .or_else(|| Some(self.state_dir.as_ref()?.join("reports.db")))
+    }
+
+    /// The store of registered persistent queries:
+    /// `<state_dir>/persistent_queries.db`, none without a state directory.
+    /// Per node, never shared: a node registers again what is in it.
+    pub fn persistent_queries_path(&self) -> Option<PathBuf> {
+        Some(self.state_dir.as_ref()?.join("persistent_queries.db"))
     }
 
     /// Takes every relative path as relative to `base` (the directory of
@@ -200,7 +209,12 @@ mod tests {
             named.alerts_state_path(),
             Some(PathBuf::from("/elsewhere/a.db"))
         );
+        assert_eq!(
+            config.persistent_queries_path(),
+            Some(PathBuf::from("/var/lib/fleetsql/persistent_queries.db"))
+        );
         assert_eq!(AppsConfig::default().reports_db_path(), None);
+        assert_eq!(AppsConfig::default().persistent_queries_path(), None);
     }
 
     #[test]

@@ -18,6 +18,12 @@ pub enum AppsError {
         #[source]
         source: fleetsql_alerts::AlertError,
     },
+    /// The source names the store file and what to do about it.
+    #[error("cannot restore the persistent queries")]
+    PersistentQueries {
+        #[source]
+        source: fleetsql_pqa::PqaError,
+    },
     #[error("cannot start the reports from {dir}")]
     Reports {
         dir: PathBuf,

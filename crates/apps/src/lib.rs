@@ -94,7 +94,7 @@ impl SqlNodeApps {
             })?;
         }
 
-        let pqa = persistent_queries();
+        let pqa = persistent_queries(config.persistent_queries_path().as_deref())?;
         let mut apps = SqlNodeApps {
             node: node.clone(),
             clock: pqa.start_clock(),
@@ -240,15 +240,22 @@ impl SqlNodeApps {
 
 /// The persistent-query service as every SQL node runs it: fleet rows carry
 /// their publish time, so windows over fleet tables run on event time;
-/// posted events on arrival time.
-fn persistent_queries() -> PqaService {
-    PqaService::new(ServiceConfig {
+/// posted events on arrival time. With a store, the queries registered
+/// before a restart are registered again; an unreadable store stops the
+/// start (see `PqaService::with_store`).
+fn persistent_queries(store: Option<&std::path::Path>) -> Result<PqaService> {
+    let config = ServiceConfig {
         engine: EngineConfig {
             timestamp_field: Some("_published_at".to_string()),
             clock: Clock::Wall,
         },
         ..ServiceConfig::default()
-    })
+    };
+    match store {
+        Some(path) => PqaService::with_store(config, path)
+            .map_err(|source| AppsError::PersistentQueries { source }),
+        None => Ok(PqaService::new(config)),
+    }
 }
 
 /// Keeps the SQL node's own `fleet_sources` table current: on an agent the

@@ -12,8 +12,9 @@ use crate::demo::parse_duration;
 
 #[derive(Debug, Args, Default)]
 pub(crate) struct AppArgs {
-    /// Directory of the apps' state (`alerts.db`, `reports.db`), created
-    /// if missing. Demo default: `$XDG_STATE_HOME/fleetsql/demo` (or
+    /// Directory of the apps' state (`alerts.db`, `reports.db`, and
+    /// `persistent_queries.db`, which keeps registered persistent queries
+    /// across restarts), created if missing. Demo default: `$XDG_STATE_HOME/fleetsql/demo` (or
     /// `~/.local/state/fleetsql/demo`).
     #[arg(long)]
     state_dir: Option<PathBuf>,

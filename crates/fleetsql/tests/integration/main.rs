@@ -10,6 +10,7 @@ mod integrations;
 mod limits;
 mod pg_clients;
 mod pqa;
+mod pqa_state;
 mod slt;
 mod tiers;
 mod webdriver;

@@ -294,6 +294,30 @@ impl TestCluster {
         process.child.wait().unwrap();
     }
 
+    /// Stops `name` cleanly (SIGTERM, as a service manager would) and
+    /// waits, bounded, for it to exit with success.
+    pub(crate) async fn stop(&mut self, name: &str) {
+        let mut process = self.processes.remove(name).expect("running");
+        let pid = process.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = process.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not stop within 30 s of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            status.success(),
+            "{name} stopped with {status}; see {name}.log"
+        );
+    }
+
     /// Starts a killed node again on its old addresses.
     pub(crate) async fn restart(&mut self, name: &str, role: &'static str) {
         self.spawn(role, name, false).await;
