@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -7,7 +8,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::{DFSchema, ParamValues};
 use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::{Statement, visit_relations};
+use datafusion::sql::sqlparser::ast::{
+    ObjectName, ObjectNamePart, Query, Statement, Visit, Visitor,
+};
 use datafusion_postgres::QueryHook;
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::hooks::HookClient;
@@ -116,18 +119,61 @@ fn encode_output(output: QueryOutput, options: Arc<FormatOptions>) -> PgWireResu
 /// Whether `statement` reads nothing but the catalogs (`pg_catalog`,
 /// `information_schema`) or no table at all: what psql's `\d` and
 /// drivers' introspection send, several queries per command. The
-/// completeness NOTICE speaks of fleet data, so those go without it.
-fn reads_no_fleet_data(statement: &Statement) -> bool {
-    let mut catalog_only = true;
-    let _ = visit_relations(statement, |name| {
-        let first = name.0.first().map(|p| p.to_string().to_lowercase());
-        let last = name.0.last().map(|p| p.to_string().to_lowercase());
+/// completeness NOTICE speaks of fleet data, so those go without it, and
+/// only those get the protocol layer's Postgres-compatibility rewrites.
+/// A common table expression's name is no fleet table: introspection
+/// queries name their sub-results.
+pub(crate) fn reads_no_fleet_data(statement: &Statement) -> bool {
+    let mut visitor = CatalogOnly::default();
+    let _ = statement.visit(&mut visitor);
+    visitor.catalog_only
+}
+
+struct CatalogOnly {
+    catalog_only: bool,
+    ctes: HashSet<String>,
+}
+
+impl Default for CatalogOnly {
+    fn default() -> Self {
+        CatalogOnly {
+            catalog_only: true,
+            ctes: HashSet::new(),
+        }
+    }
+}
+
+impl Visitor for CatalogOnly {
+    type Break = ();
+
+    // A query is visited before its WITH clause and body, so its CTEs'
+    // names are known by the time the body's relations are.
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if let Some(with) = &query.with {
+            self.ctes.extend(
+                with.cte_tables
+                    .iter()
+                    .map(|cte| cte.alias.name.value.to_lowercase()),
+            );
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, name: &ObjectName) -> ControlFlow<()> {
+        let part = |p: &ObjectNamePart| {
+            p.as_ident()
+                .map_or_else(|| p.to_string(), |i| i.value.clone())
+                .to_lowercase()
+        };
+        let first = name.0.first().map(part);
+        let last = name.0.last().map(part);
+        let single = name.0.len() == 1;
         let in_catalog = matches!(first.as_deref(), Some("pg_catalog" | "information_schema"))
-            || (name.0.len() == 1 && last.is_some_and(|t| t.starts_with("pg_")));
-        catalog_only &= in_catalog;
-        ControlFlow::<()>::Continue(())
-    });
-    catalog_only
+            || (single && last.as_ref().is_some_and(|t| t.starts_with("pg_")))
+            || (single && last.is_some_and(|t| self.ctes.contains(&t)));
+        self.catalog_only &= in_catalog;
+        ControlFlow::Continue(())
+    }
 }
 
 /// Savepoints, which drivers and ORMs (SQLAlchemy over psycopg) set around

@@ -6,11 +6,15 @@
 //! hooks that (1) refuses anything but reads, (2) pins each statement to one
 //! generation through [`SqlNode::pin`], requesting and waiting for tables
 //! not collected yet, (3) runs simple queries under the node's time-out and
-//! (4) sends the answer's completeness and age as a NOTICE.
+//! (4) sends the answer's completeness and age as a NOTICE. In front of the
+//! protocol layer's parser, statements that read fleet tables are parsed
+//! as HTTP parses them, so its Postgres-compatibility rewrites (meant for
+//! catalog queries) never change a fleet query's answer.
 //!
 //! [`QueryHook`]: datafusion_postgres::QueryHook
 
 mod hook;
 mod server;
+mod service;
 
 pub use server::{PgServer, PgServerError};

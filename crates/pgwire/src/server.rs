@@ -1,13 +1,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use datafusion_postgres::QueryHook;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::pgwire;
-use datafusion_postgres::{DfSessionService, QueryHook};
 use fleetsql_sqlnode::SqlNode;
 use futures::{Sink, SinkExt};
 use pgwire::api::auth::StartupHandler;
@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::hook::FleetHook;
+use crate::service::FleetService;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgServerError {
@@ -71,7 +72,7 @@ impl NoopStartupHandler for Startup {
 }
 
 struct Handlers {
-    service: Arc<DfSessionService>,
+    service: Arc<FleetService>,
     startup: Arc<Startup>,
     cancel: Arc<DefaultCancelHandler>,
 }
@@ -140,7 +141,7 @@ impl PgServer {
         ];
         let connections = Arc::new(ConnectionManager::new());
         let handlers = Arc::new(Handlers {
-            service: Arc::new(DfSessionService::new_with_hooks(ctx, hooks)),
+            service: Arc::new(FleetService::new(ctx, hooks)),
             startup: Arc::new(Startup {
                 connections: connections.clone(),
             }),

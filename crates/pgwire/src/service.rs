@@ -1,0 +1,318 @@
+//! Which parse of a client's SQL the hooks see.
+//!
+//! The protocol layer parses every statement with `datafusion-pg-catalog`'s
+//! `PostgresCompatibilityParser`, whose rewrites make psql's and drivers'
+//! catalog queries plannable but change the meaning of ordinary ones: a
+//! correlated scalar subquery in the select list becomes NULL, any other
+//! gets `LIMIT 1`, `x = ANY (subquery)` becomes `array_has`, and
+//! DataFusion-only syntax (`SELECT * EXCLUDE (...)`) does not parse in its
+//! Postgres dialect. So a statement that reads fleet tables is parsed here
+//! as the node parses HTTP queries (the session's dialect, no rewrites) and
+//! reaches the hooks as typed; catalog and session statements keep the
+//! protocol layer's parse, rewrites and blacklist.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::dialect::dialect_from_str;
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use datafusion_postgres::pgwire;
+use datafusion_postgres::{DfSessionService, Parser, QueryHook};
+use futures::Sink;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, Response};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, Type};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+
+use crate::hook::reads_no_fleet_data;
+
+/// The protocol layer's prepared statement: the SQL text as planned, the
+/// statement and its plan.
+type PgStatement = (String, Option<(Statement, LogicalPlan)>);
+
+/// Whether `statement` goes to the hooks as typed: a query naming a table
+/// outside the catalogs. Catalog-only and table-less queries are what
+/// clients send to introspect, and session statements are answered by the
+/// protocol layer's hooks; those keep the compatibility rewrites.
+fn as_typed(statement: &Statement) -> bool {
+    matches!(statement, Statement::Query(_)) && !reads_no_fleet_data(statement)
+}
+
+/// Parses client SQL for both protocols.
+pub(crate) struct FleetParser {
+    ctx: Arc<SessionContext>,
+    compat: PostgresCompatibilityParser,
+}
+
+impl FleetParser {
+    pub(crate) fn new(ctx: Arc<SessionContext>) -> FleetParser {
+        FleetParser {
+            ctx,
+            compat: PostgresCompatibilityParser::new(),
+        }
+    }
+
+    /// `sql` in the session's dialect without rewrites, as `SqlNode::parse`
+    /// reads an HTTP query; `None` when it does not parse that way or holds
+    /// a DataFusion-only statement (`EXPLAIN`, `COPY`, ...).
+    fn parse_as_typed(&self, sql: &str) -> Option<Vec<Statement>> {
+        let state = self.ctx.state();
+        let options = &state.config().options().sql_parser;
+        let dialect = dialect_from_str(options.dialect)?;
+        let statements = DFParserBuilder::new(sql)
+            .with_dialect(dialect.as_ref())
+            .with_recursion_limit(options.recursion_limit.get())
+            .build()
+            .ok()?
+            .parse_statements()
+            .ok()?;
+        statements
+            .into_iter()
+            .map(|s| match s {
+                DfStatement::Statement(s) => Some(*s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The statements of `sql` as the hooks should see them, or `None` when
+    /// none reads fleet tables: then the protocol layer parses and runs the
+    /// text itself, exactly as it would without fleetsql.
+    fn statements(&self, sql: &str) -> PgWireResult<Option<Vec<Statement>>> {
+        let Some(typed) = self.parse_as_typed(sql) else {
+            return Ok(None);
+        };
+        if !typed.iter().any(as_typed) {
+            return Ok(None);
+        }
+        let compat = match self.compat.parse(sql) {
+            Ok(compat) => compat,
+            // Syntax only the session's dialect reads: every statement as
+            // typed, as HTTP would take them.
+            Err(_) => return Ok(Some(typed)),
+        };
+        if compat.len() != typed.len() {
+            // The parses disagree on where statements end (a blacklist
+            // entry spanning a `;`): no pairing to choose from, so the
+            // protocol layer keeps the text as it always did.
+            return Ok(None);
+        }
+        Ok(Some(
+            typed
+                .into_iter()
+                .zip(compat)
+                .map(|(typed, compat)| if as_typed(&typed) { typed } else { compat })
+                .collect(),
+        ))
+    }
+}
+
+/// The protocol layer's session service with fleetsql's parse in front.
+pub(crate) struct FleetService {
+    inner: Arc<DfSessionService>,
+    parser: Arc<FleetQueryParser>,
+}
+
+impl FleetService {
+    pub(crate) fn new(ctx: Arc<SessionContext>, hooks: Vec<Arc<dyn QueryHook>>) -> FleetService {
+        let inner = Arc::new(DfSessionService::new_with_hooks(ctx.clone(), hooks.clone()));
+        let parser = Arc::new(FleetQueryParser {
+            inner: inner.query_parser(),
+            parser: FleetParser::new(ctx.clone()),
+            ctx,
+            hooks,
+        });
+        FleetService { inner, parser }
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for FleetService {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let Some(statements) = self.parser.parser.statements(query)? else {
+            return SimpleQueryHandler::do_query(self.inner.as_ref(), client, query).await;
+        };
+        let mut results = Vec::with_capacity(statements.len());
+        'statement: for statement in statements {
+            for hook in &self.parser.hooks {
+                if let Some(result) = hook
+                    .handle_simple_query(&statement, &self.parser.ctx, client)
+                    .await
+                {
+                    results.push(result?);
+                    continue 'statement;
+                }
+            }
+            // No hook answers a fleet query; only a catalog or session
+            // statement sent with one can get here, and the protocol layer
+            // runs it as it would have on its own.
+            let text = statement.to_string();
+            results.extend(SimpleQueryHandler::do_query(self.inner.as_ref(), client, &text).await?);
+        }
+        Ok(results)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for FleetService {
+    type Statement = PgStatement;
+    type QueryParser = FleetQueryParser;
+
+    fn query_parser(&self) -> Arc<FleetQueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<PgStatement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PgStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // Parsing decided the statement; running it (the hooks, then the
+        // plan) is the protocol layer's.
+        ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows).await
+    }
+}
+
+/// The extended protocol's parser: fleet queries as typed, the rest
+/// through the protocol layer's own parser.
+pub(crate) struct FleetQueryParser {
+    inner: Arc<Parser>,
+    parser: FleetParser,
+    ctx: Arc<SessionContext>,
+    hooks: Vec<Arc<dyn QueryHook>>,
+}
+
+#[async_trait]
+impl QueryParser for FleetQueryParser {
+    type Statement = PgStatement;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<PgStatement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let Some(statements) = self.parser.statements(sql)? else {
+            return self.inner.parse_sql(client, sql, types).await;
+        };
+        // One statement per Parse message, as the protocol layer takes it.
+        let Some(statement) = statements.into_iter().next() else {
+            return Ok(None);
+        };
+        let query = statement.to_string();
+        for hook in &self.hooks {
+            if let Some(plan) = hook
+                .handle_extended_parse_query(&statement, &self.ctx, client)
+                .await
+            {
+                return Ok(Some((query, Some((statement, plan?)))));
+            }
+        }
+        if !as_typed(&statement) {
+            return self.inner.parse_sql(client, &query, types).await;
+        }
+        let plan = self
+            .ctx
+            .state()
+            .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))
+            .await
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        Ok(Some((query, Some((statement, plan)))))
+    }
+
+    fn get_parameter_types(&self, statement: &PgStatement) -> PgWireResult<Vec<Type>> {
+        self.inner.get_parameter_types(statement)
+    }
+
+    fn get_result_schema(
+        &self,
+        statement: &PgStatement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        self.inner.get_result_schema(statement, column_format)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser as SqlParser;
+
+    fn parser() -> FleetParser {
+        FleetParser::new(Arc::new(SessionContext::new()))
+    }
+
+    fn plain(sql: &str) -> Vec<Statement> {
+        SqlParser::parse_sql(&GenericDialect {}, sql).expect("test SQL parses")
+    }
+
+    #[test]
+    fn a_fleet_query_reaches_the_hooks_as_typed() {
+        for sql in [
+            "SELECT hostname, (SELECT count(*) FROM processes p WHERE p.ip = s.ip) FROM sys s",
+            "SELECT (SELECT pid FROM processes)",
+            "SELECT pid FROM processes WHERE ip = ANY (SELECT ip FROM machinerole)",
+            "SELECT * EXCLUDE (ip) FROM sys",
+            "WITH t AS (SELECT ip FROM sys) SELECT (SELECT count(*) FROM t) FROM t",
+        ] {
+            let statements = parser().statements(sql).expect("parses");
+            assert_eq!(statements, Some(plain(sql)), "{sql}");
+        }
+    }
+
+    #[test]
+    fn catalog_and_session_statements_keep_the_protocol_layers_parse() {
+        for sql in [
+            "SELECT c.relname, (SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE n.oid = c.relnamespace) FROM pg_catalog.pg_class c",
+            "SELECT version()",
+            "WITH t AS (SELECT oid FROM pg_catalog.pg_class) SELECT (SELECT count(*) FROM t) FROM t",
+            "SET application_name = 'x'",
+            "SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relname OPERATOR(pg_catalog.~) '^(sys)$'",
+        ] {
+            assert_eq!(parser().statements(sql).expect("parses"), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_catalog_statement_sent_with_a_fleet_query_is_still_rewritten() {
+        let catalog =
+            "SELECT (SELECT relname FROM pg_catalog.pg_class) FROM pg_catalog.pg_namespace";
+        let fleet = "SELECT (SELECT pid FROM processes) FROM sys";
+        let statements = parser()
+            .statements(&format!("{catalog}; {fleet}"))
+            .expect("parses")
+            .expect("holds a fleet query");
+        let rewritten = PostgresCompatibilityParser::new()
+            .parse(catalog)
+            .expect("parses");
+        assert_eq!(statements[0], rewritten[0]);
+        assert_ne!(statements[0], plain(catalog)[0]);
+        assert_eq!(statements[1], plain(fleet)[0]);
+    }
+}
