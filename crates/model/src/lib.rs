@@ -15,6 +15,7 @@
 pub mod duration;
 mod error;
 mod generation;
+pub mod json;
 mod names;
 pub mod origin;
 pub mod parse;

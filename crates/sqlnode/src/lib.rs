@@ -12,6 +12,8 @@
 //!
 //! Front ends (Postgres wire, HTTP) call [`SqlNode::query`] or, when they
 //! parse statements themselves, [`SqlNode::pin`] + [`SqlNode::execute`].
+//! Components that consume every generation (persistent queries, views)
+//! register a [`GenerationHook`] with [`SqlNode::add_generation_hook`].
 //!
 //! [`Child`]: fleetsql_aggregator::Child
 
@@ -19,6 +21,7 @@ mod catalog;
 mod choice;
 mod compat;
 mod error;
+mod hooks;
 mod info;
 mod naming;
 mod node;
@@ -30,6 +33,9 @@ mod system_tables;
 pub use choice::SourceStatus;
 pub use compat::{server_version, server_version_num, version_text};
 pub use error::{Result, SqlError};
+pub use hooks::{
+    GENERATION_HOOKS_TABLE, GenerationHook, GenerationHookHandle, GenerationHookStats,
+};
 pub use info::GenerationInfo;
 pub use node::{Install, QueryOutput, SqlNode, SqlNodeConfig};
 pub use prepared::Prepared;

@@ -23,6 +23,10 @@ use tokio::task::JoinHandle;
 
 use crate::catalog::{ExtraTables, FleetSchema, PINNED};
 use crate::choice::{self, SourceStatus};
+use crate::hooks::{
+    GENERATION_HOOKS_TABLE, GenerationHook, GenerationHookHandle, GenerationHookStats, Hooks,
+    HooksTable,
+};
 use crate::prepared::{KeptPlan, Prepared, PreparedCache, folds_changing_values};
 use crate::requests::QueryRequests;
 use crate::system_tables::SYSTEM_TABLES;
@@ -100,6 +104,7 @@ struct Inner {
     extra_tables: ExtraTables,
     last_install: Mutex<Option<Install>>,
     prepared: PreparedCache,
+    hooks: Arc<Hooks>,
 }
 
 /// When the node began answering from a generation its source made.
@@ -148,6 +153,7 @@ impl Drop for SqlNode {
         for task in &self.tasks {
             task.abort();
         }
+        self.inner.hooks.abort_all();
     }
 }
 
@@ -179,7 +185,8 @@ fn read_only_check(statement: &Statement) -> Result<()> {
 impl SqlNode {
     /// Starts fetching generations from `sources` (TLAs, tried in order).
     pub fn start(config: SqlNodeConfig, sources: Vec<Arc<dyn Child>>) -> Result<SqlNode> {
-        let (generation, receiver) = watch::channel(Arc::new(Generation::empty(&config.name)));
+        let empty = Arc::new(Generation::empty(&config.name));
+        let (generation, receiver) = watch::channel(empty.clone());
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(config.memory_limit, 1.0)
             .with_disk_manager_builder(
@@ -230,7 +237,12 @@ impl SqlNode {
             extra_tables,
             last_install: Mutex::new(None),
             prepared: PreparedCache::default(),
+            hooks: Arc::new(Hooks::new(empty)),
         });
+        inner.extra_tables.write().insert(
+            GENERATION_HOOKS_TABLE.to_string(),
+            Arc::new(HooksTable::new(&inner.hooks)),
+        );
         let mut tasks = vec![tokio::spawn(fetch_loop(inner.clone()))];
         if inner.sources.len() > 1 {
             tasks.push(tokio::spawn(probe_loop(inner.clone())));
@@ -609,9 +621,7 @@ impl SqlNode {
     /// Keeps `tables` collected as if a query had just named them (for
     /// persistent queries and other standing readers).
     pub fn request_tables(&self, tables: &BTreeSet<String>) {
-        if self.inner.requests.lock().touch(tables, Instant::now()) {
-            self.inner.refetch.notify_one();
-        }
+        request_tables(&self.inner, tables);
     }
 
     /// Waits until the node has a generation (for start-up and tests).
@@ -641,11 +651,58 @@ impl SqlNode {
         statuses
     }
 
+    /// Registers `hook`: it is offered the current generation and then
+    /// every generation the node installs, and its wanted tables are
+    /// collected (see [`GenerationHook`]). The hook stays registered until
+    /// the handle is dropped or removed, or the node shuts down.
+    pub fn add_generation_hook(&self, hook: Arc<dyn GenerationHook>) -> GenerationHookHandle {
+        // Weak: a hook's task must not keep a dropped node alive.
+        let inner = Arc::downgrade(&self.inner);
+        let request = Arc::new(move |tables: &BTreeSet<String>| {
+            if let Some(inner) = inner.upgrade() {
+                request_tables(&inner, tables);
+            }
+        });
+        self.inner.hooks.add(hook, request)
+    }
+
+    /// Each registered hook's counts (also the `fleet_generation_hooks`
+    /// table).
+    pub fn generation_hooks(&self) -> Vec<GenerationHookStats> {
+        self.inner.hooks.stats()
+    }
+
+    /// Stops fetching and stops every hook, waiting for calls in progress.
     pub async fn shutdown(mut self) {
         for task in self.tasks.drain(..) {
             task.abort();
+            let _ = task.await;
         }
+        self.inner.hooks.shutdown().await;
     }
+}
+
+fn request_tables(inner: &Inner, tables: &BTreeSet<String>) {
+    if inner.requests.lock().touch(tables, Instant::now()) {
+        inner.refetch.notify_one();
+    }
+}
+
+/// The one place a generation is installed: queries pin it from now on,
+/// and every hook is offered it.
+fn install(inner: &Inner, generation: Arc<Generation>) {
+    let install = Install {
+        generation_id: generation.meta.id,
+        made_at_ms: generation.meta.made_at_ms,
+        installed_at_ms: 0,
+        oldest_data_ms: generation.meta.visibility.oldest_data_ms(),
+    };
+    inner.generation.send_replace(generation.clone());
+    *inner.last_install.lock() = Some(Install {
+        installed_at_ms: now_ms(),
+        ..install
+    });
+    inner.hooks.installed(generation);
 }
 
 /// Long-polls the chosen source for generations newer than the one held,
@@ -694,18 +751,7 @@ async fn fetch_loop(inner: Arc<Inner>) {
                     || generation.meta.producer != held.meta.producer
                     || generation.tables.len() != held.tables.len()
                 {
-                    let generation = with_own_row(&inner, generation);
-                    let install = Install {
-                        generation_id: generation.meta.id,
-                        made_at_ms: generation.meta.made_at_ms,
-                        installed_at_ms: 0,
-                        oldest_data_ms: generation.meta.visibility.oldest_data_ms(),
-                    };
-                    inner.generation.send_replace(generation);
-                    *inner.last_install.lock() = Some(Install {
-                        installed_at_ms: now_ms(),
-                        ..install
-                    });
+                    install(&inner, with_own_row(&inner, generation));
                 }
             }
             Some(Err(e)) => {
