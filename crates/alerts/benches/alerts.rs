@@ -137,7 +137,7 @@ async fn run(clusters: usize, machines: usize, alerts: usize) {
         .query("SELECT count(*) FROM filesystem")
         .await
         .expect("count");
-    let rows = fleetsql_http::batches_to_rows(&rows.batches).expect("rows")[0][0].clone();
+    let rows = fleetsql_model::json::batches_to_rows(&rows.batches).expect("rows")[0][0].clone();
     let fired = node.query(DISK_SQL).await.expect("disk").num_rows();
     println!(
         "fleet: {clusters} clusters x {machines} machines = {} machines, filesystem {rows} rows, disk alert {fired} instances; built in {:.1} s",

@@ -174,8 +174,8 @@ pub fn rows_from_batches(
     };
     let joined =
         arrow::compute::concat_batches(&first.schema(), batches).map_err(|e| e.to_string())?;
-    let values =
-        fleetsql_http::batches_to_rows(std::slice::from_ref(&joined)).map_err(|e| e.to_string())?;
+    let values = fleetsql_model::json::batches_to_rows(std::slice::from_ref(&joined))
+        .map_err(|e| e.to_string())?;
     Ok(values
         .into_iter()
         .map(|v| Row::from_values(&columns, v))

@@ -11,6 +11,7 @@
 
 mod config;
 mod error;
+mod feed;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,20 +22,22 @@ use fleetsql_console::ConsoleOptions;
 use fleetsql_integrations::{FLEET_SOURCES, Integrations, IntegrationsConfig, TableTarget};
 use fleetsql_pqa::{Clock, ClockTask, EngineConfig, PqaService, ServiceConfig};
 use fleetsql_reports::{Reports, ReportsConfig};
-use fleetsql_sqlnode::SqlNode;
+use fleetsql_sqlnode::{GenerationHookHandle, SqlNode};
 use tokio::task::JoinHandle;
 
 pub use config::AppsConfig;
 pub use error::{AppsError, Result};
+pub use feed::PersistentQueryFeed;
 
 /// The running apps of one SQL node.
 #[derive(Debug)]
 pub struct SqlNodeApps {
     node: Arc<SqlNode>,
     pqa: PqaService,
-    /// Tasks that run until aborted: the generation feed of the persistent
-    /// queries and, on a node without a local agent, its `fleet_sources`.
-    feed: Option<JoinHandle<()>>,
+    /// The persistent queries' generation hook; dropping it unregisters.
+    feed: Option<GenerationHookHandle>,
+    /// Runs until aborted: on a node without a local agent, its
+    /// `fleet_sources`.
     sources: Option<JoinHandle<()>>,
     clock: Option<ClockTask>,
     alerts: Option<AlertService>,
@@ -47,10 +50,7 @@ impl Drop for SqlNodeApps {
     /// A start that failed half-way, or apps dropped without `shutdown`,
     /// leave no task running (alerts and reports abort their own).
     fn drop(&mut self) {
-        for task in [self.feed.take(), self.sources.take()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(task) = self.sources.take() {
             task.abort();
         }
     }
@@ -98,10 +98,7 @@ impl SqlNodeApps {
         let mut apps = SqlNodeApps {
             node: node.clone(),
             clock: pqa.start_clock(),
-            feed: Some(fleetsql_http::feed_persistent_queries(
-                node.clone(),
-                pqa.clone(),
-            )),
+            feed: Some(node.add_generation_hook(Arc::new(PersistentQueryFeed::new(pqa.clone())))),
             pqa,
             sources: None,
             alerts: None,
@@ -231,8 +228,7 @@ impl SqlNodeApps {
             reports.shutdown().await;
         }
         if let Some(feed) = self.feed.take() {
-            feed.abort();
-            let _ = feed.await;
+            feed.remove().await;
         }
         drop(self.clock.take());
     }

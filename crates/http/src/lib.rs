@@ -9,13 +9,11 @@
 //! header. Errors are `{error, hint}` with a status that says whose fault
 //! it was.
 
-mod feed;
-mod json;
 mod server;
 mod shape;
 
-pub use feed::feed_persistent_queries;
-pub use json::batches_to_rows;
+/// Kept here for front ends that already name it; it lives in the model.
+pub use fleetsql_model::json::batches_to_rows;
 pub use server::{
     ARROW_STREAM, GENERATION_HEADER, HttpServer, HttpServerError, QueryRequest, router,
     router_with_limits,

@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::json::batches_to_rows;
 use crate::shape::{QueryLimits, sql_expression_depth};
+use fleetsql_model::json::batches_to_rows;
 
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 pub const GENERATION_HEADER: &str = "x-fleetsql-generation";

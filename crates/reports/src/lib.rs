@@ -151,7 +151,7 @@ pub(crate) async fn run_report(inner: &Inner, name: &str) -> Result<StoredRun> {
         .ok_or_else(|| ReportsError::UnknownReport(name.to_string()))?;
     let run_at_ms = now_ms();
     let run = match inner.node.query(&report.sql).await {
-        Ok(output) => match fleetsql_http::batches_to_rows(&output.batches) {
+        Ok(output) => match fleetsql_model::json::batches_to_rows(&output.batches) {
             Ok(rows) => StoredRun {
                 run_at_ms,
                 generation_id: Some(output.generation.id),
