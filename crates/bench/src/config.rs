@@ -52,6 +52,12 @@ pub struct BenchConfig {
     /// The run stops with an error when the tiers under test and this
     /// process together hold more resident memory than this.
     pub max_rss_bytes: u64,
+    /// Run the scenario twice on one fleet, the SQL node first without
+    /// and then with its apps ([`crate::run_apps_cost`]).
+    pub apps: bool,
+    /// The tables the apps' persistent queries read (the feed turns every
+    /// row of each into an event): some of [`crate::pq_tables`].
+    pub apps_pq_tables: Vec<String>,
 }
 
 impl BenchConfig {
@@ -71,6 +77,8 @@ impl BenchConfig {
             fleetsql,
             work_dir,
             max_rss_bytes: 20 << 30,
+            apps: false,
+            apps_pq_tables: crate::pq_tables(),
         };
         match preset {
             Preset::Full => base,

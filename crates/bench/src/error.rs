@@ -18,6 +18,8 @@ pub enum BenchError {
     Sim(String),
     #[error("query `{name}` failed: {reason}")]
     Query { name: String, reason: String },
+    #[error("apps on the SQL node: {0}")]
+    Apps(String),
     #[error("DuckDB comparison failed: {0}")]
     DuckDb(String),
     #[error(

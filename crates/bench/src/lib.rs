@@ -13,7 +13,11 @@
 //!
 //! [`run`] does one scenario and returns a [`Report`]; [`markdown`] and
 //! [`scaling_svg`] render reports for `BENCHMARKS.md` and `docs/`.
+//! [`run_apps_cost`] runs the scenario twice on one simulated fleet, the
+//! SQL node first without and then with its apps (alerts, reports,
+//! persistent queries), and [`apps_markdown`] compares the two.
 
+mod apps;
 mod config;
 mod duckdb;
 mod error;
@@ -23,10 +27,13 @@ mod render;
 mod scenario;
 mod stats;
 
+pub use apps::{
+    ALERTS, AppsCost, AppsFigures, PERSISTENT_QUERIES, REPORTS, apps_markdown, pq_tables,
+};
 pub use config::{BenchConfig, Preset};
 pub use error::{BenchError, Result};
 pub use render::{markdown, replace_section, scaling_markdown, scaling_svg};
-pub use scenario::run;
+pub use scenario::{run, run_apps_cost};
 pub use stats::{Latency, QueryReport, Report};
 
 /// The seed's three queries: the fleet-wide process hog, traffic by

@@ -18,6 +18,7 @@ use fleetsql_tiers::{ProxyEntry, SqlNodeEntry, TlaEntry, Topology};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::apps::{AppsCost, AppsFigures, AppsSetup};
 use crate::duckdb::{self, DuckDbResults};
 use crate::metrics::MetricsClient;
 use crate::process::{Memory, TierChild};
@@ -108,85 +109,162 @@ fn write_topology(path: &Path, topology: &Topology) -> Result<()> {
         .map_err(|e| BenchError::io(format!("writing {}", path.display()), e))
 }
 
+/// The simulated fleet served over Flight: built once, measured once, or
+/// twice by an apps-cost run.
+struct Fleet {
+    proxies: Vec<Arc<SimProxy>>,
+    servers: Vec<FlightServer>,
+    sizes: Sizes,
+}
+
+impl Fleet {
+    async fn start(config: &BenchConfig) -> Result<Fleet> {
+        let fleet = SimFleet::new(SimConfig {
+            clusters: config.clusters(),
+            machines_per_cluster: config.per_cluster(),
+            seed: config.seed,
+            churn: config.churn,
+            processes_per_machine: config.processes_per_machine,
+            tick: config.tick,
+        })
+        .map_err(|e| BenchError::Sim(e.to_string()))?;
+        let machines = fleet.machine_count();
+        let proxies = fleet.proxies();
+        drop(fleet);
+        phase(&format!(
+            "{machines} machines in {} clusters, {} processes each, tick {:?}, churn {}",
+            proxies.len(),
+            config.processes_per_machine,
+            config.tick,
+            config.churn
+        ));
+
+        let started = Instant::now();
+        let first_tick = proxies[0].tick_at(now_ms());
+        let first = build_tick(&proxies, first_tick, "building the simulated fleet").await?;
+        let sim_build_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let rows: u64 = first
+            .iter()
+            .flat_map(|g| g.tables.values())
+            .map(|t| t.num_rows() as u64)
+            .sum();
+        let raw_arrow_bytes = arrow_bytes(first.iter().flat_map(|g| g.tables.values()));
+        drop(first);
+        phase(&format!(
+            "{rows} rows, {:.0} MiB of Arrow per generation, built in {sim_build_ms:.0} ms",
+            raw_arrow_bytes as f64 / 1048576.0
+        ));
+
+        let mut servers = Vec::with_capacity(proxies.len());
+        let server_config = FlightServerConfig {
+            compression: config.compression,
+            ..FlightServerConfig::default()
+        };
+        for proxy in &proxies {
+            match FlightServer::start_with(
+                proxy.clone() as Arc<dyn Child>,
+                any_port(),
+                server_config.clone(),
+            ) {
+                Ok(server) => servers.push(server),
+                Err(e) => {
+                    for server in servers {
+                        server.shutdown().await;
+                    }
+                    return Err(BenchError::Sim(format!("serving a simulated proxy: {e}")));
+                }
+            }
+        }
+        Ok(Fleet {
+            proxies,
+            servers,
+            sizes: Sizes {
+                machines,
+                rows,
+                raw_arrow_bytes,
+                sim_build_ms,
+            },
+        })
+    }
+
+    async fn shutdown(self) {
+        for server in self.servers {
+            server.shutdown().await;
+        }
+    }
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let json = serde_json::to_string_pretty(value).map_err(|e| BenchError::Sim(e.to_string()))?;
+    std::fs::write(path, json).map_err(|e| BenchError::io(format!("writing {}", path.display()), e))
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| BenchError::io(format!("creating {}", dir.display()), e))
+}
+
 /// Runs one scenario and returns what it measured. Everything it starts
 /// is stopped before it returns, on success or error.
 pub async fn run(config: &BenchConfig) -> Result<Report> {
     config.validate()?;
     let dir = &config.work_dir;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| BenchError::io(format!("creating {}", dir.display()), e))?;
-    let fleet = SimFleet::new(SimConfig {
-        clusters: config.clusters(),
-        machines_per_cluster: config.per_cluster(),
-        seed: config.seed,
-        churn: config.churn,
-        processes_per_machine: config.processes_per_machine,
-        tick: config.tick,
-    })
-    .map_err(|e| BenchError::Sim(e.to_string()))?;
-    let machines = fleet.machine_count();
-    let proxies = fleet.proxies();
-    drop(fleet);
-    phase(&format!(
-        "{machines} machines in {} clusters, {} processes each, tick {:?}, churn {}",
-        proxies.len(),
-        config.processes_per_machine,
-        config.tick,
-        config.churn
-    ));
-
-    let started = Instant::now();
-    let first_tick = proxies[0].tick_at(now_ms());
-    let first = build_tick(&proxies, first_tick, "building the simulated fleet").await?;
-    let sim_build_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let rows: u64 = first
-        .iter()
-        .flat_map(|g| g.tables.values())
-        .map(|t| t.num_rows() as u64)
-        .sum();
-    let raw_arrow_bytes = arrow_bytes(first.iter().flat_map(|g| g.tables.values()));
-    drop(first);
-    phase(&format!(
-        "{rows} rows, {:.0} MiB of Arrow per generation, built in {sim_build_ms:.0} ms",
-        raw_arrow_bytes as f64 / 1048576.0
-    ));
-
-    let mut servers = Vec::with_capacity(proxies.len());
-    let server_config = FlightServerConfig {
-        compression: config.compression,
-        ..FlightServerConfig::default()
-    };
-    for proxy in &proxies {
-        let server = FlightServer::start_with(
-            proxy.clone() as Arc<dyn Child>,
-            any_port(),
-            server_config.clone(),
-        )
-        .map_err(|e| BenchError::Sim(format!("serving a simulated proxy: {e}")))?;
-        servers.push(server);
-    }
-    let outcome = measure(
-        config,
-        dir,
-        &proxies,
-        &servers,
-        Sizes {
-            machines,
-            rows,
-            raw_arrow_bytes,
-            sim_build_ms,
-        },
-    )
-    .await;
-    for server in servers {
-        server.shutdown().await;
-    }
-    let report = outcome?;
-    let path = dir.join("report.json");
-    let json = serde_json::to_string_pretty(&report).map_err(|e| BenchError::Sim(e.to_string()))?;
-    std::fs::write(&path, json)
-        .map_err(|e| BenchError::io(format!("writing {}", path.display()), e))?;
+    create_dir(dir)?;
+    let fleet = Fleet::start(config).await?;
+    let outcome = measure(config, dir, &fleet, None).await;
+    fleet.shutdown().await;
+    let (report, _) = outcome?;
+    write_json(&dir.join("report.json"), &report)?;
     Ok(report)
+}
+
+/// The apps' added cost: the scenario twice on one simulated fleet, the
+/// SQL node first without apps, then (a fresh TLA and SQL node) with
+/// [`crate::ALERTS`] alerts, [`crate::REPORTS`] reports and
+/// [`crate::PERSISTENT_QUERIES`] persistent queries. DuckDB is not
+/// compared: neither half changes what it would measure. Each half's
+/// report goes to `no-apps/report.json` and `apps/report.json`, both with
+/// what the apps did to `apps-cost.json`.
+pub async fn run_apps_cost(config: &BenchConfig) -> Result<AppsCost> {
+    config.validate()?;
+    let config = BenchConfig {
+        duckdb: false,
+        ..config.clone()
+    };
+    let dir = &config.work_dir;
+    let (without_dir, with_dir) = (dir.join("no-apps"), dir.join("apps"));
+    for d in [dir, &without_dir, &with_dir] {
+        create_dir(d)?;
+    }
+    // Before the fleet is built: a bad table list should not cost a build.
+    let setup = AppsSetup::write(&with_dir, &config.apps_pq_tables)?;
+    let fleet = Fleet::start(&config).await?;
+    let outcome = async {
+        phase("first half: the SQL node without apps");
+        let (without, _) = measure(&config, &without_dir, &fleet, None).await?;
+        // Kept even if the second half fails (say on the memory limit).
+        write_json(&without_dir.join("report.json"), &without)?;
+        phase(&format!(
+            "second half: the SQL node with {} alerts, {} reports and {} persistent queries over {}",
+            crate::ALERTS,
+            crate::REPORTS,
+            crate::PERSISTENT_QUERIES,
+            setup.tables.join(", ")
+        ));
+        let (with, apps) = measure(&config, &with_dir, &fleet, Some(&setup)).await?;
+        write_json(&with_dir.join("report.json"), &with)?;
+        let apps = apps.ok_or_else(|| BenchError::Apps("no figures were read".to_string()))?;
+        Ok::<_, BenchError>(AppsCost {
+            without,
+            with,
+            apps,
+        })
+    }
+    .await;
+    fleet.shutdown().await;
+    let cost = outcome?;
+    write_json(&dir.join("apps-cost.json"), &cost)?;
+    Ok(cost)
 }
 
 /// What the measurement loop collected.
@@ -201,15 +279,16 @@ struct Samples {
     sql_install_ms: Vec<f64>,
     data_age_ms: Vec<f64>,
     sql_generation_bytes: u64,
+    sql_rss: Vec<u64>,
 }
 
 async fn measure(
     config: &BenchConfig,
     dir: &Path,
-    proxies: &[Arc<SimProxy>],
-    servers: &[FlightServer],
-    sizes: Sizes,
-) -> Result<Report> {
+    fleet: &Fleet,
+    apps: Option<&AppsSetup>,
+) -> Result<(Report, Option<AppsFigures>)> {
+    let (proxies, servers) = (&fleet.proxies[..], &fleet.servers[..]);
     let tables = all_tables();
     let mut wanted = tables.clone();
     wanted.extend(STATIC_TABLES.iter().map(|t| t.to_string()));
@@ -246,6 +325,9 @@ async fn measure(
         SqlNodeEntry {
             tlas: [(TLA.to_string(), 0)].into(),
             prewarm: wanted,
+            state_dir: apps.map(|a| a.state_dir.path().to_path_buf()),
+            alerts_dir: apps.map(|a| a.alerts_dir.clone()),
+            reports_dir: apps.map(|a| a.reports_dir.clone()),
             ..SqlNodeEntry::default()
         },
     );
@@ -293,7 +375,15 @@ async fn measure(
         tla: Some(tla),
         sql,
     };
-    let outcome = measure_tiers(config, dir, proxies, &mut tiers, idle, sizes).await;
+    let outcome = async {
+        if let Some(apps) = apps {
+            // Registered before the first complete generation, so the
+            // feed runs through the whole measurement.
+            apps.register(tiers.sql.address("http")?).await?;
+        }
+        measure_tiers(config, dir, proxies, &mut tiers, idle, fleet.sizes, apps).await
+    }
+    .await;
     if let Some(tla) = tiers.tla.take() {
         tla.stop().await;
     }
@@ -358,7 +448,8 @@ async fn measure_tiers(
     tiers: &mut Tiers,
     idle: Idle,
     sizes: Sizes,
-) -> Result<Report> {
+    apps: Option<&AppsSetup>,
+) -> Result<(Report, Option<AppsFigures>)> {
     let machines = sizes.machines;
     let tla_metrics = MetricsClient::new(tiers.tla()?.address("http")?);
     let sql_metrics = MetricsClient::new(tiers.sql.address("http")?);
@@ -440,6 +531,9 @@ async fn measure_tiers(
             }
             sql_last = id;
         }
+        if let Some(m) = tiers.sql.memory() {
+            samples.sql_rss.push(m.rss);
+        }
         measuring.set_position(started.elapsed().as_secs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -459,6 +553,14 @@ async fn measure_tiers(
         .map_err(|e| BenchError::Sim(format!("query loop failed: {e}")))??;
     let tla_peak = tiers.tla()?.memory().map_or(0, |m| m.peak);
     let sql_peak = tiers.sql.memory().map_or(0, |m| m.peak);
+    // Read while generations still arrive, before the TLA stops below.
+    let apps_figures = match apps {
+        Some(setup) => {
+            let client = connect(pg).await?;
+            Some(crate::apps::figures(&client, tiers.sql.address("http")?, setup).await?)
+        }
+        None => None,
+    };
 
     // Quiet: the TLA stops, the SQL node keeps answering from its last
     // generation, and the queries have the box to themselves, as DuckDB
@@ -500,7 +602,13 @@ async fn measure_tiers(
     let memcpy_ms = memcpy_ms(samples.tla_generation_bytes as usize);
 
     let per_generation = |bytes: f64| ratio(bytes, samples.tla_generations);
-    Ok(Report {
+    samples.sql_rss.sort_unstable();
+    let sql_steady = samples
+        .sql_rss
+        .get(samples.sql_rss.len() / 2)
+        .copied()
+        .unwrap_or(0);
+    let report = Report {
         machines,
         clusters: proxies.len(),
         processes_per_machine: config.processes_per_machine,
@@ -531,12 +639,14 @@ async fn measure_tiers(
         sql_install: Latency::of(&samples.sql_install_ms),
         sql_generation_bytes: samples.sql_generation_bytes,
         sql_peak_rss_bytes: sql_peak,
+        sql_steady_rss_bytes: sql_steady,
         sql_idle_rss_bytes: idle.sql,
         data_age: Latency::of(&samples.data_age_ms),
         queries: query_reports(&loaded, &quiet, &duckdb),
         bench_peak_rss_bytes: Memory::own().map_or(0, |m| m.peak),
         duckdb_note,
-    })
+    };
+    Ok((report, apps_figures))
 }
 
 async fn connect(pg: SocketAddr) -> Result<tokio_postgres::Client> {

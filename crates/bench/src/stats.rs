@@ -92,6 +92,9 @@ pub struct Report {
     pub sql_install: Latency,
     pub sql_generation_bytes: u64,
     pub sql_peak_rss_bytes: u64,
+    /// Median of the VmRSS samples taken while measured: what the node
+    /// holds from one generation to the next, rather than at its peak.
+    pub sql_steady_rss_bytes: u64,
     pub sql_idle_rss_bytes: u64,
     /// Age of a generation's oldest data when the SQL node began answering
     /// from it.

@@ -66,6 +66,16 @@ pub(crate) struct BenchArgs {
     /// With --scaling: write the scaling plot here (e.g. docs/scaling.svg).
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// Measure what the apps add to the SQL node: the scenario twice on
+    /// one simulated fleet, without apps, then with 20 alerts, 5 reports
+    /// and 100 persistent queries (no DuckDB comparison).
+    #[arg(long, conflicts_with = "scaling")]
+    apps_cost: bool,
+    /// With --apps-cost: the tables the persistent queries read, e.g.
+    /// `sys,filesystem` (default: sys, filesystem, load_info, machinerole,
+    /// processes). Each named table's rows become events every generation.
+    #[arg(long, value_delimiter = ',', requires = "apps_cost")]
+    apps_pq_tables: Vec<String>,
 }
 
 impl BenchArgs {
@@ -107,6 +117,10 @@ impl BenchArgs {
         config.duckdb = !self.no_duckdb;
         config.python = self.python.clone();
         config.max_rss_bytes = self.max_rss_mib << 20;
+        config.apps = self.apps_cost;
+        if !self.apps_pq_tables.is_empty() {
+            config.apps_pq_tables = self.apps_pq_tables.clone();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -119,6 +133,20 @@ fn write_section(path: &PathBuf, name: &str, content: &str) -> anyhow::Result<()
 }
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.apps_cost {
+        let config = args.config(None, args.out.clone())?;
+        let cost = fleetsql_bench::run_apps_cost(&config).await?;
+        let text = fleetsql_bench::apps_markdown(&cost);
+        println!("{text}");
+        println!(
+            "report: {}",
+            config.work_dir.join("apps-cost.json").display()
+        );
+        if let Some(path) = &args.write_benchmarks {
+            write_section(path, "fleetsql bench apps", &text)?;
+        }
+        return Ok(());
+    }
     if args.scaling.is_empty() {
         let config = args.config(None, args.out.clone())?;
         let report = fleetsql_bench::run(&config).await?;

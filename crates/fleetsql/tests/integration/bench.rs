@@ -144,3 +144,127 @@ fn bad_bench_flags_are_refused_with_the_reason() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown preset `huge`"));
 }
+
+/// `fleetsql bench --apps-cost` on a tiny fleet: both halves report
+/// install times and memory, and the apps really ran in the second (the
+/// node listed every alert, persistent query and report, and each did
+/// work). Nothing about how fast.
+#[test]
+fn the_apps_cost_mode_measures_both_halves_and_the_apps_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench");
+    let benchmarks = dir.path().join("BENCHMARKS.md");
+    std::fs::write(&benchmarks, "# Benchmarks\n\nkept\n").unwrap();
+    let output = Command::new(BINARY)
+        .args([
+            "bench",
+            "--preset",
+            "smoke",
+            "--apps-cost",
+            "--machines",
+            "500",
+            "--per-cluster",
+            "250",
+            "--processes",
+            "10",
+            "--duration",
+            "6s",
+            "--runs",
+            "2",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .arg("--write-benchmarks")
+        .arg(&benchmarks)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("second half: the SQL node with"),
+        "{stderr}"
+    );
+
+    let cost: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("apps-cost.json")).unwrap())
+            .unwrap();
+    for half in ["without", "with"] {
+        let report = &cost[half];
+        assert_eq!(report["machines"], 500, "{half}");
+        assert!(
+            num(report, &["sql_install", "samples"]) >= 1.0,
+            "{half}: {report}"
+        );
+        assert!(
+            num(report, &["sql_install", "p50_ms"]) > 0.0,
+            "{half}: {report}"
+        );
+        let peak = num(report, &["sql_peak_rss_bytes"]);
+        let steady = num(report, &["sql_steady_rss_bytes"]);
+        let idle = num(report, &["sql_idle_rss_bytes"]);
+        assert!(
+            peak >= steady && steady > idle && idle > 0.0,
+            "{half}: {report}"
+        );
+        // DuckDB is not part of this mode.
+        assert!(report["duckdb_note"].is_string(), "{half}: {report}");
+    }
+    // Each half also left its own report.
+    for sub in ["no-apps", "apps"] {
+        assert!(out.join(sub).join("report.json").is_file(), "{sub}");
+    }
+
+    let apps = &cost["apps"];
+    assert_eq!(num(apps, &["alerts"]), 20.0, "{apps}");
+    assert_eq!(num(apps, &["alert_errors"]), 0.0, "{apps}");
+    assert!(num(apps, &["alert_iterations"]) >= 20.0, "{apps}");
+    assert_eq!(num(apps, &["persistent_queries"]), 100.0, "{apps}");
+    assert_eq!(num(apps, &["pq_errors"]), 0.0, "{apps}");
+    assert!(num(apps, &["pq_notifications"]) > 0.0, "{apps}");
+    assert!(num(apps, &["feed_offered"]) >= 1.0, "{apps}");
+    assert_eq!(apps["pq_tables"].as_array().unwrap().len(), 5, "{apps}");
+    assert_eq!(num(apps, &["reports"]), 5.0, "{apps}");
+    assert_eq!(num(apps, &["report_errors"]), 0.0, "{apps}");
+    assert!(num(apps, &["report_runs"]) >= 5.0, "{apps}");
+    // The persistent queries live in a temporary state directory that is
+    // gone once the run is over, so a second run does not restore them.
+    let leftovers: Vec<_> = std::fs::read_dir(out.join("apps"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("apps-state-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    assert!(stdout.contains("| receive + install p50 |"), "{stdout}");
+    let written = std::fs::read_to_string(&benchmarks).unwrap();
+    assert!(written.starts_with("# Benchmarks\n\nkept"), "{written}");
+    assert!(
+        written.contains("<!-- fleetsql bench apps begin -->"),
+        "{written}"
+    );
+    assert!(written.contains("| peak RSS |"), "{written}");
+}
+
+#[test]
+fn apps_cost_refuses_a_table_the_fleet_does_not_have() {
+    let output = Command::new(BINARY)
+        .args([
+            "bench",
+            "--preset",
+            "smoke",
+            "--apps-cost",
+            "--apps-pq-tables",
+            "sys,nope",
+            "--out",
+        ])
+        .arg(std::env::temp_dir().join("fleetsql-bench-never"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("`nope` is not a simulated fleet table"),
+        "{stderr}"
+    );
+}
