@@ -163,16 +163,29 @@ impl Generation {
         self.tables.get(name)
     }
 
-    /// The same generation with only `wanted` tables (cheap: tables are shared).
+    /// The same generation with only `wanted` tables (cheap: tables are
+    /// shared), and only their visibility: a parent must not read another
+    /// parent's table in the visibility as "collected, no rows for you"
+    /// (a SQL node sharing its TLA with another would answer "not found"
+    /// instead of waiting for the table it just asked for).
     pub fn restricted<'a>(&self, wanted: impl IntoIterator<Item = &'a String>) -> Generation {
-        let tables = wanted
-            .into_iter()
-            .filter_map(|name| self.tables.get(name).map(|t| (name.clone(), t.clone())))
-            .collect();
-        Generation {
-            meta: self.meta.clone(),
-            tables,
+        let mut tables = BTreeMap::new();
+        let mut meta = GenerationMeta {
+            visibility: Visibility {
+                tables: BTreeMap::new(),
+                ..self.meta.visibility.clone()
+            },
+            ..self.meta.clone()
+        };
+        for name in wanted {
+            if let Some(table) = self.tables.get(name) {
+                tables.insert(name.clone(), table.clone());
+            }
+            if let Some(stats) = self.meta.visibility.tables.get(name) {
+                meta.visibility.tables.insert(name.clone(), stats.clone());
+            }
         }
+        Generation { meta, tables }
     }
 
     pub fn memory_size(&self) -> usize {
@@ -183,6 +196,26 @@ impl Generation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restricted_keeps_only_the_wanted_tables_and_their_visibility() {
+        let mut generation = Generation::empty("tla");
+        for name in ["sys", "processes"] {
+            generation
+                .meta
+                .visibility
+                .tables
+                .insert(name.to_string(), TableVisibility::default());
+        }
+        generation.meta.available = ["sys".to_string(), "processes".to_string()].into();
+        let wanted = ["processes".to_string(), "nowhere".to_string()];
+        let restricted = generation.restricted(&wanted);
+        assert_eq!(
+            restricted.meta.visibility.tables.keys().collect::<Vec<_>>(),
+            ["processes"]
+        );
+        assert_eq!(restricted.meta.available, generation.meta.available);
+    }
 
     #[test]
     fn absorb_sums_and_unseen_counts_expected_only() {
