@@ -170,6 +170,18 @@ impl Agent {
             .expect("aggregator present until shutdown")
     }
 
+    /// A changed prewarm list (a re-read topology): tables collected
+    /// whether or not a proxy asks.
+    pub fn set_prewarm(&self, prewarm: BTreeSet<String>) {
+        self.aggregator().set_prewarm(prewarm);
+    }
+
+    /// What a re-read configuration changed that only a restart applies,
+    /// shown in this agent's `fleet_nodes` row.
+    pub fn set_pending_restart(&self, what: Option<String>) {
+        self.aggregator().set_pending_restart(what);
+    }
+
     /// The agent as a child of a cluster proxy in the same process.
     pub fn as_child(&self) -> Arc<dyn Child> {
         self.aggregator().as_child()

@@ -105,17 +105,29 @@ pub struct AggregatorStats {
 #[derive(Debug)]
 struct Inner {
     config: AggregatorConfig,
-    groups: Vec<ChildGroup>,
+    layout: Mutex<Layout>,
     requests: Mutex<TableRequests>,
-    /// Per group: which member answered last (tried first next time) and the
-    /// visibility it had, to count its machines as expected when it fails.
-    group_state: Mutex<Vec<GroupState>>,
     generation: watch::Sender<Arc<Generation>>,
     tick_now: Notify,
     next_id: AtomicU64,
     stats: Mutex<AggregatorStats>,
+    /// Set when a re-read configuration asks for what needs a restart.
+    pending_restart: Mutex<Option<String>>,
     started: Instant,
     host: String,
+}
+
+/// The children, replaced whole when the configuration changes
+/// ([`Aggregator::reconfigure`]); a tick works on the layout it started with.
+#[derive(Debug)]
+struct Layout {
+    groups: Arc<Vec<ChildGroup>>,
+    /// Per group: which member answered last (tried first next time) and the
+    /// visibility it had, to count its machines as expected when it fails.
+    state: Vec<GroupState>,
+    /// Bumped by each reconfiguration, so a tick that started before one
+    /// does not write its state into the new groups' places.
+    epoch: u64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -145,16 +157,20 @@ impl Aggregator {
     pub fn start(config: AggregatorConfig, groups: Vec<ChildGroup>) -> Aggregator {
         let (generation, _) = watch::channel(Arc::new(Generation::empty(&config.name)));
         let requests = TableRequests::new(config.prewarm.clone(), config.parent_grace);
-        let group_state = vec![GroupState::default(); groups.len()];
+        let layout = Layout {
+            state: vec![GroupState::default(); groups.len()],
+            groups: Arc::new(groups),
+            epoch: 0,
+        };
         let inner = Arc::new(Inner {
             config,
-            groups,
+            layout: Mutex::new(layout),
             requests: Mutex::new(requests),
-            group_state: Mutex::new(group_state),
             generation,
             tick_now: Notify::new(),
             next_id: AtomicU64::new(1),
             stats: Mutex::new(AggregatorStats::default()),
+            pending_restart: Mutex::new(None),
             started: Instant::now(),
             host: host_name(),
         });
@@ -164,6 +180,10 @@ impl Aggregator {
 
     pub fn name(&self) -> &str {
         &self.inner.config.name
+    }
+
+    pub fn config(&self) -> &AggregatorConfig {
+        &self.inner.config
     }
 
     /// This aggregator as a child of a parent in the same process.
@@ -188,6 +208,72 @@ impl Aggregator {
     /// Makes a generation now instead of at the next tick.
     pub fn tick_now(&self) {
         self.inner.tick_now.notify_one();
+    }
+
+    /// Replaces the children and the prewarm list (a changed topology),
+    /// without a restart: a group kept by name keeps what was learnt of it
+    /// (its last visibility; its preferred member when the members are the
+    /// same), so a cluster whose proxies did not change is not counted
+    /// missing for a tick. Makes a generation at once.
+    pub fn reconfigure(&self, groups: Vec<ChildGroup>, prewarm: BTreeSet<String>) {
+        {
+            let mut layout = self.inner.layout.lock();
+            let state = groups
+                .iter()
+                .map(|group| {
+                    let old = layout
+                        .groups
+                        .iter()
+                        .position(|g| g.name == group.name)
+                        .map(|i| (&layout.groups[i], layout.state[i].clone()));
+                    match old {
+                        Some((old_group, mut state)) => {
+                            let same_members = old_group.members.len() == group.members.len()
+                                && old_group
+                                    .members
+                                    .iter()
+                                    .zip(&group.members)
+                                    .all(|(a, b)| a.name() == b.name());
+                            if !same_members {
+                                state.preferred = 0;
+                                state.last_id = None;
+                            }
+                            state
+                        }
+                        None => GroupState::default(),
+                    }
+                })
+                .collect();
+            layout.groups = Arc::new(groups);
+            layout.state = state;
+            layout.epoch += 1;
+        }
+        self.inner.requests.lock().set_prewarm(prewarm);
+        self.inner.tick_now.notify_one();
+    }
+
+    /// Replaces only the prewarm list (an agent, whose children do not
+    /// come from the topology).
+    pub fn set_prewarm(&self, prewarm: BTreeSet<String>) {
+        self.inner.requests.lock().set_prewarm(prewarm);
+        self.inner.tick_now.notify_one();
+    }
+
+    /// What a re-read configuration changed that needs a restart (shown
+    /// in this node's `fleet_nodes` row), or `None` once it agrees again.
+    pub fn set_pending_restart(&self, what: Option<String>) {
+        *self.inner.pending_restart.lock() = what;
+    }
+
+    /// Names of the child groups now (tests, `/metrics`).
+    pub fn group_names(&self) -> Vec<String> {
+        self.inner
+            .layout
+            .lock()
+            .groups
+            .iter()
+            .map(|g| g.name.clone())
+            .collect()
     }
 
     /// Stops the loop; the last generation stays readable through handles.
@@ -227,14 +313,19 @@ struct Fetched {
 /// what the children have.
 async fn fetch_group(
     inner: &Inner,
+    groups: &[ChildGroup],
+    epoch: u64,
     group: usize,
     request: &FetchRequest,
     long_poll: bool,
 ) -> Fetched {
-    let members = &inner.groups[group].members;
+    let members = &groups[group].members;
     let (preferred, last_id) = {
-        let state = &inner.group_state.lock()[group];
-        (state.preferred, state.last_id)
+        let layout = inner.layout.lock();
+        match layout.state.get(group) {
+            Some(state) if layout.epoch == epoch => (state.preferred, state.last_id),
+            _ => (0, None),
+        }
     };
     let stale_before = now_ms() - inner.config.stale_after.as_millis() as i64;
     let mut last_err = None;
@@ -289,7 +380,7 @@ async fn fetch_group(
         member: preferred,
         result: last_err.unwrap_or_else(|| {
             Err(AggregatorError::Child {
-                child: inner.groups[group].name.clone(),
+                child: groups[group].name.clone(),
                 reason: "group has no members".into(),
             })
         }),
@@ -306,15 +397,23 @@ async fn tick(inner: &Arc<Inner>, on_timer: bool) {
         wait: None,
         meta_only: false,
     };
+    let (groups, epoch) = {
+        let layout = inner.layout.lock();
+        (layout.groups.clone(), layout.epoch)
+    };
     let fetched = futures::future::join_all(
-        (0..inner.groups.len()).map(|g| fetch_group(inner, g, &request, on_timer)),
+        (0..groups.len()).map(|g| fetch_group(inner, &groups, epoch, g, &request, on_timer)),
     )
     .await;
 
     let fetched_in = started.elapsed();
     let merge_started = Instant::now();
     let merge_inner = inner.clone();
-    let merged = tokio::task::spawn_blocking(move || merge(&merge_inner, &wanted, fetched)).await;
+    let merge_groups = groups.clone();
+    let merged = tokio::task::spawn_blocking(move || {
+        merge(&merge_inner, &merge_groups, epoch, &wanted, fetched)
+    })
+    .await;
     let generation = match merged {
         Ok(generation) => generation,
         Err(e) => {
@@ -329,7 +428,7 @@ async fn tick(inner: &Arc<Inner>, on_timer: bool) {
         stats.generations += 1;
         stats.last_fetch_ms = fetched_in.as_secs_f64() * 1000.0;
         stats.last_merge_ms = merged_in.as_secs_f64() * 1000.0;
-        stats.children_expected = inner.groups.len() as u64;
+        stats.children_expected = groups.len() as u64;
         stats.children_merged = generation
             .meta
             .visibility
@@ -354,7 +453,13 @@ async fn tick(inner: &Arc<Inner>, on_timer: bool) {
 }
 
 /// The CPU-heavy half of a tick, run off the IO runtime.
-fn merge(inner: &Inner, wanted: &BTreeSet<String>, fetched: Vec<Fetched>) -> Generation {
+fn merge(
+    inner: &Inner,
+    groups: &[ChildGroup],
+    epoch: u64,
+    wanted: &BTreeSet<String>,
+    fetched: Vec<Fetched>,
+) -> Generation {
     // Declared before `parts`, which borrows them.
     let fleet_nodes_key = FLEET_NODES.to_string();
     let own_row: Table;
@@ -363,9 +468,18 @@ fn merge(inner: &Inner, wanted: &BTreeSet<String>, fetched: Vec<Fetched>) -> Gen
     let mut parts: BTreeMap<&String, Vec<&Table>> = BTreeMap::new();
     let mut part_owner: BTreeMap<&String, Vec<usize>> = BTreeMap::new();
     let now = now_ms();
-    let mut state = inner.group_state.lock();
+    let mut layout = inner.layout.lock();
+    // After a reconfiguration mid-tick, what was learnt belongs to groups
+    // that are gone: it is used for this generation and then dropped.
+    let mut stale_layout;
+    let state = if layout.epoch == epoch {
+        &mut layout.state
+    } else {
+        stale_layout = vec![GroupState::default(); groups.len()];
+        &mut stale_layout
+    };
     for f in &fetched {
-        let group = &inner.groups[f.group];
+        let group = &groups[f.group];
         match &f.result {
             Ok(generation) => {
                 let gs = &mut state[f.group];
@@ -409,7 +523,7 @@ fn merge(inner: &Inner, wanted: &BTreeSet<String>, fetched: Vec<Fetched>) -> Gen
             }
         }
     }
-    drop(state);
+    drop(layout);
 
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
     if wanted.contains(FLEET_NODES) {
@@ -423,6 +537,10 @@ fn merge(inner: &Inner, wanted: &BTreeSet<String>, fetched: Vec<Fetched>) -> Gen
             inner.started.elapsed().as_secs_f64(),
         )
         .with_visibility(&visibility, made_at_ms);
+        let row = NodeState {
+            pending_restart: inner.pending_restart.lock().clone(),
+            ..row
+        };
         own_row = fleet_nodes_table(&[row]);
         parts.entry(&fleet_nodes_key).or_default().push(&own_row);
         part_owner
@@ -443,8 +561,7 @@ fn merge(inner: &Inner, wanted: &BTreeSet<String>, fetched: Vec<Fetched>) -> Gen
             Ok((table, rejected)) => {
                 for (index, reason) in &rejected {
                     let group = part_owner[name][*index];
-                    let child = inner
-                        .groups
+                    let child = groups
                         .get(group)
                         .map_or(inner.config.name.as_str(), |g| g.name.as_str());
                     tracing::warn!(
@@ -593,6 +710,61 @@ mod tests {
             value,
             fail,
         }))
+    }
+
+    /// A generation made after `tick_now`, asked for `t`.
+    async fn next_generation(aggregator: &Aggregator) -> Arc<Generation> {
+        let mut receiver = aggregator.subscribe();
+        let before = receiver.borrow_and_update().meta.id;
+        aggregator.tick_now();
+        receiver.wait_for(|g| g.meta.id > before).await.unwrap();
+        aggregator.current()
+    }
+
+    fn sum_of_t(generation: &Generation) -> i64 {
+        generation.tables["t"].batches()[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .iter()
+            .flatten()
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn reconfigure_adds_and_drops_children_and_prewarm_tables() {
+        let mut config = AggregatorConfig::new("proxy", Duration::from_secs(3600));
+        config.prewarm = BTreeSet::from(["t".to_string()]);
+        let proxy = Aggregator::start(config, vec![machine(1, false), machine(2, false)]);
+        let first = next_generation(&proxy).await;
+        assert_eq!(first.tables["t"].num_rows(), 2);
+
+        // A machine joins, one leaves: the next generation has the new set.
+        proxy.reconfigure(
+            vec![machine(1, false), machine(4, false)],
+            BTreeSet::from(["t".to_string()]),
+        );
+        let mut receiver = proxy.subscribe();
+        let changed = receiver
+            .wait_for(|g| {
+                g.tables
+                    .get("t")
+                    .is_some_and(|t| sum_of_t(g) == 5 && t.num_rows() == 2)
+            })
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!(changed.meta.visibility.children.len(), 2);
+        assert_eq!(proxy.group_names(), ["m1", "m4"]);
+
+        // `t` leaves the prewarm list and nobody asks for it: no longer collected.
+        proxy.reconfigure(vec![machine(1, false), machine(4, false)], BTreeSet::new());
+        let mut receiver = proxy.subscribe();
+        receiver
+            .wait_for(|g| !g.tables.contains_key("t"))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

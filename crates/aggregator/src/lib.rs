@@ -18,7 +18,6 @@
 mod aggregator;
 mod child;
 mod error;
-mod hierarchy;
 mod requests;
 mod self_monitor;
 mod static_tables;
@@ -26,7 +25,6 @@ mod static_tables;
 pub use aggregator::{Aggregator, AggregatorConfig, AggregatorStats, ChildGroup};
 pub use child::{Child, FetchRequest, covers_all};
 pub use error::{AggregatorError, Result};
-pub use hierarchy::{ClusterSpec, InProcessHierarchy};
 pub use requests::TableRequests;
 pub use self_monitor::{
     FLEET_NODES, NodeState, fleet_nodes_schema, fleet_nodes_table, host_name, process_rss_bytes,

@@ -24,6 +24,12 @@ impl TableRequests {
         }
     }
 
+    /// A changed prewarm list (topology re-read): a table dropped from it
+    /// stays only while some parent still asks for it.
+    pub fn set_prewarm(&mut self, prewarm: BTreeSet<String>) {
+        self.prewarm = prewarm;
+    }
+
     /// Records a parent's set; returns the tables nobody asked for before.
     pub fn note(&mut self, parent: &str, tables: &BTreeSet<String>, now: Instant) -> Vec<String> {
         let before = self.current(now);

@@ -33,6 +33,9 @@ pub struct NodeState {
     /// Resident memory of the process (shared by every tier the process runs).
     pub memory_bytes: Option<u64>,
     pub uptime_s: f64,
+    /// What a re-read configuration changed that this node cannot apply
+    /// while running (its own listen address): applied only at a restart.
+    pub pending_restart: Option<String>,
 }
 
 impl NodeState {
@@ -59,6 +62,7 @@ impl NodeState {
             machines_expected: 0,
             memory_bytes: process_rss_bytes(),
             uptime_s,
+            pending_restart: None,
         }
     }
 
@@ -93,6 +97,7 @@ pub fn fleet_nodes_schema() -> SchemaRef {
         Field::new("machines_expected", DataType::UInt64, false),
         Field::new("memory_bytes", DataType::UInt64, true),
         Field::new("uptime_s", DataType::Float64, false),
+        Field::new("pending_restart", DataType::Utf8, true),
     ]))
 }
 
@@ -123,6 +128,9 @@ pub fn fleet_nodes_table(rows: &[NodeState]) -> Table {
         Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.memory_bytes))),
         Arc::new(Float64Array::from_iter_values(
             rows.iter().map(|r| r.uptime_s),
+        )),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|r| r.pending_restart.as_deref()),
         )),
     ];
     // The columns are built from the schema above, one per field, with equal
@@ -170,6 +178,7 @@ mod tests {
             machines_expected: 3,
             memory_bytes: process_rss_bytes(),
             uptime_s: 1.5,
+            pending_restart: Some("flight address".into()),
         };
         let table = fleet_nodes_table(&[row.clone(), row]);
         assert_eq!(table.num_rows(), 2);

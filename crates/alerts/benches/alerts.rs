@@ -13,10 +13,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetsql_aggregator::{FetchRequest, InProcessHierarchy};
+use fleetsql_aggregator::FetchRequest;
 use fleetsql_alerts::{AlertService, AlertsConfig};
 use fleetsql_sim::{SimConfig, SimFleet};
 use fleetsql_sqlnode::{SqlNode, SqlNodeConfig};
+use fleetsql_tiers::{LocalFleet, TlaEntry};
 
 /// The allocator the `fleetsql` binary runs with.
 #[global_allocator]
@@ -108,9 +109,10 @@ async fn run(clusters: usize, machines: usize, alerts: usize) {
         ..SimConfig::default()
     })
     .expect("sim");
-    let specs = sim.cluster_specs();
-    let hierarchy = InProcessHierarchy::start(specs, vec![], tick);
-    let tla = hierarchy.tla.as_child();
+    let (topology, agents) =
+        LocalFleet::one_tla(tick, sim.machines_by_cluster(), TlaEntry::default());
+    let hierarchy = LocalFleet::start(&topology, agents).expect("fleet");
+    let tla = hierarchy.tla("tla").expect("tla").as_child();
     tla.fetch(&FetchRequest {
         requester: "bench".into(),
         tables: ["filesystem".to_string()].into_iter().collect(),

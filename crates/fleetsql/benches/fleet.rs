@@ -7,12 +7,12 @@
 //! meaningful because the baselines run in the same profile).
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetsql_aggregator::{FetchRequest, InProcessHierarchy, StaticTables};
+use fleetsql_aggregator::FetchRequest;
 use fleetsql_sim::{SimConfig, SimFleet};
 use fleetsql_sqlnode::{SqlNode, SqlNodeConfig};
+use fleetsql_tiers::{LocalFleet, TlaEntry};
 
 use fleetsql_bench::SEED_QUERIES as QUERIES;
 
@@ -55,14 +55,17 @@ async fn run(clusters: usize, machines: usize) {
         ..SimConfig::default()
     })
     .expect("sim");
-    let specs = sim.cluster_specs();
     let index = concat!(env!("CARGO_MANIFEST_DIR"), "/../../demo/static/index.toml");
-    let static_tables = StaticTables::open(index).expect("static tables");
-    let hierarchy = InProcessHierarchy::start(
-        specs,
-        vec![Arc::new(static_tables)],
+    let (topology, agents) = LocalFleet::one_tla(
         Duration::from_secs(3600),
+        sim.machines_by_cluster(),
+        TlaEntry {
+            static_tables: Some(index.into()),
+            ..TlaEntry::default()
+        },
     );
+    let hierarchy = LocalFleet::start(&topology, agents).expect("fleet");
+    let tla_aggregator = hierarchy.tla("tla").expect("tla");
     let tables: BTreeSet<String> = [
         "sys",
         "processes",
@@ -76,7 +79,7 @@ async fn run(clusters: usize, machines: usize) {
     .map(|s| s.to_string())
     .collect();
     // Ask for every table once; this collects them through all tiers.
-    let tla = hierarchy.tla.as_child();
+    let tla = tla_aggregator.as_child();
     tla.fetch(&FetchRequest {
         requester: "bench".into(),
         tables: tables.clone(),
@@ -89,10 +92,10 @@ async fn run(clusters: usize, machines: usize) {
     let mut merges = Vec::new();
     for _ in 0..5 {
         hierarchy.tick_now().await;
-        merges.push(hierarchy.tla.stats().last_merge_ms);
+        merges.push(tla_aggregator.stats().last_merge_ms);
     }
     merges.sort_by(|a, b| a.total_cmp(b));
-    let generation = hierarchy.tla.current();
+    let generation = tla_aggregator.current();
     let rows: usize = generation.tables.values().map(|t| t.num_rows()).sum();
     let bytes = generation.memory_size();
 

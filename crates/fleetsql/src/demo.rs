@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -6,12 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use fleetsql_agent::{Agent, AgentConfig};
-use fleetsql_aggregator::{ClusterSpec, InProcessHierarchy, StaticTables};
-use fleetsql_apps::{AppsConfig, SqlNodeApps};
-use fleetsql_http::HttpServer;
-use fleetsql_pgwire::PgServer;
+use fleetsql_apps::AppsConfig;
 use fleetsql_sim::{SimConfig, SimFleet};
-use fleetsql_sqlnode::{SqlNode, SqlNodeConfig};
+use fleetsql_tiers::{Listen, LocalFleet, SqlNodeEntry, SqlProcess, TlaEntry};
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
@@ -128,42 +126,53 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     .context("cannot start the local agent")?;
     let agent = Arc::new(agent);
 
-    let mut clusters: Vec<ClusterSpec> = sim.cluster_specs();
-    clusters.push(ClusterSpec {
-        name: "local".to_string(),
-        machines: vec![agent.as_child()],
-    });
-
-    let index = args
+    // The demo is one configuration of a deployment: a topology with the
+    // simulated clusters and this machine, planned and started by the same
+    // code as `fleetsql proxy|tla|sqlnode` processes, linked in memory.
+    let static_tables = args
         .static_tables
         .clone()
         .unwrap_or_else(default_static_index);
-    let static_tables = StaticTables::open(&index)
-        .with_context(|| format!("cannot load static tables from {}", index.display()))?;
-    let hierarchy = InProcessHierarchy::start(clusters, vec![Arc::new(static_tables)], args.tick);
-
-    let mut config = SqlNodeConfig::new("sqlnode", args.tick);
-    config.query_timeout = args.query_timeout;
-    config.memory_limit = args.query_memory_mib << 20;
-    let node = Arc::new(SqlNode::start(config, vec![hierarchy.tla.as_child()])?);
-
-    let apps = SqlNodeApps::start_with_tables(
-        node.clone(),
+    let mut clusters = sim.machines_by_cluster();
+    clusters.push(("local".to_string(), vec![agent.as_child()]));
+    let (mut topology, agents) = LocalFleet::one_tla(
+        args.tick,
+        clusters,
+        TlaEntry {
+            static_tables: Some(static_tables),
+            ..TlaEntry::default()
+        },
+    );
+    topology.sqlnodes.insert(
+        "sqlnode".to_string(),
+        SqlNodeEntry {
+            tlas: BTreeMap::from([("tla".to_string(), 0)]),
+            pg: Some(SocketAddr::new(args.bind, args.pg_port)),
+            http: Some(SocketAddr::new(args.bind, args.http_port)),
+            query_timeout: Some(args.query_timeout),
+            query_memory_mib: Some(args.query_memory_mib),
+            ..SqlNodeEntry::default()
+        },
+    );
+    let fleet = LocalFleet::start(&topology, agents).context("cannot plan the demo's fleet")?;
+    let sql = SqlProcess::start_with(
+        &topology,
+        "sqlnode",
+        Listen::default(),
         apps_config,
+        &fleet.links(),
         Some(agent.clone() as fleetsql_apps::LocalTables),
-    )?;
-    let pg = PgServer::start(node.clone(), SocketAddr::new(args.bind, args.pg_port)).await?;
-    let app = fleetsql_http::router(node.clone()).merge(apps.router());
-    let http = HttpServer::start(app, SocketAddr::new(args.bind, args.http_port)).await?;
+    )
+    .await?;
 
     // First generation now rather than at the first tick, bottom up.
     let mut local = agent.subscribe();
     agent.tick_now();
     let _ = tokio::time::timeout(args.tick, local.wait_for(|g| g.meta.id > 0)).await;
-    hierarchy.tick_now().await;
+    fleet.tick_now().await;
     let machines = sim.machine_count() + 1;
-    let pg_addr = pg.local_addr();
-    let http_addr = http.local_addr();
+    let pg_addr = sql.pg_addr();
+    let http_addr = sql.http_addr();
     println!(
         "fleetsql demo ready: pg={pg_addr} http={http_addr} publish={} machines={machines} clusters={} state={}",
         agent.publish_addr(),
@@ -197,13 +206,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     crate::signal::shutdown_signal().await;
     eprintln!("shutting down");
-    http.shutdown().await;
-    pg.shutdown().await;
-    apps.shutdown().await;
-    if let Ok(node) = Arc::try_unwrap(node) {
-        node.shutdown().await;
-    }
-    hierarchy.shutdown().await;
+    // Stops accepting, drains, stops the apps and the node, then the
+    // tiers below it, then the agent.
+    sql.shutdown().await;
+    fleet.shutdown().await;
     if let Ok(agent) = Arc::try_unwrap(agent) {
         agent.shutdown().await;
     }

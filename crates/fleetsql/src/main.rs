@@ -68,6 +68,10 @@ enum Command {
     Tla(tier::TierArgs),
     /// Run a SQL node over one or more TLAs (Postgres wire and HTTP).
     Sqlnode(tier::TierArgs),
+    /// Run a TLA and the SQL node of the same name in one process: the SQL
+    /// node reads that TLA without a network hop.
+    #[command(name = "tla-sql")]
+    TlaSql(tier::TierArgs),
     /// Alert tools: `alerts check FILE` tries a definition before deploying it.
     Alerts(alerts_cmd::AlertsArgs),
     /// Measure a real TLA and SQL node fed by a simulated fleet (up to
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
             Command::Proxy(args) => tier::run(tier::Role::Proxy, args).await,
             Command::Tla(args) => tier::run(tier::Role::Tla, args).await,
             Command::Sqlnode(args) => tier::run(tier::Role::SqlNode, args).await,
+            Command::TlaSql(args) => tier::run(tier::Role::TlaSql, args).await,
             Command::Alerts(args) => alerts_cmd::run(args).await,
             Command::Bench(args) => bench_cmd::run(args).await,
         }

@@ -1,11 +1,11 @@
-//! `fleetsql agent|proxy|tla|sqlnode`: one tier of a distributed fleet per
+//! `fleetsql agent|proxy|tla|sqlnode|tla-sql`: one tier of a distributed fleet per
 //! process, described by a topology file (see `fleetsql_tiers::Topology`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
-use fleetsql_tiers::{AgentProcess, Listen, SqlProcess, TierProcess, Topology};
+use fleetsql_tiers::{AgentProcess, Listen, SqlProcess, TierProcess, TlaSqlProcess, Topology};
 
 #[derive(Debug, Args)]
 pub(crate) struct TierArgs {
@@ -34,6 +34,11 @@ pub(crate) struct TierArgs {
     /// `integrations`. Each refuses the other's kinds.
     #[arg(long)]
     integrations: Option<PathBuf>,
+    /// How often the topology file is checked for changes, which agents,
+    /// proxies and TLAs apply without a restart (children, spans, prewarm
+    /// lists).
+    #[arg(long, default_value = "1s", value_parser = crate::demo::parse_duration)]
+    topology_poll: std::time::Duration,
     /// SQL node only: its apps' paths and settings, over its topology entry.
     #[command(flatten)]
     apps: crate::apps_args::AppArgs,
@@ -45,12 +50,14 @@ pub(crate) enum Role {
     Proxy,
     Tla,
     SqlNode,
+    TlaSql,
 }
 
 enum Running {
     Agent(AgentProcess),
     Tier(TierProcess),
     Sql(SqlProcess),
+    TlaSql(TlaSqlProcess),
 }
 
 pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
@@ -62,14 +69,17 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
         pg: args.pg,
     };
     let name = &args.name;
-    if args.apps.any() && !matches!(role, Role::SqlNode) {
+    if args.apps.any() && !matches!(role, Role::SqlNode | Role::TlaSql) {
         anyhow::bail!(
-            "--state-dir, --alerts-* , --reports-* and --console-* are for `fleetsql sqlnode` and `demo`"
+            "--state-dir, --alerts-* , --reports-* and --console-* are for `fleetsql sqlnode`, `tla-sql` and `demo`"
         );
+    }
+    if args.publish.is_some() && !matches!(role, Role::Agent) {
+        anyhow::bail!("--publish is for `fleetsql agent`");
     }
     let agent_integrations = match role {
         Role::Agent => crate::integrations::load(args.integrations.as_deref())?,
-        Role::SqlNode => None,
+        Role::SqlNode | Role::TlaSql => None,
         _ if args.integrations.is_some() => {
             anyhow::bail!("--integrations is for `fleetsql agent`, `sqlnode` and `demo`")
         }
@@ -78,7 +88,8 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
     let mut publishers = None;
     let running = match role {
         Role::Agent => {
-            let process = AgentProcess::start(&topology, name, listen).await?;
+            let mut process = AgentProcess::start(&topology, name, listen).await?;
+            process.watch_topology(args.config.clone(), args.topology_poll);
             if let Some(config) = &agent_integrations {
                 publishers = Some(crate::integrations::start_on_agent(
                     config,
@@ -87,9 +98,16 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
             }
             Running::Agent(process)
         }
-        Role::Proxy => Running::Tier(TierProcess::start_proxy(&topology, name, listen).await?),
-        Role::Tla => Running::Tier(TierProcess::start_tla(&topology, name, listen).await?),
-        Role::SqlNode => {
+        Role::Proxy | Role::Tla => {
+            let mut process = if matches!(role, Role::Proxy) {
+                TierProcess::start_proxy(&topology, name, listen).await?
+            } else {
+                TierProcess::start_tla(&topology, name, listen).await?
+            };
+            process.watch_topology(args.config.clone(), args.topology_poll);
+            Running::Tier(process)
+        }
+        Role::SqlNode | Role::TlaSql => {
             // Flags win over the node's entry; the entry keeps what they
             // do not name.
             let mut apps = topology.sqlnode(name)?.apps(name);
@@ -97,13 +115,20 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
             if args.integrations.is_some() {
                 apps.integrations.clone_from(&args.integrations);
             }
-            Running::Sql(SqlProcess::start_with_apps(&topology, name, listen, apps).await?)
+            if matches!(role, Role::TlaSql) {
+                let mut process = TlaSqlProcess::start(&topology, name, listen, apps).await?;
+                process.watch_topology(args.config.clone(), args.topology_poll);
+                Running::TlaSql(process)
+            } else {
+                Running::Sql(SqlProcess::start_with_apps(&topology, name, listen, apps).await?)
+            }
         }
     };
     let ready = match &running {
         Running::Agent(p) => p.ready_line(),
         Running::Tier(p) => p.ready_line(),
         Running::Sql(p) => p.ready_line(),
+        Running::TlaSql(p) => p.ready_line(),
     };
     // Tests and scripts wait for this line (or poll /health).
     println!("{ready}");
@@ -116,6 +141,7 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
         Running::Agent(p) => p.shutdown().await,
         Running::Tier(p) => p.shutdown().await,
         Running::Sql(p) => p.shutdown().await,
+        Running::TlaSql(p) => p.shutdown().await,
     }
     Ok(())
 }

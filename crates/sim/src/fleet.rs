@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fleetsql_aggregator::{Child, ChildGroup, ClusterSpec};
+use fleetsql_aggregator::{Child, ChildGroup};
 use fleetsql_model::now_ms;
 
 use crate::geo::{continent, region_of_cluster};
@@ -89,25 +89,25 @@ impl SimFleet {
         self.clusters.iter().flat_map(|c| c.machines.iter())
     }
 
-    /// Every cluster with its machines as children: the input of
-    /// `InProcessHierarchy::start`.
-    pub fn cluster_specs(&self) -> Vec<ClusterSpec> {
+    /// Every cluster's name with its machines as children: the agents of
+    /// an in-process tree (`fleetsql_tiers::LocalFleet::add_cluster`).
+    pub fn machines_by_cluster(&self) -> Vec<(String, Vec<Arc<dyn Child>>)> {
         self.clusters
             .iter()
-            .map(|c| ClusterSpec {
-                name: c.name.clone(),
-                machines: c
+            .map(|c| {
+                let machines = c
                     .machines
                     .iter()
                     .map(|m| m.clone() as Arc<dyn Child>)
-                    .collect(),
+                    .collect();
+                (c.name.clone(), machines)
             })
             .collect()
     }
 
     /// One simulated proxy per cluster (`cluster-00-proxy`, ...), each
     /// answering with its whole cluster's rows already merged: the same
-    /// rows a real proxy over [`SimFleet::cluster_specs`] would send, made
+    /// rows a real proxy over [`SimFleet::machines_by_cluster`] would send, made
     /// directly, so one process can feed a real TLA a large fleet.
     pub fn proxies(&self) -> Vec<Arc<SimProxy>> {
         self.clusters

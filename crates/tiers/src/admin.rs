@@ -16,6 +16,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 /// What one process shows on its admin endpoints.
+#[derive(Debug)]
 pub(crate) struct Observed {
     pub(crate) role: &'static str,
     pub(crate) name: String,
@@ -25,7 +26,8 @@ pub(crate) struct Observed {
     /// Sent to parents (absent on a SQL node).
     pub(crate) server: Option<Arc<TransferStats>>,
     /// Received from each child, by child name.
-    pub(crate) clients: Vec<(String, Arc<TransferStats>)>,
+    /// (Replaced when a re-read topology changes the children.)
+    pub(crate) clients: std::sync::Mutex<Vec<(String, Arc<TransferStats>)>>,
     pub(crate) started: std::time::Instant,
 }
 
@@ -250,14 +252,20 @@ fn render(o: &Observed) -> String {
         }
     }
     let server = o.server.as_ref().map(|s| s.snapshot());
-    let clients: Vec<_> = o
+    let clients: Vec<(String, _)> = o
         .clients
-        .iter()
-        .map(|(name, s)| (name.as_str(), s.snapshot()))
-        .collect();
+        .lock()
+        .map(|c| {
+            c.iter()
+                .map(|(name, s)| (name.clone(), s.snapshot()))
+                .collect()
+        })
+        .unwrap_or_default();
     let server_labels: [(&str, &str); 1] = [("peer", "parents")];
-    let client_labels: Vec<[(&str, &str); 1]> =
-        clients.iter().map(|(name, _)| [("peer", *name)]).collect();
+    let client_labels: Vec<[(&str, &str); 1]> = clients
+        .iter()
+        .map(|(name, _)| [("peer", name.as_str())])
+        .collect();
     let mut parts: Vec<(&[(&str, &str)], &fleetsql_flight::TransferSnapshot)> = Vec::new();
     if let Some(server) = &server {
         parts.push((&server_labels, server));

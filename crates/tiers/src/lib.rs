@@ -20,9 +20,14 @@
 
 mod admin;
 mod error;
+mod local;
+pub mod plan;
+mod reload;
 mod roles;
 mod topology;
 
 pub use error::{Result, TiersError};
-pub use roles::{AgentProcess, Listen, SqlProcess, TierProcess};
+pub use local::LocalFleet;
+pub use plan::Links;
+pub use roles::{AgentProcess, Listen, SqlProcess, TierProcess, TlaSqlProcess};
 pub use topology::{AgentEntry, ProxyEntry, SqlNodeEntry, TlaEntry, Topology};

@@ -2,21 +2,22 @@
 //! read its addresses, shut it down.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetsql_agent::{Agent, AgentConfig};
-use fleetsql_aggregator::{Aggregator, AggregatorConfig, Child, ChildGroup, StaticTables};
-use fleetsql_apps::{AppsConfig, SqlNodeApps};
-use fleetsql_flight::{
-    FlightChild, FlightChildOptions, FlightServer, FlightServerConfig, TransferStats,
-};
+use fleetsql_aggregator::Aggregator;
+use fleetsql_apps::{AppsConfig, LocalTables, SqlNodeApps};
+use fleetsql_flight::{FlightServer, FlightServerConfig};
 use fleetsql_http::HttpServer;
 use fleetsql_pgwire::PgServer;
-use fleetsql_sqlnode::{SqlNode, SqlNodeConfig};
+use fleetsql_sqlnode::SqlNode;
 
 use crate::admin::{self, Observed};
-use crate::topology::Topology;
+use crate::plan::{self, Linked, Links, Role, SqlPlan, TierPlan};
+use crate::reload::TopologyWatch;
+use crate::topology::{AgentEntry, Topology};
 use crate::{Result, TiersError};
 
 /// Addresses given on the command line; they win over the topology file
@@ -33,40 +34,6 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
 }
 
-fn unknown(role: &'static str, name: &str, known: Vec<&String>) -> TiersError {
-    TiersError::UnknownNode {
-        role,
-        name: name.to_string(),
-        known: known
-            .into_iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join(", "),
-    }
-}
-
-fn flight_child(
-    topology: &Topology,
-    name: &str,
-    addr: Option<SocketAddr>,
-    role: &'static str,
-) -> Result<FlightChild> {
-    let addr = addr.ok_or_else(|| TiersError::MissingAddress {
-        role,
-        name: name.to_string(),
-        field: "flight",
-    })?;
-    let defaults = FlightChildOptions::default();
-    Ok(FlightChild::new(
-        name,
-        format!("http://{addr}"),
-        FlightChildOptions {
-            request_timeout: topology.fetch_timeout.unwrap_or(defaults.request_timeout),
-            ..defaults
-        },
-    )?)
-}
-
 /// How every Flight server of the tree sends: the topology's compression.
 fn server_config(topology: &Topology) -> FlightServerConfig {
     FlightServerConfig {
@@ -78,13 +45,6 @@ fn server_config(topology: &Topology) -> FlightServerConfig {
     }
 }
 
-/// Tiers tick one after the other within a tick: agents at its start,
-/// proxies a fifth later, TLAs two fifths, so each merges its children's
-/// fresh generations and a row waits at most about one tick per hop.
-fn offset(tick: Duration, tier: u32) -> Duration {
-    tick * tier / 5
-}
-
 /// An agent: this machine's tables, served to its proxies over Flight.
 #[derive(Debug)]
 pub struct AgentProcess {
@@ -92,6 +52,9 @@ pub struct AgentProcess {
     agent: Arc<Agent>,
     flight: FlightServer,
     admin: HttpServer,
+    cli: Listen,
+    started_with: Topology,
+    watch: Option<TopologyWatch>,
 }
 
 impl AgentProcess {
@@ -99,7 +62,7 @@ impl AgentProcess {
         let entry = topology
             .agents
             .get(name)
-            .ok_or_else(|| unknown("agent", name, topology.agents.keys().collect()))?;
+            .ok_or_else(|| plan::unknown("agent", name, topology.agents.keys().collect()))?;
         let defaults = AgentConfig::default();
         let config = AgentConfig {
             host: entry.host.clone().unwrap_or(defaults.host),
@@ -135,7 +98,7 @@ impl AgentProcess {
             aggregator: None,
             sqlnode: None,
             server: Some(flight.stats()),
-            clients: Vec::new(),
+            clients: std::sync::Mutex::new(Vec::new()),
             started: Instant::now(),
         });
         let admin = HttpServer::start(
@@ -148,7 +111,68 @@ impl AgentProcess {
             agent,
             flight,
             admin,
+            cli: listen,
+            started_with: topology.clone(),
+            watch: None,
         })
+    }
+
+    /// Re-reads `path` whenever it changes: a new prewarm list is applied;
+    /// what only a restart applies (addresses from the file, cluster,
+    /// origin, roles, drop directory, collectors, tick) is logged and shown
+    /// in `fleet_nodes.pending_restart`.
+    pub fn watch_topology(&mut self, path: PathBuf, every: Duration) {
+        let agent = self.agent.clone();
+        let name = self.name.clone();
+        let cli = self.cli;
+        let bound = Listen {
+            flight: Some(self.flight_addr()),
+            http: Some(self.http_addr()),
+            publish: Some(self.agent.publish_addr()),
+            pg: None,
+        };
+        let started_with = self.started_with.clone();
+        self.watch = Some(TopologyWatch::start(path, every, move |topology| {
+            let entry = topology
+                .agents
+                .get(&name)
+                .ok_or_else(|| plan::unknown("agent", &name, topology.agents.keys().collect()))?;
+            let mut pending = moved_addresses(
+                cli,
+                bound,
+                Listen {
+                    flight: entry.flight,
+                    http: entry.http,
+                    publish: entry.publish,
+                    pg: None,
+                },
+            );
+            if let Some(was) = started_with.agents.get(&name) {
+                let unchanged = AgentEntry {
+                    flight: entry.flight,
+                    http: entry.http,
+                    publish: entry.publish,
+                    prewarm: entry.prewarm.clone(),
+                    ..was.clone()
+                };
+                if &unchanged != entry {
+                    pending.push("cluster, host, ip, roles, drop_dir or host_collectors".into());
+                }
+            }
+            if topology.tick != started_with.tick {
+                pending.push(format!(
+                    "tick {:?} (running with {:?})",
+                    topology.tick, started_with.tick
+                ));
+            }
+            agent.set_prewarm(entry.prewarm.clone());
+            let pending = (!pending.is_empty()).then(|| pending.join("; "));
+            if let Some(what) = &pending {
+                tracing::warn!(node = %name, needs_restart = %what, "topology changed what only a restart applies; the rest is applied");
+            }
+            agent.set_pending_restart(pending);
+            Ok(())
+        }));
     }
 
     pub fn agent(&self) -> &Agent {
@@ -179,6 +203,9 @@ impl AgentProcess {
     }
 
     pub async fn shutdown(self) {
+        if let Some(watch) = self.watch {
+            watch.shutdown().await;
+        }
         self.admin.shutdown().await;
         self.flight.shutdown().await;
         // Holders of `shared_agent` are stopped first by the caller.
@@ -197,146 +224,55 @@ pub struct TierProcess {
     aggregator: Arc<Aggregator>,
     flight: FlightServer,
     admin: HttpServer,
+    live: Arc<LiveTier>,
+    watch: Option<TopologyWatch>,
 }
 
 impl TierProcess {
-    /// A cluster proxy: one child per agent of its cluster.
+    /// A cluster proxy: one child per agent of its cluster, over Flight.
     pub async fn start_proxy(
         topology: &Topology,
         name: &str,
         listen: Listen,
     ) -> Result<TierProcess> {
-        let entry = topology
-            .proxies
-            .get(name)
-            .ok_or_else(|| unknown("proxy", name, topology.proxies.keys().collect()))?;
-        let clusters = topology.clusters();
-        let agents = clusters.get(&entry.cluster).cloned().unwrap_or_default();
-        if agents.is_empty() {
-            return Err(TiersError::Config {
-                path: "topology".into(),
-                reason: format!(
-                    "proxy `{name}` has no agents in this file to collect from; list cluster `{}`'s agents under [agents.NAME]",
-                    entry.cluster
-                ),
-            });
-        }
-        let mut groups = Vec::new();
-        let mut clients = Vec::new();
-        for agent_name in &agents {
-            let agent = &topology.agents[agent_name];
-            let child = flight_child(topology, agent_name, agent.flight, "agent")?;
-            clients.push((agent_name.clone(), child.stats()));
-            groups.push(ChildGroup::single(Arc::new(child)).expecting(entry.cluster.clone(), 1));
-        }
-        let mut config = AggregatorConfig::new(name, topology.tick);
-        if let Some(timeout) = topology.fetch_timeout {
-            config.fetch_timeout = timeout;
-        }
-        config.role = "proxy".to_string();
-        config.offset = offset(topology.tick, 1);
-        config.stale_after = topology.stale_after();
-        let listen = Listen {
-            flight: listen.flight.or(entry.flight),
-            http: listen.http.or(entry.http),
-            ..listen
-        };
-        Self::serve(
-            "proxy",
-            name,
-            config,
-            groups,
-            clients,
-            listen,
-            server_config(topology),
-        )
-        .await
+        let plan = plan::proxy(topology, name, &Links::remote())?;
+        Self::serve(Role::Proxy, name, plan, topology, listen).await
     }
 
     /// A TLA: one child group per cluster it spans, whose members are that
     /// cluster's proxies (tried in turn), plus its static tables.
     pub async fn start_tla(topology: &Topology, name: &str, listen: Listen) -> Result<TierProcess> {
-        let entry = topology
-            .tlas
-            .get(name)
-            .ok_or_else(|| unknown("tla", name, topology.tlas.keys().collect()))?;
-        let mut groups = Vec::new();
-        let mut clients = Vec::new();
-        for (cluster, machines) in topology.cluster_sizes() {
-            if entry
-                .clusters
-                .as_ref()
-                .is_some_and(|c| !c.contains(&cluster))
-            {
-                continue;
-            }
-            let proxies = topology.proxies_of(&cluster);
-            if proxies.is_empty() {
-                return Err(TiersError::Config {
-                    path: "topology".into(),
-                    reason: format!(
-                        "cluster `{cluster}` has no proxy for TLA `{name}`; add a [proxies.NAME] with cluster = \"{cluster}\""
-                    ),
-                });
-            }
-            let mut members: Vec<Arc<dyn Child>> = Vec::new();
-            for (proxy_name, proxy) in proxies {
-                let child = flight_child(topology, proxy_name, proxy.flight, "proxy")?;
-                clients.push((proxy_name.clone(), child.stats()));
-                members.push(Arc::new(child));
-            }
-            groups.push(ChildGroup {
-                name: cluster.clone(),
-                members,
-                expected: Some((cluster, machines)),
-            });
-        }
-        if let Some(index) = &entry.static_tables {
-            let tables = StaticTables::open(index)?;
-            groups.push(ChildGroup::single(Arc::new(tables)));
-        }
-        let mut config = AggregatorConfig::new(name, topology.tick);
-        if let Some(timeout) = topology.fetch_timeout {
-            config.fetch_timeout = timeout;
-        }
-        config.role = "tla".to_string();
-        config.offset = offset(topology.tick, 2);
-        config.stale_after = topology.stale_after();
-        config.prewarm = entry.prewarm.clone();
-        let listen = Listen {
-            flight: listen.flight.or(entry.flight),
-            http: listen.http.or(entry.http),
-            ..listen
-        };
-        Self::serve(
-            "tla",
-            name,
-            config,
-            groups,
-            clients,
-            listen,
-            server_config(topology),
-        )
-        .await
+        let plan = plan::tla(topology, name, &Links::remote())?;
+        Self::serve(Role::Tla, name, plan, topology, listen).await
     }
 
+    /// `cli`: the addresses the command line gave, which win over the
+    /// topology's (and are not reported when the file disagrees later).
     async fn serve(
-        role: &'static str,
+        kind: Role,
         name: &str,
-        config: AggregatorConfig,
-        groups: Vec<ChildGroup>,
-        clients: Vec<(String, Arc<TransferStats>)>,
-        listen: Listen,
-        server: FlightServerConfig,
+        plan: TierPlan,
+        topology: &Topology,
+        cli: Listen,
     ) -> Result<TierProcess> {
-        let http_addr = listen.http;
-        let flight_addr = listen.flight.ok_or_else(|| TiersError::MissingAddress {
-            role,
-            name: name.to_string(),
-            field: "flight",
-        })?;
+        let role = kind.as_str();
+        let TierPlan {
+            config,
+            groups,
+            children,
+        } = plan;
+        let (entry_flight, entry_http) = own_addresses(topology, kind, name);
+        let flight_addr =
+            cli.flight
+                .or(entry_flight)
+                .ok_or_else(|| TiersError::MissingAddress {
+                    role,
+                    name: name.to_string(),
+                    field: "flight",
+                })?;
         let aggregator = Arc::new(Aggregator::start(config, groups));
-        let flight = FlightServer::start_with(aggregator.as_child(), flight_addr, server)?;
+        let flight =
+            FlightServer::start_with(aggregator.as_child(), flight_addr, server_config(topology))?;
         let observed = Arc::new(Observed {
             role,
             name: name.to_string(),
@@ -344,18 +280,49 @@ impl TierProcess {
             aggregator: Some(aggregator.clone()),
             sqlnode: None,
             server: Some(flight.stats()),
-            clients,
+            clients: std::sync::Mutex::new(plan::clients(&children)),
             started: Instant::now(),
         });
-        let admin =
-            HttpServer::start(admin::router(observed), http_addr.unwrap_or(loopback(0))).await?;
+        let admin = HttpServer::start(
+            admin::router(observed.clone()),
+            cli.http.or(entry_http).unwrap_or(loopback(0)),
+        )
+        .await?;
+        let live = Arc::new(LiveTier {
+            kind,
+            name: name.to_string(),
+            aggregator: aggregator.clone(),
+            observed,
+            children: std::sync::Mutex::new(children),
+            cli,
+            bound: Listen {
+                flight: Some(flight.local_addr()),
+                http: Some(admin.local_addr()),
+                ..Listen::default()
+            },
+            started_with: topology.clone(),
+        });
         Ok(TierProcess {
             role,
             name: name.to_string(),
             aggregator,
             flight,
             admin,
+            live,
+            watch: None,
         })
+    }
+
+    /// Re-reads `path` whenever it changes (checked every `every`) and
+    /// applies what can change live: children (agents joining or leaving a
+    /// cluster, proxies of a cluster, a TLA's span) and prewarm lists.
+    /// What needs a restart (its own listen addresses, tick, stale and
+    /// fetch limits) is logged and shown in `fleet_nodes.pending_restart`.
+    pub fn watch_topology(&mut self, path: PathBuf, every: Duration) {
+        let live = self.live.clone();
+        self.watch = Some(TopologyWatch::start(path, every, move |topology| {
+            live.apply(topology)
+        }));
     }
 
     pub fn aggregator(&self) -> &Aggregator {
@@ -381,10 +348,128 @@ impl TierProcess {
     }
 
     pub async fn shutdown(self) {
+        if let Some(watch) = self.watch {
+            watch.shutdown().await;
+        }
         self.admin.shutdown().await;
         self.flight.shutdown().await;
         // The admin router held the other handle; dropping ours stops the loop.
+        drop(self.live);
         drop(self.aggregator);
+    }
+}
+
+/// The addresses a re-read file gives a running node that differ from
+/// where it listens: only a restart moves a listener. Addresses the command
+/// line gave win over the file, so the file's are not compared then.
+fn moved_addresses(cli: Listen, bound: Listen, file: Listen) -> Vec<String> {
+    let mut moved = Vec::new();
+    for (field, cli, file, bound) in [
+        ("flight", cli.flight, file.flight, bound.flight),
+        ("http", cli.http, file.http, bound.http),
+        ("publish", cli.publish, file.publish, bound.publish),
+        ("pg", cli.pg, file.pg, bound.pg),
+    ] {
+        if let (None, Some(file), Some(bound)) = (cli, file, bound)
+            && file != bound
+            && file.port() != 0
+        {
+            moved.push(format!("{field} address {file} (listening on {bound})"));
+        }
+    }
+    moved
+}
+
+/// The topology's own addresses of proxy or TLA `name`.
+fn own_addresses(
+    topology: &Topology,
+    kind: Role,
+    name: &str,
+) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    match kind {
+        Role::Proxy => topology
+            .proxies
+            .get(name)
+            .map_or((None, None), |e| (e.flight, e.http)),
+        Role::Tla => topology
+            .tlas
+            .get(name)
+            .map_or((None, None), |e| (e.flight, e.http)),
+        Role::Agent => topology
+            .agents
+            .get(name)
+            .map_or((None, None), |e| (e.flight, e.http)),
+    }
+}
+
+/// What a running proxy or TLA needs to re-plan itself.
+#[derive(Debug)]
+struct LiveTier {
+    kind: Role,
+    name: String,
+    aggregator: Arc<Aggregator>,
+    observed: Arc<Observed>,
+    children: std::sync::Mutex<Vec<Linked>>,
+    cli: Listen,
+    bound: Listen,
+    started_with: Topology,
+}
+
+impl LiveTier {
+    fn apply(&self, topology: &Topology) -> Result<()> {
+        let children = self.children.lock().map(|c| c.clone()).unwrap_or_default();
+        let address_now = |child: &str| match self.kind {
+            Role::Proxy => topology.agents.get(child).and_then(|a| a.flight),
+            _ => topology.proxies.get(child).and_then(|p| p.flight),
+        };
+        let links = plan::links_reusing(&children, address_now);
+        let plan = match self.kind {
+            Role::Proxy => plan::proxy(topology, &self.name, &links)?,
+            _ => plan::tla(topology, &self.name, &links)?,
+        };
+        let (flight, http) = own_addresses(topology, self.kind, &self.name);
+        let mut pending = moved_addresses(
+            self.cli,
+            self.bound,
+            Listen {
+                flight,
+                http,
+                ..Listen::default()
+            },
+        );
+        let before = self.aggregator.config();
+        let now = &plan.config;
+        for (what, was, is) in [
+            ("tick", before.tick, now.tick),
+            ("stale_after", before.stale_after, now.stale_after),
+            ("fetch_timeout", before.fetch_timeout, now.fetch_timeout),
+        ] {
+            if was != is {
+                pending.push(format!("{what} {is:?} (running with {was:?})"));
+            }
+        }
+        if topology.compression != self.started_with.compression {
+            pending.push(format!(
+                "compression {:?} (running with {:?})",
+                topology.compression, self.started_with.compression
+            ));
+        }
+        let groups = plan.groups.len();
+        self.aggregator
+            .reconfigure(plan.groups, plan.config.prewarm);
+        if let Ok(mut clients) = self.observed.clients.lock() {
+            *clients = plan::clients(&plan.children);
+        }
+        if let Ok(mut kept) = self.children.lock() {
+            *kept = plan.children;
+        }
+        let pending = (!pending.is_empty()).then(|| pending.join("; "));
+        if let Some(what) = &pending {
+            tracing::warn!(node = %self.name, needs_restart = %what, "topology changed what only a restart applies; the rest is applied");
+        }
+        tracing::info!(node = %self.name, groups, "topology re-read and applied");
+        self.aggregator.set_pending_restart(pending);
+        Ok(())
     }
 }
 
@@ -415,21 +500,26 @@ impl SqlProcess {
         listen: Listen,
         apps: AppsConfig,
     ) -> Result<SqlProcess> {
+        Self::start_with(topology, name, listen, apps, &Links::remote(), None).await
+    }
+
+    /// The general start: TLAs reached through `links` (in this process
+    /// for the demo and a combined TLA/SQL node), and `tables`, when this
+    /// process also runs an agent, for integrations that publish tables.
+    pub async fn start_with(
+        topology: &Topology,
+        name: &str,
+        listen: Listen,
+        apps: AppsConfig,
+        links: &Links,
+        tables: Option<LocalTables>,
+    ) -> Result<SqlProcess> {
         let entry = topology.sqlnode(name)?;
-        let mut sources: Vec<Arc<dyn Child>> = Vec::new();
-        let mut clients = Vec::new();
-        for tla_name in entry.tlas.keys() {
-            let child = flight_child(topology, tla_name, topology.tlas[tla_name].flight, "tla")?;
-            clients.push((tla_name.clone(), child.stats()));
-            sources.push(Arc::new(child));
-        }
-        let mut config = SqlNodeConfig::new(name, topology.tick);
-        config.locality_bonus = entry.tlas.clone();
-        config.prewarm = entry.prewarm.clone();
-        config.request_idle_expiry = topology.table_expiry;
-        if let Some(timeout) = entry.query_timeout {
-            config.query_timeout = timeout;
-        }
+        let SqlPlan {
+            config,
+            sources,
+            clients,
+        } = plan::sqlnode(topology, name, links)?;
         let node = Arc::new(SqlNode::start(config, sources)?);
         let observed = Arc::new(Observed {
             role: "sqlnode",
@@ -438,13 +528,16 @@ impl SqlProcess {
             aggregator: None,
             sqlnode: Some(node.clone()),
             server: None,
-            clients,
+            clients: std::sync::Mutex::new(clients),
             started: Instant::now(),
         });
-        let apps = SqlNodeApps::start(node.clone(), apps).map_err(|source| TiersError::Apps {
-            name: name.to_string(),
-            source: Box::new(source),
-        })?;
+        let apps =
+            SqlNodeApps::start_with_tables(node.clone(), apps, tables).map_err(|source| {
+                TiersError::Apps {
+                    name: name.to_string(),
+                    source: Box::new(source),
+                }
+            })?;
         let pg = PgServer::start(
             node.clone(),
             listen.pg.or(entry.pg).unwrap_or(loopback(5433)),
@@ -499,5 +592,96 @@ impl SqlProcess {
         if let Ok(node) = Arc::try_unwrap(self.node) {
             node.shutdown().await;
         }
+    }
+}
+
+/// A TLA and a SQL node in one process (seed 3.6): the `[tlas.NAME]` and
+/// `[sqlnodes.NAME]` entries of one name. The SQL node reads this TLA
+/// without a Flight hop (the other TLAs its entry names, over Flight);
+/// parents and other SQL nodes still reach the TLA at its Flight address.
+#[derive(Debug)]
+pub struct TlaSqlProcess {
+    tla: TierProcess,
+    sql: SqlProcess,
+}
+
+impl TlaSqlProcess {
+    /// `listen.flight` is the TLA's; `listen.http` and `listen.pg` the SQL
+    /// node's (the TLA's own `/health` and `/metrics` stay on its entry's
+    /// `http`, or a free port).
+    pub async fn start(
+        topology: &Topology,
+        name: &str,
+        listen: Listen,
+        apps: AppsConfig,
+    ) -> Result<TlaSqlProcess> {
+        if !topology.tlas.contains_key(name) || !topology.sqlnodes.contains_key(name) {
+            return Err(TiersError::Config {
+                path: "topology".into(),
+                reason: format!(
+                    "`fleetsql tla-sql --name {name}` needs both a [tlas.{name}] and a [sqlnodes.{name}] entry"
+                ),
+            });
+        }
+        let tla = TierProcess::start_tla(
+            topology,
+            name,
+            Listen {
+                flight: listen.flight,
+                ..Listen::default()
+            },
+        )
+        .await?;
+        let links = Links::remote().with(name, tla.aggregator().as_child());
+        let sql = SqlProcess::start_with(
+            topology,
+            name,
+            Listen {
+                flight: None,
+                ..listen
+            },
+            apps,
+            &links,
+            None,
+        )
+        .await;
+        let sql = match sql {
+            Ok(sql) => sql,
+            Err(e) => {
+                tla.shutdown().await;
+                return Err(e);
+            }
+        };
+        Ok(TlaSqlProcess { tla, sql })
+    }
+
+    pub fn tla(&self) -> &TierProcess {
+        &self.tla
+    }
+
+    /// The TLA's half re-reads the topology as [`TierProcess::watch_topology`].
+    pub fn watch_topology(&mut self, path: PathBuf, every: Duration) {
+        self.tla.watch_topology(path, every);
+    }
+
+    pub fn sql(&self) -> &SqlProcess {
+        &self.sql
+    }
+
+    pub fn ready_line(&self) -> String {
+        format!(
+            "fleetsql tla-sql ready: name={} flight={} pg={} http={} tla_http={}",
+            self.sql.name,
+            self.tla.flight_addr(),
+            self.sql.pg_addr(),
+            self.sql.http_addr(),
+            self.tla.http_addr()
+        )
+    }
+
+    /// The SQL node first (it stops accepting and drains), then the TLA.
+    pub async fn shutdown(self) {
+        self.sql.shutdown().await;
+        self.tla.shutdown().await;
     }
 }

@@ -24,7 +24,10 @@
 //! ```
 //!
 //! A cluster is the set of agents naming it; its proxies are the proxies
-//! naming it. Parents read their children's `flight` addresses from here,
+//! naming it. A `[tlas.X]` and a `[sqlnodes.X]` of the same name are one
+//! combined node (seed 3.6), run by `fleetsql tla-sql --name X`: its SQL
+//! node reads its own TLA in the process, without a Flight hop, and the
+//! other TLAs it names over Flight. Parents read their children's `flight` addresses from here,
 //! so children start first (agents, proxies, TLAs, SQL nodes).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -159,6 +162,12 @@ pub struct SqlNodeEntry {
     pub prewarm: BTreeSet<String>,
     #[serde(default, with = "duration_text::option")]
     pub query_timeout: Option<Duration>,
+    /// How long a query naming a table not yet collected waits for a
+    /// generation that has it (default two ticks plus 2 s, at least 5 s).
+    #[serde(default, with = "duration_text::option")]
+    pub table_wait: Option<Duration>,
+    /// Memory all running queries may hold together, in MiB (default 1024).
+    pub query_memory_mib: Option<usize>,
     /// Where this node keeps its apps' state (alert state, report runs)
     /// unless a file is named below; relative to the topology file.
     pub state_dir: Option<PathBuf>,
@@ -318,16 +327,18 @@ impl Topology {
             ));
         }
         let mut names = BTreeSet::new();
+        // A SQL node may share its name with a TLA: that is one process
+        // doing both (`fleetsql tla-sql`), so it is counted once.
         for name in self
             .agents
             .keys()
             .chain(self.proxies.keys())
             .chain(self.tlas.keys())
-            .chain(self.sqlnodes.keys())
+            .chain(self.sqlnodes.keys().filter(|n| !self.tlas.contains_key(*n)))
         {
             if !names.insert(name) {
                 return Err(invalid(format!(
-                    "the name `{name}` is used twice; every node needs its own"
+                    "the name `{name}` is used twice; every node needs its own (only a TLA and a SQL node may share one: they run as one `fleetsql tla-sql` process)"
                 )));
             }
         }

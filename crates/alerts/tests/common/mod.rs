@@ -5,14 +5,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetsql_aggregator::InProcessHierarchy;
 use fleetsql_alerts::{AlertService, AlertsConfig};
 use fleetsql_sim::{SimConfig, SimFleet};
 use fleetsql_sqlnode::{SqlNode, SqlNodeConfig};
+use fleetsql_tiers::{LocalFleet, TlaEntry};
 
 pub struct TestFleet {
     pub node: Arc<SqlNode>,
-    _hierarchy: InProcessHierarchy,
+    _hierarchy: LocalFleet,
     pub dir: tempfile::TempDir,
 }
 
@@ -29,11 +29,13 @@ impl TestFleet {
             ..SimConfig::default()
         })
         .unwrap();
-        let specs = sim.cluster_specs();
-        let hierarchy = InProcessHierarchy::start(specs, vec![], tick);
+        let (topology, agents) =
+            LocalFleet::one_tla(tick, sim.machines_by_cluster(), TlaEntry::default());
+        let hierarchy = LocalFleet::start(&topology, agents).unwrap();
+        let tla = hierarchy.tla("tla").unwrap().as_child();
         let node = SqlNode::start(
             SqlNodeConfig::new("alerts-test", Duration::from_millis(200)),
-            vec![hierarchy.tla.as_child()],
+            vec![tla],
         )
         .unwrap();
         hierarchy.tick_now().await;

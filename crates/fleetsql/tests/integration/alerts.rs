@@ -334,6 +334,7 @@ async fn two_sqlnode_processes_share_the_alerts_across_a_kill() {
                 ("s2".to_string(), entry("s2", false)),
             ]
             .into(),
+            tla_sql: Default::default(),
         },
     )
     .await;

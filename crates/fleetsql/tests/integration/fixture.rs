@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fleetsql_aggregator::{Child, ClusterSpec, FetchRequest, InProcessHierarchy, StaticTables};
+use fleetsql_aggregator::{Child, FetchRequest};
 use fleetsql_model::origin::{Origin, with_origin};
 use fleetsql_model::parse::{InputFormat, parse_rows};
 use fleetsql_model::{ClusterVisibility, Generation, Table, TableVisibility, now_ms};
 use fleetsql_pgwire::PgServer;
 use fleetsql_sqlnode::{SqlNode, SqlNodeConfig};
+use fleetsql_tiers::{LocalFleet, TlaEntry};
 use serde::Deserialize;
 
 pub(crate) fn repo_root() -> PathBuf {
@@ -25,12 +26,21 @@ struct FixtureFile {
     machine: Vec<FixtureMachineSpec>,
 }
 
+/// One machine of `tests/fixtures/fleet.toml`: its origin and its tables
+/// as inline CSV.
 #[derive(Debug, Deserialize)]
-struct FixtureMachineSpec {
-    host: String,
-    ip: String,
-    cluster: String,
-    tables: BTreeMap<String, String>,
+pub(crate) struct FixtureMachineSpec {
+    pub(crate) host: String,
+    pub(crate) ip: String,
+    pub(crate) cluster: String,
+    pub(crate) tables: BTreeMap<String, String>,
+}
+
+/// The fixture fleet's machines, in file order.
+pub(crate) fn fixture_machines() -> Vec<FixtureMachineSpec> {
+    let text = std::fs::read_to_string(repo_root().join("tests/fixtures/fleet.toml")).unwrap();
+    let file: FixtureFile = toml::from_str(&text).unwrap();
+    file.machine
 }
 
 /// A machine that always publishes the same rows.
@@ -87,18 +97,15 @@ impl Child for FixtureMachine {
 /// The fixed fleet with a SQL node and a Postgres listener on port 0.
 #[derive(Debug)]
 pub(crate) struct FixtureFleet {
-    _hierarchy: InProcessHierarchy,
+    _hierarchy: LocalFleet,
     pub(crate) node: Arc<SqlNode>,
     pub(crate) pg: PgServer,
 }
 
 impl FixtureFleet {
     pub(crate) async fn start() -> FixtureFleet {
-        let root = repo_root();
-        let text = std::fs::read_to_string(root.join("tests/fixtures/fleet.toml")).unwrap();
-        let file: FixtureFile = toml::from_str(&text).unwrap();
         let mut clusters: BTreeMap<String, Vec<Arc<dyn Child>>> = BTreeMap::new();
-        for spec in file.machine {
+        for spec in fixture_machines() {
             let tables = spec
                 .tables
                 .iter()
@@ -122,19 +129,22 @@ impl FixtureFleet {
                 .or_default()
                 .push(Arc::new(machine));
         }
-        let clusters = clusters
-            .into_iter()
-            .map(|(name, machines)| ClusterSpec { name, machines })
-            .collect();
-        let static_tables =
-            StaticTables::open(root.join("tests/fixtures/static/index.toml")).unwrap();
-        // A long tick: tests make generations on demand, never by waiting.
-        let tick = Duration::from_secs(3600);
-        let hierarchy = InProcessHierarchy::start(clusters, vec![Arc::new(static_tables)], tick);
+        // Planned as every tree is; a long tick: tests make generations on
+        // demand, never by waiting.
+        let (topology, agents) = LocalFleet::one_tla(
+            Duration::from_secs(3600),
+            clusters,
+            TlaEntry {
+                static_tables: Some(repo_root().join("tests/fixtures/static/index.toml")),
+                ..TlaEntry::default()
+            },
+        );
+        let hierarchy = LocalFleet::start(&topology, agents).unwrap();
         hierarchy.tick_now().await;
+        let tla = hierarchy.tla("tla").unwrap().as_child();
         let mut config = SqlNodeConfig::new("sqlnode", Duration::from_secs(1));
         config.table_wait = Duration::from_secs(10);
-        let node = Arc::new(SqlNode::start(config, vec![hierarchy.tla.as_child()]).unwrap());
+        let node = Arc::new(SqlNode::start(config, vec![tla]).unwrap());
         node.wait_for_generation(Duration::from_secs(10))
             .await
             .unwrap();

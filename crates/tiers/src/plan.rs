@@ -1,0 +1,424 @@
+//! The one place that turns a [`Topology`] into the configuration of each
+//! tier: tick offsets, which children a proxy or TLA collects from, the
+//! machines each cluster is expected to have, failover groups, stale
+//! limits, prewarm lists and a SQL node's TLAs. Processes (`fleetsql
+//! agent|proxy|tla|sqlnode|tla-sql`), the demo and the tests all plan
+//! through here; only how a child is reached differs ([`Links`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetsql_aggregator::{AggregatorConfig, Child, ChildGroup, StaticTables};
+use fleetsql_flight::{FlightChild, FlightChildOptions, TransferStats};
+use fleetsql_sqlnode::SqlNodeConfig;
+
+use crate::topology::Topology;
+use crate::{Result, TiersError};
+
+/// Tiers tick one after the other within a tick: agents at its start,
+/// proxies a fifth later, TLAs two fifths, so each merges its children's
+/// fresh generations and a row waits at most about one tick per hop.
+pub fn tick_offset(tick: Duration, role: Role) -> Duration {
+    let tier = match role {
+        Role::Agent => 0,
+        Role::Proxy => 1,
+        Role::Tla => 2,
+    };
+    tick * tier / 5
+}
+
+/// The aggregating roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Agent,
+    Proxy,
+    Tla,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Proxy => "proxy",
+            Role::Tla => "tla",
+        }
+    }
+}
+
+/// How a tier reaches a node the topology names: in this process when
+/// that node was given here (the demo, tests, a combined TLA/SQL node),
+/// otherwise over Flight at the address the topology gives it.
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    local: BTreeMap<String, Link>,
+    remote: bool,
+}
+
+/// One reached child, with its transfer counters when it is remote.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub child: Arc<dyn Child>,
+    pub stats: Option<Arc<TransferStats>>,
+}
+
+impl Links {
+    /// Every node over Flight (a process of a distributed fleet).
+    pub fn remote() -> Links {
+        Links {
+            local: BTreeMap::new(),
+            remote: true,
+        }
+    }
+
+    /// Only nodes given with [`Links::with`]; a node not given is an error
+    /// (an in-process tree never dials out).
+    pub fn in_process() -> Links {
+        Links::default()
+    }
+
+    /// `name` is reached in this process, as `child`.
+    pub fn with(mut self, name: impl Into<String>, child: Arc<dyn Child>) -> Links {
+        self.insert(name, child);
+        self
+    }
+
+    pub fn insert(&mut self, name: impl Into<String>, child: Arc<dyn Child>) {
+        self.local.insert(name.into(), Link { child, stats: None });
+    }
+
+    /// Keeps an existing link to `name` (a re-planned tier whose child did
+    /// not move keeps its connection, its diff base and its counters).
+    pub fn reuse(&mut self, name: impl Into<String>, link: Link) {
+        self.local.insert(name.into(), link);
+    }
+
+    fn link(
+        &self,
+        topology: &Topology,
+        name: &str,
+        addr: Option<SocketAddr>,
+        role: &'static str,
+    ) -> Result<Link> {
+        if let Some(link) = self.local.get(name) {
+            return Ok(link.clone());
+        }
+        if !self.remote {
+            return Err(TiersError::Config {
+                path: "topology".into(),
+                reason: format!(
+                    "{role} `{name}` is not running in this process and this tree does not dial out"
+                ),
+            });
+        }
+        let addr = addr.ok_or_else(|| TiersError::MissingAddress {
+            role,
+            name: name.to_string(),
+            field: "flight",
+        })?;
+        let defaults = FlightChildOptions::default();
+        let child = FlightChild::new(
+            name,
+            format!("http://{addr}"),
+            FlightChildOptions {
+                request_timeout: topology.fetch_timeout.unwrap_or(defaults.request_timeout),
+                ..defaults
+            },
+        )?;
+        let stats = child.stats();
+        Ok(Link {
+            child: Arc::new(child),
+            stats: Some(stats),
+        })
+    }
+}
+
+/// What an aggregating tier runs with: its configuration, its children
+/// (grouped, with what each group is expected to cover), and the transfer
+/// counters of its remote children for `/metrics`.
+#[derive(Debug)]
+pub struct TierPlan {
+    pub config: AggregatorConfig,
+    pub groups: Vec<ChildGroup>,
+    pub children: Vec<Linked>,
+}
+
+/// A child a plan links to: its name, the address the topology gives it,
+/// and the link.
+#[derive(Debug, Clone)]
+pub struct Linked {
+    pub name: String,
+    pub addr: Option<SocketAddr>,
+    pub link: Link,
+}
+
+/// The transfer counters of the remote children among `children`, by name.
+pub fn clients(children: &[Linked]) -> Vec<(String, Arc<TransferStats>)> {
+    children
+        .iter()
+        .filter_map(|c| Some((c.name.clone(), c.link.stats.clone()?)))
+        .collect()
+}
+
+/// Links that keep every child of `children` whose address in `topology`
+/// is unchanged, and dial the others anew over Flight.
+pub fn links_reusing(
+    children: &[Linked],
+    address_now: impl Fn(&str) -> Option<SocketAddr>,
+) -> Links {
+    let mut links = Links::remote();
+    for child in children {
+        if address_now(&child.name) == child.addr {
+            links.reuse(child.name.clone(), child.link.clone());
+        }
+    }
+    links
+}
+
+pub(crate) fn unknown(role: &'static str, name: &str, known: Vec<&String>) -> TiersError {
+    TiersError::UnknownNode {
+        role,
+        name: name.to_string(),
+        known: known
+            .into_iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+fn aggregator_config(topology: &Topology, name: &str, role: Role) -> AggregatorConfig {
+    let mut config = AggregatorConfig::new(name, topology.tick);
+    if let Some(timeout) = topology.fetch_timeout {
+        config.fetch_timeout = timeout;
+    }
+    config.role = role.as_str().to_string();
+    config.offset = tick_offset(topology.tick, role);
+    config.stale_after = topology.stale_after();
+    config
+}
+
+/// A cluster proxy: one child per agent of its cluster, each expected to
+/// be one machine.
+pub fn proxy(topology: &Topology, name: &str, links: &Links) -> Result<TierPlan> {
+    let entry = topology
+        .proxies
+        .get(name)
+        .ok_or_else(|| unknown("proxy", name, topology.proxies.keys().collect()))?;
+    let agents = topology
+        .clusters()
+        .remove(&entry.cluster)
+        .unwrap_or_default();
+    if agents.is_empty() {
+        return Err(TiersError::Config {
+            path: "topology".into(),
+            reason: format!(
+                "proxy `{name}` has no agents in this file to collect from; list cluster `{}`'s agents under [agents.NAME]",
+                entry.cluster
+            ),
+        });
+    }
+    let mut groups = Vec::new();
+    let mut children = Vec::new();
+    for agent_name in &agents {
+        let agent = &topology.agents[agent_name];
+        let link = links.link(topology, agent_name, agent.flight, "agent")?;
+        groups.push(ChildGroup::single(link.child.clone()).expecting(entry.cluster.clone(), 1));
+        children.push(Linked {
+            name: agent_name.clone(),
+            addr: agent.flight,
+            link,
+        });
+    }
+    Ok(TierPlan {
+        config: aggregator_config(topology, name, Role::Proxy),
+        groups,
+        children,
+    })
+}
+
+/// A TLA: one child group per cluster it spans, whose members are that
+/// cluster's proxies (tried in name order: the failover order), plus its
+/// static tables.
+pub fn tla(topology: &Topology, name: &str, links: &Links) -> Result<TierPlan> {
+    let entry = topology
+        .tlas
+        .get(name)
+        .ok_or_else(|| unknown("tla", name, topology.tlas.keys().collect()))?;
+    let mut groups = Vec::new();
+    let mut children = Vec::new();
+    for (cluster, machines) in topology.cluster_sizes() {
+        if entry
+            .clusters
+            .as_ref()
+            .is_some_and(|c| !c.contains(&cluster))
+        {
+            continue;
+        }
+        let proxies = topology.proxies_of(&cluster);
+        if proxies.is_empty() {
+            return Err(TiersError::Config {
+                path: "topology".into(),
+                reason: format!(
+                    "cluster `{cluster}` has no proxy for TLA `{name}`; add a [proxies.NAME] with cluster = \"{cluster}\""
+                ),
+            });
+        }
+        let mut members: Vec<Arc<dyn Child>> = Vec::new();
+        for (proxy_name, proxy) in proxies {
+            let link = links.link(topology, proxy_name, proxy.flight, "proxy")?;
+            members.push(link.child.clone());
+            children.push(Linked {
+                name: proxy_name.clone(),
+                addr: proxy.flight,
+                link,
+            });
+        }
+        groups.push(ChildGroup {
+            name: cluster.clone(),
+            members,
+            expected: Some((cluster, machines)),
+        });
+    }
+    if let Some(index) = &entry.static_tables {
+        let tables = StaticTables::open(index)?;
+        groups.push(ChildGroup::single(Arc::new(tables)));
+    }
+    let mut config = aggregator_config(topology, name, Role::Tla);
+    config.prewarm = entry.prewarm.clone();
+    Ok(TierPlan {
+        config,
+        groups,
+        children,
+    })
+}
+
+/// What a SQL node runs with: its configuration and the TLAs it may read
+/// from (it picks one by the clusters each sees plus a locality bonus).
+#[derive(Debug)]
+pub struct SqlPlan {
+    pub config: SqlNodeConfig,
+    pub sources: Vec<Arc<dyn Child>>,
+    pub clients: Vec<(String, Arc<TransferStats>)>,
+}
+
+pub fn sqlnode(topology: &Topology, name: &str, links: &Links) -> Result<SqlPlan> {
+    let entry = topology.sqlnode(name)?;
+    let mut sources = Vec::new();
+    let mut clients = Vec::new();
+    for tla_name in entry.tlas.keys() {
+        let tla = topology
+            .tlas
+            .get(tla_name)
+            .ok_or_else(|| unknown("tla", tla_name, topology.tlas.keys().collect()))?;
+        let link = links.link(topology, tla_name, tla.flight, "tla")?;
+        if let Some(stats) = link.stats {
+            clients.push((tla_name.clone(), stats));
+        }
+        sources.push(link.child);
+    }
+    let mut config = SqlNodeConfig::new(name, topology.tick);
+    config.locality_bonus = entry.tlas.clone();
+    config.prewarm = entry.prewarm.clone();
+    config.request_idle_expiry = topology.table_expiry;
+    if let Some(timeout) = entry.query_timeout {
+        config.query_timeout = timeout;
+    }
+    if let Some(wait) = entry.table_wait {
+        config.table_wait = wait;
+    }
+    if let Some(mib) = entry.query_memory_mib {
+        config.memory_limit = mib << 20;
+    }
+    Ok(SqlPlan {
+        config,
+        sources,
+        clients,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TREE: &str = r#"
+        tick = "1s"
+        [agents.a1]
+        cluster = "c1"
+        flight = "127.0.0.1:7101"
+        [agents.a2]
+        cluster = "c1"
+        flight = "127.0.0.1:7102"
+        [agents.b1]
+        cluster = "c2"
+        flight = "127.0.0.1:7103"
+        [proxies.p1]
+        cluster = "c1"
+        flight = "127.0.0.1:7201"
+        [proxies.p1b]
+        cluster = "c1"
+        flight = "127.0.0.1:7202"
+        [proxies.p2]
+        cluster = "c2"
+        flight = "127.0.0.1:7203"
+        [tlas.t1]
+        flight = "127.0.0.1:7301"
+        prewarm = ["sys"]
+        [tlas.t2]
+        clusters = ["c2"]
+        flight = "127.0.0.1:7302"
+        [sqlnodes.s1]
+        tlas = { t1 = 3, t2 = 0 }
+        query_timeout = "7s"
+    "#;
+
+    #[tokio::test]
+    async fn one_plan_for_every_tier() {
+        let topology = Topology::parse(TREE).unwrap();
+        let links = Links::remote();
+
+        let p1 = proxy(&topology, "p1", &links).unwrap();
+        assert_eq!(p1.config.offset, Duration::from_millis(200));
+        assert_eq!(p1.config.stale_after, Duration::from_secs(3));
+        assert_eq!(p1.groups.len(), 2, "one group per agent of c1");
+        assert!(
+            p1.groups
+                .iter()
+                .all(|g| g.expected == Some(("c1".to_string(), 1)))
+        );
+        assert_eq!(clients(&p1.children).len(), 2);
+
+        let t1 = tla(&topology, "t1", &links).unwrap();
+        assert_eq!(t1.config.offset, Duration::from_millis(400));
+        assert_eq!(t1.config.prewarm.len(), 1);
+        let spans: Vec<_> = t1.groups.iter().map(|g| g.expected.clone()).collect();
+        assert_eq!(
+            spans,
+            [Some(("c1".to_string(), 2)), Some(("c2".to_string(), 1))]
+        );
+        assert_eq!(
+            t1.groups[0].members.len(),
+            2,
+            "c1 fails over between p1, p1b"
+        );
+
+        let t2 = tla(&topology, "t2", &links).unwrap();
+        assert_eq!(t2.groups.len(), 1, "t2 spans c2 only");
+
+        let s1 = sqlnode(&topology, "s1", &links).unwrap();
+        assert_eq!(s1.sources.len(), 2);
+        assert_eq!(s1.config.locality_bonus["t1"], 3);
+        assert_eq!(s1.config.query_timeout, Duration::from_secs(7));
+    }
+
+    #[tokio::test]
+    async fn an_in_process_tree_never_dials_out() {
+        let topology = Topology::parse(TREE).unwrap();
+        let err = proxy(&topology, "p1", &Links::in_process()).unwrap_err();
+        assert!(
+            err.to_string().contains("not running in this process"),
+            "{err}"
+        );
+    }
+}
