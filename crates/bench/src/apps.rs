@@ -513,6 +513,22 @@ pub fn apps_markdown(c: &AppsCost) -> String {
             crate::stats::ratio(y.under_load.p50_ms, x.under_load.p50_ms)
         );
     }
+    for (x, y) in a.queries.iter().zip(&b.queries) {
+        if x.under_load_failures + y.under_load_failures > 0 {
+            let _ = writeln!(
+                out,
+                "| query `{}` under load, failed runs | {} | {} | {} |",
+                x.name,
+                x.under_load_failures,
+                y.under_load_failures,
+                y.under_load_failure
+                    .as_deref()
+                    .or(x.under_load_failure.as_deref())
+                    .unwrap_or_default()
+                    .replace('|', "/")
+            );
+        }
+    }
     let f = &c.apps;
     let _ = writeln!(
         out,

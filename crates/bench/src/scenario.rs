@@ -673,7 +673,12 @@ async fn timed(client: &tokio_postgres::Client, name: &str, sql: &str) -> Result
         .await
         .map_err(|e| BenchError::Query {
             name: name.to_string(),
-            reason: e.to_string(),
+            // The client's own text is only "db error"; the server's
+            // SQLSTATE and message say what went wrong (time-out, memory).
+            reason: match e.as_db_error() {
+                Some(db) => format!("{} ({})", db.message(), db.code().code()),
+                None => e.to_string(),
+            },
         })?;
     let elapsed = started.elapsed().as_secs_f64() * 1000.0;
     let rows = messages
@@ -685,23 +690,44 @@ async fn timed(client: &tokio_postgres::Client, name: &str, sql: &str) -> Result
 
 type Timings = Vec<(Vec<f64>, usize)>;
 
+/// Seed queries under load: per query the timings and rows, and the
+/// failures with the first one's reason.
+#[derive(Debug, Default, Clone)]
+struct Loaded {
+    timings: Timings,
+    failures: Vec<(usize, Option<String>)>,
+}
+
 /// The seed queries once a second until `duration` is over, as a dashboard
 /// refreshing every second would ask (a round that takes longer starts the
-/// next at once).
-async fn query_loop(client: tokio_postgres::Client, duration: Duration) -> Result<Timings> {
-    let mut timings: Timings = vec![(Vec::new(), 0); SEED_QUERIES.len()];
+/// next at once). A query that fails (say over its time-out while the
+/// node's apps take the cores) is counted, not fatal: that it fails under
+/// such load is a result.
+async fn query_loop(client: tokio_postgres::Client, duration: Duration) -> Result<Loaded> {
+    let mut loaded = Loaded {
+        timings: vec![(Vec::new(), 0); SEED_QUERIES.len()],
+        failures: vec![(0, None); SEED_QUERIES.len()],
+    };
     let started = Instant::now();
     let mut rounds = tokio::time::interval(Duration::from_secs(1));
     rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while started.elapsed() < duration {
         rounds.tick().await;
         for (i, (name, sql)) in SEED_QUERIES.iter().enumerate() {
-            let (ms, rows) = timed(&client, name, sql).await?;
-            timings[i].0.push(ms);
-            timings[i].1 = rows;
+            match timed(&client, name, sql).await {
+                Ok((ms, rows)) => {
+                    loaded.timings[i].0.push(ms);
+                    loaded.timings[i].1 = rows;
+                }
+                Err(e) => {
+                    let failure = &mut loaded.failures[i];
+                    failure.0 += 1;
+                    failure.1.get_or_insert_with(|| e.to_string());
+                }
+            }
         }
     }
-    Ok(timings)
+    Ok(loaded)
 }
 
 async fn quiet_queries(client: &tokio_postgres::Client, runs: usize) -> Result<Timings> {
@@ -752,7 +778,7 @@ async fn export(dir: &Path, proxies: &[Arc<SimProxy>], tick: u64) -> Result<Path
     Ok(export_dir)
 }
 
-fn query_reports(loaded: &Timings, quiet: &Timings, duckdb: &DuckDbResults) -> Vec<QueryReport> {
+fn query_reports(loaded: &Loaded, quiet: &Timings, duckdb: &DuckDbResults) -> Vec<QueryReport> {
     SEED_QUERIES
         .iter()
         .enumerate()
@@ -760,7 +786,9 @@ fn query_reports(loaded: &Timings, quiet: &Timings, duckdb: &DuckDbResults) -> V
             let theirs = duckdb.as_ref().ok().and_then(|d| d.get(*name));
             QueryReport {
                 name: name.to_string(),
-                under_load: Latency::of(&loaded[i].0),
+                under_load: Latency::of(&loaded.timings[i].0),
+                under_load_failures: loaded.failures[i].0,
+                under_load_failure: loaded.failures[i].1.clone(),
                 fleetsql: Latency::of(&quiet[i].0),
                 fleetsql_rows: quiet[i].1,
                 duckdb: theirs.map(|(latency, _)| *latency),

@@ -32,6 +32,9 @@ pub struct QueryReport {
     /// Over the Postgres wire to the SQL node while generations arrive and
     /// the simulated fleet, TLA and SQL node share the box.
     pub under_load: Latency,
+    /// Runs under load that failed, and the first failure's reason.
+    pub under_load_failures: usize,
+    pub under_load_failure: Option<String>,
     /// Over the Postgres wire to the SQL node with the TLA stopped: the
     /// query alone, as DuckDB is timed.
     pub fleetsql: Latency,
