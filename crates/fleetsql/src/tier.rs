@@ -34,9 +34,9 @@ pub(crate) struct TierArgs {
     /// `integrations`. Each refuses the other's kinds.
     #[arg(long)]
     integrations: Option<PathBuf>,
-    /// How often the topology file is checked for changes, which agents,
-    /// proxies and TLAs apply without a restart (children, spans, prewarm
-    /// lists).
+    /// How often the topology file is checked for changes, which every
+    /// node applies without a restart where it can (children, spans, a SQL
+    /// node's TLAs, prewarm lists).
     #[arg(long, default_value = "1s", value_parser = crate::demo::parse_duration)]
     topology_poll: std::time::Duration,
     /// SQL node only: its apps' paths and settings, over its topology entry.
@@ -120,7 +120,10 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
                 process.watch_topology(args.config.clone(), args.topology_poll);
                 Running::TlaSql(process)
             } else {
-                Running::Sql(SqlProcess::start_with_apps(&topology, name, listen, apps).await?)
+                let mut process =
+                    SqlProcess::start_with_apps(&topology, name, listen, apps).await?;
+                process.watch_topology(args.config.clone(), args.topology_poll);
+                Running::Sql(process)
             }
         }
     };

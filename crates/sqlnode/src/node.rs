@@ -90,7 +90,11 @@ impl QueryOutput {
 
 struct Inner {
     config: SqlNodeConfig,
-    sources: Vec<Arc<dyn Child>>,
+    /// Replaced whole by [`SqlNode::set_sources`] (a re-read topology); the
+    /// loops read a snapshot per round.
+    sources: Mutex<Arc<Vec<Arc<dyn Child>>>>,
+    /// What a re-read configuration changed that only a restart applies.
+    pending_restart: Mutex<Option<String>>,
     generation: watch::Sender<Arc<Generation>>,
     requests: Mutex<QueryRequests>,
     refetch: Notify,
@@ -224,7 +228,8 @@ impl SqlNode {
         let first = choice::initial(&statuses);
         let inner = Arc::new(Inner {
             config,
-            sources,
+            sources: Mutex::new(Arc::new(sources)),
+            pending_restart: Mutex::new(None),
             generation,
             requests: Mutex::new(requests),
             refetch: Notify::new(),
@@ -243,10 +248,12 @@ impl SqlNode {
             GENERATION_HOOKS_TABLE.to_string(),
             Arc::new(HooksTable::new(&inner.hooks)),
         );
-        let mut tasks = vec![tokio::spawn(fetch_loop(inner.clone()))];
-        if inner.sources.len() > 1 {
-            tasks.push(tokio::spawn(probe_loop(inner.clone())));
-        }
+        // The probe loop runs even over one source: a re-read topology may
+        // give the node more.
+        let tasks = vec![
+            tokio::spawn(fetch_loop(inner.clone())),
+            tokio::spawn(probe_loop(inner.clone())),
+        ];
         Ok(SqlNode { inner, tasks })
     }
 
@@ -477,9 +484,62 @@ impl SqlNode {
         }
     }
 
+    /// Replaces the TLAs the node may read from and their locality bonus
+    /// (a re-read topology), without a restart. A source kept by name keeps
+    /// what was learnt of it; the node stays on its current source when it
+    /// is kept, and otherwise moves to the best of the new ones at once,
+    /// answering from its last generation meanwhile.
+    pub fn set_sources(
+        &self,
+        sources: Vec<Arc<dyn Child>>,
+        locality_bonus: &BTreeMap<String, i64>,
+    ) {
+        let inner = &self.inner;
+        let mut statuses = inner.sources_status.lock();
+        let current = inner
+            .sources
+            .lock()
+            .get(inner.chosen.load(Ordering::Relaxed))
+            .map(|c| c.name().to_string());
+        let next: Vec<SourceStatus> = sources
+            .iter()
+            .map(|source| {
+                let kept = statuses.iter().find(|s| s.name == source.name()).cloned();
+                SourceStatus {
+                    locality_bonus: locality_bonus.get(source.name()).copied().unwrap_or(0),
+                    ..kept.unwrap_or_else(|| SourceStatus {
+                        name: source.name().to_string(),
+                        ..SourceStatus::default()
+                    })
+                }
+            })
+            .collect();
+        let chosen = current
+            .and_then(|name| next.iter().position(|s| s.name == name))
+            .unwrap_or_else(|| choice::initial(&next));
+        *statuses = next;
+        *inner.sources.lock() = Arc::new(sources);
+        inner.chosen.store(chosen, Ordering::Relaxed);
+        drop(statuses);
+        inner.switch.notify_one();
+    }
+
+    /// Replaces the tables collected whether or not a query names them.
+    pub fn set_prewarm(&self, prewarm: BTreeSet<String>) {
+        self.inner.requests.lock().set_prewarm(prewarm);
+        self.inner.refetch.notify_one();
+    }
+
+    /// What a re-read configuration changed that only a restart applies
+    /// (shown in this node's `fleet_nodes` row).
+    pub fn set_pending_restart(&self, what: Option<String>) {
+        *self.inner.pending_restart.lock() = what;
+    }
+
     fn source_names(&self) -> String {
         self.inner
             .sources
+            .lock()
             .iter()
             .map(|s| s.name().to_string())
             .collect::<Vec<_>>()
@@ -712,11 +772,13 @@ fn install(inner: &Inner, generation: Arc<Generation>) {
 async fn fetch_loop(inner: Arc<Inner>) {
     let mut failures = 0u32;
     loop {
-        if inner.sources.is_empty() {
-            return;
+        let sources = inner.sources.lock().clone();
+        if sources.is_empty() {
+            inner.switch.notified().await;
+            continue;
         }
-        let index = inner.chosen.load(Ordering::Relaxed) % inner.sources.len();
-        let child = inner.sources[index].clone();
+        let index = inner.chosen.load(Ordering::Relaxed) % sources.len();
+        let child = sources[index].clone();
         let held = inner.generation.borrow().clone();
         let tables = inner.requests.lock().current(Instant::now());
         let request = FetchRequest {
@@ -746,7 +808,7 @@ async fn fetch_loop(inner: Arc<Inner>) {
             }
             Some(Ok(generation)) => {
                 failures = 0;
-                note_answer(&inner, index, &generation);
+                note_answer(&inner, child.name(), &generation);
                 if generation.meta.id != held.meta.id
                     || generation.meta.producer != held.meta.producer
                     || generation.tables.len() != held.tables.len()
@@ -759,7 +821,7 @@ async fn fetch_loop(inner: Arc<Inner>) {
                 tracing::warn!(node = %inner.config.name, source = child.name(), error = %e, "fetching a generation failed; answering from the last one");
                 let next = {
                     let mut statuses = inner.sources_status.lock();
-                    if let Some(s) = statuses.get_mut(index) {
+                    if let Some(s) = statuses.iter_mut().find(|s| s.name == child.name()) {
                         s.alive = false;
                         s.probed = true;
                         s.last_error = Some(e.to_string());
@@ -767,7 +829,7 @@ async fn fetch_loop(inner: Arc<Inner>) {
                     choice::choose(&statuses, index, inner.config.switch_margin)
                 };
                 if next != index {
-                    tracing::info!(node = %inner.config.name, from = child.name(), to = inner.sources[next].name(), "switching source");
+                    tracing::info!(node = %inner.config.name, from = child.name(), to = sources.get(next).map_or("", |s| s.name()), "switching source");
                     inner.chosen.store(next, Ordering::Relaxed);
                     continue;
                 }
@@ -782,8 +844,15 @@ async fn fetch_loop(inner: Arc<Inner>) {
     }
 }
 
-fn note_answer(inner: &Inner, index: usize, generation: &Generation) {
-    if let Some(s) = inner.sources_status.lock().get_mut(index) {
+/// Found by name: the sources may have been replaced while the answer was
+/// on its way.
+fn note_answer(inner: &Inner, source: &str, generation: &Generation) {
+    if let Some(s) = inner
+        .sources_status
+        .lock()
+        .iter_mut()
+        .find(|s| s.name == source)
+    {
         s.alive = true;
         s.probed = true;
         s.generation_id = generation.meta.id;
@@ -808,15 +877,20 @@ async fn probe_loop(inner: Arc<Inner>) {
             wait: None,
             meta_only: true,
         };
-        let answers = futures::future::join_all(inner.sources.iter().map(|child| {
+        let sources = inner.sources.lock().clone();
+        if sources.len() < 2 {
+            tokio::time::sleep(inner.config.probe_interval).await;
+            continue;
+        }
+        let answers = futures::future::join_all(sources.iter().map(|child| {
             let request = &request;
             async move { tokio::time::timeout(timeout, child.fetch(request)).await }
         }))
         .await;
-        for (index, answer) in answers.into_iter().enumerate() {
+        for (child, answer) in sources.iter().zip(answers) {
             match answer {
                 Ok(Ok(generation)) if generation.meta.id > 0 => {
-                    note_answer(&inner, index, &generation)
+                    note_answer(&inner, child.name(), &generation)
                 }
                 other => {
                     let reason = match other {
@@ -824,7 +898,12 @@ async fn probe_loop(inner: Arc<Inner>) {
                         Ok(Err(e)) => e.to_string(),
                         Err(_) => format!("no answer within {} ms", timeout.as_millis()),
                     };
-                    if let Some(s) = inner.sources_status.lock().get_mut(index) {
+                    if let Some(s) = inner
+                        .sources_status
+                        .lock()
+                        .iter_mut()
+                        .find(|s| s.name == child.name())
+                    {
                         s.alive = false;
                         s.probed = true;
                         s.last_error = Some(reason);
@@ -833,13 +912,14 @@ async fn probe_loop(inner: Arc<Inner>) {
             }
         }
         let current = inner.chosen.load(Ordering::Relaxed);
-        let next = choice::choose(
-            &inner.sources_status.lock(),
-            current,
-            inner.config.switch_margin,
-        );
+        let (next, from, to) = {
+            let statuses = inner.sources_status.lock();
+            let next = choice::choose(&statuses, current, inner.config.switch_margin);
+            let name = |i: usize| statuses.get(i).map_or(String::new(), |s| s.name.clone());
+            (next, name(current), name(next))
+        };
         if next != current {
-            tracing::info!(node = %inner.config.name, from = inner.sources[current].name(), to = inner.sources[next].name(), "switching source");
+            tracing::info!(node = %inner.config.name, %from, %to, "switching source");
             inner.chosen.store(next, Ordering::Relaxed);
             inner.switch.notify_one();
         }
@@ -863,6 +943,7 @@ fn with_own_row(inner: &Inner, generation: Arc<Generation>) -> Arc<Generation> {
     )
     .with_visibility(&generation.meta.visibility, now);
     let mut row = row;
+    row.pending_restart = inner.pending_restart.lock().clone();
     // The SQL node's children are its sources, not the TLA's children.
     let statuses = inner.sources_status.lock();
     row.children_expected = statuses.len() as u64;

@@ -19,6 +19,11 @@ impl QueryRequests {
         }
     }
 
+    /// A changed prewarm list (a re-read topology).
+    pub(crate) fn set_prewarm(&mut self, prewarm: BTreeSet<String>) {
+        self.prewarm = prewarm;
+    }
+
     /// Marks `tables` used now; true if any was not requested before.
     pub(crate) fn touch<'a>(
         &mut self,

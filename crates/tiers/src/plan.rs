@@ -94,6 +94,14 @@ impl Links {
         self.local.insert(name.into(), link);
     }
 
+    /// Takes every in-process link of `other` (a combined TLA/SQL node
+    /// re-planned from a re-read file keeps reading its own TLA in memory).
+    pub fn keep_local_of(&mut self, other: &Links) {
+        for (name, link) in &other.local {
+            self.local.insert(name.clone(), link.clone());
+        }
+    }
+
     fn link(
         &self,
         topology: &Topology,
@@ -300,23 +308,25 @@ pub fn tla(topology: &Topology, name: &str, links: &Links) -> Result<TierPlan> {
 pub struct SqlPlan {
     pub config: SqlNodeConfig,
     pub sources: Vec<Arc<dyn Child>>,
-    pub clients: Vec<(String, Arc<TransferStats>)>,
+    pub children: Vec<Linked>,
 }
 
 pub fn sqlnode(topology: &Topology, name: &str, links: &Links) -> Result<SqlPlan> {
     let entry = topology.sqlnode(name)?;
     let mut sources = Vec::new();
-    let mut clients = Vec::new();
+    let mut children = Vec::new();
     for tla_name in entry.tlas.keys() {
         let tla = topology
             .tlas
             .get(tla_name)
             .ok_or_else(|| unknown("tla", tla_name, topology.tlas.keys().collect()))?;
         let link = links.link(topology, tla_name, tla.flight, "tla")?;
-        if let Some(stats) = link.stats {
-            clients.push((tla_name.clone(), stats));
-        }
-        sources.push(link.child);
+        sources.push(link.child.clone());
+        children.push(Linked {
+            name: tla_name.clone(),
+            addr: tla.flight,
+            link,
+        });
     }
     let mut config = SqlNodeConfig::new(name, topology.tick);
     config.locality_bonus = entry.tlas.clone();
@@ -334,7 +344,7 @@ pub fn sqlnode(topology: &Topology, name: &str, links: &Links) -> Result<SqlPlan
     Ok(SqlPlan {
         config,
         sources,
-        clients,
+        children,
     })
 }
 

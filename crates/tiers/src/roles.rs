@@ -380,6 +380,83 @@ fn moved_addresses(cli: Listen, bound: Listen, file: Listen) -> Vec<String> {
     moved
 }
 
+/// What a running SQL node needs to re-plan itself.
+#[derive(Debug)]
+struct LiveSql {
+    name: String,
+    node: Arc<SqlNode>,
+    observed: Arc<Observed>,
+    children: std::sync::Mutex<Vec<Linked>>,
+    /// In-process links given at start (a combined node's own TLA), kept.
+    links_at_start: Links,
+    cli: Listen,
+    bound: Listen,
+    started_with: Topology,
+}
+
+impl LiveSql {
+    fn apply(&self, topology: &Topology) -> Result<()> {
+        let entry = topology.sqlnode(&self.name)?;
+        let children = self.children.lock().map(|c| c.clone()).unwrap_or_default();
+        let mut links =
+            plan::links_reusing(&children, |t| topology.tlas.get(t).and_then(|e| e.flight));
+        links.keep_local_of(&self.links_at_start);
+        let plan = plan::sqlnode(topology, &self.name, &links)?;
+        let mut pending = moved_addresses(
+            self.cli,
+            self.bound,
+            Listen {
+                pg: entry.pg,
+                http: entry.http,
+                ..Listen::default()
+            },
+        );
+        let running = self.node.config();
+        for (what, changed) in [
+            ("tick", plan.config.tick != running.tick),
+            (
+                "table_expiry",
+                plan.config.request_idle_expiry != running.request_idle_expiry,
+            ),
+            (
+                "query_timeout",
+                plan.config.query_timeout != running.query_timeout,
+            ),
+            ("table_wait", plan.config.table_wait != running.table_wait),
+            (
+                "query_memory_mib",
+                plan.config.memory_limit != running.memory_limit,
+            ),
+        ] {
+            if changed {
+                pending.push(what.to_string());
+            }
+        }
+        if let Some(was) = self.started_with.sqlnodes.get(&self.name) {
+            let apps_now = entry.apps(&self.name);
+            let apps_was = was.apps(&self.name);
+            if apps_now != apps_was {
+                pending.push("its apps' paths and settings".to_string());
+            }
+        }
+        self.node.set_sources(plan.sources, &entry.tlas);
+        self.node.set_prewarm(entry.prewarm.clone());
+        if let Ok(mut clients) = self.observed.clients.lock() {
+            *clients = plan::clients(&plan.children);
+        }
+        if let Ok(mut kept) = self.children.lock() {
+            *kept = plan.children;
+        }
+        let pending = (!pending.is_empty()).then(|| pending.join("; "));
+        if let Some(what) = &pending {
+            tracing::warn!(node = %self.name, needs_restart = %what, "topology changed what only a restart applies; the rest is applied");
+        }
+        tracing::info!(node = %self.name, tlas = entry.tlas.len(), "topology re-read and applied");
+        self.node.set_pending_restart(pending);
+        Ok(())
+    }
+}
+
 /// The topology's own addresses of proxy or TLA `name`.
 fn own_addresses(
     topology: &Topology,
@@ -483,6 +560,8 @@ pub struct SqlProcess {
     apps: SqlNodeApps,
     pg: PgServer,
     http: HttpServer,
+    live: Arc<LiveSql>,
+    watch: Option<TopologyWatch>,
 }
 
 impl SqlProcess {
@@ -518,8 +597,9 @@ impl SqlProcess {
         let SqlPlan {
             config,
             sources,
-            clients,
+            children,
         } = plan::sqlnode(topology, name, links)?;
+        let clients = plan::clients(&children);
         let node = Arc::new(SqlNode::start(config, sources)?);
         let observed = Arc::new(Observed {
             role: "sqlnode",
@@ -544,17 +624,46 @@ impl SqlProcess {
         )
         .await?;
         let app = fleetsql_http::router(node.clone())
-            .merge(admin::metrics_router(observed))
+            .merge(admin::metrics_router(observed.clone()))
             .merge(apps.router());
         let http =
             HttpServer::start(app, listen.http.or(entry.http).unwrap_or(loopback(8080))).await?;
+        let live = Arc::new(LiveSql {
+            name: name.to_string(),
+            node: node.clone(),
+            observed,
+            children: std::sync::Mutex::new(children),
+            links_at_start: links.clone(),
+            cli: listen,
+            bound: Listen {
+                pg: Some(pg.local_addr()),
+                http: Some(http.local_addr()),
+                ..Listen::default()
+            },
+            started_with: topology.clone(),
+        });
         Ok(SqlProcess {
             name: name.to_string(),
             node,
             apps,
             pg,
             http,
+            live,
+            watch: None,
         })
+    }
+
+    /// Re-reads `path` whenever it changes and applies what can change
+    /// live: the TLAs the node reads from, their locality bonus, its
+    /// prewarm list. What needs a restart (its listen addresses from the
+    /// file, query limits, tick, its apps' paths) is logged and shown in
+    /// `fleet_nodes.pending_restart`. Alert and report definitions are
+    /// watched by the apps themselves.
+    pub fn watch_topology(&mut self, path: PathBuf, every: Duration) {
+        let live = self.live.clone();
+        self.watch = Some(TopologyWatch::start(path, every, move |topology| {
+            live.apply(topology)
+        }));
     }
 
     /// The running apps (e.g. to see which are on).
@@ -583,9 +692,14 @@ impl SqlProcess {
         )
     }
 
-    /// Stops accepting (HTTP, then Postgres), stops the apps (alerts write
-    /// their checkpoint and hand the lease on), then the node.
+    /// Stops watching the topology, stops accepting (HTTP, then Postgres),
+    /// stops the apps (alerts write their checkpoint and hand the lease
+    /// on), then the node.
     pub async fn shutdown(self) {
+        if let Some(watch) = self.watch {
+            watch.shutdown().await;
+        }
+        drop(self.live);
         self.http.shutdown().await;
         self.pg.shutdown().await;
         self.apps.shutdown().await;
@@ -659,9 +773,11 @@ impl TlaSqlProcess {
         &self.tla
     }
 
-    /// The TLA's half re-reads the topology as [`TierProcess::watch_topology`].
+    /// Both halves re-read the topology ([`TierProcess::watch_topology`],
+    /// [`SqlProcess::watch_topology`]).
     pub fn watch_topology(&mut self, path: PathBuf, every: Duration) {
-        self.tla.watch_topology(path, every);
+        self.tla.watch_topology(path.clone(), every);
+        self.sql.watch_topology(path, every);
     }
 
     pub fn sql(&self) -> &SqlProcess {

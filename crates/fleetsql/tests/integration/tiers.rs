@@ -969,10 +969,16 @@ async fn a_combined_tla_and_sql_node_answers_without_a_hop() {
 async fn an_edited_topology_is_applied_without_a_restart() {
     let mut cluster = TestCluster::start_fleet(FleetSpec {
         proxies: 1,
-        tlas: 1,
+        tlas: 2,
         table_expiry: Duration::from_secs(600),
         extra_agent: false,
-        sqlnodes: BTreeMap::from([("sql".to_string(), SqlNodeEntry::default())]),
+        sqlnodes: BTreeMap::from([(
+            "sql".to_string(),
+            SqlNodeEntry {
+                tlas: BTreeMap::from([("t1".to_string(), 0)]),
+                ..SqlNodeEntry::default()
+            },
+        )]),
         tla_sql: BTreeSet::new(),
     })
     .await;
@@ -1036,6 +1042,28 @@ async fn an_edited_topology_is_applied_without_a_restart() {
     assert!(note.contains("http address 127.0.0.1:1"), "{note}");
     assert!(note.contains(&old_http.to_string()), "{note}");
     assert_eq!(cluster.health("c1-p1").await["status"], "ok");
+
+    // The SQL node is moved to the other TLA: it reads from t2 from then
+    // on, without a restart; a changed query time-out waits for one.
+    let (_, body) = cluster.query("SELECT count(*) FROM sys").await;
+    assert_eq!(body["generation"]["producer"], "t1", "{body}");
+    let sql = cluster.topology_mut().sqlnodes.get_mut("sql").unwrap();
+    sql.tlas = BTreeMap::from([("t2".to_string(), 0)]);
+    sql.query_timeout = Some(Duration::from_secs(7));
+    cluster.save_topology();
+    eventually(Duration::from_secs(20), "answers from t2", || async {
+        let (_, body) = cluster.query("SELECT count(*) FROM sys").await;
+        (body["generation"]["producer"] == "t2").then_some(())
+    })
+    .await;
+    let note = eventually(Duration::from_secs(20), "the SQL node's note", || async {
+        let (_, body) = cluster
+            .query("SELECT pending_restart FROM fleet_nodes WHERE name = 'sql'")
+            .await;
+        body["rows"][0][0].as_str().map(str::to_string)
+    })
+    .await;
+    assert!(note.contains("query_timeout"), "{note}");
 }
 
 /// The demo's tree (simulated clusters, one proxy each, TLA `tla`, SQL node
