@@ -37,6 +37,9 @@ const PQ_SLOTS: [&str; 10] = [
     "processes",
 ];
 
+/// The apps `--apps-only` may name; all of them run unless it does.
+pub const APPS: [&str; 3] = ["alerts", "reports", "queries"];
+
 /// Tables persistent queries may read unless told otherwise.
 pub fn pq_tables() -> Vec<String> {
     let mut tables: Vec<String> = PQ_SLOTS.iter().map(|t| t.to_string()).collect();
@@ -47,8 +50,9 @@ pub fn pq_tables() -> Vec<String> {
 /// Where the apps' definitions and state live for one run.
 #[derive(Debug)]
 pub(crate) struct AppsSetup {
-    pub(crate) alerts_dir: PathBuf,
-    pub(crate) reports_dir: PathBuf,
+    /// `None` when the alerts (reports) are left out of the run.
+    pub(crate) alerts_dir: Option<PathBuf>,
+    pub(crate) reports_dir: Option<PathBuf>,
     /// Removed when the setup is dropped: a state directory kept from an
     /// earlier run would restore its persistent queries and alert state
     /// into this one.
@@ -59,8 +63,16 @@ pub(crate) struct AppsSetup {
 
 impl AppsSetup {
     /// Writes the alert and report definitions under `dir` and picks the
-    /// persistent queries' statements over `tables`.
-    pub(crate) fn write(dir: &Path, tables: &[String]) -> Result<AppsSetup> {
+    /// persistent queries' statements over `tables`, for the apps of
+    /// [`APPS`] that `only` names.
+    pub(crate) fn write(dir: &Path, tables: &[String], only: &[String]) -> Result<AppsSetup> {
+        if let Some(bad) = only.iter().find(|a| !APPS.contains(&a.as_str())) {
+            return Err(BenchError::Config(format!(
+                "--apps-only: `{bad}` is not an app; use some of {}",
+                APPS.join(",")
+            )));
+        }
+        let runs = |app: &str| only.iter().any(|a| a == app);
         let known = pq_tables();
         if let Some(bad) = tables.iter().find(|t| !known.contains(t)) {
             return Err(BenchError::Config(format!(
@@ -89,11 +101,15 @@ impl AppsSetup {
             std::fs::create_dir_all(d)
                 .map_err(|e| BenchError::io(format!("creating {}", d.display()), e))?;
         }
-        for (i, text) in alert_definitions().iter().enumerate() {
-            write(&alerts_dir.join(format!("bench_{i:02}.toml")), text)?;
+        if runs("alerts") {
+            for (i, text) in alert_definitions().iter().enumerate() {
+                write(&alerts_dir.join(format!("bench_{i:02}.toml")), text)?;
+            }
         }
-        for (name, text) in report_definitions() {
-            write(&reports_dir.join(format!("{name}.toml")), &text)?;
+        if runs("reports") {
+            for (name, text) in report_definitions() {
+                write(&reports_dir.join(format!("{name}.toml")), &text)?;
+            }
         }
         let state_dir = tempfile::Builder::new()
             .prefix("apps-state-")
@@ -104,15 +120,23 @@ impl AppsSetup {
                     e,
                 )
             })?;
-        let statements = (0..PERSISTENT_QUERIES)
-            .map(|i| statement(slots[i % slots.len()], i))
-            .collect();
-        let mut tables: Vec<String> = slots.iter().map(|t| t.to_string()).collect();
+        let statements = if runs("queries") {
+            (0..PERSISTENT_QUERIES)
+                .map(|i| statement(slots[i % slots.len()], i))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut tables: Vec<String> = if runs("queries") {
+            slots.iter().map(|t| t.to_string()).collect()
+        } else {
+            Vec::new()
+        };
         tables.sort();
         tables.dedup();
         Ok(AppsSetup {
-            alerts_dir,
-            reports_dir,
+            alerts_dir: runs("alerts").then_some(alerts_dir),
+            reports_dir: runs("reports").then_some(reports_dir),
             state_dir,
             statements,
             tables,
@@ -322,11 +346,15 @@ pub(crate) async fn figures(
         pq_tables: setup.tables.clone(),
         ..AppsFigures::default()
     };
-    let alerts = numbers(
-        pg,
-        "SELECT count(*), sum(iteration), sum(active_instances), count(last_error) FROM alerts",
-    )
-    .await?;
+    // Without an alerts directory the node has no `alerts` table.
+    let alerts = match setup.alerts_dir {
+        Some(_) => numbers(
+            pg,
+            "SELECT count(*), sum(iteration), sum(active_instances), count(last_error) FROM alerts",
+        )
+        .await?,
+        None => Vec::new(),
+    };
     if let [n, iterations, active, errors] = alerts[..] {
         (
             f.alerts,
@@ -371,7 +399,10 @@ pub(crate) async fn figures(
         .filter_map(|q| q["notifications"].as_u64())
         .sum();
     f.pq_errors = queries.iter().filter(|q| !q["error"].is_null()).count() as u64;
-    let listed = get("/v1/reports").await?;
+    let listed = match setup.reports_dir {
+        Some(_) => get("/v1/reports").await?,
+        None => Value::Null,
+    };
     let reports = listed["reports"].as_array().map_or(&[][..], Vec::as_slice);
     f.reports = reports.len() as u64;
     f.report_runs = reports.iter().filter_map(|r| r["runs_kept"].as_u64()).sum();
@@ -563,12 +594,18 @@ mod tests {
         assert_eq!(names.len(), ALERTS);
         assert_eq!(report_definitions().len(), REPORTS);
         let dir = tempfile::tempdir().unwrap();
-        let setup = AppsSetup::write(dir.path(), &pq_tables()).unwrap();
+        let all: Vec<String> = APPS.iter().map(|a| a.to_string()).collect();
+        let setup = AppsSetup::write(dir.path(), &pq_tables(), &all).unwrap();
+        assert!(setup.alerts_dir.is_some() && setup.reports_dir.is_some());
         let distinct: std::collections::BTreeSet<&String> = setup.statements.iter().collect();
         assert_eq!(distinct.len(), PERSISTENT_QUERIES);
         assert_eq!(setup.tables.len(), 5);
-        let only_sys = AppsSetup::write(dir.path(), &["sys".to_string()]).unwrap();
+        let only_sys = AppsSetup::write(dir.path(), &["sys".to_string()], &all).unwrap();
         assert!(only_sys.statements.iter().all(|s| s.contains("from sys(")));
-        assert!(AppsSetup::write(dir.path(), &["nope".to_string()]).is_err());
+        assert!(AppsSetup::write(dir.path(), &["nope".to_string()], &all).is_err());
+        let alerts = AppsSetup::write(dir.path(), &pq_tables(), &["alerts".to_string()]).unwrap();
+        assert!(alerts.statements.is_empty() && alerts.reports_dir.is_none());
+        assert!(alerts.alerts_dir.is_some());
+        assert!(AppsSetup::write(dir.path(), &pq_tables(), &["console".to_string()]).is_err());
     }
 }

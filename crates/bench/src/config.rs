@@ -58,6 +58,9 @@ pub struct BenchConfig {
     /// The tables the apps' persistent queries read (the feed turns every
     /// row of each into an event): some of [`crate::pq_tables`].
     pub apps_pq_tables: Vec<String>,
+    /// Which of [`crate::APPS`] the apps half runs (all by default), to
+    /// tell one app's cost from another's.
+    pub apps_only: Vec<String>,
 }
 
 impl BenchConfig {
@@ -79,6 +82,7 @@ impl BenchConfig {
             max_rss_bytes: 20 << 30,
             apps: false,
             apps_pq_tables: crate::pq_tables(),
+            apps_only: crate::APPS.iter().map(|a| a.to_string()).collect(),
         };
         match preset {
             Preset::Full => base,

@@ -28,7 +28,7 @@ mod scenario;
 mod stats;
 
 pub use apps::{
-    ALERTS, AppsCost, AppsFigures, PERSISTENT_QUERIES, REPORTS, apps_markdown, pq_tables,
+    ALERTS, APPS, AppsCost, AppsFigures, PERSISTENT_QUERIES, REPORTS, apps_markdown, pq_tables,
 };
 pub use config::{BenchConfig, Preset};
 pub use error::{BenchError, Result};

@@ -237,7 +237,7 @@ pub async fn run_apps_cost(config: &BenchConfig) -> Result<AppsCost> {
         create_dir(d)?;
     }
     // Before the fleet is built: a bad table list should not cost a build.
-    let setup = AppsSetup::write(&with_dir, &config.apps_pq_tables)?;
+    let setup = AppsSetup::write(&with_dir, &config.apps_pq_tables, &config.apps_only)?;
     let fleet = Fleet::start(&config).await?;
     let outcome = async {
         phase("first half: the SQL node without apps");
@@ -246,9 +246,9 @@ pub async fn run_apps_cost(config: &BenchConfig) -> Result<AppsCost> {
         write_json(&without_dir.join("report.json"), &without)?;
         phase(&format!(
             "second half: the SQL node with {} alerts, {} reports and {} persistent queries over {}",
-            crate::ALERTS,
-            crate::REPORTS,
-            crate::PERSISTENT_QUERIES,
+            if setup.alerts_dir.is_some() { crate::ALERTS } else { 0 },
+            if setup.reports_dir.is_some() { crate::REPORTS } else { 0 },
+            setup.statements.len(),
             setup.tables.join(", ")
         ));
         let (with, apps) = measure(&config, &with_dir, &fleet, Some(&setup)).await?;
@@ -326,8 +326,8 @@ async fn measure(
             tlas: [(TLA.to_string(), 0)].into(),
             prewarm: wanted,
             state_dir: apps.map(|a| a.state_dir.path().to_path_buf()),
-            alerts_dir: apps.map(|a| a.alerts_dir.clone()),
-            reports_dir: apps.map(|a| a.reports_dir.clone()),
+            alerts_dir: apps.and_then(|a| a.alerts_dir.clone()),
+            reports_dir: apps.and_then(|a| a.reports_dir.clone()),
             ..SqlNodeEntry::default()
         },
     );

@@ -76,6 +76,11 @@ pub(crate) struct BenchArgs {
     /// processes). Each named table's rows become events every generation.
     #[arg(long, value_delimiter = ',', requires = "apps_cost")]
     apps_pq_tables: Vec<String>,
+    /// With --apps-cost: run only these apps in the second half, e.g.
+    /// `queries` or `alerts,reports` (default: alerts, reports, queries),
+    /// to tell their costs apart.
+    #[arg(long, value_delimiter = ',', requires = "apps_cost")]
+    apps_only: Vec<String>,
 }
 
 impl BenchArgs {
@@ -120,6 +125,9 @@ impl BenchArgs {
         config.apps = self.apps_cost;
         if !self.apps_pq_tables.is_empty() {
             config.apps_pq_tables = self.apps_pq_tables.clone();
+        }
+        if !self.apps_only.is_empty() {
+            config.apps_only = self.apps_only.clone();
         }
         config.validate()?;
         Ok(config)
