@@ -391,7 +391,68 @@ struct LiveSql {
     links_at_start: Links,
     cli: Listen,
     bound: Listen,
-    started_with: Topology,
+    apps: RunningApps,
+}
+
+/// The apps of a SQL node, restarted in place when a re-read topology
+/// changes their directories or settings.
+#[derive(Debug, Clone)]
+struct RunningApps {
+    apps: Arc<tokio::sync::Mutex<Option<SqlNodeApps>>>,
+    /// Their routes, served behind the node's own: swapped with the apps.
+    routes: Arc<std::sync::RwLock<axum::Router>>,
+    config: Arc<std::sync::Mutex<AppsConfig>>,
+    /// The apps came from the topology entry alone; when command-line
+    /// flags set them, the file does not change them live.
+    from_file: bool,
+    tables: Option<LocalTables>,
+}
+
+impl RunningApps {
+    /// Stops the running apps and starts them with `wanted`; when those do
+    /// not start (a missing directory, a bad definition) the previous
+    /// configuration is started again and the reason logged.
+    fn restart(&self, node: Arc<SqlNode>, name: String, wanted: AppsConfig) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut slot = this.apps.lock().await;
+            if let Some(old) = slot.take() {
+                old.shutdown().await;
+            }
+            let previous = this.config.lock().map(|c| c.clone()).unwrap_or_default();
+            let started = match SqlNodeApps::start_with_tables(
+                node.clone(),
+                wanted.clone(),
+                this.tables.clone(),
+            ) {
+                Ok(apps) => {
+                    tracing::info!(node = %name, "apps restarted with the topology's new settings");
+                    if let Ok(mut config) = this.config.lock() {
+                        *config = wanted;
+                    }
+                    Some(apps)
+                }
+                Err(e) => {
+                    tracing::error!(node = %name, error = %e, "the topology's new app settings do not start; running the previous ones. Fix the file and save it again");
+                    SqlNodeApps::start_with_tables(node, previous, this.tables.clone())
+                        .map_err(|e| tracing::error!(node = %name, error = %e, "the previous app settings do not start either; the node answers queries without its apps"))
+                        .ok()
+                }
+            };
+            if let Ok(mut routes) = this.routes.write() {
+                *routes = started
+                    .as_ref()
+                    .map_or_else(axum::Router::new, SqlNodeApps::router);
+            }
+            *slot = started;
+        });
+    }
+
+    async fn shutdown(&self) {
+        if let Some(apps) = self.apps.lock().await.take() {
+            apps.shutdown().await;
+        }
+    }
 }
 
 impl LiveSql {
@@ -432,11 +493,19 @@ impl LiveSql {
                 pending.push(what.to_string());
             }
         }
-        if let Some(was) = self.started_with.sqlnodes.get(&self.name) {
-            let apps_now = entry.apps(&self.name);
-            let apps_was = was.apps(&self.name);
-            if apps_now != apps_was {
-                pending.push("its apps' paths and settings".to_string());
+        let wanted = entry.apps(&self.name);
+        let running_apps = self
+            .apps
+            .config
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        if wanted != running_apps {
+            if self.apps.from_file {
+                self.apps
+                    .restart(self.node.clone(), self.name.clone(), wanted);
+            } else {
+                pending.push("its apps' settings (set on the command line)".to_string());
             }
         }
         self.node.set_sources(plan.sources, &entry.tlas);
@@ -454,6 +523,33 @@ impl LiveSql {
         tracing::info!(node = %self.name, tlas = entry.tlas.len(), "topology re-read and applied");
         self.node.set_pending_restart(pending);
         Ok(())
+    }
+}
+
+/// Serves a request the node's own routes do not know with the apps'
+/// routes of the moment (the console, persistent queries, alerts,
+/// reports), which a re-read topology may replace.
+fn apps_fallback(
+    routes: Arc<std::sync::RwLock<axum::Router>>,
+) -> impl Fn(
+    axum::extract::Request,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = axum::response::Response> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |request| {
+        let router = routes
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_else(|_| axum::Router::new());
+        Box::pin(async move {
+            use tower::ServiceExt;
+            match router.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        })
     }
 }
 
@@ -557,7 +653,6 @@ impl LiveTier {
 pub struct SqlProcess {
     name: String,
     node: Arc<SqlNode>,
-    apps: SqlNodeApps,
     pg: PgServer,
     http: HttpServer,
     live: Arc<LiveSql>,
@@ -611,13 +706,19 @@ impl SqlProcess {
             clients: std::sync::Mutex::new(clients),
             started: Instant::now(),
         });
-        let apps =
-            SqlNodeApps::start_with_tables(node.clone(), apps, tables).map_err(|source| {
-                TiersError::Apps {
-                    name: name.to_string(),
-                    source: Box::new(source),
-                }
+        let from_file = apps == entry.apps(name);
+        let running = SqlNodeApps::start_with_tables(node.clone(), apps.clone(), tables.clone())
+            .map_err(|source| TiersError::Apps {
+                name: name.to_string(),
+                source: Box::new(source),
             })?;
+        let apps = RunningApps {
+            routes: Arc::new(std::sync::RwLock::new(running.router())),
+            apps: Arc::new(tokio::sync::Mutex::new(Some(running))),
+            config: Arc::new(std::sync::Mutex::new(apps)),
+            from_file,
+            tables,
+        };
         let pg = PgServer::start(
             node.clone(),
             listen.pg.or(entry.pg).unwrap_or(loopback(5433)),
@@ -625,7 +726,7 @@ impl SqlProcess {
         .await?;
         let app = fleetsql_http::router(node.clone())
             .merge(admin::metrics_router(observed.clone()))
-            .merge(apps.router());
+            .fallback(apps_fallback(apps.routes.clone()));
         let http =
             HttpServer::start(app, listen.http.or(entry.http).unwrap_or(loopback(8080))).await?;
         let live = Arc::new(LiveSql {
@@ -640,12 +741,11 @@ impl SqlProcess {
                 http: Some(http.local_addr()),
                 ..Listen::default()
             },
-            started_with: topology.clone(),
+            apps,
         });
         Ok(SqlProcess {
             name: name.to_string(),
             node,
-            apps,
             pg,
             http,
             live,
@@ -664,11 +764,6 @@ impl SqlProcess {
         self.watch = Some(TopologyWatch::start(path, every, move |topology| {
             live.apply(topology)
         }));
-    }
-
-    /// The running apps (e.g. to see which are on).
-    pub fn apps(&self) -> &SqlNodeApps {
-        &self.apps
     }
 
     pub fn node(&self) -> &Arc<SqlNode> {
@@ -699,10 +794,11 @@ impl SqlProcess {
         if let Some(watch) = self.watch {
             watch.shutdown().await;
         }
-        drop(self.live);
         self.http.shutdown().await;
         self.pg.shutdown().await;
-        self.apps.shutdown().await;
+        // Waits for an apps restart under way, then stops what it started.
+        self.live.apps.shutdown().await;
+        drop(self.live);
         if let Ok(node) = Arc::try_unwrap(self.node) {
             node.shutdown().await;
         }

@@ -1064,6 +1064,33 @@ async fn an_edited_topology_is_applied_without_a_restart() {
     })
     .await;
     assert!(note.contains("query_timeout"), "{note}");
+
+    // Alerts switched on in the file: the SQL node restarts its apps with
+    // them, and the console's alerts view and the alert tables appear.
+    let alerts = cluster.dir.path().join("alerts");
+    std::fs::create_dir_all(&alerts).unwrap();
+    std::fs::copy(
+        repo_root().join("alerts/examples/disk_space.toml"),
+        alerts.join("disk_space.toml"),
+    )
+    .unwrap();
+    let state = cluster.dir.path().join("sql-state");
+    let sql = cluster.topology_mut().sqlnodes.get_mut("sql").unwrap();
+    sql.alerts_dir = Some(alerts);
+    sql.state_dir = Some(state);
+    cluster.save_topology();
+    eventually(Duration::from_secs(30), "the alert loaded", || async {
+        let (_, body) = cluster.query("SELECT name FROM alerts").await;
+        (body["rows"][0][0] == "disk space low").then_some(())
+    })
+    .await;
+    let config: Value = reqwest::get(format!("{}/v1/console/config", cluster.sql_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["features"]["alerts"], true, "{config}");
 }
 
 /// The demo's tree (simulated clusters, one proxy each, TLA `tla`, SQL node
