@@ -70,17 +70,28 @@ impl Default for BadgeThresholds {
 struct ConsoleState {
     node: Arc<SqlNode>,
     options: ConsoleOptions,
+    listing: Arc<tables::ListingCache>,
+    /// Keeps the cache's per-generation hook registered while the routes
+    /// live.
+    _hook: Arc<fleetsql_sqlnode::GenerationHookHandle>,
 }
 
 /// The console's routes, to be merged into the SQL node's HTTP router.
 pub fn router(node: Arc<SqlNode>, options: ConsoleOptions) -> Router {
+    let listing = Arc::new(tables::ListingCache::default());
+    let hook = node.add_generation_hook(listing.clone());
     Router::new()
         .route("/", get(index))
         .route("/console/app.js", get(app_js))
         .route("/console/app.css", get(app_css))
         .route("/v1/console/config", get(config))
         .route("/v1/tables", get(tables::handler))
-        .with_state(ConsoleState { node, options })
+        .with_state(ConsoleState {
+            node,
+            options,
+            listing,
+            _hook: Arc::new(hook),
+        })
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {

@@ -1,14 +1,14 @@
 //! `GET /v1/tables`: what the table browser shows.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use fleetsql_model::{Generation, Table, origin};
-use fleetsql_sqlnode::{GenerationInfo, SYSTEM_TABLES, SqlNode};
+use fleetsql_sqlnode::{GenerationHook, GenerationInfo, SYSTEM_TABLES, SqlNode};
 use serde::Serialize;
 
 use crate::ConsoleState;
@@ -109,11 +109,76 @@ fn fleet_table(generation: &Generation, name: &str) -> TableInfo {
     }
 }
 
+/// The fleet tables' descriptions of one generation, made at the first
+/// request in that generation and shared by every later one (naming the
+/// publishers reads every `_host` of every table: at 100k machines, too
+/// much to redo per page load). A per-generation hook drops it when the
+/// node installs the next generation, as the seed's views are cached until
+/// the generation changes.
+#[derive(Debug, Default)]
+pub(crate) struct ListingCache {
+    current: Mutex<Option<Listing>>,
+}
+
+#[derive(Debug, Clone)]
+struct Listing {
+    producer: String,
+    id: u64,
+    tables_held: usize,
+    tables: Arc<Vec<TableInfo>>,
+}
+
+impl ListingCache {
+    fn get(&self, generation: &Generation) -> Option<Arc<Vec<TableInfo>>> {
+        let current = self.current.lock().ok()?;
+        current
+            .as_ref()
+            .filter(|l| {
+                l.producer == generation.meta.producer
+                    && l.id == generation.meta.id
+                    && l.tables_held == generation.tables.len()
+            })
+            .map(|l| l.tables.clone())
+    }
+
+    fn put(&self, generation: &Generation, tables: Arc<Vec<TableInfo>>) {
+        if let Ok(mut current) = self.current.lock() {
+            *current = Some(Listing {
+                producer: generation.meta.producer.clone(),
+                id: generation.meta.id,
+                tables_held: generation.tables.len(),
+                tables,
+            });
+        }
+    }
+}
+
+impl GenerationHook for ListingCache {
+    fn name(&self) -> &str {
+        "console table browser"
+    }
+
+    /// Wants no tables: the browser asks for what it shows when opened.
+    fn on_generation(&self, generation: &Arc<Generation>) {
+        if let Ok(mut current) = self.current.lock()
+            && current.as_ref().is_some_and(|l| {
+                l.producer != generation.meta.producer || l.id != generation.meta.id
+            })
+        {
+            *current = None;
+        }
+    }
+}
+
 /// Every table of the current generation, described. Tables that are
 /// available but not collected yet are requested first, and the answer
 /// waits (at most the node's table wait) for a generation that has them,
 /// so a browser shows columns rather than names only.
 pub async fn describe_tables(node: &SqlNode) -> TablesAnswer {
+    describe_tables_cached(node, None).await
+}
+
+async fn describe_tables_cached(node: &SqlNode, cache: Option<&ListingCache>) -> TablesAnswer {
     let mut generation = node.current();
     let missing: BTreeSet<String> = generation
         .meta
@@ -134,12 +199,24 @@ pub async fn describe_tables(node: &SqlNode) -> TablesAnswer {
             generation = node.current();
         }
     }
-    let mut names: BTreeSet<&String> = generation.meta.available.iter().collect();
-    names.extend(generation.tables.keys());
-    let mut tables: Vec<TableInfo> = names
-        .into_iter()
-        .map(|name| fleet_table(&generation, name))
-        .collect();
+    let fleet = match cache.and_then(|c| c.get(&generation)) {
+        Some(fleet) => fleet,
+        None => {
+            let mut names: BTreeSet<&String> = generation.meta.available.iter().collect();
+            names.extend(generation.tables.keys());
+            let fleet: Arc<Vec<TableInfo>> = Arc::new(
+                names
+                    .into_iter()
+                    .map(|name| fleet_table(&generation, name))
+                    .collect(),
+            );
+            if let Some(cache) = cache {
+                cache.put(&generation, fleet.clone());
+            }
+            fleet
+        }
+    };
+    let mut tables: Vec<TableInfo> = fleet.as_ref().clone();
     for name in SYSTEM_TABLES {
         // A system table is built per query; its schema and size come from
         // asking for it, which also keeps this list right as tables are added.
@@ -163,5 +240,33 @@ pub async fn describe_tables(node: &SqlNode) -> TablesAnswer {
 }
 
 pub(crate) async fn handler(State(state): State<ConsoleState>) -> Response {
-    axum::Json(describe_tables(&state.node).await).into_response()
+    axum::Json(describe_tables_cached(&state.node, Some(&state.listing)).await).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generation(producer: &str, id: u64) -> Arc<Generation> {
+        let mut generation = Generation::empty(producer);
+        generation.meta.id = id;
+        Arc::new(generation)
+    }
+
+    #[test]
+    fn the_listing_lasts_one_generation() {
+        let cache = ListingCache::default();
+        let first = generation("t1", 7);
+        let listing = Arc::new(vec![fleet_table(&first, "sys")]);
+        cache.put(&first, listing.clone());
+        assert!(cache.get(&first).is_some_and(|l| Arc::ptr_eq(&l, &listing)));
+        // Offered again (the same generation): kept.
+        cache.on_generation(&first);
+        assert!(cache.get(&first).is_some());
+        // The node moves on, or to another TLA: dropped.
+        cache.on_generation(&generation("t1", 8));
+        assert!(cache.get(&first).is_none());
+        cache.put(&first, listing);
+        assert!(cache.get(&generation("t2", 7)).is_none());
+    }
 }
