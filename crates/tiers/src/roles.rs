@@ -166,11 +166,7 @@ impl AgentProcess {
                 ));
             }
             agent.set_prewarm(entry.prewarm.clone());
-            let pending = (!pending.is_empty()).then(|| pending.join("; "));
-            if let Some(what) = &pending {
-                tracing::warn!(node = %name, needs_restart = %what, "topology changed what only a restart applies; the rest is applied");
-            }
-            agent.set_pending_restart(pending);
+            agent.set_pending_restart(restart_note(&name, pending));
             Ok(())
         }));
     }
@@ -359,6 +355,18 @@ impl TierProcess {
     }
 }
 
+/// What a re-read topology asked of `node` that only a restart applies,
+/// as one note for `fleet_nodes.pending_restart` (logged), or `None` when
+/// the file and the running node agree again.
+fn restart_note(node: &str, pending: Vec<String>) -> Option<String> {
+    if pending.is_empty() {
+        return None;
+    }
+    let what = pending.join("; ");
+    tracing::warn!(%node, needs_restart = %what, "topology changed what only a restart applies; the rest is applied");
+    Some(what)
+}
+
 /// The addresses a re-read file gives a running node that differ from
 /// where it listens: only a restart moves a listener. Addresses the command
 /// line gave win over the file, so the file's are not compared then.
@@ -516,10 +524,7 @@ impl LiveSql {
         if let Ok(mut kept) = self.children.lock() {
             *kept = plan.children;
         }
-        let pending = (!pending.is_empty()).then(|| pending.join("; "));
-        if let Some(what) = &pending {
-            tracing::warn!(node = %self.name, needs_restart = %what, "topology changed what only a restart applies; the rest is applied");
-        }
+        let pending = restart_note(&self.name, pending);
         tracing::info!(node = %self.name, tlas = entry.tlas.len(), "topology re-read and applied");
         self.node.set_pending_restart(pending);
         Ok(())
@@ -636,10 +641,7 @@ impl LiveTier {
         if let Ok(mut kept) = self.children.lock() {
             *kept = plan.children;
         }
-        let pending = (!pending.is_empty()).then(|| pending.join("; "));
-        if let Some(what) = &pending {
-            tracing::warn!(node = %self.name, needs_restart = %what, "topology changed what only a restart applies; the rest is applied");
-        }
+        let pending = restart_note(&self.name, pending);
         tracing::info!(node = %self.name, groups, "topology re-read and applied");
         self.aggregator.set_pending_restart(pending);
         Ok(())
@@ -755,10 +757,11 @@ impl SqlProcess {
 
     /// Re-reads `path` whenever it changes and applies what can change
     /// live: the TLAs the node reads from, their locality bonus, its
-    /// prewarm list. What needs a restart (its listen addresses from the
-    /// file, query limits, tick, its apps' paths) is logged and shown in
-    /// `fleet_nodes.pending_restart`. Alert and report definitions are
-    /// watched by the apps themselves.
+    /// prewarm list, its apps' directories and settings (the apps restart
+    /// in place). What needs a restart (its listen addresses from the file,
+    /// query limits, tick, apps set on the command line) is logged and
+    /// shown in `fleet_nodes.pending_restart`. Alert and report definitions
+    /// are watched by the apps themselves.
     pub fn watch_topology(&mut self, path: PathBuf, every: Duration) {
         let live = self.live.clone();
         self.watch = Some(TopologyWatch::start(path, every, move |topology| {
