@@ -424,6 +424,16 @@ impl RunningApps {
         let this = self.clone();
         tokio::spawn(async move {
             let mut slot = this.apps.lock().await;
+            // No request reaches the old apps while they stop (a query
+            // registered then would miss the new apps' state).
+            if let Ok(mut routes) = this.routes.write() {
+                *routes = axum::Router::new().fallback(|| async {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "the apps are restarting with a changed topology; try again in a moment",
+                    )
+                });
+            }
             if let Some(old) = slot.take() {
                 old.shutdown().await;
             }
