@@ -1008,6 +1008,24 @@ async fn an_edited_topology_is_applied_without_a_restart() {
     cluster.generations_pass("t1", 3).await;
     assert_eq!(received(&cluster.metrics("t1").await), settled);
 
+    // A half-written file (a typo) changes nothing: every node keeps
+    // running as it was, and the next good version is applied below.
+    std::fs::write(
+        cluster.dir.path().join("topology.toml"),
+        "tick = \"5 parsecs\"\n[agents.x\n",
+    )
+    .unwrap();
+    cluster.generations_pass("t1", 2).await;
+    for node in ["c1-m1", "c1-p1", "t1"] {
+        assert_eq!(cluster.health(node).await["status"], "ok", "{node}");
+    }
+    assert_eq!(received(&cluster.metrics("t1").await), settled);
+    assert!(
+        cluster
+            .log("c1-p1")
+            .contains("topology changed but was not applied")
+    );
+
     // A machine joins cluster c1: its proxy and the TLA expect and see it.
     let c1 = "SELECT machines_seen, machines_expected FROM fleet_clusters WHERE cluster = 'c1'";
     let (_, body) = cluster.query(c1).await;
