@@ -320,33 +320,14 @@ pub(crate) fn compile(
             for (k, spec) in specs.iter().enumerate() {
                 let mut one = Compiler::new(streams, vec![slots[k].clone()]);
                 let filter = spec.filter.as_ref().map(|f| one.compile(f)).transpose()?;
-                if spec.views.len() > 1 {
-                    return semantic(
-                        spec.views[1].name.pos,
-                        "only one window per stream is supported",
-                    );
-                }
-                let view = spec.views.first();
-                let mut keys = Vec::new();
-                if let Some(v) = view
-                    && v.name.name.eq_ignore_ascii_case("unique")
-                {
-                    for a in &v.args {
-                        match a {
-                            ast::ViewArg::Expr(e) => keys.push(one.compile(e)?),
-                            ast::ViewArg::Period(_, p) => {
-                                return semantic(*p, "unique takes field names, not a time period");
-                            }
-                        }
-                    }
-                }
                 let mut req = required.get(k).cloned().unwrap_or_default();
+                let window_spec = window::compile(&spec.views, now, &mut |e| one.compile(e))?;
                 for f in one.required.first().cloned().unwrap_or_default() {
                     if !req.contains(&f) {
                         req.push(f);
                     }
                 }
-                let win = window::build(view, keys)?;
+                let win = window_spec.instantiate();
                 stmt.inputs.push(Input {
                     filter,
                     window: win,

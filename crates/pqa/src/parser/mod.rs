@@ -579,7 +579,9 @@ impl Parser {
                 self.bump();
                 let ns = self.ident("a view namespace (win, std)")?;
                 self.expect_sym(":")?;
-                let name = self.ident("a view name (time, length, time_batch, length_batch, keepall, lastevent, unique)")?;
+                let name = self.ident(
+                    "a view name (time, length, time_batch, length_batch, keepall, ext_timed, firstlength, firsttime, lastevent, unique, firstunique, groupwin)",
+                )?;
                 let args = self.view_args()?;
                 views.push(View {
                     namespace: ns.name.to_ascii_lowercase(),
@@ -588,7 +590,9 @@ impl Parser {
                 });
             } else if self.is_sym("#") {
                 self.bump();
-                let name = self.ident("a view name (time, length, time_batch, length_batch, keepall, lastevent, unique)")?;
+                let name = self.ident(
+                    "a view name (time, length, time_batch, length_batch, keepall, ext_timed, firstlength, firsttime, lastevent, unique, firstunique, groupwin)",
+                )?;
                 let args = self.view_args()?;
                 views.push(View {
                     namespace: "#".into(),

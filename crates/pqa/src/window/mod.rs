@@ -2,6 +2,9 @@
 //! stream) and leave (remove stream) on each arrival or clock tick. One file
 //! per window kind.
 
+mod ext_timed;
+mod first;
+mod groupwin;
 mod keepall;
 mod lastevent;
 mod length;
@@ -15,9 +18,12 @@ use std::sync::Arc;
 
 use crate::error::{PqaError, Result};
 use crate::expr::CExpr;
-use crate::parser::ast::{View, ViewArg};
+use crate::parser::ast::{Expr, View, ViewArg};
 use crate::stream::Event;
 
+pub(crate) use ext_timed::ExtTimed;
+pub(crate) use first::{FirstLength, FirstTime, FirstUnique};
+pub(crate) use groupwin::GroupWin;
 pub(crate) use keepall::KeepAll;
 pub(crate) use lastevent::LastEvent;
 pub(crate) use length::Length;
@@ -72,19 +78,149 @@ pub(crate) trait Window: Send + std::fmt::Debug {
     fn for_each(&self, f: &mut dyn FnMut(&Arc<Event>));
 }
 
-/// What the compiler needs to build a window: the view and, for
-/// `std:unique`, the compiled key expressions.
-pub(crate) fn build(view: Option<&View>, unique_keys: Vec<CExpr>) -> Result<Box<dyn Window>> {
-    let Some(view) = view else {
-        return Ok(Box::new(NoWindow));
+/// A compiled view chain, instantiated once per statement input or, under
+/// `std:groupwin`, once per group.
+#[derive(Debug, Clone)]
+pub(crate) enum WindowSpec {
+    None,
+    Time(i64),
+    Length(usize),
+    TimeBatch(i64),
+    LengthBatch(usize),
+    KeepAll,
+    LastEvent,
+    Unique(Vec<CExpr>),
+    FirstUnique(Vec<CExpr>),
+    FirstLength(usize),
+    FirstTime {
+        until: i64,
+    },
+    ExtTimed {
+        timestamp: CExpr,
+        ms: i64,
+    },
+    GroupWin {
+        keys: Vec<CExpr>,
+        inner: Box<WindowSpec>,
+    },
+}
+
+impl WindowSpec {
+    pub(crate) fn instantiate(&self) -> Box<dyn Window> {
+        match self {
+            WindowSpec::None => Box::new(NoWindow),
+            WindowSpec::Time(ms) => Box::new(Time::new(*ms)),
+            WindowSpec::Length(n) => Box::new(Length::new(*n)),
+            WindowSpec::TimeBatch(ms) => Box::new(TimeBatch::new(*ms)),
+            WindowSpec::LengthBatch(n) => Box::new(LengthBatch::new(*n)),
+            WindowSpec::KeepAll => Box::new(KeepAll::default()),
+            WindowSpec::LastEvent => Box::new(LastEvent::default()),
+            WindowSpec::Unique(keys) => Box::new(Unique::new(keys.clone())),
+            WindowSpec::FirstUnique(keys) => Box::new(FirstUnique::new(keys.clone())),
+            WindowSpec::FirstLength(n) => Box::new(FirstLength::new(*n)),
+            WindowSpec::FirstTime { until } => Box::new(FirstTime::new(*until)),
+            WindowSpec::ExtTimed { timestamp, ms } => {
+                Box::new(ExtTimed::new(timestamp.clone(), *ms))
+            }
+            WindowSpec::GroupWin { keys, inner } => {
+                Box::new(GroupWin::new(keys.clone(), (**inner).clone()))
+            }
+        }
+    }
+}
+
+const SUPPORTED: &str = "supported: win:time, win:length, win:time_batch, win:length_batch, \
+     win:keepall, win:firstlength, win:firsttime, win:ext_timed, std:lastevent, std:unique, \
+     std:firstunique, std:groupwin followed by one of those; each also as #name";
+
+/// Compiles a stream's views (`std:groupwin(sym).win:length(3)`, `#time(10)`)
+/// into a [`WindowSpec`]. `compile` compiles an expression argument against
+/// the stream's events; `now` is the statement's start, where
+/// `win:firsttime` begins.
+pub(crate) fn compile(
+    views: &[View],
+    now: i64,
+    compile: &mut dyn FnMut(&Expr) -> Result<CExpr>,
+) -> Result<WindowSpec> {
+    let Some((view, rest)) = views.split_first() else {
+        return Ok(WindowSpec::None);
     };
+    let name = view.name.name.to_ascii_lowercase();
+    let pos = view.name.pos;
+    let bad = |m: String| PqaError::Semantic { pos, message: m };
+    let ns = view.namespace.as_str();
+    let known = |std_ns: &str| ns == std_ns || ns == "#";
+    if name == "groupwin" && known("std") {
+        if rest.is_empty() {
+            return Err(bad(
+                "std:groupwin needs a data window after it, such as std:groupwin(sym).win:length(3)"
+                    .into(),
+            ));
+        }
+        if rest[0].name.name.eq_ignore_ascii_case("groupwin") {
+            return Err(PqaError::Semantic {
+                pos: rest[0].name.pos,
+                message: "list every grouping field in one std:groupwin(a, b)".into(),
+            });
+        }
+        let keys = fields(&name, &view.args, compile)?;
+        let inner = compile_one(&rest[0], now, compile)?;
+        if let Some(extra) = rest.get(1) {
+            return Err(chained(extra));
+        }
+        return Ok(WindowSpec::GroupWin {
+            keys,
+            inner: Box::new(inner),
+        });
+    }
+    if let Some(extra) = rest.first() {
+        return Err(chained(extra));
+    }
+    compile_one(view, now, compile)
+}
+
+fn chained(extra: &View) -> PqaError {
+    PqaError::Semantic {
+        pos: extra.name.pos,
+        message: format!(
+            "{}:{} cannot follow another data window: only std:groupwin(...) may come before a data window",
+            extra.namespace, extra.name.name
+        ),
+    }
+}
+
+fn fields(
+    name: &str,
+    args: &[ViewArg],
+    compile: &mut dyn FnMut(&Expr) -> Result<CExpr>,
+) -> Result<Vec<CExpr>> {
+    let mut keys = Vec::with_capacity(args.len());
+    for a in args {
+        match a {
+            ViewArg::Expr(e) => keys.push(compile(e)?),
+            ViewArg::Period(_, p) => {
+                return Err(PqaError::Semantic {
+                    pos: *p,
+                    message: format!("{name} takes field names, not a time period"),
+                });
+            }
+        }
+    }
+    Ok(keys)
+}
+
+fn compile_one(
+    view: &View,
+    now: i64,
+    compile: &mut dyn FnMut(&Expr) -> Result<CExpr>,
+) -> Result<WindowSpec> {
     let name = view.name.name.to_ascii_lowercase();
     let pos = view.name.pos;
     let bad = |m: String| PqaError::Semantic { pos, message: m };
     let period = |args: &[ViewArg]| -> Result<i64> {
         match args {
             [ViewArg::Period(ms, _)] => Ok(*ms),
-            [ViewArg::Expr(crate::parser::ast::Expr::Lit(v, _))] => match v.as_f64() {
+            [ViewArg::Expr(Expr::Lit(v, _))] => match v.as_f64() {
                 // A bare number of seconds, as Esper allows.
                 Some(s) if s > 0.0 => Ok((s * 1000.0).round() as i64),
                 _ => Err(bad(format!(
@@ -96,33 +232,52 @@ pub(crate) fn build(view: Option<&View>, unique_keys: Vec<CExpr>) -> Result<Box<
     };
     let count = |args: &[ViewArg]| -> Result<usize> {
         match args {
-            [ViewArg::Expr(crate::parser::ast::Expr::Lit(crate::value::Value::Int(n), _))]
-                if *n > 0 =>
-            {
-                Ok(*n as usize)
-            }
+            [ViewArg::Expr(Expr::Lit(crate::value::Value::Int(n), _))] if *n > 0 => Ok(*n as usize),
             _ => Err(bad(format!(
                 "{name} needs one positive whole number of events"
             ))),
         }
     };
     let ns = view.namespace.as_str();
-    Ok(match (ns, name.as_str()) {
-        ("win" | "#", "time") => Box::new(Time::new(period(&view.args)?)),
-        ("win" | "#", "length") => Box::new(Length::new(count(&view.args)?)),
-        ("win" | "#", "time_batch") => Box::new(TimeBatch::new(period(&view.args)?)),
-        ("win" | "#", "length_batch") => Box::new(LengthBatch::new(count(&view.args)?)),
-        ("win" | "#", "keepall") => Box::new(KeepAll::default()),
-        ("std" | "#", "lastevent") => Box::new(LastEvent::default()),
-        ("std" | "#", "unique") => {
-            if unique_keys.is_empty() {
-                return Err(bad("unique needs at least one field".into()));
+    let win = ns == "win" || ns == "#";
+    let std = ns == "std" || ns == "#";
+    Ok(match name.as_str() {
+        "time" if win => WindowSpec::Time(period(&view.args)?),
+        "length" if win => WindowSpec::Length(count(&view.args)?),
+        "time_batch" if win => WindowSpec::TimeBatch(period(&view.args)?),
+        "length_batch" if win => WindowSpec::LengthBatch(count(&view.args)?),
+        "keepall" if win => WindowSpec::KeepAll,
+        "firstlength" if win => WindowSpec::FirstLength(count(&view.args)?),
+        "firsttime" if win => WindowSpec::FirstTime {
+            until: now.saturating_add(period(&view.args)?),
+        },
+        "ext_timed" | "exttimed" if win => match view.args.as_slice() {
+            [ViewArg::Expr(timestamp), rest @ ..] if rest.len() == 1 => WindowSpec::ExtTimed {
+                timestamp: compile(timestamp)?,
+                ms: period(rest)?,
+            },
+            _ => {
+                return Err(bad(
+                    "ext_timed needs a timestamp field and a time period, such as win:ext_timed(ts, 10 sec)"
+                        .into(),
+                ));
             }
-            Box::new(Unique::new(unique_keys))
+        },
+        "lastevent" if std => WindowSpec::LastEvent,
+        "unique" | "firstunique" if std => {
+            if view.args.is_empty() {
+                return Err(bad(format!("{name} needs at least one field")));
+            }
+            let keys = fields(&name, &view.args, compile)?;
+            if name == "unique" {
+                WindowSpec::Unique(keys)
+            } else {
+                WindowSpec::FirstUnique(keys)
+            }
         }
         _ => {
             return Err(bad(format!(
-                "unknown view {}:{} (supported: win:time, win:length, win:time_batch, win:length_batch, win:keepall, std:lastevent, std:unique, #time, #length...)",
+                "unknown view {}:{} ({SUPPORTED})",
                 view.namespace, view.name.name
             )));
         }
