@@ -814,3 +814,199 @@ async fn only_tables_the_parent_says_it_holds_are_diffs() {
     assert_eq!(with["base_generation"], 2);
     server.shutdown().await;
 }
+
+// ---- Upgrades: a parent and a child one minor version apart ----
+//
+// `tests/fixtures/v<version>/` holds what a release put on the wire: the
+// ticket its parents send (`ticket.json`) and one answer of its children
+// (`response.bin`: the `FlightData` messages of a `DoGet`, each as three
+// length-prefixed fields, see `write_messages`). The current code must
+// read every recorded release; record the current one with
+// `FLEETSQL_RECORD_WIRE_FIXTURES=1` when a release is cut.
+
+fn fixtures_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn write_messages(messages: &[FlightData]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for m in messages {
+        assert!(m.flight_descriptor.is_none(), "answers carry no descriptor");
+        for field in [&m.data_header, &m.app_metadata, &m.data_body] {
+            out.extend_from_slice(&(field.len() as u32).to_le_bytes());
+            out.extend_from_slice(field);
+        }
+    }
+    out
+}
+
+/// One length-prefixed field off the front of `bytes`.
+fn take_field(bytes: &mut &[u8]) -> bytes::Bytes {
+    let (len, rest) = bytes.split_at(4);
+    let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+    let (value, rest) = rest.split_at(len);
+    *bytes = rest;
+    bytes::Bytes::copy_from_slice(value)
+}
+
+fn read_messages(mut bytes: &[u8]) -> Vec<FlightData> {
+    let mut messages = Vec::new();
+    while !bytes.is_empty() {
+        let data_header = take_field(&mut bytes);
+        let app_metadata = take_field(&mut bytes);
+        let data_body = take_field(&mut bytes);
+        messages.push(FlightData {
+            flight_descriptor: None,
+            data_header,
+            app_metadata,
+            data_body,
+        });
+    }
+    messages
+}
+
+/// Every recorded release, oldest first.
+fn recorded_releases() -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(fixtures_dir())
+        .expect("tests/fixtures exists")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.join("response.bin").is_file())
+        .collect();
+    dirs.sort();
+    assert!(!dirs.is_empty(), "no recorded wire fixture");
+    dirs
+}
+
+/// Writes this version's fixture (only when asked: it is what later
+/// versions are tested against, so it changes only at a release).
+#[tokio::test]
+async fn record_wire_fixture_when_asked() {
+    if std::env::var_os("FLEETSQL_RECORD_WIRE_FIXTURES").is_none() {
+        return;
+    }
+    let dir = fixtures_dir().join(format!("v{}", env!("CARGO_PKG_VERSION")));
+    std::fs::create_dir_all(&dir).expect("fixture dir");
+    let served = served_proxy();
+    let recorded = record(served.server.local_addr(), &["sys", "processes"]).await;
+    std::fs::write(dir.join("response.bin"), write_messages(&recorded)).expect("write");
+    let request = FetchRequest {
+        requester: "tla".into(),
+        tables: tables(&["sys", "processes"]),
+        since_generation: Some(7),
+        wait: Some(Duration::from_millis(500)),
+        meta_only: false,
+    };
+    let mut base = Generation::empty("proxy-c1");
+    base.meta.id = 7;
+    let ticket = FetchTicket::from_request(&request, Some(&base));
+    let json = serde_json::to_string_pretty(&ticket).expect("json");
+    std::fs::write(dir.join("ticket.json"), json + "\n").expect("write");
+    served.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_recorded_release_answer_is_decoded_by_this_version() {
+    for dir in recorded_releases() {
+        let bytes = std::fs::read(dir.join("response.bin")).expect("read fixture");
+        let messages = read_messages(&bytes);
+        let scripted = Scripted::default();
+        *scripted.script.lock() = messages.into_iter().map(Ok).collect();
+        let (addr, task) = start_scripted(scripted).await;
+        let old_child = flight_child("proxy-c1", addr);
+        let g = old_child
+            .fetch_generation(&FetchRequest {
+                requester: "tla".into(),
+                tables: tables(&["sys", "processes"]),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        // The recorded answer: the proxy over m1 and m2 of cluster c1.
+        assert_eq!(g.tables["sys"].num_rows(), 2, "{}", dir.display());
+        assert_eq!(g.tables["processes"].num_rows(), 6, "{}", dir.display());
+        let v = &g.meta.visibility;
+        assert_eq!(v.machines_seen(), 2, "{}", dir.display());
+        assert_eq!(v.clusters["c1"].machines_expected, 2, "{}", dir.display());
+        let hosts: BTreeSet<String> = g.tables["sys"]
+            .batches()
+            .iter()
+            .flat_map(|b| {
+                let col = b.column_by_name("_host").expect("_host");
+                let col = col.as_any().downcast_ref::<StringArray>().expect("utf8");
+                col.iter().flatten().map(str::to_string).collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(hosts, tables(&["m1", "m2"]), "{}", dir.display());
+        task.abort();
+    }
+}
+
+#[tokio::test]
+async fn every_recorded_release_ticket_is_read_by_this_version() {
+    for dir in recorded_releases() {
+        let bytes = std::fs::read(dir.join("ticket.json")).expect("read ticket");
+        let ticket =
+            FetchTicket::from_bytes(&bytes).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        assert_eq!(ticket.requester, "tla", "{}", dir.display());
+        assert_eq!(ticket.tables, tables(&["processes", "sys"]));
+        let request = ticket.to_request(Duration::from_secs(2));
+        assert_eq!(request.since_generation, Some(7));
+        assert_eq!(request.wait, Some(Duration::from_millis(500)));
+    }
+    // A newer parent may send fields this version does not know yet.
+    let newer = br#"{"requester":"tla","tables":["sys"],"redirect":"x","accept_diff":true,"some_later_field":{"a":1}}"#;
+    let ticket = FetchTicket::from_bytes(newer).expect("unknown fields are ignored");
+    assert!(ticket.accept_diff);
+}
+
+#[tokio::test]
+async fn a_parent_from_before_diffs_gets_whole_tables() {
+    // What a parent sent before diffs existed: no `accept_diff`,
+    // `base_tables` or `meta_only`.
+    let old = std::fs::read(fixtures_dir().join("ticket-before-diffs.json")).expect("fixture");
+    let parsed = FetchTicket::from_bytes(&old).expect("old ticket parses");
+    assert!(!parsed.accept_diff);
+    let source = Arc::new(Ticking::new(5_000));
+    let server = FlightServer::start(source, loopback()).expect("starts");
+    let addr = server.local_addr();
+    for round in 0..3u64 {
+        // After the first answer, the ticket also names the generation
+        // last sent and its table, as a diff-reading parent would: without
+        // `accept_diff` that still gets whole tables.
+        let ticket = if round == 0 {
+            old.clone()
+        } else {
+            let mut t: serde_json::Value = serde_json::from_slice(&old).expect("json");
+            t["base_generation"] = serde_json::json!(round);
+            t["base_tables"] = serde_json::json!(["t"]);
+            serde_json::to_vec(&t).expect("json")
+        };
+        let mut client = raw_client(addr).await;
+        let mut stream = client
+            .do_get(Ticket {
+                ticket: bytes::Bytes::from(ticket),
+            })
+            .await
+            .expect("do_get")
+            .into_inner();
+        let mut messages = Vec::new();
+        while let Some(m) = stream.next().await {
+            messages.push(m.expect("message"));
+        }
+        let header: serde_json::Value =
+            serde_json::from_slice(&messages[0].app_metadata).expect("json");
+        // The same requester has been sent generations before, which a
+        // newer parent would get diffs against: this one never does.
+        assert_eq!(header["stream"]["encoding"], "full", "round {round}");
+        assert!(
+            header["stream"]["tables"][0].get("changed").is_none(),
+            "round {round}: {header}"
+        );
+        // Header, then `t`'s schema and batches: every row.
+        let rows: u64 = header["stream"]["tables"][0]["rows"]
+            .as_u64()
+            .expect("rows");
+        assert_eq!(rows, 5_000, "round {round}");
+    }
+    server.shutdown().await;
+}
