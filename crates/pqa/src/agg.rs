@@ -17,6 +17,20 @@ pub(crate) enum AggFunc {
     Stddev,
     First,
     Last,
+    /// Mean absolute deviation from the mean.
+    Avedev,
+    /// The middle value (the mean of the two middle ones for an even count).
+    Median,
+    /// The first value ever seen: leaving a window does not remove it.
+    FirstEver,
+    /// The most recent value ever seen.
+    LastEver,
+    /// Values ever seen, never decremented.
+    CountEver,
+    /// `nth(x, N)`: the value N events before the newest (0 is the newest).
+    Nth,
+    /// `window(*)`: every event in the window, oldest first.
+    Window,
 }
 
 impl AggFunc {
@@ -30,6 +44,13 @@ impl AggFunc {
             "stddev" => AggFunc::Stddev,
             "first" => AggFunc::First,
             "last" => AggFunc::Last,
+            "avedev" => AggFunc::Avedev,
+            "median" => AggFunc::Median,
+            "firstever" => AggFunc::FirstEver,
+            "lastever" => AggFunc::LastEver,
+            "countever" => AggFunc::CountEver,
+            "nth" => AggFunc::Nth,
+            "window" => AggFunc::Window,
             _ => return None,
         })
     }
@@ -41,6 +62,8 @@ pub(crate) struct AggSpec {
     pub(crate) func: AggFunc,
     pub(crate) arg: Option<CExpr>,
     pub(crate) distinct: bool,
+    /// `nth(x, N)`'s N; 0 for every other function.
+    pub(crate) nth: usize,
     /// Position-free text, to share one state between `sum(x)` in select and having.
     pub(crate) key: String,
 }
@@ -75,12 +98,58 @@ pub(crate) enum AggState {
         first: bool,
         vals: VecDeque<Value>,
     },
+    /// The values in the window, as a multiset, for the statistics that need
+    /// every value.
+    Spread {
+        median: bool,
+        vals: BTreeMap<Value, u32>,
+        n: u64,
+    },
+    /// `firstever`/`lastever`.
+    Ever {
+        first: bool,
+        value: Option<Value>,
+    },
+    CountEver(i64),
+    /// `nth` over the window's values in arrival order.
+    Nth {
+        n: usize,
+        /// The newest N+1 values.
+        vals: VecDeque<Value>,
+        /// Values in the window, kept or not.
+        total: usize,
+    },
+    /// `window(*)`: the window's events in arrival order.
+    Window(VecDeque<Value>),
+    /// `sum(distinct x)`, `avg(distinct x)` ...: the inner aggregate sees
+    /// each distinct value once, while it is in the window at least once.
+    Distinct {
+        seen: HashMap<Value, u32>,
+        inner: Box<AggState>,
+    },
 }
 
 impl AggState {
     pub(crate) fn new(spec: &AggSpec) -> AggState {
         match spec.func {
             AggFunc::Count if spec.distinct => AggState::CountDistinct(HashMap::new()),
+            // Every value is distinct for these, or they keep no values.
+            AggFunc::Min
+            | AggFunc::Max
+            | AggFunc::FirstEver
+            | AggFunc::LastEver
+            | AggFunc::Window
+            | AggFunc::Count => Self::plain(spec),
+            _ if spec.distinct => AggState::Distinct {
+                seen: HashMap::new(),
+                inner: Box::new(Self::plain(spec)),
+            },
+            _ => Self::plain(spec),
+        }
+    }
+
+    fn plain(spec: &AggSpec) -> AggState {
+        match spec.func {
             AggFunc::Count => AggState::Count(0),
             AggFunc::Sum => AggState::Sum {
                 int: 0,
@@ -110,6 +179,22 @@ impl AggState {
                 first: false,
                 vals: VecDeque::new(),
             },
+            AggFunc::Avedev | AggFunc::Median => AggState::Spread {
+                median: spec.func == AggFunc::Median,
+                vals: BTreeMap::new(),
+                n: 0,
+            },
+            AggFunc::FirstEver | AggFunc::LastEver => AggState::Ever {
+                first: spec.func == AggFunc::FirstEver,
+                value: None,
+            },
+            AggFunc::CountEver => AggState::CountEver(0),
+            AggFunc::Nth => AggState::Nth {
+                n: spec.nth,
+                vals: VecDeque::new(),
+                total: 0,
+            },
+            AggFunc::Window => AggState::Window(VecDeque::new()),
         }
     }
 
@@ -156,6 +241,35 @@ impl AggState {
             }
             AggState::MinMax { vals, .. } => *vals.entry(v).or_insert(0) += 1,
             AggState::FirstLast { vals, .. } => vals.push_back(v),
+            AggState::Spread { vals, n, .. } => {
+                if v.as_f64().is_some() {
+                    *vals.entry(v).or_insert(0) += 1;
+                    *n += 1;
+                }
+            }
+            AggState::Ever { first, value } => {
+                if !*first || value.is_none() {
+                    *value = Some(v);
+                }
+            }
+            AggState::CountEver(n) => *n += 1,
+            AggState::Nth { n, vals, total } => {
+                *total += 1;
+                vals.push_back(v);
+                // Older values than the Nth can never be asked for again:
+                // windows only remove their oldest, which is then gone anyway.
+                if vals.len() > *n + 1 {
+                    vals.pop_front();
+                }
+            }
+            AggState::Window(events) => events.push_back(v),
+            AggState::Distinct { seen, inner } => {
+                let c = seen.entry(v.clone()).or_insert(0);
+                *c += 1;
+                if *c == 1 {
+                    inner.add(v);
+                }
+            }
         }
     }
 
@@ -206,9 +320,38 @@ impl AggState {
                     }
                 }
             }
-            AggState::FirstLast { vals, .. } => {
+            AggState::FirstLast { vals, .. } | AggState::Window(vals) => {
                 if let Some(i) = vals.iter().position(|x| *x == v) {
                     vals.remove(i);
+                }
+            }
+            AggState::Spread { vals, n, .. } => {
+                if let Some(c) = vals.get_mut(&v) {
+                    *c -= 1;
+                    *n -= 1;
+                    if *c == 0 {
+                        vals.remove(&v);
+                    }
+                }
+            }
+            AggState::Ever { .. } | AggState::CountEver(_) => {}
+            AggState::Nth { n, vals, total } => {
+                // Windows remove their oldest value: it is still kept only
+                // when the window holds no more than the N+1 kept.
+                if *total <= *n + 1
+                    && let Some(i) = vals.iter().position(|x| *x == v)
+                {
+                    vals.remove(i);
+                }
+                *total = total.saturating_sub(1);
+            }
+            AggState::Distinct { seen, inner } => {
+                if let Some(c) = seen.get_mut(&v) {
+                    *c -= 1;
+                    if *c == 0 {
+                        seen.remove(&v);
+                        inner.remove(v);
+                    }
                 }
             }
         }
@@ -262,8 +405,62 @@ impl AggState {
                 let v = if *first { vals.front() } else { vals.back() };
                 v.cloned().unwrap_or(Value::Null)
             }
+            AggState::Spread { median, vals, n } => spread(*median, vals, *n),
+            AggState::Ever { value, .. } => value.clone().unwrap_or(Value::Null),
+            AggState::CountEver(n) => Value::Int(*n),
+            AggState::Nth { n, vals, .. } => vals
+                .len()
+                .checked_sub(n + 1)
+                .and_then(|i| vals.get(i))
+                .cloned()
+                .unwrap_or(Value::Null),
+            AggState::Window(events) => {
+                if events.is_empty() {
+                    Value::Null
+                } else {
+                    let rows = events.iter().map(Value::to_json).collect();
+                    Value::Json(std::sync::Arc::new(serde_json::Value::Array(rows)))
+                }
+            }
+            AggState::Distinct { inner, .. } => inner.value(),
         }
     }
+}
+
+/// `median` or `avedev` over a multiset of numbers (Esper's definitions:
+/// the median of an even count is the mean of the middle two; avedev is the
+/// mean of the absolute deviations from the mean).
+fn spread(median: bool, vals: &BTreeMap<Value, u32>, n: u64) -> Value {
+    if n == 0 {
+        return Value::Null;
+    }
+    let numbers = || {
+        vals.iter()
+            .filter_map(|(v, c)| v.as_f64().map(|f| (f, *c as u64)))
+    };
+    if median {
+        let nth = |k: u64| {
+            let mut seen = 0;
+            for (f, c) in numbers() {
+                seen += c;
+                if seen > k {
+                    return f;
+                }
+            }
+            f64::NAN
+        };
+        let m = if n % 2 == 1 {
+            nth(n / 2)
+        } else {
+            (nth(n / 2 - 1) + nth(n / 2)) / 2.0
+        };
+        return Value::Float(m);
+    }
+    let mean = numbers().map(|(f, c)| f * c as f64).sum::<f64>() / n as f64;
+    let dev = numbers()
+        .map(|(f, c)| (f - mean).abs() * c as f64)
+        .sum::<f64>();
+    Value::Float(dev / n as f64)
 }
 
 #[cfg(test)]
@@ -275,6 +472,7 @@ mod tests {
             func,
             arg: None,
             distinct: false,
+            nth: 0,
             key: String::new(),
         }
     }

@@ -52,6 +52,7 @@ pub(crate) enum CExpr {
     In(Box<CExpr>, Vec<CExpr>, bool),
     Between(Box<CExpr>, Box<CExpr>, Box<CExpr>, bool),
     Like(Box<CExpr>, Box<CExpr>, bool),
+    Regexp(Box<CExpr>, Arc<regex::Regex>, bool),
     Case {
         operand: Option<Box<CExpr>>,
         whens: Vec<(CExpr, CExpr)>,
@@ -183,6 +184,10 @@ impl CExpr {
             }
             CExpr::Like(e, p, neg) => match (e.eval(ctx), p.eval(ctx)) {
                 (Value::Str(s), Value::Str(p)) => Value::Bool(like(&s, &p) != *neg),
+                _ => Value::Null,
+            },
+            CExpr::Regexp(e, re, neg) => match e.eval(ctx) {
+                Value::Str(s) => Value::Bool(re.is_match(&s) != *neg),
                 _ => Value::Null,
             },
             CExpr::Case {
@@ -415,6 +420,8 @@ pub(crate) struct Compiler<'a> {
     /// Fields each slot's events must carry.
     pub(crate) required: Vec<Vec<usize>>,
     in_agg: bool,
+    /// Compiling the operand of `is [not] null`.
+    testing_null: bool,
     /// Select aliases usable in having / order by, with their expressions.
     pub(crate) aliases: Vec<(String, Expr)>,
 }
@@ -431,6 +438,7 @@ impl<'a> Compiler<'a> {
             bare_field: false,
             required: vec![Vec::new(); n],
             in_agg: false,
+            testing_null: false,
             aliases: Vec::new(),
         }
     }
@@ -457,7 +465,7 @@ impl<'a> Compiler<'a> {
     fn field_ref(&mut self, slot: usize, name: &str) -> CExpr {
         let stream = self.slots[slot].stream;
         let idx = self.streams.list[stream].field(name);
-        if !self.required[slot].contains(&idx) {
+        if !self.testing_null && !self.required[slot].contains(&idx) {
             self.required[slot].push(idx);
         }
         CExpr::Field {
@@ -573,7 +581,14 @@ impl<'a> Compiler<'a> {
             Expr::Binary(op, l, r) => {
                 CExpr::Bin(*op, Box::new(self.compile(l)?), Box::new(self.compile(r)?))
             }
-            Expr::IsNull(e, n) => CExpr::IsNull(Box::new(self.compile(e)?), *n),
+            Expr::IsNull(e, n) => {
+                // A field only tested for null must not be required: an
+                // event without it is exactly what `x is null` looks for.
+                let outer = std::mem::replace(&mut self.testing_null, true);
+                let inner = self.compile(e);
+                self.testing_null = outer;
+                CExpr::IsNull(Box::new(inner?), *n)
+            }
             Expr::In(e, list, n) => {
                 let list = list
                     .iter()
@@ -587,6 +602,24 @@ impl<'a> Compiler<'a> {
                 Box::new(self.compile(hi)?),
                 *n,
             ),
+            Expr::Regexp(e, p, n) => {
+                let Expr::Lit(Value::Str(pattern), pos) = &**p else {
+                    return Self::semantic(
+                        p.pos(),
+                        "regexp needs its pattern as a string literal, such as x regexp 'eth[0-9]+'",
+                    );
+                };
+                // Anchored: Esper's regexp matches the whole string. The size
+                // limit bounds what one registration may make the node build.
+                let re = regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|err| PqaError::Semantic {
+                        pos: *pos,
+                        message: format!("regexp pattern is not valid: {err}"),
+                    })?;
+                CExpr::Regexp(Box::new(self.compile(e)?), Arc::new(re), *n)
+            }
             Expr::Like(e, p, n) => {
                 CExpr::Like(Box::new(self.compile(e)?), Box::new(self.compile(p)?), *n)
             }
@@ -644,14 +677,60 @@ impl<'a> Compiler<'a> {
                     ),
                 );
             }
-            if star && func != AggFunc::Count {
-                return Self::semantic(name.pos, format!("{lower}(*) is not valid; only count(*)"));
+            let takes_star = matches!(
+                func,
+                AggFunc::Count
+                    | AggFunc::CountEver
+                    | AggFunc::First
+                    | AggFunc::Last
+                    | AggFunc::Window
+            );
+            if star && !takes_star {
+                return Self::semantic(
+                    name.pos,
+                    format!(
+                        "{lower}(*) is not valid; * is taken by count, countever, first, last and window"
+                    ),
+                );
             }
-            if !star && args.len() != 1 {
-                return Self::semantic(name.pos, format!("{lower}() takes exactly one argument"));
+            let arity = if func == AggFunc::Nth { 2 } else { 1 };
+            if !star && args.len() != arity {
+                let what = if arity == 2 {
+                    "nth() takes a value and how many events back, such as nth(price, 1)"
+                        .to_string()
+                } else {
+                    format!("{lower}() takes exactly one argument")
+                };
+                return Self::semantic(name.pos, what);
+            }
+            let nth = if func == AggFunc::Nth {
+                match &args[1] {
+                    Expr::Lit(Value::Int(n), _) if *n >= 0 => *n as usize,
+                    other => {
+                        return Self::semantic(
+                            other.pos(),
+                            "nth()'s second argument is a whole number of events back, 0 or more",
+                        );
+                    }
+                }
+            } else {
+                0
+            };
+            // first(*), last(*) and window(*) are about whole events; with
+            // several streams the event is named by its alias instead.
+            let whole_event = star && func != AggFunc::Count && func != AggFunc::CountEver;
+            if whole_event && self.slots.len() != 1 {
+                return Self::semantic(
+                    name.pos,
+                    format!(
+                        "{lower}(*) needs one stream; in a join name the stream: {lower}(alias)"
+                    ),
+                );
             }
             self.in_agg = true;
-            let arg = if star {
+            let arg = if whole_event {
+                Some(Ok(CExpr::Event(0)))
+            } else if star {
                 None
             } else {
                 Some(self.compile(&args[0]))
@@ -667,6 +746,7 @@ impl<'a> Compiler<'a> {
                 func,
                 arg,
                 distinct,
+                nth,
                 key,
             });
             return Ok(CExpr::Agg((aggs.len() - 1) as u32));
@@ -690,7 +770,7 @@ impl<'a> Compiler<'a> {
                 return Self::semantic(
                     name.pos,
                     format!(
-                        "unknown function '{}' (aggregates: avg, sum, count, min, max, stddev, first, last)",
+                        "unknown function '{}' (aggregates: avg, sum, count, min, max, stddev, first, last, avedev, median, firstever, lastever, countever, nth, window)",
                         name.name
                     ),
                 );

@@ -257,6 +257,8 @@ pub enum Expr {
     Between(Box<Expr>, Box<Expr>, Box<Expr>, bool),
     /// `x [not] like 'a%'`.
     Like(Box<Expr>, Box<Expr>, bool),
+    /// `x [not] regexp 'pattern'`: the whole string matches (as Java's `String.matches`).
+    Regexp(Box<Expr>, Box<Expr>, bool),
     /// `case [operand] when .. then .. [else ..] end`.
     Case {
         /// Simple-case operand.
@@ -276,9 +278,11 @@ impl Expr {
             Expr::Field { qualifier, name } => qualifier.as_ref().map_or(name.pos, |q| q.pos),
             Expr::Binary(_, l, _) => l.pos(),
             Expr::Call { name, .. } => name.pos,
-            Expr::IsNull(e, _) | Expr::In(e, _, _) | Expr::Between(e, ..) | Expr::Like(e, ..) => {
-                e.pos()
-            }
+            Expr::IsNull(e, _)
+            | Expr::In(e, _, _)
+            | Expr::Between(e, ..)
+            | Expr::Like(e, ..)
+            | Expr::Regexp(e, ..) => e.pos(),
             Expr::Case { whens, .. } => whens.first().map(|w| w.0.pos()).unwrap_or_default(),
         }
     }
@@ -289,7 +293,7 @@ impl Expr {
         match self {
             Expr::Lit(..) | Expr::Field { .. } => {}
             Expr::Unary(_, e, _) | Expr::IsNull(e, _) => e.walk(f),
-            Expr::Binary(_, l, r) | Expr::Like(l, r, _) => {
+            Expr::Binary(_, l, r) | Expr::Like(l, r, _) | Expr::Regexp(l, r, _) => {
                 l.walk(f);
                 r.walk(f);
             }
@@ -445,6 +449,9 @@ impl std::fmt::Display for Expr {
                 )
             }
             Expr::Like(e, p, neg) => write!(f, "{e} {}like {p}", if *neg { "not " } else { "" }),
+            Expr::Regexp(e, p, neg) => {
+                write!(f, "{e} {}regexp {p}", if *neg { "not " } else { "" })
+            }
             Expr::Case {
                 operand,
                 whens,

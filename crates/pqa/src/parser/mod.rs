@@ -593,7 +593,13 @@ impl Parser {
                 let name = self.ident(
                     "a view name (time, length, time_batch, length_batch, keepall, ext_timed, firstlength, firsttime, lastevent, unique, firstunique, groupwin)",
                 )?;
-                let args = self.view_args()?;
+                // `#lastevent`, `#keepall`: Esper lets views without
+                // parameters drop the parentheses in this spelling.
+                let args = if self.is_sym("(") {
+                    self.view_args()?
+                } else {
+                    Vec::new()
+                };
                 views.push(View {
                     namespace: "#".into(),
                     name,
@@ -833,7 +839,10 @@ impl Parser {
             return Ok(Expr::IsNull(Box::new(l), neg));
         }
         let neg = if self.is_kw("not")
-            && (self.is_kw_at(1, "in") || self.is_kw_at(1, "between") || self.is_kw_at(1, "like"))
+            && (self.is_kw_at(1, "in")
+                || self.is_kw_at(1, "between")
+                || self.is_kw_at(1, "like")
+                || self.is_kw_at(1, "regexp"))
         {
             self.bump();
             true
@@ -862,8 +871,12 @@ impl Parser {
             let p = self.add_expr()?;
             return Ok(Expr::Like(Box::new(l), Box::new(p), neg));
         }
+        if self.eat_kw("regexp") {
+            let p = self.add_expr()?;
+            return Ok(Expr::Regexp(Box::new(l), Box::new(p), neg));
+        }
         if neg {
-            return self.err("'in', 'between' or 'like' after 'not'");
+            return self.err("'in', 'between', 'like' or 'regexp' after 'not'");
         }
         Ok(l)
     }
