@@ -3,6 +3,7 @@
 
 mod alerts_cmd;
 mod apps_args;
+mod auth_cmd;
 mod bench_cmd;
 mod demo;
 mod integrations;
@@ -77,6 +78,12 @@ enum Command {
     /// Measure a real TLA and SQL node fed by a simulated fleet (up to
     /// 100,000 machines) against baselines taken in the same run.
     Bench(bench_cmd::BenchArgs),
+    /// Users of a SQL node's users file (Postgres wire, console log-in):
+    /// `users add NAME --role ROLE --file PATH`, `users list`, `users remove`.
+    Users(auth_cmd::UsersArgs),
+    /// Bearer tokens of a SQL node's tokens file (HTTP): `tokens create
+    /// --role ROLE --expires 30d --file PATH`, `tokens list`, `tokens revoke ID`.
+    Tokens(auth_cmd::TokensArgs),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +120,8 @@ fn main() -> ExitCode {
             Command::TlaSql(args) => tier::run(tier::Role::TlaSql, args).await,
             Command::Alerts(args) => alerts_cmd::run(args).await,
             Command::Bench(args) => bench_cmd::run(args).await,
+            Command::Users(args) => auth_cmd::users(args),
+            Command::Tokens(args) => auth_cmd::tokens(args),
         }
     });
     match result {
