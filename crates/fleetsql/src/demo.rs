@@ -37,6 +37,9 @@ pub(crate) struct DemoArgs {
     /// HTTP port: queries, health (0 picks one).
     #[arg(long, default_value_t = 8080)]
     http_port: u16,
+    /// Flight SQL port, for ADBC and JDBC Flight SQL (0 picks one).
+    #[arg(long, default_value_t = 8815)]
+    flightsql_port: u16,
     /// The local agent's publish API port, always on loopback (0 picks one).
     #[arg(long, default_value_t = 7070)]
     publish_port: u16,
@@ -149,6 +152,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             tlas: BTreeMap::from([("tla".to_string(), 0)]),
             pg: Some(SocketAddr::new(args.bind, args.pg_port)),
             http: Some(SocketAddr::new(args.bind, args.http_port)),
+            flightsql: Some(SocketAddr::new(args.bind, args.flightsql_port)),
             query_timeout: Some(args.query_timeout),
             query_memory_mib: Some(args.query_memory_mib),
             ..SqlNodeEntry::default()
@@ -173,8 +177,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let machines = sim.machine_count() + 1;
     let pg_addr = sql.pg_addr();
     let http_addr = sql.http_addr();
+    let flightsql_addr = sql
+        .flightsql_addr()
+        .context("the demo's SQL node serves no Flight SQL")?;
     println!(
-        "fleetsql demo ready: pg={pg_addr} http={http_addr} publish={} machines={machines} clusters={} state={}",
+        "fleetsql demo ready: pg={pg_addr} http={http_addr} flightsql={flightsql_addr} publish={} machines={machines} clusters={} state={}",
         agent.publish_addr(),
         args.clusters + 1,
         state_dir.display()
@@ -194,6 +201,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "  curl -s -H 'content-type: text/csv' --data-binary $'svc,up\\nweb,1\\n' http://{}/v1/tables/services",
         agent.publish_addr()
+    );
+    println!(
+        "  python -c 'import adbc_driver_flightsql.dbapi as f; print(f.connect(\"grpc://{flightsql_addr}\").cursor().execute(\"SELECT count(*) FROM sys\").fetch_arrow_table())'"
     );
     println!("  console: http://{http_addr}/");
     println!();

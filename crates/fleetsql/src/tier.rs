@@ -27,6 +27,10 @@ pub(crate) struct TierArgs {
     /// SQL node only: the Postgres wire address.
     #[arg(long)]
     pg: Option<SocketAddr>,
+    /// SQL node only: serve Flight SQL (ADBC, JDBC Flight SQL) here (over
+    /// the entry's `flightsql`; neither: not served).
+    #[arg(long)]
+    flightsql: Option<SocketAddr>,
     /// Agent and SQL node: a TOML file of integrations, as for `fleetsql
     /// demo`. An agent runs the table publishers (Prometheus, SNMP) and
     /// publishes `fleet_sources`; a SQL node runs the persistent-query
@@ -67,12 +71,16 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
         http: args.http,
         publish: args.publish,
         pg: args.pg,
+        flightsql: args.flightsql,
     };
     let name = &args.name;
     if args.apps.any() && !matches!(role, Role::SqlNode | Role::TlaSql) {
         anyhow::bail!(
             "--state-dir, --alerts-* , --reports-* and --console-* are for `fleetsql sqlnode`, `tla-sql` and `demo`"
         );
+    }
+    if args.flightsql.is_some() && !matches!(role, Role::SqlNode | Role::TlaSql) {
+        anyhow::bail!("--flightsql is for `fleetsql sqlnode` and `tla-sql`");
     }
     if args.publish.is_some() && !matches!(role, Role::Agent) {
         anyhow::bail!("--publish is for `fleetsql agent`");

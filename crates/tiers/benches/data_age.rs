@@ -26,6 +26,7 @@ fn listen() -> Listen {
         http: any(),
         publish: any(),
         pg: any(),
+        flightsql: None,
     }
 }
 

@@ -34,6 +34,8 @@ pub enum TiersError {
     Pg(#[from] fleetsql_pgwire::PgServerError),
     #[error(transparent)]
     Http(#[from] fleetsql_http::HttpServerError),
+    #[error(transparent)]
+    FlightSql(#[from] fleetsql_flightsql::FlightSqlError),
     #[error("SQL node `{name}`'s apps")]
     Apps {
         name: String,

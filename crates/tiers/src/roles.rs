@@ -10,6 +10,7 @@ use fleetsql_agent::{Agent, AgentConfig};
 use fleetsql_aggregator::Aggregator;
 use fleetsql_apps::{AppsConfig, LocalTables, SqlNodeApps};
 use fleetsql_flight::{FlightServer, FlightServerConfig};
+use fleetsql_flightsql::FlightSqlServer;
 use fleetsql_http::HttpServer;
 use fleetsql_pgwire::PgServer;
 use fleetsql_sqlnode::SqlNode;
@@ -28,6 +29,8 @@ pub struct Listen {
     pub http: Option<SocketAddr>,
     pub publish: Option<SocketAddr>,
     pub pg: Option<SocketAddr>,
+    /// A SQL node's Flight SQL address.
+    pub flightsql: Option<SocketAddr>,
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -130,6 +133,7 @@ impl AgentProcess {
             http: Some(self.http_addr()),
             publish: Some(self.agent.publish_addr()),
             pg: None,
+            flightsql: None,
         };
         let started_with = self.started_with.clone();
         self.watch = Some(TopologyWatch::start(path, every, move |topology| {
@@ -145,6 +149,7 @@ impl AgentProcess {
                     http: entry.http,
                     publish: entry.publish,
                     pg: None,
+                    flightsql: None,
                 },
             );
             if let Some(was) = started_with.agents.get(&name) {
@@ -377,6 +382,7 @@ fn moved_addresses(cli: Listen, bound: Listen, file: Listen) -> Vec<String> {
         ("http", cli.http, file.http, bound.http),
         ("publish", cli.publish, file.publish, bound.publish),
         ("pg", cli.pg, file.pg, bound.pg),
+        ("flightsql", cli.flightsql, file.flightsql, bound.flightsql),
     ] {
         if let (None, Some(file), Some(bound)) = (cli, file, bound)
             && file != bound
@@ -487,6 +493,7 @@ impl LiveSql {
             Listen {
                 pg: entry.pg,
                 http: entry.http,
+                flightsql: entry.flightsql,
                 ..Listen::default()
             },
         );
@@ -667,6 +674,8 @@ pub struct SqlProcess {
     node: Arc<SqlNode>,
     pg: PgServer,
     http: HttpServer,
+    /// Only when the entry or the command line gives an address.
+    flightsql: Option<FlightSqlServer>,
     live: Arc<LiveSql>,
     watch: Option<TopologyWatch>,
 }
@@ -741,6 +750,11 @@ impl SqlProcess {
             .fallback(apps_fallback(apps.routes.clone()));
         let http =
             HttpServer::start(app, listen.http.or(entry.http).unwrap_or(loopback(8080))).await?;
+        let flightsql = listen
+            .flightsql
+            .or(entry.flightsql)
+            .map(|addr| FlightSqlServer::start(node.clone(), addr))
+            .transpose()?;
         let live = Arc::new(LiveSql {
             name: name.to_string(),
             node: node.clone(),
@@ -751,6 +765,7 @@ impl SqlProcess {
             bound: Listen {
                 pg: Some(pg.local_addr()),
                 http: Some(http.local_addr()),
+                flightsql: flightsql.as_ref().map(FlightSqlServer::local_addr),
                 ..Listen::default()
             },
             apps,
@@ -760,6 +775,7 @@ impl SqlProcess {
             node,
             pg,
             http,
+            flightsql,
             live,
             watch: None,
         })
@@ -791,13 +807,26 @@ impl SqlProcess {
         self.http.local_addr()
     }
 
+    /// Where Flight SQL is served, when it is.
+    pub fn flightsql_addr(&self) -> Option<SocketAddr> {
+        self.flightsql.as_ref().map(FlightSqlServer::local_addr)
+    }
+
     pub fn ready_line(&self) -> String {
         format!(
-            "fleetsql sqlnode ready: name={} pg={} http={}",
+            "fleetsql sqlnode ready: name={} pg={} http={}{}",
             self.name,
             self.pg_addr(),
-            self.http_addr()
+            self.http_addr(),
+            self.flightsql_field()
         )
+    }
+
+    /// ` flightsql=ADDR` for a ready line, or nothing when it is off.
+    fn flightsql_field(&self) -> String {
+        self.flightsql_addr()
+            .map(|addr| format!(" flightsql={addr}"))
+            .unwrap_or_default()
     }
 
     /// Stops watching the topology, stops accepting (HTTP, then Postgres),
@@ -809,6 +838,9 @@ impl SqlProcess {
         }
         self.http.shutdown().await;
         self.pg.shutdown().await;
+        if let Some(flightsql) = self.flightsql {
+            flightsql.shutdown().await;
+        }
         // Waits for an apps restart under way, then stops what it started.
         self.live.apps.shutdown().await;
         drop(self.live);
@@ -895,12 +927,13 @@ impl TlaSqlProcess {
 
     pub fn ready_line(&self) -> String {
         format!(
-            "fleetsql tla-sql ready: name={} flight={} pg={} http={} tla_http={}",
+            "fleetsql tla-sql ready: name={} flight={} pg={} http={} tla_http={}{}",
             self.sql.name,
             self.tla.flight_addr(),
             self.sql.pg_addr(),
             self.sql.http_addr(),
-            self.tla.http_addr()
+            self.tla.http_addr(),
+            self.sql.flightsql_field()
         )
     }
 

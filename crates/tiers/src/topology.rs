@@ -158,6 +158,8 @@ pub struct SqlNodeEntry {
     pub tlas: BTreeMap<String, i64>,
     pub pg: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    /// Flight SQL (ADBC, JDBC Flight SQL); without it, not served.
+    pub flightsql: Option<SocketAddr>,
     #[serde(default)]
     pub prewarm: BTreeSet<String>,
     #[serde(default, with = "duration_text::option")]

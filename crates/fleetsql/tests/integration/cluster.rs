@@ -14,6 +14,7 @@ pub(crate) struct TestDemo {
     pub(crate) pg: SocketAddr,
     pub(crate) http: SocketAddr,
     pub(crate) publish: SocketAddr,
+    pub(crate) flightsql: SocketAddr,
     pub(crate) dir: tempfile::TempDir,
 }
 
@@ -98,6 +99,7 @@ impl TestDemo {
             .args(["--clusters", &clusters.to_string()])
             .args(["--machines", &machines.to_string()])
             .args(["--pg-port", "0", "--http-port", "0", "--publish-port", "0"])
+            .args(["--flightsql-port", "0"])
             .arg("--drop-dir")
             .arg(&drop_dir)
             .args(&extra)
@@ -114,6 +116,7 @@ impl TestDemo {
             pg: field(&line, "pg"),
             http: field(&line, "http"),
             publish: field(&line, "publish"),
+            flightsql: field(&line, "flightsql"),
             dir,
         };
         demo.wait_healthy().await;

@@ -6,6 +6,7 @@ mod cluster;
 mod console;
 mod demo;
 mod fixture;
+mod flightsql;
 mod integrations;
 mod limits;
 mod pg_clients;
