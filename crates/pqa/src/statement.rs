@@ -9,7 +9,7 @@ use crate::expr::{CExpr, Compiler, Slot, Streams, has_aggregate};
 use crate::kernel::{Kernel, KernelSpec, RowRef};
 use crate::output::OutputLimiter;
 use crate::parser::ast::{
-    self, BinOp, Body, Expr, From, PatternExpr, SelectItem, Statement, StreamSel,
+    self, BinOp, Body, Expr, From, JoinKind, PatternExpr, SelectItem, Statement, StreamSel,
 };
 use crate::pattern::{Binding, PNode, State, unbound};
 use crate::processor::{Item, OutRow, Processor, ProcessorSpec, Row, Update};
@@ -35,6 +35,11 @@ pub(crate) struct Stmt {
     inputs: Vec<Input>,
     pattern: Option<PatternRt>,
     join_where: Option<CExpr>,
+    /// An outer join of two streams: its kind and `on` condition (the
+    /// where clause then filters the joined rows).
+    outer: Option<(JoinKind, CExpr)>,
+    /// The one stream whose events trigger the join (`unidirectional`).
+    unidirectional: Option<usize>,
     processor: Processor,
     /// The output clause, if any.
     output: Option<OutputLimiter>,
@@ -185,20 +190,57 @@ pub(crate) fn compile(
         .collect();
     let mut where_parts = Vec::new();
     let mut having_parts = Vec::new();
-    if let Some(w) = &sel.where_ {
-        let mut all = Vec::new();
-        conjuncts(w.clone(), &mut all);
-        for c in all {
-            if names_field(&c, &agg_aliases) {
-                having_parts.push(c);
-            } else if has_aggregate(&c) {
-                return semantic(
-                    c.pos(),
-                    "aggregates are not allowed in where; use having (or name the aggregate's alias)",
-                );
-            } else {
-                where_parts.push(c);
+    // An inner join's `on` is one more condition on the joined rows, as the
+    // where clause is; an outer join's decides which rows match.
+    let mut filters: Vec<Expr> = sel.where_.iter().cloned().collect();
+    let mut outer_on = None;
+    let mut unidirectional = None;
+    for (k, spec) in specs.iter().enumerate() {
+        if let Some(join) = &spec.join {
+            match (join.kind, &join.on) {
+                (JoinKind::Inner, Some(on)) => filters.push(on.clone()),
+                (JoinKind::Inner, None) => {}
+                (kind, on) => {
+                    if specs.len() != 2 || k != 1 {
+                        return semantic(
+                            join.pos,
+                            "an outer join joins two streams here; join more streams with inner joins or a comma",
+                        );
+                    }
+                    outer_on = on.clone().map(|on| (kind, on));
+                }
             }
+        }
+        if spec.unidirectional {
+            if unidirectional.is_some() {
+                return semantic(spec.name.pos, "only one stream may be unidirectional");
+            }
+            if specs.len() < 2 {
+                return semantic(spec.name.pos, "unidirectional is for a stream of a join");
+            }
+            unidirectional = Some(k);
+        }
+    }
+    if let (Some(k), Some(_)) = (unidirectional, &outer_on) {
+        return semantic(
+            specs[k].name.pos,
+            "unidirectional with an outer join is not supported; use an inner join",
+        );
+    }
+    let mut all = Vec::new();
+    for w in filters {
+        conjuncts(w, &mut all);
+    }
+    for c in all {
+        if names_field(&c, &agg_aliases) {
+            having_parts.push(c);
+        } else if has_aggregate(&c) {
+            return semantic(
+                c.pos(),
+                "aggregates are not allowed in where; use having (or name the aggregate's alias)",
+            );
+        } else {
+            where_parts.push(c);
         }
     }
     if let Some(h) = &sel.having {
@@ -224,6 +266,10 @@ pub(crate) fn compile(
         .map(|g| c.compile(g))
         .collect::<Result<Vec<_>>>()?;
     let where_c = where_expr.as_ref().map(|w| c.compile(w)).transpose()?;
+    let outer = match outer_on {
+        Some((kind, on)) => Some((kind, c.compile(&on)?)),
+        None => None,
+    };
     c.aggs = Some(Vec::new());
     c.group_keys = sel.group_by.iter().map(|g| g.to_string()).collect();
     c.bare_field = false;
@@ -301,6 +347,8 @@ pub(crate) fn compile(
         inputs: Vec::new(),
         pattern: None,
         join_where: None,
+        outer,
+        unidirectional,
         processor,
         output,
         update: Update::default(),
@@ -541,6 +589,7 @@ impl Stmt {
             processor,
             inputs,
             join_where,
+            outer,
             ..
         } = self;
         match output {
@@ -549,7 +598,7 @@ impl Stmt {
                 processor.take_update(update);
                 let p: &Processor = processor;
                 limiter.offer(update, now, p, &mut out.new, &mut out.old, &mut |rows| {
-                    snapshot(inputs, join_where.as_ref(), p, rows)
+                    snapshot(inputs, join_where.as_ref(), outer.as_ref(), p, rows)
                 });
             }
         }
@@ -568,8 +617,17 @@ impl Stmt {
             }
             return;
         }
-        let old = join_combos(&self.inputs, self.join_where.as_ref(), k, &self.delta.old);
-        let new = join_combos(&self.inputs, self.join_where.as_ref(), k, &self.delta.new);
+        if self.unidirectional.is_some_and(|u| u != k) {
+            // The other streams only fill their windows.
+            return;
+        }
+        let join = Join {
+            inputs: &self.inputs,
+            where_: self.join_where.as_ref(),
+            outer: self.outer.as_ref(),
+        };
+        let old = join.rows(k, &self.delta.old);
+        let new = join.rows(k, &self.delta.new);
         for r in &old {
             self.processor.on_old(r);
         }
@@ -632,12 +690,13 @@ impl Stmt {
             processor,
             inputs,
             join_where,
+            outer,
             ..
         } = self;
         if let Some(limiter) = output {
             let p: &Processor = processor;
             limiter.on_time(now, p, &mut out.new, &mut out.old, &mut |rows| {
-                snapshot(inputs, join_where.as_ref(), p, rows)
+                snapshot(inputs, join_where.as_ref(), outer.as_ref(), p, rows)
             });
         }
     }
@@ -667,6 +726,66 @@ impl Stmt {
 
 /// Every combination of `events` (in slot `k`) with the other windows'
 /// contents that satisfies the join's where clause.
+/// How a statement joins its inputs.
+struct Join<'a> {
+    inputs: &'a [Input],
+    where_: Option<&'a CExpr>,
+    outer: Option<&'a (JoinKind, CExpr)>,
+}
+
+impl Join<'_> {
+    /// The joined rows of `events`, which arrived on (or left) input `k`.
+    fn rows(&self, k: usize, events: &[Arc<Event>]) -> Vec<Vec<Arc<Event>>> {
+        match self.outer {
+            None => join_combos(self.inputs, self.where_, k, events),
+            Some((kind, on)) => self.outer_rows(*kind, on, k, events),
+        }
+    }
+
+    /// Two streams, outer-joined: an event matches the other window's events
+    /// for which `on` holds; one without a match on a kept side pairs with an
+    /// empty event (its fields null), as in Esper.
+    fn outer_rows(
+        &self,
+        kind: JoinKind,
+        on: &CExpr,
+        k: usize,
+        events: &[Arc<Event>],
+    ) -> Vec<Vec<Arc<Event>>> {
+        let keeps_unmatched = match kind {
+            JoinKind::Left => k == 0,
+            JoinKind::Right => k == 1,
+            JoinKind::Full => true,
+            JoinKind::Inner => false,
+        };
+        let other = 1 - k;
+        let pair = |mine: &Arc<Event>, theirs: &Arc<Event>| {
+            if k == 0 {
+                vec![mine.clone(), theirs.clone()]
+            } else {
+                vec![theirs.clone(), mine.clone()]
+            }
+        };
+        let mut rows = Vec::new();
+        for e in events {
+            let before = rows.len();
+            self.inputs[other].window.for_each(&mut |x| {
+                let row = pair(e, x);
+                if on.test(&crate::expr::Ctx::row(&row)) {
+                    rows.push(row);
+                }
+            });
+            if rows.len() == before && keeps_unmatched {
+                rows.push(pair(e, unbound()));
+            }
+        }
+        if let Some(w) = self.where_ {
+            rows.retain(|row| w.test(&crate::expr::Ctx::row(row)));
+        }
+        rows
+    }
+}
+
 fn join_combos(
     inputs: &[Input],
     join_where: Option<&CExpr>,
@@ -706,7 +825,13 @@ fn join_combos(
 }
 
 /// The statement's whole current result (`output snapshot`).
-fn snapshot(inputs: &[Input], join_where: Option<&CExpr>, p: &Processor, out: &mut Vec<OutRow>) {
+fn snapshot(
+    inputs: &[Input],
+    join_where: Option<&CExpr>,
+    outer: Option<&(JoinKind, CExpr)>,
+    p: &Processor,
+    out: &mut Vec<OutRow>,
+) {
     if p.aggregated_per_group() {
         p.snapshot_groups(out);
         return;
@@ -719,7 +844,23 @@ fn snapshot(inputs: &[Input], join_where: Option<&CExpr>, p: &Processor, out: &m
     let combos = if inputs.len() == 1 {
         events.into_iter().map(|e| vec![e]).collect()
     } else {
-        join_combos(inputs, join_where, 0, &events)
+        let join = Join {
+            inputs,
+            where_: join_where,
+            outer,
+        };
+        let mut rows = join.rows(0, &events);
+        // The right side's unmatched events, which no left event reaches.
+        if let Some((JoinKind::Right | JoinKind::Full, _)) = outer {
+            let mut right = Vec::new();
+            inputs[1].window.for_each(&mut |e| right.push(e.clone()));
+            rows.extend(
+                join.rows(1, &right)
+                    .into_iter()
+                    .filter(|row| Arc::ptr_eq(&row[0], unbound())),
+            );
+        }
+        rows
     };
     p.snapshot_events(&combos, out);
 }

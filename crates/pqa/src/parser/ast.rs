@@ -122,6 +122,34 @@ pub struct StreamSpec {
     pub views: Vec<View>,
     /// `as alias`.
     pub alias: Option<Ident>,
+    /// `unidirectional`: only this stream's events trigger the join.
+    pub unidirectional: bool,
+    /// How this stream joins the ones before it, when written with `join`.
+    pub join: Option<Join>,
+}
+
+/// `[inner|left outer|right outer|full outer] join Stream ... on expr`.
+#[derive(Debug, Clone)]
+pub struct Join {
+    /// Which side's events are kept without a match.
+    pub kind: JoinKind,
+    /// The `on` condition (optional for an inner join).
+    pub on: Option<Expr>,
+    /// Where the join keyword is.
+    pub pos: Pos,
+}
+
+/// The kinds of join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    /// Only matching pairs.
+    Inner,
+    /// Also the left stream's events without a match.
+    Left,
+    /// Also the right stream's events without a match.
+    Right,
+    /// Also either side's events without a match.
+    Full,
 }
 
 /// A data-window view such as `win:time(20 sec)` or `#length(5)`.

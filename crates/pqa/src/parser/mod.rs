@@ -551,12 +551,40 @@ impl Parser {
             }
             return Ok(From::Pattern(p, pos));
         }
-        let mut streams = Vec::new();
+        let mut streams = vec![self.stream_spec()?];
         loop {
-            streams.push(self.stream_spec()?);
-            if !self.eat_sym(",") {
-                break;
+            if self.eat_sym(",") {
+                streams.push(self.stream_spec()?);
+                continue;
             }
+            let pos = self.pos();
+            let kind = if self.eat_kw("inner") {
+                JoinKind::Inner
+            } else if self.eat_kw("left") {
+                JoinKind::Left
+            } else if self.eat_kw("right") {
+                JoinKind::Right
+            } else if self.eat_kw("full") {
+                JoinKind::Full
+            } else if self.is_kw("join") {
+                JoinKind::Inner
+            } else {
+                break;
+            };
+            if kind != JoinKind::Inner {
+                self.eat_kw("outer");
+            }
+            self.expect_kw("join")?;
+            let mut spec = self.stream_spec()?;
+            let on = if self.eat_kw("on") {
+                Some(self.expr()?)
+            } else if kind == JoinKind::Inner {
+                None
+            } else {
+                return self.err("'on' and the join condition after an outer join's stream");
+            };
+            spec.join = Some(Join { kind, on, pos });
+            streams.push(spec);
         }
         Ok(From::Streams(streams))
     }
@@ -611,18 +639,23 @@ impl Parser {
         }
         let alias = if self.eat_kw("as") {
             Some(self.ident("a stream alias after 'as'")?)
-        } else if self.non_reserved_ident() {
+        } else if self.non_reserved_ident()
+            && !["join", "inner", "left", "right", "full"]
+                .iter()
+                .any(|w| self.is_kw(w))
+        {
             Some(self.ident("a stream alias")?)
         } else {
             None
         };
-        // Accepted for compatibility; joins here are evaluated on every stream.
-        self.eat_kw("unidirectional");
+        let unidirectional = self.eat_kw("unidirectional");
         Ok(StreamSpec {
             name,
             filter,
             views,
             alias,
+            unidirectional,
+            join: None,
         })
     }
 
