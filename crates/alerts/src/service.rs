@@ -112,6 +112,9 @@ pub(crate) struct Inner {
     http: reqwest::Client,
     /// Last answers by SQL text, valid for one generation id.
     cache: Mutex<(u64, BTreeMap<String, Arc<Evaluation>>)>,
+    /// When each (alert, route) that re-sends its active instances
+    /// (Alertmanager) last had them queued.
+    resent: Mutex<BTreeMap<(String, String), i64>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -297,10 +300,15 @@ impl Inner {
     /// One scheduler pass at `now`: re-read definitions, hold the lease,
     /// run the due alerts.
     async fn pass(&self, now: i64) -> Result<PassReport> {
-        let (definitions, errors, routes_changed) = {
+        let (definitions, errors, routes_changed, routes) = {
             let mut set = self.definitions.lock();
             let changed = set.scan(now);
-            (set.definitions(), set.errors(), changed)
+            (
+                set.definitions(),
+                set.errors(),
+                changed,
+                set.routes().clone(),
+            )
         };
         let was_leader = self.leader.load(Ordering::SeqCst);
         let leader = self
@@ -425,18 +433,56 @@ impl Inner {
                 .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
                 .collect();
             let mut notifications = Vec::new();
-            if !events.is_empty() {
-                let payload = json!({
+            let batch = |events: Vec<Value>| {
+                json!({
                     "alert": def.name,
                     "severity": def.severity.as_str(),
                     "description": def.description,
                     "procedure": def.procedure,
                     "node": self.config.node_id,
+                    "every_ms": def.every.as_millis() as u64,
                     "events": events,
-                });
+                })
+            };
+            if !events.is_empty() {
+                let payload = batch(events);
                 for route in def.routes.iter().filter(|r| *r != CONSOLE_ROUTE) {
                     notifications.push((route.clone(), payload.clone()));
                 }
+            }
+            // Routes that forget an alert not sent again in time get every
+            // active instance again, through the outbox like any batch.
+            let mut resent = Vec::new();
+            for route in &def.routes {
+                let Some(every) = routes.get(route).and_then(RouteConfig::resend_every) else {
+                    continue;
+                };
+                let slot = (def.name.clone(), route.clone());
+                let due = self
+                    .resent
+                    .lock()
+                    .get(&slot)
+                    .is_none_or(|at| now - at >= every.as_millis() as i64);
+                if !due || state.active().next().is_none() {
+                    continue;
+                }
+                let active: Vec<Value> = state
+                    .active()
+                    .map(|i| {
+                        json!({
+                            "kind": EventKind::Fired.as_str(),
+                            "alert": def.name,
+                            "key": i.key,
+                            "details": i.details,
+                            "at_ms": now,
+                            "fired_at_ms": i.fired_at_ms,
+                        })
+                    })
+                    .collect();
+                let mut payload = batch(active);
+                payload["resend"] = json!(true);
+                notifications.push((route.clone(), payload));
+                resent.push(slot);
             }
             let checkpoint = state.checkpointed_ms.is_none_or(|at| {
                 now.saturating_sub(at) >= self.config.checkpoint_every.as_millis() as i64
@@ -477,6 +523,9 @@ impl Inner {
                 state.unsaved.clear();
                 state.checkpointed_ms = Some(now);
             }
+            self.resent
+                .lock()
+                .extend(resent.into_iter().map(|slot| (slot, now)));
             for event in &outcome.events {
                 tracing::info!(alert = %def.name, kind = event.kind.as_str(), key = %serde_json::Value::Object(event.key.clone()), "alert event");
             }
@@ -538,6 +587,16 @@ impl Inner {
                     async move {
                         let mut payload = entry.payload.clone();
                         payload["id"] = json!(entry.id);
+                        // A re-send delivered after a newer batch of its
+                        // alert (a clear, say) would undo it: it is dropped.
+                        if payload["resend"] == json!(true)
+                            && self
+                                .store
+                                .has_newer(entry.id, &entry.alert, &entry.route)
+                                .unwrap_or(false)
+                        {
+                            return (entry.id, entry.attempts, Ok(()));
+                        }
                         let result = match route {
                             Some(route) => route.deliver(&payload, &self.http).await,
                             None => Err(format!(
@@ -629,6 +688,7 @@ impl AlertService {
             deliver_now: Notify::new(),
             http: reqwest::Client::new(),
             cache: Mutex::new((0, BTreeMap::new())),
+            resent: Mutex::new(BTreeMap::new()),
         });
         tables::register(&node, &inner);
         Ok(AlertService {

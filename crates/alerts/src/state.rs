@@ -135,6 +135,10 @@ pub struct Event {
     /// Why there was no data (for `NoData`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// When the instance fired (a clear names the firing it ends, which
+    /// Alertmanager's `startsAt` needs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fired_at_ms: Option<i64>,
 }
 
 /// When instances fire and clear.
@@ -203,6 +207,7 @@ impl AlertState {
             at_ms,
             iteration: self.iteration,
             reason: None,
+            fired_at_ms: instance.fired_at_ms,
         }
     }
 
@@ -244,6 +249,7 @@ impl AlertState {
                         at_ms: now_ms,
                         iteration: self.iteration,
                         reason: Some(reason.clone()),
+                        fired_at_ms: None,
                     });
                 }
             }

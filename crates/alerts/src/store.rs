@@ -476,6 +476,17 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// Whether a later batch of `alert` for `route` was queued after `id`.
+    pub fn has_newer(&self, id: i64, alert: &str, route: &str) -> Result<bool> {
+        let conn = self.conn.lock();
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM alert_outbox WHERE alert = ?1 AND route = ?2 AND id > ?3)",
+            params![alert, route, id],
+            |r| r.get(0),
+        )
+        .map_err(|e| self.err(e))
+    }
+
     /// Marks a notification delivered, if `holder` (when given) still
     /// holds the lease; false otherwise.
     pub fn delivered(&self, id: i64, now_ms: i64) -> Result<()> {

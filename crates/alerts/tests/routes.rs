@@ -435,3 +435,145 @@ async fn next_event(stream: &mut reqwest::Response, buffer: &mut String) -> Valu
         buffer.push_str(&String::from_utf8_lossy(&chunk));
     }
 }
+
+/// Debian's `prometheus-alertmanager` on a loopback port, no cluster,
+/// notifying our webhook receiver of every group, resolved ones too.
+async fn start_alertmanager(dir: &Path, hook: SocketAddr) -> (Process, String) {
+    let port = free_port();
+    let config = dir.join("alertmanager.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "route:\n  receiver: hook\n  group_by: ['alertname']\n  group_wait: 100ms\n  group_interval: 1s\n  repeat_interval: 1h\n\
+             receivers:\n  - name: hook\n    webhook_configs:\n      - url: 'http://{hook}/hook'\n        send_resolved: true\n"
+        ),
+    )
+    .unwrap();
+    let process = Process(
+        Command::new(command_path("prometheus-alertmanager"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", dir.join("am-data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start prometheus-alertmanager"),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{url}/-/ready")).await
+            && r.status().is_success()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alertmanager did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (process, url)
+}
+
+/// Alertmanager's current alerts named `alertname` (resolved ones are
+/// not listed), by their `ip` label.
+async fn am_alerts(url: &str, alertname: &str) -> std::collections::BTreeMap<String, Value> {
+    let alerts: Vec<Value> = reqwest::get(format!("{url}/api/v2/alerts"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    alerts
+        .into_iter()
+        .filter(|a| a["labels"]["alertname"] == alertname)
+        .map(|a| (a["labels"]["ip"].as_str().unwrap_or("").to_string(), a))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_shows_instances_firing_and_resolved() {
+    let fleet = TestFleet::start().await;
+    let (hook, received) = webhook_receiver(0).await;
+    let (_am, url) = start_alertmanager(fleet.dir.path(), hook).await;
+    fleet.write(
+        "routes.toml",
+        &format!(
+            "[route.am]\nkind = \"alertmanager\"\nurl = \"{url}\"\nresend = \"30s\"\nlabels = {{ team = \"ops\" }}\nbackoff = \"10ms\"\n"
+        ),
+    );
+    fleet.write("first.toml", &with_routes("\"am\""));
+    let service = fleet.service();
+    // In the recent past, so that a clear's endsAt is already over.
+    let t0 = fleetsql_model::now_ms() - 120_000;
+    service.run_pass(t0).await.unwrap();
+    // The fired batch and the first re-send of the active instances.
+    assert_eq!(service.deliver_pending().await, 2);
+    let firing = am_alerts(&url, "first machines").await;
+    assert_eq!(firing.len(), 3, "{firing:?}");
+    let ips: Vec<String> = service
+        .active_instances("first machines")
+        .iter()
+        .map(|i| i.key["ip_key"].as_str().unwrap().to_string())
+        .collect();
+    for ip in &ips {
+        let alert = &firing[ip];
+        assert_eq!(alert["labels"]["severity"], "critical", "{alert}");
+        assert_eq!(alert["labels"]["team"], "ops", "{alert}");
+        assert!(
+            alert["labels"].get("hostname").is_none(),
+            "details are not labels"
+        );
+        assert!(
+            alert["annotations"]["hostname"]
+                .as_str()
+                .unwrap()
+                .ends_with("-m000"),
+            "{alert}"
+        );
+        assert_eq!(alert["annotations"]["procedure"], "look at it");
+        assert_eq!(alert["status"]["state"], "active", "{alert}");
+        let starts = chrono::DateTime::parse_from_rfc3339(alert["startsAt"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis();
+        assert_eq!(starts, t0, "startsAt is when it fired");
+    }
+
+    // Every 30 s of alert time the active instances go again; not before.
+    service.run_pass(t0 + 10_000).await.unwrap();
+    assert_eq!(service.deliver_pending().await, 0);
+    service.run_pass(t0 + 31_000).await.unwrap();
+    assert_eq!(service.deliver_pending().await, 1, "one re-send batch");
+
+    // Two instances clear: Alertmanager lists only the one left, and its
+    // receiver is told the two are resolved.
+    fleet.write(
+        "first.toml",
+        &with_routes("\"am\"").replace("'%-m000'", "'cluster-00-m000'"),
+    );
+    service.run_pass(t0 + 40_000).await.unwrap();
+    assert_eq!(service.deliver_pending().await, 1, "the clear batch");
+    let left = am_alerts(&url, "first machines").await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let resolved = loop {
+        let resolved: std::collections::BTreeSet<String> = received
+            .bodies
+            .lock()
+            .iter()
+            .flat_map(|b| b["alerts"].as_array().cloned().unwrap_or_default())
+            .filter(|a| a["status"] == "resolved")
+            .map(|a| a["labels"]["ip"].as_str().unwrap_or("").to_string())
+            .collect();
+        if resolved.len() == 2 {
+            break resolved;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alertmanager never notified the resolved instances: {:?}",
+            received.bodies.lock()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!resolved.iter().any(|ip| left.contains_key(ip)));
+}

@@ -2,16 +2,19 @@
 //! of one alert's events from one iteration. The console is not a route
 //! here: it reads the live state (see `console`).
 
+mod alertmanager;
 mod email;
 mod snmp;
 mod webhook;
 mod xmpp;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
 
+pub use alertmanager::{alertmanager_alerts, post_alertmanager};
 pub use email::send_email;
 pub use snmp::{encode_trap, send_traps};
 pub use webhook::post_webhook;
@@ -32,6 +35,12 @@ fn default_retries() -> u32 {
 
 fn default_backoff() -> String {
     "500ms".to_string()
+}
+
+/// Alertmanager's own default `resolve_timeout` is 5 minutes; every
+/// active instance is sent again well inside it.
+fn default_resend() -> String {
+    "1m".to_string()
 }
 
 fn default_xmpp_port() -> u16 {
@@ -61,6 +70,24 @@ pub enum RouteConfig {
         #[serde(default = "default_retries")]
         retries: u32,
         /// First retry delay; doubles each retry.
+        #[serde(default = "default_backoff")]
+        backoff: String,
+    },
+    /// Prometheus Alertmanager (API v2): an alert per instance, labelled
+    /// by the alert's name, severity and `_key` columns; active instances
+    /// are sent again every `resend`.
+    Alertmanager {
+        /// Alertmanager's base URL, e.g. `http://127.0.0.1:9093`.
+        url: String,
+        /// How often active instances are sent again (less than
+        /// Alertmanager's `resolve_timeout`).
+        #[serde(default = "default_resend")]
+        resend: String,
+        /// Labels added to every alert, e.g. `{ team = "ops" }`.
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        #[serde(default = "default_retries")]
+        retries: u32,
         #[serde(default = "default_backoff")]
         backoff: String,
     },
@@ -117,6 +144,31 @@ impl RouteConfig {
                 enterprise_oid,
             } => send_traps(target, community, enterprise_oid, payload).await,
             RouteConfig::Xmpp { .. } => publish_xmpp(self, payload).await,
+            RouteConfig::Alertmanager {
+                url,
+                labels,
+                retries,
+                backoff,
+                ..
+            } => {
+                let backoff = crate::definition::parse_duration(backoff)
+                    .unwrap_or(Duration::from_millis(500));
+                let resend = self.resend_every().unwrap_or(Duration::from_secs(60));
+                post_alertmanager(http, url, payload, labels, resend, *retries, backoff).await
+            }
+        }
+    }
+
+    /// How often the service sends a route the active instances again:
+    /// only Alertmanager, which forgets an alert not sent again in time.
+    pub fn resend_every(&self) -> Option<Duration> {
+        match self {
+            RouteConfig::Alertmanager { resend, .. } => Some(
+                crate::definition::parse_duration(resend)
+                    .unwrap_or(Duration::from_secs(60))
+                    .max(Duration::from_millis(100)),
+            ),
+            _ => None,
         }
     }
 }
