@@ -102,7 +102,8 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     if !(seconds >= 0.0 && seconds.is_finite()) {
         return Err(format!("`{text}` must be zero or a positive duration"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    // More seconds than a Duration holds panicked in `from_secs_f64`.
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
 }
 
 impl AlertDefinition {

@@ -28,7 +28,8 @@ pub(crate) struct DemoArgs {
     /// Time between generations, e.g. `5s`, `500ms`.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     tick: Duration,
-    /// Address every listener binds to.
+    /// Address the Postgres and HTTP listeners bind to; loopback only (the
+    /// demo has no authentication and no TLS).
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
     /// Postgres wire port (0 picks one).
@@ -104,7 +105,21 @@ fn apps_config(args: &DemoArgs) -> anyhow::Result<AppsConfig> {
     Ok(config)
 }
 
+/// The demo answers anyone who can connect (no TLS, no users), so it
+/// serves this machine only; other machines are served by `fleetsql
+/// sqlnode` once TLS and users are configured.
+fn check_loopback(bind: IpAddr) -> anyhow::Result<()> {
+    if bind.is_loopback() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "fleetsql demo binds loopback only: it has no authentication and no TLS, so --bind {bind} would let anyone who can reach this machine query and change it; \
+         use --bind 127.0.0.1 (or ::1), and to serve other machines run `fleetsql sqlnode` with TLS and users configured"
+    )
+}
+
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    check_loopback(args.bind)?;
     let sim = SimFleet::new(SimConfig {
         clusters: args.clusters,
         machines_per_cluster: args.machines,
@@ -181,10 +196,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .flightsql_addr()
         .context("the demo's SQL node serves no Flight SQL")?;
     println!(
-        "fleetsql demo ready: pg={pg_addr} http={http_addr} flightsql={flightsql_addr} publish={} machines={machines} clusters={} state={}",
+        "fleetsql demo ready: pg={pg_addr} http={http_addr} flightsql={flightsql_addr} publish={} machines={machines} clusters={} auth=off state={}",
         agent.publish_addr(),
         args.clusters + 1,
         state_dir.display()
+    );
+    println!(
+        "  authentication is off: anyone on this machine can query and change the demo; it listens on loopback only"
     );
     println!();
     println!(
@@ -196,7 +214,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "  fleetsql sql --url http://{http_addr} \"SELECT machineip ip_key, mountp mnt_key, (100*bavail)/blocks pct FROM filesystem a WHERE blocks > 0 and (100*bavail)/blocks < 3\""
     );
     println!(
-        "  curl -s http://{http_addr}/v1/query -d '{{\"sql\": \"SELECT * FROM fleet_generation\"}}'"
+        "  curl -s -H 'content-type: application/json' http://{http_addr}/v1/query -d '{{\"sql\": \"SELECT * FROM fleet_generation\"}}'"
     );
     println!(
         "  curl -s -H 'content-type: text/csv' --data-binary $'svc,up\\nweb,1\\n' http://{}/v1/tables/services",
@@ -237,5 +255,18 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn only_loopback_binds() {
+        assert!(check_loopback("127.0.0.1".parse().unwrap()).is_ok());
+        assert!(check_loopback("::1".parse().unwrap()).is_ok());
+        for bind in ["0.0.0.0", "::", "192.168.1.20"] {
+            let error = check_loopback(bind.parse().unwrap())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("loopback only"), "{error}");
+            assert!(error.contains("TLS and users"), "{error}");
+        }
     }
 }

@@ -11,8 +11,8 @@ use arrow_flight::{
 };
 use fleetsql_aggregator::{AggregatorError, Child, FetchRequest};
 use fleetsql_model::Generation;
-use futures::Stream;
 use futures::stream::BoxStream;
+use futures::{FutureExt, Stream};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -307,6 +307,33 @@ impl Service {
     }
 }
 
+impl Service {
+    /// [`Service::fetch`], a panic in the source answered as an internal
+    /// error: the server goes on serving every other call.
+    async fn fetch_caught(&self, request: &FetchRequest) -> Result<Arc<Generation>, Status> {
+        match std::panic::AssertUnwindSafe(self.fetch(request))
+            .catch_unwind()
+            .await
+        {
+            Ok(answer) => answer,
+            Err(panic) => Err(panicked("fetching", panic.as_ref())),
+        }
+    }
+}
+
+/// The status of a call that panicked, logged once here.
+fn panicked(doing: &str, panic: &(dyn std::any::Any + Send)) -> Status {
+    let message = fleetsql_model::panic_message(panic);
+    tracing::error!(
+        panic = message,
+        doing,
+        "a Flight call panicked; answered an internal error"
+    );
+    Status::internal(format!(
+        "internal error while {doing} the answer (a bug; see the server's log); the server is still serving"
+    ))
+}
+
 fn aggregator_status(e: &AggregatorError) -> Status {
     match e {
         AggregatorError::Timeout { .. } => Status::deadline_exceeded(e.to_string()),
@@ -344,7 +371,7 @@ impl FlightService for Service {
         })?;
         let fetch = ticket.to_request(self.config.max_wait);
         let generation = self
-            .fetch(&fetch)
+            .fetch_caught(&fetch)
             .await
             .inspect_err(|_| self.stats.add_failure())?;
         let base = match ticket.base_generation {
@@ -370,10 +397,22 @@ impl FlightService for Service {
                 stats: &stats,
                 tx: &tx,
             };
-            if outgoing.send(&generation, base.as_deref())
-                && let Some((memory, requester)) = sent
-            {
-                memory.lock().remember(&requester, generation);
+            let sent_all = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                outgoing.send(&generation, base.as_deref())
+            }));
+            match sent_all {
+                Ok(true) => {
+                    if let Some((memory, requester)) = sent {
+                        memory.lock().remember(&requester, generation);
+                    }
+                }
+                Ok(false) => {}
+                // The parent must see a failed call, never a short
+                // generation.
+                Err(panic) => {
+                    stats.add_failure();
+                    let _ = tx.blocking_send(Err(panicked("encoding", panic.as_ref())));
+                }
             }
         });
         let stream = futures::stream::unfold(rx, |mut rx| async move {
@@ -393,7 +432,7 @@ impl FlightService for Service {
             )));
         }
         let generation = self
-            .fetch(&FetchRequest {
+            .fetch_caught(&FetchRequest {
                 requester: "_health".into(),
                 ..Default::default()
             })

@@ -42,7 +42,7 @@ use arrow_flight::error::FlightError as ArrowFlightError;
 use bytes::Bytes;
 use fleetsql_aggregator::FetchRequest;
 use fleetsql_model::{Generation, GenerationMeta, Table, batch_data_bytes};
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::diff;
@@ -501,7 +501,24 @@ where
         .flat_map(|t| t.segments().into_iter().map(move |(s, rows)| (t, s, rows)));
     let mut done: Vec<Incoming> = Vec::new();
     let mut current: Option<Incoming> = None;
-    while let Some(item) = decoder.next().await {
+    loop {
+        // Arrow's IPC reader asserts on some malformed messages (a
+        // validity buffer shorter than its column, found by the property
+        // tests below): whatever a child sends is an error, never a panic
+        // in the parent's fetch.
+        let item = match std::panic::AssertUnwindSafe(decoder.next())
+            .catch_unwind()
+            .await
+        {
+            Ok(Some(item)) => item,
+            Ok(None) => break,
+            Err(panic) => {
+                return Err(protocol(format!(
+                    "corrupt Arrow data: the decoder failed on a malformed message ({})",
+                    fleetsql_model::panic_message(panic.as_ref())
+                )));
+            }
+        };
         let decoded = match item {
             Ok(decoded) => decoded,
             Err(ArrowFlightError::Tonic(status)) => return Err(status_error(endpoint, &status)),
@@ -967,5 +984,221 @@ mod tests {
         let later = FetchTicket::from_bytes(br#"{"requester":"x","redirect":true}"#).unwrap();
         assert_eq!(later.requester, "x");
         assert!(FetchTicket::from_bytes(b"garbage").is_err());
+    }
+
+    /// Property tests (issue 17 item 7): a parent decodes whatever a child
+    /// (or anyone reaching its Flight port) sends; mutated answers, whole
+    /// or diffs, and random tickets are an answer or an error, never a
+    /// panic.
+    mod proptests {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Mutation {
+            Flip {
+                message: usize,
+                part: u8,
+                at: usize,
+                bits: u8,
+            },
+            Huge {
+                message: usize,
+                part: u8,
+                at: usize,
+                value: u64,
+            },
+            Truncate {
+                message: usize,
+                part: u8,
+                at: usize,
+            },
+            Drop {
+                message: usize,
+            },
+            Duplicate {
+                message: usize,
+            },
+            Swap {
+                a: usize,
+                b: usize,
+            },
+        }
+
+        fn mutation() -> impl Strategy<Value = Mutation> {
+            prop_oneof![
+                (any::<usize>(), 0..3u8, any::<usize>(), 1..=255u8).prop_map(
+                    |(message, part, at, bits)| Mutation::Flip {
+                        message,
+                        part,
+                        at,
+                        bits
+                    }
+                ),
+                (
+                    any::<usize>(),
+                    0..3u8,
+                    any::<usize>(),
+                    prop_oneof![Just(u64::MAX), Just(1 << 60), any::<u64>()]
+                )
+                    .prop_map(|(message, part, at, value)| Mutation::Huge {
+                        message,
+                        part,
+                        at,
+                        value
+                    }),
+                (any::<usize>(), 0..3u8, any::<usize>())
+                    .prop_map(|(message, part, at)| Mutation::Truncate { message, part, at }),
+                any::<usize>().prop_map(|message| Mutation::Drop { message }),
+                any::<usize>().prop_map(|message| Mutation::Duplicate { message }),
+                (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Mutation::Swap { a, b }),
+            ]
+        }
+
+        fn part(data: &mut FlightData, part: u8) -> &mut Bytes {
+            match part {
+                0 => &mut data.data_header,
+                1 => &mut data.data_body,
+                _ => &mut data.app_metadata,
+            }
+        }
+
+        fn edit(bytes: &mut Bytes, f: impl FnOnce(&mut Vec<u8>)) {
+            let mut v = bytes.to_vec();
+            f(&mut v);
+            *bytes = Bytes::from(v);
+        }
+
+        fn mutate(messages: &mut Vec<FlightData>, m: &Mutation) {
+            if messages.is_empty() {
+                return;
+            }
+            let n = messages.len();
+            match m {
+                Mutation::Flip {
+                    message,
+                    part: p,
+                    at,
+                    bits,
+                } => edit(part(&mut messages[message % n], *p), |v| {
+                    let len = v.len();
+                    if let Some(b) = v.get_mut(at % len.max(1)) {
+                        *b ^= bits;
+                    }
+                }),
+                Mutation::Huge {
+                    message,
+                    part: p,
+                    at,
+                    value,
+                } => edit(part(&mut messages[message % n], *p), |v| {
+                    if v.len() >= 8 {
+                        let at = at % (v.len() - 7);
+                        v[at..at + 8].copy_from_slice(&value.to_le_bytes());
+                    }
+                }),
+                Mutation::Truncate {
+                    message,
+                    part: p,
+                    at,
+                } => edit(part(&mut messages[message % n], *p), |v| {
+                    let len = v.len().max(1);
+                    v.truncate(at % len)
+                }),
+                Mutation::Drop { message } => {
+                    messages.remove(message % n);
+                }
+                Mutation::Duplicate { message } => {
+                    let copy = messages[message % n].clone();
+                    messages.insert(message % n, copy);
+                }
+                Mutation::Swap { a, b } => messages.swap(a % n, b % n),
+            }
+        }
+
+        fn runtime() -> tokio::runtime::Runtime {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("test runtime")
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            #[test]
+            fn mutated_answers_whole_or_diffs_are_a_generation_or_an_error(
+                as_diff in any::<bool>(),
+                compression in proptest::sample::select(vec![Compression::Lz4, Compression::Zstd, Compression::None]),
+                mutations in proptest::collection::vec(mutation(), 1..5),
+            ) {
+                let base = generation();
+                let next = next_tick(&base);
+                let mut messages = encode_against(&next, as_diff.then_some(&base), compression);
+                for m in &mutations {
+                    mutate(&mut messages, m);
+                }
+                let decoded = runtime().block_on(decode_on(messages, Some(&base)));
+                if let Ok(g) = decoded {
+                    // What was accepted is whole: every table's batches
+                    // agree with its schema.
+                    for table in g.tables.values() {
+                        for batch in table.batches() {
+                            prop_assert_eq!(batch.schema().fields().len(), table.schema().fields().len());
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn random_messages_are_an_error(
+                messages in proptest::collection::vec(
+                    (proptest::collection::vec(any::<u8>(), 0..64),
+                     proptest::collection::vec(any::<u8>(), 0..64),
+                     proptest::collection::vec(any::<u8>(), 0..64)),
+                    0..5,
+                ),
+            ) {
+                let messages: Vec<FlightData> = messages
+                    .into_iter()
+                    .map(|(header, body, meta)| FlightData {
+                        data_header: header.into(),
+                        data_body: body.into(),
+                        app_metadata: meta.into(),
+                        ..FlightData::default()
+                    })
+                    .collect();
+                let base = generation();
+                let _ = runtime().block_on(decode_on(messages, Some(&base)));
+            }
+
+            #[test]
+            fn random_and_mutated_tickets_are_a_ticket_or_an_error(
+                bytes in proptest::collection::vec(any::<u8>(), 0..256),
+                flip in any::<usize>(),
+                bits in 1..=255u8,
+                text in "\\PC{0,200}",
+            ) {
+                let _ = FetchTicket::from_bytes(&bytes);
+                let _ = FetchTicket::from_bytes(text.as_bytes());
+                let valid = FetchTicket {
+                    requester: "tla".into(),
+                    tables: ["sys".to_string()].into(),
+                    since_generation: Some(3),
+                    wait_ms: Some(u64::MAX),
+                    base_generation: Some(3),
+                    accept_diff: true,
+                    base_tables: ["sys".to_string()].into(),
+                    meta_only: false,
+                };
+                let mut bytes = valid.to_bytes().to_vec();
+                let at = flip % bytes.len();
+                bytes[at] ^= bits;
+                if let Ok(ticket) = FetchTicket::from_bytes(&bytes) {
+                    // A ticket's own wait is bounded by the server's.
+                    let request = ticket.to_request(Duration::from_secs(5));
+                    prop_assert!(request.wait.is_none_or(|w| w <= Duration::from_secs(5)));
+                }
+            }
+        }
     }
 }

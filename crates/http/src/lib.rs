@@ -9,11 +9,13 @@
 //! header. Errors are `{error, hint}` with a status that says whose fault
 //! it was.
 
+mod guard;
 mod server;
 mod shape;
 
 /// Kept here for front ends that already name it; it lives in the model.
 pub use fleetsql_model::json::batches_to_rows;
+pub use guard::{BODY_TYPES, HttpAccess};
 pub use server::{
     ARROW_STREAM, GENERATION_HEADER, HttpServer, HttpServerError, QueryRequest, router,
     router_with_limits,

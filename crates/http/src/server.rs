@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::guard::{self, Guard, HttpAccess};
 use crate::shape::{QueryLimits, sql_expression_depth};
 use fleetsql_model::json::batches_to_rows;
 
@@ -83,12 +84,18 @@ fn error_response(e: &SqlError) -> Response {
             "set it in the SQL node's configuration",
         ),
         SqlError::Query(_) => (StatusCode::BAD_REQUEST, "check table and column names"),
+        SqlError::Limit { sqlstate, .. } if *sqlstate == "53400" => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "name tables that exist (SELECT table_name FROM fleet_tables), or raise the setting in the SQL node's topology entry",
+        ),
+        SqlError::Limit { .. } => (StatusCode::BAD_REQUEST, "check the table name"),
     };
-    (
-        status,
-        axum::Json(json!({ "error": e.to_string(), "hint": hint, "sqlstate": e.sqlstate() })),
-    )
-        .into_response()
+    let mut body = json!({ "error": e.to_string(), "hint": hint, "sqlstate": e.sqlstate() });
+    if let SqlError::Limit { max, setting, .. } = e {
+        body["limit"] = json!(max);
+        body["setting"] = json!(setting);
+    }
+    (status, axum::Json(body)).into_response()
 }
 
 fn internal(message: String) -> Response {
@@ -102,9 +109,14 @@ fn internal(message: String) -> Response {
 async fn query(
     State(node): State<Arc<SqlNode>>,
     axum::Extension(limits): axum::Extension<QueryLimits>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    // Each client's new table names count against its own share.
+    let client = extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
     let request: QueryRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -135,7 +147,7 @@ async fn query(
         )
             .into_response();
     }
-    let output = match node.query(&request.sql).await {
+    let output = match node.query_for(&request.sql, client).await {
         Ok(output) => output,
         Err(e) => return error_response(&e),
     };
@@ -198,11 +210,7 @@ fn arrow_answer(output: QueryOutput) -> Response {
 /// handler is contained: without it the connection would be dropped with
 /// no answer (and with `panic = "abort"` the process would die).
 fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let message = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("(no message)");
+    let message = fleetsql_model::panic_message(panic.as_ref());
     tracing::error!(
         panic = message,
         "an HTTP request handler panicked; answered 500"
@@ -229,16 +237,32 @@ impl HttpServer {
     /// Serves `app` on `addr` (port 0 picks one). A request whose handler
     /// panics is answered 500 and logged; the server and every other
     /// request go on.
+    /// Requests are checked first (see [`HttpAccess`]): a foreign `Host`
+    /// answers 421, a cross-site state change 403, a body of a type a
+    /// cross-site page could send 415.
     pub async fn start(app: Router, addr: SocketAddr) -> Result<HttpServer, HttpServerError> {
-        let app = app.layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            panic_response,
-        ));
+        Self::start_with_access(app, addr, &HttpAccess::default()).await
+    }
+
+    /// [`HttpServer::start`] for a node also reached by the names and web
+    /// origins in `access`.
+    pub async fn start_with_access(
+        app: Router,
+        addr: SocketAddr,
+        access: &HttpAccess,
+    ) -> Result<HttpServer, HttpServerError> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| HttpServerError::Bind { addr, source })?;
         let local_addr = listener
             .local_addr()
             .map_err(|source| HttpServerError::Bind { addr, source })?;
+        let guard = Arc::new(Guard::new(local_addr, access));
+        let app = app
+            .layer(axum::middleware::from_fn_with_state(guard, guard::layer))
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+                panic_response,
+            ));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let served = axum::serve(

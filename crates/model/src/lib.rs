@@ -18,6 +18,7 @@ mod generation;
 pub mod json;
 mod names;
 pub mod origin;
+mod panic;
 pub mod parse;
 mod schema;
 mod table;
@@ -27,7 +28,8 @@ pub use error::{ModelError, Result};
 pub use generation::{
     ChildStatus, ClusterVisibility, Generation, GenerationMeta, TableVisibility, Visibility,
 };
-pub use names::{validate_column_name, validate_table_name};
+pub use names::{MAX_NAME_LEN, validate_column_name, validate_table_name};
+pub use panic::panic_message;
 pub use schema::{conform_batch, unify_fields, unify_schemas};
 pub use table::{Table, batch_data_bytes, merge_tables};
 pub use time::now_ms;

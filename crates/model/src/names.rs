@@ -1,6 +1,7 @@
 use crate::{ModelError, Result, origin};
 
-const MAX_NAME_LEN: usize = 63;
+/// The longest table or column name, in bytes (Postgres's `NAMEDATALEN - 1`).
+pub const MAX_NAME_LEN: usize = 63;
 
 /// Prefixes the SQL node owns: system tables, Postgres catalogs and history.
 const RESERVED_TABLE_PREFIXES: [&str; 4] = ["fleet_", "pg_", "information_schema", "history"];

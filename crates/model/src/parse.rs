@@ -245,10 +245,24 @@ fn parse_arrow_stream(
     limits: &ParseLimits,
 ) -> std::result::Result<RecordBatch, ParseError> {
     check_ipc(body, limits)?;
-    let reader = arrow::ipc::reader::StreamReader::try_new(Cursor::new(body), None)
-        .map_err(|e| malformed(IPC, e))?;
-    let schema = reader.schema();
-    collect(schema, reader, IPC, limits)
+    // Arrow's IPC reader asserts on some malformed messages (a validity
+    // buffer shorter than its column): a body anyone may post is an error,
+    // never a panic.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let reader = arrow::ipc::reader::StreamReader::try_new(Cursor::new(body), None)
+            .map_err(|e| malformed(IPC, e))?;
+        let schema = reader.schema();
+        collect(schema, reader, IPC, limits)
+    }))
+    .unwrap_or_else(|panic| {
+        Err(malformed(
+            IPC,
+            format!(
+                "the decoder failed on a malformed message ({})",
+                crate::panic_message(panic.as_ref())
+            ),
+        ))
+    })
 }
 
 /// Walks the stream's messages before arrow's reader does and checks what

@@ -217,7 +217,8 @@ impl QueryHook for FleetHook {
             Ok(p) => p,
             Err(e) => return Some(Err(user_error(&e))),
         };
-        let generation = match self.node.pin_prepared(&prepared).await {
+        let peer = Some(client.socket_addr().ip());
+        let generation = match self.node.pin_prepared_for(&prepared, peer).await {
             Ok(g) => g,
             Err(e) => return Some(Err(user_error(&e))),
         };
@@ -238,7 +239,7 @@ impl QueryHook for FleetHook {
         &self,
         statement: &Statement,
         _session_context: &SessionContext,
-        _client: &(dyn ClientInfo + Send + Sync),
+        client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
         if savepoint_tag(statement).is_some() {
             return Some(Ok(LogicalPlan::EmptyRelation(EmptyRelation {
@@ -255,7 +256,8 @@ impl QueryHook for FleetHook {
         // Request and wait for the tables now, then plan as the simple
         // protocol does (read-only check, Postgres's column names); the
         // protocol layer infers parameter types from this plan and runs it.
-        let generation = match self.node.pin(statement).await {
+        let peer = Some(client.socket_addr().ip());
+        let generation = match self.node.pin_for(statement, peer).await {
             Ok(g) => g,
             Err(e) => return Some(Err(user_error(&e))),
         };

@@ -23,14 +23,14 @@ use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::pgwire;
 use datafusion_postgres::{DfSessionService, Parser, QueryHook};
-use futures::Sink;
+use futures::{FutureExt, Sink, StreamExt};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{FieldInfo, Response};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, Type};
-use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 
 use crate::hook::reads_no_fleet_data;
@@ -144,6 +144,63 @@ impl SimpleQueryHandler for FleetService {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        caught(self.simple_query(client, query))
+            .await
+            .map(|responses| responses.into_iter().map(caught_rows).collect())
+    }
+}
+
+/// A panic while answering one client's statement (a bug) becomes that
+/// client's error, SQLSTATE XX000, logged; the connection and every other
+/// one go on. Without it the connection's task ends with no answer.
+async fn caught<T>(answer: impl std::future::Future<Output = PgWireResult<T>>) -> PgWireResult<T> {
+    match std::panic::AssertUnwindSafe(answer).catch_unwind().await {
+        Ok(answer) => answer,
+        Err(panic) => Err(panicked(panic.as_ref())),
+    }
+}
+
+/// Rows of an answer are encoded while the protocol layer sends them,
+/// after the handler returned (the protocol layer's own plans run lazily):
+/// a panic there ends that answer with the same XX000 error.
+fn caught_rows(response: Response) -> Response {
+    match response {
+        Response::Query(mut query) => {
+            let rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
+            query.data_rows = Box::pin(std::panic::AssertUnwindSafe(rows).catch_unwind().map(
+                |row| match row {
+                    Ok(row) => row,
+                    Err(panic) => Err(panicked(panic.as_ref())),
+                },
+            ));
+            Response::Query(query)
+        }
+        other => other,
+    }
+}
+
+/// The error a panicking statement answers, logged once here.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> PgWireError {
+    let message = fleetsql_model::panic_message(panic);
+    tracing::error!(
+        panic = message,
+        "a Postgres statement panicked; answered XX000"
+    );
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".to_string(),
+        "XX000".to_string(),
+        "internal error: the statement failed inside the node (a bug; see its log); the node is still running, retry or report it".to_string(),
+    )))
+}
+
+impl FleetService {
+    async fn simple_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
         let Some(statements) = self.parser.parser.statements(query)? else {
             return SimpleQueryHandler::do_query(self.inner.as_ref(), client, query).await;
         };
@@ -191,7 +248,14 @@ impl ExtendedQueryHandler for FleetService {
     {
         // Parsing decided the statement; running it (the hooks, then the
         // plan) is the protocol layer's.
-        ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows).await
+        caught(ExtendedQueryHandler::do_query(
+            self.inner.as_ref(),
+            client,
+            portal,
+            max_rows,
+        ))
+        .await
+        .map(caught_rows)
     }
 }
 
@@ -209,6 +273,32 @@ impl QueryParser for FleetQueryParser {
     type Statement = PgStatement;
 
     async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<PgStatement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        caught(self.parse_caught(client, sql, types)).await
+    }
+
+    fn get_parameter_types(&self, statement: &PgStatement) -> PgWireResult<Vec<Type>> {
+        self.inner.get_parameter_types(statement)
+    }
+
+    fn get_result_schema(
+        &self,
+        statement: &PgStatement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        self.inner.get_result_schema(statement, column_format)
+    }
+}
+
+impl FleetQueryParser {
+    async fn parse_caught<C>(
         &self,
         client: &C,
         sql: &str,
@@ -243,18 +333,6 @@ impl QueryParser for FleetQueryParser {
             .await
             .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
         Ok(Some((query, Some((statement, plan)))))
-    }
-
-    fn get_parameter_types(&self, statement: &PgStatement) -> PgWireResult<Vec<Type>> {
-        self.inner.get_parameter_types(statement)
-    }
-
-    fn get_result_schema(
-        &self,
-        statement: &PgStatement,
-        column_format: Option<&Format>,
-    ) -> PgWireResult<Vec<FieldInfo>> {
-        self.inner.get_result_schema(statement, column_format)
     }
 }
 

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use futures::Stream;
+use futures::{FutureExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -147,7 +147,31 @@ async fn sse(
             }
         }
     });
+    // A panic while serving one subscriber (a bug) ends that stream with a
+    // close event and a log line; the server and other subscribers go on.
+    let stream = std::panic::AssertUnwindSafe(stream)
+        .catch_unwind()
+        .map(|item| match item {
+            Ok(event) => event,
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                tracing::error!(panic = message, "an SSE subscription panicked; closed it");
+                Ok(SseEvent::default().event("close").data(
+                    json!({ "reason": "internal error (see the node's log); subscribe again" })
+                        .to_string(),
+                ))
+            }
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The message a caught panic carried.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)")
 }
 
 async fn ws(
@@ -156,7 +180,20 @@ async fn ws(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, PqaError> {
     let sub = svc.subscribe(&id)?;
-    Ok(upgrade.on_upgrade(move |socket| ws_loop(socket, sub)))
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        // A panic while serving one subscriber (a bug) closes that socket
+        // and is logged; the server and other subscribers go on.
+        if let Err(panic) = std::panic::AssertUnwindSafe(ws_loop(socket, sub))
+            .catch_unwind()
+            .await
+        {
+            let message = panic_message(panic.as_ref());
+            tracing::error!(
+                panic = message,
+                "a WebSocket subscription panicked; closed it"
+            );
+        }
+    }))
 }
 
 async fn ws_loop(mut socket: WebSocket, mut sub: Subscription) {

@@ -187,6 +187,25 @@ pub(crate) fn register(ctx: &datafusion::prelude::SessionContext) {
     ctx.register_udf(version_udf());
     ctx.register_udf(to_regtype_udf());
     ctx.register_udf(postgres_type_name_udf());
+    if cfg!(debug_assertions) && std::env::var_os(TEST_PANIC_ENV).is_some() {
+        ctx.register_udf(test_panic_udf());
+    }
+}
+
+/// Set in a debug build's environment, `SELECT fleetsql_test_panic()`
+/// panics inside the query: how tests prove every front end answers a
+/// panicking request with an error and goes on serving. Release builds
+/// never have the function.
+pub const TEST_PANIC_ENV: &str = "FLEETSQL_TEST_PANIC";
+
+fn test_panic_udf() -> ScalarUDF {
+    create_udf(
+        "fleetsql_test_panic",
+        vec![],
+        DataType::Int64,
+        Volatility::Volatile,
+        Arc::new(|_| panic!("fleetsql_test_panic() called ({TEST_PANIC_ENV} is set)")),
+    )
 }
 
 /// Reads `information_schema.columns` through [`POSTGRES_COLUMNS`].

@@ -33,6 +33,14 @@ pub enum SqlError {
         "cannot SET {name}: the node's settings are shared by every client and come from its configuration; a session may set statement_timeout, application_name, DateStyle, IntervalStyle, extra_float_digits, search_path and bytea_output"
     )]
     SharedSetting { name: String },
+    /// A client asked for more than a node limit allows; the node goes on.
+    #[error("{what}: over the limit of {max} (setting `{setting}`)")]
+    Limit {
+        what: String,
+        max: usize,
+        setting: &'static str,
+        sqlstate: &'static str,
+    },
     #[error("query needs more memory than its limit: {0}")]
     ResourcesExhausted(String),
     #[error("{0}")]
@@ -69,6 +77,8 @@ impl SqlError {
             SqlError::NotYetCollected { .. } | SqlError::NoGeneration { .. } => "57P03",
             SqlError::Timeout { .. } => "57014",
             SqlError::ResourcesExhausted(_) => "53200",
+            // configuration_limit_exceeded, name_too_long
+            SqlError::Limit { sqlstate, .. } => sqlstate,
             // cant_change_runtime_param
             SqlError::SharedSetting { .. } => "55P02",
             SqlError::Query(_) => "XX000",

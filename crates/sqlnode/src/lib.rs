@@ -31,7 +31,7 @@ mod settings;
 mod system_tables;
 
 pub use choice::SourceStatus;
-pub use compat::{server_version, server_version_num, version_text};
+pub use compat::{TEST_PANIC_ENV, server_version, server_version_num, version_text};
 pub use error::{Result, SqlError};
 pub use hooks::{
     GENERATION_HOOKS_TABLE, GenerationHook, GenerationHookHandle, GenerationHookStats,
@@ -39,5 +39,6 @@ pub use hooks::{
 pub use info::GenerationInfo;
 pub use node::{Install, QueryOutput, SqlNode, SqlNodeConfig};
 pub use prepared::Prepared;
+pub use requests::RequestLimits;
 pub use settings::check_setting;
 pub use system_tables::SYSTEM_TABLES;

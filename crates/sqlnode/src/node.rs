@@ -1,4 +1,5 @@
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -28,7 +29,7 @@ use crate::hooks::{
     HooksTable,
 };
 use crate::prepared::{KeptPlan, Prepared, PreparedCache, folds_changing_values};
-use crate::requests::QueryRequests;
+use crate::requests::{QueryRequests, RequestLimits};
 use crate::system_tables::SYSTEM_TABLES;
 use crate::{GenerationInfo, Result, SqlError};
 
@@ -54,6 +55,8 @@ pub struct SqlNodeConfig {
     pub switch_margin: i64,
     /// How often every source is probed for what it sees.
     pub probe_interval: Duration,
+    /// What clients' queries may add to the tables requested from the TLA.
+    pub request_limits: RequestLimits,
 }
 
 impl SqlNodeConfig {
@@ -69,6 +72,7 @@ impl SqlNodeConfig {
             locality_bonus: BTreeMap::new(),
             switch_margin: 1,
             probe_interval: tick.min(Duration::from_secs(5)),
+            request_limits: RequestLimits::default(),
         }
     }
 }
@@ -216,7 +220,11 @@ impl SqlNode {
                 }),
             )
             .map_err(SqlError::from)?;
-        let requests = QueryRequests::new(config.prewarm.clone(), config.request_idle_expiry);
+        let requests = QueryRequests::new(
+            config.prewarm.clone(),
+            config.request_idle_expiry,
+            config.request_limits,
+        );
         let statuses: Vec<SourceStatus> = sources
             .iter()
             .map(|s| SourceStatus {
@@ -312,9 +320,19 @@ impl SqlNode {
     /// Picks the generation `statement` will read: requests the fleet tables
     /// it names and waits (bounded) until a generation covers them.
     pub async fn pin(&self, statement: &Statement) -> Result<Arc<Generation>> {
+        self.pin_for(statement, None).await
+    }
+
+    /// [`SqlNode::pin`] for a client at `client`, whose new table names
+    /// count against its share (`max_new_tables_per_client_minute`).
+    pub async fn pin_for(
+        &self,
+        statement: &Statement,
+        client: Option<IpAddr>,
+    ) -> Result<Arc<Generation>> {
         read_only_check(statement)?;
         let (tables, _) = self.tables_of(statement)?;
-        self.pin_tables(&tables).await
+        self.pin_tables(&tables, client).await
     }
 
     /// The fleet tables `statement` reads, and whether it reads any other
@@ -377,7 +395,17 @@ impl SqlNode {
 
     /// [`SqlNode::pin`] for a prepared statement.
     pub async fn pin_prepared(&self, prepared: &Prepared) -> Result<Arc<Generation>> {
-        self.pin_tables(prepared.fleet_tables()).await
+        self.pin_tables(prepared.fleet_tables(), None).await
+    }
+
+    /// [`SqlNode::pin_prepared`] for a client at `client` (see
+    /// [`SqlNode::pin_for`]).
+    pub async fn pin_prepared_for(
+        &self,
+        prepared: &Prepared,
+        client: Option<IpAddr>,
+    ) -> Result<Arc<Generation>> {
+        self.pin_tables(prepared.fleet_tables(), client).await
     }
 
     /// Runs a prepared statement pinned to `generation`, reusing its kept
@@ -416,10 +444,19 @@ impl SqlNode {
             .await
     }
 
-    async fn pin_tables(&self, tables: &BTreeSet<String>) -> Result<Arc<Generation>> {
-        let is_new = self.inner.requests.lock().touch(tables, Instant::now());
+    async fn pin_tables(
+        &self,
+        tables: &BTreeSet<String>,
+        client: Option<IpAddr>,
+    ) -> Result<Arc<Generation>> {
         let mut receiver = self.inner.generation.subscribe();
         let current = receiver.borrow_and_update().clone();
+        let is_new = self.inner.requests.lock().admit(
+            tables,
+            client,
+            |t| current.meta.available.contains(t) || current.tables.contains_key(t),
+            Instant::now(),
+        )?;
         if tables.is_empty() {
             // Only the node's own tables (alerts, fleet_sources, ...):
             // they answer before any fleet data arrive, and while the TLA
@@ -673,8 +710,13 @@ impl SqlNode {
 
     /// Parses, pins and runs one statement.
     pub async fn query(&self, sql: &str) -> Result<QueryOutput> {
+        self.query_for(sql, None).await
+    }
+
+    /// [`SqlNode::query`] for a client at `client` (see [`SqlNode::pin_for`]).
+    pub async fn query_for(&self, sql: &str, client: Option<IpAddr>) -> Result<QueryOutput> {
         let prepared = self.prepare(sql)?;
-        let generation = self.pin_prepared(&prepared).await?;
+        let generation = self.pin_prepared_for(&prepared, client).await?;
         self.execute_prepared(&prepared, generation).await
     }
 

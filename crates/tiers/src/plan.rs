@@ -341,6 +341,12 @@ pub fn sqlnode(topology: &Topology, name: &str, links: &Links) -> Result<SqlPlan
     if let Some(mib) = entry.query_memory_mib {
         config.memory_limit = mib << 20;
     }
+    if let Some(max) = entry.max_requested_tables {
+        config.request_limits.max_requested_tables = max;
+    }
+    if let Some(max) = entry.max_new_tables_per_client_minute {
+        config.request_limits.max_new_tables_per_client_minute = max;
+    }
     Ok(SqlPlan {
         config,
         sources,

@@ -513,6 +513,10 @@ impl LiveSql {
                 "query_memory_mib",
                 plan.config.memory_limit != running.memory_limit,
             ),
+            (
+                "max_requested_tables or max_new_tables_per_client_minute",
+                plan.config.request_limits != running.request_limits,
+            ),
         ] {
             if changed {
                 pending.push(what.to_string());
@@ -748,8 +752,16 @@ impl SqlProcess {
         let app = fleetsql_http::router(node.clone())
             .merge(admin::metrics_router(observed.clone()))
             .fallback(apps_fallback(apps.routes.clone()));
-        let http =
-            HttpServer::start(app, listen.http.or(entry.http).unwrap_or(loopback(8080))).await?;
+        let access = fleetsql_http::HttpAccess {
+            hosts: entry.http_hosts.clone(),
+            origins: entry.http_origins.clone(),
+        };
+        let http = HttpServer::start_with_access(
+            app,
+            listen.http.or(entry.http).unwrap_or(loopback(8080)),
+            &access,
+        )
+        .await?;
         let flightsql = listen
             .flightsql
             .or(entry.flightsql)

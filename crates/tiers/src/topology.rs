@@ -170,6 +170,20 @@ pub struct SqlNodeEntry {
     pub table_wait: Option<Duration>,
     /// Memory all running queries may hold together, in MiB (default 1024).
     pub query_memory_mib: Option<usize>,
+    /// Tables the node requests from its TLA at once (default 4096).
+    pub max_requested_tables: Option<usize>,
+    /// New table names no machine publishes that one client (IP address)
+    /// may name in a minute (default 64).
+    pub max_new_tables_per_client_minute: Option<usize>,
+    /// Names clients reach the HTTP port by besides its address, `localhost`
+    /// and loopback addresses (a `Host` header naming anything else is
+    /// refused: DNS rebinding).
+    #[serde(default)]
+    pub http_hosts: Vec<String>,
+    /// Web origins (`https://dash.example.com`) whose pages may send
+    /// state-changing requests besides the node's own.
+    #[serde(default)]
+    pub http_origins: Vec<String>,
     /// Where this node keeps its apps' state (alert state, report runs)
     /// unless a file is named below; relative to the topology file.
     pub state_dir: Option<PathBuf>,
@@ -381,6 +395,19 @@ impl Topology {
         for (name, node) in &self.sqlnodes {
             if node.tlas.is_empty() {
                 return Err(invalid(format!("SQL node `{name}` names no `tlas`")));
+            }
+            for (setting, value) in [
+                ("max_requested_tables", node.max_requested_tables),
+                (
+                    "max_new_tables_per_client_minute",
+                    node.max_new_tables_per_client_minute,
+                ),
+            ] {
+                if value == Some(0) {
+                    return Err(invalid(format!(
+                        "SQL node `{name}`: `{setting} = 0` would refuse every query naming a table; leave it out for the default or give a positive number"
+                    )));
+                }
             }
             for tla in node.tlas.keys() {
                 if !self.tlas.contains_key(tla) {

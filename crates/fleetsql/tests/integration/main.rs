@@ -12,6 +12,7 @@ mod limits;
 mod pg_clients;
 mod pqa;
 mod pqa_state;
+mod security;
 mod slt;
 mod tiers;
 mod webdriver;

@@ -74,6 +74,7 @@ async fn register(demo: &TestDemo, epl: &str) -> Value {
 async fn post_events(demo: &TestDemo, stream: &str, ndjson: &str) -> (u16, Value) {
     let response = reqwest::Client::new()
         .post(format!("{}/v1/events/{stream}", demo.url()))
+        .header("content-type", "application/x-ndjson")
         .body(ndjson.to_string())
         .send()
         .await
