@@ -12,6 +12,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::server::{HEALTH_ACTION, HealthReport};
 use crate::stats::TransferStats;
+use crate::tls::{self, TlsContext};
 use crate::wire::{self, FetchTicket};
 use crate::{FlightError, Result};
 
@@ -29,6 +30,9 @@ pub struct FlightChildOptions {
     /// Largest single `FlightData` message accepted; must exceed the
     /// server's `max_message_bytes`.
     pub max_message_bytes: usize,
+    /// Mutual TLS with this node's certificate; the child must present a
+    /// certificate for its own name. `None`: plaintext.
+    pub tls: Option<Arc<TlsContext>>,
 }
 
 impl Default for FlightChildOptions {
@@ -37,6 +41,7 @@ impl Default for FlightChildOptions {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
             max_message_bytes: 64 * 1024 * 1024,
+            tls: None,
         }
     }
 }
@@ -204,14 +209,19 @@ impl FlightChild {
         if let Some(client) = self.client.lock().clone() {
             return Ok(client);
         }
-        let channel = self
-            .target
-            .connect()
-            .await
-            .map_err(|e| FlightError::Connect {
-                endpoint: self.endpoint.clone(),
-                reason: error_chain(&e),
-            })?;
+        let connected = match &self.options.tls {
+            Some(tls) => {
+                let (tls, child) = (tls.clone(), self.name.clone());
+                let connector =
+                    tower::service_fn(move |uri| tls_connect(tls.clone(), child.clone(), uri));
+                self.target.connect_with_connector(connector).await
+            }
+            None => self.target.connect().await,
+        };
+        let channel = connected.map_err(|e| FlightError::Connect {
+            endpoint: self.endpoint.clone(),
+            reason: error_chain(&e),
+        })?;
         let client = FlightServiceClient::new(channel)
             .max_decoding_message_size(self.options.max_message_bytes);
         *self.client.lock() = Some(client.clone());
@@ -236,6 +246,48 @@ impl Child for FlightChild {
         self.fetch_generation(request)
             .await
             .map_err(|e| e.into_aggregator(&self.name))
+    }
+}
+
+/// Dials a child over TCP and TLS, expecting a certificate for `child`
+/// (its node name) and presenting this node's; each new connection takes
+/// the certificate of the moment.
+async fn tls_connect(
+    tls: Arc<TlsContext>,
+    child: String,
+    uri: tonic::transport::Uri,
+) -> std::io::Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>
+{
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+    let host = uri
+        .host()
+        .ok_or_else(|| invalid(format!("no host in {uri}")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri
+        .port_u16()
+        .ok_or_else(|| invalid(format!("no port in {uri}")))?;
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(child.clone())
+        .map_err(|e| invalid(format!("`{child}` is not a DNS name for TLS: {e}")))?;
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+    tcp.set_nodelay(true)?;
+    let peer = format!("child `{child}` at {host}:{port}");
+    let connector = tokio_rustls::TlsConnector::from(tls.client_config());
+    match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, connector.connect(name, tcp)).await {
+        Ok(Ok(stream)) => Ok(hyper_util::rt::TokioIo::new(stream)),
+        Ok(Err(e)) => {
+            tls.handshake_failed(tls::Link::Outgoing, &peer, &e);
+            Err(e)
+        }
+        Err(_) => {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{peer} did not complete a TLS handshake"),
+            );
+            tls.handshake_failed(tls::Link::Outgoing, &peer, &e);
+            Err(e)
+        }
     }
 }
 

@@ -41,6 +41,14 @@ pub enum FlightError {
     Ticket { reason: String },
     #[error("encoding table `{table}`: {reason}")]
     Encode { table: String, reason: String },
+    /// TLS material that does not load (unreadable, not PEM, a key that
+    /// does not match its certificate).
+    #[error("TLS {what} {}: {reason}", path.display())]
+    Tls {
+        what: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("Flight server on {addr} failed: {source}")]
     Serve {
         addr: SocketAddr,

@@ -29,18 +29,25 @@
 //!    identity columns cross once, and each new generation shares their
 //!    buffers with the one before.
 //!
+//! With a [`TlsContext`] both ends speak mutual TLS (`src/tls.rs`): the
+//! server accepts only its parents' certificates, the client only the
+//! dialled child's; [`certs`] makes a fleet CA and node certificates.
+//!
 //! Both ends count bytes and rows per table ([`TransferStats`]) for
 //! `/metrics` ([`render_prometheus`]).
 
+pub mod certs;
 mod client;
 mod diff;
 mod error;
 mod server;
 mod stats;
+mod tls;
 mod wire;
 
 pub use client::{FlightChild, FlightChildOptions};
 pub use error::{FlightError, Result};
 pub use server::{FlightServer, FlightServerConfig, HEALTH_ACTION, HealthReport};
 pub use stats::{TableTransfer, TransferSnapshot, TransferStats, render_prometheus};
+pub use tls::{Link, Refusal, TlsContext, TlsFiles, TlsWatch, is_dns_name};
 pub use wire::{Compression, ENCODING_DIFF, ENCODING_FULL, FetchTicket, WIRE_FORMAT};

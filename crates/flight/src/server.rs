@@ -21,6 +21,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::stats::TransferStats;
+use crate::tls::{self, TlsContext};
 use crate::wire::{self, Compression, FetchTicket};
 use crate::{FlightError, Result};
 
@@ -48,6 +49,9 @@ pub struct FlightServerConfig {
     /// would get a hundredth of it and a generation would take a tick or
     /// more to leave. Own threads get their share from the OS instead.
     pub own_threads: Option<usize>,
+    /// Mutual TLS: only parents the context names may connect. `None`:
+    /// plaintext, anyone may.
+    pub tls: Option<Arc<TlsContext>>,
 }
 
 impl Default for FlightServerConfig {
@@ -59,6 +63,7 @@ impl Default for FlightServerConfig {
             send_buffer: 8,
             shutdown_grace: Duration::from_secs(5),
             own_threads: None,
+            tls: None,
         }
     }
 }
@@ -146,21 +151,30 @@ impl FlightServer {
             shutdown: shutdown_rx.clone(),
             sent: Arc::new(Mutex::new(SentMemory::default())),
         };
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let mut signal = shutdown_rx;
+        let mut signal = shutdown_rx.clone();
+        let tls = config.tls.clone();
         let task = runtime.spawn(async move {
-            let served = tonic::transport::Server::builder()
+            let router = tonic::transport::Server::builder()
                 // Notices a parent that vanished without closing the socket.
                 .http2_keepalive_interval(Some(Duration::from_secs(20)))
                 // See `FLOW_WINDOW`: the window a client grants is what
                 // paces our sending, and the one we grant paces theirs.
                 .initial_stream_window_size(Some(crate::client::FLOW_WINDOW))
                 .initial_connection_window_size(Some(crate::client::FLOW_WINDOW * 2))
-                .add_service(FlightServiceServer::new(service))
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = signal.wait_for(|stop| *stop).await;
-                })
-                .await;
+                .add_service(FlightServiceServer::new(service));
+            let stop = async move {
+                let _ = signal.wait_for(|stop| *stop).await;
+            };
+            let served = match tls {
+                None => {
+                    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                    router.serve_with_incoming_shutdown(incoming, stop).await
+                }
+                Some(tls) => {
+                    let incoming = tls_incoming(listener, tls, shutdown_rx);
+                    router.serve_with_incoming_shutdown(incoming, stop).await
+                }
+            };
             if let Err(source) = served {
                 let e = FlightError::Serve {
                     addr: local_addr,
@@ -216,6 +230,52 @@ impl Drop for FlightServer {
             runtime.shutdown_background();
         }
     }
+}
+
+/// Accepted connections after their TLS handshake, each handshake on a
+/// task of its own so a slow or hostile peer holds up no other. A peer the
+/// verifier refuses never reaches the service (logged and counted there).
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    tls: Arc<TlsContext>,
+    mut stop: watch::Receiver<bool>,
+) -> impl Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>
++ Send
++ 'static {
+    let (sender, receiver) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.wait_for(|stop| *stop) => return,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: let it pass
+                    // rather than spin.
+                    tracing::warn!(error = %e, "Flight server could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+            let (tls, sender) = (tls.clone(), sender.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = sender.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tls.handshake_failed(tls::Link::Incoming, &format!("{peer}"), &e),
+                    Err(_) => tls.handshake_timed_out(tls::Link::Incoming, peer),
+                }
+            });
+        }
+    });
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    })
 }
 
 struct Service {
