@@ -8,6 +8,7 @@ mod bench_cmd;
 mod demo;
 mod integrations;
 mod signal;
+mod security_args;
 mod sql_client;
 mod tier;
 

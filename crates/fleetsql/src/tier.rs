@@ -46,6 +46,9 @@ pub(crate) struct TierArgs {
     /// SQL node only: its apps' paths and settings, over its topology entry.
     #[command(flatten)]
     apps: crate::apps_args::AppArgs,
+    /// SQL node only: users, tokens and TLS, over its topology entry.
+    #[command(flatten)]
+    security: crate::security_args::SecurityArgs,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +68,7 @@ enum Running {
 }
 
 pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
-    let topology = Topology::load(&args.config)?;
+    let mut topology = Topology::load(&args.config)?;
     let listen = Listen {
         flight: args.flight,
         http: args.http,
@@ -74,6 +77,12 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
         flightsql: args.flightsql,
     };
     let name = &args.name;
+    if args.security.any() && !matches!(role, Role::SqlNode | Role::TlaSql) {
+        anyhow::bail!(
+            "--users, --tokens, --tls-cert, --tls-key and --client-ca are for `fleetsql sqlnode` and `tla-sql`"
+        );
+    }
+    args.security.apply(&mut topology, name)?;
     if args.apps.any() && !matches!(role, Role::SqlNode | Role::TlaSql) {
         anyhow::bail!(
             "--state-dir, --alerts-* , --reports-* and --console-* are for `fleetsql sqlnode`, `tla-sql` and `demo`"

@@ -11,10 +11,21 @@
 //! as HTTP parses them, so its Postgres-compatibility rewrites (meant for
 //! catalog queries) never change a fleet query's answer.
 //!
+//! With a users file ([`PgSecurity`]) clients log in with SCRAM-SHA-256
+//! (or a client certificate), over TLS when the node has a certificate;
+//! refusals are counted in the node's [`AuditLog`], and every statement is
+//! recorded there with its principal, peer, outcome and duration once its
+//! answer has been sent (`fleet_audit`).
+//!
+//! [`AuditLog`]: fleetsql_auth::AuditLog
+//!
 //! [`QueryHook`]: datafusion_postgres::QueryHook
 
+mod audit;
+mod auth;
 mod hook;
 mod server;
 mod service;
 
+pub use auth::PgSecurity;
 pub use server::{PgServer, PgServerError};

@@ -8,6 +8,7 @@ use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::pgwire;
+use fleetsql_auth::FrontEnd;
 use fleetsql_sqlnode::SqlNode;
 use futures::{Sink, SinkExt};
 use pgwire::api::auth::StartupHandler;
@@ -21,6 +22,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::auth::{AuthStartup, PgSecurity};
 use crate::hook::FleetHook;
 use crate::service::FleetService;
 
@@ -73,7 +75,7 @@ impl NoopStartupHandler for Startup {
 
 struct Handlers {
     service: Arc<FleetService>,
-    startup: Arc<Startup>,
+    startup: Arc<AuthStartup<Startup>>,
     cancel: Arc<DefaultCancelHandler>,
 }
 
@@ -107,6 +109,22 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
+/// The refusal reason of a connection that failed in its TLS handshake:
+/// the client refused this node's certificate (its CA is not the one the
+/// client trusts, or the name differs), or the client's certificate was
+/// not signed by the client CA; `None` for any other error.
+fn tls_refusal(e: &std::io::Error) -> Option<&'static str> {
+    use tokio_rustls::rustls::Error as TlsError;
+    let tls = e.get_ref()?.downcast_ref::<TlsError>()?;
+    Some(match tls {
+        TlsError::AlertReceived(_) => "tls_client_refused_certificate",
+        TlsError::InvalidCertificate(_) | TlsError::NoCertificatesPresented => {
+            "bad_client_certificate"
+        }
+        _ => "tls_handshake",
+    })
+}
+
 /// A running Postgres listener; `shutdown` (or drop) closes it and every
 /// open connection.
 #[derive(Debug)]
@@ -122,8 +140,26 @@ impl Drop for PgServer {
 }
 
 impl PgServer {
-    /// Listens on `addr` (port 0 picks one) and serves `node`.
+    /// Listens on `addr` (port 0 picks one) and serves `node` to anyone,
+    /// in plaintext.
     pub async fn start(node: Arc<SqlNode>, addr: SocketAddr) -> Result<PgServer, PgServerError> {
+        PgServer::start_secure(node, addr, PgSecurity::default()).await
+    }
+
+    /// Listens on `addr` and serves `node` to the clients `security`
+    /// admits; every statement is recorded in the node's audit log.
+    pub async fn start_secure(
+        node: Arc<SqlNode>,
+        addr: SocketAddr,
+        security: PgSecurity,
+    ) -> Result<PgServer, PgServerError> {
+        if security.users.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "the Postgres port is open to the network WITHOUT AUTHENTICATION: anyone who can reach it can query the fleet; give the node a users file (`users` in its topology entry, `fleetsql users add`) and a certificate (`tls_cert`, `tls_key`)"
+            );
+        }
+        let audit = node.audit().clone();
         let ctx = node.session_context();
         if ctx
             .catalog("datafusion")
@@ -141,9 +177,13 @@ impl PgServer {
         ];
         let connections = Arc::new(ConnectionManager::new());
         let handlers = Arc::new(Handlers {
-            service: Arc::new(FleetService::new(ctx, hooks)),
-            startup: Arc::new(Startup {
-                connections: connections.clone(),
+            service: Arc::new(FleetService::new(ctx, hooks, audit.clone())),
+            startup: Arc::new(AuthStartup {
+                inner: Startup {
+                    connections: connections.clone(),
+                },
+                security: security.clone(),
+                audit: audit.clone(),
             }),
             cancel: Arc::new(DefaultCancelHandler::new(connections)),
         });
@@ -160,9 +200,16 @@ impl PgServer {
                     accepted = listener.accept() => match accepted {
                         Ok((socket, peer)) => {
                             let handlers = handlers.clone();
+                            let tls = security.tls.as_ref().map(|t| t.acceptor());
+                            let audit = audit.clone();
                             connections.spawn(async move {
-                                if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
-                                    tracing::debug!(%peer, error = %e, "postgres connection ended with an error");
+                                if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+                                    if let Some(reason) = tls_refusal(&e) {
+                                        tracing::info!(%peer, reason, error = %e, "postgres TLS handshake failed");
+                                        audit.refused(FrontEnd::Pg, Some(peer), "", reason, &e.to_string());
+                                    } else {
+                                        tracing::debug!(%peer, error = %e, "postgres connection ended with an error");
+                                    }
                                 }
                             });
                         }

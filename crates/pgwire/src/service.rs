@@ -13,6 +13,7 @@
 
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use datafusion::logical_expr::LogicalPlan;
@@ -23,6 +24,7 @@ use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::pgwire;
 use datafusion_postgres::{DfSessionService, Parser, QueryHook};
+use fleetsql_auth::{Action, AuditLog};
 use futures::{FutureExt, Sink, StreamExt};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -33,6 +35,7 @@ use pgwire::api::{ClientInfo, ClientPortalStore, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 
+use crate::audit;
 use crate::hook::reads_no_fleet_data;
 
 /// The protocol layer's prepared statement: the SQL text as planned, the
@@ -120,10 +123,15 @@ impl FleetParser {
 pub(crate) struct FleetService {
     inner: Arc<DfSessionService>,
     parser: Arc<FleetQueryParser>,
+    audit: Arc<AuditLog>,
 }
 
 impl FleetService {
-    pub(crate) fn new(ctx: Arc<SessionContext>, hooks: Vec<Arc<dyn QueryHook>>) -> FleetService {
+    pub(crate) fn new(
+        ctx: Arc<SessionContext>,
+        hooks: Vec<Arc<dyn QueryHook>>,
+        audit: Arc<AuditLog>,
+    ) -> FleetService {
         let inner = Arc::new(DfSessionService::new_with_hooks(ctx.clone(), hooks.clone()));
         let parser = Arc::new(FleetQueryParser {
             inner: inner.query_parser(),
@@ -131,7 +139,34 @@ impl FleetService {
             ctx,
             hooks,
         });
-        FleetService { inner, parser }
+        FleetService {
+            inner,
+            parser,
+            audit,
+        }
+    }
+
+    /// The statement's audit record, or a refusal when the connection has
+    /// no principal: the startup handler sets one on every connection it
+    /// lets in, so a statement without one came from a client that never
+    /// finished logging in.
+    fn audited<C: ClientInfo>(&self, client: &C, text: &str) -> PgWireResult<audit::Statement> {
+        let principal = crate::auth::principal(client)
+            .filter(|p| p.allows(Action::RunSql))
+            .ok_or_else(|| {
+                PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "FATAL".to_string(),
+                    "28000".to_string(),
+                    "not authenticated: log in before sending statements".to_string(),
+                )))
+            })?;
+        Ok(audit::Statement {
+            audit: self.audit.clone(),
+            principal,
+            peer: client.socket_addr(),
+            text: text.to_string(),
+            started: Instant::now(),
+        })
     }
 }
 
@@ -144,9 +179,12 @@ impl SimpleQueryHandler for FleetService {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        caught(self.simple_query(client, query))
-            .await
-            .map(|responses| responses.into_iter().map(caught_rows).collect())
+        let audited = self.audited(client, query)?;
+        audited.responses(
+            caught(self.simple_query(client, query))
+                .await
+                .map(|responses| responses.into_iter().map(caught_rows).collect()),
+        )
     }
 }
 
@@ -246,16 +284,19 @@ impl ExtendedQueryHandler for FleetService {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let audited = self.audited(client, &portal.statement.statement.0)?;
         // Parsing decided the statement; running it (the hooks, then the
         // plan) is the protocol layer's.
-        caught(ExtendedQueryHandler::do_query(
-            self.inner.as_ref(),
-            client,
-            portal,
-            max_rows,
-        ))
-        .await
-        .map(caught_rows)
+        audited.response(
+            caught(ExtendedQueryHandler::do_query(
+                self.inner.as_ref(),
+                client,
+                portal,
+                max_rows,
+            ))
+            .await
+            .map(caught_rows),
+        )
     }
 }
 

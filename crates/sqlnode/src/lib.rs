@@ -17,6 +17,7 @@
 //!
 //! [`Child`]: fleetsql_aggregator::Child
 
+mod audit;
 mod catalog;
 mod choice;
 mod compat;
@@ -30,6 +31,7 @@ mod requests;
 mod settings;
 mod system_tables;
 
+pub use audit::AUDIT_TABLE;
 pub use choice::SourceStatus;
 pub use compat::{TEST_PANIC_ENV, server_version, server_version_num, version_text};
 pub use error::{Result, SqlError};

@@ -17,11 +17,13 @@ use datafusion::sql::sqlparser::ast::Statement;
 use fleetsql_aggregator::{
     Child, FLEET_NODES, FetchRequest, NodeState, covers_all, fleet_nodes_table, host_name,
 };
+use fleetsql_auth::AuditLog;
 use fleetsql_model::{Generation, merge_tables, now_ms};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::audit::{AUDIT_TABLE, AuditTable};
 use crate::catalog::{ExtraTables, FleetSchema, PINNED};
 use crate::choice::{self, SourceStatus};
 use crate::hooks::{
@@ -113,6 +115,7 @@ struct Inner {
     last_install: Mutex<Option<Install>>,
     prepared: PreparedCache,
     hooks: Arc<Hooks>,
+    audit: Arc<AuditLog>,
 }
 
 /// When the node began answering from a generation its source made.
@@ -251,10 +254,15 @@ impl SqlNode {
             last_install: Mutex::new(None),
             prepared: PreparedCache::default(),
             hooks: Arc::new(Hooks::new(empty)),
+            audit: Arc::new(AuditLog::default()),
         });
         inner.extra_tables.write().insert(
             GENERATION_HOOKS_TABLE.to_string(),
             Arc::new(HooksTable::new(&inner.hooks)),
+        );
+        inner.extra_tables.write().insert(
+            AUDIT_TABLE.to_string(),
+            Arc::new(AuditTable::new(inner.audit.clone())),
         );
         // The probe loop runs even over one source: a re-read topology may
         // give the node more.
@@ -271,6 +279,12 @@ impl SqlNode {
 
     pub fn config(&self) -> &SqlNodeConfig {
         &self.inner.config
+    }
+
+    /// Who ran what on this node: every front end records its requests
+    /// here; served as `fleet_audit`.
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.inner.audit
     }
 
     /// The shared DataFusion context (front ends add catalogs to it).

@@ -250,6 +250,18 @@ fn render(o: &Observed) -> String {
                 );
             }
         }
+        family(
+            &mut out,
+            "fleetsql_auth_refusals_total",
+            "counter",
+            "Clients refused at log-in, by front end and reason",
+        );
+        for (front_end, reason, count) in node.audit().refusals() {
+            let _ = writeln!(
+                out,
+                "fleetsql_auth_refusals_total{{{labels},front_end=\"{front_end}\",reason=\"{reason}\"}} {count}"
+            );
+        }
     }
     let server = o.server.as_ref().map(|s| s.snapshot());
     let clients: Vec<(String, _)> = o

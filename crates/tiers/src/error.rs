@@ -36,6 +36,10 @@ pub enum TiersError {
     Http(#[from] fleetsql_http::HttpServerError),
     #[error(transparent)]
     FlightSql(#[from] fleetsql_flightsql::FlightSqlError),
+    #[error(transparent)]
+    AuthFile(#[from] fleetsql_auth::StoreError),
+    #[error(transparent)]
+    Tls(#[from] fleetsql_auth::TlsError),
     #[error("SQL node `{name}`'s apps")]
     Apps {
         name: String,

@@ -24,10 +24,12 @@ mod local;
 pub mod plan;
 mod reload;
 mod roles;
+mod security;
 mod topology;
 
 pub use error::{Result, TiersError};
 pub use local::LocalFleet;
 pub use plan::Links;
+pub use security::ClientSecurity;
 pub use roles::{AgentProcess, Listen, SqlProcess, TierProcess, TlaSqlProcess};
 pub use topology::{AgentEntry, ProxyEntry, SqlNodeEntry, TlaEntry, Topology};

@@ -19,6 +19,7 @@ use crate::admin::{self, Observed};
 use crate::plan::{self, Linked, Links, Role, SqlPlan, TierPlan};
 use crate::reload::TopologyWatch;
 use crate::topology::{AgentEntry, Topology};
+use crate::security::ClientSecurity;
 use crate::{Result, TiersError};
 
 /// Addresses given on the command line; they win over the topology file
@@ -682,6 +683,9 @@ pub struct SqlProcess {
     flightsql: Option<FlightSqlServer>,
     live: Arc<LiveSql>,
     watch: Option<TopologyWatch>,
+    /// Users, tokens and client-facing TLS, their files polled while it
+    /// lives.
+    security: ClientSecurity,
 }
 
 impl SqlProcess {
@@ -744,9 +748,11 @@ impl SqlProcess {
             from_file,
             tables,
         };
-        let pg = PgServer::start(
+        let security = ClientSecurity::load(name, entry)?;
+        let pg = PgServer::start_secure(
             node.clone(),
             listen.pg.or(entry.pg).unwrap_or(loopback(5433)),
+            security.pg(),
         )
         .await?;
         let app = fleetsql_http::router(node.clone())
@@ -790,6 +796,7 @@ impl SqlProcess {
             flightsql,
             live,
             watch: None,
+            security,
         })
     }
 
@@ -809,6 +816,11 @@ impl SqlProcess {
 
     pub fn node(&self) -> &Arc<SqlNode> {
         &self.node
+    }
+
+    /// The users, tokens and certificate its front ends authenticate with.
+    pub fn security(&self) -> &ClientSecurity {
+        &self.security
     }
 
     pub fn pg_addr(&self) -> SocketAddr {

@@ -205,6 +205,20 @@ pub struct SqlNodeEntry {
     pub reports_db: Option<PathBuf>,
     /// Persistent-query sinks and event sources (MQTT, XMPP, esmond).
     pub integrations: Option<PathBuf>,
+    /// Users, their roles and SCRAM verifiers (`fleetsql users add`):
+    /// Postgres clients log in with SCRAM-SHA-256. Without it,
+    /// authentication is off. Re-read when it changes.
+    pub users: Option<PathBuf>,
+    /// Bearer tokens for HTTP (`fleetsql tokens create`).
+    pub tokens: Option<PathBuf>,
+    /// The certificate chain (PEM) of the node's client-facing ports
+    /// (Postgres wire, HTTP); with users, plaintext pg clients are refused.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// A CA (PEM) whose client certificates log in on the Postgres wire
+    /// as the user their CN names (who must be in `users`).
+    pub client_ca: Option<PathBuf>,
 }
 
 impl SqlNodeEntry {
@@ -293,6 +307,11 @@ impl Topology {
                     &mut node.reports_dir,
                     &mut node.reports_db,
                     &mut node.integrations,
+                    &mut node.users,
+                    &mut node.tokens,
+                    &mut node.tls_cert,
+                    &mut node.tls_key,
+                    &mut node.client_ca,
                 ]
                 .into_iter()
                 .flatten()

@@ -9,6 +9,7 @@ mod fixture;
 mod flightsql;
 mod integrations;
 mod limits;
+mod pg_auth;
 mod pg_clients;
 mod pqa;
 mod pqa_state;
