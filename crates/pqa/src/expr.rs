@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::agg::{AggFunc, AggSpec, AggState};
 use crate::error::{Pos, PqaError, Result};
-use crate::parser::ast::{BinOp, Expr, UnOp};
+use crate::parser::ast::{BinOp, Expr, Ident, UnOp};
 use crate::stream::{Event, StreamState};
 use crate::value::Value;
 
@@ -462,16 +462,34 @@ impl<'a> Compiler<'a> {
             })
     }
 
-    fn field_ref(&mut self, slot: usize, name: &str) -> CExpr {
+    fn field_ref(&mut self, slot: usize, name: &Ident) -> Result<CExpr> {
         let stream = self.slots[slot].stream;
+        // A stream declared with `create schema` has a fixed set of
+        // properties: a name outside it is a mistake to report now, as Esper
+        // does, rather than a statement that silently never matches.
+        let state = &self.streams.list[stream];
+        if state.declared && !state.has_field(&name.name) {
+            let mut known: Vec<&str> = state.field_names().collect();
+            known.sort_unstable();
+            return Self::semantic(
+                name.pos,
+                format!(
+                    "unknown property '{}' of stream {} (its schema declares: {})",
+                    name.name,
+                    self.slots[slot].names.last().map_or("", String::as_str),
+                    known.join(", ")
+                ),
+            );
+        }
+        let name = name.name.as_str();
         let idx = self.streams.list[stream].field(name);
         if !self.testing_null && !self.required[slot].contains(&idx) {
             self.required[slot].push(idx);
         }
-        CExpr::Field {
+        Ok(CExpr::Field {
             slot: slot as u16,
             idx: idx as u32,
-        }
+        })
     }
 
     pub(crate) fn compile(&mut self, e: &Expr) -> Result<CExpr> {
@@ -505,7 +523,7 @@ impl<'a> Compiler<'a> {
                 if !self.in_agg {
                     self.bare_field = true;
                 }
-                self.field_ref(slot, &name.name)
+                self.field_ref(slot, name)?
             }
             Expr::Field {
                 qualifier: None,
@@ -568,7 +586,7 @@ impl<'a> Compiler<'a> {
                 if !self.in_agg {
                     self.bare_field = true;
                 }
-                self.field_ref(slot, &name.name)
+                self.field_ref(slot, name)?
             }
             Expr::Unary(UnOp::Not, e, _) => CExpr::Not(Box::new(self.compile(e)?)),
             Expr::Unary(UnOp::Neg, e, _) => CExpr::Neg(Box::new(self.compile(e)?)),

@@ -244,4 +244,9 @@ impl StreamState {
     pub(crate) fn has_field(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }
+
+    /// The names of the fields declared or learned so far.
+    pub(crate) fn field_names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(|k| &**k)
+    }
 }
