@@ -5,10 +5,11 @@ mod alerts_cmd;
 mod apps_args;
 mod auth_cmd;
 mod bench_cmd;
+mod certs_cmd;
 mod demo;
 mod integrations;
-mod signal;
 mod security_args;
+mod signal;
 mod sql_client;
 mod tier;
 
@@ -79,6 +80,9 @@ enum Command {
     /// Measure a real TLA and SQL node fed by a simulated fleet (up to
     /// 100,000 machines) against baselines taken in the same run.
     Bench(bench_cmd::BenchArgs),
+    /// A fleet CA and node certificates for mutual TLS between tiers, for
+    /// tests and small fleets: `certs init --dir D`, `certs issue NAME --dir D`.
+    Certs(certs_cmd::CertsArgs),
     /// Users of a SQL node's users file (Postgres wire, console log-in):
     /// `users add NAME --role ROLE --file PATH`, `users list`, `users remove`.
     Users(auth_cmd::UsersArgs),
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
             Command::TlaSql(args) => tier::run(tier::Role::TlaSql, args).await,
             Command::Alerts(args) => alerts_cmd::run(args).await,
             Command::Bench(args) => bench_cmd::run(args).await,
+            Command::Certs(args) => certs_cmd::run(args),
             Command::Users(args) => auth_cmd::users(args),
             Command::Tokens(args) => auth_cmd::tokens(args),
         }
