@@ -87,6 +87,19 @@ impl ChildGroup {
     }
 }
 
+/// Tables a tier makes itself and adds to its generations, like its own
+/// `fleet_nodes` row (a proxy's `fleet_members`): offered in `available`,
+/// made only when a parent asks for them, from the coverage of the
+/// generation being made.
+pub trait OwnTables: Send + Sync + std::fmt::Debug {
+    /// The tables this source makes.
+    fn names(&self) -> Vec<String>;
+    /// Table `name` for the generation whose coverage is `visibility`
+    /// (`visibility.children` says which children were merged); `None`
+    /// leaves it out of this generation.
+    fn table(&self, name: &str, visibility: &Visibility) -> Option<Table>;
+}
+
 /// Counters for `/metrics` and `fleet_nodes`.
 #[derive(Debug, Clone, Default)]
 pub struct AggregatorStats {
@@ -113,6 +126,7 @@ struct Inner {
     stats: Mutex<AggregatorStats>,
     /// Set when a re-read configuration asks for what needs a restart.
     pending_restart: Mutex<Option<String>>,
+    own_tables: Mutex<Option<Arc<dyn OwnTables>>>,
     started: Instant,
     host: String,
 }
@@ -171,6 +185,7 @@ impl Aggregator {
             next_id: AtomicU64::new(1),
             stats: Mutex::new(AggregatorStats::default()),
             pending_restart: Mutex::new(None),
+            own_tables: Mutex::new(None),
             started: Instant::now(),
             host: host_name(),
         });
@@ -263,6 +278,11 @@ impl Aggregator {
     /// in this node's `fleet_nodes` row), or `None` once it agrees again.
     pub fn set_pending_restart(&self, what: Option<String>) {
         *self.inner.pending_restart.lock() = what;
+    }
+
+    /// Tables this tier makes itself from now on ([`OwnTables`]).
+    pub fn set_own_tables(&self, tables: Option<Arc<dyn OwnTables>>) {
+        *self.inner.own_tables.lock() = tables;
     }
 
     /// Names of the child groups now (tests, `/metrics`).
@@ -463,6 +483,7 @@ fn merge(
     // Declared before `parts`, which borrows them.
     let fleet_nodes_key = FLEET_NODES.to_string();
     let own_row: Table;
+    let mut own_tables: Vec<(String, Table)> = Vec::new();
     let mut visibility = Visibility::default();
     let mut available = BTreeSet::new();
     let mut parts: BTreeMap<&String, Vec<&Table>> = BTreeMap::new();
@@ -554,6 +575,22 @@ fn merge(
         entry.rows += 1;
     }
     available.insert(FLEET_NODES.to_string());
+    let own_source = inner.own_tables.lock().clone();
+    if let Some(source) = own_source {
+        for name in source.names() {
+            if wanted.contains(&name)
+                && let Some(table) = source.table(&name, &visibility)
+            {
+                own_tables.push((name.clone(), table));
+            }
+            available.insert(name);
+        }
+    }
+    for (name, table) in &own_tables {
+        parts.entry(name).or_default().push(table);
+        part_owner.entry(name).or_default().push(OWN_ROW);
+        visibility.tables.entry(name.clone()).or_default().rows += table.num_rows() as u64;
+    }
 
     let mut tables = BTreeMap::new();
     for (name, table_parts) in parts {

@@ -22,7 +22,7 @@ mod requests;
 mod self_monitor;
 mod static_tables;
 
-pub use aggregator::{Aggregator, AggregatorConfig, AggregatorStats, ChildGroup};
+pub use aggregator::{Aggregator, AggregatorConfig, AggregatorStats, ChildGroup, OwnTables};
 pub use child::{Child, FetchRequest, covers_all};
 pub use error::{AggregatorError, Result};
 pub use requests::TableRequests;

@@ -5,16 +5,36 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
-use fleetsql_tiers::{AgentProcess, Listen, SqlProcess, TierProcess, TlaSqlProcess, Topology};
+use fleetsql_tiers::{
+    AgentEntry, AgentProcess, JoinConfig, Listen, SqlProcess, TierProcess, TlaSqlProcess, Topology,
+};
 
 #[derive(Debug, Args)]
 pub(crate) struct TierArgs {
-    /// The topology file shared by every node of the fleet.
-    #[arg(long, env = "FLEETSQL_TOPOLOGY")]
-    config: PathBuf,
-    /// This node's name in the topology.
+    /// The topology file shared by every node of the fleet (an agent that
+    /// joins by itself, with --cluster and --proxy, needs none).
+    #[arg(long, env = "FLEETSQL_TOPOLOGY", required_unless_present = "cluster")]
+    config: Option<PathBuf>,
+    /// This node's name in the topology (an agent joining by itself:
+    /// its name in its cluster, by default the host name).
     #[arg(long)]
-    name: String,
+    name: Option<String>,
+    /// Agent only: join this cluster by announcing itself to its proxies
+    /// (--proxy), instead of being listed in a topology file.
+    #[arg(long, conflicts_with = "config")]
+    cluster: Option<String>,
+    /// Agent only, with --cluster: the HTTP address (`host:port`) of one
+    /// of the cluster's proxies; repeat for each.
+    #[arg(long = "proxy", requires = "cluster")]
+    proxies: Vec<SocketAddr>,
+    /// Agent only, with --cluster: the Flight address proxies reach this
+    /// agent at (default: the --flight address; needed when it is 0.0.0.0).
+    #[arg(long, requires = "cluster")]
+    advertise: Option<SocketAddr>,
+    /// Agent only, with --cluster: time between generations; the proxies'
+    /// tick (the topology's `tick`) should be the same.
+    #[arg(long, requires = "cluster", default_value = "5s", value_parser = crate::demo::parse_duration)]
+    tick: std::time::Duration,
     /// Flight address to listen on (overrides the topology; port 0 picks one).
     #[arg(long)]
     flight: Option<SocketAddr>,
@@ -68,7 +88,6 @@ enum Running {
 }
 
 pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
-    let mut topology = Topology::load(&args.config)?;
     let listen = Listen {
         flight: args.flight,
         http: args.http,
@@ -76,7 +95,23 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
         pg: args.pg,
         flightsql: args.flightsql,
     };
-    let name = &args.name;
+    if let Some(cluster) = &args.cluster {
+        if !matches!(role, Role::Agent) {
+            anyhow::bail!(
+                "--cluster and --proxy are for `fleetsql agent`; other roles read the topology file (--config)"
+            );
+        }
+        return run_joining(cluster, &args, listen).await;
+    }
+    let Some(config) = &args.config else {
+        anyhow::bail!(
+            "give the topology file with --config (or, for an agent joining by itself, --cluster and --proxy)"
+        );
+    };
+    let mut topology = Topology::load(config)?;
+    let Some(name) = &args.name else {
+        anyhow::bail!("give this node's name in the topology with --name");
+    };
     if args.security.any() && !matches!(role, Role::SqlNode | Role::TlaSql) {
         anyhow::bail!(
             "--users, --tokens, --tls-cert, --tls-key and --client-ca are for `fleetsql sqlnode` and `tla-sql`"
@@ -106,7 +141,7 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
     let running = match role {
         Role::Agent => {
             let mut process = AgentProcess::start(&topology, name, listen).await?;
-            process.watch_topology(args.config.clone(), args.topology_poll);
+            process.watch_topology(config.clone(), args.topology_poll);
             if let Some(config) = &agent_integrations {
                 publishers = Some(crate::integrations::start_on_agent(
                     config,
@@ -121,7 +156,7 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
             } else {
                 TierProcess::start_tla(&topology, name, listen).await?
             };
-            process.watch_topology(args.config.clone(), args.topology_poll);
+            process.watch_topology(config.clone(), args.topology_poll);
             Running::Tier(process)
         }
         Role::SqlNode | Role::TlaSql => {
@@ -134,12 +169,12 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
             }
             if matches!(role, Role::TlaSql) {
                 let mut process = TlaSqlProcess::start(&topology, name, listen, apps).await?;
-                process.watch_topology(args.config.clone(), args.topology_poll);
+                process.watch_topology(config.clone(), args.topology_poll);
                 Running::TlaSql(process)
             } else {
                 let mut process =
                     SqlProcess::start_with_apps(&topology, name, listen, apps).await?;
-                process.watch_topology(args.config.clone(), args.topology_poll);
+                process.watch_topology(config.clone(), args.topology_poll);
                 Running::Sql(process)
             }
         }
@@ -163,5 +198,45 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
         Running::Sql(p) => p.shutdown().await,
         Running::TlaSql(p) => p.shutdown().await,
     }
+    Ok(())
+}
+
+/// `fleetsql agent --cluster C --proxy ADDR...`: an agent no topology file
+/// lists, announcing itself to its cluster's proxies.
+async fn run_joining(cluster: &str, args: &TierArgs, listen: Listen) -> anyhow::Result<()> {
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => fleetsql_aggregator::host_name(),
+    };
+    let join = JoinConfig {
+        name: name.clone(),
+        entry: AgentEntry {
+            cluster: cluster.to_string(),
+            flight: Some(
+                listen
+                    .flight
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7101))),
+            ),
+            ..AgentEntry::default()
+        },
+        proxies: args.proxies.clone(),
+        advertise: args.advertise,
+        tick: args.tick,
+    };
+    let process = AgentProcess::start_joining(&join, listen).await?;
+    let publishers = match crate::integrations::load(args.integrations.as_deref())? {
+        Some(config) => Some(crate::integrations::start_on_agent(
+            &config,
+            process.shared_agent(),
+        )?),
+        None => None,
+    };
+    println!("{}", process.ready_line());
+    crate::signal::shutdown_signal().await;
+    eprintln!("shutting down {name}");
+    if let Some(publishers) = publishers {
+        publishers.shutdown().await;
+    }
+    process.shutdown().await;
     Ok(())
 }

@@ -25,6 +25,8 @@ pub enum TiersError {
     #[error(transparent)]
     Agent(#[from] fleetsql_agent::AgentError),
     #[error(transparent)]
+    Join(#[from] crate::membership::JoinError),
+    #[error(transparent)]
     Aggregator(#[from] fleetsql_aggregator::AggregatorError),
     #[error(transparent)]
     Flight(#[from] fleetsql_flight::FlightError),

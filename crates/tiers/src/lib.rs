@@ -6,7 +6,11 @@
 //! its children in the file:
 //!
 //! - [`AgentProcess`]: this machine's publishers behind a Flight server;
-//! - [`TierProcess::start_proxy`]: an aggregator over its cluster's agents;
+//! - [`AgentProcess::start_joining`]: an agent known only by its cluster
+//!   and its proxies' addresses, announcing itself to them
+//!   ([`membership`]);
+//! - [`TierProcess::start_proxy`]: an aggregator over its cluster's agents,
+//!   listed in the topology or announced;
 //! - [`TierProcess::start_tla`]: an aggregator with one child group per
 //!   cluster whose members are that cluster's proxies (failover in turn),
 //!   plus static tables;
@@ -21,6 +25,7 @@
 mod admin;
 mod error;
 mod local;
+pub mod membership;
 pub mod plan;
 mod reload;
 mod roles;
@@ -31,5 +36,5 @@ pub use error::{Result, TiersError};
 pub use local::LocalFleet;
 pub use plan::Links;
 pub use security::ClientSecurity;
-pub use roles::{AgentProcess, Listen, SqlProcess, TierProcess, TlaSqlProcess};
-pub use topology::{AgentEntry, ProxyEntry, SqlNodeEntry, TlaEntry, Topology};
+pub use roles::{AgentProcess, JoinConfig, Listen, SqlProcess, TierProcess, TlaSqlProcess};
+pub use topology::{AgentEntry, ClusterEntry, ProxyEntry, SqlNodeEntry, TlaEntry, Topology};

@@ -210,40 +210,116 @@ fn aggregator_config(topology: &Topology, name: &str, role: Role) -> AggregatorC
 /// A cluster proxy: one child per agent of its cluster, each expected to
 /// be one machine.
 pub fn proxy(topology: &Topology, name: &str, links: &Links) -> Result<TierPlan> {
+    proxy_with(topology, name, &BTreeMap::new(), links)
+}
+
+/// A cluster proxy whose cluster also has the members in `announced`
+/// (agents that announced themselves: name → Flight address): one child
+/// per listed or announced agent, each expected to be one machine; the
+/// members `[clusters.NAME]` expects that are not known yet, and the
+/// machines its `machines` (or the proxy's) expects beyond those named,
+/// are counted expected as children that never answer.
+pub fn proxy_with(
+    topology: &Topology,
+    name: &str,
+    announced: &BTreeMap<String, SocketAddr>,
+    links: &Links,
+) -> Result<TierPlan> {
     let entry = topology
         .proxies
         .get(name)
         .ok_or_else(|| unknown("proxy", name, topology.proxies.keys().collect()))?;
-    let agents = topology
-        .clusters()
-        .remove(&entry.cluster)
-        .unwrap_or_default();
-    if agents.is_empty() {
+    let cluster = &entry.cluster;
+    let declared = topology.clusters.get(cluster);
+    let mut agents: BTreeMap<String, Option<SocketAddr>> = topology
+        .agents
+        .iter()
+        .filter(|(_, a)| &a.cluster == cluster)
+        .map(|(n, a)| (n.clone(), a.flight))
+        .collect();
+    for (member, addr) in announced {
+        agents.entry(member.clone()).or_insert(Some(*addr));
+    }
+    if agents.is_empty() && declared.is_none() && entry.machines.is_none() {
         return Err(TiersError::Config {
             path: "topology".into(),
             reason: format!(
-                "proxy `{name}` has no agents in this file to collect from; list cluster `{}`'s agents under [agents.NAME]",
-                entry.cluster
+                "proxy `{name}` has no agents in this file to collect from; list cluster `{cluster}`'s agents under [agents.NAME], or declare [clusters.{cluster}] for agents that join by themselves"
             ),
         });
     }
     let mut groups = Vec::new();
     let mut children = Vec::new();
-    for agent_name in &agents {
-        let agent = &topology.agents[agent_name];
-        let link = links.link(topology, agent_name, agent.flight, "agent")?;
-        groups.push(ChildGroup::single(link.child.clone()).expecting(entry.cluster.clone(), 1));
+    for (agent_name, addr) in &agents {
+        let link = links.link(topology, agent_name, *addr, "agent")?;
+        groups.push(ChildGroup::single(link.child.clone()).expecting(cluster.clone(), 1));
         children.push(Linked {
             name: agent_name.clone(),
-            addr: agent.flight,
+            addr: *addr,
             link,
         });
+    }
+    let mut known = agents.len() as u64;
+    for member in declared.iter().flat_map(|d| &d.members) {
+        if !agents.contains_key(member) {
+            let waiting = Unannounced::named(member, "has not announced itself yet");
+            groups.push(ChildGroup::single(Arc::new(waiting)).expecting(cluster.clone(), 1));
+            known += 1;
+        }
+    }
+    let machines = declared
+        .and_then(|d| d.machines)
+        .unwrap_or(0)
+        .max(entry.machines.unwrap_or(0));
+    if machines > known {
+        let missing = machines - known;
+        let waiting = Unannounced::named(
+            &format!("{cluster}:unannounced"),
+            &format!(
+                "{missing} of the {machines} machines expected in cluster `{cluster}` are not known by name: they have not announced themselves"
+            ),
+        );
+        groups.push(ChildGroup::single(Arc::new(waiting)).expecting(cluster.clone(), missing));
     }
     Ok(TierPlan {
         config: aggregator_config(topology, name, Role::Proxy),
         groups,
         children,
     })
+}
+
+/// Machines a proxy expects that have not announced themselves: a child
+/// that never answers, so they are counted expected and unseen.
+#[derive(Debug)]
+struct Unannounced {
+    name: String,
+    reason: String,
+}
+
+impl Unannounced {
+    fn named(name: &str, reason: &str) -> Unannounced {
+        Unannounced {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Child for Unannounced {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn fetch(
+        &self,
+        _request: &fleetsql_aggregator::FetchRequest,
+    ) -> fleetsql_aggregator::Result<Arc<fleetsql_model::Generation>> {
+        Err(fleetsql_aggregator::AggregatorError::Child {
+            child: self.name.clone(),
+            reason: self.reason.clone(),
+        })
+    }
 }
 
 /// A TLA: one child group per cluster it spans, whose members are that
@@ -426,6 +502,37 @@ mod tests {
         assert_eq!(s1.sources.len(), 2);
         assert_eq!(s1.config.locality_bonus["t1"], 3);
         assert_eq!(s1.config.query_timeout, Duration::from_secs(7));
+    }
+
+    #[tokio::test]
+    async fn a_proxy_plans_announced_members_and_counts_the_expected_ones() {
+        let topology = Topology::parse(
+            "[clusters.c1]\nmembers = [\"a\", \"later\"]\nmachines = 5\n\
+             [agents.listed]\ncluster = \"c1\"\nflight = \"127.0.0.1:7101\"\n\
+             [proxies.p1]\ncluster = \"c1\"",
+        )
+        .unwrap();
+        let announced = BTreeMap::from([
+            ("a".to_string(), "127.0.0.1:7102".parse().unwrap()),
+            ("b".to_string(), "127.0.0.1:7103".parse().unwrap()),
+        ]);
+        let plan = proxy_with(&topology, "p1", &announced, &Links::remote()).unwrap();
+        let names: Vec<_> = plan.groups.iter().map(|g| g.name.as_str()).collect();
+        // Listed and announced agents are children; `later` is expected by
+        // name; 5 machines expected, 4 known: one more never answers.
+        assert_eq!(names, ["a", "b", "listed", "later", "c1:unannounced"]);
+        let expected: u64 = plan
+            .groups
+            .iter()
+            .filter_map(|g| g.expected.as_ref())
+            .map(|e| e.1)
+            .sum();
+        assert_eq!(expected, 5);
+        assert_eq!(plan.children.len(), 3);
+        // Nothing announced and nothing expected: a proxy with no children.
+        let empty = Topology::parse("[clusters.c1]\n[proxies.p1]\ncluster = \"c1\"").unwrap();
+        let plan = proxy_with(&empty, "p1", &BTreeMap::new(), &Links::remote()).unwrap();
+        assert!(plan.groups.is_empty());
     }
 
     #[tokio::test]

@@ -16,10 +16,13 @@ use fleetsql_pgwire::PgServer;
 use fleetsql_sqlnode::SqlNode;
 
 use crate::admin::{self, Observed};
+use crate::membership::{
+    Announcement, Announcer, JoinError, Membership, MembershipRules, Registry,
+};
 use crate::plan::{self, Linked, Links, Role, SqlPlan, TierPlan};
 use crate::reload::TopologyWatch;
-use crate::topology::{AgentEntry, Topology};
 use crate::security::ClientSecurity;
+use crate::topology::{AgentEntry, Topology};
 use crate::{Result, TiersError};
 
 /// Addresses given on the command line; they win over the topology file
@@ -59,9 +62,63 @@ pub struct AgentProcess {
     cli: Listen,
     started_with: Topology,
     watch: Option<TopologyWatch>,
+    announcer: Option<Announcer>,
+}
+
+/// An agent that joins its cluster by itself: no topology file lists it.
+#[derive(Debug, Clone)]
+pub struct JoinConfig {
+    /// Its name in the cluster (default: the host name).
+    pub name: String,
+    /// Its cluster and settings, as a topology entry would give them
+    /// (`flight`: where it listens).
+    pub entry: AgentEntry,
+    /// The HTTP addresses of its cluster's proxies.
+    pub proxies: Vec<SocketAddr>,
+    /// The Flight address proxies reach it at (default: where it listens).
+    pub advertise: Option<SocketAddr>,
+    /// Its tick; the proxies' should be the same (their answer says).
+    pub tick: Duration,
 }
 
 impl AgentProcess {
+    /// An agent known only by its cluster and its proxies' addresses: it
+    /// starts as a listed agent would and announces itself to each proxy,
+    /// again as often as the proxy asks (`membership.rs`).
+    pub async fn start_joining(join: &JoinConfig, listen: Listen) -> Result<AgentProcess> {
+        if join.proxies.is_empty() {
+            return Err(JoinError::NoProxy.into());
+        }
+        let topology = Topology {
+            tick: join.tick,
+            agents: [(join.name.clone(), join.entry.clone())].into(),
+            ..Topology::default()
+        };
+        let mut process = AgentProcess::start(&topology, &join.name, listen).await?;
+        let bound = process.flight_addr();
+        let advertise = join.advertise.unwrap_or(bound);
+        if advertise.ip().is_unspecified() {
+            let name = join.name.clone();
+            process.shutdown().await;
+            return Err(JoinError::Unreachable { name, bound }.into());
+        }
+        let announcement = Announcement {
+            format: crate::membership::ANNOUNCE_FORMAT,
+            name: join.name.clone(),
+            cluster: join.entry.cluster.clone(),
+            flight: advertise.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        match Announcer::start(announcement, &join.proxies) {
+            Ok(announcer) => process.announcer = Some(announcer),
+            Err(e) => {
+                process.shutdown().await;
+                return Err(e.into());
+            }
+        }
+        Ok(process)
+    }
+
     pub async fn start(topology: &Topology, name: &str, listen: Listen) -> Result<AgentProcess> {
         let entry = topology
             .agents
@@ -118,6 +175,7 @@ impl AgentProcess {
             cli: listen,
             started_with: topology.clone(),
             watch: None,
+            announcer: None,
         })
     }
 
@@ -205,6 +263,7 @@ impl AgentProcess {
     }
 
     pub async fn shutdown(self) {
+        drop(self.announcer);
         if let Some(watch) = self.watch {
             watch.shutdown().await;
         }
@@ -228,24 +287,69 @@ pub struct TierProcess {
     admin: HttpServer,
     live: Arc<LiveTier>,
     watch: Option<TopologyWatch>,
+    /// A proxy's: expires members and re-plans when they change.
+    members_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TierProcess {
-    /// A cluster proxy: one child per agent of its cluster, over Flight.
+    /// A cluster proxy: one child per agent of its cluster (listed in the
+    /// topology or announced on its HTTP address), over Flight.
     pub async fn start_proxy(
         topology: &Topology,
         name: &str,
         listen: Listen,
     ) -> Result<TierProcess> {
-        let plan = plan::proxy(topology, name, &Links::remote())?;
-        Self::serve(Role::Proxy, name, plan, topology, listen).await
+        let rules = MembershipRules::of(topology, name)
+            .ok_or_else(|| plan::unknown("proxy", name, topology.proxies.keys().collect()))?;
+        let membership = match &topology.proxies[name].state_dir {
+            Some(dir) => Membership::with_state_dir(rules, dir),
+            None => {
+                tracing::info!(proxy = %name, "no state_dir: agents that announced themselves are kept in memory only, so a restart forgets those that are down");
+                Membership::new(rules)
+            }
+        };
+        let registry = Registry::new(membership);
+        registry.sweep();
+        let announced = registry.membership.lock().announced();
+        let plan = plan::proxy_with(topology, name, &announced, &Links::remote())?;
+        let mut process = Self::serve(
+            Role::Proxy,
+            name,
+            plan,
+            topology,
+            listen,
+            Some(registry.clone()),
+        )
+        .await?;
+        let live = process.live.clone();
+        process.members_task = Some(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(500));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = registry.changed.notified() => {}
+                    _ = every.tick() => {
+                        if !registry.sweep() {
+                            continue;
+                        }
+                    }
+                }
+                let topology = live.topology.lock().map(|t| t.clone());
+                if let Ok(topology) = topology
+                    && let Err(e) = live.replan(&topology, false)
+                {
+                    tracing::error!(node = %live.name, error = %e, "cluster members changed but the proxy could not re-plan its children");
+                }
+            }
+        }));
+        Ok(process)
     }
 
     /// A TLA: one child group per cluster it spans, whose members are that
     /// cluster's proxies (tried in turn), plus its static tables.
     pub async fn start_tla(topology: &Topology, name: &str, listen: Listen) -> Result<TierProcess> {
         let plan = plan::tla(topology, name, &Links::remote())?;
-        Self::serve(Role::Tla, name, plan, topology, listen).await
+        Self::serve(Role::Tla, name, plan, topology, listen, None).await
     }
 
     /// `cli`: the addresses the command line gave, which win over the
@@ -256,6 +360,7 @@ impl TierProcess {
         plan: TierPlan,
         topology: &Topology,
         cli: Listen,
+        registry: Option<Registry>,
     ) -> Result<TierProcess> {
         let role = kind.as_str();
         let TierPlan {
@@ -273,6 +378,9 @@ impl TierProcess {
                     field: "flight",
                 })?;
         let aggregator = Arc::new(Aggregator::start(config, groups));
+        if let Some(registry) = &registry {
+            aggregator.set_own_tables(Some(Arc::new(registry.clone())));
+        }
         let flight =
             FlightServer::start_with(aggregator.as_child(), flight_addr, server_config(topology))?;
         let observed = Arc::new(Observed {
@@ -285,11 +393,12 @@ impl TierProcess {
             clients: std::sync::Mutex::new(plan::clients(&children)),
             started: Instant::now(),
         });
-        let admin = HttpServer::start(
-            admin::router(observed.clone()),
-            cli.http.or(entry_http).unwrap_or(loopback(0)),
-        )
-        .await?;
+        let mut routes = admin::router(observed.clone());
+        if let Some(registry) = &registry {
+            routes = routes.merge(registry.router());
+        }
+        let admin =
+            HttpServer::start(routes, cli.http.or(entry_http).unwrap_or(loopback(0))).await?;
         let live = Arc::new(LiveTier {
             kind,
             name: name.to_string(),
@@ -303,6 +412,9 @@ impl TierProcess {
                 ..Listen::default()
             },
             started_with: topology.clone(),
+            topology: std::sync::Mutex::new(topology.clone()),
+            registry,
+            replanning: std::sync::Mutex::new(()),
         });
         Ok(TierProcess {
             role,
@@ -312,6 +424,7 @@ impl TierProcess {
             admin,
             live,
             watch: None,
+            members_task: None,
         })
     }
 
@@ -325,6 +438,11 @@ impl TierProcess {
         self.watch = Some(TopologyWatch::start(path, every, move |topology| {
             live.apply(topology)
         }));
+    }
+
+    /// A proxy's cluster members (listed, announced, expected), for tests.
+    pub fn members(&self) -> Option<&Registry> {
+        self.live.registry.as_ref()
     }
 
     pub fn aggregator(&self) -> &Aggregator {
@@ -350,6 +468,13 @@ impl TierProcess {
     }
 
     pub async fn shutdown(self) {
+        if let Some(task) = self.members_task {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(registry) = &self.live.registry {
+            registry.membership.lock().flush(fleetsql_model::now_ms());
+        }
         if let Some(watch) = self.watch {
             watch.shutdown().await;
         }
@@ -613,18 +738,52 @@ struct LiveTier {
     cli: Listen,
     bound: Listen,
     started_with: Topology,
+    /// The topology applied last (a proxy re-plans from it when its
+    /// cluster's members change).
+    topology: std::sync::Mutex<Topology>,
+    /// A proxy's cluster members.
+    registry: Option<Registry>,
+    /// One re-plan at a time (a re-read file and a member joining).
+    replanning: std::sync::Mutex<()>,
 }
 
 impl LiveTier {
+    /// A re-read topology file.
     fn apply(&self, topology: &Topology) -> Result<()> {
+        if let Some(registry) = &self.registry {
+            let rules = MembershipRules::of(topology, &self.name).ok_or_else(|| {
+                plan::unknown("proxy", &self.name, topology.proxies.keys().collect())
+            })?;
+            registry.membership.lock().set_rules(rules);
+        }
+        self.replan(topology, true)?;
+        if let Ok(mut applied) = self.topology.lock() {
+            *applied = topology.clone();
+        }
+        Ok(())
+    }
+
+    /// Plans the children again from `topology` and the cluster's members
+    /// now; `reread`: the file changed (logged as such).
+    fn replan(&self, topology: &Topology, reread: bool) -> Result<()> {
+        let _one_at_a_time = self.replanning.lock();
+        let announced = self
+            .registry
+            .as_ref()
+            .map(|r| r.membership.lock().announced())
+            .unwrap_or_default();
         let children = self.children.lock().map(|c| c.clone()).unwrap_or_default();
         let address_now = |child: &str| match self.kind {
-            Role::Proxy => topology.agents.get(child).and_then(|a| a.flight),
+            Role::Proxy => topology
+                .agents
+                .get(child)
+                .and_then(|a| a.flight)
+                .or_else(|| announced.get(child).copied()),
             _ => topology.proxies.get(child).and_then(|p| p.flight),
         };
         let links = plan::links_reusing(&children, address_now);
         let plan = match self.kind {
-            Role::Proxy => plan::proxy(topology, &self.name, &links)?,
+            Role::Proxy => plan::proxy_with(topology, &self.name, &announced, &links)?,
             _ => plan::tla(topology, &self.name, &links)?,
         };
         let (flight, http) = own_addresses(topology, self.kind, &self.name);
@@ -663,9 +822,13 @@ impl LiveTier {
         if let Ok(mut kept) = self.children.lock() {
             *kept = plan.children;
         }
-        let pending = restart_note(&self.name, pending);
-        tracing::info!(node = %self.name, groups, "topology re-read and applied");
-        self.aggregator.set_pending_restart(pending);
+        if reread {
+            let pending = restart_note(&self.name, pending);
+            tracing::info!(node = %self.name, groups, "topology re-read and applied");
+            self.aggregator.set_pending_restart(pending);
+        } else {
+            tracing::info!(node = %self.name, groups, "cluster members changed; children re-planned");
+        }
         Ok(())
     }
 }

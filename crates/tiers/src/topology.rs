@@ -23,8 +23,20 @@
 //! reports_dir = "reports"
 //! ```
 //!
-//! A cluster is the set of agents naming it; its proxies are the proxies
-//! naming it. A `[tlas.X]` and a `[sqlnodes.X]` of the same name are one
+//! A cluster is the set of agents naming it, plus the agents that join it
+//! by themselves (`fleetsql agent --cluster fra --proxy ADDR`, announcing
+//! themselves to its proxies; see `membership.rs`); its proxies are the
+//! proxies naming it. A cluster whose agents all join by themselves is
+//! declared, optionally with the members or the count it is expected to
+//! have:
+//!
+//! ```toml
+//! member_expiry = "10m"   # a member not heard from this long leaves
+//! [clusters.fra]
+//! members = ["web-1", "web-2"]   # expected even before they announce
+//! machines = 40                  # expected at least this many
+//! ```
+//! A `[tlas.X]` and a `[sqlnodes.X]` of the same name are one
 //! combined node (seed 3.6), run by `fleetsql tla-sql --name X`: its SQL
 //! node reads its own TLA in the process, without a Flight hop, and the
 //! other TLAs it names over Flight. Parents read their children's `flight` addresses from here,
@@ -46,6 +58,14 @@ fn default_tick() -> Duration {
 
 fn default_table_expiry() -> Duration {
     Duration::from_secs(600)
+}
+
+fn default_member_expiry() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_max_members() -> usize {
+    1000
 }
 
 /// The fleet's tree of tiers.
@@ -74,6 +94,19 @@ pub struct Topology {
     /// network is faster than the CPU compressing for it (loopback, 25G+).
     #[serde(default)]
     pub compression: fleetsql_flight::Compression,
+    /// An agent that joined its cluster by announcing itself and has not
+    /// announced itself for this long leaves the cluster's expected set
+    /// (it is counted missing until then).
+    #[serde(default = "default_member_expiry", with = "duration_text")]
+    pub member_expiry: Duration,
+    /// The most members one proxy accepts announcements from; more are
+    /// refused (each member is a child the proxy fetches every tick).
+    #[serde(default = "default_max_members")]
+    pub max_members: usize,
+    /// Clusters whose agents join by themselves, with what they are
+    /// expected to have; clusters of listed agents need no entry.
+    #[serde(default)]
+    pub clusters: BTreeMap<String, ClusterEntry>,
     #[serde(default)]
     pub agents: BTreeMap<String, AgentEntry>,
     #[serde(default)]
@@ -93,12 +126,29 @@ impl Default for Topology {
             table_expiry: default_table_expiry(),
             fetch_timeout: None,
             compression: fleetsql_flight::Compression::default(),
+            member_expiry: default_member_expiry(),
+            max_members: default_max_members(),
+            clusters: BTreeMap::new(),
             agents: BTreeMap::new(),
             proxies: BTreeMap::new(),
             tlas: BTreeMap::new(),
             sqlnodes: BTreeMap::new(),
         }
     }
+}
+
+/// A cluster whose agents join by themselves: what its proxies expect of
+/// it before (and besides) the announcements they receive.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterEntry {
+    /// Agents expected in this cluster: counted missing until they
+    /// announce themselves (and after they stop, until `member_expiry`).
+    #[serde(default)]
+    pub members: BTreeSet<String>,
+    /// The cluster is expected to have at least this many machines: the
+    /// ones not yet known by name are counted missing.
+    pub machines: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -134,6 +184,10 @@ pub struct ProxyEntry {
     /// this file (a TLA's own file, or a simulated cluster): the count a TLA
     /// expects from the cluster. Left out, it is the number of agents.
     pub machines: Option<u64>,
+    /// Where the proxy keeps its cluster's members (agents that announced
+    /// themselves), so a restart forgets none that is down; relative to
+    /// this file. Without it members are kept in memory only.
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -292,6 +346,13 @@ impl Topology {
             other => other,
         })?;
         if let Some(dir) = path.parent() {
+            for proxy in topology.proxies.values_mut() {
+                if let Some(state) = &proxy.state_dir
+                    && state.is_relative()
+                {
+                    proxy.state_dir = Some(dir.join(state));
+                }
+            }
             for tla in topology.tlas.values_mut() {
                 if let Some(index) = &tla.static_tables
                     && index.is_relative()
@@ -355,11 +416,29 @@ impl Topology {
         };
         if self.tick.is_zero()
             || self.table_expiry.is_zero()
+            || self.member_expiry.is_zero()
             || self.fetch_timeout.is_some_and(|t| t.is_zero())
         {
             return Err(invalid(
-                "`tick`, `table_expiry` and `fetch_timeout` must be positive durations".into(),
+                "`tick`, `table_expiry`, `member_expiry` and `fetch_timeout` must be positive durations".into(),
             ));
+        }
+        if self.max_members == 0 {
+            return Err(invalid(
+                "`max_members = 0` would refuse every agent that announces itself; leave it out for the default (1000) or give a positive number".into(),
+            ));
+        }
+        for (cluster, entry) in &self.clusters {
+            if entry.machines == Some(0) {
+                return Err(invalid(format!(
+                    "cluster `{cluster}`: `machines` must be at least 1 (leave it out to expect only the members that announce themselves)"
+                )));
+            }
+            if !self.proxies.values().any(|p| &p.cluster == cluster) {
+                return Err(invalid(format!(
+                    "cluster `{cluster}` has no proxy to announce to; add a [proxies.NAME] with cluster = \"{cluster}\""
+                )));
+            }
         }
         let mut names = BTreeSet::new();
         // A SQL node may share its name with a TLA: that is one process
@@ -381,10 +460,10 @@ impl Topology {
         for (name, proxy) in &self.proxies {
             let agents = clusters.get(&proxy.cluster).map_or(0, Vec::len) as u64;
             match proxy.machines {
-                None if agents == 0 => {
+                None if agents == 0 && !self.clusters.contains_key(&proxy.cluster) => {
                     return Err(invalid(format!(
-                        "proxy `{name}` serves cluster `{}`, which no agent belongs to; list its agents or give the proxy `machines = N`",
-                        proxy.cluster
+                        "proxy `{name}` serves cluster `{}`, which no agent belongs to; list its agents, give the proxy `machines = N`, or declare [clusters.{}] for agents that join by themselves",
+                        proxy.cluster, proxy.cluster
                     )));
                 }
                 Some(0) => {
@@ -462,14 +541,24 @@ impl Topology {
         clusters
     }
 
-    /// Cluster name → how many machines it has: its listed agents, or the
-    /// `machines` its proxies declare when no agent is listed.
+    /// Cluster name → how many machines it is expected to have, as far as
+    /// this file knows: its listed agents, or the `machines` its proxies
+    /// declare when no agent is listed; for a declared cluster, its listed
+    /// agents and expected members, at least its `machines` (0 when its
+    /// members are known only from announcements: the proxies report them).
     pub fn cluster_sizes(&self) -> BTreeMap<String, u64> {
-        let mut sizes: BTreeMap<String, u64> = self
-            .clusters()
-            .into_iter()
-            .map(|(cluster, agents)| (cluster, agents.len() as u64))
+        let listed = self.clusters();
+        let mut sizes: BTreeMap<String, u64> = listed
+            .iter()
+            .map(|(cluster, agents)| (cluster.clone(), agents.len() as u64))
             .collect();
+        for (cluster, entry) in &self.clusters {
+            let mut names: BTreeSet<&String> = entry.members.iter().collect();
+            names.extend(listed.get(cluster).into_iter().flatten());
+            let size = (names.len() as u64).max(entry.machines.unwrap_or(0));
+            let into = sizes.entry(cluster.clone()).or_default();
+            *into = (*into).max(size);
+        }
         for proxy in self.proxies.values() {
             if let Some(machines) = proxy.machines {
                 let size = sizes.entry(proxy.cluster.clone()).or_default();
@@ -566,6 +655,29 @@ mod tests {
                 .contains("1 agents are listed")
         );
         assert!(err("[proxies.p]\ncluster = \"c\"\nmachines = 0").contains("at least 1"));
+    }
+
+    #[test]
+    fn a_declared_cluster_needs_no_listed_agents() {
+        let t = Topology::parse(
+            "member_expiry = \"30s\"\n[clusters.c1]\nmembers = [\"a\", \"b\"]\n\
+             [clusters.c2]\nmachines = 5\n[proxies.p1]\ncluster = \"c1\"\n\
+             [proxies.p2]\ncluster = \"c2\"\n[tlas.t]\nclusters = [\"c1\", \"c2\"]",
+        )
+        .unwrap();
+        assert_eq!(t.member_expiry, Duration::from_secs(30));
+        assert_eq!(t.max_members, 1000);
+        assert_eq!(t.cluster_sizes()["c1"], 2);
+        assert_eq!(t.cluster_sizes()["c2"], 5);
+        assert_eq!(Topology::parse(&t.to_toml()).unwrap(), t);
+        let err = |text: &str| Topology::parse(text).unwrap_err().to_string();
+        assert!(err("[clusters.c9]").contains("no proxy"));
+        assert!(
+            err("[clusters.c]\nmachines = 0\n[proxies.p]\ncluster = \"c\"").contains("at least 1")
+        );
+        assert!(err("max_members = 0").contains("max_members"));
+        assert!(err("member_expiry = \"0s\"").contains("member_expiry"));
+        assert!(err("[proxies.p]\ncluster = \"c\"").contains("[clusters.c]"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod pg_clients;
 mod pqa;
 mod pqa_state;
 mod security;
+mod selfjoin;
 mod slt;
 mod tiers;
 mod webdriver;
