@@ -232,7 +232,7 @@ async fn alerts_check_runs_the_shipped_examples_and_reports_bad_ones() {
         assert!(stdout.starts_with("alert `"), "{stdout}");
         checked += 1;
     }
-    assert_eq!(checked, 3, "the three shipped examples");
+    assert_eq!(checked, 4, "the four shipped examples");
 
     let dir = tempfile::tempdir().unwrap();
     let failing = dir.path().join("failing.toml");
