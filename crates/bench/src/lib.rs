@@ -15,7 +15,9 @@
 //! [`scaling_svg`] render reports for `BENCHMARKS.md` and `docs/`.
 //! [`run_apps_cost`] runs the scenario twice on one simulated fleet, the
 //! SQL node first without and then with its apps (alerts, reports,
-//! persistent queries), and [`apps_markdown`] compares the two.
+//! persistent queries), and [`apps_markdown`] compares the two;
+//! [`run_tls_cost`] runs it plaintext and then with mutual TLS on every
+//! Flight link, compared by [`tls_markdown`].
 
 mod apps;
 mod config;
@@ -33,7 +35,7 @@ pub use apps::{
 pub use config::{BenchConfig, Preset};
 pub use error::{BenchError, Result};
 pub use render::{markdown, replace_section, scaling_markdown, scaling_svg};
-pub use scenario::{run, run_apps_cost};
+pub use scenario::{TlsCost, run, run_apps_cost, run_tls_cost, tls_markdown};
 pub use stats::{Latency, QueryReport, Report};
 
 /// The seed's three queries: the fleet-wide process hog, traffic by

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetsql_aggregator::Child;
+use fleetsql_flight::certs::FleetCa;
 use fleetsql_flight::{FlightServer, FlightServerConfig};
 use fleetsql_model::{Generation, Table, now_ms};
 use fleetsql_sim::{DEMO_STATIC_FILES, SimConfig, SimFleet, SimProxy, TABLES};
-use fleetsql_tiers::{ProxyEntry, SqlNodeEntry, TlaEntry, Topology};
+use fleetsql_tiers::{ProxyEntry, SqlNodeEntry, TlaEntry, TlsSettings, Topology};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -211,7 +212,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
     let dir = &config.work_dir;
     create_dir(dir)?;
     let fleet = Fleet::start(config).await?;
-    let outcome = measure(config, dir, &fleet, None).await;
+    let outcome = measure(config, dir, &fleet, None, None).await;
     fleet.shutdown().await;
     let (report, _) = outcome?;
     write_json(&dir.join("report.json"), &report)?;
@@ -241,7 +242,7 @@ pub async fn run_apps_cost(config: &BenchConfig) -> Result<AppsCost> {
     let fleet = Fleet::start(&config).await?;
     let outcome = async {
         phase("first half: the SQL node without apps");
-        let (without, _) = measure(&config, &without_dir, &fleet, None).await?;
+        let (without, _) = measure(&config, &without_dir, &fleet, None, None).await?;
         // Kept even if the second half fails (say on the memory limit).
         write_json(&without_dir.join("report.json"), &without)?;
         phase(&format!(
@@ -251,7 +252,7 @@ pub async fn run_apps_cost(config: &BenchConfig) -> Result<AppsCost> {
             setup.statements.len(),
             setup.tables.join(", ")
         ));
-        let (with, apps) = measure(&config, &with_dir, &fleet, Some(&setup)).await?;
+        let (with, apps) = measure(&config, &with_dir, &fleet, Some(&setup), None).await?;
         write_json(&with_dir.join("report.json"), &with)?;
         let apps = apps.ok_or_else(|| BenchError::Apps("no figures were read".to_string()))?;
         Ok::<_, BenchError>(AppsCost {
@@ -264,6 +265,181 @@ pub async fn run_apps_cost(config: &BenchConfig) -> Result<AppsCost> {
     fleet.shutdown().await;
     let cost = outcome?;
     write_json(&dir.join("apps-cost.json"), &cost)?;
+    Ok(cost)
+}
+
+/// Both halves of a TLS-cost run: the same fleet with plaintext Flight
+/// links, then with mutual TLS on every link.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TlsCost {
+    pub plain: Report,
+    pub tls: Report,
+}
+
+/// The simulated proxies served again over mutual TLS, with the fleet
+/// CA and certificates (`fleetsql certs`) the topology's `[tls]` names.
+struct TlsHalf {
+    servers: Vec<FlightServer>,
+    settings: TlsSettings,
+}
+
+impl TlsHalf {
+    fn start(dir: &Path, fleet: &Fleet, config: &BenchConfig) -> Result<TlsHalf> {
+        let certs = dir.join("certs");
+        let failed = |e: String| BenchError::Sim(format!("TLS set-up: {e}"));
+        let ca = FleetCa::init(&certs, true).map_err(|e| failed(e.to_string()))?;
+        for name in [TLA, SQL] {
+            ca.issue(name, &certs, true)
+                .map_err(|e| failed(e.to_string()))?;
+        }
+        let settings = TlsSettings {
+            ca: certs.join("ca.crt"),
+            certs_dir: Some(certs.clone()),
+            nodes: Default::default(),
+            poll: None,
+        };
+        let mut servers = Vec::with_capacity(fleet.proxies.len());
+        for proxy in &fleet.proxies {
+            let name = proxy_name(proxy);
+            ca.issue(&name, &certs, true)
+                .map_err(|e| failed(e.to_string()))?;
+            let files = settings
+                .files(&name)
+                .ok_or_else(|| failed(format!("no files for {name}")))?;
+            let context = fleetsql_flight::TlsContext::load("proxy", &name, files)
+                .map_err(|e| failed(e.to_string()))?;
+            context.set_parents([TLA.to_string()].into());
+            let server = FlightServer::start_with(
+                proxy.clone() as Arc<dyn Child>,
+                any_port(),
+                FlightServerConfig {
+                    compression: config.compression,
+                    tls: Some(context),
+                    ..FlightServerConfig::default()
+                },
+            )
+            .map_err(|e| failed(format!("serving a simulated proxy: {e}")))?;
+            servers.push(server);
+        }
+        Ok(TlsHalf { servers, settings })
+    }
+
+    async fn shutdown(self) {
+        for server in self.servers {
+            server.shutdown().await;
+        }
+    }
+}
+
+/// A TLS-cost run as Markdown for BENCHMARKS.md: one row per figure,
+/// plaintext and mTLS, and the ratio.
+pub fn tls_markdown(c: &TlsCost) -> String {
+    use std::fmt::Write as _;
+    let (a, b) = (&c.plain, &c.tls);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} machines in {} clusters ({} processes each), tick {} ms, churn {}, Flight compression {}, {} rows and {:.0} MiB of Arrow per generation; each half measured {:.0} s on the same simulated fleet, first plaintext, then mutual TLS on every Flight link (load average {:.1} / {:.1} on {} cores at the end of each).\n",
+        b.machines,
+        b.clusters,
+        b.processes_per_machine,
+        b.tick_ms,
+        b.churn,
+        b.compression,
+        b.rows,
+        b.raw_arrow_bytes as f64 / 1_048_576.0,
+        b.duration_s,
+        a.load_average,
+        b.load_average,
+        b.cores
+    );
+    let _ = writeln!(out, "| figure | plaintext | mTLS | mTLS / plaintext |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    let mut row = |figure: &str, x: f64, y: f64, unit: &str| {
+        let _ = writeln!(
+            out,
+            "| {figure} | {x:.0} {unit} | {y:.0} {unit} | {:.2}x |",
+            ratio(y, x)
+        );
+    };
+    row(
+        "TLA to SQL node: receive + install p50",
+        a.sql_install.p50_ms,
+        b.sql_install.p50_ms,
+        "ms",
+    );
+    row(
+        "TLA to SQL node: receive + install p99",
+        a.sql_install.p99_ms,
+        b.sql_install.p99_ms,
+        "ms",
+    );
+    row(
+        "proxies to TLA: fetch p50",
+        a.tla_fetch.p50_ms,
+        b.tla_fetch.p50_ms,
+        "ms",
+    );
+    row(
+        "proxies to TLA: fetch p99",
+        a.tla_fetch.p99_ms,
+        b.tla_fetch.p99_ms,
+        "ms",
+    );
+    for (x, y) in a.queries.iter().zip(&b.queries) {
+        row(
+            &format!("query `{}` over pg under load, p50", x.name),
+            x.under_load.p50_ms,
+            y.under_load.p50_ms,
+            "ms",
+        );
+    }
+    out
+}
+
+fn proxy_name(proxy: &SimProxy) -> String {
+    format!("{}-proxy", proxy.cluster())
+}
+
+/// The cost of mutual TLS between tiers: the scenario twice on one
+/// simulated fleet, every Flight link plaintext, then over mTLS (the
+/// simulated proxies, the TLA and the SQL node each with a certificate of
+/// a fleet CA made for the run). DuckDB is not compared. Each half's report
+/// goes to `plain/report.json` and `tls/report.json`, both to
+/// `tls-cost.json`.
+pub async fn run_tls_cost(config: &BenchConfig) -> Result<TlsCost> {
+    config.validate()?;
+    let config = BenchConfig {
+        duckdb: false,
+        ..config.clone()
+    };
+    let dir = &config.work_dir;
+    let (plain_dir, tls_dir) = (dir.join("plain"), dir.join("tls"));
+    for d in [dir, &plain_dir, &tls_dir] {
+        create_dir(d)?;
+    }
+    let fleet = Fleet::start(&config).await?;
+    let half = match TlsHalf::start(&tls_dir, &fleet, &config) {
+        Ok(half) => half,
+        Err(e) => {
+            fleet.shutdown().await;
+            return Err(e);
+        }
+    };
+    let outcome = async {
+        phase("first half: plaintext Flight links");
+        let (plain, _) = measure(&config, &plain_dir, &fleet, None, None).await?;
+        write_json(&plain_dir.join("report.json"), &plain)?;
+        phase("second half: mutual TLS on every Flight link");
+        let (tls, _) = measure(&config, &tls_dir, &fleet, None, Some(&half)).await?;
+        write_json(&tls_dir.join("report.json"), &tls)?;
+        Ok::<_, BenchError>(TlsCost { plain, tls })
+    }
+    .await;
+    half.shutdown().await;
+    fleet.shutdown().await;
+    let cost = outcome?;
+    write_json(&dir.join("tls-cost.json"), &cost)?;
     Ok(cost)
 }
 
@@ -287,8 +463,10 @@ async fn measure(
     dir: &Path,
     fleet: &Fleet,
     apps: Option<&AppsSetup>,
+    tls: Option<&TlsHalf>,
 ) -> Result<(Report, Option<AppsFigures>)> {
-    let (proxies, servers) = (&fleet.proxies[..], &fleet.servers[..]);
+    let proxies = &fleet.proxies[..];
+    let servers = tls.map_or(&fleet.servers[..], |t| &t.servers[..]);
     let tables = all_tables();
     let mut wanted = tables.clone();
     wanted.extend(STATIC_TABLES.iter().map(|t| t.to_string()));
@@ -299,11 +477,12 @@ async fn measure(
         // cross a link on a small box; measure how long rather than have
         // every child cut off.
         fetch_timeout: Some((config.tick * 6).max(Duration::from_secs(60))),
+        tls: tls.map(|t| t.settings.clone()),
         ..Topology::default()
     };
     for (proxy, server) in proxies.iter().zip(servers) {
         topology.proxies.insert(
-            format!("{}-proxy", proxy.cluster()),
+            proxy_name(proxy),
             ProxyEntry {
                 cluster: proxy.cluster().to_string(),
                 flight: Some(server.local_addr()),

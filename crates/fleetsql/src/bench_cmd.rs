@@ -71,6 +71,10 @@ pub(crate) struct BenchArgs {
     /// and 100 persistent queries (no DuckDB comparison).
     #[arg(long, conflicts_with = "scaling")]
     apps_cost: bool,
+    /// Measure twice on one simulated fleet: every Flight link plaintext,
+    /// then mutual TLS (a fleet CA made for the run); prints the ratios.
+    #[arg(long, conflicts_with = "apps_cost")]
+    tls_cost: bool,
     /// With --apps-cost: the tables the persistent queries read, e.g.
     /// `sys,filesystem` (default: sys, filesystem, load_info, machinerole,
     /// processes). Each named table's rows become events every generation.
@@ -141,6 +145,20 @@ fn write_section(path: &PathBuf, name: &str, content: &str) -> anyhow::Result<()
 }
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.tls_cost {
+        let config = args.config(None, args.out.clone())?;
+        let cost = fleetsql_bench::run_tls_cost(&config).await?;
+        let text = fleetsql_bench::tls_markdown(&cost);
+        println!("{text}");
+        println!(
+            "report: {}",
+            config.work_dir.join("tls-cost.json").display()
+        );
+        if let Some(path) = &args.write_benchmarks {
+            write_section(path, "fleetsql bench tls", &text)?;
+        }
+        return Ok(());
+    }
     if args.apps_cost {
         let config = args.config(None, args.out.clone())?;
         let cost = fleetsql_bench::run_apps_cost(&config).await?;

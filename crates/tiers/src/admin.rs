@@ -29,6 +29,8 @@ pub(crate) struct Observed {
     /// (Replaced when a re-read topology changes the children.)
     pub(crate) clients: std::sync::Mutex<Vec<(String, Arc<TransferStats>)>>,
     pub(crate) started: std::time::Instant,
+    /// Its mTLS identity: refusals and reloads on `/metrics`.
+    pub(crate) tls: Option<Arc<fleetsql_flight::TlsContext>>,
 }
 
 pub(crate) fn router(observed: Arc<Observed>) -> Router {
@@ -286,6 +288,9 @@ fn render(o: &Observed) -> String {
         parts.push((labels, snapshot));
     }
     out.push_str(&render_prometheus(&parts));
+    if let Some(tls) = &o.tls {
+        tls.render_prometheus(&mut out, &labels);
+    }
     out
 }
 

@@ -35,6 +35,9 @@ mod topology;
 pub use error::{Result, TiersError};
 pub use local::LocalFleet;
 pub use plan::Links;
-pub use security::ClientSecurity;
 pub use roles::{AgentProcess, JoinConfig, Listen, SqlProcess, TierProcess, TlaSqlProcess};
-pub use topology::{AgentEntry, ClusterEntry, ProxyEntry, SqlNodeEntry, TlaEntry, Topology};
+pub use security::ClientSecurity;
+pub use topology::{
+    AgentEntry, ClusterEntry, ProxyEntry, SqlNodeEntry, TlaEntry, TlsNodeFiles, TlsSettings,
+    Topology,
+};

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetsql_aggregator::{AggregatorConfig, Child, ChildGroup, StaticTables};
-use fleetsql_flight::{FlightChild, FlightChildOptions, TransferStats};
+use fleetsql_flight::{FlightChild, FlightChildOptions, TlsContext, TransferStats};
 use fleetsql_sqlnode::SqlNodeConfig;
 
 use crate::topology::Topology;
@@ -54,6 +54,9 @@ impl Role {
 pub struct Links {
     local: BTreeMap<String, Link>,
     remote: bool,
+    /// This node's mTLS identity for the children it dials (the topology's
+    /// `[tls]`); `None`: plaintext.
+    tls: Option<Arc<TlsContext>>,
 }
 
 /// One reached child, with its transfer counters when it is remote.
@@ -69,7 +72,21 @@ impl Links {
         Links {
             local: BTreeMap::new(),
             remote: true,
+            tls: None,
         }
+    }
+
+    /// Every node over Flight, over mutual TLS with `tls` when given.
+    pub fn remote_with(tls: Option<Arc<TlsContext>>) -> Links {
+        Links {
+            tls,
+            ..Links::remote()
+        }
+    }
+
+    /// The identity remote children are dialled with.
+    pub fn tls(&self) -> Option<&Arc<TlsContext>> {
+        self.tls.as_ref()
     }
 
     /// Only nodes given with [`Links::with`]; a node not given is an error
@@ -131,6 +148,7 @@ impl Links {
             format!("http://{addr}"),
             FlightChildOptions {
                 request_timeout: topology.fetch_timeout.unwrap_or(defaults.request_timeout),
+                tls: self.tls.clone(),
                 ..defaults
             },
         )?;
@@ -174,8 +192,9 @@ pub fn clients(children: &[Linked]) -> Vec<(String, Arc<TransferStats>)> {
 pub fn links_reusing(
     children: &[Linked],
     address_now: impl Fn(&str) -> Option<SocketAddr>,
+    tls: Option<Arc<TlsContext>>,
 ) -> Links {
-    let mut links = Links::remote();
+    let mut links = Links::remote_with(tls);
     for child in children {
         if address_now(&child.name) == child.addr {
             links.reuse(child.name.clone(), child.link.clone());

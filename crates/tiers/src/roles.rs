@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fleetsql_agent::{Agent, AgentConfig};
 use fleetsql_aggregator::Aggregator;
 use fleetsql_apps::{AppsConfig, LocalTables, SqlNodeApps};
-use fleetsql_flight::{FlightServer, FlightServerConfig};
+use fleetsql_flight::{FlightServer, FlightServerConfig, TlsContext, TlsWatch};
 use fleetsql_flightsql::FlightSqlServer;
 use fleetsql_http::HttpServer;
 use fleetsql_pgwire::PgServer;
@@ -41,15 +41,52 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
 }
 
-/// How every Flight server of the tree sends: the topology's compression.
-fn server_config(topology: &Topology) -> FlightServerConfig {
+/// How every Flight server of the tree sends: the topology's compression,
+/// over mutual TLS when the topology has `[tls]`.
+fn server_config(topology: &Topology, tls: Option<&NodeTls>) -> FlightServerConfig {
     FlightServerConfig {
         compression: topology.compression,
         // The link to the parent gets its own thread, so collecting from
         // many children cannot starve it (see `own_threads`).
         own_threads: Some(1),
+        tls: tls.map(|t| t.context.clone()),
         ..FlightServerConfig::default()
     }
+}
+
+/// A node's mTLS identity (`[tls]`), its files polled for a change while
+/// this lives.
+#[derive(Debug)]
+struct NodeTls {
+    context: Arc<TlsContext>,
+    _watch: TlsWatch,
+}
+
+/// The identity of node `name` when the topology has `[tls]`, serving the
+/// parents the topology gives it.
+fn node_tls(topology: &Topology, role: &'static str, name: &str) -> Result<Option<NodeTls>> {
+    let Some(settings) = &topology.tls else {
+        return Ok(None);
+    };
+    let files = settings.files(name).ok_or_else(|| TiersError::Config {
+        path: "topology".into(),
+        reason: format!(
+            "[tls] gives node `{name}` no certificate; set `certs_dir` or add [tls.nodes.{name}] with `cert` and `key`"
+        ),
+    })?;
+    let context = TlsContext::load(role, name, files)?;
+    let parents = topology.parents_of(name);
+    tracing::info!(node = %name, parents = ?parents, cert = %context.files().cert.display(), "Flight links over mutual TLS");
+    context.set_parents(parents);
+    let watch = context.watch(settings.poll());
+    Ok(Some(NodeTls {
+        context,
+        _watch: watch,
+    }))
+}
+
+fn context_of(tls: &Option<NodeTls>) -> Option<Arc<TlsContext>> {
+    tls.as_ref().map(|t| t.context.clone())
 }
 
 /// An agent: this machine's tables, served to its proxies over Flight.
@@ -58,6 +95,7 @@ pub struct AgentProcess {
     name: String,
     agent: Arc<Agent>,
     flight: FlightServer,
+    tls: Option<NodeTls>,
     admin: HttpServer,
     cli: Listen,
     started_with: Topology,
@@ -150,10 +188,15 @@ impl AgentProcess {
                     name: name.to_string(),
                     field: "flight",
                 })?;
-        let flight =
-            FlightServer::start_with(agent.as_child(), flight_addr, server_config(topology))?;
+        let tls = node_tls(topology, "agent", name)?;
+        let flight = FlightServer::start_with(
+            agent.as_child(),
+            flight_addr,
+            server_config(topology, tls.as_ref()),
+        )?;
         let observed = Arc::new(Observed {
             role: "agent",
+            tls: context_of(&tls),
             name: name.to_string(),
             generation: agent.subscribe(),
             aggregator: None,
@@ -171,6 +214,7 @@ impl AgentProcess {
             name: name.to_string(),
             agent,
             flight,
+            tls,
             admin,
             cli: listen,
             started_with: topology.clone(),
@@ -195,6 +239,7 @@ impl AgentProcess {
             flightsql: None,
         };
         let started_with = self.started_with.clone();
+        let tls = context_of(&self.tls);
         self.watch = Some(TopologyWatch::start(path, every, move |topology| {
             let entry = topology
                 .agents
@@ -228,6 +273,12 @@ impl AgentProcess {
                     "tick {:?} (running with {:?})",
                     topology.tick, started_with.tick
                 ));
+            }
+            if topology.tls != started_with.tls {
+                pending.push("[tls] settings".into());
+            }
+            if let Some(tls) = &tls {
+                tls.set_parents(topology.parents_of(&name));
             }
             agent.set_prewarm(entry.prewarm.clone());
             agent.set_pending_restart(restart_note(&name, pending));
@@ -284,6 +335,7 @@ pub struct TierProcess {
     name: String,
     aggregator: Arc<Aggregator>,
     flight: FlightServer,
+    tls: Option<NodeTls>,
     admin: HttpServer,
     live: Arc<LiveTier>,
     watch: Option<TopologyWatch>,
@@ -311,7 +363,9 @@ impl TierProcess {
         let registry = Registry::new(membership);
         registry.sweep();
         let announced = registry.membership.lock().announced();
-        let plan = plan::proxy_with(topology, name, &announced, &Links::remote())?;
+        let tls = node_tls(topology, "proxy", name)?;
+        let links = Links::remote_with(context_of(&tls));
+        let plan = plan::proxy_with(topology, name, &announced, &links)?;
         let mut process = Self::serve(
             Role::Proxy,
             name,
@@ -319,6 +373,7 @@ impl TierProcess {
             topology,
             listen,
             Some(registry.clone()),
+            tls,
         )
         .await?;
         let live = process.live.clone();
@@ -348,8 +403,9 @@ impl TierProcess {
     /// A TLA: one child group per cluster it spans, whose members are that
     /// cluster's proxies (tried in turn), plus its static tables.
     pub async fn start_tla(topology: &Topology, name: &str, listen: Listen) -> Result<TierProcess> {
-        let plan = plan::tla(topology, name, &Links::remote())?;
-        Self::serve(Role::Tla, name, plan, topology, listen, None).await
+        let tls = node_tls(topology, "tla", name)?;
+        let plan = plan::tla(topology, name, &Links::remote_with(context_of(&tls)))?;
+        Self::serve(Role::Tla, name, plan, topology, listen, None, tls).await
     }
 
     /// `cli`: the addresses the command line gave, which win over the
@@ -361,6 +417,7 @@ impl TierProcess {
         topology: &Topology,
         cli: Listen,
         registry: Option<Registry>,
+        tls: Option<NodeTls>,
     ) -> Result<TierProcess> {
         let role = kind.as_str();
         let TierPlan {
@@ -381,10 +438,14 @@ impl TierProcess {
         if let Some(registry) = &registry {
             aggregator.set_own_tables(Some(Arc::new(registry.clone())));
         }
-        let flight =
-            FlightServer::start_with(aggregator.as_child(), flight_addr, server_config(topology))?;
+        let flight = FlightServer::start_with(
+            aggregator.as_child(),
+            flight_addr,
+            server_config(topology, tls.as_ref()),
+        )?;
         let observed = Arc::new(Observed {
             role,
+            tls: context_of(&tls),
             name: name.to_string(),
             generation: aggregator.subscribe(),
             aggregator: Some(aggregator.clone()),
@@ -414,6 +475,7 @@ impl TierProcess {
             started_with: topology.clone(),
             topology: std::sync::Mutex::new(topology.clone()),
             registry,
+            tls: context_of(&tls),
             replanning: std::sync::Mutex::new(()),
         });
         Ok(TierProcess {
@@ -421,6 +483,7 @@ impl TierProcess {
             name: name.to_string(),
             aggregator,
             flight,
+            tls,
             admin,
             live,
             watch: None,
@@ -527,7 +590,8 @@ struct LiveSql {
     node: Arc<SqlNode>,
     observed: Arc<Observed>,
     children: std::sync::Mutex<Vec<Linked>>,
-    /// In-process links given at start (a combined node's own TLA), kept.
+    /// In-process links given at start (a combined node's own TLA), kept,
+    /// and the mTLS identity remote TLAs are dialled with.
     links_at_start: Links,
     cli: Listen,
     bound: Listen,
@@ -609,8 +673,11 @@ impl LiveSql {
     fn apply(&self, topology: &Topology) -> Result<()> {
         let entry = topology.sqlnode(&self.name)?;
         let children = self.children.lock().map(|c| c.clone()).unwrap_or_default();
-        let mut links =
-            plan::links_reusing(&children, |t| topology.tlas.get(t).and_then(|e| e.flight));
+        let mut links = plan::links_reusing(
+            &children,
+            |t| topology.tlas.get(t).and_then(|e| e.flight),
+            self.links_at_start.tls().cloned(),
+        );
         links.keep_local_of(&self.links_at_start);
         let plan = plan::sqlnode(topology, &self.name, &links)?;
         let mut pending = moved_addresses(
@@ -743,6 +810,9 @@ struct LiveTier {
     topology: std::sync::Mutex<Topology>,
     /// A proxy's cluster members.
     registry: Option<Registry>,
+    /// Its mTLS identity: dials children with it, serves the parents the
+    /// topology gives.
+    tls: Option<Arc<TlsContext>>,
     /// One re-plan at a time (a re-read file and a member joining).
     replanning: std::sync::Mutex<()>,
 }
@@ -781,7 +851,7 @@ impl LiveTier {
                 .or_else(|| announced.get(child).copied()),
             _ => topology.proxies.get(child).and_then(|p| p.flight),
         };
-        let links = plan::links_reusing(&children, address_now);
+        let links = plan::links_reusing(&children, address_now, self.tls.clone());
         let plan = match self.kind {
             Role::Proxy => plan::proxy_with(topology, &self.name, &announced, &links)?,
             _ => plan::tla(topology, &self.name, &links)?,
@@ -806,6 +876,12 @@ impl LiveTier {
             if was != is {
                 pending.push(format!("{what} {is:?} (running with {was:?})"));
             }
+        }
+        if let Some(tls) = &self.tls {
+            tls.set_parents(topology.parents_of(&self.name));
+        }
+        if topology.tls != self.started_with.tls {
+            pending.push("[tls] settings".to_string());
         }
         if topology.compression != self.started_with.compression {
             pending.push(format!(
@@ -846,6 +922,8 @@ pub struct SqlProcess {
     flightsql: Option<FlightSqlServer>,
     live: Arc<LiveSql>,
     watch: Option<TopologyWatch>,
+    /// Its own mTLS identity (a combined node's is its TLA's).
+    tls: Option<NodeTls>,
     /// Users, tokens and client-facing TLS, their files polled while it
     /// lives.
     security: ClientSecurity,
@@ -866,7 +944,11 @@ impl SqlProcess {
         listen: Listen,
         apps: AppsConfig,
     ) -> Result<SqlProcess> {
-        Self::start_with(topology, name, listen, apps, &Links::remote(), None).await
+        let tls = node_tls(topology, "sqlnode", name)?;
+        let links = Links::remote_with(context_of(&tls));
+        let mut process = Self::start_with(topology, name, listen, apps, &links, None).await?;
+        process.tls = tls;
+        Ok(process)
     }
 
     /// The general start: TLAs reached through `links` (in this process
@@ -890,6 +972,7 @@ impl SqlProcess {
         let node = Arc::new(SqlNode::start(config, sources)?);
         let observed = Arc::new(Observed {
             role: "sqlnode",
+            tls: links.tls().cloned(),
             name: name.to_string(),
             generation: node.subscribe(),
             aggregator: None,
@@ -925,10 +1008,11 @@ impl SqlProcess {
             hosts: entry.http_hosts.clone(),
             origins: entry.http_origins.clone(),
         };
-        let http = HttpServer::start_with_access(
+        let http = HttpServer::start_secure(
             app,
             listen.http.or(entry.http).unwrap_or(loopback(8080)),
             &access,
+            security.http(node.audit().clone()),
         )
         .await?;
         let flightsql = listen
@@ -959,6 +1043,7 @@ impl SqlProcess {
             flightsql,
             live,
             watch: None,
+            tls: None,
             security,
         })
     }
@@ -1074,7 +1159,8 @@ impl TlaSqlProcess {
             },
         )
         .await?;
-        let links = Links::remote().with(name, tla.aggregator().as_child());
+        let links =
+            Links::remote_with(context_of(&tla.tls)).with(name, tla.aggregator().as_child());
         let sql = SqlProcess::start_with(
             topology,
             name,

@@ -107,6 +107,9 @@ pub struct Topology {
     /// expected to have; clusters of listed agents need no entry.
     #[serde(default)]
     pub clusters: BTreeMap<String, ClusterEntry>,
+    /// Mutual TLS on every Flight link; without it, links are plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
     #[serde(default)]
     pub agents: BTreeMap<String, AgentEntry>,
     #[serde(default)]
@@ -126,6 +129,7 @@ impl Default for Topology {
             table_expiry: default_table_expiry(),
             fetch_timeout: None,
             compression: fleetsql_flight::Compression::default(),
+            tls: None,
             member_expiry: default_member_expiry(),
             max_members: default_max_members(),
             clusters: BTreeMap::new(),
@@ -149,6 +153,67 @@ pub struct ClusterEntry {
     /// The cluster is expected to have at least this many machines: the
     /// ones not yet known by name are counted missing.
     pub machines: Option<u64>,
+}
+
+/// `[tls]`: mutual TLS between tiers. Every node presents a certificate
+/// of the fleet CA whose DNS name is its node name; a child's Flight
+/// server accepts only its parents in this file, a parent reads only the
+/// child it dialled. Paths are relative to the topology file.
+///
+/// ```toml
+/// [tls]
+/// ca = "certs/ca.crt"            # the fleet CA (PEM)
+/// certs_dir = "certs"            # NAME.crt and NAME.key per node
+/// [tls.nodes.web-1]              # a node whose files are elsewhere
+/// cert = "/etc/fleetsql/web-1.pem"
+/// key = "/etc/fleetsql/web-1.key"
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub ca: PathBuf,
+    pub certs_dir: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, TlsNodeFiles>,
+    /// How often each process checks its certificate, key and CA files
+    /// for a change (default 1 s).
+    #[serde(
+        default,
+        with = "duration_text::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub poll: Option<Duration>,
+}
+
+/// One node's certificate chain and key (PEM).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsNodeFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsSettings {
+    /// Node `name`'s files: its own entry, else `certs_dir/NAME.crt|key`.
+    pub fn files(&self, name: &str) -> Option<fleetsql_flight::TlsFiles> {
+        let (cert, key) = match (self.nodes.get(name), &self.certs_dir) {
+            (Some(own), _) => (own.cert.clone(), own.key.clone()),
+            (None, Some(dir)) => (
+                dir.join(format!("{name}.crt")),
+                dir.join(format!("{name}.key")),
+            ),
+            (None, None) => return None,
+        };
+        Some(fleetsql_flight::TlsFiles {
+            ca: self.ca.clone(),
+            cert,
+            key,
+        })
+    }
+
+    pub fn poll(&self) -> Duration {
+        self.poll.unwrap_or(Duration::from_secs(1))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -382,6 +447,21 @@ impl Topology {
                     }
                 }
             }
+            if let Some(tls) = &mut topology.tls {
+                for path in [Some(&mut tls.ca), tls.certs_dir.as_mut()]
+                    .into_iter()
+                    .flatten()
+                    .chain(
+                        tls.nodes
+                            .values_mut()
+                            .flat_map(|files| [&mut files.cert, &mut files.key]),
+                    )
+                {
+                    if path.is_relative() {
+                        *path = dir.join(&*path);
+                    }
+                }
+            }
             for agent in topology.agents.values_mut() {
                 if let Some(drop_dir) = &agent.drop_dir
                     && drop_dir.is_relative()
@@ -454,6 +534,27 @@ impl Topology {
                 return Err(invalid(format!(
                     "the name `{name}` is used twice; every node needs its own (only a TLA and a SQL node may share one: they run as one `fleetsql tla-sql` process)"
                 )));
+            }
+        }
+        if let Some(tls) = &self.tls {
+            for name in &names {
+                if !fleetsql_flight::is_dns_name(name) {
+                    return Err(invalid(format!(
+                        "with [tls], node names are their certificates' DNS names; `{name}` is not one (use letters, digits, `-` and `.`)"
+                    )));
+                }
+                if tls.files(name).is_none() {
+                    return Err(invalid(format!(
+                        "[tls] gives node `{name}` no certificate; set `certs_dir` or add [tls.nodes.{name}] with `cert` and `key`"
+                    )));
+                }
+            }
+            for name in tls.nodes.keys() {
+                if !names.contains(name) {
+                    return Err(invalid(format!(
+                        "[tls.nodes.{name}] names no node of this topology"
+                    )));
+                }
             }
         }
         let clusters = self.clusters();
@@ -576,6 +677,40 @@ impl Topology {
             .collect()
     }
 
+    /// The nodes whose Flight clients node `name`'s server accepts under
+    /// TLS: an agent's cluster's proxies, a proxy's TLAs (those spanning
+    /// its cluster), a TLA's SQL nodes. A SQL node serves no one.
+    pub fn parents_of(&self, name: &str) -> BTreeSet<String> {
+        if let Some(agent) = self.agents.get(name) {
+            return self
+                .proxies_of(&agent.cluster)
+                .into_iter()
+                .map(|(n, _)| n.clone())
+                .collect();
+        }
+        if let Some(proxy) = self.proxies.get(name) {
+            return self
+                .tlas
+                .iter()
+                .filter(|(_, t)| {
+                    t.clusters
+                        .as_ref()
+                        .is_none_or(|c| c.contains(&proxy.cluster))
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+        }
+        if self.tlas.contains_key(name) {
+            return self
+                .sqlnodes
+                .iter()
+                .filter(|(_, s)| s.tlas.contains_key(name))
+                .map(|(n, _)| n.clone())
+                .collect();
+        }
+        BTreeSet::new()
+    }
+
     pub fn stale_after(&self) -> Duration {
         self.stale_after.unwrap_or(self.tick * 3)
     }
@@ -635,6 +770,59 @@ mod tests {
         assert_eq!(apps.alerts_lease, Duration::from_secs(3));
         assert_eq!(apps.alerts_poll, Duration::from_secs(1));
         apps.validate().unwrap();
+    }
+
+    #[test]
+    fn tls_files_resolve_against_the_file_and_parents_follow_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("topology.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "{EXAMPLE}\n[tlas.t2]\nclusters = [\"c9\"]\n[agents.z1]\ncluster = \"c9\"\n[proxies.p9]\ncluster = \"c9\"\n\
+                 [tls]\nca = \"certs/ca.crt\"\ncerts_dir = \"certs\"\npoll = \"250ms\"\n\
+                 [tls.nodes.a2]\ncert = \"/etc/a2.pem\"\nkey = \"a2.key\"\n"
+            ),
+        )
+        .unwrap();
+        let t = Topology::load(&file).unwrap();
+        let tls = t.tls.as_ref().unwrap();
+        assert_eq!(tls.poll(), Duration::from_millis(250));
+        let p1 = tls.files("p1").unwrap();
+        assert_eq!(p1.ca, dir.path().join("certs/ca.crt"));
+        assert_eq!(p1.cert, dir.path().join("certs/p1.crt"));
+        assert_eq!(p1.key, dir.path().join("certs/p1.key"));
+        let a2 = tls.files("a2").unwrap();
+        assert_eq!(a2.cert, PathBuf::from("/etc/a2.pem"));
+        assert_eq!(a2.key, dir.path().join("a2.key"));
+
+        let names = |set: BTreeSet<String>| set.into_iter().collect::<Vec<_>>();
+        assert_eq!(names(t.parents_of("a1")), ["p1"]);
+        assert_eq!(names(t.parents_of("p1")), ["t1"], "t2 spans c9 only");
+        assert_eq!(names(t.parents_of("p9")), ["t1", "t2"]);
+        assert_eq!(names(t.parents_of("t1")), ["s1"]);
+        assert!(t.parents_of("t2").is_empty(), "no SQL node reads t2");
+        assert!(t.parents_of("s1").is_empty());
+        assert!(t.parents_of("stranger").is_empty());
+        let back = Topology::parse(&t.to_toml()).unwrap();
+        assert_eq!(back, t);
+    }
+
+    #[test]
+    fn tls_needs_a_certificate_and_a_dns_name_for_every_node() {
+        let err = |text: &str| Topology::parse(text).unwrap_err().to_string();
+        let tree = "[agents.a1]\ncluster = \"c\"\n[proxies.p1]\ncluster = \"c\"\n";
+        let e = err(&format!("{tree}[tls]\nca = \"ca.crt\"\n"));
+        assert!(e.contains("certs_dir") && e.contains("a1"), "{e}");
+        let e = err(&format!(
+            "{tree}[tls]\nca = \"ca.crt\"\ncerts_dir = \"d\"\n[tls.nodes.nobody]\ncert = \"x\"\nkey = \"y\""
+        ));
+        assert!(e.contains("[tls.nodes.nobody] names no node"), "{e}");
+        let e = err(
+            "[agents.\"a 1\"]\ncluster = \"c\"\n[proxies.p1]\ncluster = \"c\"\n[tls]\nca = \"ca.crt\"\ncerts_dir = \"d\"",
+        );
+        assert!(e.contains("`a 1` is not one"), "{e}");
+        Topology::parse(&format!("{tree}[tls]\nca = \"ca.crt\"\ncerts_dir = \"d\"")).unwrap();
     }
 
     #[test]

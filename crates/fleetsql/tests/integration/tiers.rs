@@ -83,6 +83,17 @@ impl TestCluster {
     /// A fleet as `spec` says, in the temp dir `dir` (for files the
     /// topology's entries name before the fleet starts).
     pub(crate) async fn start_fleet_in(dir: tempfile::TempDir, spec: FleetSpec) -> TestCluster {
+        Self::start_fleet_edited(dir, spec, |_, _| {}).await
+    }
+
+    /// [`TestCluster::start_fleet_in`] with `edit` applied to the topology
+    /// (and the temp dir) before any process starts: a `[tls]` section and
+    /// its certificates, say.
+    pub(crate) async fn start_fleet_edited(
+        dir: tempfile::TempDir,
+        spec: FleetSpec,
+        edit: impl FnOnce(&mut Topology, &std::path::Path),
+    ) -> TestCluster {
         let FleetSpec {
             proxies,
             tlas,
@@ -162,6 +173,7 @@ impl TestCluster {
             }
             topology.sqlnodes.insert(name, entry);
         }
+        edit(&mut topology, dir.path());
         Self::launch(dir, topology, &tla_sql, true).await
     }
 
