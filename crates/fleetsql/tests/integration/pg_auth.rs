@@ -245,13 +245,13 @@ async fn pg_clients_log_in_over_tls_with_scram_or_a_certificate_and_are_audited(
         .unwrap();
     tokio::spawn(connection);
     let rows = client
-        .query("SELECT hostname FROM sys WHERE ip = $1", &[&"10.0.0.1"])
+        .query("SELECT hostname FROM sys WHERE hostname = $1", &[&"m1"])
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
     let audit = client
         .query(
-            "SELECT principal, role, front_end, outcome, text FROM fleet_audit WHERE action = 'run_sql' AND text LIKE '%WHERE ip = $1%'",
+            "SELECT principal, role, front_end, outcome, text FROM fleet_audit WHERE action = 'run_sql' AND text LIKE '%WHERE hostname = $1%'",
             &[],
         )
         .await
