@@ -23,7 +23,7 @@ impl Child for Flaky {
     }
 
     async fn fetch(&self, _request: &FetchRequest) -> fleetsql_aggregator::Result<Arc<Generation>> {
-        if self.calls.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+        if self.calls.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
             panic!("a bug in the source");
         }
         let mut g = Generation::empty("flaky");
