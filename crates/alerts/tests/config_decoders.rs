@@ -221,7 +221,7 @@ fn the_valid_files_load() {
     assert_eq!(parsed["route"].len(), 3);
 }
 
-/// Found by the properties above: an `every` of more seconds than a
+/// Found while writing the properties above: an `every` of more seconds than a
 /// `Duration` holds panicked while the definition was loaded.
 #[test]
 fn an_overflowing_duration_is_refused() {
