@@ -12,6 +12,43 @@
   const RED_MISSING_FRACTION = 0.1;
 
   const $ = (id) => document.getElementById(id);
+
+  // ---------- session (only when the node has a users file) ----------
+
+  // A logged-in page proves itself on every state-changing request with
+  // the session's CSRF token, which the node gives it in a cookie only
+  // this origin's scripts read. One wrapper covers every call site.
+  function csrfToken() {
+    const found = document.cookie.split(";").map((c) => c.trim())
+      .find((c) => c.startsWith("fleetsql_csrf="));
+    return found ? found.slice("fleetsql_csrf=".length) : "";
+  }
+  let sessionRequired = false;
+  const plainFetch = window.fetch.bind(window);
+  window.fetch = async (path, options) => {
+    const opts = Object.assign({}, options || {});
+    const method = (opts.method || "GET").toUpperCase();
+    const token = csrfToken();
+    if (token && !["GET", "HEAD", "OPTIONS"].includes(method)) {
+      opts.headers = Object.assign({}, opts.headers || {}, { "x-csrf-token": token });
+    }
+    const response = await plainFetch(path, opts);
+    // The session ended (expired, logged out elsewhere, user removed).
+    if (response.status === 401 && sessionRequired) location.href = "/login";
+    return response;
+  };
+  plainFetch("/v1/session").then(async (response) => {
+    if (response.status === 401) { location.href = "/login"; return; }
+    const session = await response.json();
+    if (!session.auth) return;
+    sessionRequired = true;
+    $("session-user").textContent = session.user + " (" + session.role + ")";
+    $("session").hidden = !session.login;
+    $("logout").addEventListener("click", async () => {
+      await window.fetch("/v1/logout", { method: "POST" });
+      location.href = "/login";
+    });
+  }).catch(() => {});
   let config = { features: {}, tick_ms: 5000 };
   let lastResult = null;
   let pqSource = null;

@@ -9,10 +9,13 @@
 //! header. Errors are `{error, hint}` with a status that says whose fault
 //! it was.
 
+mod auth;
 mod guard;
 mod server;
 mod shape;
+mod tls;
 
+pub use auth::{CSRF_COOKIE, CSRF_HEADER, HttpSecurity, SESSION_COOKIE};
 /// Kept here for front ends that already name it; it lives in the model.
 pub use fleetsql_model::json::batches_to_rows;
 pub use guard::{BODY_TYPES, HttpAccess};
@@ -21,3 +24,4 @@ pub use server::{
     router_with_limits,
 };
 pub use shape::{QueryLimits, sql_expression_depth};
+pub use tls::http_alpn;

@@ -13,8 +13,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::auth::{self, Auth, HttpSecurity};
 use crate::guard::{self, Guard, HttpAccess};
 use crate::shape::{QueryLimits, sql_expression_depth};
+use crate::tls::{self, Peer, TlsListener};
 use fleetsql_model::json::batches_to_rows;
 
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
@@ -251,6 +253,27 @@ impl HttpServer {
         addr: SocketAddr,
         access: &HttpAccess,
     ) -> Result<HttpServer, HttpServerError> {
+        Self::serve(app, addr, access, None).await
+    }
+
+    /// [`HttpServer::start_with_access`] for a SQL node's port: every
+    /// route behind `security`'s authentication and roles, audited, over
+    /// HTTPS when it has a certificate (see [`HttpSecurity`]).
+    pub async fn start_secure(
+        app: Router,
+        addr: SocketAddr,
+        access: &HttpAccess,
+        security: HttpSecurity,
+    ) -> Result<HttpServer, HttpServerError> {
+        Self::serve(app, addr, access, Some(security)).await
+    }
+
+    async fn serve(
+        app: Router,
+        addr: SocketAddr,
+        access: &HttpAccess,
+        security: Option<HttpSecurity>,
+    ) -> Result<HttpServer, HttpServerError> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| HttpServerError::Bind { addr, source })?;
@@ -258,6 +281,14 @@ impl HttpServer {
             .local_addr()
             .map_err(|source| HttpServerError::Bind { addr, source })?;
         let guard = Arc::new(Guard::new(local_addr, access));
+        let tls = security.as_ref().and_then(|s| s.tls.clone());
+        let app = match security {
+            Some(security) => app.layer(axum::middleware::from_fn_with_state(
+                Arc::new(Auth::new(security)),
+                auth::layer,
+            )),
+            None => app,
+        };
         let app = app
             .layer(axum::middleware::from_fn_with_state(guard, guard::layer))
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(
@@ -265,14 +296,25 @@ impl HttpServer {
             ));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let served = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async {
+            let stopped = async {
                 let _ = stopped.await;
-            })
-            .await;
+            };
+            let served = match tls {
+                Some(tls) => {
+                    let app = app
+                        .layer(axum::middleware::from_fn(tls::plain_or_tls))
+                        .into_make_service_with_connect_info::<Peer>();
+                    axum::serve(TlsListener::new(listener, local_addr, tls), app)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                }
+                None => {
+                    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                }
+            };
             if let Err(e) = served {
                 tracing::error!(error = %e, "HTTP server stopped");
             }

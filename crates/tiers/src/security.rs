@@ -27,6 +27,8 @@ pub struct ClientSecurity {
     /// The files as given, for front ends that build their own TLS
     /// configuration (another ALPN).
     pub tls_files: Option<TlsFiles>,
+    /// The same certificate for HTTPS (ALPN `http/1.1`).
+    pub http_tls: Option<Arc<ServerTls>>,
     watches: Vec<WatchHandle>,
 }
 
@@ -73,11 +75,24 @@ impl ClientSecurity {
             security.tokens = Some(tokens);
         }
         if let Some(files) = tls_files {
+            let http = ServerTls::load(files.clone(), fleetsql_http::http_alpn())?;
+            security.watches.push(http.watch(POLL));
+            security.http_tls = Some(http);
             let tls = ServerTls::load(files, vec![b"postgresql".to_vec()])?;
             security.watches.push(tls.watch(POLL));
             security.pg_tls = Some(tls);
         }
         Ok(security)
+    }
+
+    /// What the HTTP port asks of its clients; `audit` is the node's.
+    pub fn http(&self, audit: Arc<fleetsql_auth::AuditLog>) -> fleetsql_http::HttpSecurity {
+        fleetsql_http::HttpSecurity {
+            users: self.users.clone(),
+            tokens: self.tokens.clone(),
+            tls: self.http_tls.clone(),
+            ..fleetsql_http::HttpSecurity::new(audit)
+        }
     }
 
     /// What the Postgres port asks of its clients.

@@ -953,3 +953,120 @@ async fn loop_until(url: &str, done: impl Fn(&Value) -> bool) -> Value {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// With a users file the console is behind a log-in: the page sends the
+/// browser to the form, the right password opens the console, whose
+/// query (a POST) carries the session's CSRF token without the page
+/// asking for it, and logging out brings the form back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_logs_in_and_its_requests_carry_the_csrf_token() {
+    use std::collections::BTreeMap;
+    use std::io::Write;
+
+    use crate::tiers::{FleetSpec, TestCluster};
+
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    let mut add = Command::new(BINARY)
+        .args([
+            "users",
+            "add",
+            "olga",
+            "--role",
+            "operator",
+            "--password-stdin",
+        ])
+        .arg("--file")
+        .arg(&users)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    add.stdin
+        .take()
+        .unwrap()
+        .write_all(b"olga's secret\n")
+        .unwrap();
+    assert!(add.wait().unwrap().success());
+    let entry = fleetsql_tiers::SqlNodeEntry {
+        users: Some(users),
+        ..fleetsql_tiers::SqlNodeEntry::default()
+    };
+    let cluster = TestCluster::start_fleet_in(
+        dir,
+        FleetSpec {
+            proxies: 1,
+            tlas: 1,
+            table_expiry: Duration::from_secs(600),
+            extra_agent: false,
+            sqlnodes: BTreeMap::from([("sql".to_string(), entry)]),
+            tla_sql: Default::default(),
+        },
+    )
+    .await;
+    let base = cluster.sql_url();
+    let driver = ChromeDriver::start().await;
+    let profile = tempfile::tempdir().unwrap();
+    let browser = driver.browser(profile.path()).await;
+
+    browser.goto(&format!("{base}/#query")).await;
+    wait_for(
+        &browser,
+        "the log-in form",
+        "location.pathname === '/login' && document.getElementById('login-password')",
+    )
+    .await;
+    let user = browser.find("#login-user").await;
+    browser.send_keys(&user, "olga").await;
+    let password = browser.find("#login-password").await;
+    browser.send_keys(&password, "wrong").await;
+    browser.click(&browser.find("#login-submit").await).await;
+    let refused = wait_for(
+        &browser,
+        "the refusal",
+        "!document.getElementById('login-error').hidden && document.getElementById('login-error').textContent",
+    )
+    .await;
+    assert!(
+        refused
+            .as_str()
+            .unwrap()
+            .contains("password authentication failed"),
+        "{refused}"
+    );
+    browser.clear(&password).await;
+    browser.send_keys(&password, "olga's secret").await;
+    browser.click(&browser.find("#login-submit").await).await;
+    let shown = wait_for(
+        &browser,
+        "the console with its user",
+        "document.body.dataset.ready === 'true' && !document.getElementById('session').hidden && document.getElementById('session-user').textContent",
+    )
+    .await;
+    assert_eq!(shown, "olga (operator)");
+
+    let editor = browser.find("#sql-input").await;
+    browser.clear(&editor).await;
+    browser.send_keys(&editor, "SELECT 41 + 1 AS answer").await;
+    browser.click(&browser.find("#run").await).await;
+    let rows = wait_for(&browser, "the query's answer", RESULT_ROWS).await;
+    assert_eq!(texts(&rows), vec![vec!["42".to_string()]]);
+    screenshot(&browser, "console-logged-in").await;
+
+    browser.click(&browser.find("#logout").await).await;
+    wait_for(
+        &browser,
+        "the log-in form again",
+        "location.pathname === '/login' && document.getElementById('login-form')",
+    )
+    .await;
+    // The ended session opens nothing: back on the console, the page is
+    // sent to the form again.
+    browser.goto(&format!("{base}/#query")).await;
+    wait_for(
+        &browser,
+        "the log-in form after log-out",
+        "location.pathname === '/login'",
+    )
+    .await;
+    browser.close().await;
+}
