@@ -58,8 +58,8 @@ enum TokensCommand {
         #[arg(long)]
         role: Role,
         /// How long it is valid: 30d, 12h, 2w, ... or `never`.
-        #[arg(long, default_value = "30d", value_parser = fleetsql_auth::parse_duration)]
-        expires: Option<std::time::Duration>,
+        #[arg(long, default_value = "30d", value_parser = parse_expiry)]
+        expires: Expiry,
         /// Who or what holds it, recorded in the audit log (default:
         /// `token:<id>`).
         #[arg(long)]
@@ -84,6 +84,16 @@ enum TokensCommand {
         #[arg(long, env = "FLEETSQL_TOKENS")]
         file: PathBuf,
     },
+}
+
+/// `--expires`: a duration or `never` (`None`). A newtype, because clap
+/// takes an `Option` field for an optional flag and would not hand the
+/// parser's `None` through.
+#[derive(Debug, Clone, Copy)]
+struct Expiry(Option<std::time::Duration>);
+
+fn parse_expiry(text: &str) -> Result<Expiry, fleetsql_auth::ParseError> {
+    fleetsql_auth::parse_duration(text).map(Expiry)
 }
 
 fn read_password(from_stdin: bool) -> anyhow::Result<String> {
@@ -165,7 +175,7 @@ pub(crate) fn tokens(args: TokensArgs) -> anyhow::Result<()> {
                 role,
                 name,
                 scope,
-                expires_in: expires,
+                expires_in: expires.0,
             })?;
             tokens.save(&file)?;
             eprintln!(
