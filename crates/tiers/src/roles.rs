@@ -963,6 +963,18 @@ impl SqlProcess {
         tables: Option<LocalTables>,
     ) -> Result<SqlProcess> {
         let entry = topology.sqlnode(name)?;
+        // Flight SQL checks no users or tokens yet: served beside pg and
+        // HTTP that do, it would answer anyone they refuse.
+        if listen.flightsql.or(entry.flightsql).is_some()
+            && (entry.users.is_some() || entry.tokens.is_some())
+        {
+            return Err(TiersError::Config {
+                path: "topology".into(),
+                reason: format!(
+                    "SQL node `{name}` has users or tokens, and its Flight SQL endpoint does not check them yet; leave out `flightsql` (and --flightsql) for this node until it does"
+                ),
+            });
+        }
         let SqlPlan {
             config,
             sources,
