@@ -223,7 +223,7 @@ pub struct ScramExchange {
     nonce: String,
 }
 
-fn attribute<'a>(part: Option<&'a str>, name: char) -> Option<&'a str> {
+fn attribute(part: Option<&str>, name: char) -> Option<&str> {
     let part = part?;
     let mut chars = part.chars();
     (chars.next() == Some(name) && chars.next() == Some('=')).then(|| &part[2..])

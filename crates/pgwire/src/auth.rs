@@ -305,7 +305,7 @@ impl<S: StartupHandler> AuthStartup<S> {
             // rustls verified the chain against the client CA already;
             // what is left is whether it names this user.
             return match users.user(&user) {
-                Some(known) if names.iter().any(|n| *n == user) => {
+                Some(known) if names.contains(&user) => {
                     self.admit(client, Principal::new(user, known.role, AuthMethod::Cert), startup)
                         .await
                 }
