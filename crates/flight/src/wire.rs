@@ -53,6 +53,12 @@ use crate::{FlightError, Result};
 /// value instead of guessing.
 pub const WIRE_FORMAT: u32 = 1;
 
+/// What one message of a child's answer may decode to. Senders split
+/// tables into messages of about `max_message_bytes` (2 MiB by default), so
+/// a real message is far below this; a declaration above it is corrupt or
+/// hostile, and believing it would abort the parent on a failed allocation.
+pub(crate) const MAX_DECODED_MESSAGE_BYTES: usize = 1 << 30;
+
 /// Every table whole.
 pub const ENCODING_FULL: &str = "full";
 
@@ -494,7 +500,16 @@ where
         )));
     }
 
-    let rest = stream.map(|item| item.map_err(|status| ArrowFlightError::Tonic(Box::new(status))));
+    let rest = stream.map(|item| {
+        let data = item.map_err(|status| ArrowFlightError::Tonic(Box::new(status)))?;
+        fleetsql_model::parse::check_ipc_message(
+            &data.data_header,
+            &data.data_body,
+            MAX_DECODED_MESSAGE_BYTES,
+        )
+        .map_err(|e| ArrowFlightError::ProtocolError(e.to_string()))?;
+        Ok(data)
+    });
     let mut decoder = FlightDataDecoder::new(rest);
     let mut expected = tables_header
         .iter()
@@ -955,6 +970,17 @@ mod tests {
         }
         corrupt[2].data_body = Bytes::from(body);
         assert!(decode(corrupt).await.is_err());
+        // A compressed buffer declaring 2^60 bytes: arrow would allocate
+        // that and abort the process; it is refused before decoding.
+        let mut huge = full.clone();
+        let mut body = huge[2].data_body.to_vec();
+        body[..8].copy_from_slice(&(1i64 << 60).to_le_bytes());
+        huge[2].data_body = Bytes::from(body);
+        let err = decode(huge).await.unwrap_err();
+        assert!(
+            matches!(err, FlightError::Protocol { .. }) && err.to_string().contains("bytes"),
+            "{err}"
+        );
         // Garbage IPC header.
         let mut corrupt = full.clone();
         corrupt[2].data_header = Bytes::from_static(b"not flatbuffers");

@@ -32,6 +32,10 @@ use futures::{Stream, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
+/// What the bound parameters of one prepared-statement execution may
+/// decode to: a few values, never megabytes.
+const MAX_PARAMETER_BYTES: usize = 16 << 20;
+
 use crate::FlightSqlError;
 use crate::error::status_of;
 use crate::held::{Held, MAX_HELD_PLANS, TicketBody, handle_bytes, handle_number};
@@ -601,7 +605,22 @@ impl FlightSqlService for Service {
         let number = Self::statement_number(&query.prepared_statement_handle)?;
         let batches: Vec<RecordBatch> =
             arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
-                request.into_inner().map_err(FlightError::from),
+                request
+                    .into_inner()
+                    .map_err(FlightError::from)
+                    .and_then(|data| {
+                        // Checked before decoding: a declared size the decoder
+                        // would allocate must not abort the node.
+                        std::future::ready(
+                            fleetsql_model::parse::check_ipc_message(
+                                &data.data_header,
+                                &data.data_body,
+                                MAX_PARAMETER_BYTES,
+                            )
+                            .map(|()| data)
+                            .map_err(|e| FlightError::ProtocolError(e.to_string())),
+                        )
+                    }),
             )
             .try_collect()
             .await

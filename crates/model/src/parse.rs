@@ -361,6 +361,42 @@ fn check_ipc(body: &[u8], limits: &ParseLimits) -> std::result::Result<(), Parse
     Ok(())
 }
 
+/// Checks what one Arrow IPC message as Arrow Flight carries it (its
+/// flatbuffer header and its body apart) declares, before arrow's decoder
+/// allocates it: every buffer lies inside the body, and the bytes its
+/// buffers decode to (a compressed buffer's declared uncompressed length)
+/// stay within `max_decoded_bytes`. The decoder trusts those declarations,
+/// and a failed allocation aborts the process, which no `catch_unwind` can
+/// stop: a peer's 2^60-byte declaration must be refused here.
+pub fn check_ipc_message(
+    header: &[u8],
+    body: &[u8],
+    max_decoded_bytes: usize,
+) -> std::result::Result<(), ParseError> {
+    use arrow::ipc::MessageHeader;
+    if header.is_empty() {
+        return Ok(());
+    }
+    let message = arrow::ipc::root_as_message(header)
+        .map_err(|e| malformed(IPC, format!("unreadable message: {e}")))?;
+    let limits = ParseLimits {
+        max_decoded_bytes,
+        ..ParseLimits::default()
+    };
+    let mut decoded = 0;
+    let batch = match message.header_type() {
+        MessageHeader::RecordBatch => message.header_as_record_batch(),
+        MessageHeader::DictionaryBatch => {
+            message.header_as_dictionary_batch().and_then(|d| d.data())
+        }
+        _ => None,
+    };
+    match batch {
+        Some(batch) => check_ipc_batch(&batch, body, &limits, &mut decoded),
+        None => Ok(()),
+    }
+}
+
 fn check_ipc_batch(
     batch: &arrow::ipc::RecordBatch<'_>,
     body: &[u8],
