@@ -169,6 +169,16 @@ fn body_type_allowed(content_type: &str) -> bool {
         || (media.starts_with("application/") && media.ends_with("+json"))
 }
 
+/// `GET /health` and `GET /metrics` answer whatever name the node is
+/// reached by: monitoring (Prometheus, load balancers) scrapes every tier by
+/// the names of its own configuration, and agents, proxies and TLAs have no
+/// `http_hosts` to list them in. A rebound page learns no more than any
+/// scraper may, and changes nothing.
+fn is_probe(request: &Request) -> bool {
+    matches!(*request.method(), Method::GET | Method::HEAD)
+        && matches!(request.uri().path(), "/health" | "/metrics")
+}
+
 /// The checks, in the order a browser-borne attack meets them.
 pub(crate) fn check(guard: &Guard, request: &Request) -> Option<Response> {
     let headers = request.headers();
@@ -178,6 +188,7 @@ pub(crate) fn check(guard: &Guard, request: &Request) -> Option<Response> {
         .map(str::to_string)
         .or_else(|| request.uri().authority().map(|a| a.to_string()));
     if let Some(host) = &host
+        && !is_probe(request)
         && !guard.host_allowed(host)
     {
         return Some(refuse(
@@ -307,6 +318,32 @@ mod tests {
             status(&wildcard, "GET", &[("host", "rebound.example")]),
             421
         );
+    }
+
+    #[test]
+    fn health_and_metrics_answer_any_name() {
+        let g = guard("10.1.2.3:8080", HttpAccess::default());
+        for path in ["/health", "/metrics"] {
+            let probe = axum::http::Request::builder()
+                .uri(path)
+                .header("host", "tla1.dc1.example:7101")
+                .body(Body::empty())
+                .unwrap();
+            assert!(check(&g, &probe).is_none(), "{path}");
+        }
+        let other = axum::http::Request::builder()
+            .uri("/metrics/../v1/query")
+            .header("host", "tla1.dc1.example:7101")
+            .body(Body::empty())
+            .unwrap();
+        assert!(check(&g, &other).is_some());
+        let post = axum::http::Request::builder()
+            .method("POST")
+            .uri("/health")
+            .header("host", "evil.example")
+            .body(Body::empty())
+            .unwrap();
+        assert!(check(&g, &post).is_some(), "only reads are probes");
     }
 
     #[test]
