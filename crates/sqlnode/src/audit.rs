@@ -4,15 +4,9 @@
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
+use crate::node_tables::NodeTable;
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use async_trait::async_trait;
-use datafusion::catalog::{Session, TableProvider};
-use datafusion::datasource::TableType;
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 use fleetsql_auth::{AuditLog, Outcome};
 
 pub const AUDIT_TABLE: &str = "fleet_audit";
@@ -45,6 +39,12 @@ impl AuditTable {
                 Field::new("duration_ms", DataType::Float64, false),
             ])),
         }
+    }
+}
+
+impl NodeTable for AuditTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
     fn batch(&self) -> Result<RecordBatch, arrow::error::ArrowError> {
@@ -85,34 +85,5 @@ impl AuditTable {
                 )),
             ],
         )
-    }
-}
-
-#[async_trait]
-impl TableProvider for AuditTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let batch = self
-            .batch()
-            .map_err(|e| DataFusionError::ArrowError(Box::new(e), None))?;
-        let exec = MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            self.schema.clone(),
-            projection.cloned(),
-        )?;
-        Ok(exec)
     }
 }

@@ -17,15 +17,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
+use crate::node_tables::NodeTable;
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use async_trait::async_trait;
-use datafusion::catalog::{Session, TableProvider};
-use datafusion::datasource::TableType;
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 use fleetsql_model::Generation;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
@@ -373,6 +367,12 @@ impl HooksTable {
             ])),
         }
     }
+}
+
+impl NodeTable for HooksTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
 
     fn batch(&self) -> Result<RecordBatch, arrow::error::ArrowError> {
         let stats = self.hooks.upgrade().map(|h| h.stats()).unwrap_or_default();
@@ -394,34 +394,5 @@ impl HooksTable {
                 Arc::new(BooleanArray::from_iter(stats.iter().map(|s| Some(s.busy)))),
             ],
         )
-    }
-}
-
-#[async_trait]
-impl TableProvider for HooksTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let batch = self
-            .batch()
-            .map_err(|e| DataFusionError::ArrowError(Box::new(e), None))?;
-        let exec = MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            self.schema.clone(),
-            projection.cloned(),
-        )?;
-        Ok(exec)
     }
 }

@@ -26,6 +26,7 @@ mod hooks;
 mod info;
 mod naming;
 mod node;
+mod node_tables;
 mod prepared;
 mod requests;
 mod settings;

@@ -30,6 +30,7 @@ use crate::hooks::{
     GENERATION_HOOKS_TABLE, GenerationHook, GenerationHookHandle, GenerationHookStats, Hooks,
     HooksTable,
 };
+use crate::node_tables::NodeTableProvider;
 use crate::prepared::{KeptPlan, Prepared, PreparedCache, folds_changing_values};
 use crate::requests::{QueryRequests, RequestLimits};
 use crate::system_tables::SYSTEM_TABLES;
@@ -258,11 +259,11 @@ impl SqlNode {
         });
         inner.extra_tables.write().insert(
             GENERATION_HOOKS_TABLE.to_string(),
-            Arc::new(HooksTable::new(&inner.hooks)),
+            Arc::new(NodeTableProvider(HooksTable::new(&inner.hooks))),
         );
         inner.extra_tables.write().insert(
             AUDIT_TABLE.to_string(),
-            Arc::new(AuditTable::new(inner.audit.clone())),
+            Arc::new(NodeTableProvider(AuditTable::new(inner.audit.clone()))),
         );
         // The probe loop runs even over one source: a re-read topology may
         // give the node more.
