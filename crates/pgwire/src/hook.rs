@@ -31,11 +31,13 @@ pub(crate) struct FleetHook {
 }
 
 pub(crate) fn user_error(e: &SqlError) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "ERROR".to_string(),
-        e.sqlstate().to_string(),
-        e.to_string(),
-    )))
+    let mut info = ErrorInfo::new("ERROR".to_string(), e.sqlstate().to_string(), e.to_string());
+    if let SqlError::ResourcesExhausted(_) = e {
+        info.hint = Some(
+            "the node's query_memory_mib is shared by the queries running at once: narrow the query (WHERE, LIMIT, fewer columns or groups, no ORDER BY over everything), try again when the node is less busy, or raise query_memory_mib".to_string(),
+        );
+    }
+    PgWireError::UserError(Box::new(info))
 }
 
 fn notice(info: &GenerationInfo) -> PgWireBackendMessage {
@@ -222,9 +224,17 @@ impl QueryHook for FleetHook {
             Ok(g) => g,
             Err(e) => return Some(Err(user_error(&e))),
         };
-        let output = match self.node.execute_prepared(&prepared, generation).await {
-            Ok(output) => output,
-            Err(e) => return Some(Err(user_error(&e))),
+        let node_timeout = self.node.config().query_timeout;
+        let output = match crate::timeout::within_session_timeout(
+            crate::timeout::session_timeout(client, node_timeout),
+            node_timeout,
+            self.node.execute_prepared(&prepared, generation),
+        )
+        .await
+        {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => return Some(Err(user_error(&e))),
+            Err(e) => return Some(Err(e)),
         };
         if !reads_no_fleet_data(statement)
             && let Err(e) = client.send_message(notice(&output.generation)).await

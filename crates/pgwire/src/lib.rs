@@ -23,9 +23,11 @@
 
 mod audit;
 mod auth;
+mod copy;
 mod hook;
 mod server;
 mod service;
+mod timeout;
 
 pub use auth::PgSecurity;
 pub use server::{PgServer, PgServerError};

@@ -25,6 +25,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::auth::{AuthStartup, PgSecurity};
 use crate::hook::FleetHook;
 use crate::service::FleetService;
+use crate::timeout::StatementTimeoutHook;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgServerError {
@@ -160,6 +161,7 @@ impl PgServer {
             );
         }
         let audit = node.audit().clone();
+        let query_timeout = node.config().query_timeout;
         let ctx = node.session_context();
         if ctx
             .catalog("datafusion")
@@ -171,13 +173,14 @@ impl PgServer {
         }
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(FleetHook { node }),
+            Arc::new(StatementTimeoutHook),
             Arc::new(CursorStatementHook),
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
         ];
         let connections = Arc::new(ConnectionManager::new());
         let handlers = Arc::new(Handlers {
-            service: Arc::new(FleetService::new(ctx, hooks, audit.clone())),
+            service: Arc::new(FleetService::new(ctx, hooks, audit.clone(), query_timeout)),
             startup: Arc::new(AuthStartup {
                 inner: Startup {
                     connections: connections.clone(),

@@ -13,9 +13,10 @@
 
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use datafusion::error::DataFusionError;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
@@ -25,6 +26,7 @@ use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser
 use datafusion_postgres::pgwire;
 use datafusion_postgres::{DfSessionService, Parser, QueryHook};
 use fleetsql_auth::{Action, AuditLog};
+use fleetsql_sqlnode::SqlError;
 use futures::{FutureExt, Sink, StreamExt};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -36,6 +38,7 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 
 use crate::audit;
+use crate::copy::Copy;
 use crate::hook::reads_no_fleet_data;
 
 /// The protocol layer's prepared statement: the SQL text as planned, the
@@ -124,6 +127,9 @@ pub(crate) struct FleetService {
     inner: Arc<DfSessionService>,
     parser: Arc<FleetQueryParser>,
     audit: Arc<AuditLog>,
+    /// The node's `query_timeout`: the extended protocol's plans run in
+    /// the protocol layer, which knows only a session's own time-out.
+    query_timeout: Duration,
 }
 
 impl FleetService {
@@ -131,6 +137,7 @@ impl FleetService {
         ctx: Arc<SessionContext>,
         hooks: Vec<Arc<dyn QueryHook>>,
         audit: Arc<AuditLog>,
+        query_timeout: Duration,
     ) -> FleetService {
         let inner = Arc::new(DfSessionService::new_with_hooks(ctx.clone(), hooks.clone()));
         let parser = Arc::new(FleetQueryParser {
@@ -143,6 +150,7 @@ impl FleetService {
             inner,
             parser,
             audit,
+            query_timeout,
         }
     }
 
@@ -217,6 +225,31 @@ fn caught_rows(response: Response) -> Response {
     }
 }
 
+/// A DataFusion error from the protocol layer's execution as the node
+/// phrases it, with its SQLSTATE (53200 and a hint for a query over the
+/// memory limit) where the protocol layer would say XX000.
+fn node_error(e: PgWireError) -> PgWireError {
+    match e {
+        PgWireError::ApiError(e) => match e.downcast::<DataFusionError>() {
+            Ok(e) => crate::hook::user_error(&SqlError::from(*e)),
+            Err(e) => PgWireError::ApiError(e),
+        },
+        other => other,
+    }
+}
+
+/// [`node_error`] for the errors among an answer's rows.
+fn node_errors(response: Response) -> Response {
+    match response {
+        Response::Query(mut query) => {
+            let rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
+            query.data_rows = Box::pin(rows.map(|row| row.map_err(node_error)));
+            Response::Query(query)
+        }
+        other => other,
+    }
+}
+
 /// The error a panicking statement answers, logged once here.
 fn panicked(panic: &(dyn std::any::Any + Send)) -> PgWireError {
     let message = fleetsql_model::panic_message(panic);
@@ -239,6 +272,9 @@ impl FleetService {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if let Some(copy) = crate::copy::parse(query) {
+            return Ok(vec![self.copy(client, copy).await?]);
+        }
         let Some(statements) = self.parser.parser.statements(query)? else {
             return SimpleQueryHandler::do_query(self.inner.as_ref(), client, query).await;
         };
@@ -261,6 +297,62 @@ impl FleetService {
         }
         Ok(results)
     }
+}
+
+impl FleetService {
+    /// A `COPY ... TO STDOUT`: its query answered by the hooks as a simple
+    /// query would be (so with every check, limit and NOTICE), its rows
+    /// written in COPY's form.
+    async fn copy<C>(&self, client: &mut C, copy: Copy) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (query, options) = match copy {
+            Copy::Refused(e) => return Err(e),
+            Copy::Out { query, options } => (query, options),
+        };
+        let statements = match self.parser.parser.statements(&query)? {
+            Some(statements) => statements,
+            None => self
+                .parser
+                .parser
+                .compat
+                .parse(&query)
+                .map_err(|e| PgWireError::ApiError(Box::new(e)))?,
+        };
+        let [statement] = statements.as_slice() else {
+            return Err(copy_error("COPY takes one query"));
+        };
+        for hook in &self.parser.hooks {
+            if let Some(answer) = hook
+                .handle_simple_query(statement, &self.parser.ctx, client)
+                .await
+            {
+                return match answer? {
+                    Response::Query(answer) => {
+                        Ok(Response::CopyOut(crate::copy::copy_out(answer, options)))
+                    }
+                    _ => Err(copy_error(
+                        "COPY (...) TO STDOUT needs a query that returns rows (SELECT, SHOW, EXPLAIN)",
+                    )),
+                };
+            }
+        }
+        Err(copy_error(
+            "COPY (...) TO STDOUT needs a query that returns rows (SELECT, SHOW, EXPLAIN)",
+        ))
+    }
+}
+
+fn copy_error(message: &str) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".to_string(),
+        "0A000".to_string(),
+        message.to_string(),
+    )))
 }
 
 #[async_trait]
@@ -286,17 +378,31 @@ impl ExtendedQueryHandler for FleetService {
     {
         let audited = self.audited(client, &portal.statement.statement.0)?;
         // Parsing decided the statement; running it (the hooks, then the
-        // plan) is the protocol layer's.
-        audited.response(
+        // plan) is the protocol layer's. Its plan runs while the rows are
+        // sent, so the time-out (the node's, or the session's lower one)
+        // covers both.
+        let session = crate::timeout::session_timeout(client, self.query_timeout);
+        let deadline = tokio::time::Instant::now() + session.unwrap_or(self.query_timeout);
+        let timed_out = || crate::timeout::timeout_error(session, self.query_timeout);
+        let answer = tokio::time::timeout_at(
+            deadline,
             caught(ExtendedQueryHandler::do_query(
                 self.inner.as_ref(),
                 client,
                 portal,
                 max_rows,
-            ))
-            .await
-            .map(caught_rows),
+            )),
         )
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
+        .map_err(node_error);
+        audited.response(answer.map(|r| {
+            node_errors(crate::timeout::rows_until(
+                caught_rows(r),
+                deadline,
+                timed_out(),
+            ))
+        }))
     }
 }
 

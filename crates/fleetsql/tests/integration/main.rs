@@ -14,6 +14,7 @@ mod mtls;
 mod package;
 mod pg_auth;
 mod pg_clients;
+mod pg_wire;
 mod pqa;
 mod pqa_state;
 mod prometheus;

@@ -1,0 +1,251 @@
+//! The Postgres wire's limits and bulk paths against the real binary:
+//! `COPY ... TO STDOUT` and psql's `\copy`, a session's own
+//! `statement_timeout`.
+
+use std::process::{Command, Output};
+
+use crate::cluster::TestDemo;
+
+/// `psql` (unaligned, tuples only, no psqlrc, stop at the first error)
+/// running each of `commands` against `demo`.
+fn psql(demo: &TestDemo, commands: &[&str]) -> Output {
+    let mut command = Command::new("psql");
+    command
+        .args(["-h", &demo.pg.ip().to_string()])
+        .args(["-p", &demo.pg.port().to_string()])
+        .args(["-U", "fleetsql", "-d", "fleetsql", "-X", "-A", "-t"])
+        .args(["-v", "ON_ERROR_STOP=1"])
+        .env("PGCONNECT_TIMEOUT", "10");
+    for c in commands {
+        command.args(["-c", c]);
+    }
+    command
+        .output()
+        .expect("psql is installed (scripts/apt lists it)")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_to_stdout_and_psql_copy_write_the_answer_and_copy_from_is_refused() {
+    let demo = TestDemo::start().await;
+
+    // psql's \copy runs COPY ... TO STDOUT and writes the file itself.
+    let file = demo.dir.path().join("hosts.csv");
+    let out = psql(
+        &demo,
+        &[&format!(
+            "\\copy (SELECT hostname, ip FROM sys ORDER BY hostname) TO '{}' WITH CSV HEADER",
+            file.display()
+        )],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("COPY 6"),
+        "{}",
+        text(&out.stdout)
+    );
+    // The completeness NOTICE comes with it, as with any fleet query.
+    assert!(
+        text(&out.stderr).contains("NOTICE"),
+        "{}",
+        text(&out.stderr)
+    );
+    let rows = psql(
+        &demo,
+        &["SELECT hostname || ',' || ip FROM sys ORDER BY hostname"],
+    );
+    assert!(rows.status.success(), "{}", text(&rows.stderr));
+    let copied = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(copied, format!("hostname,ip\n{}", text(&rows.stdout)));
+
+    // Text and CSV as Postgres writes them: NULL, the empty string, and
+    // values holding the delimiter, a quote, a tab or a newline.
+    let values = "SELECT 'a,b' AS x, NULL AS y, '' AS z, 'say \"hi\"' AS q, 'tab' || chr(9) || 'new' || chr(10) || 'line' AS t, 42 AS n, true AS b";
+    let out = psql(
+        &demo,
+        &[&format!(
+            "COPY ({values}) TO STDOUT WITH (FORMAT csv, HEADER)"
+        )],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "x,y,z,q,t,n,b\n\"a,b\",,\"\",\"say \"\"hi\"\"\",\"tab\tnew\nline\",42,t\n"
+    );
+    let out = psql(&demo, &[&format!("COPY ({values}) TO STDOUT")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "a,b\t\\N\t\tsay \"hi\"\ttab\\tnew\\nline\t42\tt\n"
+    );
+    // A table by name, with a column list.
+    let out = psql(&demo, &["COPY machinerole (ip) TO STDOUT"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        6,
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Nothing is written on the node and nothing read from the client.
+    for (copy, code, words) in [
+        ("COPY sys FROM STDIN", "25006", "read-only"),
+        (
+            "COPY sys FROM '/tmp/fleetsql-copy-from'",
+            "25006",
+            "read-only",
+        ),
+        (
+            "COPY (SELECT 1) TO '/tmp/fleetsql-copy-to'",
+            "42501",
+            "\\copy",
+        ),
+        (
+            "COPY (SELECT 1) TO STDOUT (FORMAT binary)",
+            "0A000",
+            "text or csv",
+        ),
+    ] {
+        let out = psql(&demo, &["\\set VERBOSITY verbose", copy]);
+        let err = text(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{copy} answered: {}",
+            text(&out.stdout)
+        );
+        assert!(err.contains(code) && err.contains(words), "{copy}: {err}");
+    }
+    assert!(!std::path::Path::new("/tmp/fleetsql-copy-to").exists());
+    // The connection goes on after a refusal.
+    let out = Command::new("psql")
+        .args(["-h", &demo.pg.ip().to_string()])
+        .args(["-p", &demo.pg.port().to_string()])
+        .args(["-U", "fleetsql", "-X", "-A", "-t"])
+        .args(["-c", "COPY sys FROM STDIN", "-c", "SELECT 7"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout).trim(), "7", "{}", text(&out.stderr));
+}
+
+/// A query that never finishes on the demo fleet: a five-way cross join
+/// of `processes` (60 rows: ~8e8 combinations) with a filter to evaluate.
+const ENDLESS: &str = "SELECT count(*) FROM processes a, processes b, processes c, processes d, processes e WHERE a.pid + b.pid + c.pid + d.pid + e.pid = -1";
+
+async fn connect(demo: &TestDemo) -> tokio_postgres::Client {
+    let url = format!(
+        "host={} port={} user=fleetsql",
+        demo.pg.ip(),
+        demo.pg.port()
+    );
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// The SQLSTATE and message of a failed statement.
+fn db_error(e: &tokio_postgres::Error) -> (String, String) {
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {e}"));
+    (db.code().code().to_string(), db.message().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_statement_timeout_lowers_only_its_own_time_out() {
+    let demo = TestDemo::start_with(2, 3, "1s", &["--query-timeout".into(), "2s".into()]).await;
+    let a = connect(&demo).await;
+    let b = connect(&demo).await;
+    a.batch_execute("SET statement_timeout = '100ms'")
+        .await
+        .unwrap();
+    let shown = a.simple_query("SHOW statement_timeout").await.unwrap();
+    let shown = match &shown[0] {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).unwrap_or_default().to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(shown, "100ms");
+
+    // Simple protocol, then extended: the session's 100 ms stops it.
+    let started = std::time::Instant::now();
+    let e = a.simple_query(ENDLESS).await.unwrap_err();
+    let (code, message) = db_error(&e);
+    assert_eq!(code, "57014", "{message}");
+    assert!(message.contains("statement_timeout is 100 ms"), "{message}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+    let e = a.query(ENDLESS, &[]).await.unwrap_err();
+    let (code, message) = db_error(&e);
+    assert_eq!(code, "57014", "{message}");
+    assert!(message.contains("statement_timeout is 100 ms"), "{message}");
+    // The session goes on.
+    let rows = a.query("SELECT count(*) FROM sys", &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, i64>(0), 6);
+
+    // Another session keeps the node's 2 s: the same query runs until it.
+    let started = std::time::Instant::now();
+    let e = b.simple_query(ENDLESS).await.unwrap_err();
+    let (code, message) = db_error(&e);
+    assert_eq!(code, "57014", "{message}");
+    assert!(message.contains("time-out of 2000 ms"), "{message}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+    let e = b.query(ENDLESS, &[]).await.unwrap_err();
+    assert!(db_error(&e).1.contains("time-out of 2000 ms"), "{e}");
+
+    // A session cannot raise its time-out above the node's.
+    a.batch_execute("SET statement_timeout = '1h'")
+        .await
+        .unwrap();
+    let e = a.simple_query(ENDLESS).await.unwrap_err();
+    assert!(db_error(&e).1.contains("time-out of 2000 ms"), "{e}");
+    // Back to the node's with 0; a value it cannot read is refused.
+    a.batch_execute("SET statement_timeout = 0").await.unwrap();
+    let e = a
+        .batch_execute("SET statement_timeout = 'soon'")
+        .await
+        .unwrap_err();
+    let (code, message) = db_error(&e);
+    assert_eq!(code, "22023", "{message}");
+    assert!(message.contains("'500ms'"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_over_the_memory_limit_gets_53200_with_a_hint_and_the_node_goes_on() {
+    let demo = TestDemo::start_with(2, 3, "1s", &["--query-memory-mib".into(), "1".into()]).await;
+    let client = connect(&demo).await;
+    // 216,000 groups: several MiB of hash table, over the node's 1 MiB.
+    let hungry = "SELECT a.pid, b.pid, c.pid, count(*) FROM processes a, processes b, processes c GROUP BY 1, 2, 3";
+    for extended in [false, true] {
+        let e = if extended {
+            client.query(hungry, &[]).await.map(|_| ()).unwrap_err()
+        } else {
+            client.simple_query(hungry).await.map(|_| ()).unwrap_err()
+        };
+        let db = e
+            .as_db_error()
+            .unwrap_or_else(|| panic!("not a server error: {e}"));
+        assert_eq!(
+            db.code().code(),
+            "53200",
+            "extended={extended}: {}",
+            db.message()
+        );
+        assert!(db.message().contains("more memory"), "{}", db.message());
+        let hint = db.hint().unwrap_or_default();
+        assert!(
+            hint.contains("query_memory_mib"),
+            "extended={extended}: {hint:?}"
+        );
+        // The node is up and the next query answers.
+        let rows = client.query("SELECT count(*) FROM sys", &[]).await.unwrap();
+        assert_eq!(rows[0].get::<_, i64>(0), 6);
+    }
+}
