@@ -31,6 +31,11 @@ pub(crate) enum AggFunc {
     Nth,
     /// `window(*)`: every event in the window, oldest first.
     Window,
+    /// `rate(timestamp)`: events in the window per second, between the newest
+    /// event's timestamp and that of the last event to leave the window.
+    Rate,
+    /// `rate(N)`: events per second over the last N seconds of arrivals.
+    RateEver,
 }
 
 impl AggFunc {
@@ -51,6 +56,7 @@ impl AggFunc {
             "countever" => AggFunc::CountEver,
             "nth" => AggFunc::Nth,
             "window" => AggFunc::Window,
+            "rate" => AggFunc::Rate,
             _ => return None,
         })
     }
@@ -62,7 +68,8 @@ pub(crate) struct AggSpec {
     pub(crate) func: AggFunc,
     pub(crate) arg: Option<CExpr>,
     pub(crate) distinct: bool,
-    /// `nth(x, N)`'s N; 0 for every other function.
+    /// `nth(x, N)`'s N, `rate(N)`'s N seconds in milliseconds; 0 for every
+    /// other function.
     pub(crate) nth: usize,
     /// Position-free text, to share one state between `sum(x)` in select and having.
     pub(crate) key: String,
@@ -121,6 +128,21 @@ pub(crate) enum AggState {
     },
     /// `window(*)`: the window's events in arrival order.
     Window(VecDeque<Value>),
+    /// `rate(timestamp)`, as Esper's: null until an event has left the
+    /// window, then the events in the window per second between the
+    /// timestamp of the last to leave and that of the newest.
+    Rate {
+        count: i64,
+        newest: i64,
+        left: Option<i64>,
+    },
+    /// `rate(N)`: arrival times of the last N seconds; null until one has
+    /// fallen out of that period (a full period has been seen).
+    RateEver {
+        ms: i64,
+        points: VecDeque<i64>,
+        full: bool,
+    },
     /// `sum(distinct x)`, `avg(distinct x)` ...: the inner aggregate sees
     /// each distinct value once, while it is in the window at least once.
     Distinct {
@@ -139,6 +161,8 @@ impl AggState {
             | AggFunc::FirstEver
             | AggFunc::LastEver
             | AggFunc::Window
+            | AggFunc::Rate
+            | AggFunc::RateEver
             | AggFunc::Count => Self::plain(spec),
             _ if spec.distinct => AggState::Distinct {
                 seen: HashMap::new(),
@@ -195,6 +219,16 @@ impl AggState {
                 total: 0,
             },
             AggFunc::Window => AggState::Window(VecDeque::new()),
+            AggFunc::Rate => AggState::Rate {
+                count: 0,
+                newest: 0,
+                left: None,
+            },
+            AggFunc::RateEver => AggState::RateEver {
+                ms: spec.nth as i64,
+                points: VecDeque::new(),
+                full: false,
+            },
         }
     }
 
@@ -263,6 +297,22 @@ impl AggState {
                 }
             }
             AggState::Window(events) => events.push_back(v),
+            AggState::Rate { count, newest, .. } => {
+                if let Some(t) = v.as_f64() {
+                    *count += 1;
+                    *newest = t as i64;
+                }
+            }
+            AggState::RateEver { ms, points, full } => {
+                let Some(t) = v.as_f64().map(|t| t as i64) else {
+                    return;
+                };
+                points.push_back(t);
+                while points.len() > 1 && points.front().is_some_and(|&p| p < t - *ms) {
+                    points.pop_front();
+                    *full = true;
+                }
+            }
             AggState::Distinct { seen, inner } => {
                 let c = seen.entry(v.clone()).or_insert(0);
                 *c += 1;
@@ -334,7 +384,13 @@ impl AggState {
                     }
                 }
             }
-            AggState::Ever { .. } | AggState::CountEver(_) => {}
+            AggState::Ever { .. } | AggState::CountEver(_) | AggState::RateEver { .. } => {}
+            AggState::Rate { count, left, .. } => {
+                if let Some(t) = v.as_f64() {
+                    *count -= 1;
+                    *left = Some(t as i64);
+                }
+            }
             AggState::Nth { n, vals, total } => {
                 // Windows remove their oldest value: it is still kept only
                 // when the window holds no more than the N+1 kept.
@@ -423,6 +479,23 @@ impl AggState {
                 }
             }
             AggState::Distinct { inner, .. } => inner.value(),
+            AggState::Rate {
+                count,
+                newest,
+                left,
+            } => match left {
+                Some(oldest) if newest != oldest => {
+                    Value::Float(*count as f64 * 1000.0 / (newest - oldest) as f64)
+                }
+                _ => Value::Null,
+            },
+            AggState::RateEver { ms, points, full } => {
+                if *full && *ms > 0 {
+                    Value::Float(points.len() as f64 * 1000.0 / *ms as f64)
+                } else {
+                    Value::Null
+                }
+            }
         }
     }
 }

@@ -41,6 +41,14 @@ pub(crate) enum CExpr {
     },
     /// A whole event (a pattern tag or stream alias used as a value).
     Event(u16),
+    /// The newest timestamp among the row's events (`rate(N)`'s clock).
+    Now,
+    /// `a[i].x`: a property of the i-th event a repeated tag collected.
+    Indexed {
+        slot: u16,
+        index: usize,
+        name: Arc<str>,
+    },
     Agg(u32),
     GroupKey(u32),
     Not(Box<CExpr>),
@@ -120,9 +128,18 @@ impl CExpr {
             CExpr::Lit(v) => v.clone(),
             CExpr::Field { slot, idx } => field(ctx, *slot, *idx).clone(),
             CExpr::Event(slot) => match ctx.events.get(*slot as usize) {
+                Some(e) if crate::pattern::repeated(e).is_some() => e.get(0).clone(),
                 Some(e) if !e.values.is_empty() => Value::Json(Arc::new(e.to_json())),
                 _ => Value::Null,
             },
+            CExpr::Indexed { slot, index, name } => ctx
+                .events
+                .get(*slot as usize)
+                .and_then(|e| crate::pattern::repeated(e))
+                .and_then(|list| list.get(*index))
+                .and_then(|o| o.get(&**name))
+                .map_or(Value::Null, Value::from_json),
+            CExpr::Now => Value::Int(ctx.events.iter().map(|e| e.ts).max().unwrap_or(0)),
             CExpr::Agg(i) => ctx.aggs.get(*i as usize).map_or(Value::Null, |a| a.value()),
             CExpr::GroupKey(i) => ctx.key.get(*i as usize).cloned().unwrap_or(Value::Null),
             CExpr::Not(e) => match e.eval(ctx) {
@@ -383,6 +400,9 @@ pub(crate) struct Slot {
     pub(crate) names: Vec<String>,
     /// The stream whose schema the fields come from.
     pub(crate) stream: usize,
+    /// A pattern tag inside a repetition (`[3] a=A`, `a=A until b=B`): it
+    /// holds every event matched, read as `a[0].x`.
+    pub(crate) repeated: bool,
 }
 
 /// Registered streams by name.
@@ -424,6 +444,8 @@ pub(crate) struct Compiler<'a> {
     testing_null: bool,
     /// Select aliases usable in having / order by, with their expressions.
     pub(crate) aliases: Vec<(String, Expr)>,
+    /// The clause being compiled, for error messages.
+    pub(crate) clause: &'static str,
 }
 
 impl<'a> Compiler<'a> {
@@ -440,7 +462,57 @@ impl<'a> Compiler<'a> {
             in_agg: false,
             testing_null: false,
             aliases: Vec::new(),
+            clause: "expression",
         }
+    }
+
+    /// The kind a compiled expression is known to have at registration: a
+    /// literal's, a declared property's, arithmetic's (a number).
+    fn kind_of(&self, c: &CExpr) -> Option<crate::value::Kind> {
+        use crate::value::Kind;
+        match c {
+            CExpr::Lit(v) => v.kind(),
+            CExpr::Field { slot, idx } => {
+                let stream = &self.streams.list[self.slots.get(*slot as usize)?.stream];
+                if stream.declared {
+                    stream.kinds.get(*idx as usize).copied().flatten()
+                } else {
+                    None
+                }
+            }
+            CExpr::Bin(BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Mod, ..)
+            | CExpr::Neg(_) => Some(Kind::Number),
+            CExpr::Bin(BinOp::Concat, ..) => Some(Kind::String),
+            _ => None,
+        }
+    }
+
+    /// Refuses comparing values of two different known kinds (a string
+    /// property with a number, say), as Esper does at registration.
+    fn check_comparable(&self, l: (&Expr, &CExpr), r: (&Expr, &CExpr)) -> Result<()> {
+        let (Some(a), Some(b)) = (self.kind_of(l.1), self.kind_of(r.1)) else {
+            return Ok(());
+        };
+        if a == b {
+            return Ok(());
+        }
+        let name = |k: crate::value::Kind| match k {
+            crate::value::Kind::Bool => "a boolean",
+            crate::value::Kind::Number => "a number",
+            crate::value::Kind::String => "a string",
+            crate::value::Kind::Json => "an object",
+        };
+        Self::semantic(
+            l.0.pos(),
+            format!(
+                "type mismatch in the {}: {} is {} but {} is {}; compare values of one type",
+                self.clause,
+                l.0,
+                name(a),
+                r.0,
+                name(b)
+            ),
+        )
     }
 
     fn semantic<T>(pos: Pos, message: impl Into<String>) -> Result<T> {
@@ -523,7 +595,40 @@ impl<'a> Compiler<'a> {
                 if !self.in_agg {
                     self.bare_field = true;
                 }
+                if self.slots[slot].repeated && self.default_slot != Some(slot) {
+                    return Self::semantic(
+                        q.pos,
+                        format!(
+                            "tag '{}' collects repeated events: name one, such as {}[0].{}",
+                            q.name, q.name, name.name
+                        ),
+                    );
+                }
                 self.field_ref(slot, name)?
+            }
+            Expr::Indexed { tag, index, name } => {
+                let Some(slot) = self
+                    .slot_named(&tag.name)
+                    .filter(|&s| self.slots[s].repeated)
+                else {
+                    return Self::semantic(
+                        tag.pos,
+                        format!(
+                            "'{}[{index}]' needs a tag of a repeated pattern ([n] a=A or a=A until B)",
+                            tag.name
+                        ),
+                    );
+                };
+                if !self.in_agg {
+                    self.bare_field = true;
+                }
+                let stream = self.slots[slot].stream;
+                self.streams.list[stream].field(&name.name);
+                CExpr::Indexed {
+                    slot: slot as u16,
+                    index: *index,
+                    name: Arc::from(name.name.as_str()),
+                }
             }
             Expr::Field {
                 qualifier: None,
@@ -597,7 +702,14 @@ impl<'a> Compiler<'a> {
                 CExpr::Or(Box::new(self.compile(l)?), Box::new(self.compile(r)?))
             }
             Expr::Binary(op, l, r) => {
-                CExpr::Bin(*op, Box::new(self.compile(l)?), Box::new(self.compile(r)?))
+                let (lc, rc) = (self.compile(l)?, self.compile(r)?);
+                if matches!(
+                    op,
+                    BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge
+                ) {
+                    self.check_comparable((l, &lc), (r, &rc))?;
+                }
+                CExpr::Bin(*op, Box::new(lc), Box::new(rc))
             }
             Expr::IsNull(e, n) => {
                 // A field only tested for null must not be required: an
@@ -608,18 +720,21 @@ impl<'a> Compiler<'a> {
                 CExpr::IsNull(Box::new(inner?), *n)
             }
             Expr::In(e, list, n) => {
-                let list = list
-                    .iter()
-                    .map(|x| self.compile(x))
-                    .collect::<Result<Vec<_>>>()?;
-                CExpr::In(Box::new(self.compile(e)?), list, *n)
+                let ec = self.compile(e)?;
+                let mut out = Vec::with_capacity(list.len());
+                for x in list {
+                    let xc = self.compile(x)?;
+                    self.check_comparable((e, &ec), (x, &xc))?;
+                    out.push(xc);
+                }
+                CExpr::In(Box::new(ec), out, *n)
             }
-            Expr::Between(e, lo, hi, n) => CExpr::Between(
-                Box::new(self.compile(e)?),
-                Box::new(self.compile(lo)?),
-                Box::new(self.compile(hi)?),
-                *n,
-            ),
+            Expr::Between(e, lo, hi, n) => {
+                let (ec, loc, hic) = (self.compile(e)?, self.compile(lo)?, self.compile(hi)?);
+                self.check_comparable((e, &ec), (lo, &loc))?;
+                self.check_comparable((e, &ec), (hi, &hic))?;
+                CExpr::Between(Box::new(ec), Box::new(loc), Box::new(hic), *n)
+            }
             Expr::Regexp(e, p, n) => {
                 let Expr::Lit(Value::Str(pattern), pos) = &**p else {
                     return Self::semantic(
@@ -716,6 +831,9 @@ impl<'a> Compiler<'a> {
                 let what = if arity == 2 {
                     "nth() takes a value and how many events back, such as nth(price, 1)"
                         .to_string()
+                } else if func == AggFunc::Rate {
+                    "rate() takes a number of seconds, rate(10), or a timestamp property, rate(ts); the accumulator form rate(ts, x) is not supported"
+                        .to_string()
                 } else {
                     format!("{lower}() takes exactly one argument")
                 };
@@ -745,8 +863,27 @@ impl<'a> Compiler<'a> {
                     ),
                 );
             }
+            // rate(10): per second over the last 10 seconds of arrivals.
+            let rate_secs = match (func, args.first()) {
+                (AggFunc::Rate, Some(Expr::Lit(v, pos))) => match v.as_f64() {
+                    Some(s) if s > 0.0 => Some((s * 1000.0).round() as usize),
+                    _ => {
+                        return Self::semantic(
+                            *pos,
+                            "rate()'s number of seconds must be positive, such as rate(10)",
+                        );
+                    }
+                },
+                _ => None,
+            };
+            let (func, nth) = match rate_secs {
+                Some(ms) => (AggFunc::RateEver, ms),
+                None => (func, nth),
+            };
             self.in_agg = true;
-            let arg = if whole_event {
+            let arg = if rate_secs.is_some() {
+                Some(Ok(CExpr::Now))
+            } else if whole_event {
                 Some(Ok(CExpr::Event(0)))
             } else if star {
                 None
@@ -788,7 +925,7 @@ impl<'a> Compiler<'a> {
                 return Self::semantic(
                     name.pos,
                     format!(
-                        "unknown function '{}' (aggregates: avg, sum, count, min, max, stddev, first, last, avedev, median, firstever, lastever, countever, nth, window)",
+                        "unknown function '{}' (aggregates: avg, sum, count, min, max, stddev, first, last, avedev, median, firstever, lastever, countever, nth, window, rate)",
                         name.name
                     ),
                 );

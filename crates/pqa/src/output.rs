@@ -18,14 +18,121 @@
 //! - `snapshot`: the whole current result at each interval end.
 //! - `after`: nothing goes out until the period since the statement started
 //!   has passed, or until more than N events arrived.
+//! - `when <expr>`: after every update the trigger expression is evaluated
+//!   over Esper's built-in properties: `count_insert` / `count_remove`
+//!   (rows entering / leaving since the last output), `count_insert_total` /
+//!   `count_remove_total` (since the statement started) and
+//!   `last_output_timestamp` (the last output's time, at first the
+//!   statement's start). When it is true the held rows go out and the two
+//!   interval counts restart at 0. It is not evaluated on clock ticks (Esper
+//!   re-evaluates then only for variables, which this engine does not have).
 //!
 //! Distinct, order by and limit apply to each batch that goes out.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use crate::parser::ast::{OutputClause, OutputEvery, OutputKind};
+use crate::error::{PqaError, Result};
+use crate::expr::{CExpr, Compiler, Ctx, Slot, Streams};
+use crate::parser::ast::{Expr, OutputClause, OutputEvery, OutputKind};
 use crate::processor::{OutRow, Processor, Row, Update};
-use crate::value::Value;
+use crate::stream::{Event, Schema};
+use crate::value::{Kind, Value};
+
+/// The built-in properties of an output trigger expression, in field order.
+const TRIGGER_PROPS: [&str; 5] = [
+    "count_insert",
+    "count_remove",
+    "count_insert_total",
+    "count_remove_total",
+    "last_output_timestamp",
+];
+
+/// A compiled `output when` trigger and its counters.
+#[derive(Debug)]
+struct Trigger {
+    expr: CExpr,
+    schema: Arc<Schema>,
+    count_insert: i64,
+    count_remove: i64,
+    count_insert_total: i64,
+    count_remove_total: i64,
+    last_output: i64,
+}
+
+impl Trigger {
+    fn compile(e: &Expr, now: i64) -> Result<Trigger> {
+        let mut unknown = None;
+        e.walk(&mut |x| {
+            if let Expr::Field { qualifier, name } = x
+                && (qualifier.is_some() || !TRIGGER_PROPS.contains(&name.name.as_str()))
+                && unknown.is_none()
+            {
+                unknown = Some((x.pos(), x.to_string()));
+            }
+        });
+        if let Some((pos, name)) = unknown {
+            return Err(PqaError::Semantic {
+                pos,
+                message: format!(
+                    "output when: unknown property '{name}'; the trigger expression may use {}",
+                    TRIGGER_PROPS.join(", ")
+                ),
+            });
+        }
+        let mut streams = Streams::default();
+        let id = streams.id("output");
+        for name in TRIGGER_PROPS {
+            streams.list[id].declare(name, Kind::Number);
+        }
+        streams.list[id].declared = true;
+        let schema = streams.list[id].schema.clone();
+        let mut c = Compiler::new(
+            &mut streams,
+            vec![Slot {
+                names: vec!["output".into()],
+                stream: id,
+                repeated: false,
+            }],
+        );
+        let expr = c.compile(e)?;
+        Ok(Trigger {
+            expr,
+            schema,
+            count_insert: 0,
+            count_remove: 0,
+            count_insert_total: 0,
+            count_remove_total: 0,
+            last_output: now,
+        })
+    }
+
+    /// Counts an update and says whether the trigger fires.
+    fn fires(&mut self, fed_new: u64, fed_old: u64) -> bool {
+        self.count_insert += fed_new as i64;
+        self.count_remove += fed_old as i64;
+        self.count_insert_total += fed_new as i64;
+        self.count_remove_total += fed_old as i64;
+        let ev = Arc::new(Event {
+            ts: self.last_output,
+            schema: self.schema.clone(),
+            values: Box::new([
+                Value::Int(self.count_insert),
+                Value::Int(self.count_remove),
+                Value::Int(self.count_insert_total),
+                Value::Int(self.count_remove_total),
+                Value::Int(self.last_output),
+            ]),
+        });
+        self.expr.test(&Ctx::row(std::slice::from_ref(&ev)))
+    }
+
+    fn reset(&mut self, now: i64) {
+        self.count_insert = 0;
+        self.count_remove = 0;
+        self.last_output = now;
+    }
+}
 
 type Key = Box<[Value]>;
 
@@ -39,6 +146,7 @@ struct Held {
 #[derive(Debug)]
 pub(crate) struct OutputLimiter {
     clause: OutputClause,
+    trigger: Option<Trigger>,
     /// Rows carry group keys: first/last/all work per group.
     grouped: bool,
     /// Fully aggregated: `all` outputs every group, `last` keeps the first remove row.
@@ -61,13 +169,19 @@ pub(crate) struct OutputLimiter {
 pub(crate) type Snapshot<'a> = &'a mut dyn FnMut(&mut Vec<OutRow>);
 
 impl OutputLimiter {
-    pub(crate) fn new(clause: OutputClause, p: &Processor, now: i64) -> Self {
-        OutputLimiter {
+    pub(crate) fn new(clause: OutputClause, p: &Processor, now: i64) -> Result<Self> {
+        let trigger = clause
+            .when
+            .as_deref()
+            .map(|e| Trigger::compile(e, now))
+            .transpose()?;
+        Ok(OutputLimiter {
+            trigger,
+            after_open: clause.after.is_none(),
             clause,
             grouped: p.grouped(),
             per_group_rows: p.aggregated_per_group(),
             started_at: now,
-            after_open: clause.after.is_none(),
             after_seen: 0,
             next_at: None,
             counted: 0,
@@ -77,7 +191,7 @@ impl OutputLimiter {
             first_groups: HashSet::new(),
             held: Vec::new(),
             held_at: HashMap::new(),
-        }
+        })
     }
 
     /// Whether rows must carry group keys.
@@ -98,8 +212,8 @@ impl OutputLimiter {
         old: &mut Vec<Row>,
         snap: Snapshot<'_>,
     ) {
-        let fed_new = up.fed_new;
-        if fed_new + up.fed_old == 0 && up.new.is_empty() && up.old.is_empty() {
+        let (fed_new, fed_old) = (up.fed_new, up.fed_old);
+        if fed_new + fed_old == 0 && up.new.is_empty() && up.old.is_empty() {
             return;
         }
         if !self.after_open {
@@ -117,7 +231,11 @@ impl OutputLimiter {
             }
             self.after_open = true;
         }
-        let Some(every) = self.clause.every else {
+        let Some(every) = self
+            .clause
+            .every
+            .or(self.trigger.as_ref().map(|_| OutputEvery::Events(0)))
+        else {
             // A bare `output after`: once open, rows go out as they come.
             self.emit(p, &mut up.new, &mut up.old, new, old);
             up.clear();
@@ -152,7 +270,12 @@ impl OutputLimiter {
                 self.old.append(&mut up.old);
             }
         }
-        if let OutputEvery::Events(n) = every {
+        if let Some(t) = &mut self.trigger {
+            if t.fires(fed_new, fed_old) {
+                t.reset(now);
+                self.release(p, new, old, snap);
+            }
+        } else if let OutputEvery::Events(n) = every {
             // Counted before the rows were taken: `last` empties `up`.
             self.counted += fed_new;
             if self.counted >= n {

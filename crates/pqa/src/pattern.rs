@@ -7,10 +7,13 @@
 //! its child, the root emits a match). Instances that can never turn true
 //! again are dropped.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use crate::expr::{CExpr, Ctx};
-use crate::stream::Event;
+use crate::parser::ast::CronSpec;
+use crate::stream::{Event, Schema};
+use crate::value::Value;
 
 /// Tag slots of one (partial) match; unbound tags hold the shared empty event.
 pub(crate) type Binding = Vec<Arc<Event>>;
@@ -18,6 +21,78 @@ pub(crate) type Binding = Vec<Arc<Event>>;
 pub(crate) fn unbound() -> &'static Arc<Event> {
     static EMPTY: OnceLock<Arc<Event>> = OnceLock::new();
     EMPTY.get_or_init(Event::empty)
+}
+
+fn array_schema() -> &'static Arc<Schema> {
+    static S: OnceLock<Arc<Schema>> = OnceLock::new();
+    S.get_or_init(|| {
+        Arc::new(Schema {
+            names: vec![Arc::from("[]")],
+        })
+    })
+}
+
+/// The events a repeated tag collected, as one value of its slot.
+fn repeated_event(list: &[Arc<Event>]) -> Arc<Event> {
+    let rows = list.iter().map(|e| e.to_json()).collect();
+    Arc::new(Event {
+        ts: list.last().map_or(0, |e| e.ts),
+        schema: array_schema().clone(),
+        values: Box::new([Value::Json(Arc::new(serde_json::Value::Array(rows)))]),
+    })
+}
+
+/// The events of a repeated tag (`a[0].x`), if `e` holds them.
+pub(crate) fn repeated(e: &Event) -> Option<&Vec<serde_json::Value>> {
+    if !Arc::ptr_eq(&e.schema, array_schema()) {
+        return None;
+    }
+    match e.values.first() {
+        Some(Value::Json(j)) => j.as_array(),
+        _ => None,
+    }
+}
+
+/// The first time after `after` (milliseconds since the epoch, UTC) that the
+/// schedule matches, at whole seconds; `None` when none comes within eight
+/// years (a schedule such as February 30th).
+pub(crate) fn next_occurrence(spec: &CronSpec, after: i64) -> Option<i64> {
+    use chrono::{Datelike, Duration, Timelike};
+    let has = |set: u64, v: u32| set & (1u64 << v) != 0;
+    let start = after.div_euclid(1000) * 1000 + 1000;
+    let mut t = chrono::DateTime::from_timestamp_millis(start)?.naive_utc();
+    let limit = t + Duration::days(8 * 366);
+    while t < limit {
+        if !has(spec.months, t.month()) {
+            let (y, m) = if t.month() == 12 {
+                (t.year() + 1, 1)
+            } else {
+                (t.year(), t.month() + 1)
+            };
+            t = chrono::NaiveDate::from_ymd_opt(y, m, 1)?.and_hms_opt(0, 0, 0)?;
+            continue;
+        }
+        if !has(spec.days_of_month, t.day())
+            || !has(spec.days_of_week, t.weekday().num_days_from_sunday())
+        {
+            t = (t.date() + Duration::days(1)).and_hms_opt(0, 0, 0)?;
+            continue;
+        }
+        if !has(spec.hours, t.hour()) {
+            t = t.date().and_hms_opt(t.hour(), 0, 0)? + Duration::hours(1);
+            continue;
+        }
+        if !has(spec.minutes, t.minute()) {
+            t = t.date().and_hms_opt(t.hour(), t.minute(), 0)? + Duration::minutes(1);
+            continue;
+        }
+        if !has(spec.seconds, t.second()) {
+            t += Duration::seconds(1);
+            continue;
+        }
+        return Some(t.and_utc().timestamp_millis());
+    }
+    None
 }
 
 /// A compiled pattern node.
@@ -35,6 +110,20 @@ pub(crate) enum PNode {
     Not(Arc<PNode>),
     Within(Arc<PNode>, i64),
     Interval(i64),
+    TimerAt(Box<CronSpec>),
+    EveryDistinct {
+        child: Arc<PNode>,
+        keys: Vec<CExpr>,
+        expiry: Option<i64>,
+    },
+    Repeat {
+        child: Arc<PNode>,
+        until: Option<Arc<PNode>>,
+        min: u32,
+        max: Option<u32>,
+        /// The slots of the tags inside `child`.
+        repeated: Vec<usize>,
+    },
 }
 
 /// A live instance of a node.
@@ -76,6 +165,23 @@ pub(crate) enum State {
     Interval {
         at: i64,
         base: Binding,
+        done: bool,
+    },
+    EveryDistinct {
+        node: Arc<PNode>,
+        base: Binding,
+        insts: Vec<State>,
+        /// Distinct values seen, with when.
+        seen: HashMap<Vec<Value>, i64>,
+    },
+    Repeat {
+        node: Arc<PNode>,
+        base: Binding,
+        child: Option<Box<State>>,
+        until: Option<Box<State>>,
+        /// Per repeated slot, the events matched so far.
+        collected: Vec<Vec<Arc<Event>>>,
+        count: u32,
         done: bool,
     },
 }
@@ -133,6 +239,40 @@ impl State {
                 base,
                 done: false,
             },
+            PNode::TimerAt(spec) => match next_occurrence(spec, now) {
+                Some(at) => State::Interval {
+                    at,
+                    base,
+                    done: false,
+                },
+                None => State::Interval {
+                    at: i64::MAX,
+                    base,
+                    done: true,
+                },
+            },
+            PNode::EveryDistinct { child, .. } => State::EveryDistinct {
+                node: node.clone(),
+                insts: vec![State::start(child, base.clone(), now)],
+                base,
+                seen: HashMap::new(),
+            },
+            PNode::Repeat {
+                child,
+                until,
+                repeated,
+                ..
+            } => State::Repeat {
+                node: node.clone(),
+                child: Some(Box::new(State::start(child, base.clone(), now))),
+                until: until
+                    .as_ref()
+                    .map(|u| Box::new(State::start(u, base.clone(), now))),
+                collected: vec![Vec::new(); repeated.len()],
+                base,
+                count: 0,
+                done: false,
+            },
         }
     }
 
@@ -148,7 +288,8 @@ impl State {
                         .iter()
                         .any(|(s, got, is_not)| !*is_not && got.is_none() && s.dead())
             }
-            State::Every { insts, .. } => insts.is_empty(),
+            State::Every { insts, .. } | State::EveryDistinct { insts, .. } => insts.is_empty(),
+            State::Repeat { done, .. } => *done,
             State::Not { tripped, .. } => *tripped,
             State::Within { inner, expired, .. } => *expired || inner.dead(),
         }
@@ -235,16 +376,27 @@ impl State {
                 and_complete(parts, base, done, out);
             }
             State::Every { node, base, insts } => {
-                let mut restart = false;
-                for i in insts.iter_mut() {
-                    let before = out.len();
-                    i.on_event(stream, ev, now, out);
-                    restart |= out.len() > before;
-                }
-                insts.retain(|i| !i.dead());
-                if restart {
-                    insts.push(State::start(node, base.clone(), now));
-                }
+                every_step(node, base, insts, now, out, &mut |i, o| {
+                    i.on_event(stream, ev, now, o)
+                });
+            }
+            State::EveryDistinct {
+                node,
+                base,
+                insts,
+                seen,
+            } => {
+                let mut got = Vec::new();
+                let PNode::EveryDistinct { child, .. } = node.as_ref() else {
+                    return;
+                };
+                every_step(child, base, insts, now, &mut got, &mut |i, o| {
+                    i.on_event(stream, ev, now, o)
+                });
+                distinct_pass(node, seen, now, got, out);
+            }
+            State::Repeat { .. } => {
+                self.repeat_step(now, out, &mut |i, o| i.on_event(stream, ev, now, o))
             }
             State::Not { inner, tripped } => {
                 let mut o = Vec::new();
@@ -315,17 +467,24 @@ impl State {
                 and_complete(parts, base, done, out);
             }
             State::Every { node, base, insts } => {
-                let mut restart = false;
-                for i in insts.iter_mut() {
-                    let before = out.len();
-                    i.on_time(now, out);
-                    restart |= out.len() > before;
-                }
-                insts.retain(|i| !i.dead());
-                if restart {
-                    insts.push(State::start(node, base.clone(), now));
-                }
+                every_step(node, base, insts, now, out, &mut |i, o| i.on_time(now, o));
             }
+            State::EveryDistinct {
+                node,
+                base,
+                insts,
+                seen,
+            } => {
+                let mut got = Vec::new();
+                let PNode::EveryDistinct { child, .. } = node.as_ref() else {
+                    return;
+                };
+                every_step(child, base, insts, now, &mut got, &mut |i, o| {
+                    i.on_time(now, o)
+                });
+                distinct_pass(node, seen, now, got, out);
+            }
+            State::Repeat { .. } => self.repeat_step(now, out, &mut |i, o| i.on_time(now, o)),
             State::Not { inner, tripped } => {
                 let mut o = Vec::new();
                 inner.on_time(now, &mut o);
@@ -365,8 +524,22 @@ impl State {
             State::FollowedBy { lhs, rhs, .. } => rhs
                 .iter()
                 .fold(lhs.next_deadline(), |m, r| min(m, r.next_deadline())),
-            State::Or { insts, .. } | State::Every { insts, .. } => {
+            State::Or { insts, .. }
+            | State::Every { insts, .. }
+            | State::EveryDistinct { insts, .. } => {
                 insts.iter().fold(None, |m, r| min(m, r.next_deadline()))
+            }
+            State::Repeat {
+                child, until, done, ..
+            } => {
+                if *done {
+                    None
+                } else {
+                    min(
+                        child.as_ref().and_then(|c| c.next_deadline()),
+                        until.as_ref().and_then(|u| u.next_deadline()),
+                    )
+                }
             }
             State::And { parts, .. } => parts
                 .iter()
@@ -385,6 +558,145 @@ impl State {
                 }
             }
             State::Interval { at, done, .. } => (!*done).then_some(*at),
+        }
+    }
+}
+
+/// One step of `every`: feeds each instance, and starts a new one when an
+/// instance turned true or became permanently false (the manual: every
+/// restarts its sub-expression when it evaluates to true or false).
+fn every_step(
+    child: &Arc<PNode>,
+    base: &Binding,
+    insts: &mut Vec<State>,
+    now: i64,
+    out: &mut Vec<Binding>,
+    feed: &mut dyn FnMut(&mut State, &mut Vec<Binding>),
+) {
+    let mut restart = false;
+    for i in insts.iter_mut() {
+        let before = out.len();
+        feed(i, out);
+        restart |= out.len() > before || i.dead();
+    }
+    insts.retain(|i| !i.dead());
+    if restart {
+        insts.push(State::start(child, base.clone(), now));
+    }
+}
+
+/// `every-distinct`: passes a match only when its distinct values were not
+/// seen (within the expiry period, when there is one).
+fn distinct_pass(
+    node: &PNode,
+    seen: &mut HashMap<Vec<Value>, i64>,
+    now: i64,
+    got: Vec<Binding>,
+    out: &mut Vec<Binding>,
+) {
+    let PNode::EveryDistinct { keys, expiry, .. } = node else {
+        return;
+    };
+    if let Some(ms) = expiry {
+        seen.retain(|_, at| now < *at + ms);
+    }
+    for b in got {
+        let key: Vec<Value> = keys.iter().map(|k| k.eval(&Ctx::row(&b))).collect();
+        if seen.contains_key(&key) {
+            continue;
+        }
+        seen.insert(key, now);
+        out.push(b);
+    }
+}
+
+impl State {
+    /// One step of a match-until: the repeated sub-expression first, then
+    /// the until sub-expression.
+    fn repeat_step(
+        &mut self,
+        now: i64,
+        out: &mut Vec<Binding>,
+        feed: &mut dyn FnMut(&mut State, &mut Vec<Binding>),
+    ) {
+        let State::Repeat {
+            node,
+            base,
+            child,
+            until,
+            collected,
+            count,
+            done,
+        } = self
+        else {
+            return;
+        };
+        if *done {
+            return;
+        }
+        let PNode::Repeat {
+            child: child_node,
+            min,
+            max,
+            repeated,
+            ..
+        } = node.as_ref()
+        else {
+            return;
+        };
+        let finish = |base: &Binding, extra: Option<&Binding>, collected: &[Vec<Arc<Event>>]| {
+            let mut b = base.clone();
+            if let Some(x) = extra {
+                merge(&mut b, x);
+            }
+            for (k, &slot) in repeated.iter().enumerate() {
+                if !collected[k].is_empty() {
+                    b[slot] = repeated_event(&collected[k]);
+                }
+            }
+            b
+        };
+        if let Some(c) = child {
+            let mut got = Vec::new();
+            feed(c, &mut got);
+            if let Some(b) = got.into_iter().next() {
+                for (k, &slot) in repeated.iter().enumerate() {
+                    if !Arc::ptr_eq(&b[slot], unbound()) {
+                        collected[k].push(b[slot].clone());
+                    }
+                }
+                *count += 1;
+                if max.is_some_and(|m| *count >= m) {
+                    *done = true;
+                    out.push(finish(base, None, collected));
+                    return;
+                }
+                **c = State::start(child_node, base.clone(), now);
+            } else if c.dead() {
+                // The repeated part can never match again: the whole is false.
+                *done = true;
+                return;
+            }
+        }
+        if let Some(u) = until {
+            let mut got = Vec::new();
+            feed(u, &mut got);
+            if let Some(b) = got.into_iter().next() {
+                *done = true;
+                if *count >= *min {
+                    out.push(finish(base, Some(&b), collected));
+                }
+            } else if u.dead() {
+                *done = true;
+            }
+        }
+    }
+}
+
+fn merge(b: &mut Binding, from: &Binding) {
+    for (slot, ev) in from.iter().enumerate() {
+        if !Arc::ptr_eq(ev, unbound()) {
+            b[slot] = ev.clone();
         }
     }
 }

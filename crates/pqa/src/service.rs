@@ -886,8 +886,16 @@ fn pattern_streams<'a>(p: &'a parser::ast::PatternExpr, out: &mut Vec<&'a str>) 
     match p {
         P::Filter { stream, .. } => out.push(&stream.name),
         P::FollowedBy(v) | P::Or(v) | P::And(v) => v.iter().for_each(|p| pattern_streams(p, out)),
-        P::Every(p) | P::Not(p) | P::Within(p, _) => pattern_streams(p, out),
-        P::Interval(_) => {}
+        P::Every(p) | P::Not(p) | P::Within(p, _) | P::EveryDistinct { inner: p, .. } => {
+            pattern_streams(p, out)
+        }
+        P::Repeat { inner, until, .. } => {
+            pattern_streams(inner, out);
+            if let Some(u) = until {
+                pattern_streams(u, out);
+            }
+        }
+        P::Interval(_) | P::TimerAt(_) => {}
     }
 }
 

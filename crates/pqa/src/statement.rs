@@ -35,9 +35,10 @@ pub(crate) struct Stmt {
     inputs: Vec<Input>,
     pattern: Option<PatternRt>,
     join_where: Option<CExpr>,
-    /// An outer join of two streams: its kind and `on` condition (the
+    /// An outer join: of two streams, its kind and `on` condition; of more,
+    /// every stream's join to those before it (the
     /// where clause then filters the joined rows).
-    outer: Option<(JoinKind, CExpr)>,
+    outer: Option<Outer>,
     /// The one stream whose events trigger the join (`unidirectional`).
     unidirectional: Option<usize>,
     processor: Processor,
@@ -56,6 +57,17 @@ pub(crate) struct Stmt {
     delta: Delta,
     /// The compiled fast path, when the statement qualifies.
     kernel: Option<Kernel>,
+}
+
+/// How an outer join joins its streams.
+#[derive(Debug)]
+enum Outer {
+    /// Two streams.
+    Two(JoinKind, CExpr),
+    /// Three or more, joined left to right: stream `j + 1` joins the row of
+    /// the streams before it by `chain[j]` (a comma is an inner join
+    /// without a condition).
+    Chain(Vec<(JoinKind, Option<CExpr>)>),
 }
 
 /// Rows a statement produced: its insert stream and its remove stream.
@@ -165,7 +177,11 @@ pub(crate) fn compile(
                     names.push(a.name.clone());
                 }
                 names.push(s.name.name.clone());
-                slots.push(Slot { names, stream: id });
+                slots.push(Slot {
+                    names,
+                    stream: id,
+                    repeated: false,
+                });
                 specs.push(s);
             }
         }
@@ -194,17 +210,29 @@ pub(crate) fn compile(
     // where clause is; an outer join's decides which rows match.
     let mut filters: Vec<Expr> = sel.where_.iter().cloned().collect();
     let mut outer_on = None;
+    // Three or more streams with an outer join: every join's `on` decides
+    // which rows of the streams before it the stream's events join.
+    let chained = specs.len() > 2
+        && specs
+            .iter()
+            .any(|s| s.join.as_ref().is_some_and(|j| j.kind != JoinKind::Inner));
+    let mut chain: Vec<(JoinKind, Option<Expr>)> = Vec::new();
     let mut unidirectional = None;
     for (k, spec) in specs.iter().enumerate() {
-        if let Some(join) = &spec.join {
+        if chained && k > 0 {
+            chain.push(match &spec.join {
+                Some(j) => (j.kind, j.on.clone()),
+                None => (JoinKind::Inner, None),
+            });
+        } else if let Some(join) = &spec.join {
             match (join.kind, &join.on) {
                 (JoinKind::Inner, Some(on)) => filters.push(on.clone()),
                 (JoinKind::Inner, None) => {}
                 (kind, on) => {
-                    if specs.len() != 2 || k != 1 {
+                    if k != 1 {
                         return semantic(
                             join.pos,
-                            "an outer join joins two streams here; join more streams with inner joins or a comma",
+                            "an outer join needs a stream before it to join",
                         );
                     }
                     outer_on = on.clone().map(|on| (kind, on));
@@ -221,7 +249,7 @@ pub(crate) fn compile(
             unidirectional = Some(k);
         }
     }
-    if let (Some(k), Some(_)) = (unidirectional, &outer_on) {
+    if let (Some(k), true) = (unidirectional, outer_on.is_some() || chained) {
         return semantic(
             specs[k].name.pos,
             "unidirectional with an outer join is not supported; use an inner join",
@@ -260,16 +288,26 @@ pub(crate) fn compile(
             .any(|i| matches!(i, SelectItem::Expr { expr, .. } if has_aggregate(expr)));
 
     let mut c = Compiler::new(streams, slots.clone());
+    c.clause = "group by";
     let group_by = sel
         .group_by
         .iter()
         .map(|g| c.compile(g))
         .collect::<Result<Vec<_>>>()?;
+    c.clause = "where clause";
     let where_c = where_expr.as_ref().map(|w| c.compile(w)).transpose()?;
+    c.clause = "on condition";
     let outer = match outer_on {
-        Some((kind, on)) => Some((kind, c.compile(&on)?)),
+        Some((kind, on)) => Some(Outer::Two(kind, c.compile(&on)?)),
+        None if chained => Some(Outer::Chain(
+            chain
+                .iter()
+                .map(|(kind, on)| Ok((*kind, on.as_ref().map(|e| c.compile(e)).transpose()?)))
+                .collect::<Result<Vec<_>>>()?,
+        )),
         None => None,
     };
+    c.clause = "select clause";
     c.aggs = Some(Vec::new());
     c.group_keys = sel.group_by.iter().map(|g| g.to_string()).collect();
     c.bare_field = false;
@@ -312,7 +350,9 @@ pub(crate) fn compile(
     let per_event = aggregated && (c.bare_field || has_star);
     // Having and order by may name select aliases.
     c.aliases = aliases.clone();
+    c.clause = "having clause";
     let having = having_expr.as_ref().map(|h| c.compile(h)).transpose()?;
+    c.clause = "order by clause";
     let order_by = sel
         .order_by
         .iter()
@@ -342,7 +382,11 @@ pub(crate) fn compile(
         rstream,
         tag_groups,
     });
-    let output = sel.output.map(|c| OutputLimiter::new(c, &processor, now));
+    let output = sel
+        .output
+        .clone()
+        .map(|c| OutputLimiter::new(c, &processor, now))
+        .transpose()?;
     let mut stmt = Stmt {
         inputs: Vec::new(),
         pattern: None,
@@ -367,9 +411,13 @@ pub(crate) fn compile(
         From::Streams(_) => {
             for (k, spec) in specs.iter().enumerate() {
                 let mut one = Compiler::new(streams, vec![slots[k].clone()]);
+                one.clause = "stream filter";
                 let filter = spec.filter.as_ref().map(|f| one.compile(f)).transpose()?;
                 let mut req = required.get(k).cloned().unwrap_or_default();
-                let window_spec = window::compile(&spec.views, now, &mut |e| one.compile(e))?;
+                let window_spec = window::compile(&spec.views, now, &mut |e, kind| match kind {
+                    window::ArgKind::Plain => one.compile(e),
+                    window::ArgKind::Expiry => compile_expiry(&mut one, e),
+                })?;
                 for f in one.required.first().cloned().unwrap_or_default() {
                     if !req.contains(&f) {
                         req.push(f);
@@ -430,6 +478,33 @@ pub(crate) fn compile(
     Ok(Compiled::Stmt(Box::new(stmt)))
 }
 
+/// `win:expr`'s expiry expression, against the stream's oldest event (also
+/// `oldest_event`), its newest (`newest_event`) and the built-in properties.
+fn compile_expiry(one: &mut Compiler<'_>, e: &Expr) -> Result<CExpr> {
+    let Some(slot) = one.slots.first().cloned() else {
+        return semantic(e.pos(), "win:expr needs a stream");
+    };
+    let mut oldest = slot.clone();
+    oldest.names.insert(0, "oldest_event".into());
+    let mut newest = slot;
+    newest.names = vec!["newest_event".into()];
+    let mut c = Compiler::new(&mut *one.streams, vec![oldest, newest]);
+    c.default_slot = Some(0);
+    c.group_keys = window::EXPR_BUILTINS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let compiled = c.compile(e)?;
+    let required = std::mem::take(&mut c.required);
+    drop(c);
+    for f in required.into_iter().flatten() {
+        if !one.required[0].contains(&f) {
+            one.required[0].push(f);
+        }
+    }
+    Ok(compiled)
+}
+
 fn collect_tags(p: &PatternExpr, streams: &mut Streams, slots: &mut Vec<Slot>) -> Result<()> {
     match p {
         PatternExpr::Filter { tag, stream, .. } => {
@@ -446,7 +521,20 @@ fn collect_tags(p: &PatternExpr, streams: &mut Streams, slots: &mut Vec<Slot>) -
             slots.push(Slot {
                 names: vec![name, stream.name.clone()],
                 stream: id,
+                repeated: false,
             });
+        }
+        PatternExpr::EveryDistinct { inner, .. } => collect_tags(inner, streams, slots)?,
+        PatternExpr::TimerAt(_) => {}
+        PatternExpr::Repeat { inner, until, .. } => {
+            let first = slots.len();
+            collect_tags(inner, streams, slots)?;
+            for s in &mut slots[first..] {
+                s.repeated = true;
+            }
+            if let Some(u) = until {
+                collect_tags(u, streams, slots)?;
+            }
         }
         PatternExpr::FollowedBy(v) | PatternExpr::Or(v) | PatternExpr::And(v) => {
             for x in v {
@@ -473,6 +561,7 @@ fn compile_pattern(
             let slot = *next;
             *next += 1;
             let mut c = Compiler::new(streams, slots.to_vec());
+            c.clause = "pattern filter";
             c.default_slot = Some(slot);
             let filter = filter.as_ref().map(|f| c.compile(f)).transpose()?;
             PNode::Filter {
@@ -511,6 +600,51 @@ fn compile_pattern(
         PatternExpr::Not(x) => PNode::Not(compile_pattern(x, streams, slots, next)?),
         PatternExpr::Within(x, ms) => PNode::Within(compile_pattern(x, streams, slots, next)?, *ms),
         PatternExpr::Interval(ms) => PNode::Interval(*ms),
+        PatternExpr::TimerAt(spec) => PNode::TimerAt(spec.clone()),
+        PatternExpr::EveryDistinct {
+            inner,
+            keys,
+            expiry,
+        } => {
+            let child = compile_pattern(inner, streams, slots, next)?;
+            let mut c = Compiler::new(streams, slots.to_vec());
+            let keys = keys
+                .iter()
+                .map(|k| c.compile(k))
+                .collect::<Result<Vec<_>>>()?;
+            PNode::EveryDistinct {
+                child,
+                keys,
+                expiry: *expiry,
+            }
+        }
+        PatternExpr::Repeat {
+            inner,
+            min,
+            max,
+            until,
+        } => {
+            if max.is_none() && until.is_none() {
+                return semantic(
+                    Pos::default(),
+                    "a repeat without an upper bound ([n:]) needs 'until': [2:] a=A until b=B",
+                );
+            }
+            let first = *next;
+            let child = compile_pattern(inner, streams, slots, next)?;
+            let repeated: Vec<usize> = (first..*next).collect();
+            let until = until
+                .as_ref()
+                .map(|u| compile_pattern(u, streams, slots, next))
+                .transpose()?;
+            PNode::Repeat {
+                child,
+                until,
+                min: *min,
+                max: *max,
+                repeated,
+            }
+        }
     }))
 }
 
@@ -526,8 +660,17 @@ fn pattern_streams(n: &PNode, out: &mut Vec<usize>) {
             pattern_streams(b, out);
         }
         PNode::Or(v) | PNode::And(v) => v.iter().for_each(|x| pattern_streams(x, out)),
-        PNode::Every(x) | PNode::Not(x) | PNode::Within(x, _) => pattern_streams(x, out),
-        PNode::Interval(_) => {}
+        PNode::Every(x)
+        | PNode::Not(x)
+        | PNode::Within(x, _)
+        | PNode::EveryDistinct { child: x, .. } => pattern_streams(x, out),
+        PNode::Repeat { child, until, .. } => {
+            pattern_streams(child, out);
+            if let Some(u) = until {
+                pattern_streams(u, out);
+            }
+        }
+        PNode::Interval(_) | PNode::TimerAt(_) => {}
     }
 }
 
@@ -730,7 +873,7 @@ impl Stmt {
 struct Join<'a> {
     inputs: &'a [Input],
     where_: Option<&'a CExpr>,
-    outer: Option<&'a (JoinKind, CExpr)>,
+    outer: Option<&'a Outer>,
 }
 
 impl Join<'_> {
@@ -738,8 +881,82 @@ impl Join<'_> {
     fn rows(&self, k: usize, events: &[Arc<Event>]) -> Vec<Vec<Arc<Event>>> {
         match self.outer {
             None => join_combos(self.inputs, self.where_, k, events),
-            Some((kind, on)) => self.outer_rows(*kind, on, k, events),
+            Some(Outer::Two(kind, on)) => self.outer_rows(*kind, on, k, events),
+            Some(Outer::Chain(chain)) => {
+                let mut rows = Vec::new();
+                for e in events {
+                    rows.extend(self.chain_rows(chain, Some((k, e))));
+                }
+                rows
+            }
         }
+    }
+
+    /// Three or more streams outer-joined left to right, as Esper joins
+    /// them: each stream's window joins the rows built so far on its `on`
+    /// condition; a row without a match is kept (the stream's fields null)
+    /// when the join is left or full, and a right or full join keeps the
+    /// stream's events no row matched (the streams before them null). With
+    /// `only = (k, e)` the window of stream `k` is just `e` and only rows
+    /// holding `e` are kept: the rows an arriving (or leaving) event makes.
+    fn chain_rows(
+        &self,
+        chain: &[(JoinKind, Option<CExpr>)],
+        only: Option<(usize, &Arc<Event>)>,
+    ) -> Vec<Vec<Arc<Event>>> {
+        let window = |j: usize| -> Vec<Arc<Event>> {
+            match only {
+                Some((k, e)) if k == j => vec![e.clone()],
+                _ => {
+                    let mut v = Vec::new();
+                    self.inputs[j].window.for_each(&mut |x| v.push(x.clone()));
+                    v
+                }
+            }
+        };
+        let mut rows: Vec<Vec<Arc<Event>>> = window(0).into_iter().map(|e| vec![e]).collect();
+        for (j, (kind, on)) in chain.iter().enumerate() {
+            let j = j + 1;
+            let events = window(j);
+            let mut matched = vec![false; events.len()];
+            let mut next = Vec::new();
+            for row in &rows {
+                let before = next.len();
+                for (i, x) in events.iter().enumerate() {
+                    let mut r = row.clone();
+                    r.push(x.clone());
+                    if on
+                        .as_ref()
+                        .is_none_or(|c| c.test(&crate::expr::Ctx::row(&r)))
+                    {
+                        matched[i] = true;
+                        next.push(r);
+                    }
+                }
+                if next.len() == before && matches!(kind, JoinKind::Left | JoinKind::Full) {
+                    let mut r = row.clone();
+                    r.push(unbound().clone());
+                    next.push(r);
+                }
+            }
+            if matches!(kind, JoinKind::Right | JoinKind::Full) {
+                for (i, x) in events.iter().enumerate() {
+                    if !matched[i] {
+                        let mut r = vec![unbound().clone(); j];
+                        r.push(x.clone());
+                        next.push(r);
+                    }
+                }
+            }
+            rows = next;
+        }
+        if let Some((k, e)) = only {
+            rows.retain(|r| Arc::ptr_eq(&r[k], e));
+        }
+        if let Some(w) = self.where_ {
+            rows.retain(|row| w.test(&crate::expr::Ctx::row(row)));
+        }
+        rows
     }
 
     /// Two streams, outer-joined: an event matches the other window's events
@@ -828,10 +1045,20 @@ fn join_combos(
 fn snapshot(
     inputs: &[Input],
     join_where: Option<&CExpr>,
-    outer: Option<&(JoinKind, CExpr)>,
+    outer: Option<&Outer>,
     p: &Processor,
     out: &mut Vec<OutRow>,
 ) {
+    if let Some(Outer::Chain(chain)) = outer {
+        let join = Join {
+            inputs,
+            where_: join_where,
+            outer,
+        };
+        let rows = join.chain_rows(chain, None);
+        p.snapshot_events(&rows, out);
+        return;
+    }
     if p.aggregated_per_group() {
         p.snapshot_groups(out);
         return;
@@ -851,7 +1078,7 @@ fn snapshot(
         };
         let mut rows = join.rows(0, &events);
         // The right side's unmatched events, which no left event reaches.
-        if let Some((JoinKind::Right | JoinKind::Full, _)) = outer {
+        if let Some(Outer::Two(JoinKind::Right | JoinKind::Full, _)) = outer {
             let mut right = Vec::new();
             inputs[1].window.for_each(&mut |e| right.push(e.clone()));
             rows.extend(

@@ -172,15 +172,19 @@ pub enum ViewArg {
     Expr(Expr),
 }
 
-/// `output [after ...] [all|first|last|snapshot] every N events|<time period>`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// `output [after ...] [all|first|last|snapshot] every N events|<time period>`
+/// or `... when <trigger expression>`.
+#[derive(Debug, Clone)]
 pub struct OutputClause {
     /// Which of the buffered rows are output.
     pub kind: OutputKind,
-    /// When; `None` for a bare `output after ...`.
+    /// When; `None` for a bare `output after ...` and for `output when`.
     pub every: Option<OutputEvery>,
     /// `output after <period> | N events`: nothing is output before.
     pub after: Option<OutputEvery>,
+    /// `output when <expr>`: output whenever the expression, over the
+    /// built-in properties (`count_insert`, ...), is true after an update.
+    pub when: Option<Box<Expr>>,
 }
 
 /// Which rows an output clause releases.
@@ -287,6 +291,15 @@ pub enum Expr {
     Like(Box<Expr>, Box<Expr>, bool),
     /// `x [not] regexp 'pattern'`: the whole string matches (as Java's `String.matches`).
     Regexp(Box<Expr>, Box<Expr>, bool),
+    /// `tag[i].name`: a property of the i-th event a repeated pattern tag collected.
+    Indexed {
+        /// The tag.
+        tag: Ident,
+        /// Which of its events, 0 the first.
+        index: usize,
+        /// The property.
+        name: Ident,
+    },
     /// `case [operand] when .. then .. [else ..] end`.
     Case {
         /// Simple-case operand.
@@ -304,6 +317,7 @@ impl Expr {
         match self {
             Expr::Lit(_, p) | Expr::Unary(_, _, p) => *p,
             Expr::Field { qualifier, name } => qualifier.as_ref().map_or(name.pos, |q| q.pos),
+            Expr::Indexed { tag, .. } => tag.pos,
             Expr::Binary(_, l, _) => l.pos(),
             Expr::Call { name, .. } => name.pos,
             Expr::IsNull(e, _)
@@ -319,7 +333,7 @@ impl Expr {
     pub fn walk(&self, f: &mut dyn FnMut(&Expr)) {
         f(self);
         match self {
-            Expr::Lit(..) | Expr::Field { .. } => {}
+            Expr::Lit(..) | Expr::Field { .. } | Expr::Indexed { .. } => {}
             Expr::Unary(_, e, _) | Expr::IsNull(e, _) => e.walk(f),
             Expr::Binary(_, l, r) | Expr::Like(l, r, _) | Expr::Regexp(l, r, _) => {
                 l.walk(f);
@@ -381,6 +395,47 @@ pub enum PatternExpr {
     Within(Box<PatternExpr>, i64),
     /// `timer:interval(period)`.
     Interval(i64),
+    /// `every-distinct(a.x, ... [, period]) sub`: as `every`, but a match
+    /// whose distinct values were seen (within the period) is dropped.
+    EveryDistinct {
+        /// The sub-expression.
+        inner: Box<PatternExpr>,
+        /// The distinct-value expressions.
+        keys: Vec<Expr>,
+        /// How long a seen value is remembered; forever when `None`.
+        expiry: Option<i64>,
+    },
+    /// `timer:at(minutes, hours, days of month, months, days of week [, seconds])`.
+    TimerAt(Box<CronSpec>),
+    /// `[n] a`, `[n:m] a`, `a until b`, `[n:m] a until b`.
+    Repeat {
+        /// The repeated sub-expression; its tags collect every match.
+        inner: Box<PatternExpr>,
+        /// At least this many matches before `until` may end it.
+        min: u32,
+        /// At most this many: the expression turns true on the last.
+        max: Option<u32>,
+        /// Ends the repetition.
+        until: Option<Box<PatternExpr>>,
+    },
+}
+
+/// A crontab-like schedule: for each unit the set of values that match
+/// (bit `v` set when `v` matches).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronSpec {
+    /// Minutes 0-59.
+    pub minutes: u64,
+    /// Hours 0-23.
+    pub hours: u64,
+    /// Days of the month 1-31.
+    pub days_of_month: u64,
+    /// Months 1-12.
+    pub months: u64,
+    /// Days of the week, 0 (Sunday) to 6.
+    pub days_of_week: u64,
+    /// Seconds 0-59 (0 only, when not given).
+    pub seconds: u64,
 }
 
 impl std::fmt::Display for Expr {
@@ -404,6 +459,9 @@ impl std::fmt::Display for Expr {
                 qualifier: None,
                 name,
             } => write!(f, "{}", name.name),
+            Expr::Indexed { tag, index, name } => {
+                write!(f, "{}[{index}].{}", tag.name, name.name)
+            }
             Expr::Unary(UnOp::Not, e, _) => write!(f, "not {e}"),
             Expr::Unary(UnOp::Neg, e, _) => write!(f, "-{e}"),
             Expr::Binary(op, l, r) => {

@@ -437,14 +437,32 @@ impl Parser {
         } else {
             OutputKind::Default
         };
+        if kind != OutputKind::Snapshot && self.eat_kw("when") {
+            let when = self.expr()?;
+            if self.is_kw("then") {
+                // `then set` assigns variables, which this engine does not have.
+                return self.err("the end of the output clause ('then set' needs variables, which are not supported)");
+            }
+            return Ok(OutputClause {
+                kind,
+                every: None,
+                after,
+                when: Some(Box::new(when)),
+            });
+        }
         let every = if self.eat_kw("every") {
             Some(self.output_rate("a number after 'output every'")?)
         } else if after.is_some() && kind == OutputKind::Default {
             None
         } else {
-            return self.err("'every'");
+            return self.err("'every' or 'when'");
         };
-        Ok(OutputClause { kind, every, after })
+        Ok(OutputClause {
+            kind,
+            every,
+            after,
+            when: None,
+        })
     }
 
     /// `N events` or a time period.
@@ -738,6 +756,111 @@ impl Parser {
 
     fn pattern_unary(&mut self) -> Result<PatternExpr> {
         let start = self.depth;
+        if self.is_kw("every") && self.peek_at(1) == &Tok::Sym("-") && self.is_kw_at(2, "distinct")
+        {
+            self.bump();
+            self.bump();
+            self.bump();
+            self.enter()?;
+            let (keys, expiry) = self.every_distinct_args()?;
+            let inner = self.pattern_unary()?;
+            self.depth = start;
+            return Ok(PatternExpr::EveryDistinct {
+                inner: Box::new(inner),
+                keys,
+                expiry,
+            });
+        }
+        if self.is_sym("[") {
+            self.enter()?;
+            let (min, max) = self.repeat_bounds()?;
+            let inner = self.pattern_unary_no_until()?;
+            let until = if self.eat_kw("until") {
+                Some(Box::new(self.pattern_unary()?))
+            } else {
+                None
+            };
+            self.depth = start;
+            return Ok(PatternExpr::Repeat {
+                inner: Box::new(inner),
+                min,
+                max,
+                until,
+            });
+        }
+        let inner = self.pattern_unary_no_until()?;
+        if self.eat_kw("until") {
+            self.enter()?;
+            let until = self.pattern_unary()?;
+            self.depth = start;
+            return Ok(PatternExpr::Repeat {
+                inner: Box::new(inner),
+                min: 0,
+                max: None,
+                until: Some(Box::new(until)),
+            });
+        }
+        Ok(inner)
+    }
+
+    /// `[n]`, `[n:m]`, `[:m]`, `[n:]`.
+    fn repeat_bounds(&mut self) -> Result<(u32, Option<u32>)> {
+        let pos = self.pos();
+        self.expect_sym("[")?;
+        let int = |p: &mut Parser| -> Result<Option<u32>> {
+            match p.peek().tok {
+                Tok::Int(n) if (0..=u32::MAX as i64).contains(&n) => {
+                    p.bump();
+                    Ok(Some(n as u32))
+                }
+                Tok::Int(_) => p.err("a repeat count between 0 and 4294967295"),
+                _ => Ok(None),
+            }
+        };
+        let lo = int(self)?;
+        let (min, max) = if self.eat_sym(":") {
+            (lo.unwrap_or(0), int(self)?)
+        } else {
+            match lo {
+                Some(n) => (n, Some(n)),
+                None => return self.err("a repeat count, such as [3] or [2:5]"),
+            }
+        };
+        self.expect_sym("]")?;
+        if max.is_some_and(|m| m == 0 || m < min) {
+            return Err(PqaError::Parse {
+                pos,
+                expected: "an upper bound of at least 1 and not below the lower bound".into(),
+                found: format!("[{min}:{}]", max.unwrap_or(0)),
+            });
+        }
+        Ok((min, max))
+    }
+
+    /// `every-distinct(a.x, b.y [, 10 sec])`'s arguments.
+    fn every_distinct_args(&mut self) -> Result<(Vec<Expr>, Option<i64>)> {
+        self.expect_sym("(")?;
+        let mut keys = Vec::new();
+        let mut expiry = None;
+        loop {
+            match self.view_arg()? {
+                ViewArg::Expr(e) if expiry.is_none() => keys.push(e),
+                ViewArg::Period(ms, _) if expiry.is_none() => expiry = Some(ms),
+                _ => return self.err("')' (the expiry period comes last)"),
+            }
+            if !self.eat_sym(",") {
+                break;
+            }
+        }
+        self.expect_sym(")")?;
+        if keys.is_empty() {
+            return self.err("a distinct-value expression before the period");
+        }
+        Ok((keys, expiry))
+    }
+
+    fn pattern_unary_no_until(&mut self) -> Result<PatternExpr> {
+        let start = self.depth;
         if self.eat_kw("every") {
             self.enter()?;
             let inner = self.pattern_unary()?;
@@ -776,6 +899,9 @@ impl Parser {
         if self.is_kw("timer") && matches!(self.peek_at(1), Tok::Sym(":")) {
             self.bump();
             self.bump();
+            if self.eat_kw("at") {
+                return Ok(PatternExpr::TimerAt(Box::new(self.cron()?)));
+            }
             self.expect_kw("interval")?;
             self.expect_sym("(")?;
             let ms = self.period_arg()?;
@@ -800,6 +926,91 @@ impl Parser {
             stream,
             filter,
         })
+    }
+
+    /// `timer:at(...)`'s parameters, after `at`.
+    fn cron(&mut self) -> Result<CronSpec> {
+        self.expect_sym("(")?;
+        let ranges: [(&str, u32, u32); 6] = [
+            ("minutes", 0, 59),
+            ("hours", 0, 23),
+            ("days of month", 1, 31),
+            ("months", 1, 12),
+            ("days of week", 0, 6),
+            ("seconds", 0, 59),
+        ];
+        let mut sets = [0u64; 6];
+        sets[5] = 1;
+        for (i, (what, lo, hi)) in ranges.iter().enumerate() {
+            if i == 5 && !self.eat_sym(",") {
+                break;
+            }
+            if i > 0 && i < 5 {
+                self.expect_sym(",")?;
+            }
+            sets[i] = self.cron_field(what, *lo, *hi)?;
+        }
+        self.expect_sym(")")?;
+        Ok(CronSpec {
+            minutes: sets[0],
+            hours: sets[1],
+            days_of_month: sets[2],
+            months: sets[3],
+            days_of_week: sets[4],
+            seconds: sets[5],
+        })
+    }
+
+    /// One schedule field: `*`, `*/n`, `v`, `a:b`, or a list `[v, a:b, ...]`.
+    fn cron_field(&mut self, what: &str, lo: u32, hi: u32) -> Result<u64> {
+        let all = |step: u32| {
+            (lo..=hi)
+                .step_by(step as usize)
+                .fold(0u64, |m, v| m | 1 << v)
+        };
+        let value = |p: &mut Parser| -> Result<u32> {
+            match p.peek().tok {
+                Tok::Int(n) if n >= lo as i64 && n <= hi as i64 => {
+                    p.bump();
+                    Ok(n as u32)
+                }
+                _ => p.err(&format!("{what} between {lo} and {hi}")),
+            }
+        };
+        let item = |p: &mut Parser| -> Result<u64> {
+            let a = value(p)?;
+            if p.eat_sym(":") {
+                let b = value(p)?;
+                if b < a {
+                    return p.err(&format!("a range of {what} from low to high"));
+                }
+                return Ok((a..=b).fold(0u64, |m, v| m | 1 << v));
+            }
+            Ok(1 << a)
+        };
+        if self.eat_sym("*") {
+            if self.eat_sym("/") {
+                let step = match self.peek().tok {
+                    Tok::Int(n) if n >= 1 && n <= hi as i64 => n as u32,
+                    _ => return self.err(&format!("a step of {what} after '*/'")),
+                };
+                self.bump();
+                return Ok(all(step));
+            }
+            return Ok(all(1));
+        }
+        if self.eat_sym("[") {
+            let mut m = 0;
+            loop {
+                m |= item(self)?;
+                if !self.eat_sym(",") {
+                    break;
+                }
+            }
+            self.expect_sym("]")?;
+            return Ok(m);
+        }
+        item(self)
     }
 
     // ---- expressions ----
@@ -1023,6 +1234,20 @@ impl Parser {
                 if self.eat_sym("(") {
                     return self.call(name);
                 }
+                if self.is_sym("[") && matches!(self.peek_at(1), Tok::Int(_)) {
+                    self.bump();
+                    let Tok::Int(index) = self.bump().tok else {
+                        return self.err("an index");
+                    };
+                    self.expect_sym("]")?;
+                    self.expect_sym(".")?;
+                    let field = self.ident("a property name after 'tag[i].'")?;
+                    return Ok(Expr::Indexed {
+                        tag: name,
+                        index: index.max(0) as usize,
+                        name: field,
+                    });
+                }
                 if self.is_sym(".") && matches!(self.peek_at(1), Tok::Ident(_)) {
                     self.bump();
                     let field = self.ident("a field name after '.'")?;
@@ -1177,14 +1402,10 @@ mod tests {
             panic!()
         };
         assert!(matches!(st[0].views[0].args[0], ViewArg::Period(90_000, _)));
-        assert_eq!(
-            sel.output,
-            Some(OutputClause {
-                kind: OutputKind::Last,
-                every: Some(OutputEvery::Time(2000)),
-                after: None,
-            })
-        );
+        let out = sel.output.unwrap();
+        assert_eq!(out.kind, OutputKind::Last);
+        assert_eq!(out.every, Some(OutputEvery::Time(2000)));
+        assert!(out.after.is_none() && out.when.is_none());
         let s = parse("insert into Hot select x from S output every 5 events").unwrap();
         assert_eq!(s.insert_into.unwrap().name, "Hot");
     }

@@ -2,6 +2,7 @@
 //! stream) and leave (remove stream) on each arrival or clock tick. One file
 //! per window kind.
 
+mod expr;
 mod ext_timed;
 mod first;
 mod groupwin;
@@ -21,6 +22,7 @@ use crate::expr::CExpr;
 use crate::parser::ast::{Expr, View, ViewArg};
 use crate::stream::Event;
 
+pub(crate) use expr::{BUILTINS as EXPR_BUILTINS, ExprWindow};
 pub(crate) use ext_timed::ExtTimed;
 pub(crate) use first::{FirstLength, FirstTime, FirstUnique};
 pub(crate) use groupwin::GroupWin;
@@ -103,6 +105,18 @@ pub(crate) enum WindowSpec {
         keys: Vec<CExpr>,
         inner: Box<WindowSpec>,
     },
+    Expr(CExpr),
+}
+
+/// How a view's expression argument is compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ArgKind {
+    /// Against the stream's event.
+    Plain,
+    /// `win:expr`'s expiry expression: event slots `oldest_event` (also the
+    /// unqualified names) and `newest_event`, and [`EXPR_BUILTINS`] read as
+    /// the group keys of the evaluation context.
+    Expiry,
 }
 
 impl WindowSpec {
@@ -125,12 +139,13 @@ impl WindowSpec {
             WindowSpec::GroupWin { keys, inner } => {
                 Box::new(GroupWin::new(keys.clone(), (**inner).clone()))
             }
+            WindowSpec::Expr(e) => Box::new(ExprWindow::new(e.clone())),
         }
     }
 }
 
 const SUPPORTED: &str = "supported: win:time, win:length, win:time_batch, win:length_batch, \
-     win:keepall, win:firstlength, win:firsttime, win:ext_timed, std:lastevent, std:unique, \
+     win:keepall, win:firstlength, win:firsttime, win:ext_timed, win:expr, std:lastevent, std:unique, \
      std:firstunique, std:groupwin followed by one of those; each also as #name";
 
 /// Compiles a stream's views (`std:groupwin(sym).win:length(3)`, `#time(10)`)
@@ -140,7 +155,7 @@ const SUPPORTED: &str = "supported: win:time, win:length, win:time_batch, win:le
 pub(crate) fn compile(
     views: &[View],
     now: i64,
-    compile: &mut dyn FnMut(&Expr) -> Result<CExpr>,
+    compile: &mut dyn FnMut(&Expr, ArgKind) -> Result<CExpr>,
 ) -> Result<WindowSpec> {
     let Some((view, rest)) = views.split_first() else {
         return Ok(WindowSpec::None);
@@ -192,12 +207,12 @@ fn chained(extra: &View) -> PqaError {
 fn fields(
     name: &str,
     args: &[ViewArg],
-    compile: &mut dyn FnMut(&Expr) -> Result<CExpr>,
+    compile: &mut dyn FnMut(&Expr, ArgKind) -> Result<CExpr>,
 ) -> Result<Vec<CExpr>> {
     let mut keys = Vec::with_capacity(args.len());
     for a in args {
         match a {
-            ViewArg::Expr(e) => keys.push(compile(e)?),
+            ViewArg::Expr(e) => keys.push(compile(e, ArgKind::Plain)?),
             ViewArg::Period(_, p) => {
                 return Err(PqaError::Semantic {
                     pos: *p,
@@ -212,7 +227,7 @@ fn fields(
 fn compile_one(
     view: &View,
     now: i64,
-    compile: &mut dyn FnMut(&Expr) -> Result<CExpr>,
+    compile: &mut dyn FnMut(&Expr, ArgKind) -> Result<CExpr>,
 ) -> Result<WindowSpec> {
     let name = view.name.name.to_ascii_lowercase();
     let pos = view.name.pos;
@@ -253,7 +268,7 @@ fn compile_one(
         },
         "ext_timed" | "exttimed" if win => match view.args.as_slice() {
             [ViewArg::Expr(timestamp), rest @ ..] if rest.len() == 1 => WindowSpec::ExtTimed {
-                timestamp: compile(timestamp)?,
+                timestamp: compile(timestamp, ArgKind::Plain)?,
                 ms: period(rest)?,
             },
             _ => {
@@ -261,6 +276,15 @@ fn compile_one(
                     "ext_timed needs a timestamp field and a time period, such as win:ext_timed(ts, 10 sec)"
                         .into(),
                 ));
+            }
+        },
+        "expr" if win => match view.args.as_slice() {
+            [ViewArg::Expr(e)] => WindowSpec::Expr(compile(e, ArgKind::Expiry)?),
+            _ => {
+                return Err(bad(format!(
+                    "expr needs one expiry expression, such as win:expr(oldest_timestamp > newest_timestamp - 2000); it may use the event's properties, oldest_event.x, newest_event.x and {}",
+                    EXPR_BUILTINS.join(", ")
+                )));
             }
         },
         "lastevent" if std => WindowSpec::LastEvent,
