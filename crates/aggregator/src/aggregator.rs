@@ -40,6 +40,9 @@ pub struct AggregatorConfig {
     pub parent_grace: Duration,
     /// Tables collected whether or not anyone asked.
     pub prewarm: BTreeSet<String>,
+    /// The aggregator set this node collects for, stamped on its
+    /// generations so every answer says which span it covers.
+    pub span: Option<String>,
 }
 
 impl AggregatorConfig {
@@ -54,6 +57,7 @@ impl AggregatorConfig {
             child_wait: (tick / 4).min(Duration::from_secs(2)),
             parent_grace: (tick * 6).max(Duration::from_secs(30)),
             prewarm: BTreeSet::new(),
+            span: None,
         }
     }
 }
@@ -625,6 +629,7 @@ fn merge(
             made_at_ms: now_ms(),
             visibility,
             available,
+            span: inner.config.span.clone(),
         },
         tables,
     }

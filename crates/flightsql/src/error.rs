@@ -27,7 +27,7 @@ pub enum FlightSqlError {
 pub(crate) fn status_of(e: &SqlError) -> Status {
     // By SQLSTATE class, so a variant added to `SqlError` maps too.
     let code = match e.sqlstate() {
-        "25006" => Code::PermissionDenied,
+        "25006" | "42501" => Code::PermissionDenied,
         "42P01" => Code::NotFound,
         "57014" => Code::DeadlineExceeded,
         "55P02" => Code::FailedPrecondition,

@@ -90,7 +90,23 @@ fn error_response(e: &SqlError) -> Response {
             StatusCode::TOO_MANY_REQUESTS,
             "name tables that exist (SELECT table_name FROM fleet_tables), or raise the setting in the SQL node's topology entry",
         ),
+        SqlError::Limit { sqlstate, .. } if *sqlstate == "53300" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the set is at its concurrency limit; retry later on this set (the query was not sent elsewhere)",
+        ),
         SqlError::Limit { .. } => (StatusCode::BAD_REQUEST, "check the table name"),
+        SqlError::OutsideDomain { .. } => (
+            StatusCode::FORBIDDEN,
+            "query a SQL node of a set whose domain has your role (SELECT * FROM fleet_sets)",
+        ),
+        SqlError::ServedElsewhere { nodes, .. } => return redirect(e, nodes),
+        SqlError::NoSubset { .. } => (
+            StatusCode::BAD_REQUEST,
+            "SELECT node, tables FROM fleet_sets lists which SQL nodes serve which tables",
+        ),
+        SqlError::Forward { .. } | SqlError::Remote { .. } => {
+            (StatusCode::BAD_GATEWAY, "ask the serving SQL node directly")
+        }
     };
     let mut body = json!({ "error": e.to_string(), "hint": hint, "sqlstate": e.sqlstate() });
     if let SqlError::Limit { max, setting, .. } = e {
@@ -98,6 +114,41 @@ fn error_response(e: &SqlError) -> Response {
         body["setting"] = json!(setting);
     }
     (status, axum::Json(body)).into_response()
+}
+
+/// 307 to the first serving node with an address (a POST is re-sent with
+/// its body); the body names every serving node, so a client whose first
+/// choice is down can try the next.
+fn redirect(e: &SqlError, nodes: &[fleetsql_sqlnode::Peer]) -> Response {
+    let targets: Vec<_> = nodes
+        .iter()
+        .filter_map(|n| Some((n.name.clone(), format!("http://{}/v1/query", n.http?))))
+        .collect();
+    let Some((_, first)) = targets.first() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({
+                "error": e.to_string(),
+                "hint": "the serving SQL nodes have no `http` address in the topology",
+                "sqlstate": e.sqlstate(),
+            })),
+        )
+            .into_response();
+    };
+    let body = json!({
+        "error": e.to_string(),
+        "hint": "send the query to the node in `redirect` (fleetsql sql follows it)",
+        "sqlstate": e.sqlstate(),
+        "redirect": targets
+            .iter()
+            .map(|(node, url)| json!({ "node": node, "url": url }))
+            .collect::<Vec<_>>(),
+    });
+    let mut response = (StatusCode::TEMPORARY_REDIRECT, axum::Json(body)).into_response();
+    if let Ok(location) = HeaderValue::from_str(first) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
 }
 
 fn internal(message: String) -> Response {
@@ -148,6 +199,15 @@ async fn query(
             })),
         )
             .into_response();
+    }
+    // Without the auth layer (an embedded server) the client is anonymous,
+    // as the layer itself treats it when authentication is off.
+    let admitted = match extensions.get::<Arc<fleetsql_auth::Principal>>() {
+        Some(principal) => node.admit(principal),
+        None => node.admit(&fleetsql_auth::Principal::unauthenticated("anonymous")),
+    };
+    if let Err(e) = admitted {
+        return error_response(&e);
     }
     let output = match node.query_for(&request.sql, client).await {
         Ok(output) => output,

@@ -131,6 +131,11 @@ pub struct GenerationMeta {
     /// Tables some descendant publishes, collected or not: lets a SQL node
     /// tell "not requested yet" (wait for it) from "nobody publishes it".
     pub available: BTreeSet<String>,
+    /// The aggregator set whose span this generation covers (its TLA's
+    /// set); `None` for a tree without sets, which spans every cluster.
+    /// Absent from older peers' headers, so it defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span: Option<String>,
 }
 
 /// An immutable snapshot: all tables one query reads come from one of these.
@@ -150,6 +155,7 @@ impl Generation {
                 made_at_ms: 0,
                 visibility: Visibility::default(),
                 available: BTreeSet::new(),
+                span: None,
             },
             tables: BTreeMap::new(),
         }

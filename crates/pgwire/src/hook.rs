@@ -15,6 +15,7 @@ use datafusion_postgres::QueryHook;
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::hooks::HookClient;
 use datafusion_postgres::pgwire;
+use fleetsql_auth::Principal;
 use fleetsql_sqlnode::{GenerationInfo, QueryOutput, SqlError, SqlNode};
 use pgwire::api::ClientInfo;
 use pgwire::api::portal::Format;
@@ -50,6 +51,15 @@ fn notice(info: &GenerationInfo) -> PgWireBackendMessage {
 
 /// Statements the protocol layer's own hooks answer (session settings,
 /// transactions, cursors): nothing to read from the fleet.
+/// The node's set refuses roles outside its domain; a connection without
+/// a principal never gets here (the service refuses it first).
+fn admit(node: &SqlNode, principal: Option<Arc<Principal>>) -> Result<(), SqlError> {
+    match principal {
+        Some(principal) => node.admit(&principal),
+        None => node.admit(&Principal::unauthenticated("anonymous")),
+    }
+}
+
 fn is_session_statement(statement: &Statement) -> bool {
     matches!(
         statement,
@@ -213,6 +223,9 @@ impl QueryHook for FleetHook {
         if is_session_statement(statement) {
             return None;
         }
+        if let Err(e) = admit(&self.node, client.session_extensions().get::<Principal>()) {
+            return Some(Err(user_error(&e)));
+        }
         // Dashboards and alerting pipelines send the same SQL again and
         // again: planned once while the tables keep their schemas.
         let prepared = match self.node.prepare_statement(statement) {
@@ -222,6 +235,20 @@ impl QueryHook for FleetHook {
         let peer = Some(client.socket_addr().ip());
         let generation = match self.node.pin_prepared_for(&prepared, peer).await {
             Ok(g) => g,
+            // Another subset of the set serves these tables: it runs the
+            // query and this connection sends its answer, the NOTICE
+            // naming the node that computed it.
+            Err(SqlError::ServedElsewhere { nodes, .. }) => {
+                let output = match self.node.forward(&nodes, &statement.to_string()).await {
+                    Ok(output) => output,
+                    Err(e) => return Some(Err(user_error(&e))),
+                };
+                if let Err(e) = client.send_message(notice(&output.generation)).await {
+                    return Some(Err(e));
+                }
+                let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+                return Some(encode_output(output, options).map(Response::Query));
+            }
             Err(e) => return Some(Err(user_error(&e))),
         };
         let node_timeout = self.node.config().query_timeout;
@@ -262,6 +289,9 @@ impl QueryHook for FleetHook {
         }
         if is_session_statement(statement) {
             return None;
+        }
+        if let Err(e) = admit(&self.node, client.session_extensions().get::<Principal>()) {
+            return Some(Err(user_error(&e)));
         }
         // Request and wait for the tables now, then plan as the simple
         // protocol does (read-only check, Postgres's column names); the

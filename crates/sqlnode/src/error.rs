@@ -41,6 +41,32 @@ pub enum SqlError {
         setting: &'static str,
         sqlstate: &'static str,
     },
+    #[error(
+        "set `{set}` does not answer ad-hoc queries of role {role}; it serves {serves}. Ask a SQL node of another set (this query was not sent anywhere else)"
+    )]
+    OutsideDomain {
+        set: String,
+        role: &'static str,
+        serves: String,
+    },
+    #[error(
+        "this SQL node serves none of {tables} here: subset `{subset}` of set `{set}` does ({})",
+        nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+    )]
+    ServedElsewhere {
+        set: String,
+        subset: String,
+        tables: String,
+        nodes: Vec<crate::Peer>,
+    },
+    #[error(
+        "no subset of set `{set}` serves all the tables this query reads ({detail}); split it into one query per subset"
+    )]
+    NoSubset { set: String, detail: String },
+    #[error("cannot forward the query to SQL node `{node}`: {reason}")]
+    Forward { node: String, reason: String },
+    #[error("SQL node `{node}`, which serves these tables, answered: {error}")]
+    Remote { node: String, error: String },
     #[error("query needs more memory than its limit: {0}")]
     ResourcesExhausted(String),
     #[error("{0}")]
@@ -77,6 +103,12 @@ impl SqlError {
             SqlError::NotYetCollected { .. } | SqlError::NoGeneration { .. } => "57P03",
             SqlError::Timeout { .. } => "57014",
             SqlError::ResourcesExhausted(_) => "53200",
+            // insufficient_privilege
+            SqlError::OutsideDomain { .. } => "42501",
+            // feature_not_supported: the client must split the query.
+            SqlError::NoSubset { .. } | SqlError::ServedElsewhere { .. } => "0A000",
+            SqlError::Forward { .. } => "08006",
+            SqlError::Remote { .. } => "XX000",
             // configuration_limit_exceeded, name_too_long
             SqlError::Limit { sqlstate, .. } => sqlstate,
             // cant_change_runtime_param

@@ -18,6 +18,14 @@ pub struct GenerationInfo {
     pub clusters_expected: u64,
     pub machines_seen: u64,
     pub machines_expected: u64,
+    /// The aggregator set whose span the counts cover; `None` when the
+    /// tree has no sets (the whole fleet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span: Option<String>,
+    /// The SQL node that ran the query when this one forwarded it to the
+    /// subset of its set serving the query's tables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub computed_by: Option<String>,
 }
 
 impl GenerationInfo {
@@ -38,6 +46,8 @@ impl GenerationInfo {
             clusters_expected: v.clusters_expected(),
             machines_seen: v.machines_seen(),
             machines_expected: v.machines_expected(),
+            span: generation.meta.span.clone(),
+            computed_by: None,
         }
     }
 
@@ -48,12 +58,16 @@ impl GenerationInfo {
     /// One line for a Postgres NOTICE or a CLI footer.
     pub fn summary(&self) -> String {
         format!(
-            "generation {} from {} made {:.1} s ago: {}/{} clusters, {}/{} machines{}",
+            "generation {} from {} made {:.1} s ago: {}/{} clusters{}, {}/{} machines{}",
             self.id,
             self.producer,
             self.age_ms as f64 / 1000.0,
             self.clusters_seen,
             self.clusters_expected,
+            self.span
+                .as_deref()
+                .map(|span| format!(" of span {span}"))
+                .unwrap_or_default(),
             self.machines_seen,
             self.machines_expected,
             if self.is_complete() {
@@ -61,6 +75,32 @@ impl GenerationInfo {
             } else {
                 " (INCOMPLETE)"
             }
-        )
+        ) + &self
+            .computed_by
+            .as_deref()
+            .map(|node| format!("; computed by SQL node {node}"))
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_the_span_it_covers() {
+        let mut generation = Generation::empty("t1");
+        generation.meta.id = 3;
+        let whole = GenerationInfo::of(&generation).summary();
+        assert!(whole.contains(": 0/0 clusters, 0/0 machines"), "{whole}");
+        generation.meta.span = Some("eu".into());
+        let info = GenerationInfo::of(&generation);
+        assert!(
+            info.summary().contains("0/0 clusters of span eu,"),
+            "{}",
+            info.summary()
+        );
+        let json = serde_json::to_value(&info).unwrap();
+        assert_eq!(json["span"], "eu");
     }
 }

@@ -27,6 +27,7 @@ mod info;
 mod naming;
 mod node;
 mod node_tables;
+mod partition;
 mod prepared;
 mod requests;
 mod settings;
@@ -41,6 +42,8 @@ pub use hooks::{
 };
 pub use info::GenerationInfo;
 pub use node::{Install, QueryOutput, SqlNode, SqlNodeConfig};
+pub use node_tables::NodeTable;
+pub use partition::{Partition, Peer, Route, Subset};
 pub use prepared::Prepared;
 pub use requests::RequestLimits;
 pub use settings::check_setting;

@@ -17,7 +17,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 use fleetsql_aggregator::{
     Child, FLEET_NODES, FetchRequest, NodeState, covers_all, fleet_nodes_table, host_name,
 };
-use fleetsql_auth::AuditLog;
+use fleetsql_auth::{AuditLog, Principal, Role};
 use fleetsql_model::{Generation, merge_tables, now_ms};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
@@ -60,6 +60,17 @@ pub struct SqlNodeConfig {
     pub probe_interval: Duration,
     /// What clients' queries may add to the tables requested from the TLA.
     pub request_limits: RequestLimits,
+    /// The aggregator set this node belongs to, named in its refusals.
+    pub set: Option<String>,
+    /// The roles whose ad-hoc queries (pg, HTTP, Flight SQL) this node
+    /// answers; `None`: every role. The node's own apps (alerts, reports)
+    /// are not ad hoc and always run.
+    pub domain: Option<BTreeSet<Role>>,
+    /// Queries that may run at once; one more is refused, not queued, so a
+    /// flood cannot hold the node (seed 8.2). `None`: no limit.
+    pub max_concurrent_queries: Option<usize>,
+    /// The subsets of its set when the set's tables are partitioned.
+    pub partition: Option<crate::Partition>,
 }
 
 impl SqlNodeConfig {
@@ -76,6 +87,10 @@ impl SqlNodeConfig {
             switch_margin: 1,
             probe_interval: tick.min(Duration::from_secs(5)),
             request_limits: RequestLimits::default(),
+            set: None,
+            domain: None,
+            max_concurrent_queries: None,
+            partition: None,
         }
     }
 }
@@ -117,6 +132,11 @@ struct Inner {
     prepared: PreparedCache,
     hooks: Arc<Hooks>,
     audit: Arc<AuditLog>,
+    /// Permits for `max_concurrent_queries`; `None`: unlimited.
+    running: Option<Arc<tokio::sync::Semaphore>>,
+    /// Replaced by [`SqlNode::set_partition`] (a re-read topology: the
+    /// other subsets' addresses).
+    partition: Mutex<Option<crate::Partition>>,
 }
 
 /// When the node began answering from a generation its source made.
@@ -238,7 +258,12 @@ impl SqlNode {
             })
             .collect();
         let first = choice::initial(&statuses);
+        let running = config
+            .max_concurrent_queries
+            .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
         let inner = Arc::new(Inner {
+            partition: Mutex::new(config.partition.clone()),
+            running,
             config,
             sources: Mutex::new(Arc::new(sources)),
             pending_restart: Mutex::new(None),
@@ -282,6 +307,44 @@ impl SqlNode {
         &self.inner.config
     }
 
+    /// Refuses an ad-hoc query from `principal` when its role is outside
+    /// the domain of this node's set (an alerts set serves only its alerts).
+    /// Front ends call it before running anything; the refusal is final:
+    /// no other set is tried.
+    /// [`SqlNode::admit`] for a front end without authentication (Flight
+    /// SQL): its clients are anonymous with every role, as on pg and HTTP
+    /// with authentication off.
+    pub fn admit_unauthenticated(&self) -> Result<()> {
+        self.admit(&Principal::unauthenticated("anonymous"))
+    }
+
+    pub fn admit(&self, principal: &Principal) -> Result<()> {
+        let Some(domain) = &self.inner.config.domain else {
+            return Ok(());
+        };
+        if domain.contains(&principal.role) {
+            return Ok(());
+        }
+        Err(SqlError::OutsideDomain {
+            set: self
+                .inner
+                .config
+                .set
+                .clone()
+                .unwrap_or_else(|| self.inner.config.name.clone()),
+            role: principal.role.as_str(),
+            serves: if domain.is_empty() {
+                "no ad-hoc queries (only its own alerts and reports)".to_string()
+            } else {
+                domain
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        })
+    }
+
     /// Who ran what on this node: every front end records its requests
     /// here; served as `fleet_audit`.
     pub fn audit(&self) -> &Arc<AuditLog> {
@@ -297,6 +360,12 @@ impl SqlNode {
     /// node's schema. It is not a fleet table: queries naming it neither
     /// request it from the TLA nor wait for it, and it does not read the
     /// pinned generation. Registering a name again replaces the table.
+    /// [`SqlNode::register_system_table`] for a table made from its
+    /// owner's state each time a query scans it (`fleet_sets`).
+    pub fn register_node_table(&self, name: &str, table: impl crate::NodeTable) {
+        self.register_system_table(name, Arc::new(NodeTableProvider(table)));
+    }
+
     pub fn register_system_table(&self, name: &str, table: Arc<dyn TableProvider>) {
         self.inner
             .extra_tables
@@ -464,6 +533,7 @@ impl SqlNode {
         tables: &BTreeSet<String>,
         client: Option<IpAddr>,
     ) -> Result<Arc<Generation>> {
+        self.route(tables)?;
         let mut receiver = self.inner.generation.subscribe();
         let current = receiver.borrow_and_update().clone();
         let is_new = self.inner.requests.lock().admit(
@@ -576,6 +646,52 @@ impl SqlNode {
         inner.switch.notify_one();
     }
 
+    /// Where a query reading the fleet tables `tables` runs: here, or
+    /// (an error front ends act on) on another subset of the set.
+    fn route(&self, tables: &BTreeSet<String>) -> Result<()> {
+        let partition = self.inner.partition.lock();
+        let Some(partition) = partition.as_ref() else {
+            return Ok(());
+        };
+        match partition.route(tables)? {
+            crate::Route::Here => Ok(()),
+            crate::Route::Elsewhere { subset, nodes } => Err(SqlError::ServedElsewhere {
+                set: partition.set.clone(),
+                subset,
+                tables: tables
+                    .iter()
+                    .map(|t| format!("`{t}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                nodes,
+            }),
+        }
+    }
+
+    /// Replaces the subsets of the node's set (a re-read topology).
+    pub fn set_partition(&self, partition: Option<crate::Partition>) {
+        *self.inner.partition.lock() = partition;
+    }
+
+    /// Runs `sql` on the first of `nodes` that can be reached (the serving
+    /// subset of a [`SqlError::ServedElsewhere`]) and returns its answer,
+    /// its generation saying which node computed it. A node that answers,
+    /// even with an error, ends the search: the query runs once.
+    pub async fn forward(&self, nodes: &[crate::Peer], sql: &str) -> Result<QueryOutput> {
+        let timeout = self.inner.config.query_timeout + Duration::from_secs(5);
+        let mut last = None;
+        for peer in nodes {
+            match crate::partition::forward(peer, sql, timeout).await {
+                Err(e @ SqlError::Forward { .. }) => last = Some(e),
+                answer => return answer,
+            }
+        }
+        Err(last.unwrap_or_else(|| SqlError::Forward {
+            node: "(none)".into(),
+            reason: "the serving subset has no SQL node".into(),
+        }))
+    }
+
     /// Replaces the tables collected whether or not a query names them.
     pub fn set_prewarm(&self, prewarm: BTreeSet<String>) {
         self.inner.requests.lock().set_prewarm(prewarm);
@@ -679,6 +795,24 @@ impl SqlNode {
         started: Instant,
     ) -> Result<QueryOutput> {
         let info = GenerationInfo::of(&generation);
+        let _permit = match &self.inner.running {
+            None => None,
+            Some(permits) => Some(permits.clone().try_acquire_owned().map_err(|_| {
+                SqlError::Limit {
+                    what: format!(
+                        "queries running at once on {}",
+                        self.inner.config.set.as_ref().map_or_else(
+                            || format!("node `{}`", self.name()),
+                            |s| format!("set `{s}`")
+                        )
+                    ),
+                    max: self.inner.config.max_concurrent_queries.unwrap_or(0),
+                    setting: "max_concurrent_queries",
+                    // too_many_connections: the closest Postgres has.
+                    sqlstate: "53300",
+                }
+            })?),
+        };
         let ctx = self.inner.ctx.clone();
         let timeout = self.inner.config.query_timeout;
         let run = PINNED.scope(generation, async move {

@@ -16,8 +16,9 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-/// A table computed from the node's state at scan time.
-pub(crate) trait NodeTable: std::fmt::Debug + Send + Sync + 'static {
+/// A table computed from the node's state at scan time (also for other
+/// crates' tables: [`SqlNode::register_node_table`](crate::SqlNode::register_node_table)).
+pub trait NodeTable: std::fmt::Debug + Send + Sync + 'static {
     fn schema(&self) -> SchemaRef;
     fn batch(&self) -> Result<RecordBatch, ArrowError>;
 }

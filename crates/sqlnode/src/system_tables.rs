@@ -56,6 +56,10 @@ fn fleet_generation(g: &Generation) -> Result<RecordBatch, arrow::error::ArrowEr
         ("tables_collected", u64s([g.tables.len() as u64])),
         ("rows", u64s([rows])),
         ("bytes", u64s([g.memory_size() as u64])),
+        (
+            "span",
+            Arc::new(StringArray::from(vec![g.meta.span.as_deref()])) as ArrayRef,
+        ),
     ])
 }
 

@@ -30,6 +30,7 @@ pub mod plan;
 mod reload;
 mod roles;
 mod security;
+pub mod sets;
 mod topology;
 
 pub use error::{Result, TiersError};
@@ -38,6 +39,6 @@ pub use plan::Links;
 pub use roles::{AgentProcess, JoinConfig, Listen, SqlProcess, TierProcess, TlaSqlProcess};
 pub use security::ClientSecurity;
 pub use topology::{
-    AgentEntry, ClusterEntry, ProxyEntry, SqlNodeEntry, TlaEntry, TlsNodeFiles, TlsSettings,
-    Topology,
+    AgentEntry, ClusterEntry, ProxyEntry, SetEntry, SqlNodeEntry, SubsetEntry, TlaEntry,
+    TlsNodeFiles, TlsSettings, Topology,
 };

@@ -351,12 +351,9 @@ pub fn tla(topology: &Topology, name: &str, links: &Links) -> Result<TierPlan> {
         .ok_or_else(|| unknown("tla", name, topology.tlas.keys().collect()))?;
     let mut groups = Vec::new();
     let mut children = Vec::new();
+    let span = topology.tla_span(name);
     for (cluster, machines) in topology.cluster_sizes() {
-        if entry
-            .clusters
-            .as_ref()
-            .is_some_and(|c| !c.contains(&cluster))
-        {
+        if span.as_ref().is_some_and(|c| !c.contains(&cluster)) {
             continue;
         }
         let proxies = topology.proxies_of(&cluster);
@@ -390,6 +387,10 @@ pub fn tla(topology: &Topology, name: &str, links: &Links) -> Result<TierPlan> {
     }
     let mut config = aggregator_config(topology, name, Role::Tla);
     config.prewarm = entry.prewarm.clone();
+    if let Some((set_name, set)) = topology.set_of_tla(name) {
+        config.span = Some(set_name.clone());
+        config.prewarm.extend(set.prewarm.iter().cloned());
+    }
     Ok(TierPlan {
         config,
         groups,
@@ -408,9 +409,11 @@ pub struct SqlPlan {
 
 pub fn sqlnode(topology: &Topology, name: &str, links: &Links) -> Result<SqlPlan> {
     let entry = topology.sqlnode(name)?;
+    let set = topology.set_of_sqlnode(name);
+    let tlas = topology.sqlnode_tlas(name);
     let mut sources = Vec::new();
     let mut children = Vec::new();
-    for tla_name in entry.tlas.keys() {
+    for tla_name in tlas.keys() {
         let tla = topology
             .tlas
             .get(tla_name)
@@ -424,9 +427,51 @@ pub fn sqlnode(topology: &Topology, name: &str, links: &Links) -> Result<SqlPlan
         });
     }
     let mut config = SqlNodeConfig::new(name, topology.tick);
-    config.locality_bonus = entry.tlas.clone();
+    config.locality_bonus = tlas;
     config.prewarm = entry.prewarm.clone();
     config.request_idle_expiry = topology.table_expiry;
+    // A set's limits hold for each of its nodes; a node's own setting wins.
+    if let Some((set_name, set)) = set {
+        config.set = Some(set_name.clone());
+        config.prewarm.extend(set.prewarm.iter().cloned());
+        config.domain = set.domain.clone();
+        if let Some(timeout) = set.query_timeout {
+            config.query_timeout = timeout;
+        }
+        if let Some(mib) = set.query_memory_mib {
+            config.memory_limit = mib << 20;
+        }
+        config.max_concurrent_queries = set.max_concurrent_queries;
+        if !set.subsets.is_empty() {
+            config.partition = Some(fleetsql_sqlnode::Partition {
+                set: set_name.clone(),
+                own: set
+                    .subsets
+                    .iter()
+                    .find(|(_, sub)| sub.sqlnodes.contains(name))
+                    .map(|(sub_name, _)| sub_name.clone()),
+                subsets: set
+                    .subsets
+                    .iter()
+                    .map(|(sub_name, sub)| fleetsql_sqlnode::Subset {
+                        name: sub_name.clone(),
+                        tables: sub.tables.clone(),
+                        nodes: sub
+                            .sqlnodes
+                            .iter()
+                            .map(|n| fleetsql_sqlnode::Peer {
+                                name: n.clone(),
+                                http: topology.sqlnodes.get(n).and_then(|e| e.http),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            });
+        }
+    }
+    if let Some(max) = entry.max_concurrent_queries {
+        config.max_concurrent_queries = Some(max);
+    }
     if let Some(timeout) = entry.query_timeout {
         config.query_timeout = timeout;
     }
@@ -552,6 +597,43 @@ mod tests {
         let empty = Topology::parse("[clusters.c1]\n[proxies.p1]\ncluster = \"c1\"").unwrap();
         let plan = proxy_with(&empty, "p1", &BTreeMap::new(), &Links::remote()).unwrap();
         assert!(plan.groups.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_set_plans_its_span_prewarm_and_limits() {
+        let topology = Topology::parse(&format!(
+            "{TREE}\n[tlas.t3]\nflight = \"127.0.0.1:7303\"\n[sqlnodes.s3]\nquery_timeout = \"3s\"\n\
+             [sets.edge]\nclusters = [\"c1\"]\ntlas = [\"t3\"]\nsqlnodes = [\"s3\"]\nprewarm = [\"filesystem\"]\n\
+             domain = [\"reader\"]\nquery_timeout = \"9s\"\nquery_memory_mib = 64\nmax_concurrent_queries = 4\n"
+        ))
+        .unwrap();
+        let links = Links::remote();
+        let t3 = tla(&topology, "t3", &links).unwrap();
+        let spans: Vec<_> = t3.groups.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(spans, ["c1"], "t3 collects only its set's span");
+        assert_eq!(t3.config.span.as_deref(), Some("edge"));
+        assert!(t3.config.prewarm.contains("filesystem"));
+        let s3 = sqlnode(&topology, "s3", &links).unwrap();
+        assert_eq!(s3.sources.len(), 1);
+        assert_eq!(s3.config.set.as_deref(), Some("edge"));
+        assert_eq!(
+            s3.config.query_timeout,
+            Duration::from_secs(3),
+            "the node's own wins"
+        );
+        assert_eq!(s3.config.memory_limit, 64 << 20);
+        assert_eq!(s3.config.max_concurrent_queries, Some(4));
+        assert!(s3.config.prewarm.contains("filesystem"));
+        assert_eq!(
+            s3.config.domain,
+            Some(std::collections::BTreeSet::from([
+                fleetsql_auth::Role::Reader
+            ]))
+        );
+        // Nodes outside every set plan as before.
+        let t1 = tla(&topology, "t1", &links).unwrap();
+        assert_eq!(t1.config.span, None);
+        assert_eq!(t1.groups.len(), 2);
     }
 
     #[tokio::test]

@@ -596,6 +596,9 @@ struct LiveSql {
     cli: Listen,
     bound: Listen,
     apps: RunningApps,
+    /// What `fleet_sets` shows, and the task probing the other nodes.
+    sets: crate::sets::SetsState,
+    _sets_prober: crate::sets::Prober,
 }
 
 /// The apps of a SQL node, restarted in place when a re-read topology
@@ -710,6 +713,12 @@ impl LiveSql {
                 "max_requested_tables or max_new_tables_per_client_minute",
                 plan.config.request_limits != running.request_limits,
             ),
+            ("its set", plan.config.set != running.set),
+            ("its set's domain", plan.config.domain != running.domain),
+            (
+                "max_concurrent_queries",
+                plan.config.max_concurrent_queries != running.max_concurrent_queries,
+            ),
         ] {
             if changed {
                 pending.push(what.to_string());
@@ -730,8 +739,11 @@ impl LiveSql {
                 pending.push("its apps' settings (set on the command line)".to_string());
             }
         }
-        self.node.set_sources(plan.sources, &entry.tlas);
-        self.node.set_prewarm(entry.prewarm.clone());
+        self.sets.set_topology(topology);
+        self.node.set_partition(plan.config.partition.clone());
+        self.node
+            .set_sources(plan.sources, &plan.config.locality_bonus);
+        self.node.set_prewarm(plan.config.prewarm.clone());
         if let Ok(mut clients) = self.observed.clients.lock() {
             *clients = plan::clients(&plan.children);
         }
@@ -739,7 +751,7 @@ impl LiveSql {
             *kept = plan.children;
         }
         let pending = restart_note(&self.name, pending);
-        tracing::info!(node = %self.name, tlas = entry.tlas.len(), "topology re-read and applied");
+        tracing::info!(node = %self.name, tlas = plan.config.locality_bonus.len(), "topology re-read and applied");
         self.node.set_pending_restart(pending);
         Ok(())
     }
@@ -876,6 +888,12 @@ impl LiveTier {
             if was != is {
                 pending.push(format!("{what} {is:?} (running with {was:?})"));
             }
+        }
+        if before.span != now.span {
+            pending.push(format!(
+                "its set {:?} (running as {:?})",
+                now.span, before.span
+            ));
         }
         if let Some(tls) = &self.tls {
             tls.set_parents(topology.parents_of(&self.name));
@@ -1032,7 +1050,15 @@ impl SqlProcess {
             .or(entry.flightsql)
             .map(|addr| FlightSqlServer::start(node.clone(), addr))
             .transpose()?;
+        let sets = crate::sets::SetsState::new(name, topology);
+        node.register_node_table(crate::sets::SETS_TABLE, sets.clone());
+        let sets_prober = sets.spawn_prober(topology.tick.clamp(
+            std::time::Duration::from_millis(500),
+            std::time::Duration::from_secs(5),
+        ));
         let live = Arc::new(LiveSql {
+            sets,
+            _sets_prober: sets_prober,
             name: name.to_string(),
             node: node.clone(),
             observed,

@@ -36,6 +36,25 @@
 //! members = ["web-1", "web-2"]   # expected even before they announce
 //! machines = 40                  # expected at least this many
 //! ```
+//! Aggregator sets (seed 3.5-3.7) split the TLAs and SQL nodes: each set
+//! collects only its *span* and serves only its *domain*, under limits of
+//! its own, so a heavy or runaway user of one set cannot slow another.
+//! Without `[sets]` there is one implicit set spanning every cluster.
+//!
+//! ```toml
+//! [clusters.fra]
+//! labels = { region = "eu" }
+//! [sets.eu]
+//! select = { region = "eu" }        # or: clusters = ["fra", "ams"]
+//! tlas = ["tla-eu"]
+//! sqlnodes = ["sql-eu"]             # their `tlas` default to the set's
+//! prewarm = ["sys"]
+//! domain = ["reader", "operator", "admin"]   # roles it answers; [] none
+//! query_timeout = "10s"
+//! query_memory_mib = 512
+//! max_concurrent_queries = 16
+//! ```
+//!
 //! A `[tlas.X]` and a `[sqlnodes.X]` of the same name are one
 //! combined node (seed 3.6), run by `fleetsql tla-sql --name X`: its SQL
 //! node reads its own TLA in the process, without a Flight hop, and the
@@ -118,6 +137,64 @@ pub struct Topology {
     pub tlas: BTreeMap<String, TlaEntry>,
     #[serde(default)]
     pub sqlnodes: BTreeMap<String, SqlNodeEntry>,
+    /// Aggregator sets; none: one set of every TLA spanning every cluster.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sets: BTreeMap<String, SetEntry>,
+}
+
+/// `[sets.NAME]`: TLAs that collect one span of clusters and the SQL nodes
+/// that answer from them, for one domain of users, under their own limits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetEntry {
+    /// The span as a list of clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<BTreeSet<String>>,
+    /// The span as a selector: every cluster whose `[clusters.C] labels`
+    /// have all these values. Neither this nor `clusters`: every cluster.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub select: BTreeMap<String, String>,
+    /// Its TLAs (each in one set at most); they collect only the span.
+    pub tlas: BTreeSet<String>,
+    /// Its SQL nodes (each in one set at most); they read only its TLAs.
+    #[serde(default)]
+    pub sqlnodes: BTreeSet<String>,
+    /// Tables its TLAs and SQL nodes collect whether or not anyone asked.
+    #[serde(default)]
+    pub prewarm: BTreeSet<String>,
+    /// Roles whose ad-hoc queries its SQL nodes answer (default: every
+    /// role); `[]` answers none, leaving the nodes to their own alerts and
+    /// reports (an alerts set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<BTreeSet<fleetsql_auth::Role>>,
+    /// Each query's time limit on its SQL nodes (a node's own
+    /// `query_timeout` wins).
+    #[serde(
+        default,
+        with = "duration_text::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub query_timeout: Option<Duration>,
+    /// Memory all running queries of one SQL node may hold, in MiB (a
+    /// node's own `query_memory_mib` wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_memory_mib: Option<usize>,
+    /// Queries one SQL node runs at once; more are refused, not queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_queries: Option<usize>,
+    /// Table partitioning (seed 6.3.3): SQL nodes of the set that serve
+    /// only some tables. A query sent to a node of one subset that only
+    /// another serves is redirected (HTTP) or forwarded (pg) there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subsets: BTreeMap<String, SubsetEntry>,
+}
+
+/// `[sets.S.subsets.NAME]`: SQL nodes of set S serving only `tables`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubsetEntry {
+    pub sqlnodes: BTreeSet<String>,
+    pub tables: BTreeSet<String>,
 }
 
 impl Default for Topology {
@@ -137,6 +214,7 @@ impl Default for Topology {
             proxies: BTreeMap::new(),
             tlas: BTreeMap::new(),
             sqlnodes: BTreeMap::new(),
+            sets: BTreeMap::new(),
         }
     }
 }
@@ -153,6 +231,9 @@ pub struct ClusterEntry {
     /// The cluster is expected to have at least this many machines: the
     /// ones not yet known by name are counted missing.
     pub machines: Option<u64>,
+    /// What a set's `select` matches (`region = "eu"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `[tls]`: mutual TLS between tiers. Every node presents a certificate
@@ -273,7 +354,9 @@ pub struct TlaEntry {
 #[serde(deny_unknown_fields)]
 pub struct SqlNodeEntry {
     /// The TLAs it may read from, each with its locality bonus (added to
-    /// the clusters the TLA sees when the node chooses).
+    /// the clusters the TLA sees when the node chooses). A node of a set
+    /// may leave it out: it reads every TLA of its set.
+    #[serde(default)]
     pub tlas: BTreeMap<String, i64>,
     pub pg: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
@@ -289,6 +372,9 @@ pub struct SqlNodeEntry {
     pub table_wait: Option<Duration>,
     /// Memory all running queries may hold together, in MiB (default 1024).
     pub query_memory_mib: Option<usize>,
+    /// Queries that may run at once (default: its set's, else no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_queries: Option<usize>,
     /// Tables the node requests from its TLA at once (default 4096).
     pub max_requested_tables: Option<usize>,
     /// New table names no machine publishes that one client (IP address)
@@ -591,9 +677,12 @@ impl Topology {
                 }
             }
         }
+        self.validate_sets()?;
         for (name, node) in &self.sqlnodes {
-            if node.tlas.is_empty() {
-                return Err(invalid(format!("SQL node `{name}` names no `tlas`")));
+            if node.tlas.is_empty() && self.set_of_sqlnode(name).is_none() {
+                return Err(invalid(format!(
+                    "SQL node `{name}` names no `tlas`; give it `tlas = {{ NAME = 0 }}` or put it in a [sets.NAME] whose TLAs it reads"
+                )));
             }
             for (setting, value) in [
                 ("max_requested_tables", node.max_requested_tables),
@@ -617,6 +706,164 @@ impl Topology {
             }
         }
         Ok(())
+    }
+
+    fn validate_sets(&self) -> Result<()> {
+        let invalid = |reason: String| TiersError::Config {
+            path: "topology".to_string(),
+            reason,
+        };
+        let sizes = self.cluster_sizes();
+        let mut tla_set: BTreeMap<&String, &String> = BTreeMap::new();
+        let mut sql_set: BTreeMap<&String, &String> = BTreeMap::new();
+        for (set, entry) in &self.sets {
+            if entry.tlas.is_empty() {
+                return Err(invalid(format!(
+                    "set `{set}` has no TLAs; list the TLAs that collect its span in `tlas = [...]`"
+                )));
+            }
+            for tla in &entry.tlas {
+                let Some(tla_entry) = self.tlas.get(tla) else {
+                    return Err(invalid(format!(
+                        "set `{set}` names TLA `{tla}`, which is not in [tlas]"
+                    )));
+                };
+                if let Some(other) = tla_set.insert(tla, set) {
+                    return Err(invalid(format!(
+                        "TLA `{tla}` is in sets `{other}` and `{set}`; a TLA collects one span, so it belongs to one set"
+                    )));
+                }
+                if tla_entry.clusters.is_some() {
+                    return Err(invalid(format!(
+                        "TLA `{tla}` gives its own `clusters`, but set `{set}` gives its span; drop the TLA's `clusters`"
+                    )));
+                }
+            }
+            for node in &entry.sqlnodes {
+                let Some(node_entry) = self.sqlnodes.get(node) else {
+                    return Err(invalid(format!(
+                        "set `{set}` names SQL node `{node}`, which is not in [sqlnodes]"
+                    )));
+                };
+                if let Some(other) = sql_set.insert(node, set) {
+                    return Err(invalid(format!(
+                        "SQL node `{node}` is in sets `{other}` and `{set}`; a SQL node serves one set"
+                    )));
+                }
+                if let Some(tla) = node_entry.tlas.keys().find(|t| !entry.tlas.contains(*t)) {
+                    return Err(invalid(format!(
+                        "SQL node `{node}` of set `{set}` reads TLA `{tla}`, which is not one of the set's TLAs ({}); a set's nodes read only its span",
+                        entry.tlas.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+            let mut subset_of: BTreeMap<&String, &String> = BTreeMap::new();
+            for (subset, sub) in &entry.subsets {
+                if sub.tables.is_empty() || sub.sqlnodes.is_empty() {
+                    return Err(invalid(format!(
+                        "subset `{subset}` of set `{set}` needs `sqlnodes` and the `tables` they serve"
+                    )));
+                }
+                for node in &sub.sqlnodes {
+                    if !entry.sqlnodes.contains(node) {
+                        return Err(invalid(format!(
+                            "subset `{subset}` of set `{set}` names SQL node `{node}`, which is not in the set's `sqlnodes`"
+                        )));
+                    }
+                    if let Some(other) = subset_of.insert(node, subset) {
+                        return Err(invalid(format!(
+                            "SQL node `{node}` is in subsets `{other}` and `{subset}` of set `{set}`; a node serves one subset"
+                        )));
+                    }
+                }
+            }
+            if entry.clusters.is_some() && !entry.select.is_empty() {
+                return Err(invalid(format!(
+                    "set `{set}` gives both `clusters` and `select`; its span is one or the other"
+                )));
+            }
+            for cluster in entry.clusters.iter().flatten() {
+                if !sizes.contains_key(cluster) {
+                    return Err(invalid(format!(
+                        "set `{set}` spans cluster `{cluster}`, which no agent or proxy belongs to"
+                    )));
+                }
+            }
+            if !entry.select.is_empty() && self.set_span(entry).is_empty() {
+                let wanted: Vec<String> = entry
+                    .select
+                    .iter()
+                    .map(|(k, v)| format!("{k} = \"{v}\""))
+                    .collect();
+                return Err(invalid(format!(
+                    "set `{set}` selects clusters labelled {}, and no cluster has those labels; label clusters under [clusters.NAME] labels = {{ ... }}",
+                    wanted.join(", ")
+                )));
+            }
+            if entry.clusters.as_ref().is_some_and(BTreeSet::is_empty) {
+                return Err(invalid(format!(
+                    "set `{set}` spans no cluster (`clusters = []`); list its clusters, or leave `clusters` out to span every one"
+                )));
+            }
+            for (setting, value) in [
+                ("query_memory_mib", entry.query_memory_mib),
+                ("max_concurrent_queries", entry.max_concurrent_queries),
+            ] {
+                if value == Some(0) {
+                    return Err(invalid(format!(
+                        "set `{set}`: `{setting} = 0` would refuse every query; leave it out or give a positive number"
+                    )));
+                }
+            }
+            if entry.query_timeout.is_some_and(|t| t.is_zero()) {
+                return Err(invalid(format!(
+                    "set `{set}`: `query_timeout` must be a positive duration"
+                )));
+            }
+        }
+        for (name, node) in &self.sqlnodes {
+            if node.max_concurrent_queries == Some(0) {
+                return Err(invalid(format!(
+                    "SQL node `{name}`: `max_concurrent_queries = 0` would refuse every query; leave it out or give a positive number"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The set TLA `name` belongs to.
+    pub fn set_of_tla(&self, name: &str) -> Option<(&String, &SetEntry)> {
+        self.sets.iter().find(|(_, s)| s.tlas.contains(name))
+    }
+
+    /// The set SQL node `name` belongs to.
+    pub fn set_of_sqlnode(&self, name: &str) -> Option<(&String, &SetEntry)> {
+        self.sets.iter().find(|(_, s)| s.sqlnodes.contains(name))
+    }
+
+    /// The clusters a set spans: its list, the clusters its selector
+    /// matches, or every cluster.
+    pub fn set_span(&self, set: &SetEntry) -> BTreeSet<String> {
+        let all = self.cluster_sizes().into_keys();
+        if let Some(clusters) = &set.clusters {
+            return clusters.clone();
+        }
+        all.filter(|cluster| {
+            let labels = self.clusters.get(cluster).map(|c| &c.labels);
+            set.select
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        })
+        .collect()
+    }
+
+    /// The clusters TLA `name` collects: its set's span, its own
+    /// `clusters`, or (`None`) every cluster.
+    pub fn tla_span(&self, name: &str) -> Option<BTreeSet<String>> {
+        if let Some((_, set)) = self.set_of_tla(name) {
+            return Some(self.set_span(set));
+        }
+        self.tlas.get(name).and_then(|t| t.clusters.clone())
     }
 
     /// The SQL node `name`, or an error listing the ones there are.
@@ -691,24 +938,34 @@ impl Topology {
         if let Some(proxy) = self.proxies.get(name) {
             return self
                 .tlas
-                .iter()
-                .filter(|(_, t)| {
-                    t.clusters
-                        .as_ref()
-                        .is_none_or(|c| c.contains(&proxy.cluster))
-                })
-                .map(|(n, _)| n.clone())
+                .keys()
+                .filter(|t| self.tla_span(t).is_none_or(|c| c.contains(&proxy.cluster)))
+                .cloned()
                 .collect();
         }
         if self.tlas.contains_key(name) {
             return self
                 .sqlnodes
-                .iter()
-                .filter(|(_, s)| s.tlas.contains_key(name))
-                .map(|(n, _)| n.clone())
+                .keys()
+                .filter(|s| self.sqlnode_tlas(s).contains_key(name))
+                .cloned()
                 .collect();
         }
         BTreeSet::new()
+    }
+
+    /// The TLAs SQL node `name` reads, with their locality bonus: its own
+    /// `tlas`, or every TLA of its set.
+    pub fn sqlnode_tlas(&self, name: &str) -> BTreeMap<String, i64> {
+        let Some(entry) = self.sqlnodes.get(name) else {
+            return BTreeMap::new();
+        };
+        if !entry.tlas.is_empty() {
+            return entry.tlas.clone();
+        }
+        self.set_of_sqlnode(name)
+            .map(|(_, set)| set.tlas.iter().map(|t| (t.clone(), 0)).collect())
+            .unwrap_or_default()
     }
 
     pub fn stale_after(&self) -> Duration {
@@ -866,6 +1123,109 @@ mod tests {
         assert!(err("max_members = 0").contains("max_members"));
         assert!(err("member_expiry = \"0s\"").contains("member_expiry"));
         assert!(err("[proxies.p]\ncluster = \"c\"").contains("[clusters.c]"));
+    }
+
+    const SETS: &str = r#"
+        [agents.a1]
+        cluster = "c1"
+        [agents.a2]
+        cluster = "c2"
+        [agents.a3]
+        cluster = "c3"
+        [proxies.p1]
+        cluster = "c1"
+        [proxies.p2]
+        cluster = "c2"
+        [proxies.p3]
+        cluster = "c3"
+        [clusters.c1]
+        labels = { region = "eu" }
+        [clusters.c2]
+        labels = { region = "eu" }
+        [tlas.ta]
+        [tlas.tb]
+        [tlas.tc]
+        clusters = ["c3"]
+        [sqlnodes.sa]
+        [sqlnodes.sb]
+        tlas = { tb = 2 }
+        [sets.a]
+        select = { region = "eu" }
+        tlas = ["ta"]
+        sqlnodes = ["sa"]
+        domain = ["reader"]
+        [sets.b]
+        tlas = ["tb"]
+        sqlnodes = ["sb"]
+    "#;
+
+    #[test]
+    fn a_set_gives_its_tlas_their_span_and_its_nodes_their_tlas() {
+        let t = Topology::parse(SETS).unwrap();
+        let span = |tla: &str| t.tla_span(tla).map(|s| s.into_iter().collect::<Vec<_>>());
+        assert_eq!(span("ta"), Some(vec!["c1".to_string(), "c2".to_string()]));
+        assert_eq!(
+            span("tb"),
+            Some(vec!["c1".into(), "c2".into(), "c3".into()])
+        );
+        assert_eq!(span("tc"), Some(vec!["c3".to_string()]), "no set: its own");
+        assert_eq!(
+            t.sqlnode_tlas("sa"),
+            BTreeMap::from([("ta".to_string(), 0)])
+        );
+        assert_eq!(
+            t.sqlnode_tlas("sb"),
+            BTreeMap::from([("tb".to_string(), 2)])
+        );
+        let names = |set: BTreeSet<String>| set.into_iter().collect::<Vec<_>>();
+        assert_eq!(
+            names(t.parents_of("p3")),
+            ["tb", "tc"],
+            "c3 is outside a's span"
+        );
+        assert_eq!(names(t.parents_of("ta")), ["sa"]);
+        assert_eq!(Topology::parse(&t.to_toml()).unwrap(), t);
+    }
+
+    #[test]
+    fn set_errors_name_the_set_and_what_to_do() {
+        let err = |edit: &str, with: &str| {
+            Topology::parse(&SETS.replace(edit, with))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("tlas = [\"tb\"]", "tlas = [\"tb\", \"ta\"]");
+        assert!(e.contains("`ta` is in sets `a` and `b`"), "{e}");
+        let e = err("tlas = [\"tb\"]", "tlas = [\"tb\", \"tc\"]");
+        assert!(e.contains("drop the TLA's `clusters`"), "{e}");
+        let e = err("tlas = [\"tb\"]", "tlas = [\"nowhere\"]");
+        assert!(e.contains("`nowhere`, which is not in [tlas]"), "{e}");
+        let e = err("tlas = [\"tb\"]", "tlas = []");
+        assert!(e.contains("set `b` has no TLAs"), "{e}");
+        let e = err("tlas = { tb = 2 }", "tlas = { ta = 2 }");
+        assert!(e.contains("not one of the set's TLAs"), "{e}");
+        let e = err(
+            "region = \"eu\" }\n        tlas",
+            "region = \"us\" }\n        tlas",
+        );
+        assert!(e.contains("no cluster has those labels"), "{e}");
+        let e = err("domain = [\"reader\"]", "domain = [\"king\"]");
+        assert!(e.contains("king"), "{e}");
+        let e = err(
+            "sqlnodes = [\"sb\"]",
+            "sqlnodes = [\"sb\"]\nmax_concurrent_queries = 0",
+        );
+        assert!(e.contains("max_concurrent_queries = 0"), "{e}");
+        let e = err(
+            "sqlnodes = [\"sb\"]",
+            "sqlnodes = [\"sb\"]\nclusters = [\"c9\"]",
+        );
+        assert!(e.contains("cluster `c9`"), "{e}");
+        let e = err("[sets.a]", "[sets.a]\nclusters = [\"c1\"]");
+        assert!(e.contains("both `clusters` and `select`"), "{e}");
+        // A SQL node outside every set still needs its TLAs.
+        let e = err("[sqlnodes.sa]", "[sqlnodes.lone]\n[sqlnodes.sa]");
+        assert!(e.contains("`lone` names no `tlas`"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod pqa_state;
 mod prometheus;
 mod security;
 mod selfjoin;
+mod sets;
 mod slt;
 mod tiers;
 mod webdriver;
