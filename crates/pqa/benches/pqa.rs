@@ -286,6 +286,39 @@ fn avg_time_window() {
         baseline,
         "",
     );
+    // Issue 23: a remove stream keeps a statement on the general path.
+    let irstream = [
+        (
+            "select irstream avg(memutil) as avgMemUtil from MemUtilEvent(host != 'skip').win:time(20 sec) where avgMemUtil > 70",
+            "same with `irstream` (general path; no row passes)",
+        ),
+        (
+            "select irstream avg(memutil) as avgMemUtil from MemUtilEvent(host != 'skip').win:time(20 sec)",
+            "`select irstream avg(memutil) as avgMemUtil from MemUtilEvent(host != 'skip').win:time(20 sec)`: an insert and a remove row per event",
+        ),
+    ];
+    for (epl, label) in irstream {
+        let mut rows = 0usize;
+        let took = best(|| {
+            let mut e = Engine::new(config());
+            e.register(epl).unwrap();
+            let bs = batches(&mut e, "MemUtilEvent", &input);
+            let mut out: Vec<Output> = Vec::new();
+            rows = 0;
+            let t = Instant::now();
+            for b in &bs {
+                e.push_batch(b, &mut out);
+                rows += out
+                    .iter()
+                    .map(|o| o.rows.len() + o.old.len())
+                    .sum::<usize>();
+                out.clear();
+            }
+            t.elapsed()
+        });
+        black_box(rows);
+        print_row(label, n, took, baseline, ">= 1 M/s");
+    }
 }
 
 fn json_decoding() {
