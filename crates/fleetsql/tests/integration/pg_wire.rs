@@ -42,9 +42,12 @@ async fn copy_to_stdout_and_psql_copy_write_the_answer_and_copy_from_is_refused(
         )],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let machines = text(&psql(&demo, &["SELECT count(*) FROM sys"]).stdout)
+        .trim()
+        .to_string();
     assert!(
-        text(&out.stdout).contains("COPY 6"),
-        "{}",
+        text(&out.stdout).contains(&format!("COPY {machines}")),
+        "{machines} machines: {}",
         text(&out.stdout)
     );
     // The completeness NOTICE comes with it, as with any fleet query.
@@ -85,8 +88,8 @@ async fn copy_to_stdout_and_psql_copy_write_the_answer_and_copy_from_is_refused(
     let out = psql(&demo, &["COPY machinerole (ip) TO STDOUT"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
-        text(&out.stdout).lines().count(),
-        6,
+        text(&out.stdout).lines().count().to_string(),
+        machines,
         "{}",
         text(&out.stdout)
     );
@@ -165,11 +168,14 @@ async fn a_sessions_statement_timeout_lowers_only_its_own_time_out() {
         .await
         .unwrap();
     let shown = a.simple_query("SHOW statement_timeout").await.unwrap();
-    let shown = match &shown[0] {
-        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).unwrap_or_default().to_string(),
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(shown, "100ms");
+    let shown: Vec<String> = shown
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shown, ["100ms"]);
 
     // Simple protocol, then extended: the session's 100 ms stops it.
     let started = std::time::Instant::now();
@@ -188,7 +194,7 @@ async fn a_sessions_statement_timeout_lowers_only_its_own_time_out() {
     assert!(message.contains("statement_timeout is 100 ms"), "{message}");
     // The session goes on.
     let rows = a.query("SELECT count(*) FROM sys", &[]).await.unwrap();
-    assert_eq!(rows[0].get::<_, i64>(0), 6);
+    assert!(rows[0].get::<_, i64>(0) > 0);
 
     // Another session keeps the node's 2 s: the same query runs until it.
     let started = std::time::Instant::now();
@@ -246,6 +252,6 @@ async fn a_query_over_the_memory_limit_gets_53200_with_a_hint_and_the_node_goes_
         );
         // The node is up and the next query answers.
         let rows = client.query("SELECT count(*) FROM sys", &[]).await.unwrap();
-        assert_eq!(rows[0].get::<_, i64>(0), 6);
+        assert!(rows[0].get::<_, i64>(0) > 0);
     }
 }
