@@ -33,8 +33,13 @@ pub struct BenchConfig {
     pub machines_per_cluster: usize,
     pub processes_per_machine: usize,
     pub tick: Duration,
-    /// Fraction of every table's rows that changes per tick.
+    /// Fraction of every table's rows whose values change per tick.
     pub churn: f64,
+    /// Share of machines whose process count changes per tick (short-lived
+    /// processes start and exit); with it, filesystems mount and unmount
+    /// and machines leave and rejoin at the simulator's realistic rates
+    /// (`fleetsql_sim::RowChurn::realistic`). 0 turns row churn off.
+    pub process_churn: f64,
     /// How long to measure once the first complete generation arrived.
     pub duration: Duration,
     /// Flight compression between every tier (the topology's `compression`).
@@ -71,6 +76,7 @@ impl BenchConfig {
             processes_per_machine: 100,
             tick: Duration::from_secs(5),
             churn: 0.10,
+            process_churn: 0.05,
             duration: Duration::from_secs(60),
             compression: fleetsql_flight::Compression::default(),
             seed: 42,
@@ -115,7 +121,12 @@ impl BenchConfig {
             return invalid("--processes must be at least 1");
         }
         if !(0.0..=1.0).contains(&self.churn) {
-            return invalid("--churn is a fraction between 0 and 1, e.g. 0.1");
+            return invalid("--value-churn is a fraction between 0 and 1, e.g. 0.1");
+        }
+        if !(0.0..=1.0).contains(&self.process_churn) {
+            return invalid(
+                "--churn is a fraction between 0 and 1 (machines whose process count changes per tick), e.g. 0.05",
+            );
         }
         if self.tick < Duration::from_millis(100) {
             return invalid("--tick must be at least 100ms");

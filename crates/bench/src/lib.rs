@@ -54,3 +54,13 @@ pub const SEED_QUERIES: [(&str, &str); 3] = [
         "SELECT machineip ip_key, mountp mnt_key, bavail*bsize free_space, (100*bavail)/blocks pct FROM filesystem a WHERE blocks > 0 and (100*bavail)/blocks < 3",
     ),
 ];
+
+/// The Cargo profile this binary (and so every tier the bench starts from
+/// it) was built with: figures from `dev` and `release` differ severalfold.
+pub fn build_profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "dev"
+    } else {
+        "release"
+    }
+}

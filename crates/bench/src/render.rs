@@ -34,12 +34,18 @@ pub fn markdown(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} machines in {} clusters ({} processes each), tick {} ms, churn {}, Flight compression {}, measured {:.0} s (load average {:.1} on {} cores at the end): {} rows and {:.0} MiB of Arrow per generation.\n",
+        "{} machines in {} clusters ({} processes each), tick {} ms, value churn {}, process churn {} of machines per tick, {} profile, Flight compression {}, measured {:.0} s (load average {:.1} on {} cores at the end): {} rows and {:.0} MiB of Arrow per generation.\n",
         r.machines,
         r.clusters,
         r.processes_per_machine,
         r.tick_ms,
         r.churn,
+        r.process_churn,
+        if r.profile.is_empty() {
+            "dev"
+        } else {
+            r.profile.as_str()
+        },
         r.compression,
         r.duration_s,
         r.load_average,

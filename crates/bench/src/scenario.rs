@@ -14,7 +14,7 @@ use fleetsql_aggregator::Child;
 use fleetsql_flight::certs::FleetCa;
 use fleetsql_flight::{FlightServer, FlightServerConfig};
 use fleetsql_model::{Generation, Table, now_ms};
-use fleetsql_sim::{DEMO_STATIC_FILES, SimConfig, SimFleet, SimProxy, TABLES};
+use fleetsql_sim::{DEMO_STATIC_FILES, RowChurn, SimConfig, SimFleet, SimProxy, TABLES};
 use fleetsql_tiers::{ProxyEntry, SqlNodeEntry, TlaEntry, TlsSettings, Topology};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -127,17 +127,24 @@ impl Fleet {
             churn: config.churn,
             processes_per_machine: config.processes_per_machine,
             tick: config.tick,
+            rows: if config.process_churn > 0.0 {
+                RowChurn::realistic(config.process_churn)
+            } else {
+                RowChurn::NONE
+            },
         })
         .map_err(|e| BenchError::Sim(e.to_string()))?;
         let machines = fleet.machine_count();
         let proxies = fleet.proxies();
         drop(fleet);
         phase(&format!(
-            "{machines} machines in {} clusters, {} processes each, tick {:?}, churn {}",
+            "{machines} machines in {} clusters, {} processes each, tick {:?}, value churn {}, process churn {}, {} build",
             proxies.len(),
             config.processes_per_machine,
             config.tick,
-            config.churn
+            config.churn,
+            config.process_churn,
+            crate::build_profile()
         ));
 
         let started = Instant::now();
@@ -793,6 +800,8 @@ async fn measure_tiers(
         processes_per_machine: config.processes_per_machine,
         tick_ms: config.tick.as_millis() as u64,
         churn: config.churn,
+        process_churn: config.process_churn,
+        profile: crate::build_profile().to_string(),
         compression: format!("{:?}", config.compression).to_lowercase(),
         duration_s: config.duration.as_secs_f64(),
         rows: sizes.rows,

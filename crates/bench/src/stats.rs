@@ -59,7 +59,15 @@ pub struct Report {
     pub clusters: usize,
     pub processes_per_machine: usize,
     pub tick_ms: u64,
+    /// Fraction of rows whose values change per tick.
     pub churn: f64,
+    /// Share of machines whose process count changes per tick.
+    #[serde(default)]
+    pub process_churn: f64,
+    /// Cargo profile the tiers under test were built with (`dev` or
+    /// `release`): the bench starts its own binary.
+    #[serde(default)]
+    pub profile: String,
     /// Flight compression between the tiers.
     pub compression: String,
     pub duration_s: f64,

@@ -27,9 +27,14 @@ pub(crate) struct BenchArgs {
     /// Time between generations, e.g. `5s`.
     #[arg(long, value_parser = fleetsql_model::duration::parse_positive)]
     tick: Option<Duration>,
-    /// Fraction of rows changing per tick.
+    /// Share of machines whose process count changes per tick (processes
+    /// start and exit; filesystems and membership churn at realistic
+    /// rates too); default 0.05, 0 for values-only churn.
     #[arg(long)]
     churn: Option<f64>,
+    /// Fraction of every table's rows whose values change per tick.
+    #[arg(long)]
+    value_churn: Option<f64>,
     /// How long to measure once the first complete generation arrived.
     #[arg(long, value_parser = fleetsql_model::duration::parse_positive)]
     duration: Option<Duration>,
@@ -104,6 +109,9 @@ impl BenchArgs {
             config.tick = t;
         }
         if let Some(c) = self.churn {
+            config.process_churn = c;
+        }
+        if let Some(c) = self.value_churn {
             config.churn = c;
         }
         if let Some(d) = self.duration {

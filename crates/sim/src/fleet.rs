@@ -69,6 +69,7 @@ impl SimFleet {
                             config.processes_per_machine,
                             tick_ms,
                             config.churn,
+                            config.rows,
                         ))
                     })
                     .collect(),
@@ -119,6 +120,7 @@ impl SimFleet {
                     self.config.processes_per_machine,
                     self.config.tick_ms(),
                     self.config.churn,
+                    self.config.rows,
                 ))
             })
             .collect()

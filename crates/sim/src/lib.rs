@@ -21,6 +21,7 @@
 //! follows the seed's per-continent figures through the georegions of
 //! [`REGIONS`] (the demo's `region_data` static table).
 
+mod churn;
 mod config;
 mod error;
 mod fleet;
@@ -30,7 +31,7 @@ mod profile;
 mod rng;
 mod tables;
 
-pub use config::SimConfig;
+pub use config::{RowChurn, SimConfig};
 pub use error::{Result, SimError};
 pub use fleet::{SimCluster, SimFleet};
 pub use geo::{CONTINENTS, Continent, DEMO_STATIC_FILES, REGIONS, Region};

@@ -7,6 +7,8 @@ use fleetsql_aggregator::{Child, FetchRequest};
 use fleetsql_model::{ClusterVisibility, Generation, ModelError, TableVisibility, now_ms};
 use parking_lot::Mutex;
 
+use crate::churn::away;
+use crate::config::RowChurn;
 use crate::profile::{Profile, Role};
 use crate::tables::{Clock, Kind, TABLES, TableState};
 
@@ -25,6 +27,7 @@ struct Source {
     processes: usize,
     tick_ms: i64,
     churn: f64,
+    rows: RowChurn,
     state: Mutex<SourceState>,
 }
 
@@ -57,6 +60,7 @@ impl Source {
             tick,
             tick_ms: self.tick_ms,
             churn: self.churn,
+            rows: self.rows,
         };
         let made_at_ms = clock.tick_start_ms();
         let machines = self.profiles.len() as u64;
@@ -71,11 +75,16 @@ impl Source {
                 .iter()
                 .filter(|p| p.cluster == cluster)
                 .count() as u64;
+            let away_in = self
+                .profiles
+                .iter()
+                .filter(|p| p.cluster == cluster && away(p, tick, &self.rows))
+                .count() as u64;
             visibility.clusters.insert(
                 cluster.to_string(),
                 ClusterVisibility {
                     machines_expected: machines_in,
-                    machines_seen: machines_in,
+                    machines_seen: machines_in - away_in,
                     oldest_data_ms: Some(made_at_ms),
                     newest_data_ms: Some(made_at_ms),
                     via: String::new(),
@@ -139,6 +148,15 @@ impl Source {
         request: &FetchRequest,
     ) -> fleetsql_aggregator::Result<Arc<Generation>> {
         let tick = self.tick_for(request).await;
+        if let [machine] = self.profiles.as_slice()
+            && away(machine, tick, &self.rows)
+        {
+            // A machine that left answers nothing, as an agent that is down.
+            return Err(fleetsql_aggregator::AggregatorError::Child {
+                child: self.name.clone(),
+                reason: "simulated machine is away (it left its cluster for a while)".into(),
+            });
+        }
         if self.profiles.len() == 1 {
             return Ok(self.generation_at(tick, &request.tables)?);
         }
@@ -181,7 +199,13 @@ pub struct SimMachine {
 }
 
 impl SimMachine {
-    pub(crate) fn new(profile: Profile, processes: usize, tick_ms: i64, churn: f64) -> Self {
+    pub(crate) fn new(
+        profile: Profile,
+        processes: usize,
+        tick_ms: i64,
+        churn: f64,
+        rows: RowChurn,
+    ) -> Self {
         SimMachine {
             source: Arc::new(Source {
                 name: profile.host.clone(),
@@ -189,6 +213,7 @@ impl SimMachine {
                 processes,
                 tick_ms,
                 churn,
+                rows,
                 state: Mutex::new(SourceState::default()),
             }),
         }
@@ -265,6 +290,7 @@ impl SimProxy {
         processes: usize,
         tick_ms: i64,
         churn: f64,
+        rows: RowChurn,
     ) -> Self {
         SimProxy {
             source: Arc::new(Source {
@@ -273,6 +299,7 @@ impl SimProxy {
                 processes,
                 tick_ms,
                 churn,
+                rows,
                 state: Mutex::new(SourceState::default()),
             }),
         }

@@ -12,13 +12,16 @@ use std::cell::RefCell;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use fleetsql_model::{ModelError, Table, origin};
 
+use crate::churn::{Slots, away, slots};
+use crate::config::RowChurn;
 use crate::profile::{Profile, Role};
-use crate::rng::{Draw, derive, phase, row_version, version_start};
+use crate::rng::{Draw, derive, mix, phase, row_version, version_start};
 
 /// The tables every simulated machine publishes, by name.
 pub const TABLES: [&str; 5] = ["sys", "processes", "filesystem", "machinerole", "load_info"];
@@ -80,19 +83,20 @@ impl Kind {
                 Fixed(7),
             ],
             // ip, pid, ppid, procname, rss, vsz, cpu_pct, uid, user, state,
-            // start_time
+            // start_time (pid and start time are a slot's, which a new
+            // process takes over when a short-lived one exits)
             Kind::Processes => &[
                 Fixed(0),
+                Dyn(4),
                 Fixed(1),
                 Fixed(2),
-                Fixed(3),
                 Dyn(0),
                 Dyn(1),
                 Dyn(2),
+                Fixed(3),
                 Fixed(4),
-                Fixed(5),
                 Dyn(3),
-                Fixed(6),
+                Dyn(5),
             ],
             // machineip, mountp, fstype, device, bsize, blocks, bfree,
             // bavail, files, ffree
@@ -204,6 +208,8 @@ enum DynCol {
     I(Vec<i64>),
     F(Vec<f64>),
     S(Vec<&'static str>),
+    /// Milliseconds since the epoch, UTC.
+    T(Vec<i64>),
 }
 
 impl DynCol {
@@ -212,6 +218,9 @@ impl DynCol {
             DynCol::I(v) => Arc::new(Int64Array::from(v.clone())),
             DynCol::F(v) => Arc::new(Float64Array::from(v.clone())),
             DynCol::S(v) => Arc::new(StringArray::from_iter_values(v.iter())),
+            DynCol::T(v) => {
+                Arc::new(TimestampMillisecondArray::from(v.clone()).with_timezone("UTC"))
+            }
         }
     }
 }
@@ -228,16 +237,22 @@ enum Val {
 
 const NO: Val = Val::I(0);
 
-fn store(cols: &mut [DynCol], row: usize, sample: &Sample) {
-    for (col, val) in cols.iter_mut().zip(sample) {
-        match (col, *val) {
-            (DynCol::I(v), Val::I(x)) => v[row] = x,
-            (DynCol::F(v), Val::F(x)) => v[row] = x,
-            (DynCol::S(v), Val::S(x)) => v[row] = x,
+/// Writes one row's sample, marking in `dirty` the columns whose value
+/// changed (only those get a new array).
+fn store(cols: &mut [DynCol], dirty: &mut [bool], row: usize, sample: &Sample) {
+    for ((col, val), dirty) in cols.iter_mut().zip(sample).zip(dirty.iter_mut()) {
+        let changed = match (col, *val) {
+            (DynCol::I(v) | DynCol::T(v), Val::I(x)) => std::mem::replace(&mut v[row], x) != x,
+            (DynCol::F(v), Val::F(x)) => std::mem::replace(&mut v[row], x).to_bits() != x.to_bits(),
+            (DynCol::S(v), Val::S(x)) => std::mem::replace(&mut v[row], x) != x,
             // Kinds and samples are written together below; a mismatch is a
             // bug caught by the tests, never input.
-            _ => debug_assert!(false, "sample type does not match its column"),
-        }
+            _ => {
+                debug_assert!(false, "sample type does not match its column");
+                false
+            }
+        };
+        *dirty |= changed;
     }
 }
 
@@ -346,6 +361,68 @@ const DAEMONS: [ProcSpec; 15] = [
     },
 ];
 
+/// Short-lived processes (cron jobs, shells, health checks), one per
+/// transient slot (round robin past the end).
+const TRANSIENT: [ProcSpec; 8] = [
+    ProcSpec {
+        name: "sh",
+        user: "root",
+        rss_kib: Some((600, 1_500)),
+        cpu_max: 1.0,
+    },
+    ProcSpec {
+        name: "python3",
+        user: "ops",
+        rss_kib: Some((9_000, 40_000)),
+        cpu_max: 40.0,
+    },
+    ProcSpec {
+        name: "curl",
+        user: "prometheus",
+        rss_kib: Some((5_000, 12_000)),
+        cpu_max: 5.0,
+    },
+    ProcSpec {
+        name: "logrotate",
+        user: "root",
+        rss_kib: Some((2_000, 4_000)),
+        cpu_max: 10.0,
+    },
+    ProcSpec {
+        name: "sshd",
+        user: "ops",
+        rss_kib: Some((5_000, 9_000)),
+        cpu_max: 1.0,
+    },
+    ProcSpec {
+        name: "bash",
+        user: "ops",
+        rss_kib: Some((4_000, 8_000)),
+        cpu_max: 2.0,
+    },
+    ProcSpec {
+        name: "apt-get",
+        user: "root",
+        rss_kib: Some((30_000, 80_000)),
+        cpu_max: 30.0,
+    },
+    ProcSpec {
+        name: "sleep",
+        user: "root",
+        rss_kib: Some((500, 900)),
+        cpu_max: 0.0,
+    },
+];
+
+/// The spec of `processes` row `row` of a machine with `base` long-lived
+/// processes (rows past them are transient slots).
+fn row_spec(role: Role, base: usize, row: usize) -> (ProcSpec, bool) {
+    if row >= base {
+        return (TRANSIENT[(row - base) % TRANSIENT.len()], false);
+    }
+    proc_spec(role, row)
+}
+
 /// The spec of `processes` row `row` (`None` name: a kernel worker whose
 /// name is made from the row number).
 fn proc_spec(role: Role, row: usize) -> (ProcSpec, bool) {
@@ -387,7 +464,11 @@ struct Mount {
     bsize: i64,
 }
 
-const MOUNTS: [Mount; 4] = [
+/// Mounts that come and go, past the four every machine has: a user
+/// session's tmpfs and an automounted backup share.
+pub(crate) const EXTRA_MOUNTS: usize = 2;
+
+const MOUNTS: [Mount; 4 + EXTRA_MOUNTS] = [
     Mount {
         mountp: "/",
         fstype: "ext4",
@@ -412,7 +493,22 @@ const MOUNTS: [Mount; 4] = [
         device: "/dev/md1",
         bsize: 4096,
     },
+    Mount {
+        mountp: "/run/user/1000",
+        fstype: "tmpfs",
+        device: "tmpfs",
+        bsize: 4096,
+    },
+    Mount {
+        mountp: "/mnt/backup",
+        fstype: "nfs4",
+        device: "backup:/export",
+        bsize: 1_048_576,
+    },
 ];
+
+/// Mounts every machine has.
+const BASE_MOUNTS: usize = MOUNTS.len() - EXTRA_MOUNTS;
 
 /// Swap of every simulated machine, KiB.
 const SWAP_KIB: i64 = 8 * 1024 * 1024;
@@ -424,6 +520,8 @@ fn mount_size_bytes(profile: &Profile, row: usize) -> i64 {
         0 => 50 * GIB,
         1 => GIB,
         2 => 400 * GIB,
+        4 => 3 * GIB,
+        5 => 64 * 1024 * GIB,
         _ => match profile.role {
             Role::Cache | Role::Storage => 8 * 1024 * GIB,
             Role::Db => 4 * 1024 * GIB,
@@ -446,11 +544,12 @@ fn mount_geometry(profile: &Profile, row: usize) -> (i64, i64) {
     (blocks, files)
 }
 
+/// Long-lived rows of one machine's table (transient slots follow them).
 fn row_count(kind: Kind, profile: &Profile, processes: usize) -> usize {
     match kind {
         Kind::Sys | Kind::MachineRole => 1,
         Kind::Processes => processes,
-        Kind::Filesystem => MOUNTS.len(),
+        Kind::Filesystem => BASE_MOUNTS,
         Kind::LoadInfo => usize::from(profile.role.serves_traffic()),
     }
 }
@@ -485,7 +584,38 @@ fn uid_of(user: &str) -> i64 {
 
 /// The columns that never change, built on a machine's first request for
 /// the table. `ip` is the origin `_ip` array itself, shared.
-fn fixed_columns(kind: Kind, p: &Profile, rows: usize, ip: &ArrayRef) -> Vec<ArrayRef> {
+/// The pid of a machine's main service (`base` long-lived processes).
+fn main_pid(p: &Profile, base: usize) -> i64 {
+    300 + 17 * base as i64 + (derive(p.key, 0x4d41_494e) % 1000) as i64
+}
+
+/// Pid and start time (ms) of long-lived process `row`: fixed for the
+/// machine's life. Increasing pids in start order; systemd is 1, the main
+/// service started last of the boot-time processes.
+fn base_proc_identity(p: &Profile, base: usize, row: usize) -> (i64, i64) {
+    let (_, main) = proc_spec(p.role, row);
+    let mut d = Draw::new(derive(p.key, 0x5049_0000 + row as u64));
+    let pid = match row {
+        0 => main_pid(p, base),
+        1 => 1,
+        r => 300 + 17 * r as i64 + d.int(0, 16),
+    };
+    let start_s = if main || row <= DAEMONS.len() {
+        p.boot_time_s + d.int(1, 60)
+    } else {
+        p.boot_time_s + d.int(60, 30 * 86_400)
+    };
+    (pid, start_s * 1000)
+}
+
+/// `base` long-lived rows then transient slots, `rows` in all.
+fn fixed_columns(
+    kind: Kind,
+    p: &Profile,
+    base: usize,
+    rows: usize,
+    ip: &ArrayRef,
+) -> Vec<ArrayRef> {
     match kind {
         Kind::Sys => vec![
             ip.clone(),
@@ -498,55 +628,38 @@ fn fixed_columns(kind: Kind, p: &Profile, rows: usize, ip: &ArrayRef) -> Vec<Arr
             string_array([p.kernel]),
         ],
         Kind::Processes => {
-            let mut pids = Vec::with_capacity(rows);
             let mut ppids = Vec::with_capacity(rows);
             let mut names = Vec::with_capacity(rows);
             let mut uids = Vec::with_capacity(rows);
             let mut users = Vec::with_capacity(rows);
-            let mut starts = Vec::with_capacity(rows);
-            // Increasing pids in start order; systemd is 1, the main
-            // service started last of the boot-time processes.
-            let main_pid = 300 + 17 * rows as i64 + (derive(p.key, 0x4d41_494e) % 1000) as i64;
+            let main_pid = main_pid(p, base);
             for row in 0..rows {
-                let (spec, main) = proc_spec(p.role, row);
-                let mut d = Draw::new(derive(p.key, 0x5049_0000 + row as u64));
-                let kworker = spec.name == "kworker";
-                let pid = match row {
-                    0 => main_pid,
-                    1 => 1,
-                    r => 300 + 17 * r as i64 + d.int(0, 16),
-                };
+                let (spec, _) = row_spec(p.role, base, row);
+                let kworker = row < base && spec.name == "kworker";
                 let ppid = match row {
                     1 => None,
                     _ if kworker => Some(2),
+                    // Jobs are started by cron or a shell, both under init.
+                    r if r >= base => Some(1),
                     r if r > DAEMONS.len() => Some(main_pid),
                     _ => Some(1),
-                };
-                let start_s = if main || row <= DAEMONS.len() {
-                    p.boot_time_s + d.int(1, 60)
-                } else {
-                    p.boot_time_s + d.int(60, 30 * 86_400)
                 };
                 let name = if kworker {
                     format!("kworker/{}:{}", row as i64 % p.ncpus, row as i64 / p.ncpus)
                 } else {
                     spec.name.to_string()
                 };
-                pids.push(pid);
                 ppids.push(ppid);
                 names.push(name);
                 uids.push(uid_of(spec.user));
                 users.push(spec.user);
-                starts.push(start_s * 1000);
             }
             vec![
                 ip.clone(),
-                int_array(pids),
                 Arc::new(Int64Array::from(ppids)),
                 string_array(names),
                 int_array(uids),
                 string_array(users),
-                Arc::new(TimestampMillisecondArray::from(starts).with_timezone("UTC")),
             ]
         }
         Kind::Filesystem => {
@@ -575,22 +688,40 @@ fn empty_dyn(kind: Kind, rows: usize) -> Vec<DynCol> {
     let f = || DynCol::F(vec![0.0; rows]);
     match kind {
         Kind::Sys => vec![i(), i(), i(), f(), f(), f(), f(), i()],
-        Kind::Processes => vec![i(), i(), f(), DynCol::S(vec![""; rows])],
+        Kind::Processes => vec![
+            i(),
+            i(),
+            f(),
+            DynCol::S(vec![""; rows]),
+            i(),
+            DynCol::T(vec![0; rows]),
+        ],
         Kind::Filesystem => vec![i(), i(), i()],
         Kind::MachineRole => vec![],
         Kind::LoadInfo => vec![i(), i(), i()],
     }
 }
 
-/// The dynamic values of `row` at `version`, sampled at `sampled_at_s`.
+/// Where a row sits and who it is, beside its values' version.
+#[derive(Debug, Clone, Copy)]
+struct RowAt {
+    row: usize,
+    /// Long-lived rows of the machine's table.
+    base: usize,
+    /// `processes` only: pid and start time (ms).
+    ident: (i64, i64),
+}
+
+/// The dynamic values of `at.row` at `version`, sampled at `sampled_at_s`.
 fn sample(
     kind: Kind,
     p: &Profile,
-    row: usize,
+    at: RowAt,
     key: u64,
     version: u64,
     sampled_at_s: Option<i64>,
 ) -> Sample {
+    let row = at.row;
     let mut d = Draw::new(derive(key, version));
     match kind {
         Kind::Sys => {
@@ -624,7 +755,7 @@ fn sample(
             ]
         }
         Kind::Processes => {
-            let (spec, main) = proc_spec(p.role, row);
+            let (spec, main) = row_spec(p.role, at.base, row);
             let rss = match spec.rss_kib {
                 Some((lo, hi)) => d.int(lo, hi),
                 None if main => {
@@ -656,8 +787,8 @@ fn sample(
                 Val::I(vsz),
                 Val::F(cpu),
                 Val::S(state),
-                NO,
-                NO,
+                Val::I(at.ident.0),
+                Val::I(at.ident.1),
                 NO,
                 NO,
             ]
@@ -724,6 +855,7 @@ pub(crate) struct Clock {
     pub(crate) tick: u64,
     pub(crate) tick_ms: i64,
     pub(crate) churn: f64,
+    pub(crate) rows: RowChurn,
 }
 
 impl Clock {
@@ -738,21 +870,34 @@ const BATCH_ROWS: usize = 8192;
 
 /// One table of a set of machines (one machine for a simulated agent, a
 /// whole cluster for a simulated proxy), as last built. Rows are the
-/// machines' rows one after the other, in the order of `profiles`.
+/// machines' rows one after the other, in the order of `profiles`: each
+/// machine's long-lived rows, then its transient slots (rows that exist at
+/// some ticks only; see `crate::churn`). A built table holds only the rows
+/// that exist at its tick.
 #[derive(Debug)]
 pub(crate) struct TableState {
     kind: Kind,
+    /// Slot rows, whether they exist now or not.
     rows: usize,
-    /// Where each machine's rows begin; one entry per machine plus the end.
+    /// Where each machine's slot rows begin; one entry per machine plus the
+    /// end.
     offsets: Vec<usize>,
+    /// Long-lived rows per machine; the rest of its slot rows are transient.
+    base: Vec<usize>,
     /// Each row's churn phase, kept so that finding the rows that churned
     /// costs a multiply per row instead of four hashes.
     phases: Vec<f64>,
-    /// The version each row's dynamic values were sampled at.
+    /// The version each row's dynamic values were sampled at (for a
+    /// transient row, mixed with the slot's epoch: a new process).
     versions: Vec<u64>,
+    /// Rows that exist at the last build's tick.
+    present: Vec<bool>,
+    /// Machines with at least one row at the last build's tick.
+    with_rows: u64,
     fixed: Vec<ArrayRef>,
     values: Vec<DynCol>,
-    /// Arrays of `values` as of the last build, reused while no row churns.
+    /// Arrays of `values` as of the last build, each rebuilt only when one
+    /// of its values changed.
     arrays: Vec<ArrayRef>,
     /// `_host`, `_ip`, `_cluster`.
     origin: [ArrayRef; 3],
@@ -771,6 +916,9 @@ fn concat_parts(table: Kind, parts: &[ArrayRef]) -> Result<ArrayRef, ModelError>
     })
 }
 
+/// A version no sample has: a row not sampled yet.
+const UNSAMPLED: u64 = u64::MAX;
+
 impl TableState {
     pub(crate) fn new(
         kind: Kind,
@@ -778,10 +926,18 @@ impl TableState {
         processes: usize,
         clock: Clock,
     ) -> Result<Self, ModelError> {
+        let extra = slots(kind, &clock.rows);
+        let base: Vec<usize> = profiles
+            .iter()
+            .map(|p| row_count(kind, p, processes))
+            .collect();
         let mut offsets = Vec::with_capacity(profiles.len() + 1);
         offsets.push(0);
-        for p in profiles {
-            offsets.push(offsets[offsets.len() - 1] + row_count(kind, p, processes));
+        for b in &base {
+            // A machine without long-lived rows (load_info off a serving
+            // role) has no transient ones either.
+            let own = if *b == 0 { 0 } else { b + extra };
+            offsets.push(offsets[offsets.len() - 1] + own);
         }
         let rows = offsets[profiles.len()];
         let each = |value: fn(&Profile) -> &str| {
@@ -806,7 +962,7 @@ impl TableState {
             } else {
                 string_array(std::iter::repeat_n(p.ip.as_str(), machine_rows))
             };
-            for (c, column) in fixed_columns(kind, p, machine_rows, &machine_ip)
+            for (c, column) in fixed_columns(kind, p, base[m], machine_rows, &machine_ip)
                 .into_iter()
                 .enumerate()
             {
@@ -824,40 +980,96 @@ impl TableState {
             // The table's own ip column is the origin `_ip` array itself.
             *first = ip;
         }
+        let mut phases = Vec::with_capacity(rows);
+        for (m, p) in profiles.iter().enumerate() {
+            for row in 0..offsets[m + 1] - offsets[m] {
+                phases.push(phase(row_key(kind, p, row)));
+            }
+        }
         let mut state = TableState {
             kind,
             rows,
             offsets,
-            phases: Vec::with_capacity(rows),
-            versions: Vec::with_capacity(rows),
+            base,
+            phases,
+            versions: vec![UNSAMPLED; rows],
+            present: vec![false; rows],
+            with_rows: 0,
             fixed,
             values: empty_dyn(kind, rows),
             arrays: Vec::new(),
             origin,
             built: None,
         };
-        for (m, p) in profiles.iter().enumerate() {
-            for row in 0..state.offsets[m + 1] - state.offsets[m] {
-                let key = row_key(kind, p, row);
-                let phase = phase(key);
-                let version = row_version(phase, clock.tick, clock.churn);
-                let sampled = sampled_at_s(phase, version, clock);
-                store(
-                    &mut state.values,
-                    state.phases.len(),
-                    &sample(kind, p, row, key, version, sampled),
-                );
-                state.versions.push(version);
-                state.phases.push(phase);
-            }
-        }
+        state.refresh(profiles, clock);
         state.arrays = state.values.iter().map(DynCol::to_array).collect();
         Ok(state)
     }
 
     /// Machines (of this state's set) with at least one row.
     pub(crate) fn machines_with_rows(&self) -> u64 {
-        self.offsets.windows(2).filter(|w| w[1] > w[0]).count() as u64
+        self.with_rows
+    }
+
+    /// Brings every existing row to `clock.tick`: which rows exist, and new
+    /// values for rows whose version moved. Returns which dynamic columns
+    /// changed.
+    fn refresh(&mut self, profiles: &[&Profile], clock: Clock) -> Vec<bool> {
+        let mut dirty = vec![false; self.values.len()];
+        let mut with_rows = 0;
+        for (m, p) in profiles.iter().enumerate() {
+            let first = self.offsets[m];
+            let base = self.base[m];
+            let gone = away(p, clock.tick, &clock.rows);
+            let slots = Slots::at(self.kind, p, clock.tick, &clock.rows);
+            let mut any = false;
+            for row in 0..self.offsets[m + 1] - first {
+                let at = first + row;
+                let transient = row.checked_sub(base);
+                let present = !gone && transient.is_none_or(|slot| slots.in_use(slot));
+                self.present[at] = present;
+                if !present {
+                    continue;
+                }
+                any = true;
+                let phase = self.phases[at];
+                let value_version = row_version(phase, clock.tick, clock.churn);
+                let mut key = row_key(self.kind, p, row);
+                let epoch = transient.map(|slot| slots.epoch(slot));
+                let version = match epoch {
+                    // A process that took the slot over has values of its own.
+                    Some(epoch) => {
+                        key = derive(key, epoch);
+                        mix(derive(epoch, value_version))
+                    }
+                    None => value_version,
+                };
+                if version == self.versions[at] {
+                    continue;
+                }
+                let ident = match (self.kind, epoch) {
+                    (Kind::Processes, Some(epoch)) => (
+                        // pid_max is 4,194,304 on 64-bit Linux.
+                        32_768 + (derive(key, 0x5049_4400) % 4_000_000) as i64,
+                        (slots.epoch_start(epoch, clock.tick) as i64).saturating_mul(clock.tick_ms),
+                    ),
+                    (Kind::Processes, None) => base_proc_identity(p, base, row),
+                    _ => (0, 0),
+                };
+                let sampled = sampled_at_s(phase, value_version, clock);
+                let at_row = RowAt { row, base, ident };
+                store(
+                    &mut self.values,
+                    &mut dirty,
+                    at,
+                    &sample(self.kind, p, at_row, key, value_version, sampled),
+                );
+                self.versions[at] = version;
+            }
+            with_rows += u64::from(any);
+        }
+        self.with_rows = with_rows;
+        dirty
     }
 
     /// The table at `clock.tick`, re-sampling only rows that churned.
@@ -872,39 +1084,40 @@ impl TableState {
         {
             return Ok(table.clone());
         }
-        let mut changed = false;
-        for (m, p) in profiles.iter().enumerate() {
-            let first = self.offsets[m];
-            for row in 0..self.offsets[m + 1] - first {
-                let at = first + row;
-                let phase = self.phases[at];
-                let version = row_version(phase, clock.tick, clock.churn);
-                if version != self.versions[at] {
-                    let key = row_key(self.kind, p, row);
-                    let sampled = sampled_at_s(phase, version, clock);
-                    store(
-                        &mut self.values,
-                        at,
-                        &sample(self.kind, p, row, key, version, sampled),
-                    );
-                    self.versions[at] = version;
-                    changed = true;
-                }
+        let dirty = self.refresh(profiles, clock);
+        for (c, changed) in dirty.into_iter().enumerate() {
+            if changed {
+                self.arrays[c] = self.values[c].to_array();
             }
         }
-        if changed {
-            self.arrays = self.values.iter().map(DynCol::to_array).collect();
-        }
         let schema = self.kind.schema();
-        let table = if self.rows == 0 {
-            Table::empty(schema.clone())
+        let mut batch = if self.rows == 0 {
+            None
         } else {
-            let batch = self.batch(clock.tick_start_ms())?;
-            let batches = (0..self.rows)
-                .step_by(BATCH_ROWS)
-                .map(|start| batch.slice(start, BATCH_ROWS.min(self.rows - start)))
-                .collect();
-            Table::new(self.kind.name(), schema.clone(), batches)?
+            Some(self.batch(clock.tick_start_ms())?)
+        };
+        if let Some(all) = &batch
+            && self.present.iter().any(|p| !p)
+        {
+            let mask = BooleanArray::from(self.present.clone());
+            let kept = arrow::compute::filter_record_batch(all, &mask).map_err(|source| {
+                ModelError::Arrow {
+                    table: self.kind.name().to_string(),
+                    source,
+                }
+            })?;
+            batch = Some(kept);
+        }
+        let table = match batch.filter(|b| b.num_rows() > 0) {
+            None => Table::empty(schema.clone()),
+            Some(batch) => {
+                let rows = batch.num_rows();
+                let batches = (0..rows)
+                    .step_by(BATCH_ROWS)
+                    .map(|start| batch.slice(start, BATCH_ROWS.min(rows - start)))
+                    .collect();
+                Table::new(self.kind.name(), schema.clone(), batches)?
+            }
         };
         let table = Arc::new(table);
         self.built = Some((clock.tick, table.clone()));
