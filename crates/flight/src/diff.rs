@@ -18,21 +18,30 @@
 //! - *whole*: changed in more rows than that (`_published_at`, say); the
 //!   column travels whole.
 //!
-//! Rows are compared by position, so a table whose row count changed is
-//! sent whole. Columns are compared by buffer identity first (a column the
-//! tier passed through from its own copy is the same buffer) and by value
-//! otherwise (a publisher that re-sent identical values).
+//! Rows are compared by position. When the rows do not line up (a
+//! machine's process count changed, a machine left) and the parent reads
+//! diff version 2, the rows are first *realigned* by origin: both tables
+//! are cut into runs of one `_host`, a run whose host has a run of the same
+//! length in the copy is taken from the copy, and any other run travels
+//! whole (the inserted rows). The parent rebuilds the realigned copy from
+//! the run list and the inserted rows, and the column diff above applies to
+//! that. So a machine whose row count changed costs only its own rows.
+//! Columns are compared by buffer identity first (a column the tier passed
+//! through from its own copy is the same buffer) and by value otherwise (a
+//! publisher that re-sent identical values).
 
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use arrow::array::{
-    Array, ArrayRef, ArrowPrimitiveType, BooleanArray, PrimitiveArray, RecordBatch, UInt64Array,
-    downcast_primitive_array,
+    Array, ArrayRef, ArrowPrimitiveType, AsArray, BooleanArray, PrimitiveArray, RecordBatch,
+    UInt64Array, downcast_primitive_array,
 };
 use arrow::compute::kernels::cmp::distinct;
 use arrow::compute::{concat_batches, interleave};
 use arrow::datatypes::{DataType, Field, Schema};
-use fleetsql_model::Table;
+use fleetsql_model::{Table, origin};
 
 /// A changed column whose changed rows are at most this share of all rows
 /// travels as a patch; above it the patch (position plus value) would not
@@ -113,6 +122,236 @@ pub(crate) struct TableDiff {
     /// `_row` then the `patched` columns' new values, rows in table order;
     /// `None` when nothing is patched.
     pub(crate) patch: Option<RecordBatch>,
+    /// Realigned first (diff version 2): where the rows come from, before
+    /// `whole` and `patch` apply.
+    pub(crate) realign: Option<Realign>,
+}
+
+/// A run of a realigned table: `len` rows of the base from row `start`,
+/// or (`None`) the next `len` inserted rows.
+pub(crate) type RowRun = (Option<u64>, u64);
+
+/// How a table's rows are rebuilt from the parent's copy and rows sent.
+#[derive(Debug, Clone)]
+pub(crate) struct Realign {
+    pub(crate) runs: Vec<RowRun>,
+    /// The rows of the `None` runs, in order, every column.
+    pub(crate) inserted: Table,
+}
+
+impl PartialEq for Realign {
+    fn eq(&self, other: &Self) -> bool {
+        self.runs == other.runs
+            && self.inserted.schema() == other.inserted.schema()
+            && self.inserted.batches() == other.inserted.batches()
+    }
+}
+
+/// Runs of one `_host` value: (host, first row, rows). `None` without a
+/// `_host` column of strings.
+fn host_runs(table: &Table) -> Option<Vec<(String, usize, usize)>> {
+    let column = table.schema().index_of(origin::HOST).ok()?;
+    let mut runs: Vec<(String, usize, usize)> = Vec::new();
+    let mut offset = 0;
+    for batch in table.batches() {
+        let hosts = batch.column(column).as_string_opt::<i32>()?;
+        let partitions = arrow::compute::partition(std::slice::from_ref(batch.column(column)))
+            .ok()?
+            .ranges();
+        for range in partitions {
+            let host = if hosts.is_null(range.start) {
+                ""
+            } else {
+                hosts.value(range.start)
+            };
+            let start = offset + range.start;
+            match runs.last_mut() {
+                // A host's rows split by a batch boundary.
+                Some(last) if last.0 == host && last.1 + last.2 == start => last.2 += range.len(),
+                _ => runs.push((host.to_string(), start, range.len())),
+            }
+        }
+        offset += batch.num_rows();
+    }
+    Some(runs)
+}
+
+/// Pushes a run, joining it to the last one where they continue each other.
+fn push_run(runs: &mut Vec<RowRun>, run: RowRun) {
+    if let Some(last) = runs.last_mut() {
+        match (last.0, run.0) {
+            (Some(a), Some(b)) if a + last.1 == b => {
+                last.1 += run.1;
+                return;
+            }
+            (None, None) => {
+                last.1 += run.1;
+                return;
+            }
+            _ => {}
+        }
+    }
+    runs.push(run);
+}
+
+/// `new`'s rows as runs of `base` and inserted rows (ranges of `new`);
+/// `None` when either table has no `_host`, or nothing can be taken from
+/// the base.
+/// Row ranges of a table: (first row, rows).
+type Ranges = Vec<(usize, usize)>;
+
+fn align(new: &Table, base: &Table) -> Option<(Vec<RowRun>, Ranges)> {
+    let new_runs = host_runs(new)?;
+    let base_runs = host_runs(base)?;
+    // A host may have more than one run (rows not grouped by host): the
+    // k-th run of a host matches the base's k-th run of it.
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut in_base: HashMap<(&str, usize), (usize, usize)> = HashMap::new();
+    for (host, start, len) in &base_runs {
+        let k = seen.entry(host.as_str()).or_default();
+        in_base.insert((host.as_str(), *k), (*start, *len));
+        *k += 1;
+    }
+    seen.clear();
+    let mut runs = Vec::new();
+    let mut inserted: Vec<(usize, usize)> = Vec::new();
+    let mut taken = 0usize;
+    for (host, start, len) in &new_runs {
+        let k = seen.entry(host.as_str()).or_default();
+        match in_base.get(&(host.as_str(), *k)) {
+            Some(&(from, base_len)) if base_len == *len => {
+                push_run(&mut runs, (Some(from as u64), *len as u64));
+                taken += len;
+            }
+            _ => {
+                push_run(&mut runs, (None, *len as u64));
+                match inserted.last_mut() {
+                    Some(last) if last.0 + last.1 == *start => last.1 += len,
+                    _ => inserted.push((*start, *len)),
+                }
+            }
+        }
+        *k += 1;
+    }
+    (taken > 0).then_some((runs, inserted))
+}
+
+/// `len` rows of `table` from row `start`, as zero-copy slices of its
+/// batches.
+fn rows_of(table_batches: &[RecordBatch], start: usize, len: usize, out: &mut Vec<RecordBatch>) {
+    let (mut skip, mut left) = (start, len);
+    for batch in table_batches {
+        if left == 0 {
+            return;
+        }
+        let n = batch.num_rows();
+        if skip >= n {
+            skip -= n;
+            continue;
+        }
+        let take = (n - skip).min(left);
+        out.push(batch.slice(skip, take));
+        left -= take;
+        skip = 0;
+    }
+}
+
+/// The table `runs` describe: rows of `base` and of `inserted`, cut into
+/// batches of `layout` rows each (the last takes what remains).
+pub(crate) fn realigned(
+    name: &str,
+    base: &Table,
+    runs: &[RowRun],
+    inserted: &[RecordBatch],
+    layout: &[usize],
+) -> Result<Table, String> {
+    let base_rows = base.num_rows() as u64;
+    let inserted_rows: u64 = inserted.iter().map(|b| b.num_rows() as u64).sum();
+    let mut next_inserted = 0u64;
+    let mut total = 0u64;
+    for (start, len) in runs {
+        match start {
+            Some(start) if start.checked_add(*len).is_none_or(|end| end > base_rows) => {
+                return Err(format!(
+                    "table `{name}`: a run of {len} rows from row {start} is past the base's {base_rows} rows"
+                ));
+            }
+            Some(_) => {}
+            None => next_inserted += len,
+        }
+        total += len;
+    }
+    if next_inserted != inserted_rows {
+        return Err(format!(
+            "table `{name}`: the runs take {next_inserted} inserted rows, {inserted_rows} were sent"
+        ));
+    }
+    let mut slices = Vec::new();
+    let mut taken = 0usize;
+    for (start, len) in runs {
+        match start {
+            Some(start) => rows_of(base.batches(), *start as usize, *len as usize, &mut slices),
+            None => {
+                rows_of(inserted, taken, *len as usize, &mut slices);
+                taken += *len as usize;
+            }
+        }
+    }
+    let schema = base.schema().clone();
+    let mut batches = Vec::new();
+    let mut pending: Vec<RecordBatch> = Vec::new();
+    let mut sizes = layout.iter().copied().filter(|n| *n > 0);
+    let mut want = sizes.next().unwrap_or(usize::MAX);
+    let mut have = 0usize;
+    let flush = |pending: &mut Vec<RecordBatch>, batches: &mut Vec<RecordBatch>| {
+        let batch = match pending.as_slice() {
+            [one] => Ok(one.clone()),
+            _ => concat_batches(&schema, pending.iter()),
+        };
+        pending.clear();
+        batch.map(|b| batches.push(b))
+    };
+    for mut slice in slices {
+        while slice.num_rows() > 0 {
+            let take = slice.num_rows().min(want - have);
+            pending.push(slice.slice(0, take));
+            slice = slice.slice(take, slice.num_rows() - take);
+            have += take;
+            if have == want {
+                flush(&mut pending, &mut batches).map_err(|e| format!("table `{name}`: {e}"))?;
+                have = 0;
+                want = sizes.next().unwrap_or(usize::MAX);
+            }
+        }
+    }
+    if !pending.is_empty() {
+        flush(&mut pending, &mut batches).map_err(|e| format!("table `{name}`: {e}"))?;
+    }
+    let table = Table::new(name, base.schema().clone(), batches).map_err(|e| e.to_string())?;
+    if table.num_rows() as u64 != total {
+        return Err(format!(
+            "table `{name}`: realigned {} rows of {total}",
+            table.num_rows()
+        ));
+    }
+    Ok(table)
+}
+
+/// How `new` differs from `base` once realigned by origin (diff version 2).
+fn diff_realigned(name: &str, new: &Table, base: &Table) -> Option<TableDiff> {
+    let (runs, ranges) = align(new, base)?;
+    let mut inserted = Vec::new();
+    for (start, len) in ranges {
+        rows_of(new.batches(), start, len, &mut inserted);
+    }
+    let layout: Vec<usize> = new.batches().iter().map(RecordBatch::num_rows).collect();
+    let aligned = realigned(name, base, &runs, &inserted, &layout).ok()?;
+    let mut diff = diff_positional(name, new, &aligned)?;
+    diff.realign = Some(Realign {
+        runs,
+        inserted: Table::new(name, new.schema().clone(), inserted).ok()?,
+    });
+    Some(diff)
 }
 
 /// Where each row of a changed column differs from the base, per piece;
@@ -140,17 +379,39 @@ fn changed_rows(
 }
 
 /// How `new` differs from `base`, or `None` when the two cannot be compared
-/// row by row (different schema or row count) or a diff would fragment
-/// the parent's copy. An empty diff means `new` holds exactly `base`'s rows.
-pub(crate) fn diff_table(name: &str, new: &Table, base: &Table) -> Option<TableDiff> {
+/// (different schema; rows that do not line up, unless `realign` allows
+/// aligning them by origin) or a diff would fragment the parent's copy.
+/// An empty diff means `new` holds exactly `base`'s rows.
+pub(crate) fn diff_table(
+    name: &str,
+    new: &Table,
+    base: &Table,
+    realign: bool,
+) -> Option<TableDiff> {
     if std::ptr::eq(new, base) {
         // The very table the parent holds (a tier passed it through).
         return Some(TableDiff {
             whole: Vec::new(),
             patched: Vec::new(),
             patch: None,
+            realign: None,
         });
     }
+    if new.schema().fields() != base.schema().fields() {
+        return None;
+    }
+    let width = new.schema().fields().len();
+    // Same rows in the same order is the common case and the cheap one;
+    // a diff sending every column whole means they did not line up.
+    let positional = diff_positional(name, new, base).filter(|d| d.whole.len() < width);
+    if positional.is_some() || !realign || new.num_rows() == 0 {
+        return positional;
+    }
+    diff_realigned(name, new, base)
+}
+
+/// The column diff of two tables whose rows line up by position.
+fn diff_positional(name: &str, new: &Table, base: &Table) -> Option<TableDiff> {
     if new.schema().fields() != base.schema().fields()
         || new.num_rows() != base.num_rows()
         || new.num_rows() == 0
@@ -223,6 +484,7 @@ pub(crate) fn diff_table(name: &str, new: &Table, base: &Table) -> Option<TableD
         whole,
         patched,
         patch,
+        realign: None,
     })
 }
 
@@ -603,7 +865,7 @@ mod tests {
         let base = table(vec![batch(0..4096, 1.0, "a"), batch(4096..8192, 1.0, "a")]);
         // Same ids and names (other buffers, same values), every value new.
         let new = table(vec![batch(0..8192, 2.0, "a")]);
-        let diff = diff_table("t", &new, &base).unwrap();
+        let diff = diff_table("t", &new, &base, false).unwrap();
         assert_eq!(
             (diff.whole.clone(), diff.patched.clone()),
             (vec![1], vec![])
@@ -622,7 +884,7 @@ mod tests {
             batch_with(0..4096, 1.0, |i| i % 10 == 3, "a"),
             batch_with(4096..8192, 1.0, |i| i % 10 == 3, "a"),
         ]);
-        let diff = diff_table("t", &new, &base).unwrap();
+        let diff = diff_table("t", &new, &base, false).unwrap();
         assert_eq!(
             (diff.whole.clone(), diff.patched.clone()),
             (vec![], vec![1])
@@ -645,7 +907,7 @@ mod tests {
         let base = table(vec![batch(0..5000, 1.0, "a")]);
         // `v` moves in a fifth of the rows, `s` everywhere.
         let new = table(vec![batch_with(0..5000, 1.0, |i| i % 5 == 0, "b")]);
-        let diff = diff_table("t", &new, &base).unwrap();
+        let diff = diff_table("t", &new, &base, false).unwrap();
         assert_eq!(
             (diff.whole.clone(), diff.patched.clone()),
             (vec![2], vec![1])
@@ -669,12 +931,12 @@ mod tests {
             ])
         };
         let small = two(|i| i % 10 == 0, |i| i % 10 == 5);
-        let diff = diff_table("t", &small, &base).unwrap();
+        let diff = diff_table("t", &small, &base, false).unwrap();
         assert_eq!(diff.patched, vec![1, 2]);
         assert_eq!(diff.patch.as_ref().unwrap().num_rows(), 1000);
         assert_eq!(rows(&round_trip(&base, &small, &diff)), rows(&small));
         let big = two(|i| i % 4 == 0, |i| i % 4 == 2);
-        let diff = diff_table("t", &big, &base).unwrap();
+        let diff = diff_table("t", &big, &base, false).unwrap();
         assert_eq!(
             (diff.whole.clone(), diff.patched.clone()),
             (vec![2], vec![1])
@@ -689,10 +951,14 @@ mod tests {
             whole: vec![],
             patched: vec![],
             patch: None,
+            realign: None,
         };
-        assert_eq!(diff_table("t", &base, &base), Some(none.clone()));
+        assert_eq!(diff_table("t", &base, &base, false), Some(none.clone()));
         let equal_values = table(vec![batch(0..5000, 1.0, "a")]);
-        assert_eq!(diff_table("t", &equal_values, &base), Some(none.clone()));
+        assert_eq!(
+            diff_table("t", &equal_values, &base, false),
+            Some(none.clone())
+        );
         assert_eq!(rows(&round_trip(&base, &equal_values, &none)), rows(&base));
     }
 
@@ -700,13 +966,16 @@ mod tests {
     fn tables_that_do_not_line_up_are_sent_whole() {
         let base = table(vec![batch(0..5000, 1.0, "a")]);
         let longer = table(vec![batch(0..5001, 1.0, "a")]);
-        assert_eq!(diff_table("t", &longer, &base), None);
+        assert_eq!(diff_table("t", &longer, &base, false), None);
         let other_schema = RecordBatch::try_from_iter([(
             "id",
             Arc::new(Int64Array::from_iter_values(0..5000)) as ArrayRef,
         )])
         .unwrap();
-        assert_eq!(diff_table("t", &table(vec![other_schema]), &base), None);
+        assert_eq!(
+            diff_table("t", &table(vec![other_schema]), &base, false),
+            None
+        );
         // Boundaries that fall between each other's: a diff would cut the
         // parent's copy into slivers.
         let shifted = |start: i64| {
@@ -719,10 +988,10 @@ mod tests {
                     .collect(),
             )
         };
-        assert_eq!(diff_table("t", &shifted(300), &shifted(600)), None);
+        assert_eq!(diff_table("t", &shifted(300), &shifted(600), false), None);
         // The same boundaries, however short the batches: the parent's copy
         // is laid out as the child's own table is.
-        assert!(diff_table("t", &shifted(300), &shifted(300)).is_some());
+        assert!(diff_table("t", &shifted(300), &shifted(300), false).is_some());
     }
 
     #[test]
@@ -783,5 +1052,119 @@ mod tests {
         let v = rows(&ok);
         let v = v.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
         assert_eq!((v.value(0), v.value(1), v.value(99)), (9.0, 1.0, 9.0));
+    }
+
+    mod realign {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A table of host runs: each `(host, rows, value)` gives `rows`
+        /// rows of `_host = host`, `id` = row number in the run and `v` =
+        /// `value`, cut into batches of `batch` rows.
+        fn hosts_table(runs: &[(u8, usize, i64)], batch: usize) -> Table {
+            let (mut ids, mut values, mut hosts) = (Vec::new(), Vec::new(), Vec::new());
+            for (host, rows, value) in runs {
+                for r in 0..*rows {
+                    ids.push(r as i64);
+                    values.push(*value);
+                    hosts.push(format!("h{host}"));
+                }
+            }
+            let all = RecordBatch::try_from_iter([
+                ("id", Arc::new(Int64Array::from(ids)) as ArrayRef),
+                ("v", Arc::new(Int64Array::from(values)) as _),
+                (origin::HOST, Arc::new(StringArray::from(hosts)) as _),
+            ])
+            .unwrap();
+            let n = all.num_rows();
+            let batches = if n == 0 {
+                vec![all.slice(0, 0)]
+            } else {
+                (0..n)
+                    .step_by(batch.max(1))
+                    .map(|s| all.slice(s, batch.max(1).min(n - s)))
+                    .collect()
+            };
+            Table::new("t", all.schema(), batches).unwrap()
+        }
+
+        /// What the parent rebuilds from `base` and a diff that may be
+        /// realigned.
+        fn rebuild(base: &Table, new: &Table, diff: &TableDiff) -> Table {
+            let aligned;
+            let base = match &diff.realign {
+                None => base,
+                Some(r) => {
+                    aligned = realigned("t", base, &r.runs, r.inserted.batches(), &[8192]).unwrap();
+                    &aligned
+                }
+            };
+            if diff.whole.is_empty() && diff.patched.is_empty() {
+                return base.clone();
+            }
+            round_trip(base, new, diff)
+        }
+
+        #[test]
+        fn only_the_machine_that_changed_length_travels() {
+            let base = hosts_table(&[(1, 100, 0), (2, 100, 0), (3, 100, 0)], 64);
+            let new = hosts_table(&[(1, 100, 0), (2, 103, 0), (3, 100, 0)], 64);
+            assert_eq!(diff_table("t", &new, &base, false), None);
+            let diff = diff_table("t", &new, &base, true).unwrap();
+            let realign = diff.realign.as_ref().unwrap();
+            assert_eq!(realign.inserted.num_rows(), 103);
+            assert_eq!(
+                realign.runs,
+                vec![(Some(0), 100), (None, 103), (Some(200), 100)]
+            );
+            assert!(diff.whole.is_empty() && diff.patched.is_empty());
+            assert_eq!(rows(&rebuild(&base, &new, &diff)), rows(&new));
+        }
+
+        fn host_runs() -> impl Strategy<Value = Vec<(u8, usize, i64)>> {
+            proptest::collection::vec((0..40u8, 0..12usize, 0..3i64), 0..30).prop_map(|runs| {
+                // One run per host, as tiers merge them.
+                let mut seen = std::collections::HashSet::new();
+                runs.into_iter()
+                    .filter(|(h, _, _)| seen.insert(*h))
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            /// Hosts inserted, deleted, reordered, grown, shrunk and
+            /// changed: the diff applied is exactly the new table.
+            #[test]
+            fn a_realigned_diff_applied_gives_exactly_the_new_table(
+                before in host_runs(),
+                edits in proptest::collection::vec((0..5u8, any::<prop::sample::Index>(), 0..12usize, 0..3i64), 0..12),
+                base_batch in 1..50usize,
+                new_batch in 1..50usize,
+            ) {
+                let mut after = before.clone();
+                for (op, at, rows, value) in edits {
+                    let len = after.len();
+                    match op {
+                        0 if len > 0 => { after.remove(at.index(len)); }
+                        1 => {
+                            let host = 100 + after.len() as u8;
+                            after.insert(at.index(len + 1), (host, rows, value));
+                        }
+                        2 if len > 0 => { after[at.index(len)].1 = rows; }
+                        3 if len > 0 => { after[at.index(len)].2 = value; }
+                        4 if len > 1 => { let i = at.index(len); after.swap(i, (i + 1) % len); }
+                        _ => {}
+                    }
+                }
+                let base = hosts_table(&before, base_batch);
+                let new = hosts_table(&after, new_batch);
+                if let Some(diff) = diff_table("t", &new, &base, true) {
+                    let back = rebuild(&base, &new, &diff);
+                    prop_assert_eq!(rows(&back), rows(&new));
+                }
+            }
+        }
     }
 }

@@ -50,4 +50,4 @@ pub use error::{FlightError, Result};
 pub use server::{FlightServer, FlightServerConfig, HEALTH_ACTION, HealthReport};
 pub use stats::{TableTransfer, TransferSnapshot, TransferStats, render_prometheus};
 pub use tls::{Link, Refusal, TlsContext, TlsFiles, TlsWatch, is_dns_name};
-pub use wire::{Compression, ENCODING_DIFF, ENCODING_FULL, FetchTicket, WIRE_FORMAT};
+pub use wire::{Compression, DIFF_VERSION, ENCODING_DIFF, ENCODING_FULL, FetchTicket, WIRE_FORMAT};

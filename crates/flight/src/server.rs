@@ -442,6 +442,7 @@ impl FlightService for Service {
                 .map(|sent| Arc::new(sent.restricted(&ticket.base_tables))),
             _ => None,
         };
+        let diff_version = ticket.diff_version.min(wire::DIFF_VERSION);
         let (tx, rx) = mpsc::channel(self.config.send_buffer.max(1));
         let options = self.write_options.clone();
         let max_message = self.config.max_message_bytes;
@@ -458,7 +459,7 @@ impl FlightService for Service {
                 tx: &tx,
             };
             let sent_all = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                outgoing.send(&generation, base.as_deref())
+                outgoing.send(&generation, base.as_deref(), diff_version)
             }));
             match sent_all {
                 Ok(true) => {
@@ -581,7 +582,7 @@ impl Outgoing<'_> {
     /// Encodes and sends one answer, as a diff against `base` (what this
     /// parent holds) where tables line up with it. True when every message
     /// was handed to the network; stops quietly when the parent hangs up.
-    fn send(&self, generation: &Generation, base: Option<&Generation>) -> bool {
+    fn send(&self, generation: &Generation, base: Option<&Generation>, diff_version: u32) -> bool {
         let fail = |e: FlightError| {
             tracing::error!(producer = %generation.meta.producer, error = %e, "cannot encode generation");
             self.stats.add_failure();
@@ -590,7 +591,7 @@ impl Outgoing<'_> {
             let _ = self.tx.blocking_send(Err(Status::internal(e.to_string())));
             false
         };
-        let plan = wire::plan(generation, base);
+        let plan = wire::plan(generation, base, diff_version);
         let header = match wire::header_message(generation, base.map(|b| b.meta.id), &plan) {
             Ok(header) => header,
             Err(e) => return fail(e),

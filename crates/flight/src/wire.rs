@@ -23,6 +23,15 @@
 //! the base's and no messages follow for it. Tables without `changed` are
 //! sent whole as above. See `src/diff.rs`.
 //!
+//! Diff version 2 (a ticket with `"diff_version": 2`; a ticket without it
+//! is version 1 and never gets what follows): a diffed table's entry may
+//! carry `runs`, a list of `[start, len]` (`len` rows of the base from row
+//! `start`) and `[null, len]` (the next `len` inserted rows), and
+//! `inserted_rows`; its messages then begin with a schema and batches of
+//! the inserted rows (every column), and `changed`/`patched` apply to the
+//! table the runs describe. Rows line up by origin (`_host` runs), so a
+//! machine whose row count changed costs only its own rows.
+//!
 //! The header's table list and row counts are what make a truncated stream
 //! detectable: a stream that ends early, skips a table or loses batches
 //! does not add up and is rejected as a whole.
@@ -65,6 +74,11 @@ pub const ENCODING_FULL: &str = "full";
 /// Some tables as the columns that changed since `base_generation`.
 pub const ENCODING_DIFF: &str = "diff";
 
+/// The newest diff version this crate reads and writes: 1 compares rows by
+/// position, 2 realigns them by origin first. A parent names the version it
+/// reads in its ticket; a child sends nothing newer.
+pub const DIFF_VERSION: u32 = 2;
+
 /// What a parent asks a child for: the JSON body of a `DoGet` ticket.
 ///
 /// Unknown fields are ignored so that later fields (diffs, redirects) can
@@ -97,6 +111,10 @@ pub struct FetchTicket {
     /// the requester never read, e.g. a call it gave up on.)
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub base_tables: BTreeSet<String>,
+    /// The newest diff version the requester reads ([`DIFF_VERSION`]);
+    /// absent (0) with `accept_diff` means version 1.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub diff_version: u32,
     /// A probe: note the tables, answer with the generation header only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub meta_only: bool,
@@ -115,6 +133,7 @@ impl FetchTicket {
             base_tables: base
                 .map(|b| b.tables.keys().cloned().collect())
                 .unwrap_or_default(),
+            diff_version: if base.is_some() { DIFF_VERSION } else { 0 },
             meta_only: request.meta_only,
         }
     }
@@ -203,9 +222,19 @@ struct TableHeader {
     patched: Vec<usize>,
     #[serde(default, skip_serializing_if = "is_zero")]
     patch_rows: u64,
+    /// Diff version 2 only: where the rows come from (see the module
+    /// comment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    runs: Option<Vec<diff::RowRun>>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    inserted_rows: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_u32(n: &u32) -> bool {
     *n == 0
 }
 
@@ -218,6 +247,9 @@ impl TableHeader {
             None => vec![(Segment::Whole, self.rows)],
             Some(changed) => {
                 let mut out = Vec::new();
+                if self.runs.is_some() && self.inserted_rows > 0 {
+                    out.push((Segment::Inserted, self.inserted_rows));
+                }
                 if !changed.is_empty() {
                     out.push((Segment::Columns, self.rows));
                 }
@@ -239,6 +271,8 @@ enum Segment {
     Columns,
     /// A diff's patch.
     Patch,
+    /// A realigned diff's inserted rows.
+    Inserted,
 }
 
 /// How one table of an answer travels.
@@ -255,6 +289,7 @@ pub(crate) enum TablePlan {
 pub(crate) fn plan(
     generation: &Generation,
     base: Option<&Generation>,
+    diff_version: u32,
 ) -> BTreeMap<String, TablePlan> {
     generation
         .tables
@@ -263,7 +298,7 @@ pub(crate) fn plan(
             let width = table.schema().fields().len();
             let plan = base
                 .and_then(|b| b.tables.get(name))
-                .and_then(|held| diff::diff_table(name, table, held))
+                .and_then(|held| diff::diff_table(name, table, held, diff_version >= 2))
                 // Every column sent whole: a diff would only add a lookup.
                 .filter(|d| d.whole.len() < width)
                 .map_or(TablePlan::Whole, TablePlan::Diff);
@@ -284,6 +319,11 @@ pub(crate) fn segments(name: &str, table: &Arc<Table>, plan: &TablePlan) -> Resu
         TablePlan::Whole => Ok(vec![table.as_ref().clone()]),
         TablePlan::Diff(d) => {
             let mut out = Vec::new();
+            if let Some(realign) = &d.realign
+                && realign.inserted.num_rows() > 0
+            {
+                out.push(realign.inserted.clone());
+            }
             if !d.whole.is_empty() {
                 out.push(diff::project(name, table, &d.whole).map_err(encode)?);
             }
@@ -318,11 +358,17 @@ pub(crate) fn header_message(
             changed: None,
             patched: Vec::new(),
             patch_rows: 0,
+            runs: None,
+            inserted_rows: 0,
         };
         if let (true, Some(TablePlan::Diff(d))) = (is_diff, plan.get(name)) {
             header.changed = Some(d.whole.clone());
             header.patched = d.patched.clone();
             header.patch_rows = d.patch.as_ref().map_or(0, |p| p.num_rows() as u64);
+            if let Some(realign) = &d.realign {
+                header.runs = Some(realign.runs.clone());
+                header.inserted_rows = realign.inserted.num_rows() as u64;
+            }
         }
         header
     };
@@ -368,6 +414,8 @@ pub(crate) fn table_messages(
         changed: None,
         patched: Vec::new(),
         patch_rows: 0,
+        runs: None,
+        inserted_rows: 0,
     };
     let json = serde_json::to_vec(&header).map_err(|e| FlightError::Encode {
         table: name.to_string(),
@@ -485,6 +533,10 @@ where
                 t.patched.clear();
                 t.patch_rows = 0;
             }
+            if t.changed.is_none() {
+                t.runs = None;
+                t.inserted_rows = 0;
+            }
             t
         })
         .collect();
@@ -581,7 +633,7 @@ where
                 }
                 table.rows += batch.num_rows() as u64;
                 table.bytes += bytes;
-                let batch = if table.segment == Segment::Whole {
+                let batch = if matches!(table.segment, Segment::Whole | Segment::Inserted) {
                     own_buffers(&batch)
                         .map_err(|e| protocol(format!("table `{}`: {e}", table.name)))?
                 } else {
@@ -630,6 +682,25 @@ where
                         .iter()
                         .find(|p| p.segment == segment)
                         .map_or(&[][..], |p| p.batches.as_slice())
+                };
+                let realigned;
+                let held = match &entry.runs {
+                    None => held,
+                    Some(runs) => {
+                        // One batch per ~8k rows, as a merge lays tables out.
+                        let layout = vec![8192; (entry.rows as usize).div_ceil(8192)];
+                        realigned = Arc::new(
+                            diff::realigned(
+                                &entry.table,
+                                held,
+                                runs,
+                                batches_of(Segment::Inserted),
+                                &layout,
+                            )
+                            .map_err(|e| protocol(format!("cannot realign: {e}")))?,
+                        );
+                        &realigned
+                    }
                 };
                 if whole.is_empty() && entry.patched.is_empty() {
                     if held.num_rows() as u64 != entry.rows {
@@ -768,7 +839,17 @@ mod tests {
         base: Option<&Generation>,
         compression: Compression,
     ) -> Vec<FlightData> {
-        let plan = plan(g, base);
+        encode_version(g, base, compression, DIFF_VERSION)
+    }
+
+    /// What a server sends to a parent reading `diff_version`.
+    fn encode_version(
+        g: &Generation,
+        base: Option<&Generation>,
+        compression: Compression,
+        diff_version: u32,
+    ) -> Vec<FlightData> {
+        let plan = plan(g, base, diff_version);
         let mut out = vec![header_message(g, base.map(|b| b.meta.id), &plan).unwrap()];
         for (name, table) in &g.tables {
             for sent in segments(name, table, &plan[name]).unwrap() {
@@ -818,6 +899,95 @@ mod tests {
         (0..col.len())
             .map(|i| arrow::util::display::array_value_to_string(col, i).unwrap())
             .collect()
+    }
+
+    /// A generation with one table of `hosts` (name, rows), a `v` column
+    /// of `value + row`.
+    fn hosts_generation(id: u64, hosts: &[(&str, usize)], value: i64) -> Generation {
+        let mut names = Vec::new();
+        let mut values = Vec::new();
+        for (host, rows) in hosts {
+            for r in 0..*rows {
+                names.push(host.to_string());
+                values.push(value + r as i64);
+            }
+        }
+        let batch = RecordBatch::try_from_iter([
+            ("v", Arc::new(Int64Array::from(values)) as _),
+            (
+                fleetsql_model::origin::HOST,
+                Arc::new(StringArray::from(names)) as _,
+            ),
+        ])
+        .unwrap();
+        let mut g = Generation::empty("p");
+        g.meta.id = id;
+        let table = Table::new("t", batch.schema(), vec![batch]).unwrap();
+        g.tables.insert("t".into(), Arc::new(table));
+        g
+    }
+
+    fn bytes(messages: &[FlightData]) -> u64 {
+        messages.iter().map(message_bytes).sum()
+    }
+
+    fn header_of(messages: &[FlightData]) -> StreamHeader {
+        serde_json::from_slice(&messages[0].app_metadata).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_machine_whose_row_count_changed_costs_only_its_own_rows() {
+        let hosts: Vec<(String, usize)> = (0..50).map(|h| (format!("m{h:02}"), 100)).collect();
+        fn as_ref(hosts: &[(String, usize)]) -> Vec<(&str, usize)> {
+            hosts.iter().map(|(h, n)| (h.as_str(), *n)).collect()
+        }
+        let base = hosts_generation(1, &as_ref(&hosts), 0);
+        // One machine gained three processes, one left, one joined.
+        let mut changed = hosts.clone();
+        changed[7].1 = 103;
+        changed.remove(20);
+        changed.push(("new".into(), 40));
+        let next = hosts_generation(2, &as_ref(&changed), 0);
+        let v2 = encode_version(&next, Some(&base), Compression::None, DIFF_VERSION);
+        let header = header_of(&v2);
+        let entry = &header.stream.tables[0];
+        assert_eq!(
+            entry.inserted_rows, 143,
+            "only m07's and the newcomer's rows"
+        );
+        assert!(entry.runs.is_some());
+        let back = decode_on(v2.clone(), Some(&base)).await.unwrap();
+        assert_eq!(column_values(&back, "t", 0), column_values(&next, "t", 0));
+        assert_eq!(column_values(&back, "t", 1), column_values(&next, "t", 1));
+        let whole = encode_version(&next, None, Compression::None, DIFF_VERSION);
+        assert!(
+            bytes(&v2) * 5 < bytes(&whole),
+            "{} vs {}",
+            bytes(&v2),
+            bytes(&whole)
+        );
+
+        // A parent that reads version 1 only (a ticket without
+        // `diff_version`) gets the table whole, which it reads.
+        let v1 = encode_version(&next, Some(&base), Compression::None, 1);
+        let header = header_of(&v1);
+        assert!(header.stream.tables[0].changed.is_none());
+        assert!(header.stream.tables[0].runs.is_none());
+        let back = decode_on(v1, Some(&base)).await.unwrap();
+        assert_eq!(column_values(&back, "t", 1), column_values(&next, "t", 1));
+        // A ticket from before diff versions parses as version 1.
+        let old: FetchTicket = serde_json::from_str(
+            r#"{"requester":"tla","tables":["t"],"base_generation":1,"accept_diff":true}"#,
+        )
+        .unwrap();
+        assert_eq!(old.diff_version, 0);
+
+        // Runs that do not fit the base are refused, not applied.
+        let mut bad = v2.clone();
+        let mut header = header_of(&bad);
+        header.stream.tables[0].runs = Some(vec![(Some(4990), 100), (None, 143)]);
+        bad[0].app_metadata = Bytes::from(serde_json::to_vec(&header).unwrap());
+        assert!(decode_on(bad, Some(&base)).await.is_err());
     }
 
     #[tokio::test]
@@ -1002,6 +1172,7 @@ mod tests {
             accept_diff: true,
             base_tables: ["sys".to_string()].into(),
             meta_only: true,
+            diff_version: DIFF_VERSION,
         };
         let back = FetchTicket::from_bytes(&ticket.to_bytes()).unwrap();
         assert_eq!(back, ticket);
@@ -1215,6 +1386,7 @@ mod tests {
                     accept_diff: true,
                     base_tables: ["sys".to_string()].into(),
                     meta_only: false,
+                    diff_version: DIFF_VERSION,
                 };
                 let mut bytes = valid.to_bytes().to_vec();
                 let at = flip % bytes.len();
