@@ -5,6 +5,7 @@ mod bench;
 mod cluster;
 mod console;
 mod demo;
+mod faults;
 mod fixture;
 mod flightsql;
 mod http_auth;
