@@ -170,6 +170,12 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             flightsql: Some(SocketAddr::new(args.bind, args.flightsql_port)),
             query_timeout: Some(args.query_timeout),
             query_memory_mib: Some(args.query_memory_mib),
+            // Query History of the seed's tables, so `history.sys` answers
+            // after two ticks.
+            history: Some(fleetsql_tiers::HistoryConfig {
+                dir: Some(state_dir.join("history")),
+                ..fleetsql_tiers::HistoryConfig::of_tables(["sys", "filesystem", "load_info"])
+            }),
             ..SqlNodeEntry::default()
         },
     );
@@ -223,11 +229,16 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "  python -c 'import adbc_driver_flightsql.dbapi as f; print(f.connect(\"grpc://{flightsql_addr}\").cursor().execute(\"SELECT count(*) FROM sys\").fetch_arrow_table())'"
     );
+    println!(
+        "  psql -h {} -p {} -c 'SELECT _generation, _generation_time, count(*) FROM history.sys GROUP BY 1, 2 ORDER BY 1'",
+        pg_addr.ip(),
+        pg_addr.port()
+    );
     println!("  console: http://{http_addr}/");
     println!();
     println!("  alerts console: http://{http_addr}/alerts");
     println!(
-        "  state (alert state, report runs): {}",
+        "  state (alert state, report runs, history of sys, filesystem, load_info): {}",
         state_dir.display()
     );
     println!("generations every {:?}; Ctrl-C stops", args.tick);

@@ -26,6 +26,10 @@ pub struct GenerationInfo {
     /// subset of its set serving the query's tables.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub computed_by: Option<String>,
+    /// What the query read of kept history (`history.<table>`, time
+    /// travel): which generations, over which time span.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<crate::HistoryRead>,
 }
 
 impl GenerationInfo {
@@ -48,6 +52,7 @@ impl GenerationInfo {
             machines_expected: v.machines_expected(),
             span: generation.meta.span.clone(),
             computed_by: None,
+            history: Vec::new(),
         }
     }
 
@@ -57,6 +62,15 @@ impl GenerationInfo {
 
     /// One line for a Postgres NOTICE or a CLI footer.
     pub fn summary(&self) -> String {
+        let mut line = self.live_summary();
+        for read in &self.history {
+            line.push_str("; history ");
+            line.push_str(&read.summary());
+        }
+        line
+    }
+
+    fn live_summary(&self) -> String {
         format!(
             "generation {} from {} made {:.1} s ago: {}/{} clusters{}, {}/{} machines{}",
             self.id,

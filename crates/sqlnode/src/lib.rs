@@ -32,6 +32,7 @@ mod prepared;
 mod requests;
 mod settings;
 mod system_tables;
+mod time_travel;
 
 pub use audit::AUDIT_TABLE;
 pub use choice::SourceStatus;
@@ -48,3 +49,7 @@ pub use prepared::Prepared;
 pub use requests::RequestLimits;
 pub use settings::check_setting;
 pub use system_tables::SYSTEM_TABLES;
+pub use time_travel::{
+    AsOf, HISTORY_SCHEMA, HistoryRead, PickedGeneration, TimeTravel, TimeTravelError,
+    note_history_read,
+};

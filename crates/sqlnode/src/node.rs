@@ -34,6 +34,7 @@ use crate::node_tables::NodeTableProvider;
 use crate::prepared::{KeptPlan, Prepared, PreparedCache, folds_changing_values};
 use crate::requests::{QueryRequests, RequestLimits};
 use crate::system_tables::SYSTEM_TABLES;
+use crate::time_travel::{HISTORY_READS, HistoryReads, TimeTravel};
 use crate::{GenerationInfo, Result, SqlError};
 
 /// How a SQL node runs; every field has a working default.
@@ -137,6 +138,9 @@ struct Inner {
     /// Replaced by [`SqlNode::set_partition`] (a re-read topology: the
     /// other subsets' addresses).
     partition: Mutex<Option<crate::Partition>>,
+    /// Reads versioned table names (`FOR SYSTEM_TIME AS OF`); set by the
+    /// node's history when it keeps one.
+    time_travel: parking_lot::RwLock<Option<Arc<dyn TimeTravel>>>,
 }
 
 /// When the node began answering from a generation its source made.
@@ -281,6 +285,7 @@ impl SqlNode {
             prepared: PreparedCache::default(),
             hooks: Arc::new(Hooks::new(empty)),
             audit: Arc::new(AuditLog::default()),
+            time_travel: parking_lot::RwLock::new(None),
         });
         inner.extra_tables.write().insert(
             GENERATION_HOOKS_TABLE.to_string(),
@@ -387,7 +392,16 @@ impl SqlNode {
     pub fn parse(&self, sql: &str) -> Result<Statement> {
         let state = self.inner.ctx.state();
         let dialect = state.config().options().sql_parser.dialect;
-        match state.sql_to_statement(sql, &dialect) {
+        let parsed = state.sql_to_statement(sql, &dialect);
+        if parsed.is_err()
+            && let Some(statement) = crate::time_travel::parse_versioned(
+                sql,
+                state.config().options().sql_parser.recursion_limit.into(),
+            )
+        {
+            return Ok(statement);
+        }
+        match parsed {
             Ok(DfStatement::Statement(statement)) => Ok(*statement),
             Ok(other) => Err(SqlError::ReadOnly {
                 statement: other
@@ -423,12 +437,19 @@ impl SqlNode {
     /// table (system tables, tables registered on the node, other schemas).
     fn tables_of(&self, statement: &Statement) -> Result<(BTreeSet<String>, bool)> {
         let state = self.inner.ctx.state();
+        // Versioned tables read history, not the live generation.
+        let versioned = !crate::time_travel::versioned_tables(statement).is_empty();
+        let statement = if versioned {
+            crate::time_travel::with_history_names(statement)
+        } else {
+            statement.clone()
+        };
         let references = state
-            .resolve_table_references(&DfStatement::Statement(Box::new(statement.clone())))
+            .resolve_table_references(&DfStatement::Statement(Box::new(statement)))
             .map_err(SqlError::from)?;
         let extra = self.inner.extra_tables.read();
         let mut fleet = BTreeSet::new();
-        let mut other = false;
+        let mut other = versioned;
         for reference in &references {
             let table = reference.table();
             if reference.schema().is_some_and(|s| s != "public")
@@ -761,6 +782,8 @@ impl SqlNode {
     ) -> Result<LogicalPlan> {
         let ctx = self.inner.ctx.clone();
         let mut statement = statement;
+        let travel = self.inner.time_travel.read().clone();
+        crate::time_travel::travel(&ctx, travel, &mut statement).await?;
         crate::compat::postgres_information_schema(&mut statement);
         crate::naming::name_outputs(&mut statement);
         PINNED
@@ -773,6 +796,14 @@ impl SqlNode {
                 Ok(crate::naming::restore_names(plan)?)
             })
             .await
+    }
+
+    /// Lets queries read versioned table names (`FROM sys FOR SYSTEM_TIME
+    /// AS OF ...`, `VERSION AS OF n`) through `travel`; `None` refuses
+    /// them, naming the setting that keeps history.
+    pub fn set_time_travel(&self, travel: Option<Arc<dyn TimeTravel>>) {
+        *self.inner.time_travel.write() = travel;
+        self.inner.prepared.clear();
     }
 
     /// Runs an already planned query pinned to `generation`.
@@ -794,7 +825,7 @@ impl SqlNode {
         generation: Arc<Generation>,
         started: Instant,
     ) -> Result<QueryOutput> {
-        let info = GenerationInfo::of(&generation);
+        let mut info = GenerationInfo::of(&generation);
         let _permit = match &self.inner.running {
             None => None,
             Some(permits) => Some(permits.clone().try_acquire_owned().map_err(|_| {
@@ -815,29 +846,35 @@ impl SqlNode {
         };
         let ctx = self.inner.ctx.clone();
         let timeout = self.inner.config.query_timeout;
-        let run = PINNED.scope(generation, async move {
-            if !optimised {
-                let frame = ctx.execute_logical_plan(plan).await?;
-                let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-                let batches = frame.collect().await?;
-                return Ok::<_, SqlError>((schema, batches));
-            }
-            let state = ctx.state();
-            let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-            let physical = state
-                .query_planner()
-                .create_physical_plan(&plan, &state)
-                .await?;
-            let task = Arc::new(TaskContext::from(&state));
-            let batches = datafusion::physical_plan::collect(physical, task).await?;
-            Ok((schema, batches))
-        });
+        // History tables say here which generations they read.
+        let reads = HistoryReads::default();
+        let run = HISTORY_READS.scope(
+            reads.clone(),
+            PINNED.scope(generation, async move {
+                if !optimised {
+                    let frame = ctx.execute_logical_plan(plan).await?;
+                    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+                    let batches = frame.collect().await?;
+                    return Ok::<_, SqlError>((schema, batches));
+                }
+                let state = ctx.state();
+                let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+                let physical = state
+                    .query_planner()
+                    .create_physical_plan(&plan, &state)
+                    .await?;
+                let task = Arc::new(TaskContext::from(&state));
+                let batches = datafusion::physical_plan::collect(physical, task).await?;
+                Ok((schema, batches))
+            }),
+        );
         let (schema, batches) =
             tokio::time::timeout(timeout, run)
                 .await
                 .map_err(|_| SqlError::Timeout {
                     timeout_ms: timeout.as_millis() as u64,
                 })??;
+        info.history = std::mem::take(&mut *reads.lock());
         Ok(QueryOutput {
             schema,
             batches,

@@ -42,6 +42,8 @@ pub enum TiersError {
     AuthFile(#[from] fleetsql_auth::StoreError),
     #[error(transparent)]
     Tls(#[from] fleetsql_auth::TlsError),
+    #[error(transparent)]
+    History(#[from] fleetsql_history::HistoryError),
     #[error("SQL node `{name}`'s apps")]
     Apps {
         name: String,

@@ -24,6 +24,7 @@
 
 mod admin;
 mod error;
+mod history;
 mod local;
 pub mod membership;
 pub mod plan;
@@ -34,6 +35,8 @@ pub mod sets;
 mod topology;
 
 pub use error::{Result, TiersError};
+/// A node's `history` settings (Query History), as the topology reads them.
+pub use fleetsql_history::HistoryConfig;
 pub use local::LocalFleet;
 pub use plan::Links;
 pub use roles::{AgentProcess, JoinConfig, Listen, SqlProcess, TierProcess, TlaSqlProcess};

@@ -599,6 +599,8 @@ struct LiveSql {
     /// What `fleet_sets` shows, and the task probing the other nodes.
     sets: crate::sets::SetsState,
     _sets_prober: crate::sets::Prober,
+    /// The history settings it started with (a change needs a restart).
+    history: Option<fleetsql_history::HistoryConfig>,
 }
 
 /// The apps of a SQL node, restarted in place when a re-read topology
@@ -705,6 +707,7 @@ impl LiveSql {
                 plan.config.query_timeout != running.query_timeout,
             ),
             ("table_wait", plan.config.table_wait != running.table_wait),
+            ("history", entry.history != self.history),
             (
                 "query_memory_mib",
                 plan.config.memory_limit != running.memory_limit,
@@ -945,6 +948,9 @@ pub struct SqlProcess {
     /// Users, tokens and client-facing TLS, their files polled while it
     /// lives.
     security: ClientSecurity,
+    /// Its Query History writer, when the entry keeps one (kept for its
+    /// lifetime: dropping it stops the writer).
+    _history: Option<fleetsql_history::History>,
 }
 
 impl SqlProcess {
@@ -1000,6 +1006,12 @@ impl SqlProcess {
         } = plan::sqlnode(topology, name, links)?;
         let clients = plan::clients(&children);
         let node = Arc::new(SqlNode::start(config, sources)?);
+        let history = crate::history::attach(
+            &node,
+            name,
+            entry.history.as_ref(),
+            apps.state_dir.as_deref(),
+        )?;
         let observed = Arc::new(Observed {
             role: "sqlnode",
             tls: links.tls().cloned(),
@@ -1072,8 +1084,10 @@ impl SqlProcess {
                 ..Listen::default()
             },
             apps,
+            history: entry.history.clone(),
         });
         Ok(SqlProcess {
+            _history: history,
             name: name.to_string(),
             node,
             pg,

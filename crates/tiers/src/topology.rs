@@ -348,6 +348,11 @@ pub struct TlaEntry {
     pub prewarm: BTreeSet<String>,
     /// Index of static tables this TLA adds (relative to the topology file).
     pub static_tables: Option<PathBuf>,
+    /// Query History: tables whose old generations this TLA keeps, and
+    /// for how long (see `fleetsql_history::HistoryConfig`). Read and
+    /// checked; TLAs do not write history yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<fleetsql_history::HistoryConfig>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -424,6 +429,13 @@ pub struct SqlNodeEntry {
     /// A CA (PEM) whose client certificates log in on the Postgres wire
     /// as the user their CN names (who must be in `users`).
     pub client_ca: Option<PathBuf>,
+    /// Query History: tables whose old generations this node keeps (under
+    /// `<state_dir>/history` or `history.dir`), queryable as
+    /// `history.<table>` and by time travel:
+    /// `[sqlnodes.X.history] tables = ["sys"]`, `keep = [{ every =
+    /// "generation", for = "2h" }, { every = "1m", for = "2d" }]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<fleetsql_history::HistoryConfig>,
 }
 
 impl SqlNodeEntry {
@@ -443,6 +455,51 @@ impl SqlNodeEntry {
             integrations: self.integrations.clone(),
             ..defaults
         }
+    }
+}
+
+/// `history.dir` relative to the topology file.
+fn relative_history_dir(history: &mut Option<fleetsql_history::HistoryConfig>, dir: &Path) {
+    if let Some(history) = history
+        && let Some(path) = &history.dir
+        && path.is_relative()
+    {
+        history.dir = Some(dir.join(path));
+    }
+}
+
+impl Topology {
+    /// Each node's `history`: its settings, and a directory to keep it in.
+    fn validate_history(&self) -> Result<()> {
+        let invalid = |reason: String| TiersError::Config {
+            path: "topology".to_string(),
+            reason,
+        };
+        let sqlnodes = self
+            .sqlnodes
+            .iter()
+            .map(|(n, e)| ("sqlnodes", n, e.history.as_ref(), e.state_dir.is_some()));
+        let tlas = self
+            .tlas
+            .iter()
+            .map(|(n, e)| ("tlas", n, e.history.as_ref(), false));
+        for (role, name, history, has_state_dir) in sqlnodes.chain(tlas) {
+            let Some(history) = history else { continue };
+            history
+                .validate()
+                .map_err(|e| invalid(format!("[{role}.{name}] {e}")))?;
+            if history.dir.is_none() && !has_state_dir {
+                return Err(invalid(format!(
+                    "[{role}.{name}] keeps history but has no directory for it; set `history.dir`{}",
+                    if role == "sqlnodes" {
+                        " or `state_dir` (history then goes to <state_dir>/history)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -510,6 +567,7 @@ impl Topology {
                 {
                     tla.static_tables = Some(dir.join(index));
                 }
+                relative_history_dir(&mut tla.history, dir);
             }
             for node in topology.sqlnodes.values_mut() {
                 for path in [
@@ -532,6 +590,7 @@ impl Topology {
                         *path = dir.join(&*path);
                     }
                 }
+                relative_history_dir(&mut node.history, dir);
             }
             if let Some(tls) = &mut topology.tls {
                 for path in [Some(&mut tls.ca), tls.certs_dir.as_mut()]
@@ -643,6 +702,7 @@ impl Topology {
                 }
             }
         }
+        self.validate_history()?;
         let clusters = self.clusters();
         for (name, proxy) in &self.proxies {
             let agents = clusters.get(&proxy.cluster).map_or(0, Vec::len) as u64;
@@ -1238,5 +1298,31 @@ mod tests {
         assert!(t.clusters().is_empty());
         let listed = Topology::parse(EXAMPLE).unwrap();
         assert_eq!(listed.cluster_sizes()["c1"], 2);
+    }
+    #[test]
+    fn history_is_read_checked_and_named_in_errors() {
+        let base = "[agents.a]\ncluster = \"c\"\n[proxies.p]\ncluster = \"c\"\n[tlas.t]\n[sqlnodes.s]\ntlas = { t = 0 }\nstate_dir = \"/var/lib/f\"\n";
+        let t = Topology::parse(&format!(
+            "{base}[sqlnodes.s.history]\ntables = [\"sys\", \"filesystem\"]\nkeep = [{{ every = \"generation\", for = \"2h\" }}, {{ every = \"1m\", for = \"2d\" }}]\n"
+        ))
+        .unwrap();
+        let history = t.sqlnodes["s"].history.as_ref().expect("history");
+        assert_eq!(history.tables.len(), 2);
+        assert_eq!(history.keep.len(), 2);
+        assert_eq!(Topology::parse(&t.to_toml()).unwrap(), t);
+
+        let err = |text: &str| Topology::parse(text).unwrap_err().to_string();
+        let e = err(&format!(
+            "{base}[sqlnodes.s.history]\ntables = [\"sys\"]\nkeep = [{{ every = \"1m\", for = \"2h\" }}, {{ every = \"7m\", for = \"2d\" }}]\n"
+        ));
+        assert!(
+            e.contains("[sqlnodes.s]") && e.contains("`history.keep[1].every`"),
+            "{e}"
+        );
+        let e = err(&format!("{base}[sqlnodes.s.history]\ntables = []\n"));
+        assert!(e.contains("`history.tables`"), "{e}");
+        let e =
+            err(&format!("{base}[tlas.t.history]\ntables = [\"sys\"]\n").replace("[tlas.t]\n", ""));
+        assert!(e.contains("[tlas.t]") && e.contains("history.dir"), "{e}");
     }
 }

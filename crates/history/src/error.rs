@@ -1,0 +1,33 @@
+use std::path::PathBuf;
+
+/// What went wrong keeping or reading history.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// A setting of `history` that cannot work; `setting` is its path in
+    /// the node's entry (`history.keep[1].every`).
+    #[error("`{setting}`: {reason}")]
+    Config { setting: String, reason: String },
+    #[error("history directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing history file {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+    #[error(
+        "history stops writing: {path} has {free_mib} MiB free, under `history.min_free_mib` = {min_free_mib}; free disk space (or lower the setting) and it resumes within a minute"
+    )]
+    DiskFull {
+        path: PathBuf,
+        free_mib: u64,
+        min_free_mib: u64,
+    },
+    #[error(
+        "table `{table}` is not kept in history on this node; add it to `history.tables` of this node's entry in the topology (kept: {kept})"
+    )]
+    NotKept { table: String, kept: String },
+    #[error("history.{table}: {reason}")]
+    NoGeneration { table: String, reason: String },
+}
+
+pub type Result<T, E = HistoryError> = std::result::Result<T, E>;
