@@ -561,9 +561,7 @@ fn stamp(path: &Path) -> (u64, Option<SystemTime>) {
 type Checked = (KeptFile, SchemaRef, (u64, Option<SystemTime>));
 
 /// Reads a file's footer: its Arrow schema, or why it cannot be read.
-fn check(
-    path: &Path,
-) -> std::result::Result<(KeptFile, SchemaRef, (u64, Option<SystemTime>)), String> {
+fn check(path: &Path) -> std::result::Result<Checked, String> {
     let checked = stamp(path);
     let file = File::open(path).map_err(|e| e.to_string())?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.to_string())?;
