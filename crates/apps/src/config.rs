@@ -35,6 +35,9 @@ pub struct AppsConfig {
     pub alerts_min_completeness: f64,
     /// Directory of report definitions (`*.toml`).
     pub reports_dir: Option<PathBuf>,
+    /// The watched directory of view definitions (`*.toml`, one view each:
+    /// `name`, `sql`, optional `prewarm`, `description`).
+    pub views_dir: Option<PathBuf>,
     /// The SQLite file of report runs (default `<state_dir>/reports.db`;
     /// without either, runs are kept in memory only).
     pub reports_db: Option<PathBuf>,
@@ -60,6 +63,7 @@ impl Default for AppsConfig {
             alerts_lease: Duration::from_secs(10),
             alerts_min_completeness: 0.5,
             reports_dir: None,
+            views_dir: None,
             reports_db: None,
             integrations: None,
             console_amber_after: Duration::from_secs(30),
@@ -106,6 +110,7 @@ impl AppsConfig {
             &mut self.alerts_dir,
             &mut self.alerts_state,
             &mut self.reports_dir,
+            &mut self.views_dir,
             &mut self.reports_db,
             &mut self.integrations,
         ]

@@ -18,6 +18,11 @@ pub enum AppsError {
         #[source]
         source: fleetsql_alerts::AlertError,
     },
+    #[error("cannot start the views")]
+    Views {
+        #[source]
+        source: fleetsql_views::ViewsError,
+    },
     /// The source names the store file and what to do about it.
     #[error("cannot restore the persistent queries")]
     PersistentQueries {

@@ -23,6 +23,7 @@ use fleetsql_integrations::{FLEET_SOURCES, Integrations, IntegrationsConfig, Tab
 use fleetsql_pqa::{Clock, ClockTask, EngineConfig, PqaService, ServiceConfig};
 use fleetsql_reports::{Reports, ReportsConfig};
 use fleetsql_sqlnode::{GenerationHookHandle, SqlNode};
+use fleetsql_views::{ViewsConfig, ViewsService};
 use tokio::task::JoinHandle;
 
 pub use config::AppsConfig;
@@ -40,6 +41,7 @@ pub struct SqlNodeApps {
     /// `fleet_sources`.
     sources: Option<JoinHandle<()>>,
     clock: Option<ClockTask>,
+    views: Option<ViewsService>,
     alerts: Option<AlertService>,
     reports: Option<Reports>,
     integrations: Option<Integrations>,
@@ -101,6 +103,7 @@ impl SqlNodeApps {
             feed: Some(node.add_generation_hook(Arc::new(PersistentQueryFeed::new(pqa.clone())))),
             pqa,
             sources: None,
+            views: None,
             alerts: None,
             reports: None,
             integrations: None,
@@ -111,6 +114,14 @@ impl SqlNodeApps {
                 badge: config.badge(),
             },
         };
+
+        // Before alerts and reports, which may read the views.
+        if let Some(dir) = &config.views_dir {
+            let views = ViewsService::start(node.clone(), ViewsConfig::new(dir))
+                .map_err(|source| AppsError::Views { source })?;
+            tracing::info!(dir = %dir.display(), "views on");
+            apps.views = Some(views);
+        }
 
         if let (Some(dir), Some(state)) = (&config.alerts_dir, config.alerts_state_path()) {
             if let Some(parent) = state.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -226,6 +237,9 @@ impl SqlNodeApps {
         }
         if let Some(reports) = self.reports.take() {
             reports.shutdown().await;
+        }
+        if let Some(views) = self.views.take() {
+            views.shutdown().await;
         }
         if let Some(feed) = self.feed.take() {
             feed.remove().await;

@@ -46,6 +46,10 @@ pub(crate) struct AppArgs {
     /// SQLite file keeping report runs (default `<state-dir>/reports.db`).
     #[arg(long)]
     reports_db: Option<PathBuf>,
+    /// Directory of view definitions (`*.toml`: name, sql, optional
+    /// prewarm), re-read while running. Demo default: the shipped examples.
+    #[arg(long)]
+    views_dir: Option<PathBuf>,
     /// The console's generation badge turns amber when data are older (default 30s).
     #[arg(long, value_parser = parse_duration)]
     console_amber_after: Option<Duration>,
@@ -68,6 +72,7 @@ impl AppArgs {
             alerts_min_completeness,
             reports_dir,
             reports_db,
+            views_dir,
             console_amber_after,
             console_red_after,
         } = self;
@@ -80,6 +85,7 @@ impl AppArgs {
             || alerts_min_completeness.is_some()
             || reports_dir.is_some()
             || reports_db.is_some()
+            || views_dir.is_some()
             || console_amber_after.is_some()
             || console_red_after.is_some()
     }
@@ -96,6 +102,7 @@ impl AppArgs {
         set(&mut config.alerts_state, &self.alerts_state);
         set(&mut config.reports_dir, &self.reports_dir);
         set(&mut config.reports_db, &self.reports_db);
+        set(&mut config.views_dir, &self.views_dir);
         if let Some(node) = &self.alerts_node {
             config.alerts_node = Some(node.clone());
         }

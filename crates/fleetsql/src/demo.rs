@@ -93,6 +93,7 @@ fn apps_config(args: &DemoArgs) -> anyhow::Result<AppsConfig> {
         state_dir: fleetsql_apps::default_state_dir("demo"),
         alerts_dir: Some(demo_path("alerts/examples")),
         reports_dir: Some(demo_path("demo/reports")),
+        views_dir: Some(demo_path("demo/views")),
         integrations: args.integrations.clone(),
         ..AppsConfig::default()
     };

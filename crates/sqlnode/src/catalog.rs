@@ -40,6 +40,7 @@ pub(crate) fn pinned_or(current: &watch::Receiver<Arc<Generation>>) -> Arc<Gener
 pub(crate) struct FleetSchema {
     pub(crate) current: watch::Receiver<Arc<Generation>>,
     pub(crate) extra: ExtraTables,
+    pub(crate) views: Arc<crate::views::Views>,
 }
 
 #[async_trait]
@@ -49,6 +50,7 @@ impl SchemaProvider for FleetSchema {
         let mut names: Vec<String> = generation.meta.available.iter().cloned().collect();
         names.extend(system_tables::SYSTEM_TABLES.iter().map(|s| s.to_string()));
         names.extend(self.extra.read().keys().cloned());
+        names.extend(self.views.names());
         names.sort();
         names.dedup();
         names
@@ -57,6 +59,9 @@ impl SchemaProvider for FleetSchema {
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         if let Some(table) = self.extra.read().get(name) {
             return Ok(Some(table.clone()));
+        }
+        if let Some(view) = crate::views::view_table(&self.views, name, &self.current).await? {
+            return Ok(Some(view));
         }
         let generation = pinned_or(&self.current);
         if let Some(batch) = system_tables::build(name, &generation)? {
@@ -83,6 +88,7 @@ impl SchemaProvider for FleetSchema {
         generation.tables.contains_key(name)
             || system_tables::SYSTEM_TABLES.contains(&name)
             || self.extra.read().contains_key(name)
+            || self.views.get(name).is_some()
     }
 }
 

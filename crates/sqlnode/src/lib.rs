@@ -31,7 +31,9 @@ mod partition;
 mod prepared;
 mod requests;
 mod settings;
+mod shared;
 mod system_tables;
+mod views;
 mod time_travel;
 
 pub use audit::AUDIT_TABLE;
@@ -48,7 +50,9 @@ pub use partition::{Partition, Peer, Route, Subset};
 pub use prepared::Prepared;
 pub use requests::RequestLimits;
 pub use settings::check_setting;
+pub use shared::{SHARED_ANSWERS_BYTES, SharedAnswersStats};
 pub use system_tables::SYSTEM_TABLES;
+pub use views::{VIEWS_TABLE, ViewDefinition, ViewFile, ViewFileError, ViewStats};
 pub use time_travel::{
     AsOf, HISTORY_SCHEMA, HistoryRead, PickedGeneration, TimeTravel, TimeTravelError,
     note_history_read,

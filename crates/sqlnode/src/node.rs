@@ -33,7 +33,9 @@ use crate::hooks::{
 use crate::node_tables::NodeTableProvider;
 use crate::prepared::{KeptPlan, Prepared, PreparedCache, folds_changing_values};
 use crate::requests::{QueryRequests, RequestLimits};
+use crate::shared::{SHARED_ANSWERS_BYTES, SharedAnswers, SharedAnswersStats};
 use crate::system_tables::SYSTEM_TABLES;
+use crate::views::{VIEWS_TABLE, Views, ViewsTable};
 use crate::time_travel::{HISTORY_READS, HistoryReads, TimeTravel};
 use crate::{GenerationInfo, Result, SqlError};
 
@@ -61,6 +63,9 @@ pub struct SqlNodeConfig {
     pub probe_interval: Duration,
     /// What clients' queries may add to the tables requested from the TLA.
     pub request_limits: RequestLimits,
+    /// Bytes of answers kept so identical queries over one generation
+    /// share one run (0: no sharing).
+    pub shared_answers_bytes: usize,
     /// The aggregator set this node belongs to, named in its refusals.
     pub set: Option<String>,
     /// The roles whose ad-hoc queries (pg, HTTP, Flight SQL) this node
@@ -88,6 +93,7 @@ impl SqlNodeConfig {
             switch_margin: 1,
             probe_interval: tick.min(Duration::from_secs(5)),
             request_limits: RequestLimits::default(),
+            shared_answers_bytes: SHARED_ANSWERS_BYTES,
             set: None,
             domain: None,
             max_concurrent_queries: None,
@@ -133,6 +139,8 @@ struct Inner {
     prepared: PreparedCache,
     hooks: Arc<Hooks>,
     audit: Arc<AuditLog>,
+    views: Arc<Views>,
+    shared: SharedAnswers,
     /// Permits for `max_concurrent_queries`; `None`: unlimited.
     running: Option<Arc<tokio::sync::Semaphore>>,
     /// Replaced by [`SqlNode::set_partition`] (a re-read topology: the
@@ -236,6 +244,8 @@ impl SqlNode {
         let ctx = SessionContext::new_with_config_rt(session_config, runtime);
         crate::compat::register(&ctx);
         let extra_tables = ExtraTables::default();
+        let views = Arc::new(Views::new(config.query_timeout));
+        let shared = SharedAnswers::new(config.shared_answers_bytes);
         let catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| SqlError::Query("default catalog missing".into()))?;
@@ -245,6 +255,7 @@ impl SqlNode {
                 Arc::new(FleetSchema {
                     current: receiver,
                     extra: extra_tables.clone(),
+                    views: views.clone(),
                 }),
             )
             .map_err(SqlError::from)?;
@@ -285,7 +296,15 @@ impl SqlNode {
             prepared: PreparedCache::default(),
             hooks: Arc::new(Hooks::new(empty)),
             audit: Arc::new(AuditLog::default()),
-            time_travel: parking_lot::RwLock::new(None),
+            shared,
+            views,
+        inner.views.set_context(&inner.ctx);
+        inner.extra_tables.write().insert(
+            VIEWS_TABLE.to_string(),
+            Arc::new(NodeTableProvider(ViewsTable(inner.views.clone()))),
+        );
+        inner.extra_tables.write().insert(
+            GENERATION_HOOKS_TABLE.to_string(),            time_travel: parking_lot::RwLock::new(None),
         });
         inner.extra_tables.write().insert(
             GENERATION_HOOKS_TABLE.to_string(),
@@ -457,6 +476,9 @@ impl SqlNode {
                 || extra.contains_key(table)
             {
                 other = true;
+            } else if let Some(read) = self.inner.views.fleet_tables_of(table) {
+                // A view reads the pinned generation like a fleet table.
+                fleet.extend(read);
             } else {
                 fleet.insert(table.to_string());
             }
@@ -483,6 +505,27 @@ impl SqlNode {
             return Ok(prepared);
         }
         self.keep_prepared(&text, statement.clone())
+    }
+
+    pub(crate) fn views(&self) -> &Arc<Views> {
+        &self.inner.views
+    }
+
+    /// Tables other components registered on the node.
+    pub(crate) fn node_table_names(&self) -> BTreeSet<String> {
+        self.inner.extra_tables.read().keys().cloned().collect()
+    }
+
+    /// Forgets kept plans and shared answers (the views changed, so the
+    /// same text may now mean something else).
+    pub(crate) fn clear_prepared(&self) {
+        self.inner.prepared.clear();
+        self.inner.shared.clear();
+    }
+
+    /// What sharing identical queries' answers did.
+    pub fn shared_answers(&self) -> SharedAnswersStats {
+        self.inner.shared.stats()
     }
 
     fn keep_prepared(&self, text: &str, statement: Statement) -> Result<Arc<Prepared>> {
@@ -524,29 +567,47 @@ impl SqlNode {
             return self.execute(prepared.statement().clone(), generation).await;
         }
         let started = Instant::now();
-        if let Some(kept) = prepared.kept_plan(&generation) {
+        let kept = match prepared.kept_plan(&generation) {
+            Some(kept) => kept,
+            None => {
+                let timeout = self.inner.config.query_timeout;
+                let plan = tokio::time::timeout(
+                    timeout,
+                    self.plan(prepared.statement().clone(), generation.clone()),
+                )
+                .await
+                .map_err(|_| SqlError::Timeout {
+                    timeout_ms: timeout.as_millis() as u64,
+                })??;
+                let kept = if folds_changing_values(&plan) {
+                    KeptPlan::new(plan, false)
+                } else {
+                    let optimised = self.inner.ctx.state().optimize(&plan)?;
+                    KeptPlan::new(optimised, true)
+                };
+                prepared.keep_plan(&generation, &kept);
+                kept
+            }
+        };
+        if !(kept.optimised && prepared.plan_reusable()) {
             return self
                 .run_plan(kept.plan, kept.optimised, generation, started)
                 .await;
         }
-        let timeout = self.inner.config.query_timeout;
-        let plan = tokio::time::timeout(
-            timeout,
-            self.plan(prepared.statement().clone(), generation.clone()),
-        )
-        .await
-        .map_err(|_| SqlError::Timeout {
-            timeout_ms: timeout.as_millis() as u64,
-        })??;
-        let kept = if folds_changing_values(&plan) {
-            KeptPlan::new(plan, false)
-        } else {
-            let optimised = self.inner.ctx.state().optimize(&plan)?;
-            KeptPlan::new(optimised, true)
-        };
-        prepared.keep_plan(&generation, &kept);
-        self.run_plan(kept.plan, kept.optimised, generation, started)
-            .await
+        // An optimised plan over fleet tables and views reads nothing but
+        // the generation: an identical query over it has the same answer.
+        let newest = self.inner.generation.borrow().clone();
+        let shared = self
+            .inner
+            .shared
+            .answer(prepared.text(), &generation, &newest, || {
+                self.run_plan(kept.plan, true, generation.clone(), started)
+            })
+            .await?;
+        Ok(QueryOutput {
+            elapsed: started.elapsed(),
+            ..shared
+        })
     }
 
     async fn pin_tables(
@@ -813,7 +874,23 @@ impl SqlNode {
         generation: Arc<Generation>,
     ) -> Result<QueryOutput> {
         Self::verify_read_only(&plan)?;
-        self.run_plan(plan, false, generation, Instant::now()).await
+        let started = Instant::now();
+        let node_tables = self.node_table_names();
+        let Some(key) = crate::shared::plan_key(&plan, |t| node_tables.contains(t)) else {
+            return self.run_plan(plan, false, generation, started).await;
+        };
+        let newest = self.inner.generation.borrow().clone();
+        let shared = self
+            .inner
+            .shared
+            .answer(&key, &generation, &newest, || {
+                self.run_plan(plan, false, generation.clone(), started)
+            })
+            .await?;
+        Ok(QueryOutput {
+            elapsed: started.elapsed(),
+            ..shared
+        })
     }
 
     /// The one place a plan is executed: pinned, collected under the

@@ -32,6 +32,9 @@ pub(crate) const PREPARED_CAPACITY: usize = 1024;
 #[derive(Debug)]
 pub struct Prepared {
     statement: Statement,
+    /// The statement as the parser prints it: identical queries written
+    /// differently (spaces, keyword case) share one text.
+    text: String,
     fleet_tables: BTreeSet<String>,
     /// Reads only fleet tables (no system or node tables), as a query.
     plan_reusable: bool,
@@ -67,6 +70,7 @@ impl Prepared {
             && !fleet_tables.is_empty()
             && !reads_other_tables;
         Prepared {
+            text: statement.to_string(),
             statement,
             fleet_tables,
             plan_reusable,
@@ -82,6 +86,17 @@ impl Prepared {
 
     pub fn statement(&self) -> &Statement {
         &self.statement
+    }
+
+    /// Reads only fleet tables and views, as a query: its plan may be kept
+    /// and its answer depends on the generation alone (when optimised).
+    pub(crate) fn plan_reusable(&self) -> bool {
+        self.plan_reusable
+    }
+
+    /// The normalised SQL text.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// A query (not EXPLAIN, SHOW, SET, ...): run through the kept-plan path.

@@ -21,6 +21,7 @@
 //! alerts_dir = "alerts"               # relative to this file; no alerts without it
 //! alerts_state = "/shared/alerts.db"  # one file per set of SQL nodes: one lease
 //! reports_dir = "reports"
+//! views_dir = "views"                 # views computed once per generation
 //! ```
 //!
 //! A cluster is the set of agents naming it, plus the agents that join it
@@ -413,6 +414,9 @@ pub struct SqlNodeEntry {
     pub reports_dir: Option<PathBuf>,
     /// Report runs (default `<state_dir>/reports.db`).
     pub reports_db: Option<PathBuf>,
+    /// View definitions (`*.toml`), re-read while running; without it, no
+    /// views.
+    pub views_dir: Option<PathBuf>,
     /// Persistent-query sinks and event sources (MQTT, XMPP, esmond).
     pub integrations: Option<PathBuf>,
     /// Users, their roles and SCRAM verifiers (`fleetsql users add`):
@@ -452,6 +456,7 @@ impl SqlNodeEntry {
             alerts_lease: self.alerts_lease.unwrap_or(defaults.alerts_lease),
             reports_dir: self.reports_dir.clone(),
             reports_db: self.reports_db.clone(),
+            views_dir: self.views_dir.clone(),
             integrations: self.integrations.clone(),
             ..defaults
         }
@@ -576,6 +581,7 @@ impl Topology {
                     &mut node.alerts_state,
                     &mut node.reports_dir,
                     &mut node.reports_db,
+                    &mut node.views_dir,
                     &mut node.integrations,
                     &mut node.users,
                     &mut node.tokens,

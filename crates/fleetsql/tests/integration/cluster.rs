@@ -89,6 +89,13 @@ impl TestDemo {
             extra.push("--alerts-dir".into());
             extra.push(no_alerts.into_os_string());
         }
+        // Nor the shipped views (one prewarms a table of its own).
+        if !extra.iter().any(|a| a == "--views-dir") {
+            let no_views = dir.path().join("no-views");
+            std::fs::create_dir_all(&no_views).unwrap();
+            extra.push("--views-dir".into());
+            extra.push(no_views.into_os_string());
+        }
         // Never the user's own demo state: tests run side by side.
         if !extra.iter().any(|a| a == "--state-dir") {
             extra.push("--state-dir".into());

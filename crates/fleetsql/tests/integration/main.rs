@@ -25,6 +25,7 @@ mod selfjoin;
 mod sets;
 mod slt;
 mod tiers;
+mod views;
 mod webdriver;
 mod xmpp;
 
