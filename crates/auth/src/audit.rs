@@ -6,11 +6,25 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
 use crate::role::{Action, Principal, Role};
+use crate::throttle::{LoginThrottle, ThrottleConfig, Throttled};
+
+/// Refusal reasons that are a wrong guess at a password, so count towards
+/// the address's failed log-ins. A client that sent nothing (psql asks for
+/// the password only after its first attempt fails), a TLS failure or an
+/// expired console session guesses nothing; tokens and session ids are 256
+/// random bits, beyond guessing, so a dashboard behind the same address as
+/// a guesser keeps working.
+const GUESSES: [&str; 4] = [
+    "bad_password",
+    "bad_scram",
+    "unsupported_mechanism",
+    "malformed_basic",
+];
 
 /// Which front end a request came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -86,6 +100,8 @@ pub struct AuditConfig {
     pub max_entries: usize,
     pub max_age: Duration,
     pub max_text_bytes: usize,
+    /// Failed log-ins allowed per client address, over every front end.
+    pub login_throttle: ThrottleConfig,
 }
 
 impl Default for AuditConfig {
@@ -96,6 +112,7 @@ impl Default for AuditConfig {
             max_entries: 10_000,
             max_age: Duration::from_secs(24 * 3600),
             max_text_bytes: 2048,
+            login_throttle: ThrottleConfig::default(),
         }
     }
 }
@@ -106,6 +123,7 @@ pub struct AuditLog {
     config: AuditConfig,
     entries: Mutex<VecDeque<Arc<AuditEntry>>>,
     refusals: Mutex<BTreeMap<(FrontEnd, &'static str), u64>>,
+    throttle: LoginThrottle,
 }
 
 impl Default for AuditLog {
@@ -130,6 +148,7 @@ fn truncate(mut text: String, max: usize) -> String {
 impl AuditLog {
     pub fn new(config: AuditConfig) -> AuditLog {
         AuditLog {
+            throttle: LoginThrottle::new(config.login_throttle),
             config,
             entries: Mutex::new(VecDeque::new()),
             refusals: Mutex::new(BTreeMap::new()),
@@ -178,8 +197,41 @@ impl AuditLog {
         }
     }
 
+    /// Whether a client at `peer` may try a password now. A refusal is
+    /// counted and recorded (reason `throttled`) and says how long to
+    /// wait; the front end answers with [`AuthError::Throttled`]'s text.
+    ///
+    /// [`AuthError::Throttled`]: crate::AuthError::Throttled
+    pub fn admit_login(
+        &self,
+        front_end: FrontEnd,
+        peer: Option<SocketAddr>,
+        user: &str,
+    ) -> Result<(), crate::AuthError> {
+        let Some(address) = peer.map(|p| p.ip()) else {
+            return Ok(());
+        };
+        let Err(Throttled { retry_after }) = self.throttle.check(address, Instant::now()) else {
+            return Ok(());
+        };
+        let refusal = crate::AuthError::Throttled {
+            address,
+            retry_after_secs: retry_after.as_secs().max(1),
+        };
+        self.refused(
+            front_end,
+            peer,
+            user,
+            refusal.reason(),
+            &refusal.to_string(),
+        );
+        Err(refusal)
+    }
+
     /// A refused log-in: counted by front end and reason (for `/metrics`)
-    /// and recorded with the name the client gave.
+    /// and recorded with the name the client gave. A wrong guess at a
+    /// credential counts towards the address's failed log-ins
+    /// ([`AuditLog::admit_login`]).
     pub fn refused(
         &self,
         front_end: FrontEnd,
@@ -188,6 +240,11 @@ impl AuditLog {
         reason: &'static str,
         message: &str,
     ) {
+        if let Some(peer) = peer
+            && GUESSES.contains(&reason)
+        {
+            self.throttle.failed(peer.ip(), Instant::now());
+        }
         *self.refusals.lock().entry((front_end, reason)).or_default() += 1;
         self.record(AuditEntry {
             time: SystemTime::now(),
@@ -250,6 +307,7 @@ mod tests {
             max_entries: 3,
             max_age: Duration::from_secs(3600),
             max_text_bytes: 5,
+            ..AuditConfig::default()
         });
         for i in 0..5 {
             log.record(entry(&format!("q{i}")));
@@ -274,6 +332,41 @@ mod tests {
         log.record(entry("new"));
         let texts: Vec<_> = log.entries().iter().map(|e| e.text.clone()).collect();
         assert_eq!(texts, ["new"]);
+    }
+
+    #[test]
+    fn wrong_guesses_on_any_front_end_throttle_the_address() {
+        let log = AuditLog::new(AuditConfig {
+            login_throttle: ThrottleConfig {
+                burst: 2,
+                ..ThrottleConfig::default()
+            },
+            ..AuditConfig::default()
+        });
+        let guesser: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        let elsewhere: SocketAddr = "10.1.2.4:5000".parse().unwrap();
+        // Not guesses: no password sent yet, a TLS failure.
+        for reason in ["no_password", "tls_handshake"] {
+            log.refused(FrontEnd::Pg, Some(guesser), "eve", reason, "");
+        }
+        assert!(log.admit_login(FrontEnd::Pg, Some(guesser), "eve").is_ok());
+        log.refused(FrontEnd::Pg, Some(guesser), "eve", "bad_password", "");
+        log.refused(FrontEnd::Http, Some(guesser), "-", "unknown_token", "");
+        assert!(log.admit_login(FrontEnd::Pg, Some(guesser), "eve").is_ok());
+        log.refused(FrontEnd::Http, Some(guesser), "-", "malformed_basic", "");
+        let refused = log
+            .admit_login(FrontEnd::FlightSql, Some(guesser), "eve")
+            .unwrap_err();
+        assert_eq!(refused.reason(), "throttled");
+        assert!(refused.to_string().contains("10.1.2.3"), "{refused}");
+        assert!(
+            log.admit_login(FrontEnd::Pg, Some(elsewhere), "eve")
+                .is_ok()
+        );
+        assert!(
+            log.refusals()
+                .contains(&(FrontEnd::FlightSql, "throttled", 1))
+        );
     }
 
     #[test]

@@ -16,6 +16,13 @@ pub enum AuthError {
     UnknownToken(String),
     #[error("token {0} expired; ask an admin for a new one (`fleetsql tokens create`)")]
     ExpiredToken(String),
+    #[error(
+        "too many failed log-ins from {address}; try again in {retry_after_secs} s (each address may fail a few times in a row, then once every few seconds)"
+    )]
+    Throttled {
+        address: std::net::IpAddr,
+        retry_after_secs: u64,
+    },
     #[error("role {role} may not {action}; ask an admin for a role that may")]
     Forbidden {
         role: crate::Role,
@@ -32,6 +39,7 @@ impl AuthError {
             AuthError::MalformedToken => "malformed_token",
             AuthError::UnknownToken(_) => "unknown_token",
             AuthError::ExpiredToken(_) => "expired_token",
+            AuthError::Throttled { .. } => "throttled",
             AuthError::Forbidden { .. } => "forbidden",
         }
     }

@@ -16,7 +16,12 @@
 //!   the single permission table every front end asks.
 //! - [`AuditLog`]: bounded in memory (count, age, text length), also
 //!   written to the log under `fleetsql::audit`; log-in refusals counted
-//!   by front end and reason for `/metrics`.
+//!   by front end and reason for `/metrics`; wrong guesses at a credential
+//!   throttled per client address over every front end
+//!   ([`AuditLog::admit_login`]).
+//! - [`Credential`]: an `Authorization` header as every front end reads
+//!   it; [`SessionStore`]: sessions a log-in opens (the console's cookie, a
+//!   Flight SQL handshake's token).
 //! - [`ServerTls`]: the node's client-facing certificate (pg and HTTP),
 //!   optionally a client CA, re-read when the files change.
 
@@ -25,6 +30,8 @@ mod error;
 mod file;
 mod role;
 mod scram;
+mod session;
+mod throttle;
 mod tls;
 mod tokens;
 mod users;
@@ -34,6 +41,8 @@ pub use error::{AuthError, ParseError, StoreError};
 pub use file::WatchHandle;
 pub use role::{Action, AuthMethod, Principal, Role};
 pub use scram::{DEFAULT_ITERATIONS, ScramError, ScramExchange, ScramVerifier};
+pub use session::{Credential, CredentialError, Session, SessionStore};
+pub use throttle::ThrottleConfig;
 pub use tls::{ServerTls, TlsError, TlsFiles};
 pub use tokens::{NewToken, TokenRecord, TokenStore, TokensFile, parse_duration, unix_now};
 pub use users::{User, UserStore, UsersFile};

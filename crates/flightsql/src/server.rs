@@ -1,6 +1,10 @@
 use std::net::SocketAddr;
+
+use fleetsql_auth::{AuditLog, FrontEnd, ServerTls};
+use futures::Stream;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use fleetsql_sqlnode::SqlNode;
@@ -9,7 +13,11 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
 use crate::FlightSqlError;
+use crate::security::FlightSqlSecurity;
 use crate::service::Service;
+
+/// A client that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long [`FlightSqlServer::shutdown`] lets answers being sent finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -27,7 +35,21 @@ impl FlightSqlServer {
     /// Binds `addr` (port 0 picks a free port) and serves `node`. Must be
     /// called inside a tokio runtime.
     pub fn start(node: Arc<SqlNode>, addr: SocketAddr) -> Result<FlightSqlServer, FlightSqlError> {
-        let service = Service::new(node)?;
+        let security = FlightSqlSecurity::new(node.audit().clone());
+        FlightSqlServer::start_secure(node, addr, security)
+    }
+
+    /// [`FlightSqlServer::start`] asking clients what `security` says:
+    /// credentials checked against the users and tokens files, TLS with
+    /// the node's certificate (every connection then TLS).
+    pub fn start_secure(
+        node: Arc<SqlNode>,
+        addr: SocketAddr,
+        security: FlightSqlSecurity,
+    ) -> Result<FlightSqlServer, FlightSqlError> {
+        let tls = security.tls.clone();
+        let audit = security.audit.clone();
+        let service = Service::new(node, security)?;
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| FlightSqlError::NoRuntime)?;
         // Bound here, so a taken port is the caller's error, not a log line.
@@ -42,21 +64,30 @@ impl FlightSqlServer {
             tokio::net::TcpListener::from_std(listener)
                 .map_err(|source| FlightSqlError::Bind { addr, source })?
         };
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let (shutdown, mut signal) = watch::channel(false);
         let service = FlightServiceServer::new(service)
             // Parameters and answers are Arrow batches; tonic's 4 MiB
             // default would refuse an ordinary answer's message.
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(usize::MAX);
+        let accepting = signal.clone();
         let task = runtime.spawn(async move {
-            let served = tonic::transport::Server::builder()
+            let router = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(20)))
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = signal.wait_for(|stop| *stop).await;
-                })
-                .await;
+                .add_service(service);
+            let stop = async move {
+                let _ = signal.wait_for(|stop| *stop).await;
+            };
+            let served = match tls {
+                None => {
+                    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                    router.serve_with_incoming_shutdown(incoming, stop).await
+                }
+                Some(tls) => {
+                    let incoming = tls_incoming(listener, tls, audit, accepting);
+                    router.serve_with_incoming_shutdown(incoming, stop).await
+                }
+            };
             if let Err(e) = served {
                 tracing::error!(addr = %local_addr, error = %e, "Flight SQL server stopped");
             }
@@ -96,4 +127,62 @@ impl Drop for FlightSqlServer {
             task.abort();
         }
     }
+}
+
+/// Accepted connections after their TLS handshake, each handshake on a
+/// task of its own so a slow or hostile client holds up no other, with the
+/// certificate as its files are now (rotation without a restart).
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    tls: Arc<ServerTls>,
+    audit: Arc<AuditLog>,
+    mut stop: watch::Receiver<bool>,
+) -> impl Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>
++ Send
++ 'static {
+    let (sender, receiver) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.wait_for(|stop| *stop) => return,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: let it pass
+                    // rather than spin.
+                    tracing::warn!(error = %e, "Flight SQL could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = tls.acceptor();
+            let (audit, sender) = (audit.clone(), sender.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = sender.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "Flight SQL TLS handshake failed");
+                        audit.refused(
+                            FrontEnd::FlightSql,
+                            Some(peer),
+                            "",
+                            "tls_handshake",
+                            &format!("TLS handshake failed: {e}"),
+                        );
+                    }
+                    Err(_) => {
+                        tracing::info!(%peer, "Flight SQL TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    })
 }

@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -26,6 +27,7 @@ use arrow_flight::{
 };
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::scalar::ScalarValue;
+use fleetsql_auth::{Action as AuthAction, AuditEntry, FrontEnd, Outcome, Principal};
 use fleetsql_model::Generation;
 use fleetsql_sqlnode::{GenerationInfo, Prepared, QueryOutput, SqlError, SqlNode};
 use futures::{Stream, TryStreamExt};
@@ -39,6 +41,7 @@ const MAX_PARAMETER_BYTES: usize = 16 << 20;
 use crate::FlightSqlError;
 use crate::error::status_of;
 use crate::held::{Held, MAX_HELD_PLANS, TicketBody, handle_bytes, handle_number};
+use crate::security::{FlightSqlSecurity, Gate};
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
 type HandshakeStream =
@@ -79,6 +82,7 @@ pub(crate) struct Service {
     node: Arc<SqlNode>,
     held: Held,
     sql_info: SqlInfoData,
+    gate: Gate,
 }
 
 impl std::fmt::Debug for Service {
@@ -265,13 +269,44 @@ fn info_for(
 }
 
 impl Service {
-    pub(crate) fn new(node: Arc<SqlNode>) -> Result<Service, FlightSqlError> {
+    pub(crate) fn new(
+        node: Arc<SqlNode>,
+        security: FlightSqlSecurity,
+    ) -> Result<Service, FlightSqlError> {
         let sql_info = sql_info(&node).map_err(|e| FlightSqlError::SqlInfo(e.to_string()))?;
         Ok(Service {
             node,
             held: Held::default(),
             sql_info,
+            gate: Gate::new(security),
         })
+    }
+
+    /// Who sent `request`, if they may run SQL here (role, token scope,
+    /// the set's domain).
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let principal = self.gate.principal(request, AuthAction::RunSql).await?;
+        self.node.admit(&principal).map_err(|e| status_of(&e))?;
+        Ok(principal)
+    }
+
+    /// Records a statement in the node's audit log, as pg and HTTP do.
+    fn audit<T>(
+        &self,
+        principal: &Principal,
+        peer: Option<std::net::SocketAddr>,
+        sql: &str,
+        started: Instant,
+        outcome: &Result<T, Status>,
+    ) {
+        let mut entry = AuditEntry::new(principal, FrontEnd::FlightSql, AuthAction::RunSql);
+        entry.peer = peer;
+        entry.text = sql.to_string();
+        entry.duration = started.elapsed();
+        if let Err(status) = outcome {
+            entry.outcome = Outcome::Error(status.message().to_string());
+        }
+        self.gate.audit().record(entry);
     }
 
     /// Pins the generation `prepared` reads and plans it there with
@@ -453,17 +488,28 @@ impl Service {
 impl FlightSqlService for Service {
     type FlightService = Service;
 
-    /// Without users configured anyone may connect, so a handshake (some
-    /// clients always send one) succeeds with no token.
+    /// A log-in: a password opens a session whose token the answer's
+    /// `authorization` header carries, for the client to send as its
+    /// bearer. Without users configured anyone may connect, so a
+    /// handshake (some clients always send one) succeeds with no token.
     async fn do_handshake(
         &self,
-        _request: Request<Streaming<HandshakeRequest>>,
+        request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<HandshakeStream>, Status> {
+        let (_, session) = self.gate.handshake(&request).await?;
         let answer = HandshakeResponse {
             protocol_version: 0,
-            payload: bytes::Bytes::new(),
+            payload: session.clone().unwrap_or_default().into(),
         };
-        Ok(Response::new(Box::pin(futures::stream::iter([Ok(answer)]))))
+        let mut response: Response<HandshakeStream> =
+            Response::new(Box::pin(futures::stream::iter([Ok(answer)])));
+        if let Some(session) = session {
+            let bearer = format!("Bearer {session}")
+                .parse()
+                .map_err(|_| Status::internal("the session token is not a header value"))?;
+            response.metadata_mut().insert("authorization", bearer);
+        }
+        Ok(response)
     }
 
     async fn get_flight_info_statement(
@@ -471,12 +517,19 @@ impl FlightSqlService for Service {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let principal = self.caller(&request).await?;
+        let started = Instant::now();
         let client = client_ip(&request);
-        let prepared = self.node.prepare(&query.query).map_err(|e| status_of(&e))?;
-        let (plan, generation) = self
-            .pin_and_plan(&prepared, &[], client)
-            .await
-            .map_err(|e| status_of(&e))?;
+        let peer = request.remote_addr();
+        let planned = async {
+            let prepared = self.node.prepare(&query.query).map_err(|e| status_of(&e))?;
+            self.pin_and_plan(&prepared, &[], client)
+                .await
+                .map_err(|e| status_of(&e))
+        }
+        .await;
+        self.audit(&principal, peer, &query.query, started, &planned);
+        let (plan, generation) = planned?;
         let body = TicketBody {
             plan: 0,
             generation: 0,
@@ -491,13 +544,23 @@ impl FlightSqlService for Service {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let principal = self.caller(&request).await?;
+        let started = Instant::now();
         let client = client_ip(&request);
         let number = Self::statement_number(&query.prepared_statement_handle)?;
         let statement = self.open_statement(number)?;
-        let (plan, generation) = self
+        let planned = self
             .pin_and_plan(&statement.prepared, &statement.params, client)
             .await
-            .map_err(|e| status_of(&e))?;
+            .map_err(|e| status_of(&e));
+        self.audit(
+            &principal,
+            request.remote_addr(),
+            &statement.prepared.statement().to_string(),
+            started,
+            &planned,
+        );
+        let (plan, generation) = planned?;
         let body = TicketBody {
             plan: 0,
             generation: 0,
@@ -512,6 +575,7 @@ impl FlightSqlService for Service {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
+        self.caller(&request).await?;
         let body: TicketBody = serde_json::from_slice(&ticket.statement_handle).map_err(|e| {
             Status::invalid_argument(format!(
                 "not a ticket of this server ({e}); use the ticket GetFlightInfo answered"
@@ -533,6 +597,7 @@ impl FlightSqlService for Service {
         query: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
+        self.caller(&request).await?;
         let number = Self::statement_number(&query.prepared_statement_handle)?;
         let body = TicketBody {
             plan: 0,
@@ -554,6 +619,7 @@ impl FlightSqlService for Service {
         query: ActionCreatePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        self.caller(&request).await?;
         let client = client_ip(&request);
         let prepared = self.node.prepare(&query.query).map_err(|e| status_of(&e))?;
         // Planned now for the schemas the client asks about; each
@@ -588,8 +654,9 @@ impl FlightSqlService for Service {
     async fn do_action_close_prepared_statement(
         &self,
         query: ActionClosePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<(), Status> {
+        self.caller(&request).await?;
         // Closing twice, or a statement dropped for newer ones, is fine.
         if let Some(number) = handle_number(&query.prepared_statement_handle) {
             self.held.close(number);
@@ -602,6 +669,7 @@ impl FlightSqlService for Service {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
+        self.caller(&request).await?;
         let number = Self::statement_number(&query.prepared_statement_handle)?;
         let batches: Vec<RecordBatch> =
             arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
@@ -643,8 +711,9 @@ impl FlightSqlService for Service {
     async fn do_put_statement_update(
         &self,
         command: CommandStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        self.caller(&request).await?;
         self.node
             .prepare(&command.query)
             .map_err(|e| status_of(&e))?;
@@ -656,8 +725,9 @@ impl FlightSqlService for Service {
     async fn do_put_prepared_statement_update(
         &self,
         _query: CommandPreparedStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        self.caller(&request).await?;
         Err(Status::invalid_argument(
             "ExecuteUpdate is for statements that change data, and fleetsql is read-only; execute a prepared query with GetFlightInfo and DoGet",
         ))
@@ -666,8 +736,9 @@ impl FlightSqlService for Service {
     async fn do_put_statement_ingest(
         &self,
         _command: CommandStatementIngest,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        self.caller(&request).await?;
         Err(status_of(&SqlError::ReadOnly {
             statement: "bulk ingestion".into(),
         }))
@@ -678,6 +749,7 @@ impl FlightSqlService for Service {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request).await?;
         let schema = query.into_builder().schema();
         info_for(query, &schema, request.into_inner())
     }
@@ -685,8 +757,9 @@ impl FlightSqlService for Service {
     async fn do_get_catalogs(
         &self,
         query: CommandGetCatalogs,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
+        self.caller(&request).await?;
         let mut builder = query.into_builder();
         let mut names = self.node.session_context().catalog_names();
         names.sort();
@@ -701,6 +774,7 @@ impl FlightSqlService for Service {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request).await?;
         let schema = query.clone().into_builder().schema();
         info_for(query, &schema, request.into_inner())
     }
@@ -708,8 +782,9 @@ impl FlightSqlService for Service {
     async fn do_get_schemas(
         &self,
         query: CommandGetDbSchemas,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
+        self.caller(&request).await?;
         let ctx = self.node.session_context();
         let mut builder = query.into_builder();
         let mut names = ctx.catalog_names();
@@ -732,6 +807,7 @@ impl FlightSqlService for Service {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request).await?;
         let schema = query.clone().into_builder().schema();
         info_for(query, &schema, request.into_inner())
     }
@@ -739,8 +815,9 @@ impl FlightSqlService for Service {
     async fn do_get_tables(
         &self,
         query: CommandGetTables,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
+        self.caller(&request).await?;
         let rows = self.tables(&query).await;
         let mut builder = query.into_builder();
         let no_columns = Schema::empty();
@@ -758,6 +835,7 @@ impl FlightSqlService for Service {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request).await?;
         let schema = query.into_builder().schema();
         info_for(query, &schema, request.into_inner())
     }
@@ -765,8 +843,9 @@ impl FlightSqlService for Service {
     async fn do_get_table_types(
         &self,
         query: CommandGetTableTypes,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
+        self.caller(&request).await?;
         let mut builder = query.into_builder();
         builder.append(SYSTEM_TABLE);
         builder.append(TABLE);
@@ -778,6 +857,7 @@ impl FlightSqlService for Service {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request).await?;
         let schema = query.clone().into_builder(&self.sql_info).schema();
         info_for(query, &schema, request.into_inner())
     }
@@ -785,8 +865,9 @@ impl FlightSqlService for Service {
     async fn do_get_sql_info(
         &self,
         query: CommandGetSqlInfo,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
+        self.caller(&request).await?;
         let builder = query.into_builder(&self.sql_info);
         Ok(Response::new(one_batch(builder.build())?))
     }

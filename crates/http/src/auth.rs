@@ -22,7 +22,6 @@
 //!
 //! Without a users or tokens file every client is let in as before.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,13 +31,10 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use fleetsql_auth::{
-    Action, AuditEntry, AuditLog, AuthError, FrontEnd, Outcome, Principal, ServerTls, TokenStore,
-    UserStore,
+    Action, AuditEntry, AuditLog, AuthError, Credential, CredentialError, FrontEnd, Outcome,
+    Principal, ServerTls, SessionStore, TokenStore, UserStore,
 };
-use parking_lot::Mutex;
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -89,16 +85,9 @@ impl HttpSecurity {
     }
 }
 
-struct Session {
-    principal: Principal,
-    csrf: String,
-    expires: Instant,
-}
-
 pub(crate) struct Auth {
     security: HttpSecurity,
-    sessions: Mutex<HashMap<String, Session>>,
-    random: SystemRandom,
+    sessions: SessionStore,
 }
 
 /// What a route needs.
@@ -250,6 +239,26 @@ impl Refusal {
     }
 }
 
+/// 429 for an address with too many failed log-ins (already counted and
+/// recorded by `AuditLog::admit_login`), with `Retry-After`.
+fn throttled_response(e: &AuthError) -> Response {
+    let body = json!({
+        "error": e.to_string(),
+        "hint": "wait, then send the right credential",
+        "reason": e.reason(),
+    });
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    if let AuthError::Throttled {
+        retry_after_secs, ..
+    } = e
+    {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+    }
+    response
+}
+
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
@@ -284,16 +293,9 @@ struct LoginBody {
 impl Auth {
     pub(crate) fn new(security: HttpSecurity) -> Auth {
         Auth {
+            sessions: SessionStore::new(security.session_ttl, security.max_sessions),
             security,
-            sessions: Mutex::new(HashMap::new()),
-            random: SystemRandom::new(),
         }
-    }
-
-    fn random_hex(&self) -> Option<String> {
-        let mut bytes = [0u8; 32];
-        self.random.fill(&mut bytes).ok()?;
-        Some(hex::encode(bytes))
     }
 
     /// The principal of a request's credential, `None` when it has none.
@@ -303,65 +305,57 @@ impl Auth {
         method: &Method,
     ) -> Result<Option<Principal>, Refusal> {
         if let Some(value) = headers.get(header::AUTHORIZATION) {
-            let value = value.to_str().unwrap_or_default().trim();
-            let (scheme, credential) = value.split_once(' ').unwrap_or((value, ""));
-            let credential = credential.trim();
-            if scheme.eq_ignore_ascii_case("bearer") {
-                let Some(tokens) = &self.security.tokens else {
-                    return Err(Refusal::unauthorized(
-                        "unknown_token",
-                        "this node accepts no bearer tokens (its entry names no tokens file)",
-                        "log in with a user and password (HTTP basic), or ask an admin to set `tokens` in the node's entry",
-                    ));
-                };
-                return tokens
-                    .verify(credential)
-                    .map(Some)
-                    .map_err(|e| Refusal::from_auth(&e));
-            }
-            if scheme.eq_ignore_ascii_case("basic") {
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(credential)
-                    .ok()
-                    .and_then(|d| String::from_utf8(d).ok());
-                let Some((user, password)) = decoded.as_deref().and_then(|d| d.split_once(':'))
-                else {
-                    return Err(Refusal::unauthorized(
-                        "malformed_basic",
-                        "the Authorization: Basic value is not base64 of `user:password`",
-                        "send base64(\"user:password\")",
-                    ));
-                };
-                let Some(users) = self.security.users.clone() else {
-                    return Err(Refusal::unauthorized(
-                        "bad_password",
-                        "this node has no users file, so it takes no passwords",
-                        "use a bearer token (`Authorization: Bearer fsq_...`)",
-                    ));
-                };
-                let (user, password) = (user.to_string(), password.to_string());
-                // One PBKDF2 per request: off the IO threads.
-                let verified =
-                    tokio::task::spawn_blocking(move || users.verify_password(&user, &password))
-                        .await;
-                return match verified {
-                    Ok(Ok(p)) => Ok(Some(p)),
-                    Ok(Err(e)) => Err(Refusal::from_auth(&e)),
-                    Err(_) => Err(Refusal::unauthorized(
-                        "bad_password",
-                        "the password check failed inside the node",
-                        "retry; report it with the node's log",
-                    )),
-                };
-            }
-            return Err(Refusal::unauthorized(
-                "malformed_token",
-                format!(
-                    "the Authorization scheme `{}` is not one this node takes",
-                    scheme.chars().take(20).collect::<String>()
-                ),
-                "send `Authorization: Bearer fsq_...` or `Authorization: Basic ...`",
-            ));
+            let credential =
+                Credential::parse(value.to_str().unwrap_or_default()).map_err(|e| {
+                    Refusal::unauthorized(
+                        e.reason(),
+                        e.to_string(),
+                        match e {
+                            CredentialError::MalformedBasic => "send base64(\"user:password\")",
+                            CredentialError::UnknownScheme(_) => {
+                                "send `Authorization: Bearer fsq_...` or `Authorization: Basic ...`"
+                            }
+                        },
+                    )
+                })?;
+            return match credential {
+                Credential::Bearer(token) => {
+                    let Some(tokens) = &self.security.tokens else {
+                        return Err(Refusal::unauthorized(
+                            "unknown_token",
+                            "this node accepts no bearer tokens (its entry names no tokens file)",
+                            "log in with a user and password (HTTP basic), or ask an admin to set `tokens` in the node's entry",
+                        ));
+                    };
+                    tokens
+                        .verify(&token)
+                        .map(Some)
+                        .map_err(|e| Refusal::from_auth(&e))
+                }
+                Credential::Basic { user, password } => {
+                    let Some(users) = self.security.users.clone() else {
+                        return Err(Refusal::unauthorized(
+                            "bad_password",
+                            "this node has no users file, so it takes no passwords",
+                            "use a bearer token (`Authorization: Bearer fsq_...`)",
+                        ));
+                    };
+                    // One PBKDF2 per request: off the IO threads.
+                    let verified = tokio::task::spawn_blocking(move || {
+                        users.verify_password(&user, &password)
+                    })
+                    .await;
+                    match verified {
+                        Ok(Ok(p)) => Ok(Some(p)),
+                        Ok(Err(e)) => Err(Refusal::from_auth(&e)),
+                        Err(_) => Err(Refusal::unauthorized(
+                            "bad_password",
+                            "the password check failed inside the node",
+                            "retry; report it with the node's log",
+                        )),
+                    }
+                }
+            };
         }
         let Some(id) = cookie(headers, SESSION_COOKIE) else {
             return Ok(None);
@@ -373,28 +367,14 @@ impl Auth {
                 "log in again at /login",
             )
         };
-        let mut sessions = self.sessions.lock();
-        let Some(session) = sessions.get_mut(id) else {
+        // Console sessions exist only with a users file, which stays the
+        // authority: a removed user's session ends.
+        let Some(users) = self.security.users.as_deref() else {
             return Err(expired());
         };
-        if session.expires <= Instant::now() {
-            sessions.remove(id);
+        let Some(session) = self.sessions.get(id, Some(users)) else {
             return Err(expired());
-        }
-        // The users file is the authority: a removed user's session ends,
-        // a changed role applies to the next request.
-        match self
-            .security
-            .users
-            .as_ref()
-            .and_then(|u| u.user(&session.principal.name))
-        {
-            Some(user) => session.principal.role = user.role,
-            None => {
-                sessions.remove(id);
-                return Err(expired());
-            }
-        }
+        };
         if changes_state(method) {
             let sent = headers
                 .get(CSRF_HEADER)
@@ -482,6 +462,13 @@ impl Auth {
                 );
             }
         };
+        if let Err(throttled) = self
+            .security
+            .audit
+            .admit_login(FrontEnd::Console, peer, &user)
+        {
+            return throttled_response(&throttled);
+        }
         let name = user.clone();
         let verified = tokio::task::spawn_blocking(move || users.verify_password(&user, &password))
             .await
@@ -500,37 +487,14 @@ impl Auth {
                 return refusal.response();
             }
         };
-        let (Some(id), Some(csrf)) = (self.random_hex(), self.random_hex()) else {
+        let Ok((id, csrf)) = self.sessions.start(principal.clone()) else {
             return json_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the system random source failed; no session was made",
                 "retry; report it with the node's log",
             );
         };
-        let ttl = self.security.session_ttl;
-        {
-            let mut sessions = self.sessions.lock();
-            let now = Instant::now();
-            sessions.retain(|_, s| s.expires > now);
-            while sessions.len() >= self.security.max_sessions.max(1) {
-                let oldest = sessions
-                    .iter()
-                    .min_by_key(|(_, s)| s.expires)
-                    .map(|(k, _)| k.clone());
-                match oldest {
-                    Some(k) => sessions.remove(&k),
-                    None => break,
-                };
-            }
-            sessions.insert(
-                id.clone(),
-                Session {
-                    principal: principal.clone(),
-                    csrf: csrf.clone(),
-                    expires: now + ttl,
-                },
-            );
-        }
+        let ttl = self.sessions.ttl();
         let mut entry = AuditEntry::new(&principal, FrontEnd::Console, Action::Login);
         entry.peer = peer;
         entry.duration = started.elapsed();
@@ -551,9 +515,7 @@ impl Auth {
         if let Some(id) = cookie(request.headers(), SESSION_COOKIE) {
             // Only the page holding the session's CSRF token ends it.
             match self.authenticate(request.headers(), request.method()).await {
-                Ok(_) => {
-                    self.sessions.lock().remove(id);
-                }
+                Ok(_) => self.sessions.end(id),
                 Err(refusal) if refusal.reason == "csrf" => {
                     return self.refuse(&refusal, peer, None);
                 }
@@ -574,8 +536,11 @@ impl Auth {
         }
         match self.authenticate(headers, &Method::GET).await {
             Ok(Some(p)) => {
-                let csrf = cookie(headers, SESSION_COOKIE)
-                    .and_then(|id| self.sessions.lock().get(id).map(|s| s.csrf.clone()));
+                let csrf = cookie(headers, SESSION_COOKIE).and_then(|id| {
+                    self.sessions
+                        .get(id, self.security.users.as_deref())
+                        .map(|s| s.csrf)
+                });
                 axum::Json(json!({
                     "auth": true,
                     "user": p.name,
@@ -691,6 +656,16 @@ pub(crate) async fn layer(State(auth): State<Arc<Auth>>, request: Request, next:
         _ if !on => Principal::unauthenticated("anonymous"),
         Access::Open => return next.run(request).await,
         Access::Page(action) | Access::Api(action) => {
+            let password = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| matches!(Credential::parse(v), Ok(Credential::Basic { .. })));
+            if password
+                && let Err(throttled) = auth.security.audit.admit_login(front_end, peer, "-")
+            {
+                return throttled_response(&throttled);
+            }
             let principal = match auth.authenticate(request.headers(), &method).await {
                 Ok(Some(p)) => p,
                 // Without a users file there is no log-in page to go to.

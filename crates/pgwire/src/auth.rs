@@ -322,6 +322,15 @@ impl<S: StartupHandler> AuthStartup<S> {
                 )),
             };
         }
+        if let Err(throttled) = self.audit.admit_login(FrontEnd::Pg, Some(peer), &user) {
+            // Counted and recorded by `admit_login`; 28000 as Postgres
+            // answers a refused log-in it cannot say more about.
+            return Err(refusal(
+                "28000",
+                throttled.to_string(),
+                Some("wait, then log in with the right password"),
+            ));
+        }
         let (verifier, role) = users.verifier(&user);
         client.set_state(PgWireConnectionState::AuthenticationInProgress);
         client

@@ -596,11 +596,11 @@ struct LiveSql {
     cli: Listen,
     bound: Listen,
     apps: RunningApps,
+    /// The history settings it started with (a change needs a restart).
+    history: Option<fleetsql_history::HistoryConfig>,
     /// What `fleet_sets` shows, and the task probing the other nodes.
     sets: crate::sets::SetsState,
     _sets_prober: crate::sets::Prober,
-    /// The history settings it started with (a change needs a restart).
-    history: Option<fleetsql_history::HistoryConfig>,
 }
 
 /// The apps of a SQL node, restarted in place when a re-read topology
@@ -987,18 +987,6 @@ impl SqlProcess {
         tables: Option<LocalTables>,
     ) -> Result<SqlProcess> {
         let entry = topology.sqlnode(name)?;
-        // Flight SQL checks no users or tokens yet: served beside pg and
-        // HTTP that do, it would answer anyone they refuse.
-        if listen.flightsql.or(entry.flightsql).is_some()
-            && (entry.users.is_some() || entry.tokens.is_some())
-        {
-            return Err(TiersError::Config {
-                path: "topology".into(),
-                reason: format!(
-                    "SQL node `{name}` has users or tokens, and its Flight SQL endpoint does not check them yet; leave out `flightsql` (and --flightsql) for this node until it does"
-                ),
-            });
-        }
         let SqlPlan {
             config,
             sources,
@@ -1060,7 +1048,13 @@ impl SqlProcess {
         let flightsql = listen
             .flightsql
             .or(entry.flightsql)
-            .map(|addr| FlightSqlServer::start(node.clone(), addr))
+            .map(|addr| {
+                FlightSqlServer::start_secure(
+                    node.clone(),
+                    addr,
+                    security.flightsql(node.audit().clone()),
+                )
+            })
             .transpose()?;
         let sets = crate::sets::SetsState::new(name, topology);
         node.register_node_table(crate::sets::SETS_TABLE, sets.clone());

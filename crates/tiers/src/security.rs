@@ -1,6 +1,6 @@
 //! A SQL node's client-facing security, from its topology entry: users
-//! (pg SCRAM, console log-in), tokens (HTTP), its certificate for pg and
-//! HTTP, and a client CA. Every file is polled for changes while the
+//! (pg SCRAM, console and Flight SQL log-in), tokens (HTTP, Flight SQL),
+//! its certificate for pg, HTTP and Flight SQL, and a client CA. Every file is polled for changes while the
 //! [`ClientSecurity`] lives.
 
 use std::sync::Arc;
@@ -29,6 +29,8 @@ pub struct ClientSecurity {
     pub tls_files: Option<TlsFiles>,
     /// The same certificate for HTTPS (ALPN `http/1.1`).
     pub http_tls: Option<Arc<ServerTls>>,
+    /// The same certificate for Flight SQL (gRPC: ALPN `h2`).
+    pub flightsql_tls: Option<Arc<ServerTls>>,
     watches: Vec<WatchHandle>,
 }
 
@@ -78,6 +80,9 @@ impl ClientSecurity {
             let http = ServerTls::load(files.clone(), fleetsql_http::http_alpn())?;
             security.watches.push(http.watch(POLL));
             security.http_tls = Some(http);
+            let grpc = ServerTls::load(files.clone(), vec![b"h2".to_vec()])?;
+            security.watches.push(grpc.watch(POLL));
+            security.flightsql_tls = Some(grpc);
             let tls = ServerTls::load(files, vec![b"postgresql".to_vec()])?;
             security.watches.push(tls.watch(POLL));
             security.pg_tls = Some(tls);
@@ -92,6 +97,19 @@ impl ClientSecurity {
             tokens: self.tokens.clone(),
             tls: self.http_tls.clone(),
             ..fleetsql_http::HttpSecurity::new(audit)
+        }
+    }
+
+    /// What the Flight SQL port asks of its clients; `audit` is the node's.
+    pub fn flightsql(
+        &self,
+        audit: Arc<fleetsql_auth::AuditLog>,
+    ) -> fleetsql_flightsql::FlightSqlSecurity {
+        fleetsql_flightsql::FlightSqlSecurity {
+            users: self.users.clone(),
+            tokens: self.tokens.clone(),
+            tls: self.flightsql_tls.clone(),
+            ..fleetsql_flightsql::FlightSqlSecurity::new(audit)
         }
     }
 

@@ -8,10 +8,8 @@
 //! registrations and log-ins are in `fleet_audit`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,71 +22,8 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
-use crate::cluster::BINARY;
+use crate::pg_auth::{add_user, create_token, fleetsql};
 use crate::tiers::{FleetSpec, TestCluster, eventually, metric};
-
-fn fleetsql(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(BINARY)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "fleetsql {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn add_user(users: &Path, name: &str, role: &str, password: &str) {
-    fleetsql(
-        &[
-            "users",
-            "add",
-            name,
-            "--role",
-            role,
-            "--file",
-            users.to_str().unwrap(),
-            "--password-stdin",
-        ],
-        Some(&format!("{password}\n")),
-    );
-}
-
-/// `fleetsql tokens create`; the token it prints.
-fn create_token(tokens: &Path, role: &str, name: &str, expires: &str) -> String {
-    let out = fleetsql(
-        &[
-            "tokens",
-            "create",
-            "--role",
-            role,
-            "--name",
-            name,
-            "--expires",
-            expires,
-            "--file",
-            tokens.to_str().unwrap(),
-        ],
-        None,
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(token.starts_with("fsq_"), "{token}");
-    token
-}
 
 /// One HTTP/1.1 request over TLS verified against `ca` for `localhost`;
 /// (status, body), or the handshake's error.

@@ -8,6 +8,7 @@ mod demo;
 mod faults;
 mod fixture;
 mod flightsql;
+mod flightsql_auth;
 mod history;
 mod http_auth;
 mod integrations;

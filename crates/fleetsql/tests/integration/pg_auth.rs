@@ -17,7 +17,9 @@ use fleetsql_tiers::SqlNodeEntry;
 use crate::cluster::BINARY;
 use crate::tiers::{FleetSpec, TestCluster, eventually, metric};
 
-fn fleetsql(args: &[&str], stdin: Option<&str>) -> Output {
+/// `fleetsql ARGS` with `stdin`, which must succeed; shared by the
+/// front ends' log-in tests.
+pub(crate) fn fleetsql(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(BINARY)
         .args(args)
         .stdin(Stdio::piped())
@@ -42,7 +44,7 @@ fn fleetsql(args: &[&str], stdin: Option<&str>) -> Output {
     output
 }
 
-fn add_user(users: &Path, name: &str, role: &str, password: &str) {
+pub(crate) fn add_user(users: &Path, name: &str, role: &str, password: &str) {
     let file = users.to_str().unwrap();
     fleetsql(
         &[
@@ -60,7 +62,7 @@ fn add_user(users: &Path, name: &str, role: &str, password: &str) {
 }
 
 /// `psql` with a libpq connection string; (succeeded, stdout, stderr).
-fn psql(conninfo: &str, password: Option<&str>, sql: &str) -> (bool, String, String) {
+pub(crate) fn psql(conninfo: &str, password: Option<&str>, sql: &str) -> (bool, String, String) {
     let mut command = Command::new("psql");
     command
         .args(["-X", "-A", "-t", "-w", "-d", conninfo, "-c", sql])
@@ -77,6 +79,28 @@ fn psql(conninfo: &str, password: Option<&str>, sql: &str) -> (bool, String, Str
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// `fleetsql tokens create`; the token it prints.
+pub(crate) fn create_token(tokens: &Path, role: &str, name: &str, expires: &str) -> String {
+    let out = fleetsql(
+        &[
+            "tokens",
+            "create",
+            "--role",
+            role,
+            "--name",
+            name,
+            "--expires",
+            expires,
+            "--file",
+            tokens.to_str().unwrap(),
+        ],
+        None,
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("fsq_"), "{token}");
+    token
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
