@@ -139,7 +139,10 @@ async fn follow(
             .and_then(|l| response.url().join(l).ok())
             .map(|u| u.to_string())
         else {
-            bail!("{} answered a redirect without a usable Location", response.url());
+            bail!(
+                "{} answered a redirect without a usable Location",
+                response.url()
+            );
         };
         if visited.contains(&location) {
             bail!(

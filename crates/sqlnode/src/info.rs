@@ -22,14 +22,14 @@ pub struct GenerationInfo {
     /// tree has no sets (the whole fleet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub span: Option<String>,
-    /// The SQL node that ran the query when this one forwarded it to the
-    /// subset of its set serving the query's tables.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub computed_by: Option<String>,
     /// What the query read of kept history (`history.<table>`, time
     /// travel): which generations, over which time span.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<crate::HistoryRead>,
+    /// The SQL node that ran the query when this one forwarded it to the
+    /// subset of its set serving the query's tables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub computed_by: Option<String>,
 }
 
 impl GenerationInfo {
@@ -51,8 +51,8 @@ impl GenerationInfo {
             machines_seen: v.machines_seen(),
             machines_expected: v.machines_expected(),
             span: generation.meta.span.clone(),
-            computed_by: None,
             history: Vec::new(),
+            computed_by: None,
         }
     }
 

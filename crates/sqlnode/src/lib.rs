@@ -33,8 +33,8 @@ mod requests;
 mod settings;
 mod shared;
 mod system_tables;
-mod views;
 mod time_travel;
+mod views;
 
 pub use audit::AUDIT_TABLE;
 pub use choice::SourceStatus;
@@ -52,8 +52,8 @@ pub use requests::RequestLimits;
 pub use settings::check_setting;
 pub use shared::{SHARED_ANSWERS_BYTES, SharedAnswersStats};
 pub use system_tables::SYSTEM_TABLES;
-pub use views::{VIEWS_TABLE, ViewDefinition, ViewFile, ViewFileError, ViewStats};
 pub use time_travel::{
     AsOf, HISTORY_SCHEMA, HistoryRead, PickedGeneration, TimeTravel, TimeTravelError,
     note_history_read,
 };
+pub use views::{VIEWS_TABLE, ViewDefinition, ViewFile, ViewFileError, ViewStats};

@@ -35,8 +35,8 @@ use crate::prepared::{KeptPlan, Prepared, PreparedCache, folds_changing_values};
 use crate::requests::{QueryRequests, RequestLimits};
 use crate::shared::{SHARED_ANSWERS_BYTES, SharedAnswers, SharedAnswersStats};
 use crate::system_tables::SYSTEM_TABLES;
-use crate::views::{VIEWS_TABLE, Views, ViewsTable};
 use crate::time_travel::{HISTORY_READS, HistoryReads, TimeTravel};
+use crate::views::{VIEWS_TABLE, Views, ViewsTable};
 use crate::{GenerationInfo, Result, SqlError};
 
 /// How a SQL node runs; every field has a working default.
@@ -296,16 +296,15 @@ impl SqlNode {
             prepared: PreparedCache::default(),
             hooks: Arc::new(Hooks::new(empty)),
             audit: Arc::new(AuditLog::default()),
+            time_travel: parking_lot::RwLock::new(None),
             shared,
             views,
+        });
         inner.views.set_context(&inner.ctx);
         inner.extra_tables.write().insert(
             VIEWS_TABLE.to_string(),
             Arc::new(NodeTableProvider(ViewsTable(inner.views.clone()))),
         );
-        inner.extra_tables.write().insert(
-            GENERATION_HOOKS_TABLE.to_string(),            time_travel: parking_lot::RwLock::new(None),
-        });
         inner.extra_tables.write().insert(
             GENERATION_HOOKS_TABLE.to_string(),
             Arc::new(NodeTableProvider(HooksTable::new(&inner.hooks))),
@@ -902,7 +901,6 @@ impl SqlNode {
         generation: Arc<Generation>,
         started: Instant,
     ) -> Result<QueryOutput> {
-        let mut info = GenerationInfo::of(&generation);
         let _permit = match &self.inner.running {
             None => None,
             Some(permits) => Some(permits.clone().try_acquire_owned().map_err(|_| {
@@ -921,6 +919,7 @@ impl SqlNode {
                 }
             })?),
         };
+        let mut info = GenerationInfo::of(&generation);
         let ctx = self.inner.ctx.clone();
         let timeout = self.inner.config.query_timeout;
         // History tables say here which generations they read.

@@ -1148,49 +1148,6 @@ mod tests {
         Topology::parse(&format!("{tree}[tls]\nca = \"ca.crt\"\ncerts_dir = \"d\"")).unwrap();
     }
 
-    #[test]
-    fn default_is_an_empty_file() {
-        assert_eq!(Topology::default(), Topology::parse("").unwrap());
-    }
-
-    #[test]
-    fn errors_name_what_is_wrong() {
-        let err = |text: &str| Topology::parse(text).unwrap_err().to_string();
-        assert!(err("[proxies.p]\ncluster = \"nowhere\"").contains("nowhere"));
-        assert!(err("[sqlnodes.s]\ntlas = { t9 = 0 }").contains("t9"));
-        assert!(err("[agents.x]\ncluster = \"c\"\n[tlas.x]\n").contains("twice"));
-        assert!(err("tick = \"5 parsecs\"").contains("parsecs"));
-        assert!(err("[agents.a]\ncluster = \"c\"\ncolour = 1").contains("colour"));
-        assert!(
-            err("[agents.a]\ncluster = \"c\"\n[proxies.p]\ncluster = \"c\"\nmachines = 3")
-                .contains("1 agents are listed")
-        );
-        assert!(err("[proxies.p]\ncluster = \"c\"\nmachines = 0").contains("at least 1"));
-    }
-
-    #[test]
-    fn a_declared_cluster_needs_no_listed_agents() {
-        let t = Topology::parse(
-            "member_expiry = \"30s\"\n[clusters.c1]\nmembers = [\"a\", \"b\"]\n\
-             [clusters.c2]\nmachines = 5\n[proxies.p1]\ncluster = \"c1\"\n\
-             [proxies.p2]\ncluster = \"c2\"\n[tlas.t]\nclusters = [\"c1\", \"c2\"]",
-        )
-        .unwrap();
-        assert_eq!(t.member_expiry, Duration::from_secs(30));
-        assert_eq!(t.max_members, 1000);
-        assert_eq!(t.cluster_sizes()["c1"], 2);
-        assert_eq!(t.cluster_sizes()["c2"], 5);
-        assert_eq!(Topology::parse(&t.to_toml()).unwrap(), t);
-        let err = |text: &str| Topology::parse(text).unwrap_err().to_string();
-        assert!(err("[clusters.c9]").contains("no proxy"));
-        assert!(
-            err("[clusters.c]\nmachines = 0\n[proxies.p]\ncluster = \"c\"").contains("at least 1")
-        );
-        assert!(err("max_members = 0").contains("max_members"));
-        assert!(err("member_expiry = \"0s\"").contains("member_expiry"));
-        assert!(err("[proxies.p]\ncluster = \"c\"").contains("[clusters.c]"));
-    }
-
     const SETS: &str = r#"
         [agents.a1]
         cluster = "c1"
@@ -1295,6 +1252,49 @@ mod tests {
     }
 
     #[test]
+    fn default_is_an_empty_file() {
+        assert_eq!(Topology::default(), Topology::parse("").unwrap());
+    }
+
+    #[test]
+    fn errors_name_what_is_wrong() {
+        let err = |text: &str| Topology::parse(text).unwrap_err().to_string();
+        assert!(err("[proxies.p]\ncluster = \"nowhere\"").contains("nowhere"));
+        assert!(err("[sqlnodes.s]\ntlas = { t9 = 0 }").contains("t9"));
+        assert!(err("[agents.x]\ncluster = \"c\"\n[tlas.x]\n").contains("twice"));
+        assert!(err("tick = \"5 parsecs\"").contains("parsecs"));
+        assert!(err("[agents.a]\ncluster = \"c\"\ncolour = 1").contains("colour"));
+        assert!(
+            err("[agents.a]\ncluster = \"c\"\n[proxies.p]\ncluster = \"c\"\nmachines = 3")
+                .contains("1 agents are listed")
+        );
+        assert!(err("[proxies.p]\ncluster = \"c\"\nmachines = 0").contains("at least 1"));
+    }
+
+    #[test]
+    fn a_declared_cluster_needs_no_listed_agents() {
+        let t = Topology::parse(
+            "member_expiry = \"30s\"\n[clusters.c1]\nmembers = [\"a\", \"b\"]\n\
+             [clusters.c2]\nmachines = 5\n[proxies.p1]\ncluster = \"c1\"\n\
+             [proxies.p2]\ncluster = \"c2\"\n[tlas.t]\nclusters = [\"c1\", \"c2\"]",
+        )
+        .unwrap();
+        assert_eq!(t.member_expiry, Duration::from_secs(30));
+        assert_eq!(t.max_members, 1000);
+        assert_eq!(t.cluster_sizes()["c1"], 2);
+        assert_eq!(t.cluster_sizes()["c2"], 5);
+        assert_eq!(Topology::parse(&t.to_toml()).unwrap(), t);
+        let err = |text: &str| Topology::parse(text).unwrap_err().to_string();
+        assert!(err("[clusters.c9]").contains("no proxy"));
+        assert!(
+            err("[clusters.c]\nmachines = 0\n[proxies.p]\ncluster = \"c\"").contains("at least 1")
+        );
+        assert!(err("max_members = 0").contains("max_members"));
+        assert!(err("member_expiry = \"0s\"").contains("member_expiry"));
+        assert!(err("[proxies.p]\ncluster = \"c\"").contains("[clusters.c]"));
+    }
+
+    #[test]
     fn a_cluster_without_listed_agents_takes_its_size_from_its_proxy() {
         let t = Topology::parse(
             "[proxies.p1]\ncluster = \"far\"\nmachines = 1000\n[proxies.p2]\ncluster = \"far\"\nmachines = 1000\n[tlas.t]\nclusters = [\"far\"]",
@@ -1305,6 +1305,7 @@ mod tests {
         let listed = Topology::parse(EXAMPLE).unwrap();
         assert_eq!(listed.cluster_sizes()["c1"], 2);
     }
+
     #[test]
     fn history_is_read_checked_and_named_in_errors() {
         let base = "[agents.a]\ncluster = \"c\"\n[proxies.p]\ncluster = \"c\"\n[tlas.t]\n[sqlnodes.s]\ntlas = { t = 0 }\nstate_dir = \"/var/lib/f\"\n";

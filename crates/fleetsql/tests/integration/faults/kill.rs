@@ -117,7 +117,7 @@ async fn kill_9_in_turn_under_client_load() {
             {
                 interval.tick().await;
                 n += 1;
-                let use_pg = n % 2 == 0;
+                let use_pg = n.is_multiple_of(2);
                 let at = Instant::now();
                 let ok = if use_pg {
                     pg.query().await
