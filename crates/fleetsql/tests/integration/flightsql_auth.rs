@@ -168,11 +168,17 @@ async fn flightsql_clients_log_in_over_tls_with_a_password_or_token_and_guessers
     assert!(foreign, "a server certificate of another CA is not trusted");
 
     // Audited with the user and the SQL, as on pg and HTTP.
-    let (status, body) = cluster
-        .query("SELECT principal, text FROM fleet_audit WHERE front_end = 'flightsql' AND action = 'run_sql' ORDER BY time")
-        .await;
-    assert!(status.is_success(), "{body}");
-    let audited = body["rows"].to_string();
+    let port = cluster.addr("sql", "pg").port();
+    let conn = format!(
+        "host=localhost port={port} user=alice dbname=fleet sslmode=verify-full sslrootcert={}",
+        text(&ca)
+    );
+    let (ok, audited, err) = psql(
+        &conn,
+        Some("alice's secret"),
+        "SELECT principal || '|' || text FROM fleet_audit WHERE front_end = 'flightsql' AND action = 'run_sql' ORDER BY time",
+    );
+    assert!(ok, "{err}");
     assert!(
         audited.contains("alice") && audited.contains("SELECT hostname FROM sys"),
         "{audited}"
@@ -216,15 +222,7 @@ async fn flightsql_clients_log_in_over_tls_with_a_password_or_token_and_guessers
         .unwrap_err()
         .to_string();
     assert!(refused.contains("too many failed log-ins"), "{refused}");
-    let port = cluster.addr("sql", "pg").port();
-    let (ok, _, err) = psql(
-        &format!(
-            "host=localhost port={port} user=alice dbname=fleet sslmode=verify-full sslrootcert={}",
-            text(&ca)
-        ),
-        Some("alice's secret"),
-        "SELECT 1",
-    );
+    let (ok, _, err) = psql(&conn, Some("alice's secret"), "SELECT 1");
     assert!(!ok);
     assert!(err.contains("too many failed log-ins"), "{err}");
     // Sessions already open are not held up.

@@ -110,7 +110,7 @@ async fn copy_to_stdout_and_psql_copy_write_the_answer_and_copy_from_is_refused(
         (
             "COPY (SELECT 1) TO STDOUT (FORMAT binary)",
             "0A000",
-            "text or csv",
+            "FORMAT text or FORMAT csv",
         ),
     ] {
         let out = psql(&demo, &["\\set VERBOSITY verbose", copy]);
