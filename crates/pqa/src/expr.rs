@@ -10,7 +10,7 @@ use crate::agg::{AggFunc, AggSpec, AggState};
 use crate::error::{Pos, PqaError, Result};
 use crate::parser::ast::{BinOp, Expr, Ident, UnOp};
 use crate::stream::{Event, StreamState};
-use crate::value::Value;
+use crate::value::{Kind, Value};
 
 /// Scalar functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -424,6 +424,24 @@ impl Streams {
     }
 }
 
+fn kind_name(k: crate::value::Kind) -> &'static str {
+    match k {
+        crate::value::Kind::Bool => "a boolean",
+        crate::value::Kind::Number => "a number",
+        crate::value::Kind::String => "a string",
+        crate::value::Kind::Json => "an object",
+    }
+}
+
+fn kind_name_plural(k: crate::value::Kind) -> &'static str {
+    match k {
+        crate::value::Kind::Bool => "a boolean (a condition)",
+        crate::value::Kind::Number => "numbers",
+        crate::value::Kind::String => "strings",
+        crate::value::Kind::Json => "objects",
+    }
+}
+
 /// Compiles syntax-tree expressions against a set of slots.
 #[derive(Debug)]
 pub(crate) struct Compiler<'a> {
@@ -469,7 +487,6 @@ impl<'a> Compiler<'a> {
     /// The kind a compiled expression is known to have at registration: a
     /// literal's, a declared property's, arithmetic's (a number).
     fn kind_of(&self, c: &CExpr) -> Option<crate::value::Kind> {
-        use crate::value::Kind;
         match c {
             CExpr::Lit(v) => v.kind(),
             CExpr::Field { slot, idx } => {
@@ -483,7 +500,45 @@ impl<'a> Compiler<'a> {
             CExpr::Bin(BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Mod, ..)
             | CExpr::Neg(_) => Some(Kind::Number),
             CExpr::Bin(BinOp::Concat, ..) => Some(Kind::String),
+            CExpr::Bin(
+                BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge,
+                ..,
+            )
+            | CExpr::And(..)
+            | CExpr::Or(..)
+            | CExpr::Not(_)
+            | CExpr::In(..)
+            | CExpr::Between(..)
+            | CExpr::Like(..)
+            | CExpr::Regexp(..)
+            | CExpr::IsNull(..) => Some(Kind::Bool),
             _ => None,
+        }
+    }
+
+    /// Refuses an operand whose kind is known at registration and is not
+    /// `want` (a string property in arithmetic, a number in `like`, a where
+    /// clause that is not a condition), as Esper refuses such an implicit
+    /// conversion when the statement is created. `what` names what needs it.
+    pub(crate) fn check_kind(
+        &self,
+        e: &Expr,
+        c: &CExpr,
+        want: crate::value::Kind,
+        what: &str,
+    ) -> Result<()> {
+        match self.kind_of(c) {
+            Some(k) if k != want => Self::semantic(
+                e.pos(),
+                format!(
+                    "type mismatch in the {}: {} is {} but {what} needs {}",
+                    self.clause,
+                    e,
+                    kind_name(k),
+                    kind_name_plural(want)
+                ),
+            ),
+            _ => Ok(()),
         }
     }
 
@@ -496,12 +551,7 @@ impl<'a> Compiler<'a> {
         if a == b {
             return Ok(());
         }
-        let name = |k: crate::value::Kind| match k {
-            crate::value::Kind::Bool => "a boolean",
-            crate::value::Kind::Number => "a number",
-            crate::value::Kind::String => "a string",
-            crate::value::Kind::Json => "an object",
-        };
+        let name = kind_name;
         Self::semantic(
             l.0.pos(),
             format!(
@@ -693,17 +743,43 @@ impl<'a> Compiler<'a> {
                 }
                 self.field_ref(slot, name)?
             }
-            Expr::Unary(UnOp::Not, e, _) => CExpr::Not(Box::new(self.compile(e)?)),
-            Expr::Unary(UnOp::Neg, e, _) => CExpr::Neg(Box::new(self.compile(e)?)),
-            Expr::Binary(BinOp::And, l, r) => {
-                CExpr::And(Box::new(self.compile(l)?), Box::new(self.compile(r)?))
+            Expr::Unary(UnOp::Not, e, _) => {
+                let ec = self.compile(e)?;
+                self.check_kind(e, &ec, Kind::Bool, "'not'")?;
+                CExpr::Not(Box::new(ec))
             }
-            Expr::Binary(BinOp::Or, l, r) => {
-                CExpr::Or(Box::new(self.compile(l)?), Box::new(self.compile(r)?))
+            Expr::Unary(UnOp::Neg, e, _) => {
+                let ec = self.compile(e)?;
+                self.check_kind(e, &ec, Kind::Number, "unary '-'")?;
+                CExpr::Neg(Box::new(ec))
+            }
+            Expr::Binary(op @ (BinOp::And | BinOp::Or), l, r) => {
+                let (lc, rc) = (self.compile(l)?, self.compile(r)?);
+                let what = if *op == BinOp::And { "'and'" } else { "'or'" };
+                self.check_kind(l, &lc, Kind::Bool, what)?;
+                self.check_kind(r, &rc, Kind::Bool, what)?;
+                if *op == BinOp::And {
+                    CExpr::And(Box::new(lc), Box::new(rc))
+                } else {
+                    CExpr::Or(Box::new(lc), Box::new(rc))
+                }
             }
             Expr::Binary(op, l, r) => {
                 let (lc, rc) = (self.compile(l)?, self.compile(r)?);
-                if matches!(
+                let arith = match op {
+                    BinOp::Add => Some("'+'"),
+                    BinOp::Sub => Some("'-'"),
+                    BinOp::Mul => Some("'*'"),
+                    BinOp::Div => Some("'/'"),
+                    BinOp::Mod => Some("'%'"),
+                    _ => None,
+                };
+                if let Some(what) = arith {
+                    // Esper has no implicit conversion from string to number
+                    // (and concatenates with ||, not +).
+                    self.check_kind(l, &lc, Kind::Number, what)?;
+                    self.check_kind(r, &rc, Kind::Number, what)?;
+                } else if matches!(
                     op,
                     BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge
                 ) {
@@ -751,10 +827,15 @@ impl<'a> Compiler<'a> {
                         pos: *pos,
                         message: format!("regexp pattern is not valid: {err}"),
                     })?;
-                CExpr::Regexp(Box::new(self.compile(e)?), Arc::new(re), *n)
+                let ec = self.compile(e)?;
+                self.check_kind(e, &ec, Kind::String, "'regexp'")?;
+                CExpr::Regexp(Box::new(ec), Arc::new(re), *n)
             }
             Expr::Like(e, p, n) => {
-                CExpr::Like(Box::new(self.compile(e)?), Box::new(self.compile(p)?), *n)
+                let (ec, pc) = (self.compile(e)?, self.compile(p)?);
+                self.check_kind(e, &ec, Kind::String, "'like'")?;
+                self.check_kind(p, &pc, Kind::String, "'like'")?;
+                CExpr::Like(Box::new(ec), Box::new(pc), *n)
             }
             Expr::Case {
                 operand,
@@ -892,6 +973,19 @@ impl<'a> Compiler<'a> {
             };
             self.in_agg = false;
             let arg = arg.transpose()?;
+            if let (Some(a), Some(c)) = (args.first(), &arg)
+                && matches!(
+                    func,
+                    AggFunc::Sum
+                        | AggFunc::Avg
+                        | AggFunc::Stddev
+                        | AggFunc::Avedev
+                        | AggFunc::Median
+                )
+                && rate_secs.is_none()
+            {
+                self.check_kind(a, c, Kind::Number, &format!("{lower}()"))?;
+            }
             let key = whole.to_string();
             let aggs = self.aggs.get_or_insert_with(Vec::new);
             if let Some(i) = aggs.iter().position(|a| a.key == key) {

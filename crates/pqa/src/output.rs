@@ -1,5 +1,6 @@
 //! Output rate limiting: `output [after ...] [all|first|last|snapshot]
-//! every N events | <period>`, as Esper defines it.
+//! every N events | <period> | at (<crontab>) | when <expr> | when terminated`,
+//! as Esper defines it.
 //!
 //! - A time interval starts with the first update that reaches the result
 //!   set processor, not with the statement: Esper starts its output timer
@@ -27,6 +28,21 @@
 //!   interval counts restart at 0. It is not evaluated on clock ticks (Esper
 //!   re-evaluates then only for variables, which this engine does not have).
 //!
+//! - `at (minutes, hours, days of month, months, days of week [, seconds])`:
+//!   like a time interval, the schedule starts with the first update; output
+//!   is due at the first time after it that the crontab matches, then at each
+//!   next match after the last output (Esper's crontab output condition
+//!   reschedules itself after each output, rows or not).
+//! - `when terminated [and <expr>]` / `... and when terminated`: output when
+//!   the statement's context partition ends. Esper outputs then only when a
+//!   context partition ends, never when the statement is stopped or
+//!   destroyed; this engine has no `create context`, so a statement's single
+//!   partition never ends: `output when terminated` never outputs (its rows
+//!   are dropped rather than held forever) and `... and when terminated`
+//!   leaves the other condition as it is. The `and` expression is checked
+//!   at registration as Esper checks it (built-in properties only, and only
+//!   after `output when` or a bare `when terminated`).
+//!
 //! Distinct, order by and limit apply to each batch that goes out.
 
 use std::collections::{HashMap, HashSet};
@@ -35,6 +51,7 @@ use std::sync::Arc;
 use crate::error::{PqaError, Result};
 use crate::expr::{CExpr, Compiler, Ctx, Slot, Streams};
 use crate::parser::ast::{Expr, OutputClause, OutputEvery, OutputKind};
+use crate::pattern::next_occurrence;
 use crate::processor::{OutRow, Processor, Row, Update};
 use crate::stream::{Event, Schema};
 use crate::value::{Kind, Value};
@@ -147,6 +164,8 @@ struct Held {
 pub(crate) struct OutputLimiter {
     clause: OutputClause,
     trigger: Option<Trigger>,
+    /// A bare `output when terminated`: nothing ever goes out (see above).
+    never: bool,
     /// Rows carry group keys: first/last/all work per group.
     grouped: bool,
     /// Fully aggregated: `all` outputs every group, `last` keeps the first remove row.
@@ -154,6 +173,8 @@ pub(crate) struct OutputLimiter {
     started_at: i64,
     after_open: bool,
     after_seen: u64,
+    /// The interval or schedule started (with the first update).
+    started: bool,
     next_at: Option<i64>,
     counted: u64,
     new: Vec<OutRow>,
@@ -175,14 +196,27 @@ impl OutputLimiter {
             .as_deref()
             .map(|e| Trigger::compile(e, now))
             .transpose()?;
+        if let Some(e) = clause.terminated_and.as_deref() {
+            if clause.every.is_some() {
+                return Err(PqaError::Semantic {
+                    pos: e.pos(),
+                    message: "output: a 'when terminated and' expression needs 'output when' (not 'every' or 'at')".into(),
+                });
+            }
+            // Checked as the trigger expression is, then never evaluated:
+            // no partition ends (see above).
+            Trigger::compile(e, now)?;
+        }
         Ok(OutputLimiter {
             trigger,
+            never: clause.terminated && clause.every.is_none() && clause.when.is_none(),
             after_open: clause.after.is_none(),
             clause,
             grouped: p.grouped(),
             per_group_rows: p.aggregated_per_group(),
             started_at: now,
             after_seen: 0,
+            started: false,
             next_at: None,
             counted: 0,
             new: Vec::new(),
@@ -216,6 +250,10 @@ impl OutputLimiter {
         if fed_new + fed_old == 0 && up.new.is_empty() && up.old.is_empty() {
             return;
         }
+        if self.never {
+            up.clear();
+            return;
+        }
         if !self.after_open {
             let open = match self.clause.after {
                 Some(OutputEvery::Time(ms)) => now >= self.started_at + ms,
@@ -223,7 +261,8 @@ impl OutputLimiter {
                     self.after_seen += fed_new;
                     self.after_seen > n
                 }
-                None => true,
+                // `after` takes a period or a count, never a schedule.
+                None | Some(OutputEvery::At(_)) => true,
             };
             if !open {
                 up.clear();
@@ -241,10 +280,15 @@ impl OutputLimiter {
             up.clear();
             return;
         };
-        if let OutputEvery::Time(ms) = every
-            && self.next_at.is_none()
-        {
-            self.next_at = Some(now + ms);
+        if !self.started {
+            self.started = true;
+            match every {
+                OutputEvery::Time(ms) => self.next_at = Some(now + ms),
+                // `None` for a schedule that never matches (February 30th):
+                // the rows are held, as Esper holds them.
+                OutputEvery::At(spec) => self.next_at = next_occurrence(&spec, now),
+                OutputEvery::Events(_) => {}
+            }
         }
         match self.clause.kind {
             OutputKind::First => self.first(up, p, new, old),
@@ -435,17 +479,23 @@ impl OutputLimiter {
         old: &mut Vec<Row>,
         snap: Snapshot<'_>,
     ) {
-        let (Some(at), Some(OutputEvery::Time(ms))) = (self.next_at, self.clause.every) else {
+        let Some(at) = self.next_at else {
             return;
         };
         if now < at {
             return;
         }
-        let mut next = at;
-        while next <= now {
-            next += ms;
-        }
-        self.next_at = Some(next);
+        self.next_at = match self.clause.every {
+            Some(OutputEvery::Time(ms)) => {
+                let mut next = at;
+                while next <= now {
+                    next += ms;
+                }
+                Some(next)
+            }
+            Some(OutputEvery::At(spec)) => next_occurrence(&spec, now),
+            _ => return,
+        };
         self.release(p, new, old, snap);
     }
 

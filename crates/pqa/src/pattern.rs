@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use crate::expr::{CExpr, Ctx};
-use crate::parser::ast::CronSpec;
+use crate::parser::ast::{CronDay, CronSpec};
 use crate::stream::{Event, Schema};
 use crate::value::Value;
 
@@ -54,11 +54,48 @@ pub(crate) fn repeated(e: &Event) -> Option<&Vec<serde_json::Value>> {
 }
 
 /// The first time after `after` (milliseconds since the epoch, UTC) that the
-/// schedule matches, at whole seconds; `None` when none comes within eight
-/// years (a schedule such as February 30th).
+/// schedule matches, at whole seconds plus `after`'s milliseconds (Esper
+/// computes at second resolution and keeps the start's milliseconds: from
+/// 9.5 s, `*/10` seconds next match at 10.5 s); `None` when none comes within
+/// eight years (a schedule such as February 30th).
+///
+/// Days as Esper has them: a special day (`last`, `lastweekday`, `N
+/// weekday`, `N last`) alone decides; otherwise when both days of month and
+/// days of week are restricted a day matching either will do, and a
+/// wildcard leaves the other field to decide.
 pub(crate) fn next_occurrence(spec: &CronSpec, after: i64) -> Option<i64> {
     use chrono::{Datelike, Duration, Timelike};
     let has = |set: u64, v: u32| set & (1u64 << v) != 0;
+    let all_dom = (1..=31).fold(0u64, |m, v| m | 1 << v);
+    let all_dow = (0..=6).fold(0u64, |m, v| m | 1 << v);
+    let day_ok = |d: chrono::NaiveDate| -> bool {
+        let dom = d.day();
+        let dow = d.weekday().num_days_from_sunday();
+        let last = last_day_of_month(d);
+        let weekday = (1..=5).contains(&dow);
+        match spec.day_op {
+            Some(CronDay::LastOfMonth) => dom == last,
+            Some(CronDay::LastWeekday) => {
+                // The last day if a weekday, else the Friday just before.
+                weekday && (dom == last || (dom + 2 >= last && dow == 5))
+            }
+            Some(CronDay::NearestWeekday(None)) => weekday,
+            Some(CronDay::NearestWeekday(Some(n))) => {
+                weekday && dom == nearest_weekday(d, u32::from(n), last)
+            }
+            Some(CronDay::LastOfWeek(None)) => dow == 6,
+            Some(CronDay::LastOfWeek(Some(n))) => dow == u32::from(n) && dom + 7 > last,
+            None => {
+                let dom_any = spec.days_of_month == all_dom;
+                let dow_any = spec.days_of_week == all_dow;
+                match (dom_any, dow_any) {
+                    (_, true) => has(spec.days_of_month, dom),
+                    (true, false) => has(spec.days_of_week, dow),
+                    (false, false) => has(spec.days_of_month, dom) || has(spec.days_of_week, dow),
+                }
+            }
+        }
+    };
     let start = after.div_euclid(1000) * 1000 + 1000;
     let mut t = chrono::DateTime::from_timestamp_millis(start)?.naive_utc();
     let limit = t + Duration::days(8 * 366);
@@ -72,9 +109,7 @@ pub(crate) fn next_occurrence(spec: &CronSpec, after: i64) -> Option<i64> {
             t = chrono::NaiveDate::from_ymd_opt(y, m, 1)?.and_hms_opt(0, 0, 0)?;
             continue;
         }
-        if !has(spec.days_of_month, t.day())
-            || !has(spec.days_of_week, t.weekday().num_days_from_sunday())
-        {
+        if !day_ok(t.date()) {
             t = (t.date() + Duration::days(1)).and_hms_opt(0, 0, 0)?;
             continue;
         }
@@ -90,9 +125,40 @@ pub(crate) fn next_occurrence(spec: &CronSpec, after: i64) -> Option<i64> {
             t += Duration::seconds(1);
             continue;
         }
-        return Some(t.and_utc().timestamp_millis());
+        return Some(t.and_utc().timestamp_millis() + after.rem_euclid(1000));
     }
     None
+}
+
+fn last_day_of_month(d: chrono::NaiveDate) -> u32 {
+    use chrono::Datelike;
+    let (y, m) = if d.month() == 12 {
+        (d.year() + 1, 1)
+    } else {
+        (d.year(), d.month() + 1)
+    };
+    chrono::NaiveDate::from_ymd_opt(y, m, 1)
+        .and_then(|first| first.pred_opt())
+        .map_or(28, |l| l.day())
+}
+
+/// The Monday to Friday nearest day `n` of `d`'s month, never leaving the
+/// month (Esper: a Saturday moves to Friday unless it is the 1st, then to
+/// Monday the 3rd; a Sunday moves to Monday unless it is the last day, then
+/// to Friday); a day past the month's end is its last day.
+fn nearest_weekday(d: chrono::NaiveDate, n: u32, last: u32) -> u32 {
+    use chrono::Datelike;
+    let day = n.min(last);
+    let Some(target) = d.with_day(day) else {
+        return day;
+    };
+    match target.weekday().num_days_from_sunday() {
+        6 if day > 1 => day - 1,
+        6 => day + 2,
+        0 if day == last => day - 2,
+        0 => day + 1,
+        _ => day,
+    }
 }
 
 /// A compiled pattern node.

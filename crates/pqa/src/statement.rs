@@ -15,6 +15,7 @@ use crate::pattern::{Binding, PNode, State, unbound};
 use crate::processor::{Item, OutRow, Processor, ProcessorSpec, Row, Update};
 use crate::stream::Event;
 use crate::stream::StreamState;
+use crate::value::Kind;
 use crate::window::{self, Delta, Shape, Window};
 
 #[derive(Debug)]
@@ -295,7 +296,14 @@ pub(crate) fn compile(
         .map(|g| c.compile(g))
         .collect::<Result<Vec<_>>>()?;
     c.clause = "where clause";
-    let where_c = where_expr.as_ref().map(|w| c.compile(w)).transpose()?;
+    let where_c = match where_expr.as_ref() {
+        Some(w) => {
+            let wc = c.compile(w)?;
+            c.check_kind(w, &wc, Kind::Bool, "the where clause")?;
+            Some(wc)
+        }
+        None => None,
+    };
     c.clause = "on condition";
     let outer = match outer_on {
         Some((kind, on)) => Some(Outer::Two(kind, c.compile(&on)?)),
@@ -351,7 +359,14 @@ pub(crate) fn compile(
     // Having and order by may name select aliases.
     c.aliases = aliases.clone();
     c.clause = "having clause";
-    let having = having_expr.as_ref().map(|h| c.compile(h)).transpose()?;
+    let having = match having_expr.as_ref() {
+        Some(h) => {
+            let hc = c.compile(h)?;
+            c.check_kind(h, &hc, Kind::Bool, "the having clause")?;
+            Some(hc)
+        }
+        None => None,
+    };
     c.clause = "order by clause";
     let order_by = sel
         .order_by
@@ -412,11 +427,19 @@ pub(crate) fn compile(
             for (k, spec) in specs.iter().enumerate() {
                 let mut one = Compiler::new(streams, vec![slots[k].clone()]);
                 one.clause = "stream filter";
-                let filter = spec.filter.as_ref().map(|f| one.compile(f)).transpose()?;
+                let filter = match spec.filter.as_ref() {
+                    Some(f) => {
+                        let fc = one.compile(f)?;
+                        one.check_kind(f, &fc, Kind::Bool, "a filter")?;
+                        Some(fc)
+                    }
+                    None => None,
+                };
                 let mut req = required.get(k).cloned().unwrap_or_default();
                 let window_spec = window::compile(&spec.views, now, &mut |e, kind| match kind {
                     window::ArgKind::Plain => one.compile(e),
-                    window::ArgKind::Expiry => compile_expiry(&mut one, e),
+                    window::ArgKind::Expiry => compile_expiry(&mut one, e, false),
+                    window::ArgKind::BatchExpiry => compile_expiry(&mut one, e, true),
                 })?;
                 for f in one.required.first().cloned().unwrap_or_default() {
                     if !req.contains(&f) {
@@ -480,15 +503,23 @@ pub(crate) fn compile(
 
 /// `win:expr`'s expiry expression, against the stream's oldest event (also
 /// `oldest_event`), its newest (`newest_event`) and the built-in properties.
-fn compile_expiry(one: &mut Compiler<'_>, e: &Expr) -> Result<CExpr> {
+/// For `win:expr_batch` (`batch`) the unqualified names are the arriving
+/// event's, and the slots are arriving, `oldest_event`, `newest_event`.
+fn compile_expiry(one: &mut Compiler<'_>, e: &Expr, batch: bool) -> Result<CExpr> {
     let Some(slot) = one.slots.first().cloned() else {
         return semantic(e.pos(), "win:expr needs a stream");
     };
     let mut oldest = slot.clone();
-    oldest.names.insert(0, "oldest_event".into());
-    let mut newest = slot;
+    let mut newest = slot.clone();
     newest.names = vec!["newest_event".into()];
-    let mut c = Compiler::new(&mut *one.streams, vec![oldest, newest]);
+    let slots = if batch {
+        oldest.names = vec!["oldest_event".into()];
+        vec![slot, oldest, newest]
+    } else {
+        oldest.names.insert(0, "oldest_event".into());
+        vec![oldest, newest]
+    };
+    let mut c = Compiler::new(&mut *one.streams, slots);
     c.default_slot = Some(0);
     c.group_keys = window::EXPR_BUILTINS
         .iter()
@@ -563,7 +594,14 @@ fn compile_pattern(
             let mut c = Compiler::new(streams, slots.to_vec());
             c.clause = "pattern filter";
             c.default_slot = Some(slot);
-            let filter = filter.as_ref().map(|f| c.compile(f)).transpose()?;
+            let filter = match filter.as_ref() {
+                Some(f) => {
+                    let fc = c.compile(f)?;
+                    c.check_kind(f, &fc, Kind::Bool, "a filter")?;
+                    Some(fc)
+                }
+                None => None,
+            };
             PNode::Filter {
                 slot,
                 stream: slots[slot].stream,

@@ -220,6 +220,12 @@ fn golden_files() {
         .expect("tests/golden")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "epl"))
+        // PQA_GOLDEN=output.epl runs one file (to see it fail on its own).
+        .filter(|p| {
+            std::env::var("PQA_GOLDEN").map_or(true, |only| {
+                p.file_name().is_some_and(|n| n.to_string_lossy() == only)
+            })
+        })
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no golden files in {}", dir.display());

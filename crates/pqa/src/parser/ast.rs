@@ -172,8 +172,10 @@ pub enum ViewArg {
     Expr(Expr),
 }
 
-/// `output [after ...] [all|first|last|snapshot] every N events|<time period>`
-/// or `... when <trigger expression>`.
+/// `output [after ...] [all|first|last|snapshot] every N events|<time period>`,
+/// `... at (<crontab>)`, `... when <trigger expression>` or `... when
+/// terminated [and <expr>]`, optionally followed by `and when terminated
+/// [and <expr>]`.
 #[derive(Debug, Clone)]
 pub struct OutputClause {
     /// Which of the buffered rows are output.
@@ -185,6 +187,12 @@ pub struct OutputClause {
     /// `output when <expr>`: output whenever the expression, over the
     /// built-in properties (`count_insert`, ...), is true after an update.
     pub when: Option<Box<Expr>>,
+    /// `output when terminated` or `... and when terminated`: output when
+    /// the statement's context partition ends.
+    pub terminated: bool,
+    /// `when terminated and <expr>`: output at termination only if the
+    /// expression holds.
+    pub terminated_and: Option<Box<Expr>>,
 }
 
 /// Which rows an output clause releases.
@@ -210,6 +218,9 @@ pub enum OutputEvery {
     Events(u64),
     /// Every so many milliseconds.
     Time(i64),
+    /// `at (minutes, hours, days of month, months, days of week [, seconds])`:
+    /// whenever the crontab-like schedule matches.
+    At(CronSpec),
 }
 
 /// Binary operators.
@@ -422,7 +433,7 @@ pub enum PatternExpr {
 
 /// A crontab-like schedule: for each unit the set of values that match
 /// (bit `v` set when `v` matches).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CronSpec {
     /// Minutes 0-59.
     pub minutes: u64,
@@ -436,6 +447,25 @@ pub struct CronSpec {
     pub days_of_week: u64,
     /// Seconds 0-59 (0 only, when not given).
     pub seconds: u64,
+    /// A special day (`last`, `lastweekday`, `N weekday` among days of the
+    /// month, `last` / `N last` among days of the week): when set, it alone
+    /// decides the day, as in Esper (a days-of-month operator wins).
+    pub day_op: Option<CronDay>,
+}
+
+/// Esper's special crontab days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CronDay {
+    /// `last` among days of the month: the month's last day.
+    LastOfMonth,
+    /// `lastweekday`: the month's last Monday to Friday.
+    LastWeekday,
+    /// `N weekday`: the Monday to Friday nearest day N, within its month;
+    /// `weekday` alone: any Monday to Friday.
+    NearestWeekday(Option<u8>),
+    /// `last` among days of the week: Saturday; `N last`: the month's last
+    /// day of week N (0 is Sunday).
+    LastOfWeek(Option<u8>),
 }
 
 impl std::fmt::Display for Expr {

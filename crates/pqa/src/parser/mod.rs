@@ -437,32 +437,57 @@ impl Parser {
         } else {
             OutputKind::Default
         };
-        if kind != OutputKind::Snapshot && self.eat_kw("when") {
-            let when = self.expr()?;
-            if self.is_kw("then") {
-                // `then set` assigns variables, which this engine does not have.
-                return self.err("the end of the output clause ('then set' needs variables, which are not supported)");
-            }
-            return Ok(OutputClause {
-                kind,
-                every: None,
-                after,
-                when: Some(Box::new(when)),
-            });
-        }
-        let every = if self.eat_kw("every") {
-            Some(self.output_rate("a number after 'output every'")?)
-        } else if after.is_some() && kind == OutputKind::Default {
-            None
-        } else {
-            return self.err("'every' or 'when'");
-        };
-        Ok(OutputClause {
+        let mut clause = OutputClause {
             kind,
-            every,
+            every: None,
             after,
             when: None,
-        })
+            terminated: false,
+            terminated_and: None,
+        };
+        if self.is_kw("when") && self.is_kw_at(1, "terminated") {
+            self.bump();
+            self.bump();
+            self.when_terminated(&mut clause)?;
+            return Ok(clause);
+        }
+        if kind != OutputKind::Snapshot && self.eat_kw("when") {
+            let when = self.expr()?;
+            self.no_then_set()?;
+            clause.when = Some(Box::new(when));
+        } else if self.eat_kw("every") {
+            clause.every = Some(self.output_rate("a number after 'output every'")?);
+        } else if self.eat_kw("at") {
+            clause.every = Some(OutputEvery::At(self.cron()?));
+        } else if !(after.is_some() && kind == OutputKind::Default) {
+            return self.err("'every', 'at' or 'when'");
+        }
+        if self.is_kw("and") && self.is_kw_at(1, "when") {
+            self.bump();
+            self.bump();
+            self.expect_kw("terminated")?;
+            self.when_terminated(&mut clause)?;
+        }
+        Ok(clause)
+    }
+
+    /// After `when terminated`: `[and <expr>]`, and no `then set`.
+    fn when_terminated(&mut self, clause: &mut OutputClause) -> Result<()> {
+        clause.terminated = true;
+        if self.eat_kw("and") {
+            clause.terminated_and = Some(Box::new(self.expr()?));
+        }
+        self.no_then_set()
+    }
+
+    fn no_then_set(&mut self) -> Result<()> {
+        if self.is_kw("then") {
+            // `then set` assigns variables, which this engine does not have.
+            return self.err(
+                "the end of the output clause ('then set' needs variables, which are not supported)",
+            );
+        }
+        Ok(())
     }
 
     /// `N events` or a time period.
@@ -928,7 +953,7 @@ impl Parser {
         })
     }
 
-    /// `timer:at(...)`'s parameters, after `at`.
+    /// `timer:at(...)`'s (and `output at`'s) parameters, after `at`.
     fn cron(&mut self) -> Result<CronSpec> {
         self.expect_sym("(")?;
         let ranges: [(&str, u32, u32); 6] = [
@@ -941,6 +966,8 @@ impl Parser {
         ];
         let mut sets = [0u64; 6];
         sets[5] = 1;
+        let mut dom_op = None;
+        let mut dow_op = None;
         for (i, (what, lo, hi)) in ranges.iter().enumerate() {
             if i == 5 && !self.eat_sym(",") {
                 break;
@@ -948,7 +975,25 @@ impl Parser {
             if i > 0 && i < 5 {
                 self.expect_sym(",")?;
             }
+            if i == 2 {
+                dom_op = self.cron_dom_op()?;
+                if dom_op.is_some() {
+                    sets[i] = (1..=31).fold(0u64, |m, v| m | 1 << v);
+                    continue;
+                }
+            }
+            if i == 4 {
+                dow_op = self.cron_dow_op()?;
+                if dow_op.is_some() {
+                    sets[i] = (0..=6).fold(0u64, |m, v| m | 1 << v);
+                    continue;
+                }
+            }
             sets[i] = self.cron_field(what, *lo, *hi)?;
+        }
+        if self.is_sym(",") {
+            // Esper's seventh parameter is a time zone; the engine's clock is UTC.
+            return self.err("')' (a time zone parameter is not supported: schedules are in UTC)");
         }
         self.expect_sym(")")?;
         Ok(CronSpec {
@@ -958,14 +1003,60 @@ impl Parser {
             months: sets[3],
             days_of_week: sets[4],
             seconds: sets[5],
+            day_op: dom_op.or(dow_op),
         })
     }
 
+    /// `last`, `lastweekday`, `weekday` or `N weekday` among days of the month.
+    fn cron_dom_op(&mut self) -> Result<Option<CronDay>> {
+        if self.is_kw("last") && !matches!(self.peek_at(1), Tok::Sym(":")) {
+            self.bump();
+            return Ok(Some(CronDay::LastOfMonth));
+        }
+        if self.eat_kw("lastweekday") {
+            return Ok(Some(CronDay::LastWeekday));
+        }
+        if self.eat_kw("weekday") {
+            return Ok(Some(CronDay::NearestWeekday(None)));
+        }
+        if let Tok::Int(n) = self.peek().tok
+            && self.is_kw_at(1, "weekday")
+        {
+            if !(1..=31).contains(&n) {
+                return self.err("a day of month between 1 and 31 before 'weekday'");
+            }
+            self.bump();
+            self.bump();
+            return Ok(Some(CronDay::NearestWeekday(Some(n as u8))));
+        }
+        Ok(None)
+    }
+
+    /// `last` or `N last` among days of the week.
+    fn cron_dow_op(&mut self) -> Result<Option<CronDay>> {
+        if self.eat_kw("last") {
+            return Ok(Some(CronDay::LastOfWeek(None)));
+        }
+        if let Tok::Int(n) = self.peek().tok
+            && self.is_kw_at(1, "last")
+        {
+            if !(0..=6).contains(&n) {
+                return self.err("a day of week between 0 and 6 before 'last'");
+            }
+            self.bump();
+            self.bump();
+            return Ok(Some(CronDay::LastOfWeek(Some(n as u8))));
+        }
+        Ok(None)
+    }
+
     /// One schedule field: `*`, `*/n`, `v`, `a:b`, or a list `[v, a:b, ...]`.
+    /// `*/n` matches the multiples of n in the field's range, as Esper has
+    /// it (days of month `*/2` are 2, 4, ...; months `*/3` are 3, 6, 9, 12).
     fn cron_field(&mut self, what: &str, lo: u32, hi: u32) -> Result<u64> {
         let all = |step: u32| {
             (lo..=hi)
-                .step_by(step as usize)
+                .filter(|v| v % step == 0)
                 .fold(0u64, |m, v| m | 1 << v)
         };
         let value = |p: &mut Parser| -> Result<u32> {
@@ -978,6 +1069,17 @@ impl Parser {
             }
         };
         let item = |p: &mut Parser| -> Result<u64> {
+            if p.eat_sym("*") {
+                if p.eat_sym("/") {
+                    let step = match p.peek().tok {
+                        Tok::Int(n) if n >= 1 && n <= hi as i64 => n as u32,
+                        _ => return p.err(&format!("a step of {what} after '*/'")),
+                    };
+                    p.bump();
+                    return Ok(all(step));
+                }
+                return Ok(all(1));
+            }
             let a = value(p)?;
             if p.eat_sym(":") {
                 let b = value(p)?;
@@ -988,17 +1090,6 @@ impl Parser {
             }
             Ok(1 << a)
         };
-        if self.eat_sym("*") {
-            if self.eat_sym("/") {
-                let step = match self.peek().tok {
-                    Tok::Int(n) if n >= 1 && n <= hi as i64 => n as u32,
-                    _ => return self.err(&format!("a step of {what} after '*/'")),
-                };
-                self.bump();
-                return Ok(all(step));
-            }
-            return Ok(all(1));
-        }
         if self.eat_sym("[") {
             let mut m = 0;
             loop {
@@ -1039,7 +1130,9 @@ impl Parser {
     fn and_expr(&mut self) -> Result<Expr> {
         let start = self.depth;
         let mut l = self.not_expr()?;
-        while self.eat_kw("and") {
+        // `output when <expr> and when terminated`: that `and` ends the expression.
+        while self.is_kw("and") && !self.is_kw_at(1, "when") {
+            self.bump();
             self.enter()?;
             let r = self.not_expr()?;
             l = Expr::Binary(BinOp::And, Box::new(l), Box::new(r));

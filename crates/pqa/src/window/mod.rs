@@ -3,6 +3,7 @@
 //! per window kind.
 
 mod expr;
+mod expr_batch;
 mod ext_timed;
 mod first;
 mod groupwin;
@@ -23,6 +24,7 @@ use crate::parser::ast::{Expr, View, ViewArg};
 use crate::stream::Event;
 
 pub(crate) use expr::{BUILTINS as EXPR_BUILTINS, ExprWindow};
+pub(crate) use expr_batch::ExprBatch;
 pub(crate) use ext_timed::ExtTimed;
 pub(crate) use first::{FirstLength, FirstTime, FirstUnique};
 pub(crate) use groupwin::GroupWin;
@@ -106,6 +108,8 @@ pub(crate) enum WindowSpec {
         inner: Box<WindowSpec>,
     },
     Expr(CExpr),
+    /// `win:expr_batch(expr, include_triggering_event)`.
+    ExprBatch(CExpr, bool),
 }
 
 /// How a view's expression argument is compiled.
@@ -117,6 +121,9 @@ pub(crate) enum ArgKind {
     /// unqualified names) and `newest_event`, and [`EXPR_BUILTINS`] read as
     /// the group keys of the evaluation context.
     Expiry,
+    /// `win:expr_batch`'s expression: the arriving event (the unqualified
+    /// names), `oldest_event`, `newest_event` and [`EXPR_BUILTINS`].
+    BatchExpiry,
 }
 
 impl WindowSpec {
@@ -140,12 +147,13 @@ impl WindowSpec {
                 Box::new(GroupWin::new(keys.clone(), (**inner).clone()))
             }
             WindowSpec::Expr(e) => Box::new(ExprWindow::new(e.clone())),
+            WindowSpec::ExprBatch(e, include) => Box::new(ExprBatch::new(e.clone(), *include)),
         }
     }
 }
 
 const SUPPORTED: &str = "supported: win:time, win:length, win:time_batch, win:length_batch, \
-     win:keepall, win:firstlength, win:firsttime, win:ext_timed, win:expr, std:lastevent, std:unique, \
+     win:keepall, win:firstlength, win:firsttime, win:ext_timed, win:expr, win:expr_batch, std:lastevent, std:unique, \
      std:firstunique, std:groupwin followed by one of those; each also as #name";
 
 /// Compiles a stream's views (`std:groupwin(sym).win:length(3)`, `#time(10)`)
@@ -287,6 +295,22 @@ fn compile_one(
                 )));
             }
         },
+        "expr_batch" if win => {
+            let (e, include) = match view.args.as_slice() {
+                [ViewArg::Expr(e)] => (e, true),
+                [
+                    ViewArg::Expr(e),
+                    ViewArg::Expr(Expr::Lit(crate::value::Value::Bool(b), _)),
+                ] => (e, *b),
+                _ => {
+                    return Err(bad(format!(
+                        "expr_batch needs an expression and optionally include_triggering_event (true or false), such as win:expr_batch(current_count >= 3); it may use the event's properties, oldest_event.x, newest_event.x and {}",
+                        EXPR_BUILTINS.join(", ")
+                    )));
+                }
+            };
+            WindowSpec::ExprBatch(compile(e, ArgKind::BatchExpiry)?, include)
+        }
         "lastevent" if std => WindowSpec::LastEvent,
         "unique" | "firstunique" if std => {
             if view.args.is_empty() {
