@@ -9,8 +9,8 @@ use fleetsql_model::{
     now_ms,
 };
 use parking_lot::Mutex;
-use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::child::covers_all;
 use crate::self_monitor::{FLEET_NODES, NodeState, fleet_nodes_table, host_name};
@@ -32,6 +32,12 @@ pub struct AggregatorConfig {
     pub stale_after: Duration,
     /// How long one child may take to answer a fetch.
     pub fetch_timeout: Duration,
+    /// How long a tick waits for its children before it closes with those
+    /// that answered: a child still fetching is merged from its previous
+    /// answer (while that is fresher than `stale_after`) and its fetch runs
+    /// on, its rows arriving in a later generation. Shorter than `tick`, so
+    /// one unreachable child never makes a tier miss its next tick.
+    pub tick_deadline: Duration,
     /// At a tick, how long a child that has not made a generation newer than
     /// the one last taken from it may hold the fetch (long poll) before the
     /// older one is merged; absorbs jitter between the tiers' clocks.
@@ -54,6 +60,7 @@ impl AggregatorConfig {
             offset: Duration::ZERO,
             stale_after: tick * 3,
             fetch_timeout: tick.max(Duration::from_secs(2)),
+            tick_deadline: tick * 3 / 4,
             child_wait: (tick / 4).min(Duration::from_secs(2)),
             parent_grace: (tick * 6).max(Duration::from_secs(30)),
             prewarm: BTreeSet::new(),
@@ -146,6 +153,31 @@ struct Layout {
     /// Bumped by each reconfiguration, so a tick that started before one
     /// does not write its state into the new groups' places.
     epoch: u64,
+    /// Per group: a fetch an earlier tick started that had not answered
+    /// when that tick closed; the next tick takes its answer.
+    pending: Vec<Option<Pending>>,
+}
+
+/// A fetch running on a task of its own, so a tick can close without it.
+#[derive(Debug)]
+struct Pending {
+    /// The tables it asks for: a tick that wants others starts anew.
+    tables: BTreeSet<String>,
+    started: Instant,
+    answer: oneshot::Receiver<Fetched>,
+    /// Set when the tick that started it closed without its answer and
+    /// that tick was made on demand (a newly named table): the answer then
+    /// makes a tick at once instead of waiting for the timer.
+    retick: Arc<std::sync::atomic::AtomicBool>,
+    task: AbortHandle,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // A fetch for groups that are gone, or asking for a table set
+        // nobody wants any more, is not waited for.
+        self.task.abort();
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -155,6 +187,9 @@ struct GroupState {
     last_id: Option<u64>,
     last_known: Visibility,
     available: BTreeSet<String>,
+    /// The newest answer merged from this group, merged again while its
+    /// next fetch is still running, until it is older than `stale_after`.
+    last_answer: Option<Arc<Generation>>,
 }
 
 /// A running aggregator; dropping it stops the loop.
@@ -167,6 +202,8 @@ pub struct Aggregator {
 impl Drop for Aggregator {
     fn drop(&mut self) {
         self.task.abort();
+        // Fetches still running hold the loop's state; stop them too.
+        self.inner.layout.lock().pending.clear();
     }
 }
 
@@ -177,6 +214,7 @@ impl Aggregator {
         let requests = TableRequests::new(config.prewarm.clone(), config.parent_grace);
         let layout = Layout {
             state: vec![GroupState::default(); groups.len()],
+            pending: groups.iter().map(|_| None).collect(),
             groups: Arc::new(groups),
             epoch: 0,
         };
@@ -256,6 +294,7 @@ impl Aggregator {
                             if !same_members {
                                 state.preferred = 0;
                                 state.last_id = None;
+                                state.last_answer = None;
                             }
                             state
                         }
@@ -263,6 +302,7 @@ impl Aggregator {
                     }
                 })
                 .collect();
+            layout.pending = groups.iter().map(|_| None).collect();
             layout.groups = Arc::new(groups);
             layout.state = state;
             layout.epoch += 1;
@@ -303,6 +343,7 @@ impl Aggregator {
     /// Stops the loop; the last generation stays readable through handles.
     pub async fn shutdown(self) {
         self.task.abort();
+        self.inner.layout.lock().pending.clear();
     }
 }
 
@@ -326,10 +367,57 @@ fn until_next_tick(tick: Duration, offset: Duration) -> Duration {
     Duration::from_millis((tick_ms - phase) as u64)
 }
 
+#[derive(Debug)]
 struct Fetched {
     group: usize,
     member: usize,
     result: Result<Arc<Generation>>,
+}
+
+/// What a tick has of one group when it closes.
+#[derive(Debug)]
+enum Answer {
+    Fetched(Fetched),
+    /// Its fetch was still running at the tick's deadline.
+    Late {
+        group: usize,
+        running_ms: u64,
+    },
+}
+
+/// Starts group `group`'s fetch on a task of its own.
+fn spawn_fetch(
+    inner: &Arc<Inner>,
+    groups: &Arc<Vec<ChildGroup>>,
+    epoch: u64,
+    group: usize,
+    request: &FetchRequest,
+    long_poll: bool,
+) -> Pending {
+    let (tx, answer) = oneshot::channel();
+    let retick = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let task = {
+        let (inner, groups, request, retick) = (
+            inner.clone(),
+            groups.clone(),
+            request.clone(),
+            retick.clone(),
+        );
+        tokio::spawn(async move {
+            let fetched = fetch_group(&inner, &groups, epoch, group, &request, long_poll).await;
+            let _ = tx.send(fetched);
+            if retick.load(Ordering::Acquire) {
+                inner.tick_now.notify_one();
+            }
+        })
+    };
+    Pending {
+        tables: request.tables.clone(),
+        started: Instant::now(),
+        answer,
+        retick,
+        task: task.abort_handle(),
+    }
 }
 
 /// `long_poll`: a timer tick may wait `child_wait` for a child's next
@@ -365,7 +453,11 @@ async fn fetch_group(
             request.since_generation = last_id;
             request.wait = Some(inner.config.child_wait);
         }
-        let answer = tokio::time::timeout(inner.config.fetch_timeout, child.fetch(&request)).await;
+        let answer = tokio::time::timeout(inner.config.fetch_timeout, child.fetch(&request))
+            .await
+            // Ages and staleness are measured on this tier's clock, never
+            // on a child's, which may be wrong.
+            .map(|answer| answer.map(|g| g.on_receiver_clock(now_ms())));
         let result = match answer {
             Err(_) => Err(AggregatorError::Timeout {
                 child: child.name().to_string(),
@@ -421,21 +513,125 @@ async fn tick(inner: &Arc<Inner>, on_timer: bool) {
         wait: None,
         meta_only: false,
     };
-    let (groups, epoch) = {
-        let layout = inner.layout.lock();
-        (layout.groups.clone(), layout.epoch)
+    let (groups, epoch, mut pending) = {
+        let mut layout = inner.layout.lock();
+        let mut pending = std::mem::take(&mut layout.pending);
+        pending.resize_with(layout.groups.len(), || None);
+        (layout.groups.clone(), layout.epoch, pending)
     };
-    let fetched = futures::future::join_all(
-        (0..groups.len()).map(|g| fetch_group(inner, &groups, epoch, g, &request, on_timer)),
-    )
+    // Every group's fetch runs on a task of its own; the tick waits for
+    // them until its deadline and closes with those that answered.
+    let mut answers: Vec<Option<Fetched>> = (0..groups.len()).map(|_| None).collect();
+    for (g, slot) in pending.iter_mut().enumerate() {
+        match slot.take() {
+            Some(mut p) if p.tables == wanted => match p.answer.try_recv() {
+                // It answered after its tick closed: that answer is this
+                // tick's, and the next fetch starts now, in the background.
+                Ok(fetched) => {
+                    answers[g] = Some(fetched);
+                    *slot = Some(spawn_fetch(inner, &groups, epoch, g, &request, on_timer));
+                }
+                Err(oneshot::error::TryRecvError::Empty) => *slot = Some(p),
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    *slot = Some(spawn_fetch(inner, &groups, epoch, g, &request, on_timer));
+                }
+            },
+            _ => *slot = Some(spawn_fetch(inner, &groups, epoch, g, &request, on_timer)),
+        }
+    }
+    let deadline = tokio::time::Instant::from_std(started + inner.config.tick_deadline);
+    let waited = futures::future::join_all(pending.iter_mut().zip(&answers).map(
+        |(slot, answer)| async move {
+            match (slot.as_mut(), answer) {
+                (Some(p), None) => match tokio::time::timeout_at(deadline, &mut p.answer).await {
+                    Ok(Ok(fetched)) => Some(fetched),
+                    Ok(Err(_)) => None,
+                    Err(_) => None,
+                },
+                _ => None,
+            }
+        },
+    ))
     .await;
+    let mut late_ms: Vec<Option<u64>> = vec![None; groups.len()];
+    for (g, fetched) in waited.into_iter().enumerate() {
+        if answers[g].is_some() {
+            continue;
+        }
+        if let Some(fetched) = fetched {
+            answers[g] = Some(fetched);
+            pending[g] = None;
+            continue;
+        }
+        let Some(p) = pending[g].as_mut() else {
+            continue;
+        };
+        if !on_timer {
+            p.retick.store(true, Ordering::Release);
+        }
+        // It may have answered between the deadline and the flag.
+        match p.answer.try_recv() {
+            Ok(fetched) => {
+                answers[g] = Some(fetched);
+                pending[g] = None;
+            }
+            Err(oneshot::error::TryRecvError::Closed) => pending[g] = None,
+            Err(oneshot::error::TryRecvError::Empty) => {
+                late_ms[g] = Some(p.started.elapsed().as_millis() as u64);
+            }
+        }
+    }
+    {
+        let mut layout = inner.layout.lock();
+        if layout.epoch == epoch {
+            layout.pending = pending;
+        }
+        // Otherwise the groups changed while this tick waited: their
+        // fetches are dropped (aborted) with `pending`.
+    }
+    let answers: Vec<Answer> = answers
+        .into_iter()
+        .zip(late_ms)
+        .enumerate()
+        .map(|(group, (fetched, late))| match (fetched, late) {
+            (Some(fetched), _) => Answer::Fetched(fetched),
+            (None, Some(running_ms)) => Answer::Late { group, running_ms },
+            (None, None) => Answer::Fetched(Fetched {
+                group,
+                member: 0,
+                result: Err(AggregatorError::Child {
+                    child: groups[group].name.clone(),
+                    reason: "its fetch ended without an answer".into(),
+                }),
+            }),
+        })
+        .collect();
+    // A timer tick in which no child answered at all (every one of them
+    // still fetching, none stale yet) would only merge the same answers
+    // again: the generation is left as it is until some answer comes.
+    let nothing_new = on_timer && !answers.is_empty() && {
+        let layout = inner.layout.lock();
+        let stale_before = now_ms() - inner.config.stale_after.as_millis() as i64;
+        layout.epoch == epoch
+            && answers.iter().all(|a| match a {
+                Answer::Late { group, .. } => layout.state[*group]
+                    .last_answer
+                    .as_ref()
+                    .is_some_and(|g| g.meta.made_at_ms >= stale_before),
+                Answer::Fetched(_) => false,
+            })
+    };
+    if nothing_new {
+        tracing::debug!(node = %inner.config.name, "no child answered within the tick; no new generation");
+        return;
+    }
 
     let fetched_in = started.elapsed();
     let merge_started = Instant::now();
     let merge_inner = inner.clone();
     let merge_groups = groups.clone();
     let merged = tokio::task::spawn_blocking(move || {
-        merge(&merge_inner, &merge_groups, epoch, &wanted, fetched)
+        merge(&merge_inner, &merge_groups, epoch, &wanted, answers)
     })
     .await;
     let generation = match merged {
@@ -476,13 +672,21 @@ async fn tick(inner: &Arc<Inner>, on_timer: bool) {
     inner.generation.send_replace(Arc::new(generation));
 }
 
+/// One group at a merge: its index, the generation merged (fresh or
+/// again) or why none, and a note on a generation merged again.
+type GroupMerge = (
+    usize,
+    std::result::Result<Arc<Generation>, String>,
+    Option<String>,
+);
+
 /// The CPU-heavy half of a tick, run off the IO runtime.
 fn merge(
     inner: &Inner,
     groups: &[ChildGroup],
     epoch: u64,
     wanted: &BTreeSet<String>,
-    fetched: Vec<Fetched>,
+    answers: Vec<Answer>,
 ) -> Generation {
     // Declared before `parts`, which borrows them.
     let fleet_nodes_key = FLEET_NODES.to_string();
@@ -503,15 +707,56 @@ fn merge(
         stale_layout = vec![GroupState::default(); groups.len()];
         &mut stale_layout
     };
-    for f in &fetched {
-        let group = &groups[f.group];
-        match &f.result {
+    let stale_before = now - inner.config.stale_after.as_millis() as i64;
+    // Per group: the generation merged (fresh or again) and why not.
+    let mut merged: Vec<GroupMerge> = Vec::new();
+    for answer in answers {
+        match answer {
+            Answer::Fetched(f) => match f.result {
+                Ok(generation) => {
+                    let gs = &mut state[f.group];
+                    gs.preferred = f.member;
+                    gs.last_id = Some(generation.meta.id);
+                    gs.last_known = generation.meta.visibility.clone();
+                    gs.available = generation.meta.available.clone();
+                    gs.last_answer = Some(generation.clone());
+                    merged.push((f.group, Ok(generation), None));
+                }
+                Err(e) => {
+                    state[f.group].last_answer = None;
+                    merged.push((f.group, Err(e.to_string()), None));
+                }
+            },
+            Answer::Late { group, running_ms } => {
+                let gs = &mut state[group];
+                match gs.last_answer.clone() {
+                    Some(previous) if previous.meta.made_at_ms >= stale_before => {
+                        let note = format!(
+                            "late: its fetch has run {running_ms} ms; generation {} merged again",
+                            previous.meta.id
+                        );
+                        merged.push((group, Ok(previous), Some(note)));
+                    }
+                    _ => {
+                        gs.last_answer = None;
+                        let e = AggregatorError::Child {
+                            child: groups[group].name.clone(),
+                            reason: format!(
+                                "no answer within the tick ({} ms; its fetch has run {running_ms} ms) and no fresh earlier one",
+                                inner.config.tick_deadline.as_millis()
+                            ),
+                        };
+                        merged.push((group, Err(e.to_string()), None));
+                    }
+                }
+            }
+        }
+    }
+    for (g, result, note) in &merged {
+        let g = *g;
+        let group = &groups[g];
+        match result {
             Ok(generation) => {
-                let gs = &mut state[f.group];
-                gs.preferred = f.member;
-                gs.last_id = Some(generation.meta.id);
-                gs.last_known = generation.meta.visibility.clone();
-                gs.available = generation.meta.available.clone();
                 visibility.absorb(&generation.meta.producer, &generation.meta.visibility);
                 available.extend(generation.meta.available.iter().cloned());
                 visibility.children.push(ChildStatus {
@@ -519,17 +764,17 @@ fn merge(
                     merged: true,
                     generation_id: Some(generation.meta.id),
                     data_age_ms: Some(now - generation.meta.made_at_ms),
-                    error: None,
+                    error: note.clone(),
                 });
                 for (name, table) in &generation.tables {
                     if wanted.contains(name) {
                         parts.entry(name).or_default().push(table.as_ref());
-                        part_owner.entry(name).or_default().push(f.group);
+                        part_owner.entry(name).or_default().push(g);
                     }
                 }
             }
             Err(e) => {
-                let gs = &state[f.group];
+                let gs = &state[g];
                 match (&group.expected, gs.last_known.clusters.is_empty()) {
                     (Some((cluster, machines)), true) => {
                         let entry = visibility.clusters.entry(cluster.clone()).or_default();
@@ -630,6 +875,7 @@ fn merge(
             visibility,
             available,
             span: inner.config.span.clone(),
+            served_at_ms: None,
         },
         tables,
     }
@@ -664,7 +910,7 @@ impl Child for LocalLink {
                 self.inner.tick_now.notify_one();
             }
             let current = receiver.borrow().clone();
-            return Ok(Arc::new(current.restricted(std::iter::empty())));
+            return Ok(Arc::new(served(current.restricted(std::iter::empty()))));
         }
         if !new_tables.is_empty() {
             // Collect a newly named table at once instead of a tick later,
@@ -680,8 +926,14 @@ impl Child for LocalLink {
             let _ = tokio::time::timeout(wait, receiver.wait_for(|g| g.meta.id > since)).await;
         }
         let current = receiver.borrow().clone();
-        Ok(Arc::new(current.restricted(&request.tables)))
+        Ok(Arc::new(served(current.restricted(&request.tables))))
     }
+}
+
+/// Stamps the serving clock, which the parent compares with its own.
+fn served(mut generation: Generation) -> Generation {
+    generation.meta.served_at_ms = Some(now_ms());
+    generation
 }
 
 #[cfg(test)]
@@ -908,6 +1160,97 @@ mod tests {
         let generation = rx.wait_for(|g| g.meta.id > 0).await.unwrap().clone();
         assert!(generation.tables.is_empty());
         assert!(generation.meta.available.contains("t"));
+    }
+
+    /// A child whose fetch answers after `delay` (never, for `None`);
+    /// counts its fetches.
+    #[derive(Debug)]
+    struct Slow {
+        name: String,
+        delay: Option<Duration>,
+        calls: AtomicU64,
+    }
+
+    #[async_trait]
+    impl Child for Slow {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        async fn fetch(&self, request: &FetchRequest) -> Result<Arc<Generation>> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            match self.delay {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => std::future::pending::<()>().await,
+            }
+            let machine = Machine {
+                name: self.name.clone(),
+                value: 100,
+                fail: false,
+            };
+            machine.fetch(request).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_child_that_does_not_answer_never_holds_the_tick() {
+        let mut config = AggregatorConfig::new("proxy", Duration::from_secs(3600));
+        config.prewarm = BTreeSet::from(["t".to_string()]);
+        config.fetch_timeout = Duration::from_secs(3600);
+        config.tick_deadline = Duration::from_millis(300);
+        let hung = Arc::new(Slow {
+            name: "hung".into(),
+            delay: None,
+            calls: AtomicU64::new(0),
+        });
+        let slow = Arc::new(Slow {
+            name: "slow".into(),
+            delay: Some(Duration::from_millis(600)),
+            calls: AtomicU64::new(0),
+        });
+        let proxy = Aggregator::start(
+            config,
+            vec![
+                machine(1, false),
+                ChildGroup::single(hung.clone()),
+                ChildGroup::single(slow.clone()),
+            ],
+        );
+        let bounded = |what: &'static str| {
+            let proxy = &proxy;
+            async move {
+                tokio::time::timeout(Duration::from_secs(20), next_generation(proxy))
+                    .await
+                    .unwrap_or_else(|_| panic!("{what}: the tick waited for a child"))
+            }
+        };
+        // The first tick closes with the child that answered.
+        let first = bounded("first").await;
+        assert_eq!(sum_of_t(&first), 1);
+        let hung_status = |g: &Generation| {
+            g.meta
+                .visibility
+                .children
+                .iter()
+                .find(|c| c.name == "hung")
+                .cloned()
+                .unwrap()
+        };
+        let status = hung_status(&first);
+        assert!(!status.merged, "{status:?}");
+        assert!(
+            status
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("no answer within the tick")),
+            "{status:?}"
+        );
+        // The slow child's answer arrives in a later generation.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let later = bounded("second").await;
+        assert_eq!(sum_of_t(&later), 101, "{:?}", later.meta.visibility);
+        assert!(!hung_status(&later).merged);
+        // The hung fetch is still the one running: not started again.
+        assert_eq!(hung.calls.load(Ordering::Relaxed), 1);
     }
 
     #[test]

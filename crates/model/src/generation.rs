@@ -136,6 +136,14 @@ pub struct GenerationMeta {
     /// Absent from older peers' headers, so it defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub span: Option<String>,
+    /// The serving node's clock when it handed this generation to a
+    /// parent: the parent reads the difference to its own clock as the
+    /// child's offset (skew plus transit) and restates `made_at_ms` and the
+    /// data times on its own clock, so a child whose clock is wrong is
+    /// neither dropped as stale nor makes its cluster look old. Absent from
+    /// older peers and from generations not handed over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_at_ms: Option<i64>,
 }
 
 /// An immutable snapshot: all tables one query reads come from one of these.
@@ -156,6 +164,7 @@ impl Generation {
                 visibility: Visibility::default(),
                 available: BTreeSet::new(),
                 span: None,
+                served_at_ms: None,
             },
             tables: BTreeMap::new(),
         }
@@ -194,6 +203,31 @@ impl Generation {
         Generation { meta, tables }
     }
 
+    /// This generation restated on a receiver's clock: `received_at_ms`
+    /// is the receiver's time when the answer arrived, compared with
+    /// `served_at_ms`; unchanged (shared) without it.
+    pub fn on_receiver_clock(self: Arc<Self>, received_at_ms: i64) -> Arc<Generation> {
+        let Some(served_at) = self.meta.served_at_ms else {
+            return self;
+        };
+        let shift = received_at_ms - served_at;
+        if shift == 0 {
+            return self;
+        }
+        let mut restated = (*self).clone();
+        let meta = &mut restated.meta;
+        // made_at_ms 0 means "nothing yet", not a time.
+        if meta.id != 0 {
+            meta.made_at_ms += shift;
+        }
+        meta.served_at_ms = Some(received_at_ms);
+        for cluster in meta.visibility.clusters.values_mut() {
+            cluster.oldest_data_ms = cluster.oldest_data_ms.map(|t| t + shift);
+            cluster.newest_data_ms = cluster.newest_data_ms.map(|t| t + shift);
+        }
+        Arc::new(restated)
+    }
+
     pub fn memory_size(&self) -> usize {
         self.tables.values().map(|t| t.memory_size()).sum()
     }
@@ -221,6 +255,36 @@ mod tests {
             ["processes"]
         );
         assert_eq!(restricted.meta.available, generation.meta.available);
+    }
+
+    #[test]
+    fn a_generation_is_restated_on_the_receivers_clock() {
+        let mut generation = Generation::empty("agent");
+        generation.meta.id = 7;
+        generation.meta.made_at_ms = 1_000;
+        generation.meta.served_at_ms = Some(1_500);
+        generation.meta.visibility.clusters.insert(
+            "c1".into(),
+            ClusterVisibility {
+                oldest_data_ms: Some(900),
+                newest_data_ms: Some(1_000),
+                ..Default::default()
+            },
+        );
+        // The receiver's clock reads 601_500 when the answer arrives: the
+        // child is ten minutes behind.
+        let restated = Arc::new(generation).on_receiver_clock(601_500);
+        assert_eq!(restated.meta.made_at_ms, 601_000);
+        let c1 = &restated.meta.visibility.clusters["c1"];
+        assert_eq!(
+            (c1.oldest_data_ms, c1.newest_data_ms),
+            (Some(600_900), Some(601_000))
+        );
+        // Without the serving time nothing is restated.
+        let mut old_peer = Generation::empty("agent");
+        old_peer.meta.made_at_ms = 1_000;
+        let same = Arc::new(old_peer).on_receiver_clock(601_500);
+        assert_eq!(same.meta.made_at_ms, 1_000);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub(crate) mod fleet;
 pub(crate) mod netns;
 pub(crate) mod proxy;
 
+mod clock;
 mod kill;
 mod partition;
 mod slow;

@@ -162,15 +162,12 @@ async fn a_tla_cut_from_one_cluster_drops_it_and_its_sql_node_switches() {
     drop(lab);
 }
 
-/// Fails today: each tick of the proxy waits for every child's fetch, and
-/// the cut agent's runs into `fetch_timeout` (one tick, at least 2 s), so
-/// the proxy makes one generation per ~3 s instead of one a tick (measured:
-/// 2 in 7 s at a 1 s tick), which is the TLA's `stale_after`: the whole
-/// cluster risks being dropped because one machine is unreachable. The fix
-/// (a tick that closes at its deadline and leaves a late child's fetch
-/// running for the next one) is in `crates/aggregator`; run this with
-/// `--ignored` to check it.
-#[ignore = "issue 20: a cut agent slows its proxy to one generation per fetch_timeout + tick"]
+/// Each tick of the proxy used to wait for every child's fetch, and the
+/// cut agent's ran into `fetch_timeout` (one tick, at least 2 s): one
+/// generation per ~3 s, the TLA's `stale_after`. A tick now closes at its
+/// deadline (`tick_deadline`, 3/4 of a tick) with the children that
+/// answered; the cut agent's previous answer is merged again until it is
+/// stale, then the agent is left out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cut_from_its_proxy_never_blocks_the_proxys_ticks() {
     let Some(mut lab) = lab_or_skip("agent partition") else {

@@ -90,7 +90,6 @@ fn median_age(ages: &[Option<i64>]) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails in the full run at its cut-link check of c1's data age (slow.rs:142); not yet investigated (issue 20)"]
 async fn a_slow_lossy_cluster_link_delays_only_that_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let topology = fixture_topology(dir.path(), TICK, 1, &["t1"], &["sql"]);
