@@ -87,6 +87,51 @@ def asyncpg_driver():
     asyncio.run(body())
 
 
+# Results in binary format: asyncpg asks for it for every type it knows,
+# psycopg 3 when the cursor is binary. One column of each type we have.
+TYPES = (
+    "SELECT CAST(7 AS INT) i4, CAST(8 AS BIGINT) i8, CAST(2 AS SMALLINT) i2, "
+    "CAST(1.5 AS DOUBLE) f8, CAST(2.5 AS REAL) f4, hostname, hostname = 'm1' b, "
+    "CAST('2024-01-02 03:04:05' AS TIMESTAMP) ts, CAST('2024-01-02' AS DATE) d "
+    "FROM sys WHERE hostname = 'm1'"
+)
+TIMESTAMPTZ = "SELECT CAST('2024-01-02 03:04:05+00:00' AS TIMESTAMPTZ) tz FROM sys WHERE hostname = 'm1'"
+
+
+def expected_types():
+    import datetime
+
+    return (7, 8, 2, 1.5, 2.5, "m1", True, datetime.datetime(2024, 1, 2, 3, 4, 5), datetime.date(2024, 1, 2))
+
+
+def binary_results():
+    import datetime
+
+    import asyncpg
+    import psycopg
+
+    utc = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+
+    async def body():
+        conn = await asyncpg.connect(host="127.0.0.1", port=port, user="fleetsql", database="fleetsql")
+        rows = await conn.fetch(TYPES)
+        check("asyncpg binary types", [tuple(r) for r in rows] == [expected_types()], rows)
+        rows = await conn.fetch(TIMESTAMPTZ)
+        check("asyncpg binary timestamptz", [r[0] for r in rows] == [utc], rows)
+        await conn.close()
+
+    asyncio.run(body())
+    with psycopg.connect(f"host=127.0.0.1 port={port} user=fleetsql dbname=fleetsql") as conn:
+        cur = conn.cursor(binary=True)
+        rows = cur.execute(TYPES).fetchall()
+        check("psycopg3 binary types", rows == [expected_types()], rows)
+        result = cur.pgresult
+        formats = [result.fformat(i) for i in range(result.nfields)] if result else []
+        check("psycopg3 binary was asked for and sent", formats and all(f == 1 for f in formats), formats)
+        rows = cur.execute(TIMESTAMPTZ).fetchall()
+        check("psycopg3 binary timestamptz", [r[0] for r in rows] == [utc], rows)
+
+
 def sqlalchemy_and_pandas():
     import pandas
     import sqlalchemy
@@ -109,6 +154,7 @@ run("psycopg3", psycopg3)
 run("psycopg2", psycopg2_driver)
 run("asyncpg", asyncpg_driver)
 run("sqlalchemy/pandas", sqlalchemy_and_pandas)
+run("binary results", binary_results)
 if failures:
     print("failed: " + ", ".join(failures))
     sys.exit(1)

@@ -57,6 +57,13 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value_t = 1024)]
     query_memory_mib: usize,
     /// A TOML file of integrations (Prometheus scrapes, MQTT, perfSONAR esmond).
+    /// Queries that may run at once on the SQL node.
+    #[arg(long, default_value_t = fleetsql_sqlnode::DEFAULT_MAX_CONCURRENT_QUERIES)]
+    max_concurrent_queries: usize,
+    /// Queries that may wait for a place while the most run; one more is
+    /// refused at once (SQLSTATE 53300, HTTP 503).
+    #[arg(long, default_value_t = fleetsql_sqlnode::DEFAULT_MAX_QUEUED_QUERIES)]
+    max_queued_queries: usize,
     #[arg(long)]
     integrations: Option<PathBuf>,
     #[command(flatten)]
@@ -177,6 +184,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 dir: Some(state_dir.join("history")),
                 ..fleetsql_tiers::HistoryConfig::of_tables(["sys", "filesystem", "load_info"])
             }),
+            max_concurrent_queries: Some(args.max_concurrent_queries),
+            max_queued_queries: Some(args.max_queued_queries),
             ..SqlNodeEntry::default()
         },
     );

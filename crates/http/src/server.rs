@@ -61,6 +61,12 @@ async fn health(State(node): State<Arc<SqlNode>>) -> Response {
         "status": "ok",
         "node": node.name(),
         "generation": info,
+        // Queries holding a place among those running at once, and those
+        // waiting for one (`max_concurrent_queries`, `max_queued_queries`).
+        "queries": node.query_load().map(|(running, queued)| json!({
+            "running": running,
+            "queued": queued,
+        })),
     }))
     .into_response()
 }
@@ -92,7 +98,7 @@ fn error_response(e: &SqlError) -> Response {
         ),
         SqlError::Limit { sqlstate, .. } if *sqlstate == "53300" => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "the set is at its concurrency limit; retry later on this set (the query was not sent elsewhere)",
+            "the node is at its concurrency limit (max_concurrent_queries running, max_queued_queries waiting); retry after the seconds in Retry-After (the query was not sent elsewhere)",
         ),
         SqlError::Limit { .. } => (StatusCode::BAD_REQUEST, "check the table name"),
         SqlError::OutsideDomain { .. } => (
@@ -113,7 +119,15 @@ fn error_response(e: &SqlError) -> Response {
         body["limit"] = json!(max);
         body["setting"] = json!(setting);
     }
-    (status, axum::Json(body)).into_response()
+    let mut response = (status, axum::Json(body)).into_response();
+    if e.sqlstate() == "53300" {
+        // A place among the running queries comes free as soon as one
+        // ends: a second is a fair first retry.
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
 
 /// 307 to the first serving node with an address (a POST is re-sent with

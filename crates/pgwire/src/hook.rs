@@ -16,7 +16,8 @@ use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode
 use datafusion_postgres::hooks::HookClient;
 use datafusion_postgres::pgwire;
 use fleetsql_auth::Principal;
-use fleetsql_sqlnode::{GenerationInfo, QueryOutput, SqlError, SqlNode};
+use fleetsql_sqlnode::{GenerationInfo, QueryOutput, QueryStream, SqlError, SqlNode};
+use futures::StreamExt;
 use pgwire::api::ClientInfo;
 use pgwire::api::portal::Format;
 use pgwire::api::results::{QueryResponse, Response, Tag};
@@ -133,6 +134,26 @@ fn encode_output(output: QueryOutput, options: Arc<FormatOptions>) -> PgWireResu
 /// drivers' introspection send, several queries per command. The
 /// completeness NOTICE speaks of fleet data, so those go without it, and
 /// only those get the protocol layer's Postgres-compatibility rewrites.
+/// [`encode_output`] for an answer still being computed: each batch is
+/// encoded as it arrives; an error (the time-out, the memory limit) ends
+/// the rows with its SQLSTATE.
+fn encode_stream(answer: QueryStream, options: Arc<FormatOptions>) -> PgWireResult<QueryResponse> {
+    let fields = Arc::new(arrow_schema_to_pg_fields(
+        &answer.schema,
+        &Format::UnifiedText,
+        Some(options),
+    )?);
+    let rows_fields = fields.clone();
+    let rows = answer.into_batches().flat_map(move |batch| {
+        let rows: Box<dyn Iterator<Item = PgWireResult<_>> + Send + Sync> = match batch {
+            Ok(batch) => encode_recordbatch(rows_fields.clone(), batch),
+            Err(e) => Box::new(std::iter::once(Err(user_error(&e)))),
+        };
+        futures::stream::iter(rows)
+    });
+    Ok(QueryResponse::new(fields, rows))
+}
+
 /// A common table expression's name is no fleet table: introspection
 /// queries name their sub-results.
 pub(crate) fn reads_no_fleet_data(statement: &Statement) -> bool {
@@ -252,24 +273,40 @@ impl QueryHook for FleetHook {
             Err(e) => return Some(Err(user_error(&e))),
         };
         let node_timeout = self.node.config().query_timeout;
-        let output = match crate::timeout::within_session_timeout(
-            crate::timeout::session_timeout(client, node_timeout),
+        let session = crate::timeout::session_timeout(client, node_timeout);
+        let session_deadline = session.map(|t| tokio::time::Instant::now() + t);
+        let answer = match crate::timeout::within_session_timeout(
+            session,
             node_timeout,
-            self.node.execute_prepared(&prepared, generation),
+            self.node.stream_prepared(&prepared, generation),
         )
         .await
         {
-            Ok(Ok(output)) => output,
+            Ok(Ok(answer)) => answer,
+        // The answer is sent batch by batch as it is computed: it need not
+        // fit in memory, and its first rows leave before its last are made.
             Ok(Err(e)) => return Some(Err(user_error(&e))),
             Err(e) => return Some(Err(e)),
         };
         if !reads_no_fleet_data(statement)
-            && let Err(e) = client.send_message(notice(&output.generation)).await
+            && let Err(e) = client.send_message(notice(&answer.generation)).await
         {
             return Some(Err(e));
         }
         let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-        Some(encode_output(output, options).map(Response::Query))
+        let response = encode_stream(answer, options).map(Response::Query);
+        // A session's own lower time-out stops the rows too; the node's
+        // ends the batches itself.
+        Some(match session_deadline {
+            Some(deadline) => response.map(|r| {
+                crate::timeout::rows_until(
+                    r,
+                    deadline,
+                    crate::timeout::timeout_error(session, node_timeout),
+                )
+            }),
+            None => response,
+        })
     }
 
     async fn handle_extended_parse_query(

@@ -172,7 +172,7 @@ impl PgServer {
                 .map_err(|e| PgServerError::Catalog(e.to_string()))?;
         }
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
-            Arc::new(FleetHook { node }),
+            Arc::new(FleetHook { node: node.clone() }),
             Arc::new(StatementTimeoutHook),
             Arc::new(CursorStatementHook),
             Arc::new(SetShowHook),
@@ -180,7 +180,13 @@ impl PgServer {
         ];
         let connections = Arc::new(ConnectionManager::new());
         let handlers = Arc::new(Handlers {
-            service: Arc::new(FleetService::new(ctx, hooks, audit.clone(), query_timeout)),
+            service: Arc::new(FleetService::new(
+                ctx,
+                hooks,
+                audit.clone(),
+                query_timeout,
+                node,
+            )),
             startup: Arc::new(AuthStartup {
                 inner: Startup {
                     connections: connections.clone(),

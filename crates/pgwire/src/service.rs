@@ -26,7 +26,7 @@ use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser
 use datafusion_postgres::pgwire;
 use datafusion_postgres::{DfSessionService, Parser, QueryHook};
 use fleetsql_auth::{Action, AuditLog};
-use fleetsql_sqlnode::SqlError;
+use fleetsql_sqlnode::{QueryPermit, SqlError, SqlNode};
 use futures::{FutureExt, Sink, StreamExt};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -130,6 +130,9 @@ pub(crate) struct FleetService {
     /// The node's `query_timeout`: the extended protocol's plans run in
     /// the protocol layer, which knows only a session's own time-out.
     query_timeout: Duration,
+    /// Admits the extended protocol's fleet queries among those running
+    /// at once, as the node admits its own runs.
+    node: Arc<SqlNode>,
 }
 
 impl FleetService {
@@ -138,6 +141,7 @@ impl FleetService {
         hooks: Vec<Arc<dyn QueryHook>>,
         audit: Arc<AuditLog>,
         query_timeout: Duration,
+        node: Arc<SqlNode>,
     ) -> FleetService {
         let inner = Arc::new(DfSessionService::new_with_hooks(ctx.clone(), hooks.clone()));
         let parser = Arc::new(FleetQueryParser {
@@ -151,6 +155,7 @@ impl FleetService {
             parser,
             audit,
             query_timeout,
+            node,
         }
     }
 
@@ -248,6 +253,23 @@ fn node_errors(response: Response) -> Response {
         }
         other => other,
     }
+}
+
+/// An answer whose rows hold `permit` (a place among the queries running
+/// at once) until they end or are dropped.
+fn holding(response: Response, permit: Option<QueryPermit>) -> Response {
+    let Some(permit) = permit else {
+        return response;
+    };
+    let Response::Query(mut query) = response else {
+        return response;
+    };
+    let rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
+    query.data_rows = Box::pin(rows.map(move |row| {
+        let _held = &permit;
+        row
+    }));
+    Response::Query(query)
 }
 
 /// The error a panicking statement answers, logged once here.
@@ -377,6 +399,16 @@ impl ExtendedQueryHandler for FleetService {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let audited = self.audited(client, &portal.statement.statement.0)?;
+        // A fleet query takes its place among the queries running at once
+        // (or waits, or is refused) before the protocol layer runs it, and
+        // holds it until its last row has been sent.
+        let permit = match &portal.statement.statement.1 {
+            Some((statement, _)) if as_typed(statement) => match self.node.admit_query().await {
+                Ok(permit) => Some(permit),
+                Err(e) => return audited.response(Err(crate::hook::user_error(&e))),
+            },
+            _ => None,
+        };
         // Parsing decided the statement; running it (the hooks, then the
         // plan) is the protocol layer's. Its plan runs while the rows are
         // sent, so the time-out (the node's, or the session's lower one)
@@ -397,11 +429,14 @@ impl ExtendedQueryHandler for FleetService {
         .unwrap_or_else(|_| Err(timed_out()))
         .map_err(node_error);
         audited.response(answer.map(|r| {
-            node_errors(crate::timeout::rows_until(
-                caught_rows(r),
-                deadline,
-                timed_out(),
-            ))
+            holding(
+                node_errors(crate::timeout::rows_until(
+                    caught_rows(r),
+                    deadline,
+                    timed_out(),
+                )),
+                permit,
+            )
         }))
     }
 }

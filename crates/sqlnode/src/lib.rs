@@ -22,6 +22,7 @@ mod catalog;
 mod choice;
 mod compat;
 mod error;
+mod execution;
 mod hooks;
 mod info;
 mod naming;
@@ -40,6 +41,9 @@ pub use audit::AUDIT_TABLE;
 pub use choice::SourceStatus;
 pub use compat::{TEST_PANIC_ENV, server_version, server_version_num, version_text};
 pub use error::{Result, SqlError};
+pub use execution::{
+    DEFAULT_MAX_CONCURRENT_QUERIES, DEFAULT_MAX_QUEUED_QUERIES, QueryPermit, QueryStream,
+};
 pub use hooks::{
     GENERATION_HOOKS_TABLE, GenerationHook, GenerationHookHandle, GenerationHookStats,
 };

@@ -72,9 +72,13 @@ pub struct SqlNodeConfig {
     /// answers; `None`: every role. The node's own apps (alerts, reports)
     /// are not ad hoc and always run.
     pub domain: Option<BTreeSet<Role>>,
-    /// Queries that may run at once; one more is refused, not queued, so a
-    /// flood cannot hold the node (seed 8.2). `None`: no limit.
+    /// Queries that may run at once (seed 8.2); `None`: no limit. Default
+    /// [`crate::DEFAULT_MAX_CONCURRENT_QUERIES`].
     pub max_concurrent_queries: Option<usize>,
+    /// Queries that may wait for a place when `max_concurrent_queries` run
+    /// (each at most its time-out); one more is refused at once (53300),
+    /// so a flood gets a clear answer rather than an ever longer wait.
+    pub max_queued_queries: usize,
     /// The subsets of its set when the set's tables are partitioned.
     pub partition: Option<crate::Partition>,
 }
@@ -96,7 +100,8 @@ impl SqlNodeConfig {
             shared_answers_bytes: SHARED_ANSWERS_BYTES,
             set: None,
             domain: None,
-            max_concurrent_queries: None,
+            max_concurrent_queries: Some(crate::DEFAULT_MAX_CONCURRENT_QUERIES),
+            max_queued_queries: crate::DEFAULT_MAX_QUEUED_QUERIES,
             partition: None,
         }
     }
@@ -141,8 +146,8 @@ struct Inner {
     audit: Arc<AuditLog>,
     views: Arc<Views>,
     shared: SharedAnswers,
-    /// Permits for `max_concurrent_queries`; `None`: unlimited.
-    running: Option<Arc<tokio::sync::Semaphore>>,
+    /// Places for `max_concurrent_queries`; `None`: unlimited.
+    admission: Option<crate::execution::Admission>,
     /// Replaced by [`SqlNode::set_partition`] (a re-read topology: the
     /// other subsets' addresses).
     partition: Mutex<Option<crate::Partition>>,
@@ -241,7 +246,15 @@ impl SqlNode {
         let session_config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("datafusion", "public");
-        let ctx = SessionContext::new_with_config_rt(session_config, runtime);
+        // Every front end's plans, the protocol layers' own included, get
+        // yield points after their joins (see `YieldingJoins`).
+        let state = datafusion::execution::SessionStateBuilder::new()
+            .with_config(session_config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(crate::execution::YieldingJoins))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         crate::compat::register(&ctx);
         let extra_tables = ExtraTables::default();
         let views = Arc::new(Views::new(config.query_timeout));
@@ -273,12 +286,12 @@ impl SqlNode {
             })
             .collect();
         let first = choice::initial(&statuses);
-        let running = config
+        let admission = config
             .max_concurrent_queries
-            .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
+            .map(|n| crate::execution::Admission::new(n, config.max_queued_queries));
         let inner = Arc::new(Inner {
             partition: Mutex::new(config.partition.clone()),
-            running,
+            admission,
             config,
             sources: Mutex::new(Arc::new(sources)),
             pending_restart: Mutex::new(None),
@@ -566,28 +579,7 @@ impl SqlNode {
             return self.execute(prepared.statement().clone(), generation).await;
         }
         let started = Instant::now();
-        let kept = match prepared.kept_plan(&generation) {
-            Some(kept) => kept,
-            None => {
-                let timeout = self.inner.config.query_timeout;
-                let plan = tokio::time::timeout(
-                    timeout,
-                    self.plan(prepared.statement().clone(), generation.clone()),
-                )
-                .await
-                .map_err(|_| SqlError::Timeout {
-                    timeout_ms: timeout.as_millis() as u64,
-                })??;
-                let kept = if folds_changing_values(&plan) {
-                    KeptPlan::new(plan, false)
-                } else {
-                    let optimised = self.inner.ctx.state().optimize(&plan)?;
-                    KeptPlan::new(optimised, true)
-                };
-                prepared.keep_plan(&generation, &kept);
-                kept
-            }
-        };
+        let kept = self.kept_plan(prepared, &generation).await?;
         if !(kept.optimised && prepared.plan_reusable()) {
             return self
                 .run_plan(kept.plan, kept.optimised, generation, started)
@@ -642,6 +634,35 @@ impl SqlNode {
             self.check_published(&current, tables)?;
         }
         if is_new {
+    /// The plan `prepared` keeps for `generation`'s schemas, planned (and
+    /// optimised, unless it folds values that change) when it has none.
+    async fn kept_plan(
+        &self,
+        prepared: &Prepared,
+        generation: &Arc<Generation>,
+    ) -> Result<KeptPlan> {
+        if let Some(kept) = prepared.kept_plan(generation) {
+            return Ok(kept);
+        }
+        let timeout = self.inner.config.query_timeout;
+        let plan = tokio::time::timeout(
+            timeout,
+            self.plan(prepared.statement().clone(), generation.clone()),
+        )
+        .await
+        .map_err(|_| SqlError::Timeout {
+            timeout_ms: timeout.as_millis() as u64,
+        })??;
+        let kept = if folds_changing_values(&plan) {
+            KeptPlan::new(plan, false)
+        } else {
+            let optimised = self.inner.ctx.state().optimize(&plan)?;
+            KeptPlan::new(optimised, true)
+        };
+        prepared.keep_plan(generation, &kept);
+        Ok(kept)
+    }
+
             // A table named for the first time (perhaps published a moment
             // ago) is asked for down the tree at once; the answer says
             // whether anyone publishes it.
@@ -892,8 +913,31 @@ impl SqlNode {
         })
     }
 
-    /// The one place a plan is executed: pinned, collected under the
-    /// time-out. An `optimised` plan (a kept one) skips the optimiser.
+    /// A place among the queries running at once (`max_concurrent_queries`),
+    /// waiting in the bounded queue (`max_queued_queries`) for at most the
+    /// query time-out; refused with SQLSTATE 53300 beyond. Every front end's
+    /// queries pass here: the node's own runs take it in [`SqlNode::run_plan`],
+    /// and the Postgres extended protocol, whose protocol layer runs its
+    /// plans itself, takes it before running one.
+    pub async fn admit_query(&self) -> Result<crate::QueryPermit> {
+        let Some(admission) = &self.inner.admission else {
+            return Ok(crate::QueryPermit::unlimited());
+        };
+        let who = self.inner.config.set.as_ref().map_or_else(
+            || format!("node `{}`", self.name()),
+            |s| format!("set `{s}`"),
+        );
+        admission.admit(&who, self.inner.config.query_timeout).await
+    }
+
+    /// Queries holding a place among those running at once, and queries
+    /// waiting for one (`None` without a limit).
+    pub fn query_load(&self) -> Option<(usize, usize)> {
+        self.inner.admission.as_ref().map(|a| a.load())
+    }
+
+    /// The one place a plan is executed: admitted, pinned, collected under
+    /// the time-out. An `optimised` plan (a kept one) skips the optimiser.
     async fn run_plan(
         &self,
         plan: LogicalPlan,
@@ -901,37 +945,45 @@ impl SqlNode {
         generation: Arc<Generation>,
         started: Instant,
     ) -> Result<QueryOutput> {
-        let _permit = match &self.inner.running {
-            None => None,
-            Some(permits) => Some(permits.clone().try_acquire_owned().map_err(|_| {
-                SqlError::Limit {
-                    what: format!(
-                        "queries running at once on {}",
-                        self.inner.config.set.as_ref().map_or_else(
-                            || format!("node `{}`", self.name()),
-                            |s| format!("set `{s}`")
-                        )
-                    ),
-                    max: self.inner.config.max_concurrent_queries.unwrap_or(0),
-                    setting: "max_concurrent_queries",
-                    // too_many_connections: the closest Postgres has.
-                    sqlstate: "53300",
-                }
-            })?),
+        let stream = self.stream_plan(plan, optimised, generation).await?;
+        let schema = stream.schema.clone();
+        let info = stream.generation.clone();
+        let batches = stream.collect().await?;
+        Ok(QueryOutput {
+            schema,
+            batches,
+            generation: info,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Starts `plan` pinned to `generation` and hands its batches on as
+    /// they are computed, the time-out running from now (see
+    /// [`crate::QueryStream`]).
+    async fn stream_plan(
+        &self,
+        plan: LogicalPlan,
+        optimised: bool,
+        generation: Arc<Generation>,
+    ) -> Result<crate::QueryStream> {
+        let permit = self.admit_query().await?;
+        let timeout = self.inner.config.query_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = || SqlError::Timeout {
+            timeout_ms: timeout.as_millis() as u64,
         };
         let mut info = GenerationInfo::of(&generation);
         let ctx = self.inner.ctx.clone();
-        let timeout = self.inner.config.query_timeout;
         // History tables say here which generations they read.
         let reads = HistoryReads::default();
-        let run = HISTORY_READS.scope(
+        let start = HISTORY_READS.scope(
             reads.clone(),
-            PINNED.scope(generation, async move {
+            PINNED.scope(generation.clone(), async move {
                 if !optimised {
                     let frame = ctx.execute_logical_plan(plan).await?;
                     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-                    let batches = frame.collect().await?;
-                    return Ok::<_, SqlError>((schema, batches));
+                    let stream = frame.execute_stream().await?;
+                    return Ok::<_, SqlError>((schema, stream));
                 }
                 let state = ctx.state();
                 let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
@@ -940,23 +992,85 @@ impl SqlNode {
                     .create_physical_plan(&plan, &state)
                     .await?;
                 let task = Arc::new(TaskContext::from(&state));
-                let batches = datafusion::physical_plan::collect(physical, task).await?;
-                Ok((schema, batches))
+                let stream = datafusion::physical_plan::execute_stream(physical, task)?;
+                Ok((schema, stream))
             }),
         );
-        let (schema, batches) =
-            tokio::time::timeout(timeout, run)
-                .await
-                .map_err(|_| SqlError::Timeout {
-                    timeout_ms: timeout.as_millis() as u64,
-                })??;
+        let (schema, stream) = tokio::time::timeout_at(deadline, start)
+            .await
+            .map_err(|_| timed_out())??;
+        // Tables are scanned (and history read) while planning; the batches
+        // are computed on a task of their own, under the same pin.
         info.history = std::mem::take(&mut *reads.lock());
-        Ok(QueryOutput {
+        Ok(crate::execution::spawn_stream(
+            stream,
             schema,
-            batches,
-            generation: info,
-            elapsed: started.elapsed(),
-        })
+            move |drive| HISTORY_READS.scope(reads, PINNED.scope(generation, drive)),
+            info,
+            deadline,
+            timeout.as_millis() as u64,
+            permit,
+        ))
+    }
+
+    /// [`SqlNode::execute_prepared`] whose answer is handed on batch by
+    /// batch as it is computed (the Postgres wire's simple protocol), so an
+    /// answer need not fit in memory and its first rows leave before its
+    /// last are computed. An answer an identical query over the same
+    /// generation already computed is served from memory, and one this run
+    /// computes is kept for the next when it is small enough to share.
+    pub async fn stream_prepared(
+        &self,
+        prepared: &Prepared,
+        generation: Arc<Generation>,
+    ) -> Result<crate::QueryStream> {
+        if !prepared.is_query() {
+            let output = self
+                .execute(prepared.statement().clone(), generation)
+                .await?;
+            return Ok(crate::QueryStream::of_batches(
+                output.schema,
+                output.generation,
+                output.batches,
+            ));
+        }
+        let kept = self.kept_plan(prepared, &generation).await?;
+        if !(kept.optimised && prepared.plan_reusable()) {
+            return self
+                .stream_plan(kept.plan, kept.optimised, generation)
+                .await;
+        }
+        let newest = self.inner.generation.borrow().clone();
+        if let Some(output) = self
+            .inner
+            .shared
+            .kept(prepared.text(), &generation, &newest)
+        {
+            return Ok(crate::QueryStream::of_batches(
+                output.schema,
+                output.generation,
+                output.batches,
+            ));
+        }
+        let stream = self
+            .stream_plan(kept.plan, true, generation.clone())
+            .await?;
+        let inner = self.inner.clone();
+        let key = prepared.text().to_string();
+        let started = Instant::now();
+        Ok(stream.tee(
+            self.inner.shared.max_answer_bytes(),
+            move |schema, info, batches| {
+                let newest = inner.generation.borrow().clone();
+                let output = QueryOutput {
+                    schema,
+                    batches,
+                    generation: info,
+                    elapsed: started.elapsed(),
+                };
+                inner.shared.offer(&key, &generation, &newest, output);
+            },
+        ))
     }
 
     fn verify_read_only(plan: &LogicalPlan) -> Result<()> {

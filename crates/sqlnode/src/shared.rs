@@ -142,6 +142,45 @@ impl SharedAnswers {
         Ok(output)
     }
 
+    /// The answer kept for `key` over `generation`, if an identical query
+    /// over it has finished (a streaming front end serves it instead of
+    /// running again).
+    pub(crate) fn kept(
+        &self,
+        key: &str,
+        generation: &Arc<Generation>,
+        newest: &Arc<Generation>,
+    ) -> Option<QueryOutput> {
+        let output = self.cell(key, generation, newest)?.get()?.clone();
+        self.shared.fetch_add(1, Ordering::Relaxed);
+        Some(output)
+    }
+
+    /// Keeps `output`, which a streaming run over `generation` computed
+    /// while sending it, for the identical queries after it. Identical
+    /// queries started while it ran ran on their own: a streamed answer
+    /// is not awaited, since its rows already left.
+    pub(crate) fn offer(
+        &self,
+        key: &str,
+        generation: &Arc<Generation>,
+        newest: &Arc<Generation>,
+        output: QueryOutput,
+    ) {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        let Some(cell) = self.cell(key, generation, newest) else {
+            return;
+        };
+        if cell.set(output.clone()).is_ok() {
+            self.keep_or_drop(key, generation, &cell, &output);
+        }
+    }
+
+    /// The most one kept answer may take.
+    pub(crate) fn max_answer_bytes(&self) -> usize {
+        self.capacity / 8
+    }
+
     fn keep_or_drop(
         &self,
         key: &str,

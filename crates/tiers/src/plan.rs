@@ -441,7 +441,9 @@ pub fn sqlnode(topology: &Topology, name: &str, links: &Links) -> Result<SqlPlan
         if let Some(mib) = set.query_memory_mib {
             config.memory_limit = mib << 20;
         }
-        config.max_concurrent_queries = set.max_concurrent_queries;
+        if let Some(max) = set.max_concurrent_queries {
+            config.max_concurrent_queries = Some(max);
+        }
         if !set.subsets.is_empty() {
             config.partition = Some(fleetsql_sqlnode::Partition {
                 set: set_name.clone(),
@@ -471,6 +473,9 @@ pub fn sqlnode(topology: &Topology, name: &str, links: &Links) -> Result<SqlPlan
     }
     if let Some(max) = entry.max_concurrent_queries {
         config.max_concurrent_queries = Some(max);
+    }
+    if let Some(max) = entry.max_queued_queries {
+        config.max_queued_queries = max;
     }
     if let Some(timeout) = entry.query_timeout {
         config.query_timeout = timeout;

@@ -378,9 +378,14 @@ pub struct SqlNodeEntry {
     pub table_wait: Option<Duration>,
     /// Memory all running queries may hold together, in MiB (default 1024).
     pub query_memory_mib: Option<usize>,
-    /// Queries that may run at once (default: its set's, else no limit).
+    /// Queries that may run at once (default: its set's, else 16).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_queries: Option<usize>,
+    /// Queries that may wait for a place while `max_concurrent_queries`
+    /// run, each at most its `query_timeout` (default 64); one more is
+    /// refused at once (SQLSTATE 53300, HTTP 503 with `Retry-After`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued_queries: Option<usize>,
     /// Tables the node requests from its TLA at once (default 4096).
     pub max_requested_tables: Option<usize>,
     /// New table names no machine publishes that one client (IP address)
