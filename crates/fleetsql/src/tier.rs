@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
+use fleetsql_flight::TlsFiles;
 use fleetsql_tiers::{
     AgentEntry, AgentProcess, JoinConfig, Listen, SqlProcess, TierProcess, TlaSqlProcess, Topology,
 };
@@ -35,6 +36,14 @@ pub(crate) struct TierArgs {
     /// tick (the topology's `tick`) should be the same.
     #[arg(long, requires = "cluster", default_value = "5s", value_parser = crate::demo::parse_duration)]
     tick: std::time::Duration,
+    /// Agent only, with --cluster: the fleet CA (PEM) of mutual TLS between
+    /// tiers, given with --tls-cert and --tls-key (a certificate for this
+    /// agent's --name: `fleetsql certs issue NAME`). Its Flight port then
+    /// speaks mutual TLS and serves only the proxies that answered its
+    /// announcements, by the names they gave; a proxy whose topology has
+    /// `[tls]` takes it only so. All three or none.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
     /// Flight address to listen on (overrides the topology; port 0 picks one).
     #[arg(long)]
     flight: Option<SocketAddr>,
@@ -102,6 +111,11 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
             );
         }
         return run_joining(cluster, &args, listen).await;
+    }
+    if args.tls_ca.is_some() {
+        anyhow::bail!(
+            "--tls-ca is for an agent joining by itself (--cluster); nodes of a topology read their certificates from its [tls]"
+        );
     }
     let Some(config) = &args.config else {
         anyhow::bail!(
@@ -208,6 +222,23 @@ async fn run_joining(cluster: &str, args: &TierArgs, listen: Listen) -> anyhow::
         Some(name) => name.clone(),
         None => fleetsql_aggregator::host_name(),
     };
+    let security = args.security.files();
+    if security.users.is_some() || security.tokens.is_some() || security.client_ca.is_some() {
+        anyhow::bail!(
+            "--users, --tokens and --client-ca are for `fleetsql sqlnode` and `tla-sql`; an agent joining by itself takes --tls-ca, --tls-cert and --tls-key"
+        );
+    }
+    let tls = match (&args.tls_ca, &security.tls_cert, &security.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (None, None, None) => None,
+        _ => anyhow::bail!(
+            "give all of --tls-ca, --tls-cert and --tls-key (mutual TLS with the cluster's proxies), or none of them (plaintext Flight)"
+        ),
+    };
     let join = JoinConfig {
         name: name.clone(),
         entry: AgentEntry {
@@ -222,6 +253,7 @@ async fn run_joining(cluster: &str, args: &TierArgs, listen: Listen) -> anyhow::
         proxies: args.proxies.clone(),
         advertise: args.advertise,
         tick: args.tick,
+        tls,
     };
     let process = AgentProcess::start_joining(&join, listen).await?;
     let publishers = match crate::integrations::load(args.integrations.as_deref())? {

@@ -31,6 +31,8 @@ pub(crate) struct Observed {
     pub(crate) started: std::time::Instant,
     /// Its mTLS identity: refusals and reloads on `/metrics`.
     pub(crate) tls: Option<Arc<fleetsql_flight::TlsContext>>,
+    /// A proxy's members: refused announcements on `/metrics`.
+    pub(crate) members: Option<crate::membership::Registry>,
 }
 
 pub(crate) fn router(observed: Arc<Observed>) -> Router {
@@ -290,6 +292,9 @@ fn render(o: &Observed) -> String {
     out.push_str(&render_prometheus(&parts));
     if let Some(tls) = &o.tls {
         tls.render_prometheus(&mut out, &labels);
+    }
+    if let Some(members) = &o.members {
+        members.render_prometheus(&mut out, &labels);
     }
     out
 }

@@ -22,6 +22,7 @@
 //! machines that are down.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use fleetsql_aggregator::OwnTables;
+use fleetsql_flight::{FlightChild, FlightChildOptions, TlsContext, is_dns_name};
 use fleetsql_model::{Table, Visibility, now_ms};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -86,6 +88,21 @@ pub struct AnnounceReply {
     pub joined: bool,
 }
 
+/// `GET /v1/announce`: who the proxy is, so an agent serving Flight over
+/// mutual TLS lets this proxy in before announcing (the proxy dials it
+/// back to verify the announcement).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyInfo {
+    pub format: u32,
+    pub proxy: String,
+    pub cluster: String,
+    /// It takes members over mutual TLS only.
+    pub tls: bool,
+}
+
+/// How long a proxy waits for an announced agent to prove itself.
+const PROOF_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why an announcement was refused; each says what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AnnounceError {
@@ -130,6 +147,15 @@ pub enum AnnounceError {
         listed: SocketAddr,
         announced: SocketAddr,
     },
+    #[error(
+        "proxy `{proxy}` takes members over mutual TLS only, and could not verify agent `{name}` at {flight}: {reason}. Start the agent with --tls-ca (the fleet CA), --tls-cert and --tls-key of a certificate issued for `{name}` (`fleetsql certs issue {name}`)"
+    )]
+    Unverified {
+        proxy: String,
+        name: String,
+        flight: SocketAddr,
+        reason: String,
+    },
 }
 
 impl AnnounceError {
@@ -138,7 +164,22 @@ impl AnnounceError {
             AnnounceError::WrongCluster { .. }
             | AnnounceError::Full { .. }
             | AnnounceError::ListedElsewhere { .. } => StatusCode::CONFLICT,
+            AnnounceError::Unverified { .. } => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `reason` label of `fleetsql_announce_refusals_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AnnounceError::Format { .. } => "format",
+            AnnounceError::Name { .. } => "name",
+            AnnounceError::Address { .. } => "address",
+            AnnounceError::Version { .. } => "version",
+            AnnounceError::WrongCluster { .. } => "wrong_cluster",
+            AnnounceError::Full { .. } => "full",
+            AnnounceError::ListedElsewhere { .. } => "listed_elsewhere",
+            AnnounceError::Unverified { .. } => "unverified",
         }
     }
 }
@@ -307,8 +348,9 @@ impl Membership {
         self.rules = rules;
     }
 
-    /// Takes an announcement made at `now_ms`.
-    pub fn announce(&mut self, a: &Announcement, now_ms: i64) -> Result<Accepted, AnnounceError> {
+    /// The announced Flight address, when the announcement is well formed,
+    /// of this proxy's cluster, and not at odds with the topology.
+    fn validate(&self, a: &Announcement) -> Result<SocketAddr, AnnounceError> {
         if a.format != ANNOUNCE_FORMAT {
             return Err(AnnounceError::Format { got: a.format });
         }
@@ -347,8 +389,45 @@ impl Membership {
                     listed: *listed,
                     announced: flight,
                 }),
-                _ => Ok(Accepted::Heard),
+                _ => Ok(flight),
             };
+        }
+        Ok(flight)
+    }
+
+    /// What an announcement would change, or why it is refused, without
+    /// taking it: a proxy with `[tls]` proves a join or a move before
+    /// taking it ([`Registry`]).
+    pub fn check(&self, a: &Announcement) -> Result<Accepted, AnnounceError> {
+        let flight = self.validate(a)?;
+        if self.rules.listed.contains_key(&a.name) {
+            return Ok(Accepted::Heard);
+        }
+        match self.members.get(&a.name) {
+            Some(member) if member.flight != flight => Ok(Accepted::Moved {
+                from: member.flight,
+            }),
+            Some(_) => Ok(Accepted::Heard),
+            None if self.members.len() + self.rules.listed.len() >= self.rules.max_members => {
+                Err(self.full(&a.name))
+            }
+            None => Ok(Accepted::Joined),
+        }
+    }
+
+    fn full(&self, name: &str) -> AnnounceError {
+        AnnounceError::Full {
+            proxy: self.rules.proxy.clone(),
+            max: self.rules.max_members,
+            name: name.to_string(),
+        }
+    }
+
+    /// Takes an announcement made at `now_ms`.
+    pub fn announce(&mut self, a: &Announcement, now_ms: i64) -> Result<Accepted, AnnounceError> {
+        let flight = self.validate(a)?;
+        if self.rules.listed.contains_key(&a.name) {
+            return Ok(Accepted::Heard);
         }
         if let Some(member) = self.members.get_mut(&a.name) {
             member.last_ms = now_ms;
@@ -363,11 +442,7 @@ impl Membership {
             return Ok(Accepted::Heard);
         }
         if self.members.len() + self.rules.listed.len() >= self.rules.max_members {
-            return Err(AnnounceError::Full {
-                proxy: self.rules.proxy.clone(),
-                max: self.rules.max_members,
-                name: a.name.clone(),
-            });
+            return Err(self.full(&a.name));
         }
         self.left.retain(|l| l.member.name != a.name);
         self.members.insert(
@@ -654,6 +729,11 @@ fn write_atomically(file: &Path, state: &StateFile) -> std::io::Result<()> {
 pub struct Registry {
     pub membership: Arc<parking_lot::Mutex<Membership>>,
     pub changed: Arc<Notify>,
+    /// The proxy's mTLS identity when its topology has `[tls]`: a join or
+    /// a move is taken only once the announced address proved over it.
+    tls: Option<Arc<TlsContext>>,
+    /// Announcements refused, by [`AnnounceError::reason`].
+    refusals: Arc<parking_lot::Mutex<BTreeMap<&'static str, u64>>>,
 }
 
 impl Registry {
@@ -661,25 +741,55 @@ impl Registry {
         Registry {
             membership: Arc::new(parking_lot::Mutex::new(membership)),
             changed: Arc::new(Notify::new()),
+            tls: None,
+            refusals: Arc::default(),
         }
     }
 
-    fn take(&self, a: &Announcement) -> Result<AnnounceReply, AnnounceError> {
-        let mut membership = self.membership.lock();
-        let accepted = membership.announce(a, now_ms())?;
-        let rules = membership.rules();
-        let reply = AnnounceReply {
-            format: ANNOUNCE_FORMAT,
-            proxy: rules.proxy.clone(),
-            cluster: rules.cluster.clone(),
-            announce_every_ms: rules.announce_every().as_millis() as u64,
-            tick_ms: rules.tick.as_millis() as u64,
-            joined: accepted == Accepted::Joined,
+    /// Announced agents must prove their name over mutual TLS with `tls`
+    /// (the proxy's identity) before they join or move.
+    pub fn with_tls(mut self, tls: Option<Arc<TlsContext>>) -> Registry {
+        self.tls = tls;
+        self
+    }
+
+    /// Takes `a`. Under `[tls]`, an announcement that would add a member or
+    /// change a member's address is first proved: the proxy dials the
+    /// announced address over mutual TLS expecting a certificate for the
+    /// announced name (the verifier of topology children), so a forged one
+    /// changes nothing. A heartbeat of a member at its known address is
+    /// not dialled again (its fetches are over mTLS anyway).
+    async fn take(&self, a: &Announcement) -> Result<AnnounceReply, AnnounceError> {
+        let mut proven = self.tls.is_none();
+        let (accepted, reply) = loop {
+            // The lock is never held across the dial; what the dial proved
+            // (this name at this address) stays true if members changed
+            // meanwhile, so one proof suffices.
+            {
+                let mut membership = self.membership.lock();
+                let change = membership.check(a)?;
+                if proven || change == Accepted::Heard {
+                    let accepted = membership.announce(a, now_ms())?;
+                    let rules = membership.rules();
+                    let reply = AnnounceReply {
+                        format: ANNOUNCE_FORMAT,
+                        proxy: rules.proxy.clone(),
+                        cluster: rules.cluster.clone(),
+                        announce_every_ms: rules.announce_every().as_millis() as u64,
+                        tick_ms: rules.tick.as_millis() as u64,
+                        joined: accepted == Accepted::Joined,
+                    };
+                    break (accepted, reply);
+                }
+            }
+            if let Some(tls) = &self.tls {
+                self.prove(tls, a).await?;
+            }
+            proven = true;
         };
-        drop(membership);
         match accepted {
             Accepted::Joined => {
-                tracing::info!(member = %a.name, cluster = %a.cluster, flight = %a.flight, version = %a.version, "agent joined the cluster");
+                tracing::info!(member = %a.name, cluster = %a.cluster, flight = %a.flight, version = %a.version, verified = self.tls.is_some(), "agent joined the cluster");
                 self.changed.notify_one();
             }
             Accepted::Moved { from } => {
@@ -689,6 +799,78 @@ impl Registry {
             Accepted::Heard => {}
         }
         Ok(reply)
+    }
+
+    /// Dials `a.flight` as child `a.name` over mutual TLS and asks for its
+    /// health: the handshake checks the certificate there against the
+    /// fleet CA and the name (refusals counted by `tls` as for any child),
+    /// and the call checks that the agent serves this proxy.
+    async fn prove(&self, tls: &Arc<TlsContext>, a: &Announcement) -> Result<(), AnnounceError> {
+        let proxy = self.membership.lock().rules().proxy.clone();
+        let flight: SocketAddr = a.flight.parse().map_err(|_| AnnounceError::Address {
+            name: a.name.clone(),
+            flight: a.flight.chars().take(100).collect(),
+        })?;
+        let unverified = |reason: String| AnnounceError::Unverified {
+            proxy: proxy.clone(),
+            name: a.name.clone(),
+            flight,
+            reason,
+        };
+        if !is_dns_name(&a.name) {
+            return Err(unverified(format!(
+                "`{}` is not a DNS name, which a certificate must name",
+                a.name
+            )));
+        }
+        let child = FlightChild::new(
+            a.name.clone(),
+            format!("http://{flight}"),
+            FlightChildOptions {
+                connect_timeout: PROOF_TIMEOUT,
+                request_timeout: PROOF_TIMEOUT,
+                tls: Some(tls.clone()),
+                ..FlightChildOptions::default()
+            },
+        )
+        .map_err(|e| unverified(e.to_string()))?;
+        child
+            .health()
+            .await
+            .map(|_| ())
+            .map_err(|e| unverified(e.to_string()))
+    }
+
+    fn refused(&self, reason: &'static str) {
+        *self.refusals.lock().entry(reason).or_default() += 1;
+    }
+
+    /// `fleetsql_announce_refusals_total`, each sample with `labels`.
+    pub fn render_prometheus(&self, out: &mut String, labels: &str) {
+        let _ = writeln!(
+            out,
+            "# HELP fleetsql_announce_refusals_total Announcements (POST /v1/announce) refused, by reason (unverified: not proved over mutual TLS)"
+        );
+        let _ = writeln!(out, "# TYPE fleetsql_announce_refusals_total counter");
+        for (reason, count) in self.refusals.lock().iter() {
+            let _ = writeln!(
+                out,
+                "fleetsql_announce_refusals_total{{{labels},reason=\"{reason}\"}} {count}"
+            );
+        }
+    }
+
+    /// This proxy's name and cluster, and whether it takes members over
+    /// mutual TLS only.
+    fn info(&self) -> ProxyInfo {
+        let membership = self.membership.lock();
+        let rules = membership.rules();
+        ProxyInfo {
+            format: ANNOUNCE_FORMAT,
+            proxy: rules.proxy.clone(),
+            cluster: rules.cluster.clone(),
+            tls: self.tls.is_some(),
+        }
     }
 
     /// Expires members now; true when some left (logged).
@@ -714,7 +896,7 @@ impl Registry {
     /// `POST /v1/announce`.
     pub fn router(&self) -> Router {
         Router::new()
-            .route(ANNOUNCE_PATH, post(announce))
+            .route(ANNOUNCE_PATH, post(announce).get(info))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self.clone())
     }
@@ -732,6 +914,10 @@ impl OwnTables for Registry {
     }
 }
 
+async fn info(State(registry): State<Registry>) -> Response {
+    axum::Json(registry.info()).into_response()
+}
+
 async fn announce(State(registry): State<Registry>, body: axum::body::Bytes) -> Response {
     let refused = |status: StatusCode, error: String| {
         (status, axum::Json(serde_json::json!({ "error": error }))).into_response()
@@ -739,6 +925,8 @@ async fn announce(State(registry): State<Registry>, body: axum::body::Bytes) -> 
     let announcement: Announcement = match serde_json::from_slice(&body) {
         Ok(a) => a,
         Err(e) => {
+            registry.refused("invalid_json");
+            tracing::warn!(error = %e, "announcement refused: not valid JSON");
             return refused(
                 StatusCode::BAD_REQUEST,
                 format!(
@@ -747,10 +935,11 @@ async fn announce(State(registry): State<Registry>, body: axum::body::Bytes) -> 
             );
         }
     };
-    match registry.take(&announcement) {
+    match registry.take(&announcement).await {
         Ok(reply) => axum::Json(reply).into_response(),
         Err(e) => {
-            tracing::warn!(member = %announcement.name.chars().take(MAX_NAME_LEN).collect::<String>(), error = %e, "announcement refused");
+            registry.refused(e.reason());
+            tracing::warn!(member = %announcement.name.chars().take(MAX_NAME_LEN).collect::<String>(), flight = %announcement.flight.chars().take(100).collect::<String>(), reason = e.reason(), error = %e, "announcement refused");
             refused(e.status(), e.to_string())
         }
     }
@@ -769,6 +958,10 @@ pub enum JoinError {
     Announcement(#[from] AnnounceError),
     #[error("cannot make an HTTP client for announcements: {0}")]
     Client(String),
+    #[error(
+        "agent name `{name}` is not a DNS name, which its TLS certificate must name: pass --name with letters, digits, `-` and `.`"
+    )]
+    NotDnsName { name: String },
 }
 
 /// An agent's announcements, one task per proxy, until dropped.
@@ -790,9 +983,16 @@ impl Announcer {
     /// then again as often as each proxy asks. A proxy that cannot be
     /// reached is tried again with back-off (1 s to 30 s); one that refuses
     /// logs why and is tried again every 30 s (its topology may change).
+    ///
+    /// `tls`: the agent's Flight server speaks mutual TLS with it. It serves
+    /// no parent until a proxy says its name (`GET` before the first
+    /// announcement, then each reply): the proxy dials it back to verify
+    /// the announcement, so it must be let in first. Names learned are
+    /// kept while the agent runs (a proxy that restarts keeps its name).
     pub fn start(
         announcement: Announcement,
         proxies: &[SocketAddr],
+        tls: Option<Arc<TlsContext>>,
     ) -> Result<Announcer, JoinError> {
         if proxies.is_empty() {
             return Err(JoinError::NoProxy);
@@ -809,32 +1009,113 @@ impl Announcer {
             machines: 0,
         });
         check.announce(&announcement, 0)?;
+        if tls.is_some() && !is_dns_name(&announcement.name) {
+            return Err(JoinError::NotDnsName {
+                name: announcement.name,
+            });
+        }
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            // Proving an announcement takes the proxy a dial back.
+            .timeout(PROOF_TIMEOUT * 2 + Duration::from_secs(5))
             .build()
             .map_err(|e| JoinError::Client(e.to_string()))?;
+        let parents = tls.map(|tls| Parents {
+            tls,
+            names: Arc::default(),
+        });
         let tasks = proxies
             .iter()
             .map(|proxy| {
-                let (client, announcement, proxy) = (client.clone(), announcement.clone(), *proxy);
-                tokio::spawn(announce_forever(client, announcement, proxy))
+                let (client, announcement, proxy, parents) = (
+                    client.clone(),
+                    announcement.clone(),
+                    *proxy,
+                    parents.clone(),
+                );
+                tokio::spawn(announce_forever(client, announcement, proxy, parents))
             })
             .collect();
         Ok(Announcer { tasks })
     }
 }
 
-async fn announce_forever(client: reqwest::Client, announcement: Announcement, proxy: SocketAddr) {
+/// The parents a joining agent's Flight server lets in: the names its
+/// proxies gave, by proxy address.
+#[derive(Debug, Clone)]
+struct Parents {
+    tls: Arc<TlsContext>,
+    names: Arc<parking_lot::Mutex<BTreeMap<SocketAddr, String>>>,
+}
+
+impl Parents {
+    fn knows(&self, proxy: SocketAddr) -> bool {
+        self.names.lock().contains_key(&proxy)
+    }
+
+    /// Proxy `proxy` says it is `name`: from now on a certificate for
+    /// `name` may fetch (the one check of `TlsContext::set_parents`, as for
+    /// an agent in a topology).
+    fn learn(&self, proxy: SocketAddr, name: &str) {
+        let mut names = self.names.lock();
+        if names.get(&proxy).map(String::as_str) == Some(name) {
+            return;
+        }
+        names.insert(proxy, name.to_string());
+        let parents: BTreeSet<String> = names.values().cloned().collect();
+        drop(names);
+        tracing::info!(%proxy, proxy_name = %name, parents = ?parents, "serving this proxy over mutual TLS");
+        self.tls.set_parents(parents);
+    }
+}
+
+/// Asks the proxy at `url` who it is (`GET /v1/announce`).
+async fn ask_who(client: &reqwest::Client, url: &str) -> Result<ProxyInfo, String> {
+    let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("{status} (an older proxy?)"));
+    }
+    response
+        .json::<ProxyInfo>()
+        .await
+        .map_err(|e| format!("answer not understood: {e}"))
+}
+
+async fn announce_forever(
+    client: reqwest::Client,
+    announcement: Announcement,
+    proxy: SocketAddr,
+    parents: Option<Parents>,
+) {
     let url = format!("http://{proxy}{ANNOUNCE_PATH}");
     let mut backoff = Duration::from_secs(1);
     let mut announced = false;
     loop {
+        if let Some(parents) = &parents
+            && !parents.knows(proxy)
+        {
+            match ask_who(&client, &url).await {
+                Ok(info) => {
+                    if !info.tls {
+                        tracing::error!(%proxy, proxy_name = %info.proxy, "this agent serves Flight over mutual TLS but the proxy has no [tls]: it cannot fetch from here. Give the proxy's topology [tls], or start this agent without --tls-*");
+                    }
+                    parents.learn(proxy, &info.proxy);
+                }
+                // Announced all the same: the proxy's refusal says more.
+                Err(e) => {
+                    tracing::warn!(%proxy, error = %e, "cannot ask the proxy its name before announcing")
+                }
+            }
+        }
         let sent = client.post(&url).json(&announcement).send().await;
         let wait = match sent {
             Ok(response) if response.status().is_success() => {
                 backoff = Duration::from_secs(1);
                 match response.json::<AnnounceReply>().await {
                     Ok(reply) => {
+                        if let Some(parents) = &parents {
+                            parents.learn(proxy, &reply.proxy);
+                        }
                         if !announced {
                             tracing::info!(%proxy, proxy_name = %reply.proxy, cluster = %reply.cluster, "announced to proxy");
                             announced = true;
@@ -994,6 +1275,41 @@ mod tests {
             Ok(Accepted::Heard)
         );
         assert!(m.announced().len() == 1, "a listed agent is not announced");
+    }
+
+    #[test]
+    fn check_says_what_an_announcement_would_change_and_changes_nothing() {
+        let mut m = Membership::new(rules());
+        let a = hello("a", "10.0.0.1:1");
+        assert_eq!(m.check(&a), Ok(Accepted::Joined));
+        assert_eq!(m.check(&a), Ok(Accepted::Joined), "not taken by check");
+        assert!(m.announced().is_empty());
+        m.announce(&a, 0).unwrap();
+        assert_eq!(m.check(&a), Ok(Accepted::Heard));
+        let moved = hello("a", "10.0.0.2:1");
+        assert_eq!(
+            m.check(&moved),
+            Ok(Accepted::Moved {
+                from: "10.0.0.1:1".parse().unwrap()
+            })
+        );
+        assert_eq!(
+            m.announced()["a"],
+            "10.0.0.1:1".parse::<SocketAddr>().unwrap(),
+            "a checked move moves nothing"
+        );
+        assert_eq!(
+            m.check(&hello("listed", "10.0.0.9:7101")),
+            Ok(Accepted::Heard)
+        );
+        m.announce(&hello("b", "10.0.0.3:1"), 0).unwrap();
+        assert!(matches!(
+            m.check(&hello("c", "10.0.0.4:1")),
+            Err(AnnounceError::Full { .. })
+        ));
+        let mut other = hello("a", "10.0.0.1:1");
+        other.cluster = "c2".into();
+        assert_eq!(m.check(&other).unwrap_err().reason(), "wrong_cluster");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::membership::{
 use crate::plan::{self, Linked, Links, Role, SqlPlan, TierPlan};
 use crate::reload::TopologyWatch;
 use crate::security::ClientSecurity;
-use crate::topology::{AgentEntry, Topology};
+use crate::topology::{AgentEntry, TlsNodeFiles, TlsSettings, Topology};
 use crate::{Result, TiersError};
 
 /// Addresses given on the command line; they win over the topology file
@@ -117,6 +117,10 @@ pub struct JoinConfig {
     pub advertise: Option<SocketAddr>,
     /// Its tick; the proxies' should be the same (their answer says).
     pub tick: Duration,
+    /// Its fleet CA, certificate and key: its Flight server then speaks
+    /// mutual TLS and serves only the proxies that answered its
+    /// announcements (by the names they gave). `None`: plaintext.
+    pub tls: Option<fleetsql_flight::TlsFiles>,
 }
 
 impl AgentProcess {
@@ -127,9 +131,24 @@ impl AgentProcess {
         if join.proxies.is_empty() {
             return Err(JoinError::NoProxy.into());
         }
+        // A topology of this agent alone: it has no parent until a proxy
+        // answers, so its Flight server under TLS admits no one before.
         let topology = Topology {
             tick: join.tick,
             agents: [(join.name.clone(), join.entry.clone())].into(),
+            tls: join.tls.as_ref().map(|files| TlsSettings {
+                ca: files.ca.clone(),
+                certs_dir: None,
+                nodes: [(
+                    join.name.clone(),
+                    TlsNodeFiles {
+                        cert: files.cert.clone(),
+                        key: files.key.clone(),
+                    },
+                )]
+                .into(),
+                poll: None,
+            }),
             ..Topology::default()
         };
         let mut process = AgentProcess::start(&topology, &join.name, listen).await?;
@@ -147,7 +166,7 @@ impl AgentProcess {
             flight: advertise.to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        match Announcer::start(announcement, &join.proxies) {
+        match Announcer::start(announcement, &join.proxies, context_of(&process.tls)) {
             Ok(announcer) => process.announcer = Some(announcer),
             Err(e) => {
                 process.shutdown().await;
@@ -197,6 +216,7 @@ impl AgentProcess {
         let observed = Arc::new(Observed {
             role: "agent",
             tls: context_of(&tls),
+            members: None,
             name: name.to_string(),
             generation: agent.subscribe(),
             aggregator: None,
@@ -360,10 +380,10 @@ impl TierProcess {
                 Membership::new(rules)
             }
         };
-        let registry = Registry::new(membership);
+        let tls = node_tls(topology, "proxy", name)?;
+        let registry = Registry::new(membership).with_tls(context_of(&tls));
         registry.sweep();
         let announced = registry.membership.lock().announced();
-        let tls = node_tls(topology, "proxy", name)?;
         let links = Links::remote_with(context_of(&tls));
         let plan = plan::proxy_with(topology, name, &announced, &links)?;
         let mut process = Self::serve(
@@ -446,6 +466,7 @@ impl TierProcess {
         let observed = Arc::new(Observed {
             role,
             tls: context_of(&tls),
+            members: registry.clone(),
             name: name.to_string(),
             generation: aggregator.subscribe(),
             aggregator: Some(aggregator.clone()),
@@ -1003,6 +1024,7 @@ impl SqlProcess {
         let observed = Arc::new(Observed {
             role: "sqlnode",
             tls: links.tls().cloned(),
+            members: None,
             name: name.to_string(),
             generation: node.subscribe(),
             aggregator: None,

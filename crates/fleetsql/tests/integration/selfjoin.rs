@@ -3,17 +3,20 @@
 //! only `--cluster` and `--proxy` announce themselves, appear in
 //! `fleet_clusters`, `fleet_nodes` and `fleet_members`; one stopped is
 //! counted missing, survives a proxy restart as expected, then leaves.
+//! Under mutual TLS (issue 17 item 1) an agent joins only with a
+//! certificate for its name, which its proxy checks by dialling it back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fleetsql_tiers::{ClusterEntry, ProxyEntry, SqlNodeEntry, TlaEntry, Topology};
+use fleetsql_flight::{FlightChild, FlightChildOptions, TlsContext, TlsFiles};
+use fleetsql_tiers::{ClusterEntry, ProxyEntry, SqlNodeEntry, TlaEntry, TlsSettings, Topology};
 use serde_json::Value;
 
 use crate::cluster::{BINARY, ready_line};
-use crate::tiers::{TestCluster, eventually};
+use crate::tiers::{TestCluster, eventually, metric};
 
 /// `fleetsql agent --cluster ... --proxy ...`, killed on drop.
 struct JoiningAgent {
@@ -29,6 +32,17 @@ impl Drop for JoiningAgent {
 
 impl JoiningAgent {
     async fn start(dir: &std::path::Path, name: &str, cluster: &str, proxy: SocketAddr) -> Self {
+        Self::start_with(dir, name, cluster, proxy, &[]).await.0
+    }
+
+    /// With `extra` flags; also its Flight address from its ready line.
+    async fn start_with(
+        dir: &std::path::Path,
+        name: &str,
+        cluster: &str,
+        proxy: SocketAddr,
+        extra: &[String],
+    ) -> (Self, SocketAddr) {
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
         let any = "127.0.0.1:0";
         let mut child = Command::new(BINARY)
@@ -43,16 +57,22 @@ impl JoiningAgent {
             ])
             .args(["--proxy", &proxy.to_string()])
             .args(["--flight", any, "--http", any, "--publish", any])
+            .args(extra)
             .env("FLEETSQL_LOG", "info")
             .env_remove("FLEETSQL_TOPOLOGY")
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .expect("start fleetsql agent");
-        ready_line(&mut child, "fleetsql agent ready:")
+        let line = ready_line(&mut child, "fleetsql agent ready:")
             .await
             .unwrap_or_else(|| panic!("agent {name} exited before it was ready; see {name}.log"));
-        JoiningAgent { child }
+        let flight = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("flight="))
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no flight address in {line}"));
+        (JoiningAgent { child }, flight)
     }
 }
 
@@ -192,4 +212,237 @@ async fn agents_join_their_cluster_by_themselves_and_leave_after_the_expiry() {
         "{}",
         cluster.log("c1-p1")
     );
+}
+
+/// `fleetsql certs ARGS --dir DIR`, which must succeed.
+fn certs(args: &[&str], dir: &std::path::Path) {
+    let out = Command::new(BINARY)
+        .arg("certs")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .env("FLEETSQL_LOG", "warn")
+        .output()
+        .expect("run fleetsql certs");
+    assert!(
+        out.status.success(),
+        "fleetsql certs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `--tls-ca --tls-cert --tls-key` of `cert`.crt/.key in `dir`, with the CA of `ca_dir`.
+fn tls_flags(ca_dir: &std::path::Path, dir: &std::path::Path, cert: &str) -> Vec<String> {
+    let path = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+    vec![
+        "--tls-ca".into(),
+        path(ca_dir.join("ca.crt")),
+        "--tls-cert".into(),
+        path(dir.join(format!("{cert}.crt"))),
+        "--tls-key".into(),
+        path(dir.join(format!("{cert}.key"))),
+    ]
+}
+
+/// Waits until `name`'s log (in `dir`) says its announcement was refused,
+/// and returns the log.
+async fn refused_log(dir: &std::path::Path, name: &str) -> String {
+    let file = dir.join(format!("{name}.log"));
+    eventually(Duration::from_secs(30), "the refusal", || async {
+        let log = std::fs::read_to_string(&file).unwrap_or_default();
+        log.contains("proxy refused this agent's announcement")
+            .then_some(log)
+    })
+    .await
+}
+
+/// `fleet_members`: member → Flight address.
+async fn member_addresses(cluster: &TestCluster) -> BTreeMap<String, String> {
+    let (_, body) = cluster
+        .query("SELECT member, flight FROM fleet_members ORDER BY member")
+        .await;
+    body["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| Some((r[0].as_str()?.to_string(), r[1].as_str()?.to_string())))
+        .collect()
+}
+
+/// A proxy, TLA and SQL node over mutual TLS (`fleetsql certs`): an agent
+/// joining with a certificate for its name is verified by its proxy and its
+/// rows reach SQL; it serves its proxy and refuses another fleet node.
+/// Agents joining with a certificate for another name, with one of another
+/// CA, or without TLS flags are refused (403 with the reason, logged on
+/// both sides, counted in the proxy's /metrics) and are no members; a
+/// forged announcement of the member's name at another address is refused
+/// and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_mtls_only_agents_with_a_certificate_for_their_name_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs_dir = dir.path().join("certs");
+    let other_ca = dir.path().join("other-ca");
+    certs(&["init"], &certs_dir);
+    certs(&["init"], &other_ca);
+    for name in ["c1-p1", "t1", "sql", "good", "intruder"] {
+        certs(&["issue", name], &certs_dir);
+    }
+    certs(&["issue", "stranger"], &other_ca);
+    let mut topology = Topology {
+        tick: Duration::from_secs(1),
+        ..Topology::default()
+    };
+    topology
+        .clusters
+        .insert("c1".into(), ClusterEntry::default());
+    topology.proxies.insert(
+        "c1-p1".into(),
+        ProxyEntry {
+            cluster: "c1".into(),
+            ..ProxyEntry::default()
+        },
+    );
+    topology.tlas.insert("t1".into(), TlaEntry::default());
+    topology.sqlnodes.insert(
+        "sql".into(),
+        SqlNodeEntry {
+            tlas: BTreeMap::from([("t1".to_string(), 0)]),
+            ..SqlNodeEntry::default()
+        },
+    );
+    topology.tls = Some(TlsSettings {
+        ca: certs_dir.join("ca.crt"),
+        certs_dir: Some(certs_dir.clone()),
+        nodes: BTreeMap::new(),
+        poll: None,
+    });
+    let agents_dir = dir.path().to_path_buf();
+    let cluster = TestCluster::launch(dir, topology, &BTreeSet::new(), false).await;
+    let proxy = cluster.addr("c1-p1", "http");
+
+    // The agent with its own certificate joins: verified, fetched over
+    // mTLS, its rows reach the SQL node.
+    let (_good, good_flight) = JoiningAgent::start_with(
+        &agents_dir,
+        "good",
+        "c1",
+        proxy,
+        &tls_flags(&certs_dir, &certs_dir, "good"),
+    )
+    .await;
+    eventually(Duration::from_secs(30), "good's rows", || async {
+        let (_, body) = cluster
+            .query("SELECT count(*) FROM sys WHERE _cluster = 'c1'")
+            .await;
+        (body["rows"][0][0].as_u64().unwrap_or(0) >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(members(&cluster).await["good"], "present");
+
+    // It serves its proxy only: the TLA's certificate (valid, of the fleet
+    // CA) is refused, the proxy's served.
+    let dial = |node: &str| {
+        let files = TlsFiles {
+            ca: certs_dir.join("ca.crt"),
+            cert: certs_dir.join(format!("{node}.crt")),
+            key: certs_dir.join(format!("{node}.key")),
+        };
+        FlightChild::new(
+            "good",
+            format!("http://{good_flight}"),
+            FlightChildOptions {
+                tls: Some(TlsContext::load("test", node, files).unwrap()),
+                ..FlightChildOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    dial("c1-p1").health().await.unwrap();
+    assert!(
+        dial("t1").health().await.is_err(),
+        "t1 is not good's parent"
+    );
+
+    // A certificate for another name, one of another CA, none: refused.
+    let (_misnamed, misnamed_flight) = JoiningAgent::start_with(
+        &agents_dir,
+        "misnamed",
+        "c1",
+        proxy,
+        &tls_flags(&certs_dir, &certs_dir, "intruder"),
+    )
+    .await;
+    let (_foreign, _) = JoiningAgent::start_with(
+        &agents_dir,
+        "stranger",
+        "c1",
+        proxy,
+        &tls_flags(&other_ca, &other_ca, "stranger"),
+    )
+    .await;
+    let (_plain, plain_flight) =
+        JoiningAgent::start_with(&agents_dir, "plain", "c1", proxy, &[]).await;
+    let log = refused_log(&agents_dir, "misnamed").await;
+    assert!(
+        log.contains("could not verify agent `misnamed`") && log.contains("`intruder`"),
+        "{log}"
+    );
+    let log = refused_log(&agents_dir, "stranger").await;
+    assert!(log.contains("could not verify agent `stranger`"), "{log}");
+    let log = refused_log(&agents_dir, "plain").await;
+    assert!(
+        log.contains("could not verify agent `plain`") && log.contains("--tls-cert"),
+        "{log}"
+    );
+
+    // A forged announcement of `good` at another address (one serving a
+    // fleet certificate, another name) is refused and moves nothing.
+    for flight in [misnamed_flight, plain_flight] {
+        let forged = reqwest::Client::new()
+            .post(format!("http://{proxy}/v1/announce"))
+            .json(&serde_json::json!({
+                "format": 1, "name": "good", "cluster": "c1",
+                "flight": flight.to_string(), "version": "0.0.0",
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), reqwest::StatusCode::FORBIDDEN);
+        let error = forged.json::<Value>().await.unwrap()["error"].to_string();
+        assert!(error.contains("could not verify agent `good`"), "{error}");
+    }
+
+    let text = cluster.metrics("c1-p1").await;
+    let announce_refusals = metric(
+        &text,
+        "fleetsql_announce_refusals_total",
+        &[("reason", "unverified")],
+    );
+    assert!(announce_refusals >= 5.0, "{text}");
+    let tls_refusals = |reason: &str| {
+        metric(
+            &text,
+            "fleetsql_tls_refusals_total",
+            &[("link", "outgoing"), ("reason", reason)],
+        )
+    };
+    assert!(tls_refusals("not_in_topology") >= 2.0, "{text}");
+    assert!(tls_refusals("unknown_ca") >= 1.0, "{text}");
+    assert!(
+        cluster.log("c1-p1").contains("announcement refused"),
+        "{}",
+        cluster.log("c1-p1")
+    );
+
+    // Only `good` is a member, at its own address, and still answers.
+    let addresses = member_addresses(&cluster).await;
+    assert_eq!(
+        addresses.keys().collect::<Vec<_>>(),
+        ["good"],
+        "{addresses:?}"
+    );
+    assert_eq!(addresses["good"], good_flight.to_string());
+    cluster.generations_pass("t1", 2).await;
+    assert_eq!(members(&cluster).await["good"], "present");
+    assert_eq!(coverage(&cluster, "c1").await, Some((1, 1)));
 }
