@@ -23,6 +23,40 @@ use crate::system_tables;
 /// do not read the pinned generation.
 pub(crate) type ExtraTables = Arc<parking_lot::RwLock<BTreeMap<String, Arc<dyn TableProvider>>>>;
 
+/// The columns of every fleet table this node has seen collected, kept
+/// after the table's requests expire: catalogs (psql's `\d`, JDBC's
+/// `getColumns`, `information_schema.columns`) list a table the span
+/// publishes but nobody queries lately with the columns it last had,
+/// without asking the fleet for its rows.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct KnownSchemas(Arc<parking_lot::RwLock<BTreeMap<String, SchemaRef>>>);
+
+impl KnownSchemas {
+    /// Remembers the schemas of `generation`'s collected tables; called
+    /// for each generation the node installs. Cheap when nothing changed:
+    /// schemas are compared by pointer first, then by value.
+    pub(crate) fn note(&self, generation: &Generation) {
+        let changed = {
+            let known = self.0.read();
+            generation.tables.iter().any(|(name, table)| {
+                known
+                    .get(name)
+                    .is_none_or(|s| !Arc::ptr_eq(s, table.schema()) && s != table.schema())
+            })
+        };
+        if changed {
+            let mut known = self.0.write();
+            for (name, table) in &generation.tables {
+                known.insert(name.clone(), table.schema().clone());
+            }
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<SchemaRef> {
+        self.0.read().get(name).cloned()
+    }
+}
+
 tokio::task_local! {
     /// The generation the query running on this task reads.
     pub(crate) static PINNED: Arc<Generation>;
@@ -41,6 +75,7 @@ pub(crate) struct FleetSchema {
     pub(crate) current: watch::Receiver<Arc<Generation>>,
     pub(crate) extra: ExtraTables,
     pub(crate) views: Arc<crate::views::Views>,
+    pub(crate) known: KnownSchemas,
 }
 
 #[async_trait]
@@ -73,19 +108,32 @@ impl SchemaProvider for FleetSchema {
             });
             return Ok(Some(table));
         }
-        Ok(generation.table(name).map(|table| {
-            Arc::new(GenerationTable {
-                name: name.to_string(),
-                schema: table.schema().clone(),
-                system: None,
-                current: self.current.clone(),
-            }) as Arc<dyn TableProvider>
-        }))
+        // A table the span publishes but this generation did not collect
+        // (nobody asked for it lately) is still a table: catalogs list it,
+        // with the columns it had when last collected, or none yet. A
+        // query never plans against such a one: pinning waits until the
+        // table is collected (or says it is not), so its scan finds no
+        // rows only for a catalog probe.
+        let schema = match generation.table(name) {
+            Some(table) => table.schema().clone(),
+            None if generation.meta.available.contains(name) => self
+                .known
+                .get(name)
+                .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty())),
+            None => return Ok(None),
+        };
+        Ok(Some(Arc::new(GenerationTable {
+            name: name.to_string(),
+            schema,
+            system: None,
+            current: self.current.clone(),
+        })))
     }
 
     fn table_exist(&self, name: &str) -> bool {
         let generation = pinned_or(&self.current);
         generation.tables.contains_key(name)
+            || generation.meta.available.contains(name)
             || system_tables::SYSTEM_TABLES.contains(&name)
             || self.extra.read().contains_key(name)
             || self.views.get(name).is_some()

@@ -56,6 +56,53 @@ fn version_udf() -> ScalarUDF {
     )
 }
 
+/// `current_setting(name)` for the settings clients read before they
+/// query (Grafana asks `server_version_num` to pick its SQL dialect, and
+/// `search_path` to list the tables it may name unqualified); NULL for
+/// any other, as `current_setting(name, true)` answers a missing one.
+fn setting_value(name: &str) -> Option<String> {
+    Some(match name.trim().to_lowercase().as_str() {
+        "server_version" => server_version(),
+        "server_version_num" => server_version_num().to_string(),
+        "search_path" => "public".to_string(),
+        "standard_conforming_strings" | "integer_datetimes" => "on".to_string(),
+        "client_encoding" | "server_encoding" => "UTF8".to_string(),
+        "datestyle" => "ISO, MDY".to_string(),
+        "timezone" => "UTC".to_string(),
+        "max_identifier_length" => "63".to_string(),
+        "transaction_read_only" | "default_transaction_read_only" => "on".to_string(),
+        _ => return None,
+    })
+}
+
+fn current_setting_udf() -> ScalarUDF {
+    create_udf(
+        "current_setting",
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let Some(arg) = args.first() else {
+                return exec_err!("current_setting takes a setting's name");
+            };
+            let names = arg.to_array(1)?;
+            let names = datafusion::arrow::compute::cast(&names, &DataType::Utf8)?;
+            let values: StringArray = names
+                .as_string::<i32>()
+                .iter()
+                .map(|name| name.and_then(setting_value))
+                .collect();
+            let values: ArrayRef = Arc::new(values);
+            Ok(match arg {
+                ColumnarValue::Scalar(_) => {
+                    ColumnarValue::Scalar(ScalarValue::try_from_array(&values, 0)?)
+                }
+                ColumnarValue::Array(_) => ColumnarValue::Array(values),
+            })
+        }),
+    )
+}
+
 /// OIDs of the built-in types a name can mean (`integer` is `int4`).
 fn builtin_type_oid(name: &str) -> Option<i32> {
     let name = name.trim().trim_start_matches("pg_catalog.").to_lowercase();
@@ -186,6 +233,7 @@ const POSTGRES_COLUMNS: &str = "SELECT * FROM (SELECT table_catalog, table_schem
 pub(crate) fn register(ctx: &datafusion::prelude::SessionContext) {
     ctx.register_udf(version_udf());
     ctx.register_udf(to_regtype_udf());
+    ctx.register_udf(current_setting_udf());
     ctx.register_udf(postgres_type_name_udf());
     if cfg!(debug_assertions) && std::env::var_os(TEST_PANIC_ENV).is_some() {
         ctx.register_udf(test_panic_udf());
@@ -290,6 +338,16 @@ mod tests {
             "timestamp without time zone"
         );
         assert!(postgres_columns().is_some());
+    }
+
+    #[test]
+    fn settings_clients_read_answer_as_postgres_does() {
+        assert_eq!(
+            setting_value("server_version_num").as_deref(),
+            Some("160006")
+        );
+        assert_eq!(setting_value("search_path").as_deref(), Some("public"));
+        assert_eq!(setting_value("no_such_setting"), None);
     }
 
     #[test]

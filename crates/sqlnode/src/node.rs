@@ -154,6 +154,9 @@ struct Inner {
     /// Reads versioned table names (`FOR SYSTEM_TIME AS OF`); set by the
     /// node's history when it keeps one.
     time_travel: parking_lot::RwLock<Option<Arc<dyn TimeTravel>>>,
+    /// Columns of the fleet tables seen collected (the catalogs' view of
+    /// tables not collected now).
+    known_schemas: crate::catalog::KnownSchemas,
 }
 
 /// When the node began answering from a generation its source made.
@@ -257,6 +260,7 @@ impl SqlNode {
         let ctx = SessionContext::new_with_state(state);
         crate::compat::register(&ctx);
         let extra_tables = ExtraTables::default();
+        let known_schemas = crate::catalog::KnownSchemas::default();
         let views = Arc::new(Views::new(config.query_timeout));
         let shared = SharedAnswers::new(config.shared_answers_bytes);
         let catalog = ctx
@@ -269,6 +273,7 @@ impl SqlNode {
                     current: receiver,
                     extra: extra_tables.clone(),
                     views: views.clone(),
+                    known: known_schemas.clone(),
                 }),
             )
             .map_err(SqlError::from)?;
@@ -312,6 +317,7 @@ impl SqlNode {
             time_travel: parking_lot::RwLock::new(None),
             shared,
             views,
+            known_schemas,
         });
         inner.views.set_context(&inner.ctx);
         inner.extra_tables.write().insert(
@@ -1175,6 +1181,7 @@ fn install(inner: &Inner, generation: Arc<Generation>) {
         installed_at_ms: 0,
         oldest_data_ms: generation.meta.visibility.oldest_data_ms(),
     };
+    inner.known_schemas.note(&generation);
     inner.generation.send_replace(generation.clone());
     *inner.last_install.lock() = Some(Install {
         installed_at_ms: now_ms(),

@@ -134,3 +134,104 @@ async fn psql_describes_a_table_without_a_notice_per_catalog_query() {
     let (out, _) = psql(&fleet, &["-c", "\\dt"]);
     assert!(out.contains("public|sys|table"), "{out}");
 }
+
+/// Runs the real `psql` against `fleet` as a user would at a terminal, but
+/// with every setting that changes its output fixed: no psqlrc (`-X`),
+/// quiet (`-q`: no `SET`/`COPY n` chatter), no pager, the C locale
+/// (untranslated headers), UTC, UTF-8. `commands` go in with `-c`, each
+/// in order over one connection. Returns stdout; stderr (the completeness
+/// NOTICE, which names generations and ages) must have no ERROR.
+fn psql_fixed(fleet: &FixtureFleet, commands: &[&str]) -> String {
+    let port = fleet.pg.local_addr().port().to_string();
+    let mut command = Command::new("psql");
+    command
+        .args(["-X", "-q", "-h", "127.0.0.1", "-p", &port, "-U", "fleetsql"])
+        .args(["-d", "fleetsql", "-v", "ON_ERROR_STOP=1", "-P", "pager=off"]);
+    for c in commands {
+        command.args(["-c", c]);
+    }
+    let output = command
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PGTZ", "UTC")
+        .env("PGCLIENTENCODING", "UTF8")
+        .env("LC_ALL", "C")
+        .env_remove("PSQLRC")
+        .env_remove("PAGER")
+        .env_remove("COLUMNS")
+        .output()
+        .expect("psql is installed (scripts/apt lists it)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && !stderr.contains("ERROR"),
+        "psql {commands:?} failed: {stderr}"
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The expected output of one psql meta-command, `tests/integration/psql/NAME`;
+/// with `FLEETSQL_BLESS=1` the actual output is written there instead.
+fn expect_psql(name: &str, actual: &str) {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/integration/psql")
+        .join(name);
+    if std::env::var_os("FLEETSQL_BLESS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (FLEETSQL_BLESS=1 writes it)", path.display()));
+    assert_eq!(
+        actual,
+        expected,
+        "psql output differs from {} (FLEETSQL_BLESS=1 rewrites it)",
+        path.display()
+    );
+}
+
+/// psql's meta-commands against the fixed fleet's Postgres listener,
+/// compared with the files in `tests/integration/psql/`. What differs from
+/// run to run (ports, generations, ages) is never in the compared output:
+/// the completeness NOTICE goes to stderr, the catalogs list names and
+/// types, and the fixed fleet's rows are the same every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_meta_commands_match_the_expected_output() {
+    let fleet = FixtureFleet::start().await;
+    // Before any query: every table the fleet publishes is listed, none
+    // collected yet (their columns are not known).
+    let dt = psql_fixed(&fleet, &["\\dt"]);
+    for never_queried in ["load_info", "machinerole", "processes", "sys"] {
+        assert!(
+            dt.contains(&format!(" {never_queried} ")),
+            "{never_queried} not listed:\n{dt}"
+        );
+    }
+    expect_psql("dt.out", &dt);
+    // Collected now, so `\d sys` has its columns.
+    psql_fixed(&fleet, &["SELECT count(*) FROM sys"]);
+    for (name, commands) in [
+        ("d.out", &["\\d"][..]),
+        ("d_sys.out", &["\\d sys"]),
+        ("dn.out", &["\\dn"]),
+        ("l.out", &["\\l"]),
+        (
+            "x.out",
+            &[
+                "\\x on",
+                "SELECT _host, ip, role FROM machinerole ORDER BY _host LIMIT 2",
+            ],
+        ),
+    ] {
+        expect_psql(name, &psql_fixed(&fleet, commands));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sys.csv");
+    let out = psql_fixed(
+        &fleet,
+        &[&format!(
+            "\\copy (SELECT _host, ip, memtotal, cpu_pct FROM sys ORDER BY _host) TO '{}' WITH CSV HEADER",
+            file.display()
+        )],
+    );
+    assert_eq!(out, "", "quiet \\copy printed {out}");
+    expect_psql("copy_sys.csv", &std::fs::read_to_string(&file).unwrap());
+}

@@ -337,7 +337,12 @@ async fn pg_client(fleet: &FixtureFleet) -> Result<tokio_postgres::Client, SltEr
 }
 
 fn slt_files() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("tests/slt"))
+    slt_files_in("tests/slt")
+}
+
+/// The `.slt` files of `dir` (under the repository's root), in name order.
+fn slt_files_in(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join(dir))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "slt"))
@@ -410,6 +415,27 @@ async fn slt_over_postgres_extended_protocol() {
         let mut runner = sqllogictest::Runner::new(|| async {
             let fleet = FixtureFleet::start().await;
             Ok(OverPostgresExtended {
+                client: pg_client(&fleet).await?,
+                _fleet: fleet,
+            })
+        });
+        runner
+            .run_file_async(&file)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    }
+}
+
+/// `tests/slt_pg/*.slt`: what Postgres clients send before they query
+/// (Grafana's PostgreSQL data source, pgjdbc's `DatabaseMetaData`, psql),
+/// word for word. Postgres syntax (`::regclass`, `OPERATOR(...)`, `~`)
+/// that only the Postgres front end reads, so over the wire only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slt_client_catalog_queries_over_postgres_wire() {
+    for file in slt_files_in("tests/slt_pg") {
+        let mut runner = sqllogictest::Runner::new(|| async {
+            let fleet = FixtureFleet::start().await;
+            Ok(OverPostgres {
                 client: pg_client(&fleet).await?,
                 _fleet: fleet,
             })
