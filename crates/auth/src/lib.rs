@@ -43,6 +43,6 @@ pub use role::{Action, AuthMethod, Principal, Role};
 pub use scram::{DEFAULT_ITERATIONS, ScramError, ScramExchange, ScramVerifier};
 pub use session::{Credential, CredentialError, Session, SessionStore};
 pub use throttle::ThrottleConfig;
-pub use tls::{ServerTls, TlsError, TlsFiles};
+pub use tls::{HandshakeFailure, ServerTls, TlsError, TlsFiles, tls_incoming};
 pub use tokens::{NewToken, TokenRecord, TokenStore, TokensFile, parse_duration, unix_now};
 pub use users::{User, UserStore, UsersFile};

@@ -206,3 +206,64 @@ impl ServerTls {
         )
     }
 }
+
+/// Why one connection's TLS handshake did not finish.
+#[derive(Debug)]
+pub enum HandshakeFailure {
+    /// The peer's hello, certificate or protocol was refused.
+    Refused(std::io::Error),
+    /// The peer did not finish within the time-out.
+    TimedOut,
+}
+
+/// Connections accepted on `listener` after their TLS handshake, for a
+/// gRPC server's `serve_with_incoming`. Each handshake runs on a task of
+/// its own, so a slow or hostile peer holds up no other; `acceptor` is
+/// asked per connection (certificates re-read while serving) and
+/// `failed` hears of each handshake that did not finish. Accepting stops
+/// when `stop` turns true.
+pub fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    acceptor: impl Fn() -> TlsAcceptor + Send + 'static,
+    handshake_timeout: Duration,
+    failed: impl Fn(std::net::SocketAddr, HandshakeFailure) + Send + Sync + 'static,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> impl futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>
++ Send
++ 'static {
+    let (sender, receiver) = tokio::sync::mpsc::channel(16);
+    let failed = Arc::new(failed);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.wait_for(|stop| *stop) => return,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: let it pass
+                    // rather than spin.
+                    tracing::warn!(error = %e, "could not accept a TLS connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let handshake = acceptor().accept(tcp);
+            let (failed, sender) = (failed.clone(), sender.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake_timeout, handshake).await {
+                    Ok(Ok(stream)) => {
+                        let _ = sender.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => failed(peer, HandshakeFailure::Refused(e)),
+                    Err(_) => failed(peer, HandshakeFailure::TimedOut),
+                }
+            });
+        }
+    });
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    })
+}

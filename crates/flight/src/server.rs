@@ -24,6 +24,7 @@ use crate::stats::TransferStats;
 use crate::tls::{self, TlsContext};
 use crate::wire::{self, Compression, FetchTicket};
 use crate::{FlightError, Result};
+use fleetsql_auth::{HandshakeFailure, tls_incoming};
 
 /// The `DoAction` type answered with a small JSON health report.
 pub const HEALTH_ACTION: &str = "health";
@@ -171,7 +172,24 @@ impl FlightServer {
                     router.serve_with_incoming_shutdown(incoming, stop).await
                 }
                 Some(tls) => {
-                    let incoming = tls_incoming(listener, tls, shutdown_rx);
+                    // A peer the verifier refuses never reaches the
+                    // service (logged and counted by the context).
+                    let acceptor_tls = tls.clone();
+                    let failed = move |peer: std::net::SocketAddr, failure| match failure {
+                        HandshakeFailure::Refused(e) => {
+                            tls.handshake_failed(tls::Link::Incoming, &format!("{peer}"), &e)
+                        }
+                        HandshakeFailure::TimedOut => {
+                            tls.handshake_timed_out(tls::Link::Incoming, peer)
+                        }
+                    };
+                    let incoming = tls_incoming(
+                        listener,
+                        move || tokio_rustls::TlsAcceptor::from(acceptor_tls.server_config()),
+                        tls::HANDSHAKE_TIMEOUT,
+                        failed,
+                        shutdown_rx,
+                    );
                     router.serve_with_incoming_shutdown(incoming, stop).await
                 }
             };
@@ -230,52 +248,6 @@ impl Drop for FlightServer {
             runtime.shutdown_background();
         }
     }
-}
-
-/// Accepted connections after their TLS handshake, each handshake on a
-/// task of its own so a slow or hostile peer holds up no other. A peer the
-/// verifier refuses never reaches the service (logged and counted there).
-fn tls_incoming(
-    listener: tokio::net::TcpListener,
-    tls: Arc<TlsContext>,
-    mut stop: watch::Receiver<bool>,
-) -> impl Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>
-+ Send
-+ 'static {
-    let (sender, receiver) = mpsc::channel(16);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = stop.wait_for(|stop| *stop) => return,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: let it pass
-                    // rather than spin.
-                    tracing::warn!(error = %e, "Flight server could not accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
-            let (tls, sender) = (tls.clone(), sender.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = sender.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => tls.handshake_failed(tls::Link::Incoming, &format!("{peer}"), &e),
-                    Err(_) => tls.handshake_timed_out(tls::Link::Incoming, peer),
-                }
-            });
-        }
-    });
-    futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|item| (item, receiver))
-    })
 }
 
 struct Service {

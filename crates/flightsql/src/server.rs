@@ -1,12 +1,9 @@
 use std::net::SocketAddr;
-
-use fleetsql_auth::{AuditLog, FrontEnd, ServerTls};
-use futures::Stream;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
+use fleetsql_auth::{FrontEnd, HandshakeFailure, tls_incoming};
 use fleetsql_sqlnode::SqlNode;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -84,7 +81,28 @@ impl FlightSqlServer {
                     router.serve_with_incoming_shutdown(incoming, stop).await
                 }
                 Some(tls) => {
-                    let incoming = tls_incoming(listener, tls, audit, accepting);
+                    let failed = move |peer, failure| match failure {
+                        HandshakeFailure::Refused(e) => {
+                            tracing::info!(%peer, error = %e, "Flight SQL TLS handshake failed");
+                            audit.refused(
+                                FrontEnd::FlightSql,
+                                Some(peer),
+                                "",
+                                "tls_handshake",
+                                &format!("TLS handshake failed: {e}"),
+                            );
+                        }
+                        HandshakeFailure::TimedOut => {
+                            tracing::info!(%peer, "Flight SQL TLS handshake timed out");
+                        }
+                    };
+                    let incoming = tls_incoming(
+                        listener,
+                        move || tls.acceptor(),
+                        HANDSHAKE_TIMEOUT,
+                        failed,
+                        accepting,
+                    );
                     router.serve_with_incoming_shutdown(incoming, stop).await
                 }
             };
@@ -127,62 +145,4 @@ impl Drop for FlightSqlServer {
             task.abort();
         }
     }
-}
-
-/// Accepted connections after their TLS handshake, each handshake on a
-/// task of its own so a slow or hostile client holds up no other, with the
-/// certificate as its files are now (rotation without a restart).
-fn tls_incoming(
-    listener: tokio::net::TcpListener,
-    tls: Arc<ServerTls>,
-    audit: Arc<AuditLog>,
-    mut stop: watch::Receiver<bool>,
-) -> impl Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>
-+ Send
-+ 'static {
-    let (sender, receiver) = mpsc::channel(16);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = stop.wait_for(|stop| *stop) => return,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: let it pass
-                    // rather than spin.
-                    tracing::warn!(error = %e, "Flight SQL could not accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = tls.acceptor();
-            let (audit, sender) = (audit.clone(), sender.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = sender.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::info!(%peer, error = %e, "Flight SQL TLS handshake failed");
-                        audit.refused(
-                            FrontEnd::FlightSql,
-                            Some(peer),
-                            "",
-                            "tls_handshake",
-                            &format!("TLS handshake failed: {e}"),
-                        );
-                    }
-                    Err(_) => {
-                        tracing::info!(%peer, "Flight SQL TLS handshake timed out");
-                    }
-                }
-            });
-        }
-    });
-    futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|item| (item, receiver))
-    })
 }
