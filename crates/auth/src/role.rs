@@ -28,10 +28,12 @@ pub enum Action {
     ManageUsers,
     /// Create or revoke tokens.
     ManageTokens,
+    /// Read the audit log (`fleet_audit`): every user's SQL and address.
+    ReadAudit,
 }
 
 impl Action {
-    pub const ALL: [Action; 8] = [
+    pub const ALL: [Action; 9] = [
         Action::Login,
         Action::RunSql,
         Action::Subscribe,
@@ -40,6 +42,7 @@ impl Action {
         Action::AckAlert,
         Action::ManageUsers,
         Action::ManageTokens,
+        Action::ReadAudit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl Action {
             Action::AckAlert => "ack_alert",
             Action::ManageUsers => "manage_users",
             Action::ManageTokens => "manage_tokens",
+            Action::ReadAudit => "read_audit",
         }
     }
 }
@@ -92,7 +96,7 @@ impl Role {
         let needed = match action {
             Action::Login | Action::RunSql | Action::Subscribe => Role::Reader,
             Action::RegisterQuery | Action::DeleteQuery | Action::AckAlert => Role::Operator,
-            Action::ManageUsers | Action::ManageTokens => Role::Admin,
+            Action::ManageUsers | Action::ManageTokens | Action::ReadAudit => Role::Admin,
         };
         self >= needed
     }

@@ -46,12 +46,22 @@ pub(crate) struct MetricsClient {
 
 impl MetricsClient {
     pub(crate) fn new(addr: SocketAddr) -> MetricsClient {
+        MetricsClient::over(addr, None)
+    }
+
+    /// Over HTTPS with `tls` (a node with a certificate serves only that).
+    pub(crate) fn over(
+        addr: SocketAddr,
+        tls: Option<tokio_rustls::rustls::ClientConfig>,
+    ) -> MetricsClient {
+        let builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        let (builder, scheme) = match tls {
+            Some(config) => (builder.use_preconfigured_tls(config), "https"),
+            None => (builder, "http"),
+        };
         MetricsClient {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
-            url: format!("http://{addr}/metrics"),
+            http: builder.build().unwrap_or_default(),
+            url: format!("{scheme}://{addr}/metrics"),
         }
     }
 

@@ -288,6 +288,9 @@ pub struct TlsCost {
 struct TlsHalf {
     servers: Vec<FlightServer>,
     settings: TlsSettings,
+    /// The bench's Postgres clients in this half: TLS, the SQL node's
+    /// certificate checked against the run's CA and its address.
+    pg: PgTls,
 }
 
 impl TlsHalf {
@@ -328,7 +331,12 @@ impl TlsHalf {
             .map_err(|e| failed(format!("serving a simulated proxy: {e}")))?;
             servers.push(server);
         }
-        Ok(TlsHalf { servers, settings })
+        let pg = PgTls::trusting(&settings.ca).map_err(failed)?;
+        Ok(TlsHalf {
+            servers,
+            settings,
+            pg,
+        })
     }
 
     async fn shutdown(self) {
@@ -346,7 +354,7 @@ pub fn tls_markdown(c: &TlsCost) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} machines in {} clusters ({} processes each), tick {} ms, churn {}, Flight compression {}, {} rows and {:.0} MiB of Arrow per generation; each half measured {:.0} s on the same simulated fleet, first plaintext, then mutual TLS on every Flight link (load average {:.1} / {:.1} on {} cores at the end of each).\n",
+        "{} machines in {} clusters ({} processes each), tick {} ms, churn {}, Flight compression {}, {} rows and {:.0} MiB of Arrow per generation; each half measured {:.0} s on the same simulated fleet, first plaintext, then mutual TLS on every Flight link and TLS on the Postgres port (load average {:.1} / {:.1} on {} cores at the end of each).\n",
         b.machines,
         b.clusters,
         b.processes_per_machine,
@@ -408,10 +416,11 @@ fn proxy_name(proxy: &SimProxy) -> String {
     format!("{}-proxy", proxy.cluster())
 }
 
-/// The cost of mutual TLS between tiers: the scenario twice on one
-/// simulated fleet, every Flight link plaintext, then over mTLS (the
-/// simulated proxies, the TLA and the SQL node each with a certificate of
-/// a fleet CA made for the run). DuckDB is not compared. Each half's report
+/// The cost of TLS: the scenario twice on one simulated fleet, every
+/// Flight link and the Postgres port plaintext, then every Flight link over
+/// mTLS (the simulated proxies, the TLA and the SQL node each with a
+/// certificate of a fleet CA made for the run) and the queries over pg
+/// with TLS verified as `sslmode=verify-full` does. DuckDB is not compared. Each half's report
 /// goes to `plain/report.json` and `tls/report.json`, both to
 /// `tls-cost.json`.
 pub async fn run_tls_cost(config: &BenchConfig) -> Result<TlsCost> {
@@ -437,7 +446,7 @@ pub async fn run_tls_cost(config: &BenchConfig) -> Result<TlsCost> {
         phase("first half: plaintext Flight links");
         let (plain, _) = measure(&config, &plain_dir, &fleet, None, None).await?;
         write_json(&plain_dir.join("report.json"), &plain)?;
-        phase("second half: mutual TLS on every Flight link");
+        phase("second half: mutual TLS on every Flight link, TLS on the Postgres port");
         let (tls, _) = measure(&config, &tls_dir, &fleet, None, Some(&half)).await?;
         write_json(&tls_dir.join("report.json"), &tls)?;
         Ok::<_, BenchError>(TlsCost { plain, tls })
@@ -474,6 +483,7 @@ async fn measure(
 ) -> Result<(Report, Option<AppsFigures>)> {
     let proxies = &fleet.proxies[..];
     let servers = tls.map_or(&fleet.servers[..], |t| &t.servers[..]);
+    let sql_tls = tls.and_then(|t| t.settings.files(SQL));
     let tables = all_tables();
     let mut wanted = tables.clone();
     wanted.extend(STATIC_TABLES.iter().map(|t| t.to_string()));
@@ -514,6 +524,9 @@ async fn measure(
             state_dir: apps.map(|a| a.state_dir.path().to_path_buf()),
             alerts_dir: apps.and_then(|a| a.alerts_dir.clone()),
             reports_dir: apps.and_then(|a| a.reports_dir.clone()),
+            // The TLS half's clients speak TLS to the Postgres port too.
+            tls_cert: sql_tls.as_ref().map(|f| f.cert.clone()),
+            tls_key: sql_tls.as_ref().map(|f| f.key.clone()),
             ..SqlNodeEntry::default()
         },
     );
@@ -560,6 +573,7 @@ async fn measure(
     let mut tiers = Tiers {
         tla: Some(tla),
         sql,
+        pg_tls: tls.map(|t| t.pg.clone()),
     };
     let outcome = async {
         if let Some(apps) = apps {
@@ -597,6 +611,9 @@ struct Tiers {
     /// Stopped (taken) before the quiet query timings.
     tla: Option<TierChild>,
     sql: TierChild,
+    /// How the bench's clients reach the SQL node's Postgres and HTTPS
+    /// ports when they speak TLS.
+    pg_tls: Option<PgTls>,
 }
 
 impl Tiers {
@@ -637,8 +654,11 @@ async fn measure_tiers(
     apps: Option<&AppsSetup>,
 ) -> Result<(Report, Option<AppsFigures>)> {
     let machines = sizes.machines;
+    let pg_tls = tiers.pg_tls.clone();
+    let pg_tls = pg_tls.as_ref();
     let tla_metrics = MetricsClient::new(tiers.tla()?.address("http")?);
-    let sql_metrics = MetricsClient::new(tiers.sql.address("http")?);
+    let sql_metrics =
+        MetricsClient::over(tiers.sql.address("http")?, pg_tls.map(|t| t.config.clone()));
     let pg = tiers.sql.address("pg")?;
 
     // A complete first generation on the SQL node.
@@ -676,7 +696,7 @@ async fn measure_tiers(
     waiting.finish_and_clear();
 
     // Measurement: queries over the wire while generations keep coming.
-    let client = connect(pg).await?;
+    let client = connect(pg, pg_tls).await?;
     let under_load = tokio::spawn(query_loop(client, config.duration));
     let measuring = bar(config.duration.as_secs().max(1), "measuring");
     let started = Instant::now();
@@ -742,7 +762,7 @@ async fn measure_tiers(
     // Read while generations still arrive, before the TLA stops below.
     let apps_figures = match apps {
         Some(setup) => {
-            let client = connect(pg).await?;
+            let client = connect(pg, pg_tls).await?;
             Some(crate::apps::figures(&client, tiers.sql.address("http")?, setup).await?)
         }
         None => None,
@@ -755,7 +775,7 @@ async fn measure_tiers(
     if let Some(tla) = tiers.tla.take() {
         tla.stop().await;
     }
-    let client = connect(pg).await?;
+    let client = connect(pg, pg_tls).await?;
     let quiet = quiet_queries(&client, config.query_runs).await?;
     let held_tick = held_tick(&client, config.tick).await;
 
@@ -837,19 +857,68 @@ async fn measure_tiers(
     Ok((report, apps_figures))
 }
 
-async fn connect(pg: SocketAddr) -> Result<tokio_postgres::Client> {
+/// TLS for the bench's Postgres clients, as `sslmode=verify-full`: the
+/// server's certificate must chain to the CA and name the address dialled.
+#[derive(Clone)]
+struct PgTls {
+    pg: tokio_postgres_rustls::MakeRustlsConnect,
+    /// The same trust for the node's HTTPS port (its metrics).
+    config: tokio_rustls::rustls::ClientConfig,
+}
+
+impl PgTls {
+    fn trusting(ca: &Path) -> std::result::Result<PgTls, String> {
+        use tokio_rustls::rustls::pki_types::CertificateDer;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca)
+            .map_err(|e| format!("cannot read the CA {}: {e}", ca.display()))?
+        {
+            let cert = cert.map_err(|e| format!("bad certificate in {}: {e}", ca.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("unusable CA certificate in {}: {e}", ca.display()))?;
+        }
+        let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(PgTls {
+            pg: tokio_postgres_rustls::MakeRustlsConnect::new(config.clone()),
+            config,
+        })
+    }
+}
+
+async fn connect(pg: SocketAddr, tls: Option<&PgTls>) -> Result<tokio_postgres::Client> {
+    let failed = |e: tokio_postgres::Error| BenchError::Query {
+        name: "connect".to_string(),
+        reason: format!("cannot reach the SQL node's Postgres port {pg}: {e}"),
+    };
     let url = format!(
-        "host={} port={} user=bench dbname=fleet",
+        "host={} port={} user=bench dbname=fleet sslmode={}",
         pg.ip(),
-        pg.port()
+        pg.port(),
+        if tls.is_some() { "require" } else { "disable" }
     );
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| BenchError::Query {
-            name: "connect".to_string(),
-            reason: format!("cannot reach the SQL node's Postgres port {pg}: {e}"),
-        })?;
-    tokio::spawn(connection);
+    let client = match tls {
+        None => {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(failed)?;
+            tokio::spawn(connection);
+            client
+        }
+        Some(tls) => {
+            let (client, connection) = tokio_postgres::connect(&url, tls.pg.clone())
+                .await
+                .map_err(failed)?;
+            tokio::spawn(connection);
+            client
+        }
+    };
     Ok(client)
 }
 

@@ -28,8 +28,9 @@ pub(crate) struct DemoArgs {
     /// Time between generations, e.g. `5s`, `500ms`.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     tick: Duration,
-    /// Address the Postgres and HTTP listeners bind to; loopback only (the
-    /// demo has no authentication and no TLS).
+    /// Address the Postgres, HTTP and Flight SQL listeners bind to. Loopback
+    /// unless --users and --tls-cert/--tls-key are given too (without them
+    /// the demo answers anyone who can connect).
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
     /// Postgres wire port (0 picks one).
@@ -56,7 +57,6 @@ pub(crate) struct DemoArgs {
     /// Memory all running queries may hold together, in MiB.
     #[arg(long, default_value_t = 1024)]
     query_memory_mib: usize,
-    /// A TOML file of integrations (Prometheus scrapes, MQTT, perfSONAR esmond).
     /// Queries that may run at once on the SQL node.
     #[arg(long, default_value_t = fleetsql_sqlnode::DEFAULT_MAX_CONCURRENT_QUERIES)]
     max_concurrent_queries: usize,
@@ -64,10 +64,14 @@ pub(crate) struct DemoArgs {
     /// refused at once (SQLSTATE 53300, HTTP 503).
     #[arg(long, default_value_t = fleetsql_sqlnode::DEFAULT_MAX_QUEUED_QUERIES)]
     max_queued_queries: usize,
+    /// A TOML file of integrations (Prometheus scrapes, MQTT, perfSONAR esmond).
     #[arg(long)]
     integrations: Option<PathBuf>,
     #[command(flatten)]
     apps: crate::apps_args::AppArgs,
+    /// Users, tokens and TLS of the demo's SQL node, as for `fleetsql sqlnode`.
+    #[command(flatten)]
+    security: crate::security_args::SecurityArgs,
 }
 
 /// Accepts `250ms`, `5s`, `2m`, or a plain number of seconds.
@@ -113,21 +117,23 @@ fn apps_config(args: &DemoArgs) -> anyhow::Result<AppsConfig> {
     Ok(config)
 }
 
-/// The demo answers anyone who can connect (no TLS, no users), so it
-/// serves this machine only; other machines are served by `fleetsql
-/// sqlnode` once TLS and users are configured.
-fn check_loopback(bind: IpAddr) -> anyhow::Result<()> {
-    if bind.is_loopback() {
+/// Without users and TLS the demo answers anyone who can connect, so it
+/// then serves this machine only.
+fn check_loopback(
+    bind: IpAddr,
+    security: &crate::security_args::SecurityArgs,
+) -> anyhow::Result<()> {
+    if bind.is_loopback() || security.authenticates_over_tls() {
         return Ok(());
     }
     anyhow::bail!(
-        "fleetsql demo binds loopback only: it has no authentication and no TLS, so --bind {bind} would let anyone who can reach this machine query and change it; \
-         use --bind 127.0.0.1 (or ::1), and to serve other machines run `fleetsql sqlnode` with TLS and users configured"
+        "fleetsql demo binds a non-loopback address only with authentication and TLS: without them --bind {bind} would let anyone who can reach this machine query and change it; \
+         use --bind 127.0.0.1 (or ::1), or give --users FILE (`fleetsql users add`) and --tls-cert/--tls-key (`fleetsql certs`)"
     )
 }
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    check_loopback(args.bind)?;
+    check_loopback(args.bind, &args.security)?;
     let sim = SimFleet::new(SimConfig {
         clusters: args.clusters,
         machines_per_cluster: args.machines,
@@ -178,17 +184,19 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             flightsql: Some(SocketAddr::new(args.bind, args.flightsql_port)),
             query_timeout: Some(args.query_timeout),
             query_memory_mib: Some(args.query_memory_mib),
+            max_concurrent_queries: Some(args.max_concurrent_queries),
+            max_queued_queries: Some(args.max_queued_queries),
             // Query History of the seed's tables, so `history.sys` answers
             // after two ticks.
             history: Some(fleetsql_tiers::HistoryConfig {
                 dir: Some(state_dir.join("history")),
                 ..fleetsql_tiers::HistoryConfig::of_tables(["sys", "filesystem", "load_info"])
             }),
-            max_concurrent_queries: Some(args.max_concurrent_queries),
-            max_queued_queries: Some(args.max_queued_queries),
             ..SqlNodeEntry::default()
         },
     );
+    args.security.apply(&mut topology, "sqlnode");
+    let auth_on = args.security.authenticates();
     let fleet = LocalFleet::start(&topology, agents).context("cannot plan the demo's fleet")?;
     let sql = SqlProcess::start_with(
         &topology,
@@ -211,26 +219,36 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let flightsql_addr = sql
         .flightsql_addr()
         .context("the demo's SQL node serves no Flight SQL")?;
+    let tls = args.security.tls();
     println!(
-        "fleetsql demo ready: pg={pg_addr} http={http_addr} flightsql={flightsql_addr} publish={} machines={machines} clusters={} auth=off state={}",
+        "fleetsql demo ready: pg={pg_addr} http={http_addr} flightsql={flightsql_addr} publish={} machines={machines} clusters={} auth={} tls={} state={}",
         agent.publish_addr(),
         args.clusters + 1,
+        if auth_on { "on" } else { "off" },
+        if tls { "on" } else { "off" },
         state_dir.display()
     );
-    println!(
-        "  authentication is off: anyone on this machine can query and change the demo; it listens on loopback only"
-    );
+    if !auth_on {
+        println!(
+            "  authentication is off: anyone on this machine can query and change the demo; it listens on loopback only"
+        );
+    }
     println!();
+    let (scheme, sslmode) = if tls {
+        ("https", " sslmode=verify-full")
+    } else {
+        ("http", "")
+    };
     println!(
-        "  psql -h {} -p {} -c 'SELECT * FROM fleet_clusters'",
+        "  psql 'host={} port={}{sslmode}' -c 'SELECT * FROM fleet_clusters'",
         pg_addr.ip(),
         pg_addr.port()
     );
     println!(
-        "  fleetsql sql --url http://{http_addr} \"SELECT machineip ip_key, mountp mnt_key, (100*bavail)/blocks pct FROM filesystem a WHERE blocks > 0 and (100*bavail)/blocks < 3\""
+        "  fleetsql sql --url {scheme}://{http_addr} \"SELECT machineip ip_key, mountp mnt_key, (100*bavail)/blocks pct FROM filesystem a WHERE blocks > 0 and (100*bavail)/blocks < 3\""
     );
     println!(
-        "  curl -s -H 'content-type: application/json' http://{http_addr}/v1/query -d '{{\"sql\": \"SELECT * FROM fleet_generation\"}}'"
+        "  curl -s -H 'content-type: application/json' {scheme}://{http_addr}/v1/query -d '{{\"sql\": \"SELECT * FROM fleet_generation\"}}'"
     );
     println!(
         "  curl -s -H 'content-type: text/csv' --data-binary $'svc,up\\nweb,1\\n' http://{}/v1/tables/services",
@@ -240,13 +258,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "  python -c 'import adbc_driver_flightsql.dbapi as f; print(f.connect(\"grpc://{flightsql_addr}\").cursor().execute(\"SELECT count(*) FROM sys\").fetch_arrow_table())'"
     );
     println!(
-        "  psql -h {} -p {} -c 'SELECT _generation, _generation_time, count(*) FROM history.sys GROUP BY 1, 2 ORDER BY 1'",
+        "  psql 'host={} port={}{sslmode}' -c 'SELECT _generation, _generation_time, count(*) FROM history.sys GROUP BY 1, 2 ORDER BY 1'",
         pg_addr.ip(),
         pg_addr.port()
     );
-    println!("  console: http://{http_addr}/");
+    println!("  console: {scheme}://{http_addr}/");
     println!();
-    println!("  alerts console: http://{http_addr}/alerts");
+    println!("  alerts console: {scheme}://{http_addr}/alerts");
     println!(
         "  state (alert state, report runs, history of sys, filesystem, load_info): {}",
         state_dir.display()
@@ -280,14 +298,21 @@ mod tests {
 
     #[test]
     fn only_loopback_binds() {
-        assert!(check_loopback("127.0.0.1".parse().unwrap()).is_ok());
-        assert!(check_loopback("::1".parse().unwrap()).is_ok());
+        use crate::security_args::SecurityArgs;
+        let open = SecurityArgs::default();
+        assert!(check_loopback("127.0.0.1".parse().unwrap(), &open).is_ok());
+        assert!(check_loopback("::1".parse().unwrap(), &open).is_ok());
+        let secured = SecurityArgs::with_files("users.toml", "node.crt", "node.key");
         for bind in ["0.0.0.0", "::", "192.168.1.20"] {
-            let error = check_loopback(bind.parse().unwrap())
+            let error = check_loopback(bind.parse().unwrap(), &open)
                 .unwrap_err()
                 .to_string();
-            assert!(error.contains("loopback only"), "{error}");
-            assert!(error.contains("TLS and users"), "{error}");
+            assert!(
+                error.contains("only with authentication and TLS"),
+                "{error}"
+            );
+            assert!(error.contains("--users FILE"), "{error}");
+            assert!(check_loopback(bind.parse().unwrap(), &secured).is_ok());
         }
     }
 }

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use fleetsql_tiers::Topology;
+use fleetsql_tiers::{SecurityFiles, Topology};
 
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub(crate) struct SecurityArgs {
     /// SQL node only: the users file (`fleetsql users add`); Postgres
     /// clients log in with SCRAM-SHA-256. Without it (and no `users` in
@@ -37,24 +37,48 @@ impl SecurityArgs {
             || self.client_ca.is_some()
     }
 
-    /// Writes the flags given over the node's entry.
-    pub(crate) fn apply(&self, topology: &mut Topology, name: &str) -> anyhow::Result<()> {
-        let Some(entry) = topology.sqlnodes.get_mut(name) else {
-            // The start reports the unknown name with the known ones.
-            return Ok(());
-        };
-        let flags = [
-            (&self.users, &mut entry.users),
-            (&self.tokens, &mut entry.tokens),
-            (&self.tls_cert, &mut entry.tls_cert),
-            (&self.tls_key, &mut entry.tls_key),
-            (&self.client_ca, &mut entry.client_ca),
-        ];
-        for (flag, field) in flags {
-            if let Some(path) = flag {
-                *field = Some(path.clone());
-            }
+    /// Clients must log in (a users or tokens file).
+    pub(crate) fn authenticates(&self) -> bool {
+        self.users.is_some() || self.tokens.is_some()
+    }
+
+    /// The client ports speak TLS.
+    pub(crate) fn tls(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
+    /// Every front end asks for a login over TLS: Postgres needs the users
+    /// file for that (tokens are HTTP's and Flight SQL's only).
+    pub(crate) fn authenticates_over_tls(&self) -> bool {
+        self.users.is_some() && self.tls_cert.is_some()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_files(users: &str, tls_cert: &str, tls_key: &str) -> SecurityArgs {
+        SecurityArgs {
+            users: Some(users.into()),
+            tls_cert: Some(tls_cert.into()),
+            tls_key: Some(tls_key.into()),
+            ..SecurityArgs::default()
         }
-        Ok(())
+    }
+
+    /// The files the flags name.
+    pub(crate) fn files(&self) -> SecurityFiles {
+        SecurityFiles {
+            users: self.users.clone(),
+            tokens: self.tokens.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            client_ca: self.client_ca.clone(),
+        }
+    }
+
+    /// Writes the flags given over the node's entry.
+    pub(crate) fn apply(&self, topology: &mut Topology, name: &str) {
+        // An unknown name is reported by the start, with the known ones.
+        if let Some(entry) = topology.sqlnodes.get_mut(name) {
+            self.files().write_over(entry);
+        }
     }
 }

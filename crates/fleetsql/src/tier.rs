@@ -131,7 +131,7 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
             "--users, --tokens, --tls-cert, --tls-key and --client-ca are for `fleetsql sqlnode` and `tla-sql`"
         );
     }
-    args.security.apply(&mut topology, name)?;
+    args.security.apply(&mut topology, name);
     if args.apps.any() && !matches!(role, Role::SqlNode | Role::TlaSql) {
         anyhow::bail!(
             "--state-dir, --alerts-* , --reports-* and --console-* are for `fleetsql sqlnode`, `tla-sql` and `demo`"
@@ -183,11 +183,13 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
             }
             if matches!(role, Role::TlaSql) {
                 let mut process = TlaSqlProcess::start(&topology, name, listen, apps).await?;
+                process.keep_security_flags(args.security.files());
                 process.watch_topology(config.clone(), args.topology_poll);
                 Running::TlaSql(process)
             } else {
                 let mut process =
                     SqlProcess::start_with_apps(&topology, name, listen, apps).await?;
+                process.keep_security_flags(args.security.files());
                 process.watch_topology(config.clone(), args.topology_poll);
                 Running::Sql(process)
             }

@@ -24,11 +24,14 @@ pub const MAX_HELD_PLANS: usize = 256;
 /// Open prepared statements at once; the least recently used goes first.
 pub const MAX_PREPARED: usize = 4096;
 
-/// A plan pinned to the generation its `FlightInfo` described.
+/// A plan pinned to the generation its `FlightInfo` described. Plans and
+/// statements are numbered in sequence, so each is kept for the principal
+/// that made it: another one's number finds nothing.
 #[derive(Debug)]
 pub(crate) struct HeldPlan {
     pub(crate) plan: LogicalPlan,
     pub(crate) generation: Arc<Generation>,
+    owner: String,
     made: Instant,
 }
 
@@ -36,6 +39,7 @@ pub(crate) struct HeldPlan {
 #[derive(Debug, Clone)]
 pub(crate) struct OpenStatement {
     pub(crate) prepared: Arc<Prepared>,
+    owner: String,
     /// The values bound by the last `DoPut`, in `$1, $2, ...` order.
     pub(crate) params: Vec<ScalarValue>,
     used: Instant,
@@ -71,7 +75,12 @@ impl Held {
 
     /// Keeps `plan` for its `DoGet`; `None` when [`MAX_HELD_PLANS`] wait
     /// already.
-    pub(crate) fn hold_plan(&self, plan: LogicalPlan, generation: Arc<Generation>) -> Option<u64> {
+    pub(crate) fn hold_plan(
+        &self,
+        plan: LogicalPlan,
+        generation: Arc<Generation>,
+        owner: &str,
+    ) -> Option<u64> {
         let now = Instant::now();
         let mut plans = self.plans.lock();
         plans.retain(|_, held| now.duration_since(held.made) < HELD_PLAN_TTL);
@@ -84,6 +93,7 @@ impl Held {
             HeldPlan {
                 plan,
                 generation,
+                owner: owner.to_string(),
                 made: now,
             },
         );
@@ -91,8 +101,12 @@ impl Held {
     }
 
     /// The plan of a ticket, once: a second `DoGet` runs the statement again.
-    pub(crate) fn take_plan(&self, number: u64) -> Option<HeldPlan> {
-        let held = self.plans.lock().remove(&number)?;
+    pub(crate) fn take_plan(&self, number: u64, owner: &str) -> Option<HeldPlan> {
+        let mut plans = self.plans.lock();
+        if plans.get(&number)?.owner != owner {
+            return None;
+        }
+        let held = plans.remove(&number)?;
         (held.made.elapsed() < HELD_PLAN_TTL).then_some(held)
     }
 
@@ -101,7 +115,7 @@ impl Held {
         self.plans.lock().len()
     }
 
-    pub(crate) fn open(&self, prepared: Arc<Prepared>) -> u64 {
+    pub(crate) fn open(&self, prepared: Arc<Prepared>, owner: &str) -> u64 {
         let now = Instant::now();
         let mut statements = self.statements.lock();
         if statements.len() >= MAX_PREPARED
@@ -117,6 +131,7 @@ impl Held {
             number,
             OpenStatement {
                 prepared,
+                owner: owner.to_string(),
                 params: Vec::new(),
                 used: now,
             },
@@ -124,16 +139,21 @@ impl Held {
         number
     }
 
-    pub(crate) fn statement(&self, number: u64) -> Option<OpenStatement> {
+    pub(crate) fn statement(&self, number: u64, owner: &str) -> Option<OpenStatement> {
         let mut statements = self.statements.lock();
-        let statement = statements.get_mut(&number)?;
+        let statement = statements.get_mut(&number).filter(|s| s.owner == owner)?;
         statement.used = Instant::now();
         Some(statement.clone())
     }
 
     /// Binds `params` to an open statement; false when it is not open.
-    pub(crate) fn bind(&self, number: u64, params: Vec<ScalarValue>) -> bool {
-        match self.statements.lock().get_mut(&number) {
+    pub(crate) fn bind(&self, number: u64, owner: &str, params: Vec<ScalarValue>) -> bool {
+        match self
+            .statements
+            .lock()
+            .get_mut(&number)
+            .filter(|s| s.owner == owner)
+        {
             Some(statement) => {
                 statement.params = params;
                 statement.used = Instant::now();
@@ -143,8 +163,12 @@ impl Held {
         }
     }
 
-    pub(crate) fn close(&self, number: u64) -> bool {
-        self.statements.lock().remove(&number).is_some()
+    pub(crate) fn close(&self, number: u64, owner: &str) -> bool {
+        let mut statements = self.statements.lock();
+        if statements.get(&number).is_none_or(|s| s.owner != owner) {
+            return false;
+        }
+        statements.remove(&number).is_some()
     }
 }
 
@@ -173,13 +197,25 @@ mod tests {
     fn a_plan_is_read_once_and_the_count_is_bounded() {
         let held = Held::default();
         let generation = Arc::new(Generation::empty("t"));
-        let first = held.hold_plan(empty_plan(), generation.clone()).unwrap();
-        assert!(held.take_plan(first).is_some());
-        assert!(held.take_plan(first).is_none(), "a plan is read once");
+        let first = held
+            .hold_plan(empty_plan(), generation.clone(), "alice")
+            .unwrap();
+        assert!(
+            held.take_plan(first, "bob").is_none(),
+            "another principal's number finds nothing"
+        );
+        assert!(held.take_plan(first, "alice").is_some());
+        assert!(
+            held.take_plan(first, "alice").is_none(),
+            "a plan is read once"
+        );
         for _ in 0..MAX_HELD_PLANS {
-            assert!(held.hold_plan(empty_plan(), generation.clone()).is_some());
+            assert!(
+                held.hold_plan(empty_plan(), generation.clone(), "alice")
+                    .is_some()
+            );
         }
-        assert!(held.hold_plan(empty_plan(), generation).is_none());
+        assert!(held.hold_plan(empty_plan(), generation, "alice").is_none());
         assert_eq!(held.held_plans(), MAX_HELD_PLANS);
     }
 

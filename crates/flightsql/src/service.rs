@@ -339,11 +339,12 @@ impl Service {
         generation: Arc<Generation>,
         mut body: TicketBody,
         descriptor: FlightDescriptor,
+        owner: &Principal,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = plan.schema().as_arrow().clone();
         let info = GenerationInfo::of(&generation);
         body.generation = info.id;
-        body.plan = self.held.hold_plan(plan, generation).ok_or_else(|| {
+        body.plan = self.held.hold_plan(plan, generation, &owner.name).ok_or_else(|| {
             Status::resource_exhausted(format!(
                 "{MAX_HELD_PLANS} answers are waiting for their DoGet already; read them (or wait a minute for them to expire) and try again"
             ))
@@ -371,8 +372,9 @@ impl Service {
         &self,
         body: TicketBody,
         client: Option<IpAddr>,
+        principal: &Principal,
     ) -> Result<QueryOutput, Status> {
-        if let Some(held) = self.held.take_plan(body.plan) {
+        if let Some(held) = self.held.take_plan(body.plan, &principal.name) {
             return self
                 .node
                 .execute_plan(held.plan, held.generation)
@@ -385,7 +387,7 @@ impl Service {
                 Vec::new(),
             ),
             (None, Some(number)) => {
-                let statement = self.open_statement(number)?;
+                let statement = self.open_statement(number, principal)?;
                 (statement.prepared, statement.params)
             }
             (None, None) => {
@@ -394,6 +396,9 @@ impl Service {
                 ));
             }
         };
+        self.node
+            .admit_statement(principal, prepared.statement())
+            .map_err(|e| status_of(&e))?;
         let (plan, generation) = self
             .pin_and_plan(&prepared, &params, client)
             .await
@@ -404,8 +409,14 @@ impl Service {
             .map_err(|e| status_of(&e))
     }
 
-    fn open_statement(&self, number: u64) -> Result<crate::held::OpenStatement, Status> {
-        self.held.statement(number).ok_or_else(|| {
+    /// An open statement of `owner`'s (another principal's number finds
+    /// nothing).
+    fn open_statement(
+        &self,
+        number: u64,
+        owner: &Principal,
+    ) -> Result<crate::held::OpenStatement, Status> {
+        self.held.statement(number, &owner.name).ok_or_else(|| {
             Status::not_found(format!(
                 "prepared statement {number} is not open (closed, or dropped for newer ones); prepare it again"
             ))
@@ -523,6 +534,9 @@ impl FlightSqlService for Service {
         let peer = request.remote_addr();
         let planned = async {
             let prepared = self.node.prepare(&query.query).map_err(|e| status_of(&e))?;
+            self.node
+                .admit_statement(&principal, prepared.statement())
+                .map_err(|e| status_of(&e))?;
             self.pin_and_plan(&prepared, &[], client)
                 .await
                 .map_err(|e| status_of(&e))
@@ -536,7 +550,7 @@ impl FlightSqlService for Service {
             sql: Some(query.query),
             prepared: None,
         };
-        self.flight_info(plan, generation, body, request.into_inner())
+        self.flight_info(plan, generation, body, request.into_inner(), &principal)
     }
 
     async fn get_flight_info_prepared_statement(
@@ -548,11 +562,17 @@ impl FlightSqlService for Service {
         let started = Instant::now();
         let client = client_ip(&request);
         let number = Self::statement_number(&query.prepared_statement_handle)?;
-        let statement = self.open_statement(number)?;
-        let planned = self
-            .pin_and_plan(&statement.prepared, &statement.params, client)
-            .await
-            .map_err(|e| status_of(&e));
+        let statement = self.open_statement(number, &principal)?;
+        let planned = match self
+            .node
+            .admit_statement(&principal, statement.prepared.statement())
+        {
+            Ok(()) => self
+                .pin_and_plan(&statement.prepared, &statement.params, client)
+                .await
+                .map_err(|e| status_of(&e)),
+            Err(e) => Err(status_of(&e)),
+        };
         self.audit(
             &principal,
             request.remote_addr(),
@@ -567,7 +587,7 @@ impl FlightSqlService for Service {
             sql: None,
             prepared: Some(number),
         };
-        self.flight_info(plan, generation, body, request.into_inner())
+        self.flight_info(plan, generation, body, request.into_inner(), &principal)
     }
 
     async fn do_get_statement(
@@ -575,13 +595,15 @@ impl FlightSqlService for Service {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.caller(&request).await?;
+        let principal = self.caller(&request).await?;
         let body: TicketBody = serde_json::from_slice(&ticket.statement_handle).map_err(|e| {
             Status::invalid_argument(format!(
                 "not a ticket of this server ({e}); use the ticket GetFlightInfo answered"
             ))
         })?;
-        let output = self.run_ticket(body, client_ip(&request)).await?;
+        let output = self
+            .run_ticket(body, client_ip(&request), &principal)
+            .await?;
         let metadata = generation_json(&output.generation);
         Ok(Response::new(stream_of(
             output.schema,
@@ -597,7 +619,7 @@ impl FlightSqlService for Service {
         query: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.caller(&request).await?;
+        let principal = self.caller(&request).await?;
         let number = Self::statement_number(&query.prepared_statement_handle)?;
         let body = TicketBody {
             plan: 0,
@@ -605,7 +627,9 @@ impl FlightSqlService for Service {
             sql: None,
             prepared: Some(number),
         };
-        let output = self.run_ticket(body, client_ip(&request)).await?;
+        let output = self
+            .run_ticket(body, client_ip(&request), &principal)
+            .await?;
         let metadata = generation_json(&output.generation);
         Ok(Response::new(stream_of(
             output.schema,
@@ -619,9 +643,12 @@ impl FlightSqlService for Service {
         query: ActionCreatePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        self.caller(&request).await?;
+        let principal = self.caller(&request).await?;
         let client = client_ip(&request);
         let prepared = self.node.prepare(&query.query).map_err(|e| status_of(&e))?;
+        self.node
+            .admit_statement(&principal, prepared.statement())
+            .map_err(|e| status_of(&e))?;
         // Planned now for the schemas the client asks about; each
         // execution pins and plans again, so it reads fresh rows.
         let generation = self
@@ -643,7 +670,7 @@ impl FlightSqlService for Service {
         .map_err(|e| status_of(&e))?;
         let parameters = parameter_schema(&plan).map_err(|e| status_of(&e))?;
         let dataset = plan.schema().as_arrow().clone();
-        let number = self.held.open(prepared);
+        let number = self.held.open(prepared, &principal.name);
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle_bytes(number),
             dataset_schema: ipc_schema(&dataset)?,
@@ -656,10 +683,10 @@ impl FlightSqlService for Service {
         query: ActionClosePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<(), Status> {
-        self.caller(&request).await?;
+        let principal = self.caller(&request).await?;
         // Closing twice, or a statement dropped for newer ones, is fine.
         if let Some(number) = handle_number(&query.prepared_statement_handle) {
-            self.held.close(number);
+            self.held.close(number, &principal.name);
         }
         Ok(())
     }
@@ -669,7 +696,7 @@ impl FlightSqlService for Service {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        self.caller(&request).await?;
+        let principal = self.caller(&request).await?;
         let number = Self::statement_number(&query.prepared_statement_handle)?;
         let batches: Vec<RecordBatch> =
             arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
@@ -696,10 +723,13 @@ impl FlightSqlService for Service {
                 Status::invalid_argument(format!("cannot read the bound parameters: {e}"))
             })?;
         let values = row_values(&batches)?;
-        if !self.held.bind(number, values) {
-            return Err(self.open_statement(number).err().unwrap_or_else(|| {
-                Status::not_found("the prepared statement was closed while binding")
-            }));
+        if !self.held.bind(number, &principal.name, values) {
+            return Err(self
+                .open_statement(number, &principal)
+                .err()
+                .unwrap_or_else(|| {
+                    Status::not_found("the prepared statement was closed while binding")
+                }));
         }
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(query.prepared_statement_handle),

@@ -92,6 +92,10 @@ fn error_response(e: &SqlError) -> Response {
             "set it in the SQL node's configuration",
         ),
         SqlError::Query(_) => (StatusCode::BAD_REQUEST, "check table and column names"),
+        SqlError::Internal(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "retry; if it fails again, report it with the query",
+        ),
         SqlError::Limit { sqlstate, .. } if *sqlstate == "53400" => (
             StatusCode::TOO_MANY_REQUESTS,
             "name tables that exist (SELECT table_name FROM fleet_tables), or raise the setting in the SQL node's topology entry",
@@ -104,6 +108,10 @@ fn error_response(e: &SqlError) -> Response {
         SqlError::OutsideDomain { .. } => (
             StatusCode::FORBIDDEN,
             "query a SQL node of a set whose domain has your role (SELECT * FROM fleet_sets)",
+        ),
+        SqlError::NotReadable { .. } => (
+            StatusCode::FORBIDDEN,
+            "log in as an admin to read it (the audit log holds every user's SQL)",
         ),
         SqlError::ServedElsewhere { nodes, .. } => return redirect(e, nodes),
         SqlError::NoSubset { .. } => (
@@ -216,9 +224,15 @@ async fn query(
     }
     // Without the auth layer (an embedded server) the client is anonymous,
     // as the layer itself treats it when authentication is off.
-    let admitted = match extensions.get::<Arc<fleetsql_auth::Principal>>() {
-        Some(principal) => node.admit(principal),
-        None => node.admit(&fleetsql_auth::Principal::unauthenticated("anonymous")),
+    let anonymous = fleetsql_auth::Principal::unauthenticated("anonymous");
+    let principal = extensions
+        .get::<Arc<fleetsql_auth::Principal>>()
+        .map_or(&anonymous, |p| p.as_ref());
+    // A statement that does not parse is admitted as the principal and
+    // then answered with its parse error.
+    let admitted = match node.parse(&request.sql) {
+        Ok(statement) => node.admit_statement(principal, &statement),
+        Err(_) => node.admit(principal),
     };
     if let Err(e) = admitted {
         return error_response(&e);

@@ -50,17 +50,22 @@ fn notice(info: &GenerationInfo) -> PgWireBackendMessage {
     )))
 }
 
-/// Statements the protocol layer's own hooks answer (session settings,
-/// transactions, cursors): nothing to read from the fleet.
-/// The node's set refuses roles outside its domain; a connection without
-/// a principal never gets here (the service refuses it first).
-fn admit(node: &SqlNode, principal: Option<Arc<Principal>>) -> Result<(), SqlError> {
+/// The node's set refuses roles outside its domain, and node tables
+/// refuse roles that may not read them; a connection without a principal
+/// never gets here (the service refuses it first).
+fn admit(
+    node: &SqlNode,
+    principal: Option<Arc<Principal>>,
+    statement: &Statement,
+) -> Result<(), SqlError> {
     match principal {
-        Some(principal) => node.admit(&principal),
-        None => node.admit(&Principal::unauthenticated("anonymous")),
+        Some(principal) => node.admit_statement(&principal, statement),
+        None => node.admit_statement(&Principal::unauthenticated("anonymous"), statement),
     }
 }
 
+/// Statements the protocol layer's own hooks answer (session settings,
+/// transactions, cursors): nothing to read from the fleet.
 fn is_session_statement(statement: &Statement) -> bool {
     matches!(
         statement,
@@ -129,11 +134,6 @@ fn encode_output(output: QueryOutput, options: Arc<FormatOptions>) -> PgWireResu
     Ok(QueryResponse::new(fields, rows))
 }
 
-/// Whether `statement` reads nothing but the catalogs (`pg_catalog`,
-/// `information_schema`) or no table at all: what psql's `\d` and
-/// drivers' introspection send, several queries per command. The
-/// completeness NOTICE speaks of fleet data, so those go without it, and
-/// only those get the protocol layer's Postgres-compatibility rewrites.
 /// [`encode_output`] for an answer still being computed: each batch is
 /// encoded as it arrives; an error (the time-out, the memory limit) ends
 /// the rows with its SQLSTATE.
@@ -154,6 +154,11 @@ fn encode_stream(answer: QueryStream, options: Arc<FormatOptions>) -> PgWireResu
     Ok(QueryResponse::new(fields, rows))
 }
 
+/// Whether `statement` reads nothing but the catalogs (`pg_catalog`,
+/// `information_schema`) or no table at all: what psql's `\d` and
+/// drivers' introspection send, several queries per command. The
+/// completeness NOTICE speaks of fleet data, so those go without it, and
+/// only those get the protocol layer's Postgres-compatibility rewrites.
 /// A common table expression's name is no fleet table: introspection
 /// queries name their sub-results.
 pub(crate) fn reads_no_fleet_data(statement: &Statement) -> bool {
@@ -244,7 +249,11 @@ impl QueryHook for FleetHook {
         if is_session_statement(statement) {
             return None;
         }
-        if let Err(e) = admit(&self.node, client.session_extensions().get::<Principal>()) {
+        if let Err(e) = admit(
+            &self.node,
+            client.session_extensions().get::<Principal>(),
+            statement,
+        ) {
             return Some(Err(user_error(&e)));
         }
         // Dashboards and alerting pipelines send the same SQL again and
@@ -272,6 +281,8 @@ impl QueryHook for FleetHook {
             }
             Err(e) => return Some(Err(user_error(&e))),
         };
+        // The answer is sent batch by batch as it is computed: it need not
+        // fit in memory, and its first rows leave before its last are made.
         let node_timeout = self.node.config().query_timeout;
         let session = crate::timeout::session_timeout(client, node_timeout);
         let session_deadline = session.map(|t| tokio::time::Instant::now() + t);
@@ -283,8 +294,6 @@ impl QueryHook for FleetHook {
         .await
         {
             Ok(Ok(answer)) => answer,
-        // The answer is sent batch by batch as it is computed: it need not
-        // fit in memory, and its first rows leave before its last are made.
             Ok(Err(e)) => return Some(Err(user_error(&e))),
             Err(e) => return Some(Err(e)),
         };
@@ -327,7 +336,11 @@ impl QueryHook for FleetHook {
         if is_session_statement(statement) {
             return None;
         }
-        if let Err(e) = admit(&self.node, client.session_extensions().get::<Principal>()) {
+        if let Err(e) = admit(
+            &self.node,
+            client.session_extensions().get::<Principal>(),
+            statement,
+        ) {
             return Some(Err(user_error(&e)));
         }
         // Request and wait for the tables now, then plan as the simple

@@ -147,9 +147,15 @@ async fn sse(
             }
         }
     });
-    // A panic while serving one subscriber (a bug) ends that stream with a
-    // close event and a log line; the server and other subscribers go on.
-    let stream = std::panic::AssertUnwindSafe(stream)
+    Ok(Sse::new(closed_on_panic(stream)).keep_alive(KeepAlive::default()))
+}
+
+/// A panic while serving one SSE subscriber (a bug) ends that stream with
+/// a close event and a log line; the server and other subscribers go on.
+fn closed_on_panic(
+    events: impl Stream<Item = Result<SseEvent, Infallible>>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    std::panic::AssertUnwindSafe(events)
         .catch_unwind()
         .map(|item| match item {
             Ok(event) => event,
@@ -161,8 +167,7 @@ async fn sse(
                         .to_string(),
                 ))
             }
-        });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+        })
 }
 
 /// The message a caught panic carried.
@@ -181,19 +186,25 @@ async fn ws(
 ) -> Result<Response, PqaError> {
     let sub = svc.subscribe(&id)?;
     Ok(upgrade.on_upgrade(move |socket| async move {
-        // A panic while serving one subscriber (a bug) closes that socket
-        // and is logged; the server and other subscribers go on.
-        if let Err(panic) = std::panic::AssertUnwindSafe(ws_loop(socket, sub))
-            .catch_unwind()
-            .await
-        {
+        ended_on_panic(ws_loop(socket, sub)).await;
+    }))
+}
+
+/// A panic while serving one WebSocket subscriber (a bug) closes that
+/// socket and is logged; the server and other subscribers go on. Whether
+/// it panicked.
+async fn ended_on_panic(serving: impl std::future::Future<Output = ()>) -> bool {
+    match std::panic::AssertUnwindSafe(serving).catch_unwind().await {
+        Ok(()) => false,
+        Err(panic) => {
             let message = panic_message(panic.as_ref());
             tracing::error!(
                 panic = message,
                 "a WebSocket subscription panicked; closed it"
             );
+            true
         }
-    }))
+    }
 }
 
 async fn ws_loop(mut socket: WebSocket, mut sub: Subscription) {
@@ -274,4 +285,41 @@ async fn streams(State(svc): State<PqaService>) -> Response {
         .map(|(k, v)| (k, serde_json::to_value(v).unwrap_or_default()))
         .collect();
     Json(json!({ "streams": m })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The event's SSE wire form (its `event:` and `data:` lines).
+    fn wire(event: SseEvent) -> String {
+        let mut response =
+            Sse::new(futures::stream::iter([Ok::<_, Infallible>(event)])).into_response();
+        let body = std::mem::take(response.body_mut());
+        let bytes = futures::executor::block_on(axum::body::to_bytes(body, 1 << 16)).unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_panicking_sse_subscription_closes_with_a_reason_and_ends() {
+        let events = futures::stream::iter([1, 2]).map(|n| {
+            assert!(n < 2, "subscriber bug");
+            Ok::<_, Infallible>(SseEvent::default().event("result").data(n.to_string()))
+        });
+        let events: Vec<_> = futures::executor::block_on(closed_on_panic(events).collect());
+        let sent: Vec<String> = events.into_iter().map(|e| wire(e.unwrap())).collect();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert!(sent[0].contains("event: result"), "{sent:?}");
+        assert!(sent[1].contains("event: close"), "{sent:?}");
+        assert!(sent[1].contains("internal error"), "{sent:?}");
+    }
+
+    #[test]
+    fn a_panicking_websocket_subscription_ends_without_unwinding() {
+        let panicked = futures::executor::block_on(ended_on_panic(async {
+            panic!("subscriber bug");
+        }));
+        assert!(panicked);
+        assert!(!futures::executor::block_on(ended_on_panic(async {})));
+    }
 }

@@ -50,6 +50,14 @@ pub enum SqlError {
         serves: String,
     },
     #[error(
+        "`{table}` is readable by {needs}s only (you log in as a {role}); ask an admin, or leave it out of the query"
+    )]
+    NotReadable {
+        table: String,
+        role: &'static str,
+        needs: &'static str,
+    },
+    #[error(
         "this SQL node serves none of {tables} here: subset `{subset}` of set `{set}` does ({})",
         nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
     )]
@@ -71,6 +79,10 @@ pub enum SqlError {
     ResourcesExhausted(String),
     #[error("{0}")]
     Query(String),
+    /// A bug met while computing the answer (a panic, caught): this query
+    /// fails, the node goes on.
+    #[error("internal error while computing the answer (a bug; the node's log has it): {0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = SqlError> = std::result::Result<T, E>;
@@ -104,7 +116,8 @@ impl SqlError {
             SqlError::Timeout { .. } => "57014",
             SqlError::ResourcesExhausted(_) => "53200",
             // insufficient_privilege
-            SqlError::OutsideDomain { .. } => "42501",
+            // insufficient_privilege
+            SqlError::OutsideDomain { .. } | SqlError::NotReadable { .. } => "42501",
             // feature_not_supported: the client must split the query.
             SqlError::NoSubset { .. } | SqlError::ServedElsewhere { .. } => "0A000",
             SqlError::Forward { .. } => "08006",
@@ -113,7 +126,7 @@ impl SqlError {
             SqlError::Limit { sqlstate, .. } => sqlstate,
             // cant_change_runtime_param
             SqlError::SharedSetting { .. } => "55P02",
-            SqlError::Query(_) => "XX000",
+            SqlError::Query(_) | SqlError::Internal(_) => "XX000",
         }
     }
 }

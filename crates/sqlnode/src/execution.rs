@@ -16,7 +16,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
@@ -305,8 +305,21 @@ where
     let (sender, receiver) = mpsc::channel(2);
     let drive: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
         let mut stream = stream;
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(SqlError::from);
+        loop {
+            // A panic in an operator (a bug) must reach the reader as an
+            // error: unseen, the task's end reads as a complete answer.
+            let batch = match std::panic::AssertUnwindSafe(stream.next())
+                .catch_unwind()
+                .await
+            {
+                Ok(None) => break,
+                Ok(Some(batch)) => batch.map_err(SqlError::from),
+                Err(panic) => {
+                    let message = fleetsql_model::panic_message(panic.as_ref());
+                    tracing::error!(panic = %message, "a query panicked; answered its client an error");
+                    Err(SqlError::Internal(message.to_string()))
+                }
+            };
             let failed = batch.is_err();
             if sender.send(batch).await.is_err() || failed {
                 break;

@@ -17,7 +17,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 use fleetsql_aggregator::{
     Child, FLEET_NODES, FetchRequest, NodeState, covers_all, fleet_nodes_table, host_name,
 };
-use fleetsql_auth::{AuditLog, Principal, Role};
+use fleetsql_auth::{Action, AuditLog, Principal, Role};
 use fleetsql_model::{Generation, merge_tables, now_ms};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
@@ -387,6 +387,33 @@ impl SqlNode {
         })
     }
 
+    /// [`SqlNode::admit`] for one statement, which must also not read a
+    /// node table the principal may not: `fleet_audit` (every user's SQL
+    /// and address) is for admins. A statement that does not resolve is
+    /// let through to fail with its own error.
+    pub fn admit_statement(&self, principal: &Principal, statement: &Statement) -> Result<()> {
+        self.admit(principal)?;
+        if principal.allows(Action::ReadAudit) {
+            return Ok(());
+        }
+        let Ok(references) = self
+            .inner
+            .ctx
+            .state()
+            .resolve_table_references(&DfStatement::Statement(Box::new(statement.clone())))
+        else {
+            return Ok(());
+        };
+        match references.iter().find(|r| r.table() == AUDIT_TABLE) {
+            None => Ok(()),
+            Some(_) => Err(SqlError::NotReadable {
+                table: AUDIT_TABLE.to_string(),
+                role: principal.role.as_str(),
+                needs: Role::Admin.as_str(),
+            }),
+        }
+    }
+
     /// Who ran what on this node: every front end records its requests
     /// here; served as `fleet_audit`.
     pub fn audit(&self) -> &Arc<AuditLog> {
@@ -607,6 +634,35 @@ impl SqlNode {
         })
     }
 
+    /// The plan `prepared` keeps for `generation`'s schemas, planned (and
+    /// optimised, unless it folds values that change) when it has none.
+    async fn kept_plan(
+        &self,
+        prepared: &Prepared,
+        generation: &Arc<Generation>,
+    ) -> Result<KeptPlan> {
+        if let Some(kept) = prepared.kept_plan(generation) {
+            return Ok(kept);
+        }
+        let timeout = self.inner.config.query_timeout;
+        let plan = tokio::time::timeout(
+            timeout,
+            self.plan(prepared.statement().clone(), generation.clone()),
+        )
+        .await
+        .map_err(|_| SqlError::Timeout {
+            timeout_ms: timeout.as_millis() as u64,
+        })??;
+        let kept = if folds_changing_values(&plan) {
+            KeptPlan::new(plan, false)
+        } else {
+            let optimised = self.inner.ctx.state().optimize(&plan)?;
+            KeptPlan::new(optimised, true)
+        };
+        prepared.keep_plan(generation, &kept);
+        Ok(kept)
+    }
+
     async fn pin_tables(
         &self,
         tables: &BTreeSet<String>,
@@ -640,35 +696,6 @@ impl SqlNode {
             self.check_published(&current, tables)?;
         }
         if is_new {
-    /// The plan `prepared` keeps for `generation`'s schemas, planned (and
-    /// optimised, unless it folds values that change) when it has none.
-    async fn kept_plan(
-        &self,
-        prepared: &Prepared,
-        generation: &Arc<Generation>,
-    ) -> Result<KeptPlan> {
-        if let Some(kept) = prepared.kept_plan(generation) {
-            return Ok(kept);
-        }
-        let timeout = self.inner.config.query_timeout;
-        let plan = tokio::time::timeout(
-            timeout,
-            self.plan(prepared.statement().clone(), generation.clone()),
-        )
-        .await
-        .map_err(|_| SqlError::Timeout {
-            timeout_ms: timeout.as_millis() as u64,
-        })??;
-        let kept = if folds_changing_values(&plan) {
-            KeptPlan::new(plan, false)
-        } else {
-            let optimised = self.inner.ctx.state().optimize(&plan)?;
-            KeptPlan::new(optimised, true)
-        };
-        prepared.keep_plan(generation, &kept);
-        Ok(kept)
-    }
-
             // A table named for the first time (perhaps published a moment
             // ago) is asked for down the tree at once; the answer says
             // whether anyone publishes it.

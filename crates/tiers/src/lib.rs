@@ -40,7 +40,7 @@ pub use fleetsql_history::HistoryConfig;
 pub use local::LocalFleet;
 pub use plan::Links;
 pub use roles::{AgentProcess, JoinConfig, Listen, SqlProcess, TierProcess, TlaSqlProcess};
-pub use security::ClientSecurity;
+pub use security::{ClientSecurity, SecurityFiles};
 pub use topology::{
     AgentEntry, ClusterEntry, ProxyEntry, SetEntry, SqlNodeEntry, SubsetEntry, TlaEntry,
     TlsNodeFiles, TlsSettings, Topology,

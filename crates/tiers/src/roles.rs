@@ -619,6 +619,11 @@ struct LiveSql {
     apps: RunningApps,
     /// The history settings it started with (a change needs a restart).
     history: Option<fleetsql_history::HistoryConfig>,
+    /// The security files it started with (a change needs a restart),
+    /// and those the command line gave, which a re-read file does not
+    /// change.
+    security: crate::SecurityFiles,
+    security_flags: std::sync::Mutex<crate::SecurityFiles>,
     /// What `fleet_sets` shows, and the task probing the other nodes.
     sets: crate::sets::SetsState,
     _sets_prober: crate::sets::Prober,
@@ -743,10 +748,21 @@ impl LiveSql {
                 "max_concurrent_queries",
                 plan.config.max_concurrent_queries != running.max_concurrent_queries,
             ),
+            (
+                "max_queued_queries",
+                plan.config.max_queued_queries != running.max_queued_queries,
+            ),
         ] {
             if changed {
                 pending.push(what.to_string());
             }
+        }
+        let mut wanted_security = entry.clone();
+        if let Ok(flags) = self.security_flags.lock() {
+            flags.write_over(&mut wanted_security);
+        }
+        for file in crate::SecurityFiles::of(&wanted_security).differences(&self.security) {
+            pending.push(file.to_string());
         }
         let wanted = entry.apps(&self.name);
         let running_apps = self
@@ -1101,6 +1117,8 @@ impl SqlProcess {
             },
             apps,
             history: entry.history.clone(),
+            security: crate::SecurityFiles::of(entry),
+            security_flags: std::sync::Mutex::default(),
         });
         Ok(SqlProcess {
             _history: history,
@@ -1120,7 +1138,8 @@ impl SqlProcess {
     /// live: the TLAs the node reads from, their locality bonus, its
     /// prewarm list, its apps' directories and settings (the apps restart
     /// in place). What needs a restart (its listen addresses from the file,
-    /// query limits, tick, apps set on the command line) is logged and
+    /// query limits, tick, apps set on the command line, which users,
+    /// tokens, certificate or client CA files it reads) is logged and
     /// shown in `fleet_nodes.pending_restart`. Alert and report definitions
     /// are watched by the apps themselves.
     pub fn watch_topology(&mut self, path: PathBuf, every: Duration) {
@@ -1128,6 +1147,14 @@ impl SqlProcess {
         self.watch = Some(TopologyWatch::start(path, every, move |topology| {
             live.apply(topology)
         }));
+    }
+
+    /// The security files the command line gave over the entry's: a
+    /// re-read topology naming others for them is not a change.
+    pub fn keep_security_flags(&self, flags: crate::SecurityFiles) {
+        if let Ok(mut kept) = self.live.security_flags.lock() {
+            *kept = flags;
+        }
     }
 
     pub fn node(&self) -> &Arc<SqlNode> {
@@ -1260,6 +1287,11 @@ impl TlaSqlProcess {
     pub fn watch_topology(&mut self, path: PathBuf, every: Duration) {
         self.tla.watch_topology(path.clone(), every);
         self.sql.watch_topology(path, every);
+    }
+
+    /// [`SqlProcess::keep_security_flags`].
+    pub fn keep_security_flags(&self, flags: crate::SecurityFiles) {
+        self.sql.keep_security_flags(flags);
     }
 
     pub fn sql(&self) -> &SqlProcess {

@@ -3,6 +3,7 @@
 //! its certificate for pg, HTTP and Flight SQL, and a client CA. Every file is polled for changes while the
 //! [`ClientSecurity`] lives.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,5 +120,101 @@ impl ClientSecurity {
             users: self.users.clone(),
             tls: self.pg_tls.clone(),
         }
+    }
+}
+
+/// The security files a SQL node's entry names. The files' contents are
+/// re-read while the node runs; which files it reads is fixed at start, so
+/// a re-read topology naming others is reported as waiting for a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecurityFiles {
+    pub users: Option<PathBuf>,
+    pub tokens: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+}
+
+impl SecurityFiles {
+    pub fn of(entry: &SqlNodeEntry) -> SecurityFiles {
+        SecurityFiles {
+            users: entry.users.clone(),
+            tokens: entry.tokens.clone(),
+            tls_cert: entry.tls_cert.clone(),
+            tls_key: entry.tls_key.clone(),
+            client_ca: entry.client_ca.clone(),
+        }
+    }
+
+    /// Writes the files this names over `entry`'s (command-line flags over
+    /// the topology file); the entry keeps the others.
+    pub fn write_over(&self, entry: &mut SqlNodeEntry) {
+        let fields = [
+            (&self.users, &mut entry.users),
+            (&self.tokens, &mut entry.tokens),
+            (&self.tls_cert, &mut entry.tls_cert),
+            (&self.tls_key, &mut entry.tls_key),
+            (&self.client_ca, &mut entry.client_ca),
+        ];
+        for (given, field) in fields {
+            if given.is_some() {
+                field.clone_from(given);
+            }
+        }
+    }
+
+    /// The settings whose file differs from `other`'s.
+    pub(crate) fn differences(&self, other: &SecurityFiles) -> Vec<&'static str> {
+        [
+            ("users", self.users != other.users),
+            ("tokens", self.tokens != other.tokens),
+            ("tls_cert", self.tls_cert != other.tls_cert),
+            ("tls_key", self.tls_key != other.tls_key),
+            ("client_ca", self.client_ca != other.client_ca),
+        ]
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_and_only_other_files_count_as_changed() {
+        let file = SqlNodeEntry {
+            users: Some("file-users.toml".into()),
+            tokens: Some("tokens.toml".into()),
+            ..SqlNodeEntry::default()
+        };
+        let flags = SecurityFiles {
+            users: Some("flag-users.toml".into()),
+            ..SecurityFiles::default()
+        };
+        let mut started = file.clone();
+        flags.write_over(&mut started);
+        let started = SecurityFiles::of(&started);
+        assert_eq!(started.users, Some("flag-users.toml".into()));
+        assert_eq!(started.tokens, Some("tokens.toml".into()));
+
+        // The same file re-read: nothing changed, though its users differ
+        // from the flag's.
+        let mut reread = file.clone();
+        flags.write_over(&mut reread);
+        assert!(SecurityFiles::of(&reread).differences(&started).is_empty());
+
+        // The file names another tokens file and a client CA.
+        let mut edited = SqlNodeEntry {
+            tokens: Some("other-tokens.toml".into()),
+            client_ca: Some("ca.crt".into()),
+            ..file
+        };
+        flags.write_over(&mut edited);
+        assert_eq!(
+            SecurityFiles::of(&edited).differences(&started),
+            ["tokens", "client_ca"]
+        );
     }
 }

@@ -71,6 +71,7 @@ async fn flightsql_clients_log_in_over_tls_with_a_password_or_token_and_guessers
     fleetsql(&["certs", "issue", "sql", "--dir", &text(&certs)], None);
     fleetsql(&["certs", "init", "--dir", &text(&other_ca)], None);
     add_user(&users, "alice", "reader", "alice's secret");
+    add_user(&users, "root", "admin", "root's secret");
     let token = create_token(&tokens, "reader", "dashboard", "30d");
     let out = fleetsql(
         &[
@@ -117,6 +118,12 @@ async fn flightsql_clients_log_in_over_tls_with_a_password_or_token_and_guessers
         "the handshake answers a session token"
     );
     assert_eq!(rows(&mut alice, "SELECT hostname FROM sys").await, Ok(4));
+    // The audit log holds every user's SQL: admins only.
+    let (code, message) = rows(&mut alice, "SELECT * FROM fleet_audit")
+        .await
+        .unwrap_err();
+    assert_eq!(code, tonic::Code::PermissionDenied, "{message}");
+    assert!(message.contains("readable by admins only"), "{message}");
 
     // A token of the tokens file as the bearer, no handshake.
     let mut dashboard = FlightSqlServiceClient::new(channel(addr, Some(&ca)).await.unwrap());
@@ -173,10 +180,13 @@ async fn flightsql_clients_log_in_over_tls_with_a_password_or_token_and_guessers
         "host=localhost port={port} user=alice dbname=fleet sslmode=verify-full sslrootcert={}",
         text(&ca)
     );
+    let audit_sql = "SELECT principal || '|' || text FROM fleet_audit WHERE front_end = 'flightsql' AND action = 'run_sql' ORDER BY time";
+    let (ok, _, err) = psql(&conn, Some("alice's secret"), audit_sql);
+    assert!(!ok && err.contains("readable by admins only"), "{err}");
     let (ok, audited, err) = psql(
-        &conn,
-        Some("alice's secret"),
-        "SELECT principal || '|' || text FROM fleet_audit WHERE front_end = 'flightsql' AND action = 'run_sql' ORDER BY time",
+        &conn.replace("user=alice", "user=root"),
+        Some("root's secret"),
+        audit_sql,
     );
     assert!(ok, "{err}");
     assert!(

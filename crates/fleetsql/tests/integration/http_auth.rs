@@ -112,6 +112,7 @@ async fn http_clients_need_a_token_or_a_console_login_of_the_right_role_and_are_
     let reader = create_token(&tokens, "reader", "grafana", "30d");
     let operator = create_token(&tokens, "operator", "deployer", "30d");
     let expiring = create_token(&tokens, "reader", "shortlived", "1s");
+    let admin = create_token(&tokens, "admin", "auditor", "30d");
 
     let secure = SqlNodeEntry {
         users: Some(users.clone()),
@@ -382,11 +383,27 @@ async fn http_clients_need_a_token_or_a_console_login_of_the_right_role_and_are_
     assert!(count("http", "expired_session") >= 1.0, "{metrics}");
     assert!(count("console", "bad_password") >= 1.0, "{metrics}");
 
-    // fleet_audit holds who did what, from where, with what outcome.
+    // fleet_audit holds who did what, from where, with what outcome; it
+    // holds every user's SQL, so only admins read it.
     let (status, body) = send(
         client
             .post(url("/v1/query"))
             .bearer_auth(&operator)
+            .json(&json!({ "sql": "SELECT count(*) FROM (SELECT * FROM fleet_audit) a" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["sqlstate"], "42501", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("readable by admins only")),
+        "{body}"
+    );
+    let (status, body) = send(
+        client
+            .post(url("/v1/query"))
+            .bearer_auth(&admin)
             .json(&json!({ "sql": "SELECT principal, COALESCE(role, '-') AS role, front_end, action, outcome, text, COALESCE(peer, '') AS peer, duration_ms FROM fleet_audit WHERE front_end <> 'pg' ORDER BY time" })),
     )
     .await;

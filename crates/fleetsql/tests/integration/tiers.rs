@@ -1077,9 +1077,12 @@ async fn an_edited_topology_is_applied_without_a_restart() {
     // on, without a restart; a changed query time-out waits for one.
     let (_, body) = cluster.query("SELECT count(*) FROM sys").await;
     assert_eq!(body["generation"]["producer"], "t1", "{body}");
+    // Another tokens file: which files a node reads is fixed at start.
+    let other_tokens = cluster.dir.path().join("tokens-to-come.toml");
     let sql = cluster.topology_mut().sqlnodes.get_mut("sql").unwrap();
     sql.tlas = BTreeMap::from([("t2".to_string(), 0)]);
     sql.query_timeout = Some(Duration::from_secs(7));
+    sql.tokens = Some(other_tokens);
     cluster.save_topology();
     eventually(Duration::from_secs(20), "answers from t2", || async {
         let (_, body) = cluster.query("SELECT count(*) FROM sys").await;
@@ -1094,6 +1097,7 @@ async fn an_edited_topology_is_applied_without_a_restart() {
     })
     .await;
     assert!(note.contains("query_timeout"), "{note}");
+    assert!(note.contains("tokens"), "{note}");
 
     // Alerts switched on in the file: the SQL node restarts its apps with
     // them, and the console's alerts view and the alert tables appear.
