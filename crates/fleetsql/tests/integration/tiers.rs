@@ -289,6 +289,9 @@ impl TestCluster {
                     entry.pg = addrs.get("pg").copied();
                 }
             }
+            // Running nodes learn this one's addresses by re-reading the
+            // file; without this the last node started stays unknown.
+            std::fs::write(self.topology_path(), self.topology.to_toml()).unwrap();
         }
         self.processes.insert(
             name.to_string(),
