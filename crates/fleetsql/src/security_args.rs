@@ -8,22 +8,23 @@ use fleetsql_tiers::{SecurityFiles, Topology};
 
 #[derive(Debug, Default, Args)]
 pub(crate) struct SecurityArgs {
-    /// SQL node only: the users file (`fleetsql users add`); Postgres
+    /// SQL node and demo: the users file (`fleetsql users add`); Postgres
     /// clients log in with SCRAM-SHA-256. Without it (and no `users` in
     /// the entry), authentication is off.
     #[arg(long)]
     users: Option<PathBuf>,
-    /// SQL node only: the tokens file (`fleetsql tokens create`) for HTTP.
+    /// SQL node and demo: the tokens file (`fleetsql tokens create`) for HTTP.
     #[arg(long)]
     tokens: Option<PathBuf>,
-    /// SQL node only: the certificate chain (PEM) of its Postgres and HTTP
-    /// ports.
+    /// The certificate chain (PEM): a SQL node's (or the demo's) for its
+    /// Postgres and HTTP ports; an agent joining by itself (--cluster)
+    /// proves its name with it to its proxies, with --tls-ca.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
-    /// SQL node only: the key (PEM) of --tls-cert.
+    /// The key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// SQL node only: a CA (PEM) whose client certificates log in on the
+    /// SQL node and demo: a CA (PEM) whose client certificates log in on the
     /// Postgres wire as the user their CN names.
     #[arg(long)]
     client_ca: Option<PathBuf>,

@@ -75,7 +75,8 @@ pub(crate) struct TierArgs {
     /// SQL node only: its apps' paths and settings, over its topology entry.
     #[command(flatten)]
     apps: crate::apps_args::AppArgs,
-    /// SQL node only: users, tokens and TLS, over its topology entry.
+    /// SQL node: users, tokens and TLS over its topology entry; an agent
+    /// joining by itself: its certificate (--tls-cert, --tls-key).
     #[command(flatten)]
     security: crate::security_args::SecurityArgs,
 }
