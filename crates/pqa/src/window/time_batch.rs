@@ -1,6 +1,8 @@
 //! `win:time_batch(period)`: buffers events and releases them together every
 //! period; the previous batch leaves when the next is released. The first
-//! period starts with the first event.
+//! period starts with the first event, whose time stays the reference
+//! point: as in Esper, a batch that starts after the timer stopped (an
+//! empty release after an empty one) still ends on that event's grid.
 
 use std::sync::Arc;
 
@@ -13,15 +15,19 @@ pub(crate) struct TimeBatch {
     buf: Vec<Arc<Event>>,
     prev: Vec<Arc<Event>>,
     next_release: Option<i64>,
+    /// The first event's time; every release is at it plus a multiple of `ms`.
+    reference: Option<i64>,
 }
 
 impl TimeBatch {
     pub(crate) fn new(ms: i64) -> Self {
         TimeBatch {
-            ms,
+            // A period that rounded to 0 ms would release forever at one instant.
+            ms: ms.max(1),
             buf: Vec::new(),
             prev: Vec::new(),
             next_release: None,
+            reference: None,
         }
     }
 }
@@ -30,7 +36,10 @@ impl Window for TimeBatch {
     fn insert(&mut self, ev: Arc<Event>, now: i64, out: &mut Delta) {
         self.advance(now, out);
         if self.next_release.is_none() {
-            self.next_release = Some(now + self.ms);
+            let reference = *self.reference.get_or_insert(now);
+            // The first grid point after `now` (the period is positive).
+            let periods = (now - reference).div_euclid(self.ms) + 1;
+            self.next_release = Some(reference + periods * self.ms);
         }
         self.buf.push(ev);
     }
