@@ -10,6 +10,10 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::history::{
+    Assembler, HISTORY_LIST_ACTION, HistoryFileInfo, HistoryListRequest, HistoryTicket,
+    HistoryWanted,
+};
 use crate::server::{HEALTH_ACTION, HealthReport};
 use crate::stats::TransferStats;
 use crate::tls::{self, TlsContext};
@@ -173,6 +177,94 @@ impl FlightChild {
         let limit = self.options.request_timeout;
         match tokio::time::timeout(limit, call).await {
             Ok(Ok(report)) => Ok(report),
+            Ok(Err(e)) => {
+                *self.client.lock() = None;
+                Err(e)
+            }
+            Err(_) => {
+                *self.client.lock() = None;
+                Err(FlightError::Timeout {
+                    endpoint: self.endpoint.clone(),
+                    timeout_ms: limit.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// The kept history files of `table` on the child (a TLA keeping
+    /// history), oldest first.
+    pub async fn history_list(&self, table: &str) -> Result<Vec<HistoryFileInfo>> {
+        let call = async {
+            let mut client = self.client().await?;
+            let body = serde_json::to_vec(&HistoryListRequest {
+                table: table.to_string(),
+            })
+            .map_err(|e| self.protocol(&e.to_string()))?;
+            let action = Action {
+                r#type: HISTORY_LIST_ACTION.into(),
+                body: body.into(),
+            };
+            let mut stream = client
+                .do_action(action)
+                .await
+                .map_err(|s| wire::status_error(&self.endpoint, &s))?
+                .into_inner();
+            let first = stream
+                .next()
+                .await
+                .ok_or_else(|| self.protocol("empty history list"))?
+                .map_err(|s| wire::status_error(&self.endpoint, &s))?;
+            serde_json::from_slice(&first.body)
+                .map_err(|e| self.protocol(&format!("history list is not JSON: {e}")))
+        };
+        self.timed(self.options.request_timeout, call).await
+    }
+
+    /// Kept history files `files` of `table` (at most
+    /// [`MAX_FILES_PER_TICKET`](crate::MAX_FILES_PER_TICKET)), each whole:
+    /// `(name, bytes)` in the order asked, less those the child no longer
+    /// keeps.
+    pub async fn history_files(
+        &self,
+        table: &str,
+        files: Vec<String>,
+    ) -> Result<Vec<(String, bytes::Bytes)>> {
+        let ticket = HistoryTicket {
+            history: HistoryWanted {
+                table: table.to_string(),
+                files,
+            },
+        };
+        let call = async {
+            let mut client = self.client().await?;
+            let mut stream = client
+                .do_get(Ticket {
+                    ticket: ticket.to_bytes(),
+                })
+                .await
+                .map_err(|s| wire::status_error(&self.endpoint, &s))?
+                .into_inner();
+            let mut assembler = Assembler::default();
+            while let Some(message) = stream.next().await {
+                let message = message.map_err(|s| wire::status_error(&self.endpoint, &s))?;
+                assembler.push(&message).map_err(|r| self.protocol(&r))?;
+            }
+            assembler.finish().map_err(|r| self.protocol(&r))
+        };
+        // Files are larger than a generation's header: a few times the
+        // call limit.
+        self.timed(self.options.request_timeout * 3, call).await
+    }
+
+    /// `call` within `limit`; any failure drops the connection, so the
+    /// next call reconnects.
+    async fn timed<T>(
+        &self,
+        limit: Duration,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(limit, call).await {
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => {
                 *self.client.lock() = None;
                 Err(e)

@@ -33,6 +33,10 @@
 //! server accepts only its parents' certificates, the client only the
 //! dialled child's; [`certs`] makes a fleet CA and node certificates.
 //!
+//! A TLA keeping Query History also serves its kept files (a
+//! `history-list` action and a `history` ticket, `src/history.rs`), so a
+//! SQL node fetches the history it lacks from its TLA.
+//!
 //! Both ends count bytes and rows per table ([`TransferStats`]) for
 //! `/metrics` ([`render_prometheus`]).
 
@@ -40,6 +44,7 @@ pub mod certs;
 mod client;
 mod diff;
 mod error;
+mod history;
 mod server;
 mod stats;
 mod tls;
@@ -47,6 +52,10 @@ mod wire;
 
 pub use client::{FlightChild, FlightChildOptions};
 pub use error::{FlightError, Result};
+pub use history::{
+    ChunkHeader, HISTORY_LIST_ACTION, HistoryFileInfo, HistoryFiles, HistoryListRequest,
+    HistorySourceError, HistoryTicket, HistoryWanted, MAX_FILES_PER_TICKET,
+};
 pub use server::{FlightServer, FlightServerConfig, HEALTH_ACTION, HealthReport};
 pub use stats::{TableTransfer, TransferSnapshot, TransferStats, render_prometheus};
 pub use tls::{Link, Refusal, TlsContext, TlsFiles, TlsWatch, is_dns_name};

@@ -20,6 +20,10 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::history::{
+    self as history, HISTORY_LIST_ACTION, HistoryFiles, HistoryListRequest, HistoryTicket,
+    HistoryWanted, MAX_FILES_PER_TICKET,
+};
 use crate::stats::TransferStats;
 use crate::tls::{self, TlsContext};
 use crate::wire::{self, Compression, FetchTicket};
@@ -53,6 +57,10 @@ pub struct FlightServerConfig {
     /// Mutual TLS: only parents the context names may connect. `None`:
     /// plaintext, anyone may.
     pub tls: Option<Arc<TlsContext>>,
+    /// Kept history served to parents (`history` tickets, see
+    /// `src/history.rs`): a TLA keeping history. `None`: such calls are
+    /// refused with a message naming the setting.
+    pub history: Option<Arc<dyn HistoryFiles>>,
 }
 
 impl Default for FlightServerConfig {
@@ -65,6 +73,7 @@ impl Default for FlightServerConfig {
             shutdown_grace: Duration::from_secs(5),
             own_threads: None,
             tls: None,
+            history: None,
         }
     }
 }
@@ -397,6 +406,9 @@ impl FlightService for Service {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         self.stats.add_call();
+        if let Some(ticket) = HistoryTicket::from_bytes(&request.get_ref().ticket) {
+            return self.serve_history(ticket.history);
+        }
         let ticket = FetchTicket::from_bytes(&request.get_ref().ticket).map_err(|e| {
             self.stats.add_failure();
             Status::invalid_argument(e.to_string())
@@ -458,9 +470,12 @@ impl FlightService for Service {
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
+        if request.get_ref().r#type == HISTORY_LIST_ACTION {
+            return self.list_history(&request.get_ref().body);
+        }
         if request.get_ref().r#type != HEALTH_ACTION {
             return Err(Status::unimplemented(format!(
-                "unknown action `{}`; the only action is `{HEALTH_ACTION}`",
+                "unknown action `{}`; the actions are `{HEALTH_ACTION}` and `{HISTORY_LIST_ACTION}`",
                 request.get_ref().r#type
             )));
         }
@@ -539,6 +554,88 @@ impl FlightService for Service {
         _request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         Err(unimplemented("DoExchange"))
+    }
+}
+
+impl Service {
+    fn history_source(&self) -> Result<Arc<dyn HistoryFiles>, Status> {
+        self.config.history.clone().ok_or_else(|| {
+            Status::failed_precondition(
+                "this node keeps no history; add `history` (tables, dir) to its [tlas.NAME] entry in the topology",
+            )
+        })
+    }
+
+    /// `history-list`: the kept files of one table, as JSON.
+    fn list_history(
+        &self,
+        body: &[u8],
+    ) -> Result<Response<BoxResponse<arrow_flight::Result>>, Status> {
+        let source = self.history_source()?;
+        let request: HistoryListRequest = serde_json::from_slice(body).map_err(|e| {
+            Status::invalid_argument(format!(
+                "`{HISTORY_LIST_ACTION}` takes {{\"table\": \"NAME\"}}: {e}"
+            ))
+        })?;
+        let files = source
+            .list(&request.table)
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        let body = serde_json::to_vec(&files).map_err(|e| Status::internal(e.to_string()))?;
+        let result = arrow_flight::Result { body: body.into() };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))))
+    }
+
+    /// A `history` ticket: the files asked for, read and sent on a
+    /// blocking thread through a bounded channel (as generations are).
+    fn serve_history(
+        &self,
+        wanted: HistoryWanted,
+    ) -> Result<Response<BoxResponse<FlightData>>, Status> {
+        let source = self.history_source()?;
+        if wanted.files.len() > MAX_FILES_PER_TICKET {
+            return Err(Status::invalid_argument(format!(
+                "a history ticket asks for at most {MAX_FILES_PER_TICKET} files ({} asked); ask again for the rest",
+                wanted.files.len()
+            )));
+        }
+        let (tx, rx) = mpsc::channel(self.config.send_buffer.max(1));
+        let stats = self.stats.clone();
+        tokio::task::spawn_blocking(move || {
+            let label = format!("history.{}", wanted.table);
+            for name in &wanted.files {
+                let bytes = match source.read(&wanted.table, name) {
+                    Ok(Some(bytes)) => bytes,
+                    // Thinned since it was listed: left out.
+                    Ok(None) => continue,
+                    Err(e) => {
+                        stats.add_failure();
+                        let _ = tx.blocking_send(Err(Status::unavailable(format!(
+                            "history file `{name}` of `{}`: {e}",
+                            wanted.table
+                        ))));
+                        return;
+                    }
+                };
+                let messages = match history::file_messages(name, &bytes) {
+                    Ok(messages) => messages,
+                    Err(e) => {
+                        stats.add_failure();
+                        let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+                        return;
+                    }
+                };
+                for message in messages {
+                    stats.add_sent(&label, wire::message_bytes(&message), 0);
+                    if tx.blocking_send(Ok(message)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

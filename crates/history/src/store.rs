@@ -70,6 +70,8 @@ struct WriteState {
     written: u64,
     deleted: u64,
     failures: u64,
+    /// Files fetched from another node (a TLA) and kept.
+    imported: u64,
 }
 
 /// What one generation's write did.
@@ -316,6 +318,104 @@ impl HistoryStore {
         deleted
     }
 
+    /// The bytes of kept file `name` (`<made_at_ms>-<generation>.parquet`)
+    /// of `table`, as another node fetches it (the `history` Flight
+    /// ticket). Only a file in the index is read: a name is never turned
+    /// into a path unchecked.
+    pub fn read_kept(&self, table: &str, name: &str) -> Result<Vec<u8>> {
+        let key = parse_name(name).ok_or_else(|| HistoryError::NoGeneration {
+            table: table.to_string(),
+            reason: format!(
+                "`{name}` is not a history file name (<made_at_ms>-<generation>.parquet)"
+            ),
+        })?;
+        let path = {
+            let tables = self.tables.read();
+            let index = tables.get(table).ok_or_else(|| self.not_kept(table))?;
+            index
+                .files
+                .get(&key)
+                .map(|f| f.file.path.clone())
+                .ok_or_else(|| HistoryError::NoGeneration {
+                    table: table.to_string(),
+                    reason: format!("`{name}` is not kept (any more) on this node"),
+                })?
+        };
+        std::fs::read(&path).map_err(|source| HistoryError::Io { path, source })
+    }
+
+    /// Whether generation (`time_ms`, `generation`) of `table` is kept here.
+    pub fn has(&self, table: &str, time_ms: i64, generation: u64) -> bool {
+        self.tables
+            .read()
+            .get(table)
+            .is_some_and(|t| t.files.contains_key(&(time_ms, generation)))
+    }
+
+    /// Keeps a file another node kept (fetched from a TLA over Flight):
+    /// written as this node's own writes are (temporary name, synced,
+    /// renamed), then checked like a file found at start; one that does
+    /// not read as a history file is removed and refused. `Ok(false)`:
+    /// kept already. The ladder is not applied here: call [`thin`].
+    ///
+    /// [`thin`]: HistoryStore::thin
+    pub fn import(&self, table: &str, name: &str, bytes: &[u8]) -> Result<bool> {
+        if !self.is_kept(table) {
+            return Err(self.not_kept(table));
+        }
+        let (time_ms, generation) = parse_name(name).ok_or_else(|| HistoryError::NoGeneration {
+            table: table.to_string(),
+            reason: format!(
+                "`{name}` is not a history file name (<made_at_ms>-<generation>.parquet)"
+            ),
+        })?;
+        if self.has(table, time_ms, generation) {
+            return Ok(false);
+        }
+        self.check_free_space()?;
+        let table_dir = self.dir.join(table);
+        std::fs::create_dir_all(&table_dir).map_err(|source| HistoryError::Io {
+            path: table_dir.clone(),
+            source,
+        })?;
+        // The name is rebuilt from its parsed parts, so it cannot reach
+        // outside the table's directory.
+        let path = table_dir.join(file_name(time_ms, generation));
+        let tmp = path.with_extension("parquet.tmp");
+        let failed = |reason: String| HistoryError::Write {
+            path: path.clone(),
+            reason,
+        };
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut file = File::create(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()
+        };
+        if let Err(e) = write() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(failed(e.to_string()));
+        }
+        if let Err(reason) = footer(&tmp) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(failed(format!(
+                "fetched file does not read as a history file: {reason}"
+            )));
+        }
+        if let Err(e) = std::fs::rename(&tmp, &path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(failed(e.to_string()));
+        }
+        let (file, schema, checked) = check(&path).map_err(failed)?;
+        self.tables
+            .write()
+            .entry(table.to_string())
+            .or_default()
+            .add(time_ms, generation, file, schema, checked);
+        self.state.lock().imported += 1;
+        Ok(true)
+    }
+
     /// The kept tables.
     pub fn tables(&self) -> Vec<String> {
         self.config.tables.iter().cloned().collect()
@@ -490,6 +590,11 @@ impl HistoryStore {
             .collect()
     }
 
+    /// Files fetched from another node and kept, since start.
+    pub fn imported(&self) -> u64 {
+        self.state.lock().imported
+    }
+
     /// Why writing is stopped, when it is.
     pub fn stopped(&self) -> Option<String> {
         self.state.lock().stopped.as_ref().map(|(r, _)| r.clone())
@@ -560,9 +665,9 @@ fn stamp(path: &Path) -> (u64, Option<SystemTime>) {
 /// A readable file, its schema, and its size and time when checked.
 type Checked = (KeptFile, SchemaRef, (u64, Option<SystemTime>));
 
-/// Reads a file's footer: its Arrow schema, or why it cannot be read.
-fn check(path: &Path) -> std::result::Result<Checked, String> {
-    let checked = stamp(path);
+/// A file's Arrow schema and row count from its footer, or why it is not
+/// a readable history file.
+fn footer(path: &Path) -> std::result::Result<(SchemaRef, u64), String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.to_string())?;
     let schema = builder.schema().clone();
@@ -572,6 +677,13 @@ fn check(path: &Path) -> std::result::Result<Checked, String> {
         }
     }
     let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+    Ok((schema, rows))
+}
+
+/// Reads a file's footer: its Arrow schema, or why it cannot be read.
+fn check(path: &Path) -> std::result::Result<Checked, String> {
+    let checked = stamp(path);
+    let (schema, rows) = footer(path)?;
     let (time_ms, generation) = path
         .file_name()
         .and_then(|n| parse_name(&n.to_string_lossy()))

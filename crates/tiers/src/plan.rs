@@ -387,6 +387,10 @@ pub fn tla(topology: &Topology, name: &str, links: &Links) -> Result<TierPlan> {
     }
     let mut config = aggregator_config(topology, name, Role::Tla);
     config.prewarm = entry.prewarm.clone();
+    // A table kept in history is collected every tick, asked for or not.
+    if let Some(history) = &entry.history {
+        config.prewarm.extend(history.tables.iter().cloned());
+    }
     if let Some((set_name, set)) = topology.set_of_tla(name) {
         config.span = Some(set_name.clone());
         config.prewarm.extend(set.prewarm.iter().cloned());

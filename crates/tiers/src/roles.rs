@@ -361,6 +361,8 @@ pub struct TierProcess {
     watch: Option<TopologyWatch>,
     /// A proxy's: expires members and re-plans when they change.
     members_task: Option<tokio::task::JoinHandle<()>>,
+    /// A TLA's Query History writer, when its entry keeps history.
+    _history: Option<crate::history::TlaHistory>,
 }
 
 impl TierProcess {
@@ -454,15 +456,21 @@ impl TierProcess {
                     name: name.to_string(),
                     field: "flight",
                 })?;
+        let history = match kind {
+            Role::Tla => crate::history::open_for_tla(topology, name)?,
+            _ => None,
+        };
         let aggregator = Arc::new(Aggregator::start(config, groups));
         if let Some(registry) = &registry {
             aggregator.set_own_tables(Some(Arc::new(registry.clone())));
         }
-        let flight = FlightServer::start_with(
-            aggregator.as_child(),
-            flight_addr,
-            server_config(topology, tls.as_ref()),
-        )?;
+        let mut flight_config = server_config(topology, tls.as_ref());
+        flight_config.history = history.as_ref().map(|store| {
+            Arc::new(crate::history::Served(store.clone())) as Arc<dyn fleetsql_flight::HistoryFiles>
+        });
+        let flight = FlightServer::start_with(aggregator.as_child(), flight_addr, flight_config)?;
+        let history =
+            history.map(|store| crate::history::TlaHistory::start(store, aggregator.subscribe(), name));
         let observed = Arc::new(Observed {
             role,
             tls: context_of(&tls),
@@ -509,6 +517,7 @@ impl TierProcess {
             live,
             watch: None,
             members_task: None,
+            _history: history,
         })
     }
 
@@ -988,6 +997,8 @@ pub struct SqlProcess {
     /// Its Query History writer, when the entry keeps one (kept for its
     /// lifetime: dropping it stops the writer).
     _history: Option<fleetsql_history::History>,
+    /// Fetches from its TLAs the history it lacks.
+    _history_sync: Option<crate::history::TlaSync>,
 }
 
 impl SqlProcess {
@@ -1037,6 +1048,15 @@ impl SqlProcess {
             entry.history.as_ref(),
             apps.state_dir.as_deref(),
         )?;
+        let history_sync = history.as_ref().and_then(|h| {
+            crate::history::TlaSync::start(
+                h.store().clone(),
+                name,
+                &children,
+                links.tls(),
+                crate::history::sync_interval(topology.tick),
+            )
+        });
         let observed = Arc::new(Observed {
             role: "sqlnode",
             tls: links.tls().cloned(),
@@ -1122,6 +1142,7 @@ impl SqlProcess {
         });
         Ok(SqlProcess {
             _history: history,
+            _history_sync: history_sync,
             name: name.to_string(),
             node,
             pg,

@@ -140,3 +140,108 @@ async fn the_demo_keeps_history_travels_in_time_and_keeps_it_across_a_restart() 
         "{before:?} {after:?}"
     );
 }
+
+/// Issue 18 item 4 on real processes from one topology file: the TLA keeps
+/// `sys` in history (`[tlas.t1.history]`) and serves it over Flight; the
+/// SQL node keeps its own. Killed and started again with an empty state
+/// directory, the SQL node answers `history.sys` over generations made
+/// before it lost its state: it fetched them from its TLA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sql_node_restarted_empty_answers_history_from_its_tla() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use fleetsql_tiers::{HistoryConfig, SqlNodeEntry};
+
+    use crate::tiers::{FleetSpec, TestCluster, eventually};
+
+    let dir = tempfile::tempdir().unwrap();
+    let sql_state = dir.path().join("sql-state");
+    let tla_history = dir.path().join("t1-history");
+    let sqlnodes = BTreeMap::from([(
+        "sql".to_string(),
+        SqlNodeEntry {
+            state_dir: Some(sql_state.clone()),
+            history: Some(HistoryConfig::of_tables(["sys"])),
+            ..SqlNodeEntry::default()
+        },
+    )]);
+    let tla_dir = tla_history.clone();
+    let mut cluster = TestCluster::start_fleet_edited(
+        dir,
+        FleetSpec {
+            proxies: 1,
+            tlas: 1,
+            table_expiry: Duration::from_secs(60),
+            extra_agent: false,
+            sqlnodes,
+            tla_sql: BTreeSet::new(),
+        },
+        move |topology, _| {
+            topology.tlas.get_mut("t1").expect("t1").history = Some(HistoryConfig {
+                dir: Some(tla_dir),
+                ..HistoryConfig::of_tables(["sys"])
+            });
+        },
+    )
+    .await;
+
+    // Both keep generations: the SQL node's own files, the TLA's files.
+    const SPAN: &str = "SELECT CAST(min(_generation_time) AS BIGINT), count(DISTINCT _generation) FROM history.sys";
+    let (oldest, kept) = eventually(
+        Duration::from_secs(60),
+        "3 generations of history.sys",
+        || async {
+            let (status, body) = cluster.query(SPAN).await;
+            let oldest = body["rows"][0][0].as_i64()?;
+            let kept = body["rows"][0][1].as_u64()?;
+            (status.is_success() && kept >= 3).then_some((oldest, kept))
+        },
+    )
+    .await;
+    let tla_files = || {
+        std::fs::read_dir(tla_history.join("sys"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the TLA's history files",
+        || async { (tla_files() >= 3).then_some(()) },
+    )
+    .await;
+
+    // The SQL node loses everything it kept.
+    cluster.kill("sql");
+    std::fs::remove_dir_all(&sql_state).unwrap();
+    cluster.restart("sql", "sqlnode").await;
+
+    // What it answers reaches back before the restart: from the TLA.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = cluster.query(SPAN).await;
+        let after_oldest = body["rows"][0][0].as_i64();
+        let after_kept = body["rows"][0][1].as_u64();
+        if status.is_success()
+            && after_oldest.is_some_and(|t| t <= oldest)
+            && after_kept.is_some_and(|n| n >= kept)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the restart history.sys reads {status} {body}, before it read oldest {oldest}, {kept} generations; log: {}",
+            cluster.log("sql")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sql_state.join("history").join("sys").exists());
+    assert!(
+        cluster.log("sql").contains("history fetched from the TLA"),
+        "{}",
+        cluster.log("sql")
+    );
+}
