@@ -95,6 +95,10 @@ TYPES = (
     "CAST('2024-01-02 03:04:05' AS TIMESTAMP) ts, CAST('2024-01-02' AS DATE) d "
     "FROM sys WHERE hostname = 'm1'"
 )
+# A TIMESTAMPTZ travels as Postgres sends it: OID 1184, in binary UTC
+# microseconds since 2000-01-01, in text `2024-01-02 03:04:05+00`.
+TIMESTAMPTZ = "SELECT CAST('2024-01-02 03:04:05+00:00' AS TIMESTAMPTZ) tz FROM sys WHERE hostname = 'm1'"
+TIMESTAMPTZ_OID = 1184
 
 
 def expected_types():
@@ -104,15 +108,22 @@ def expected_types():
 
 
 def binary_results():
+    import datetime
+
     import asyncpg
     import psycopg
+
+    utc = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
 
     async def body():
         conn = await asyncpg.connect(host="127.0.0.1", port=port, user="fleetsql", database="fleetsql")
         rows = await conn.fetch(TYPES)
         check("asyncpg binary types", [tuple(r) for r in rows] == [expected_types()], rows)
-        # Not checked: a TIMESTAMPTZ answer reaches asyncpg and psycopg 3 as
-        # a datetime without its zone (seen 2026-12-07; issue 24 item 4).
+        rows = await conn.fetch(TIMESTAMPTZ)
+        check("asyncpg binary timestamptz", [r[0] for r in rows] == [utc], rows)
+        statement = await conn.prepare(TIMESTAMPTZ)
+        oids = [a.type.oid for a in statement.get_attributes()]
+        check("asyncpg timestamptz oid", oids == [TIMESTAMPTZ_OID], oids)
         await conn.close()
 
     asyncio.run(body())
@@ -123,6 +134,16 @@ def binary_results():
         result = cur.pgresult
         formats = [result.fformat(i) for i in range(result.nfields)] if result else []
         check("psycopg3 binary was asked for and sent", formats and all(f == 1 for f in formats), formats)
+        rows = cur.execute(TIMESTAMPTZ).fetchall()
+        check("psycopg3 binary timestamptz", [r[0] for r in rows] == [utc], rows)
+        result = cur.pgresult
+        oids = [result.ftype(i) for i in range(result.nfields)] if result else []
+        check("psycopg3 binary timestamptz oid", oids == [TIMESTAMPTZ_OID], oids)
+        # Text format, read raw: the string Postgres prints (session zone UTC).
+        cur = conn.cursor()
+        cur.adapters.register_loader("timestamptz", psycopg.types.string.TextLoader)
+        rows = cur.execute(TIMESTAMPTZ).fetchall()
+        check("psycopg3 text timestamptz", rows == [("2024-01-02 03:04:05+00",)], rows)
 
 
 def sqlalchemy_and_pandas():

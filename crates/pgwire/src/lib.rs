@@ -27,6 +27,7 @@ mod copy;
 mod hook;
 mod server;
 mod service;
+mod text_times;
 mod timeout;
 
 pub use auth::PgSecurity;

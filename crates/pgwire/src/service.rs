@@ -196,7 +196,12 @@ impl SimpleQueryHandler for FleetService {
         audited.responses(
             caught(self.simple_query(client, query))
                 .await
-                .map(|responses| responses.into_iter().map(caught_rows).collect()),
+                .map(|responses| {
+                    responses
+                        .into_iter()
+                        .map(|r| crate::text_times::in_response(caught_rows(r)))
+                        .collect()
+                }),
         )
     }
 }
@@ -354,9 +359,10 @@ impl FleetService {
                 .await
             {
                 return match answer? {
-                    Response::Query(answer) => {
-                        Ok(Response::CopyOut(crate::copy::copy_out(answer, options)))
-                    }
+                    Response::Query(answer) => Ok(Response::CopyOut(crate::copy::copy_out(
+                        crate::text_times::in_query(answer),
+                        options,
+                    ))),
                     _ => Err(copy_error(
                         "COPY (...) TO STDOUT needs a query that returns rows (SELECT, SHOW, EXPLAIN)",
                     )),
@@ -431,7 +437,7 @@ impl ExtendedQueryHandler for FleetService {
         audited.response(answer.map(|r| {
             holding(
                 node_errors(crate::timeout::rows_until(
-                    caught_rows(r),
+                    crate::text_times::in_response(caught_rows(r)),
                     deadline,
                     timed_out(),
                 )),

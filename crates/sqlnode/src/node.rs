@@ -246,9 +246,14 @@ impl SqlNode {
             )
             .build_arc()
             .map_err(SqlError::from)?;
+        // Sessions are in UTC, as a Postgres server set to UTC: a
+        // `TIMESTAMPTZ` (a cast, `now()`) is a zoned timestamp, which the
+        // wire sends as timestamptz; DataFusion's default (no zone) makes
+        // it a naive one that clients read without its zone.
         let session_config = SessionConfig::new()
             .with_information_schema(true)
-            .with_default_catalog_and_schema("datafusion", "public");
+            .with_default_catalog_and_schema("datafusion", "public")
+            .set_str("datafusion.execution.time_zone", "UTC");
         // Every front end's plans, the protocol layers' own included, get
         // yield points after their joins (see `YieldingJoins`).
         let state = datafusion::execution::SessionStateBuilder::new()
