@@ -12,6 +12,11 @@
 //! window keeps only the aggregated numbers of each event instead of the
 //! event. Anything else runs on the general path ([`crate::processor`]);
 //! both paths produce the same rows (tests run statements on both).
+//!
+//! With a remove stream (`select irstream|rstream`, `insert rstream into`)
+//! a kernel also reports each touched group as it was before the update,
+//! as the general path does for a fully aggregated statement: that keeps
+//! the `irstream` statements of issue 23's measure off the slower path.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -207,6 +212,8 @@ pub(crate) struct KernelSpec<'a> {
     pub(crate) per_event: bool,
     pub(crate) aggregated: bool,
     pub(crate) plain: bool,
+    /// Produce the remove stream too.
+    pub(crate) rstream: bool,
 }
 
 /// A compiled single-stream aggregation.
@@ -232,6 +239,10 @@ pub(crate) struct Kernel {
     by_sym: Vec<u32>,
     free: Vec<u32>,
     touched: Vec<u32>,
+    /// Produce the remove stream: each touched group's row before the update.
+    rstream: bool,
+    /// Remove-stream rows of the current update, in the order groups were touched.
+    old: Vec<Row>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -480,6 +491,8 @@ impl Kernel {
             by_sym: Vec::new(),
             free: Vec::new(),
             touched: Vec::new(),
+            rstream: spec.rstream,
+            old: Vec::new(),
         };
         if k.key.is_none() {
             // The single group of an ungrouped aggregation lives forever.
@@ -547,13 +560,39 @@ impl Kernel {
         gi
     }
 
+    /// Marks a group as changed by this update; must run before the change,
+    /// since the remove stream reports the group as it was.
     #[inline]
     fn touch(&mut self, gi: u32) {
         let g = &mut self.groups[gi as usize];
         if !g.touched {
             g.touched = true;
             self.touched.push(gi);
+            if self.rstream {
+                let n = self.funcs.len();
+                let g = &self.groups[gi as usize];
+                let accs = &self.accs[gi as usize * n..(gi as usize + 1) * n];
+                if let Some(row) = self.row(accs, &g.key) {
+                    self.old.push(row);
+                }
+            }
         }
+    }
+
+    /// The group's output row, or `None` when `having` filters it out.
+    #[inline]
+    fn row(&self, accs: &[Acc], key: &Value) -> Option<Row> {
+        if let Some(h) = &self.having
+            && !h(accs, key)
+        {
+            return None;
+        }
+        let cols = self
+            .items
+            .iter()
+            .map(|(name, f)| (name.clone(), f(accs, key)))
+            .collect();
+        Some(Row { cols })
     }
 
     /// Removes the oldest kept event from its group.
@@ -566,6 +605,7 @@ impl Kernel {
             self.kept_vals.drain(..n);
             return;
         }
+        self.touch(k.group);
         let base = k.group as usize * n;
         for i in 0..n {
             let v = self.kept_vals.pop_front().unwrap_or(Num::Null);
@@ -578,7 +618,6 @@ impl Kernel {
             }
         }
         self.groups[k.group as usize].rows -= 1;
-        self.touch(k.group);
     }
 
     /// An event arrives at `now`: returns false when it lacks a required field.
@@ -589,6 +628,7 @@ impl Kernel {
         now: i64,
         symbols: &Symbols,
         out: &mut Vec<Row>,
+        old: &mut Vec<Row>,
     ) -> bool {
         if self.required.iter().any(|&f| r.is_null(f)) {
             return false;
@@ -614,6 +654,7 @@ impl Kernel {
         let retain = !matches!(self.window, KWindow::None);
         if counted {
             let gi = self.group_of(r, symbols);
+            self.touch(gi);
             let base = gi as usize * n;
             for i in 0..n {
                 let acc = &mut self.accs[base + i];
@@ -638,7 +679,6 @@ impl Kernel {
                 }
             }
             self.groups[gi as usize].rows += 1;
-            self.touch(gi);
             if retain {
                 self.kept.push_back(Kept { ts: now, group: gi });
             }
@@ -651,18 +691,18 @@ impl Kernel {
                 group: NO_GROUP,
             });
         }
-        self.finish(out);
+        self.finish(out, old);
         true
     }
 
     /// The clock reached `now`: expire what is due.
-    pub(crate) fn advance(&mut self, now: i64, out: &mut Vec<Row>) {
+    pub(crate) fn advance(&mut self, now: i64, out: &mut Vec<Row>, old: &mut Vec<Row>) {
         if let KWindow::Time(ms) = self.window {
             while self.kept.front().is_some_and(|k| k.ts + ms <= now) {
                 self.expire_front();
             }
         }
-        self.finish(out);
+        self.finish(out, old);
     }
 
     pub(crate) fn next_deadline(&self) -> Option<i64> {
@@ -672,24 +712,20 @@ impl Kernel {
         }
     }
 
-    /// One row per touched group that passes `having`, then forgets empty groups.
+    /// One row per touched group that passes `having` (and the rows of the
+    /// remove stream), then forgets empty groups.
     #[inline]
-    fn finish(&mut self, out: &mut Vec<Row>) {
+    fn finish(&mut self, out: &mut Vec<Row>, old: &mut Vec<Row>) {
         let n = self.funcs.len();
         for &gi in &self.touched {
             let g = &self.groups[gi as usize];
             let accs = &self.accs[gi as usize * n..(gi as usize + 1) * n];
-            if let Some(h) = &self.having
-                && !h(accs, &g.key)
-            {
-                continue;
+            if let Some(row) = self.row(accs, &g.key) {
+                out.push(row);
             }
-            let cols = self
-                .items
-                .iter()
-                .map(|(name, f)| (name.clone(), f(accs, &g.key)))
-                .collect();
-            out.push(Row { cols });
+        }
+        if !self.old.is_empty() {
+            old.append(&mut self.old);
         }
         let grouped = self.key.is_some();
         for i in 0..self.touched.len() {

@@ -467,15 +467,10 @@ pub(crate) fn compile(
             });
         }
     }
-    // Kernels produce the insert stream of plain updates; remove streams and
+    // Kernels produce the insert and remove streams of plain updates;
     // output clauses (which need group keys, snapshots, order per batch)
     // stay on the general path.
-    if kernels
-        && stmt.pattern.is_none()
-        && stmt.inputs.len() == 1
-        && stmt.output.is_none()
-        && !rstream
-    {
+    if kernels && stmt.pattern.is_none() && stmt.inputs.len() == 1 && stmt.output.is_none() {
         let spec = stmt.processor.spec();
         let input = &stmt.inputs[0];
         let view = input.window.shape();
@@ -493,6 +488,7 @@ pub(crate) fn compile(
                     per_event: spec.per_event,
                     aggregated: spec.aggregated,
                     plain: !spec.distinct && spec.order_by.is_empty() && spec.limit.is_none(),
+                    rstream,
                 },
                 &mut streams.list[slots[0].stream].symbols,
             );
@@ -732,7 +728,13 @@ impl Stmt {
         out: &mut Emit,
     ) -> Fed {
         if let Some(kn) = &mut self.kernel {
-            if !kn.on_row(RowRef::Event(ev), now, &stream_state.symbols, &mut out.new) {
+            if !kn.on_row(
+                RowRef::Event(ev),
+                now,
+                &stream_state.symbols,
+                &mut out.new,
+                &mut out.old,
+            ) {
                 return Fed::MissingField;
             }
             return Fed::Ok;
@@ -841,6 +843,7 @@ impl Stmt {
             now,
             &stream_state.symbols,
             &mut out.new,
+            &mut out.old,
         ) {
             return Fed::MissingField;
         }
@@ -850,7 +853,7 @@ impl Stmt {
     /// The clock reached `now`.
     pub(crate) fn advance(&mut self, now: i64, out: &mut Emit) {
         if let Some(kn) = &mut self.kernel {
-            kn.advance(now, &mut out.new);
+            kn.advance(now, &mut out.new, &mut out.old);
             return;
         }
         for k in 0..self.inputs.len() {
