@@ -9,7 +9,7 @@ use datafusion::common::{DFSchema, ParamValues};
 use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
-    ObjectName, ObjectNamePart, Query, Statement, Visit, Visitor,
+    ObjectName, ObjectNamePart, Query, Statement, TableFactor, Visit, Visitor,
 };
 use datafusion_postgres::QueryHook;
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
@@ -170,6 +170,10 @@ pub(crate) fn reads_no_fleet_data(statement: &Statement) -> bool {
 struct CatalogOnly {
     catalog_only: bool,
     ctes: HashSet<String>,
+    /// The next relation is a function called in FROM
+    /// (`generate_series(1, 3)`, Grafana's `string_to_array(...) s`),
+    /// which reads no fleet data.
+    function_call: bool,
 }
 
 impl Default for CatalogOnly {
@@ -177,6 +181,7 @@ impl Default for CatalogOnly {
         CatalogOnly {
             catalog_only: true,
             ctes: HashSet::new(),
+            function_call: false,
         }
     }
 }
@@ -197,7 +202,16 @@ impl Visitor for CatalogOnly {
         ControlFlow::Continue(())
     }
 
+    // A table factor is visited before its name (then its arguments).
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        self.function_call = matches!(factor, TableFactor::Table { args: Some(_), .. });
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_relation(&mut self, name: &ObjectName) -> ControlFlow<()> {
+        if std::mem::take(&mut self.function_call) {
+            return ControlFlow::Continue(());
+        }
         let part = |p: &ObjectNamePart| {
             p.as_ident()
                 .map_or_else(|| p.to_string(), |i| i.value.clone())

@@ -7,12 +7,17 @@ use std::sync::Arc;
 
 use std::ops::ControlFlow;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, Int32Array, StringArray};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::array::{ArrayRef, AsArray, Int32Array, StringArray, new_null_array};
+use datafusion::arrow::datatypes::{DataType, Field, Fields};
 use datafusion::common::exec_err;
-use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf,
+};
 use datafusion::scalar::ScalarValue;
-use datafusion::sql::sqlparser::ast::{SetExpr, Statement, TableFactor, VisitMut, VisitorMut};
+use datafusion::sql::sqlparser::ast::{
+    AccessExpr, Expr, Ident, ObjectName, SetExpr, Statement, TableAliasColumnDef, TableFactor,
+    Visit, VisitMut, Visitor, VisitorMut,
+};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
@@ -229,9 +234,65 @@ const POSTGRES_COLUMNS: &str = "SELECT * FROM (SELECT table_catalog, table_schem
     numeric_precision_radix, numeric_scale, datetime_precision, interval_type \
     FROM information_schema.columns) AS columns";
 
+/// `information_schema._pg_expandarray(array)`, which pgjdbc's
+/// `DatabaseMetaData.getPrimaryKeys` calls on `pg_index.indkey` and reads
+/// as a composite `(x, n)`: each element and its position. In Postgres it
+/// returns a set; here it is a scalar whose fields are NULL, so the query
+/// plans and lists no key columns. Fleet tables have no keys, and the
+/// catalog's own (`pg_catalog` tables in `pg_index`) are not reported.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PgExpandArray {
+    signature: Signature,
+    aliases: Vec<String>,
+}
+
+impl PgExpandArray {
+    fn fields() -> Fields {
+        Fields::from(vec![
+            Field::new("x", DataType::Int64, true),
+            Field::new("n", DataType::Int64, true),
+        ])
+    }
+}
+
+impl ScalarUDFImpl for PgExpandArray {
+    fn name(&self) -> &str {
+        "_pg_expandarray"
+    }
+
+    fn aliases(&self) -> &[String] {
+        &self.aliases
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(DataType::Struct(Self::fields()))
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let nulls = new_null_array(&DataType::Struct(Self::fields()), args.number_rows);
+        Ok(ColumnarValue::Array(nulls))
+    }
+}
+
+fn pg_expandarray_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(PgExpandArray {
+        signature: Signature::any(1, Volatility::Immutable),
+        // DataFusion names a qualified call by its whole text.
+        aliases: vec!["information_schema._pg_expandarray".to_string()],
+    })
+}
+
 /// Registers the functions above on a node's session.
 pub(crate) fn register(ctx: &datafusion::prelude::SessionContext) {
     ctx.register_udf(version_udf());
+    ctx.register_udf(pg_expandarray_udf());
     ctx.register_udf(to_regtype_udf());
     ctx.register_udf(current_setting_udf());
     ctx.register_udf(postgres_type_name_udf());
@@ -256,12 +317,167 @@ fn test_panic_udf() -> ScalarUDF {
     )
 }
 
-/// Reads `information_schema.columns` through [`POSTGRES_COLUMNS`].
+/// Functions Postgres lets a query call in FROM although they return one
+/// value (an array), not rows: the relation is one row whose one column
+/// is named after the alias. Grafana's table and column pickers expand
+/// the search path with `string_to_array(current_setting('search_path'),
+/// ',') s` and index `s[i]`.
+const SCALARS_IN_FROM: &[&str] = &[
+    "string_to_array",
+    "regexp_split_to_array",
+    "parse_ident",
+    "current_schemas",
+];
+
+/// Table functions whose one column Postgres names after the relation's
+/// alias (`generate_series(1, 3) AS i` has a column `i`); DataFusion names
+/// it `value`.
+const ALIAS_NAMED_TABLE_FUNCTIONS: &[&str] = &["generate_series", "range"];
+
+/// The last part of a function's name, lower case (`pg_catalog.x` is `x`).
+fn function_name(name: &ObjectName) -> String {
+    name.0
+        .last()
+        .map(|p| {
+            p.as_ident()
+                .map_or_else(|| p.to_string(), |i| i.value.clone())
+                .to_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+/// The names called as functions in FROM (`generate_series(1, 3)`,
+/// `string_to_array(...) s`): DataFusion's table references list them
+/// too, but they are no fleet table to collect.
+pub(crate) fn table_function_names(statement: &Statement) -> std::collections::BTreeSet<String> {
+    struct Functions(std::collections::BTreeSet<String>);
+    impl Visitor for Functions {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            if let TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            } = factor
+            {
+                self.0.insert(function_name(name));
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut functions = Functions(Default::default());
+    let _ = statement.visit(&mut functions);
+    functions.0
+}
+
+/// A function called in FROM as Postgres reads it (see [`SCALARS_IN_FROM`]
+/// and [`ALIAS_NAMED_TABLE_FUNCTIONS`]); `None` leaves `factor` as it is.
+fn postgres_function_in_from(factor: &TableFactor) -> Option<TableFactor> {
+    let TableFactor::Table {
+        name,
+        alias,
+        args: Some(args),
+        ..
+    } = factor
+    else {
+        return None;
+    };
+    let function = function_name(name);
+    if ALIAS_NAMED_TABLE_FUNCTIONS.contains(&function.as_str()) {
+        let alias = alias.as_ref().filter(|a| a.columns.is_empty())?;
+        let mut named = factor.clone();
+        if let TableFactor::Table {
+            alias: Some(slot), ..
+        } = &mut named
+        {
+            slot.columns = vec![TableAliasColumnDef {
+                name: alias.name.clone(),
+                data_type: None,
+            }];
+        }
+        return Some(named);
+    }
+    if !SCALARS_IN_FROM.contains(&function.as_str()) {
+        return None;
+    }
+    let column = match alias {
+        Some(a) => a.columns.first().map_or(&a.name, |c| &c.name).clone(),
+        None => Ident::new(function),
+    };
+    let arguments: Vec<String> = args.args.iter().map(ToString::to_string).collect();
+    let sql = format!(
+        "SELECT * FROM (SELECT {name}({}) AS {column})",
+        arguments.join(", ")
+    );
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, &sql).ok()?;
+    let Statement::Query(query) = statements.pop()? else {
+        return None;
+    };
+    let SetExpr::Select(select) = *query.body else {
+        return None;
+    };
+    let mut derived = select.from.into_iter().next()?.relation;
+    if let TableFactor::Derived { alias: slot, .. } = &mut derived {
+        *slot =
+            Some(
+                alias
+                    .clone()
+                    .unwrap_or_else(|| datafusion::sql::sqlparser::ast::TableAlias {
+                        explicit: true,
+                        name: column.clone(),
+                        columns: vec![],
+                        at: None,
+                    }),
+            );
+    }
+    Some(derived)
+}
+
+/// `(expr).field`, Postgres's access to a field of a composite value
+/// (pgjdbc's `(information_schema._pg_expandarray(i.indkey)).n` and
+/// `(result.KEYS).x`), as `get_field(expr, 'field')`: DataFusion reads
+/// dots after a column name only.
+fn postgres_field_access(expr: &Expr) -> Option<Expr> {
+    let Expr::CompoundFieldAccess { root, access_chain } = expr else {
+        return None;
+    };
+    if !matches!(**root, Expr::Nested(_)) {
+        return None;
+    }
+    let mut text = root.to_string();
+    for access in access_chain {
+        let AccessExpr::Dot(Expr::Identifier(field)) = access else {
+            return None;
+        };
+        text = format!(
+            "get_field({text}, '{}')",
+            field.value.to_lowercase().replace('\'', "''")
+        );
+    }
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&text)
+        .ok()?
+        .parse_expr()
+        .ok()
+}
+
+/// Reads `information_schema.columns` through [`POSTGRES_COLUMNS`], and
+/// functions called in FROM and composite fields as Postgres reads them.
 pub(crate) fn postgres_information_schema(statement: &mut Statement) {
     struct Columns;
     impl VisitorMut for Columns {
         type Break = ();
+        fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+            if let Some(postgres) = postgres_field_access(expr) {
+                *expr = postgres;
+            }
+            ControlFlow::Continue(())
+        }
         fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+            if let Some(postgres) = postgres_function_in_from(factor) {
+                *factor = postgres;
+                return ControlFlow::Continue(());
+            }
             let TableFactor::Table { name, alias, .. } = factor else {
                 return ControlFlow::Continue(());
             };
@@ -348,6 +564,51 @@ mod tests {
         );
         assert_eq!(setting_value("search_path").as_deref(), Some("public"));
         assert_eq!(setting_value("no_such_setting"), None);
+    }
+
+    fn rewritten(sql: &str) -> String {
+        let mut statement = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .unwrap()
+            .remove(0);
+        postgres_information_schema(&mut statement);
+        statement.to_string()
+    }
+
+    #[test]
+    fn functions_in_from_read_as_postgres_reads_them() {
+        assert_eq!(
+            rewritten("SELECT s[i] FROM generate_series(1, 2) AS i, string_to_array('a,b', ',') s"),
+            "SELECT s[i] FROM generate_series(1, 2) AS i (i), (SELECT string_to_array('a,b', ',') AS s) s"
+        );
+        assert_eq!(
+            rewritten("SELECT (f(k)).n, (r.keys).x FROM t r"),
+            "SELECT get_field((f(k)), 'n'), get_field((r.keys), 'x') FROM t r"
+        );
+        // Column names given, or none at all: left as DataFusion has them.
+        for unchanged in [
+            "SELECT x FROM generate_series(1, 2) AS i(x)",
+            "SELECT value FROM generate_series(1, 2)",
+            "SELECT * FROM sys AS s",
+        ] {
+            let mut statement = Parser::parse_sql(&PostgreSqlDialect {}, unchanged)
+                .unwrap()
+                .remove(0);
+            let before = statement.to_string();
+            postgres_information_schema(&mut statement);
+            assert_eq!(statement.to_string(), before);
+        }
+        let statement = Parser::parse_sql(
+            &PostgreSqlDialect {},
+            "SELECT * FROM sys, generate_series(1, 2) AS i, pg_catalog.string_to_array('a', ',') s",
+        )
+        .unwrap()
+        .remove(0);
+        assert_eq!(
+            table_function_names(&statement)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["generate_series", "string_to_array"]
+        );
     }
 
     #[test]

@@ -508,6 +508,7 @@ impl SqlNode {
         let state = self.inner.ctx.state();
         // Versioned tables read history, not the live generation.
         let versioned = !crate::time_travel::versioned_tables(statement).is_empty();
+        let functions = crate::compat::table_function_names(statement);
         let statement = if versioned {
             crate::time_travel::with_history_names(statement)
         } else {
@@ -521,6 +522,10 @@ impl SqlNode {
         let mut other = versioned;
         for reference in &references {
             let table = reference.table();
+            // `generate_series(1, 3)` in FROM: a function, not a table.
+            if reference.schema().is_none() && functions.contains(table) {
+                continue;
+            }
             if reference.schema().is_some_and(|s| s != "public")
                 || SYSTEM_TABLES.contains(&table)
                 || extra.contains_key(table)

@@ -115,6 +115,43 @@ async fn python_drivers() {
     );
 }
 
+/// pgjdbc, Debian's `libpostgresql-jdbc-java` (scripts/apt/jdbc.txt):
+/// a query and its NOTICE as a warning, a PreparedStatement, a `SELECT *`
+/// join, `DatabaseMetaData` (getTables, getColumns, getPrimaryKeys,
+/// getSchemas) and a timestamptz, by `tests/clients/PgJdbc.java`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_driver() {
+    let jar = std::path::Path::new(JDBC_JAR);
+    if !jar.exists() {
+        // CI always runs through scripts/test, which installs it.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{JDBC_JAR} is missing; run ./scripts/test"
+        );
+        eprintln!("skipped: {JDBC_JAR} is missing (./scripts/test installs it)");
+        return;
+    }
+    let fleet = FixtureFleet::start().await;
+    let script = crate::fixture::repo_root().join("tests/clients/PgJdbc.java");
+    let output = tokio::process::Command::new("java")
+        .arg("-cp")
+        .arg(jar)
+        .arg(script)
+        .arg(fleet.pg.local_addr().port().to_string())
+        .output()
+        .await
+        .expect("java is installed (scripts/apt/jdbc.txt lists it)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "JDBC failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("ok   getPrimaryKeys"), "{stdout}");
+}
+
+const JDBC_JAR: &str = "/usr/share/java/postgresql.jar";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_describes_a_table_without_a_notice_per_catalog_query() {
     let fleet = FixtureFleet::start().await;
@@ -142,7 +179,12 @@ async fn psql_describes_a_table_without_a_notice_per_catalog_query() {
 /// in order over one connection. Returns stdout; stderr (the completeness
 /// NOTICE, which names generations and ages) must have no ERROR.
 fn psql_fixed(fleet: &FixtureFleet, commands: &[&str]) -> String {
-    let port = fleet.pg.local_addr().port().to_string();
+    psql_fixed_on(fleet.pg.local_addr().port(), commands)
+}
+
+/// [`psql_fixed`] against any Postgres listener on loopback.
+fn psql_fixed_on(port: u16, commands: &[&str]) -> String {
+    let port = port.to_string();
     let mut command = Command::new("psql");
     command
         .args(["-X", "-q", "-h", "127.0.0.1", "-p", &port, "-U", "fleetsql"])
@@ -234,4 +276,74 @@ async fn psql_meta_commands_match_the_expected_output() {
     );
     assert_eq!(out, "", "quiet \\copy printed {out}");
     expect_psql("copy_sys.csv", &std::fs::read_to_string(&file).unwrap());
+}
+
+/// In psql's expanded output (`\x`), the values of `fields` replaced by
+/// `*`: what the simulated fleet changes every tick (free memory, load,
+/// uptime, publication times). A record's header line is as wide as its
+/// widest value, so its dashes go too.
+fn mask_expanded(out: &str, fields: &[&str]) -> String {
+    out.lines()
+        .map(|line| match line.split_once(" | ") {
+            Some((name, _)) if fields.contains(&name.trim_end()) => format!("{name} | *"),
+            _ if line.starts_with("-[ RECORD ") => line.trim_end_matches('-').to_string(),
+            _ => line.to_string(),
+        })
+        .map(|line| line + "\n")
+        .collect()
+}
+
+/// What a user types at `fleetsql demo` (the real binary, started on port
+/// 0 and waited on its `/health`), compared with the files in
+/// `tests/integration/psql/demo/`: the tables listed, a table described,
+/// the schemas, an expanded row and a `\copy`. The simulated fleet's
+/// seed fixes its machines and their fixed facts; what changes each tick
+/// is masked, and the demo's own machine (named after the host running
+/// the test) is left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_meta_commands_against_the_demo_match_the_expected_output() {
+    let demo = crate::cluster::TestDemo::start().await;
+    let port = demo.pg.port();
+    expect_psql("demo/dt.out", &psql_fixed_on(port, &["\\dt"]));
+    expect_psql("demo/dn.out", &psql_fixed_on(port, &["\\dn"]));
+    // Collected first, so `\d sys` has its columns.
+    psql_fixed_on(port, &["SELECT count(*) FROM sys"]);
+    expect_psql("demo/d_sys.out", &psql_fixed_on(port, &["\\d public.sys"]));
+    let x = psql_fixed_on(
+        port,
+        &[
+            "\\x on",
+            "SELECT * FROM sys WHERE _cluster <> 'local' ORDER BY _host LIMIT 2",
+        ],
+    );
+    let ticking = [
+        "memfree",
+        "memavail",
+        "swapfree",
+        "cpu_pct",
+        "load1",
+        "load5",
+        "load15",
+        "uptime",
+        "_published_at",
+    ];
+    let masked = mask_expanded(&x, &ticking);
+    // The mask hides values, never rows or columns.
+    assert_eq!(masked.lines().count(), x.lines().count(), "{x}");
+    assert!(masked.contains("_published_at | *"), "{x}");
+    expect_psql("demo/x_sys.out", &masked);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("machinerole.csv");
+    let out = psql_fixed_on(
+        port,
+        &[&format!(
+            "\\copy (SELECT _host, ip, memtotal, ncpus, os FROM sys WHERE _cluster <> 'local' ORDER BY _host) TO '{}' WITH CSV HEADER",
+            file.display()
+        )],
+    );
+    assert_eq!(out, "", "quiet \\copy printed {out}");
+    expect_psql(
+        "demo/copy_sys.csv",
+        &std::fs::read_to_string(&file).unwrap(),
+    );
 }
