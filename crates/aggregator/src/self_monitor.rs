@@ -36,6 +36,9 @@ pub struct NodeState {
     /// What a re-read configuration changed that this node cannot apply
     /// while running (its own listen address): applied only at a restart.
     pub pending_restart: Option<String>,
+    /// A SQL node's stores that fail to write (alert state, report runs:
+    /// a full disk, say), with the error; `None` when all write.
+    pub store_error: Option<String>,
 }
 
 impl NodeState {
@@ -63,6 +66,7 @@ impl NodeState {
             memory_bytes: process_rss_bytes(),
             uptime_s,
             pending_restart: None,
+            store_error: None,
         }
     }
 
@@ -98,6 +102,7 @@ pub fn fleet_nodes_schema() -> SchemaRef {
         Field::new("memory_bytes", DataType::UInt64, true),
         Field::new("uptime_s", DataType::Float64, false),
         Field::new("pending_restart", DataType::Utf8, true),
+        Field::new("store_error", DataType::Utf8, true),
     ]))
 }
 
@@ -131,6 +136,9 @@ pub fn fleet_nodes_table(rows: &[NodeState]) -> Table {
         )),
         Arc::new(StringArray::from_iter(
             rows.iter().map(|r| r.pending_restart.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|r| r.store_error.as_deref()),
         )),
     ];
     // The columns are built from the schema above, one per field, with equal
@@ -179,6 +187,7 @@ mod tests {
             memory_bytes: process_rss_bytes(),
             uptime_s: 1.5,
             pending_restart: Some("flight address".into()),
+            store_error: None,
         };
         let table = fleet_nodes_table(&[row.clone(), row]);
         assert_eq!(table.num_rows(), 2);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fleetsql_model::{Generation, now_ms};
-use fleetsql_sqlnode::{SqlError, SqlNode};
+use fleetsql_sqlnode::{SqlError, SqlNode, StoreChange};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -20,7 +20,19 @@ use crate::definition::{AlertDefinition, CONSOLE_ROUTE, DefinitionError, Definit
 use crate::routes::RouteConfig;
 use crate::state::{AlertState, EventKind, Observation, Row, Timing};
 use crate::store::Store;
-use crate::{Result, tables};
+use crate::{AlertError, Result, tables};
+
+/// The alert state's name among the node's stores (`fleet_nodes.store_error`,
+/// `fleetsql_store_failing{store="alerts"}`).
+pub(crate) const STORE: &str = "alerts";
+
+/// The SQLite error without the path (the path is the store's own label).
+fn store_reason(e: &AlertError) -> String {
+    match e {
+        AlertError::Store { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
+}
 
 /// Tables the alert service adds to the SQL node.
 pub const ALERT_TABLES: [&str; 3] = ["alerts", "alert_instances", "alert_errors"];
@@ -297,9 +309,52 @@ impl Inner {
         }
     }
 
+    /// One scheduler pass at `now`, its writes reported to the node's
+    /// store health: every pass writes (the lease at least), so a pass
+    /// that works after failures is writing resumed. A failed pass left
+    /// memory as the store has it (see `reload_states`); the next pass
+    /// runs the same iterations again.
+    async fn pass(&self, now: i64) -> Result<PassReport> {
+        let result = self.pass_once(now).await;
+        match &result {
+            Ok(_) => self.store_ok(),
+            Err(e) => self.store_failed(e),
+        }
+        result
+    }
+
+    fn store_path(&self) -> String {
+        self.config.state_path.display().to_string()
+    }
+
+    fn store_ok(&self) {
+        let path = self.store_path();
+        if self.node.stores().write_ok(STORE, &path) == StoreChange::Recovered {
+            tracing::info!(path = %path, "alert state written again");
+        }
+    }
+
+    /// Reports a store error (others, such as a failed query, are not the
+    /// store's). Logged once per run of failures; each retry at debug.
+    fn store_failed(&self, e: &AlertError) {
+        if !matches!(e, AlertError::Store { .. }) {
+            return;
+        }
+        let path = self.store_path();
+        let reason = store_reason(e);
+        match self.node.stores().write_failed(STORE, &path, &reason) {
+            StoreChange::Failing => tracing::error!(
+                path = %path,
+                error = %e,
+                "cannot write the alert state; alerts neither fire nor clear until it can, retried every pass"
+            ),
+            _ => tracing::debug!(error = %e, "alert state still not written"),
+        }
+    }
+
     /// One scheduler pass at `now`: re-read definitions, hold the lease,
     /// run the due alerts.
-    async fn pass(&self, now: i64) -> Result<PassReport> {
+    async fn pass_once(&self, now: i64) -> Result<PassReport> {
         let (definitions, errors, routes_changed, routes) = {
             let mut set = self.definitions.lock();
             let changed = set.scan(now);
@@ -628,8 +683,14 @@ impl Inner {
                     self.store.failed(id, &error, now_ms() + wait)
                 }
             };
-            if let Err(e) = stored {
-                tracing::warn!(error = %e, "cannot record a delivery");
+            match stored {
+                Ok(()) => self.store_ok(),
+                Err(e) => {
+                    // Delivered but not recorded: sent again after a
+                    // restart (at least once, as for a crash here).
+                    tracing::warn!(error = %e, "cannot record a delivery");
+                    self.store_failed(&e);
+                }
             }
         }
         delivered
@@ -648,7 +709,10 @@ impl AlertService {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = scheduler.pass(now_ms()).await {
+                if let Err(e) = scheduler.pass(now_ms()).await
+                    && !matches!(e, AlertError::Store { .. })
+                {
+                    // Store errors are logged by `pass` once per outage.
                     tracing::warn!(error = %e, "alert pass failed");
                 }
             }
@@ -672,6 +736,8 @@ impl AlertService {
     /// (tests, benchmarks, `alerts check`).
     pub fn open(node: Arc<SqlNode>, config: AlertsConfig) -> Result<AlertService> {
         let store = Store::open(&config.state_path)?;
+        node.stores()
+            .register(STORE, &config.state_path.display().to_string());
         let states = store.load()?;
         let (updates, _) = broadcast::channel(64);
         let inner = Arc::new(Inner {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetsql_model::now_ms;
-use fleetsql_sqlnode::SqlNode;
+use fleetsql_sqlnode::{SqlNode, StoreChange};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
@@ -33,6 +33,10 @@ pub use chart::{Series, csv, series, svg};
 pub use definition::{DEFAULT_EVERY, DEFAULT_RETENTION, ReportDefinition, parse_duration};
 pub use error::{ReportsError, Result};
 pub use store::{Store, StoredColumn, StoredRun};
+
+/// The report store's name among the node's stores (`fleet_nodes.store_error`,
+/// `fleetsql_store_failing{store="reports"}`).
+pub const STORE: &str = "reports";
 
 /// Where definitions are read from and runs are kept.
 #[derive(Debug, Clone)]
@@ -72,6 +76,7 @@ impl Reports {
     pub fn start(node: Arc<SqlNode>, config: &ReportsConfig) -> Result<Reports> {
         let definitions = ReportDefinition::load_dir(&config.dir)?;
         let store = Store::open(config.database.as_deref())?;
+        node.stores().register(STORE, store.path());
         let reports = definitions
             .into_iter()
             .map(|r| (r.name.clone(), r))
@@ -137,6 +142,8 @@ async fn schedule(inner: Arc<Inner>, name: String) {
                 None => tracing::debug!(report = %name, rows = run.rows.len(), "report ran"),
                 Some(e) => tracing::warn!(report = %name, error = %e, "report query failed"),
             },
+            // Store errors are logged by `run_report` once per outage.
+            Err(ReportsError::Store(_)) => {}
             Err(e) => tracing::warn!(report = %name, error = %e, "report run not stored"),
         }
     }
@@ -175,12 +182,32 @@ pub(crate) async fn run_report(inner: &Inner, name: &str) -> Result<StoredRun> {
     };
     // Pruning first means no reader ever sees more than the retention.
     let keep_from = run_at_ms - report.retention.as_millis() as i64;
-    let pruned = inner.store.prune(name, keep_from)?;
-    if pruned > 0 {
-        tracing::debug!(report = %name, pruned, "old report runs pruned");
+    let written = inner.store.prune(name, keep_from).and_then(|pruned| {
+        if pruned > 0 {
+            tracing::debug!(report = %name, pruned, "old report runs pruned");
+        }
+        inner.store.insert(name, &run)
+    });
+    let stores = inner.node.stores();
+    let path = inner.store.path();
+    match written {
+        Ok(()) => {
+            if stores.write_ok(STORE, path) == StoreChange::Recovered {
+                tracing::info!(report = %name, path, "report runs written again");
+            }
+            Ok(run)
+        }
+        // The store is SQLite: a failed write is rolled back, runs already
+        // kept stay. This run is lost; the next one is tried as usual.
+        Err(e) => {
+            if stores.write_failed(STORE, path, &e.to_string()) == StoreChange::Failing {
+                tracing::error!(report = %name, path, error = %e, "cannot write report runs; runs are lost until it can, retried at each run");
+            } else {
+                tracing::debug!(report = %name, error = %e, "report run still not stored");
+            }
+            Err(e)
+        }
     }
-    inner.store.insert(name, &run)?;
-    Ok(run)
 }
 
 fn failed(run_at_ms: i64, error: String) -> StoredRun {

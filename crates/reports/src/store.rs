@@ -34,6 +34,8 @@ pub struct StoredRun {
 #[derive(Debug)]
 pub struct Store {
     connection: Mutex<Connection>,
+    /// The file (`:memory:` without one), for messages and `/metrics`.
+    path: String,
 }
 
 const SCHEMA: &str = "
@@ -60,6 +62,7 @@ impl Store {
     /// Opens (creating) the store at `path`; `None` keeps it in memory.
     pub fn open(path: Option<&Path>) -> Result<Store> {
         let shown = path.map_or(":memory:".to_string(), |p| p.display().to_string());
+        let shown_path = shown.clone();
         let connection = match path {
             Some(p) => Connection::open(p),
             None => Connection::open_in_memory(),
@@ -79,7 +82,13 @@ impl Store {
             })?;
         Ok(Store {
             connection: Mutex::new(connection),
+            path: shown_path,
         })
+    }
+
+    /// The file the runs are kept in (`:memory:` without one).
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
     /// Keeps one run (replacing a run of the same report at the same millisecond).

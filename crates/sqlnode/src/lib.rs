@@ -33,6 +33,7 @@ mod prepared;
 mod requests;
 mod settings;
 mod shared;
+mod stores;
 mod system_tables;
 mod time_travel;
 mod views;
@@ -55,6 +56,7 @@ pub use prepared::Prepared;
 pub use requests::RequestLimits;
 pub use settings::check_setting;
 pub use shared::{SHARED_ANSWERS_BYTES, SharedAnswersStats};
+pub use stores::{StoreChange, StoreHealth, StoreStatus};
 pub use system_tables::SYSTEM_TABLES;
 pub use time_travel::{
     AsOf, HISTORY_SCHEMA, HistoryRead, PickedGeneration, TimeTravel, TimeTravelError,

@@ -129,6 +129,8 @@ struct Inner {
     sources: Mutex<Arc<Vec<Arc<dyn Child>>>>,
     /// What a re-read configuration changed that only a restart applies.
     pending_restart: Mutex<Option<String>>,
+    /// Whether the apps' stores (alert state, report runs) accept writes.
+    stores: crate::stores::StoreHealth,
     generation: watch::Sender<Arc<Generation>>,
     requests: Mutex<QueryRequests>,
     refetch: Notify,
@@ -246,14 +248,9 @@ impl SqlNode {
             )
             .build_arc()
             .map_err(SqlError::from)?;
-        // Sessions are in UTC, as a Postgres server set to UTC: a
-        // `TIMESTAMPTZ` (a cast, `now()`) is a zoned timestamp, which the
-        // wire sends as timestamptz; DataFusion's default (no zone) makes
-        // it a naive one that clients read without its zone.
         let session_config = SessionConfig::new()
             .with_information_schema(true)
-            .with_default_catalog_and_schema("datafusion", "public")
-            .set_str("datafusion.execution.time_zone", "UTC");
+            .with_default_catalog_and_schema("datafusion", "public");
         // Every front end's plans, the protocol layers' own included, get
         // yield points after their joins (see `YieldingJoins`).
         let state = datafusion::execution::SessionStateBuilder::new()
@@ -305,6 +302,7 @@ impl SqlNode {
             config,
             sources: Mutex::new(Arc::new(sources)),
             pending_restart: Mutex::new(None),
+            stores: crate::stores::StoreHealth::default(),
             generation,
             requests: Mutex::new(requests),
             refetch: Notify::new(),
@@ -508,7 +506,6 @@ impl SqlNode {
         let state = self.inner.ctx.state();
         // Versioned tables read history, not the live generation.
         let versioned = !crate::time_travel::versioned_tables(statement).is_empty();
-        let functions = crate::compat::table_function_names(statement);
         let statement = if versioned {
             crate::time_travel::with_history_names(statement)
         } else {
@@ -522,10 +519,6 @@ impl SqlNode {
         let mut other = versioned;
         for reference in &references {
             let table = reference.table();
-            // `generate_series(1, 3)` in FROM: a function, not a table.
-            if reference.schema().is_none() && functions.contains(table) {
-                continue;
-            }
             if reference.schema().is_some_and(|s| s != "public")
                 || SYSTEM_TABLES.contains(&table)
                 || extra.contains_key(table)
@@ -847,6 +840,13 @@ impl SqlNode {
     /// (shown in this node's `fleet_nodes` row).
     pub fn set_pending_restart(&self, what: Option<String>) {
         *self.inner.pending_restart.lock() = what;
+    }
+
+    /// The apps' stores (alert state, report runs): their owners report
+    /// each write here; failures show in this node's `fleet_nodes` row
+    /// (`store_error`) and on `/metrics`.
+    pub fn stores(&self) -> &crate::stores::StoreHealth {
+        &self.inner.stores
     }
 
     fn source_names(&self) -> String {
@@ -1406,6 +1406,7 @@ fn with_own_row(inner: &Inner, generation: Arc<Generation>) -> Arc<Generation> {
     .with_visibility(&generation.meta.visibility, now);
     let mut row = row;
     row.pending_restart = inner.pending_restart.lock().clone();
+    row.store_error = inner.stores.summary();
     // The SQL node's children are its sources, not the TLA's children.
     let statuses = inner.sources_status.lock();
     row.children_expected = statuses.len() as u64;

@@ -197,6 +197,21 @@ fn render(o: &Observed) -> String {
             stats.children_expected
         );
     }
+    // Tasks alive in this process's runtime: a soak (`fleetsql bench
+    // --soak`) watches that they do not grow.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        family(
+            &mut out,
+            "fleetsql_tasks",
+            "gauge",
+            "Tokio tasks alive in this process",
+        );
+        let _ = writeln!(
+            out,
+            "fleetsql_tasks{{{labels}}} {}",
+            runtime.metrics().num_alive_tasks()
+        );
+    }
     if let Some(node) = &o.sqlnode {
         if let Some(install) = node.last_install() {
             family(
@@ -265,6 +280,39 @@ fn render(o: &Observed) -> String {
                 out,
                 "fleetsql_auth_refusals_total{{{labels},front_end=\"{front_end}\",reason=\"{reason}\"}} {count}"
             );
+        }
+        // The apps' stores (alert state, report runs): a full disk shows
+        // here as well as in fleet_nodes.store_error and the log.
+        let stores = node.stores().statuses();
+        if !stores.is_empty() {
+            family(
+                &mut out,
+                "fleetsql_store_failing",
+                "gauge",
+                "1 while writes to the store fail (a full disk, say), 0 once one works",
+            );
+            for s in &stores {
+                let _ = writeln!(
+                    out,
+                    "fleetsql_store_failing{{{labels},store=\"{}\"}} {}",
+                    escape(&s.store),
+                    u8::from(s.error.is_some())
+                );
+            }
+            family(
+                &mut out,
+                "fleetsql_store_write_failures_total",
+                "counter",
+                "Writes to the store that failed",
+            );
+            for s in &stores {
+                let _ = writeln!(
+                    out,
+                    "fleetsql_store_write_failures_total{{{labels},store=\"{}\"}} {}",
+                    escape(&s.store),
+                    s.write_failures
+                );
+            }
         }
     }
     let server = o.server.as_ref().map(|s| s.snapshot());

@@ -5,13 +5,16 @@
 //! the SQL node's TLA and one SQL node are killed with -9 in turn and
 //! started again. Counted: queries failed outside the failover window,
 //! the failover time of each kill, and whether each killed process
-//! rejoined.
+//! rejoined. 20 alerts run on the two SQL nodes all along (one state file,
+//! one lease), firing and clearing every few seconds to a webhook: no
+//! notification may be lost or sent twice across the kills.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::fleet::{FaultFleet, fixture_topology};
+use super::notify::Notifications;
 use super::report;
 
 const TICK: Duration = Duration::from_secs(1);
@@ -94,6 +97,24 @@ async fn kill_9_in_turn_under_client_load() {
     let dir = tempfile::tempdir().unwrap();
     let topology = fixture_topology(dir.path(), TICK, 2, &["t1", "t2"], &["sql1", "sql2"]);
     let mut fleet = FaultFleet::new(dir, topology);
+    // 20 alerts on the two SQL nodes, sharing one state file (one holds
+    // the lease and notifies; the other takes over when it dies).
+    let alerts_dir = fleet.dir.path().join("alerts");
+    let notifications = Notifications::start(&alerts_dir).await;
+    let alerts_state = fleet.dir.path().join("alerts.db");
+    for node in ["sql1", "sql2"] {
+        let args: Vec<String> = vec![
+            "--alerts-dir".into(),
+            alerts_dir.display().to_string(),
+            "--alerts-state".into(),
+            alerts_state.display().to_string(),
+            "--alerts-node".into(),
+            node.into(),
+            "--alerts-lease".into(),
+            "3s".into(),
+        ];
+        fleet.extra_args.insert(node.to_string(), args);
+    }
     fleet.start_rest().await;
     let http_nodes = [fleet.addr("sql1", "http"), fleet.addr("sql2", "http")];
     let pg_nodes = [fleet.addr("sql1", "pg"), fleet.addr("sql2", "pg")];
@@ -165,6 +186,13 @@ async fn kill_9_in_turn_under_client_load() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     load.await.unwrap();
+    // Every notification of an event up to now delivered, then none lost
+    // or sent twice across the kills.
+    let until_ms = fleetsql_model::now_ms();
+    let drained = notifications
+        .wait_past(until_ms, Duration::from_secs(30))
+        .await;
+    let (instances, events, wrong) = notifications.check(until_ms);
 
     let outcomes = outcomes.lock().unwrap().clone();
     let in_window = |o: &Outcome| {
@@ -186,6 +214,9 @@ async fn kill_9_in_turn_under_client_load() {
     }
     let pg_failed = failed.iter().filter(|o| o.pg).count();
     let mut figures = vec![
+        ("alert_instances", instances.to_string()),
+        ("notifications", events.to_string()),
+        ("notifications_lost_or_twice", wrong.len().to_string()),
         ("queries", outcomes.len().to_string()),
         ("failed", failed.len().to_string()),
         ("failed_pg", pg_failed.to_string()),
@@ -221,6 +252,16 @@ async fn kill_9_in_turn_under_client_load() {
         outcomes.len()
     );
     assert_eq!(outside, 0, "queries failed outside the failover windows");
+    assert!(drained, "the outbox did not drain within 30 s");
+    assert_eq!(
+        instances,
+        super::notify::ALERTS * 4,
+        "every alert notifies for each of the 4 machines"
+    );
+    assert!(
+        wrong.is_empty(),
+        "notifications lost or sent twice: {wrong:#?}"
+    );
     for (victim, d) in &failover {
         assert!(*d < WINDOW, "{victim}: failures for {d:?}");
     }

@@ -6,9 +6,11 @@
 
 pub(crate) mod fleet;
 pub(crate) mod netns;
+pub(crate) mod notify;
 pub(crate) mod proxy;
 
 mod clock;
+mod disk;
 mod kill;
 mod partition;
 mod slow;
