@@ -35,6 +35,10 @@ pub use apps::{
 pub use config::{BenchConfig, Preset};
 pub use error::{BenchError, Result};
 pub use render::{markdown, replace_section, scaling_markdown, scaling_svg};
+pub use scenario::soak::{
+    ProcessSample, ProcessSoak, SoakConfig, SoakReport, SoakWindow, least_squares_slope, run_soak,
+    soak_markdown,
+};
 pub use scenario::{TlsCost, run, run_apps_cost, run_tls_cost, tls_markdown};
 pub use stats::{Latency, QueryReport, Report};
 

@@ -102,6 +102,11 @@ impl TierChild {
             })
     }
 
+    /// Its process id, for `/proc/PID`.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
     pub(crate) fn log(&self) -> &Path {
         &self.log
     }

@@ -26,6 +26,8 @@ use crate::process::{Memory, TierChild};
 use crate::stats::ratio;
 use crate::{BenchConfig, BenchError, Latency, QueryReport, Report, Result, SEED_QUERIES};
 
+pub(crate) mod soak;
+
 const TLA: &str = "bench-tla";
 const SQL: &str = "bench-sql";
 const STATIC_TABLES: [&str; 2] = ["region_data", "continent_data"];
@@ -481,6 +483,38 @@ async fn measure(
     apps: Option<&AppsSetup>,
     tls: Option<&TlsHalf>,
 ) -> Result<(Report, Option<AppsFigures>)> {
+    let (mut tiers, idle) = start_tiers(config, dir, fleet, apps, tls).await?;
+    let outcome = async {
+        if let Some(apps) = apps {
+            // Registered before the first complete generation, so the
+            // feed runs through the whole measurement.
+            apps.register(tiers.sql.address("http")?).await?;
+        }
+        measure_tiers(
+            config,
+            dir,
+            &fleet.proxies,
+            &mut tiers,
+            idle,
+            fleet.sizes,
+            apps,
+        )
+        .await
+    }
+    .await;
+    tiers.stop().await;
+    outcome
+}
+
+/// Writes the topology over `fleet` and starts the TLA and SQL node on it
+/// (with `apps` and `tls` when given); both stopped again on an error.
+async fn start_tiers(
+    config: &BenchConfig,
+    dir: &Path,
+    fleet: &Fleet,
+    apps: Option<&AppsSetup>,
+    tls: Option<&TlsHalf>,
+) -> Result<(Tiers, Idle)> {
     let proxies = &fleet.proxies[..];
     let servers = tls.map_or(&fleet.servers[..], |t| &t.servers[..]);
     let sql_tls = tls.and_then(|t| t.settings.files(SQL));
@@ -570,25 +604,12 @@ async fn measure(
         tla: tla_idle,
         sql: sql.memory().map_or(0, |m| m.rss),
     };
-    let mut tiers = Tiers {
+    let tiers = Tiers {
         tla: Some(tla),
         sql,
         pg_tls: tls.map(|t| t.pg.clone()),
     };
-    let outcome = async {
-        if let Some(apps) = apps {
-            // Registered before the first complete generation, so the
-            // feed runs through the whole measurement.
-            apps.register(tiers.sql.address("http")?).await?;
-        }
-        measure_tiers(config, dir, proxies, &mut tiers, idle, fleet.sizes, apps).await
-    }
-    .await;
-    if let Some(tla) = tiers.tla.take() {
-        tla.stop().await;
-    }
-    tiers.sql.stop().await;
-    outcome
+    Ok((tiers, idle))
 }
 
 /// Resident memory of the tiers when they said they were ready.
@@ -617,6 +638,13 @@ struct Tiers {
 }
 
 impl Tiers {
+    async fn stop(mut self) {
+        if let Some(tla) = self.tla.take() {
+            tla.stop().await;
+        }
+        self.sql.stop().await;
+    }
+
     fn tla(&self) -> Result<&TierChild> {
         self.tla
             .as_ref()
@@ -661,39 +689,7 @@ async fn measure_tiers(
         MetricsClient::over(tiers.sql.address("http")?, pg_tls.map(|t| t.config.clone()));
     let pg = tiers.sql.address("pg")?;
 
-    // A complete first generation on the SQL node.
-    let wait_limit = (config.tick * 30).max(Duration::from_secs(300));
-    let waiting = bar(
-        machines as u64,
-        "waiting for a complete generation and the two after it",
-    );
-    let deadline = Instant::now() + wait_limit;
-    // The complete generation came whole through both links; the next one
-    // still waits behind that transfer. Measure from the one after, the
-    // steady state of diffs between the tiers.
-    let mut complete_id: Option<f64> = None;
-    loop {
-        tiers.check(config.max_rss_bytes)?;
-        if let Some(s) = sql_metrics.scrape().await {
-            let seen = s.or_zero("fleetsql_machines_seen") as u64;
-            let id = s.or_zero("fleetsql_generation_id");
-            waiting.set_position(seen);
-            match complete_id {
-                None if seen >= machines as u64 && id > 0.0 => complete_id = Some(id),
-                Some(complete) if id > complete + 1.0 => break,
-                _ => {}
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(BenchError::Timeout(format!(
-                "the SQL node did not see all {machines} machines within {wait_limit:?}; see {} and {}",
-                tiers.tla()?.log().display(),
-                tiers.sql.log().display()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    waiting.finish_and_clear();
+    wait_complete(config, tiers, &sql_metrics, machines).await?;
 
     // Measurement: queries over the wire while generations keep coming.
     let client = connect(pg, pg_tls).await?;
@@ -855,6 +851,50 @@ async fn measure_tiers(
         duckdb_note,
     };
     Ok((report, apps_figures))
+}
+
+/// Waits until the SQL node has seen every machine, then for two more
+/// generations: the steady state of diffs between the tiers.
+async fn wait_complete(
+    config: &BenchConfig,
+    tiers: &mut Tiers,
+    sql_metrics: &MetricsClient,
+    machines: usize,
+) -> Result<()> {
+    // A complete first generation on the SQL node.
+    let wait_limit = (config.tick * 30).max(Duration::from_secs(300));
+    let waiting = bar(
+        machines as u64,
+        "waiting for a complete generation and the two after it",
+    );
+    let deadline = Instant::now() + wait_limit;
+    // The complete generation came whole through both links; the next one
+    // still waits behind that transfer. Measure from the one after, the
+    // steady state of diffs between the tiers.
+    let mut complete_id: Option<f64> = None;
+    loop {
+        tiers.check(config.max_rss_bytes)?;
+        if let Some(s) = sql_metrics.scrape().await {
+            let seen = s.or_zero("fleetsql_machines_seen") as u64;
+            let id = s.or_zero("fleetsql_generation_id");
+            waiting.set_position(seen);
+            match complete_id {
+                None if seen >= machines as u64 && id > 0.0 => complete_id = Some(id),
+                Some(complete) if id > complete + 1.0 => break,
+                _ => {}
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Timeout(format!(
+                "the SQL node did not see all {machines} machines within {wait_limit:?}; see {} and {}",
+                tiers.tla()?.log().display(),
+                tiers.sql.log().display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    waiting.finish_and_clear();
+    Ok(())
 }
 
 /// TLS for the bench's Postgres clients, as `sslmode=verify-full`: the

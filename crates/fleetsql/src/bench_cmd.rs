@@ -90,6 +90,17 @@ pub(crate) struct BenchArgs {
     /// to tell their costs apart.
     #[arg(long, value_delimiter = ',', requires = "apps_cost")]
     apps_only: Vec<String>,
+    /// Soak for this long (e.g. `30m`): 30,000 machines (unless
+    /// --machines) with realistic churn, 20 alerts, 5 reports and 100
+    /// persistent queries on the SQL node; reports the slope of each
+    /// process's memory after the warm-up, descriptor, thread and task
+    /// growth, and the seed queries' p99 per window (soak.json).
+    #[arg(long, value_parser = fleetsql_model::duration::parse_positive, conflicts_with_all = ["apps_cost", "tls_cost", "scaling"])]
+    soak: Option<Duration>,
+    /// With --soak: how much of the start is warm-up, left out of the
+    /// slopes and growth (default a sixth of the soak).
+    #[arg(long, value_parser = fleetsql_model::duration::parse_positive, requires = "soak")]
+    soak_warmup: Option<Duration>,
 }
 
 impl BenchArgs {
@@ -153,6 +164,23 @@ fn write_section(path: &PathBuf, name: &str, content: &str) -> anyhow::Result<()
 }
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(duration) = args.soak {
+        // The soak fleet: 30,000 machines unless told otherwise.
+        let machines = args.machines.or(Some(30_000));
+        let config = args.config(machines, args.out.clone())?;
+        let mut soak = fleetsql_bench::SoakConfig::of(duration);
+        if let Some(warmup) = args.soak_warmup {
+            soak.warmup = warmup;
+        }
+        let report = fleetsql_bench::run_soak(&config, &soak).await?;
+        let text = fleetsql_bench::soak_markdown(&report);
+        println!("{text}");
+        println!("report: {}", config.work_dir.join("soak.json").display());
+        if let Some(path) = &args.write_benchmarks {
+            write_section(path, "fleetsql bench soak", &text)?;
+        }
+        return Ok(());
+    }
     if args.tls_cost {
         let config = args.config(None, args.out.clone())?;
         let cost = fleetsql_bench::run_tls_cost(&config).await?;
