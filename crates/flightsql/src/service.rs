@@ -29,7 +29,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::scalar::ScalarValue;
 use fleetsql_auth::{Action as AuthAction, AuditEntry, FrontEnd, Outcome, Principal};
 use fleetsql_model::Generation;
-use fleetsql_sqlnode::{GenerationInfo, Prepared, QueryOutput, SqlError, SqlNode};
+use fleetsql_sqlnode::{GenerationInfo, Prepared, QueryStream, SqlError, SqlNode};
 use futures::{Stream, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
@@ -249,6 +249,28 @@ fn stream_of(
     Box::pin(stream)
 }
 
+/// A query's answer as Flight data, each batch encoded and sent as the
+/// node computes it (an answer need not fit in memory, and its first
+/// batches leave before its last is made). An error after the first
+/// batches (the time-out, the memory limit) ends the stream with its
+/// status, as one before them would. The generation rides in the first
+/// message's `app_metadata`. A client that goes away drops the stream,
+/// which stops the query and frees its place among those running.
+fn stream_answer(answer: QueryStream) -> DoGetStream {
+    let metadata = generation_json(&answer.generation);
+    let schema = answer.schema.clone();
+    let batches = answer
+        .into_batches()
+        .map_err(|e| FlightError::Tonic(Box::new(status_of(&e))));
+    let stream = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .with_dictionary_handling(DictionaryHandling::Resend)
+        .with_metadata(metadata)
+        .build(batches)
+        .map_err(Status::from);
+    Box::pin(stream)
+}
+
 fn one_batch(batch: Result<RecordBatch, FlightError>) -> Result<DoGetStream, Status> {
     let batch = batch.map_err(|e| Status::internal(format!("cannot build the listing: {e}")))?;
     Ok(stream_of(batch.schema(), vec![batch], None))
@@ -373,11 +395,11 @@ impl Service {
         body: TicketBody,
         client: Option<IpAddr>,
         principal: &Principal,
-    ) -> Result<QueryOutput, Status> {
+    ) -> Result<QueryStream, Status> {
         if let Some(held) = self.held.take_plan(body.plan, &principal.name) {
             return self
                 .node
-                .execute_plan(held.plan, held.generation)
+                .stream_plan_shared(held.plan, held.generation)
                 .await
                 .map_err(|e| status_of(&e));
         }
@@ -404,7 +426,7 @@ impl Service {
             .await
             .map_err(|e| status_of(&e))?;
         self.node
-            .execute_plan(plan, generation)
+            .stream_plan_shared(plan, generation)
             .await
             .map_err(|e| status_of(&e))
     }
@@ -601,15 +623,10 @@ impl FlightSqlService for Service {
                 "not a ticket of this server ({e}); use the ticket GetFlightInfo answered"
             ))
         })?;
-        let output = self
+        let answer = self
             .run_ticket(body, client_ip(&request), &principal)
             .await?;
-        let metadata = generation_json(&output.generation);
-        Ok(Response::new(stream_of(
-            output.schema,
-            output.batches,
-            Some(metadata),
-        )))
+        Ok(Response::new(stream_answer(answer)))
     }
 
     /// A client that uses the command itself as the ticket: executed on a
@@ -627,15 +644,10 @@ impl FlightSqlService for Service {
             sql: None,
             prepared: Some(number),
         };
-        let output = self
+        let answer = self
             .run_ticket(body, client_ip(&request), &principal)
             .await?;
-        let metadata = generation_json(&output.generation);
-        Ok(Response::new(stream_of(
-            output.schema,
-            output.batches,
-            Some(metadata),
-        )))
+        Ok(Response::new(stream_answer(answer)))
     }
 
     async fn do_action_create_prepared_statement(

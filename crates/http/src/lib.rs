@@ -7,8 +7,11 @@
 //! `application/vnd.apache.arrow.stream` (the CLI does, to keep exact
 //! types); then the generation travels in the `x-fleetsql-generation`
 //! header. Errors are `{error, hint}` with a status that says whose fault
-//! it was.
+//! it was. Answers are sent as they are computed (`answer.rs`): an error
+//! after the first rows ends a JSON answer with `error`, `hint` and
+//! `sqlstate` (status 200 already sent) and cuts an Arrow stream short.
 
+mod answer;
 mod auth;
 mod guard;
 mod server;

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use fleetsql_sqlnode::{GenerationInfo, QueryOutput, SqlError, SqlNode};
+use fleetsql_sqlnode::{GenerationInfo, QueryStream, SqlError, SqlNode};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -17,7 +17,6 @@ use crate::auth::{self, Auth, HttpSecurity};
 use crate::guard::{self, Guard, HttpAccess};
 use crate::shape::{QueryLimits, sql_expression_depth};
 use crate::tls::{self, Peer, TlsListener};
-use fleetsql_model::json::batches_to_rows;
 
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 pub const GENERATION_HEADER: &str = "x-fleetsql-generation";
@@ -72,7 +71,30 @@ async fn health(State(node): State<Arc<SqlNode>>) -> Response {
 }
 
 fn error_response(e: &SqlError) -> Response {
-    let (status, hint) = match e {
+    if let SqlError::ServedElsewhere { nodes, .. } = e {
+        return redirect(e, nodes);
+    }
+    let (status, hint) = status_and_hint(e);
+    let mut body = json!({ "error": e.to_string(), "hint": hint, "sqlstate": e.sqlstate() });
+    if let SqlError::Limit { max, setting, .. } = e {
+        body["limit"] = json!(max);
+        body["setting"] = json!(setting);
+    }
+    let mut response = (status, axum::Json(body)).into_response();
+    if e.sqlstate() == "53300" {
+        // A place among the running queries comes free as soon as one
+        // ends: a second is a fair first retry.
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// The status an error is answered with and the hint that goes with it
+/// (also in the tail of a JSON answer that failed after its first rows).
+pub(crate) fn status_and_hint(e: &SqlError) -> (StatusCode, &'static str) {
+    match e {
         SqlError::Parse(_) => (StatusCode::BAD_REQUEST, "check the SQL syntax"),
         SqlError::ReadOnly { .. } => (StatusCode::FORBIDDEN, "only queries are allowed"),
         SqlError::UnknownTable { .. } => (
@@ -113,7 +135,10 @@ fn error_response(e: &SqlError) -> Response {
             StatusCode::FORBIDDEN,
             "log in as an admin to read it (the audit log holds every user's SQL)",
         ),
-        SqlError::ServedElsewhere { nodes, .. } => return redirect(e, nodes),
+        SqlError::ServedElsewhere { .. } => (
+            StatusCode::TEMPORARY_REDIRECT,
+            "send the query to the node in `redirect` (fleetsql sql follows it)",
+        ),
         SqlError::NoSubset { .. } => (
             StatusCode::BAD_REQUEST,
             "SELECT node, tables FROM fleet_sets lists which SQL nodes serve which tables",
@@ -121,21 +146,7 @@ fn error_response(e: &SqlError) -> Response {
         SqlError::Forward { .. } | SqlError::Remote { .. } => {
             (StatusCode::BAD_GATEWAY, "ask the serving SQL node directly")
         }
-    };
-    let mut body = json!({ "error": e.to_string(), "hint": hint, "sqlstate": e.sqlstate() });
-    if let SqlError::Limit { max, setting, .. } = e {
-        body["limit"] = json!(max);
-        body["setting"] = json!(setting);
     }
-    let mut response = (status, axum::Json(body)).into_response();
-    if e.sqlstate() == "53300" {
-        // A place among the running queries comes free as soon as one
-        // ends: a second is a fair first retry.
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
 }
 
 /// 307 to the first serving node with an address (a POST is re-sent with
@@ -171,14 +182,6 @@ fn redirect(e: &SqlError, nodes: &[fleetsql_sqlnode::Peer]) -> Response {
         response.headers_mut().insert(header::LOCATION, location);
     }
     response
-}
-
-fn internal(message: String) -> Response {
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        axum::Json(json!({ "error": message, "hint": "see the node's log" })),
-    )
-        .into_response()
 }
 
 async fn query(
@@ -237,62 +240,46 @@ async fn query(
     if let Err(e) = admitted {
         return error_response(&e);
     }
-    let output = match node.query_for(&request.sql, client).await {
-        Ok(output) => output,
+    // The answer is sent batch by batch as it is computed (see
+    // `answer.rs`); the status waits for the first batch.
+    let began = std::time::Instant::now();
+    let answer = match stream_query(&node, &request.sql, client).await {
+        Ok(answer) => answer,
+        Err(e) => return error_response(&e),
+    };
+    let started = match crate::answer::start(answer).await {
+        Ok(started) => started,
         Err(e) => return error_response(&e),
     };
     let wants_arrow = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains(ARROW_STREAM));
-    if wants_arrow {
-        arrow_answer(output)
+    let info = serde_json::to_string(&started.generation).unwrap_or_default();
+    let (content_type, body) = if wants_arrow {
+        (ARROW_STREAM, crate::answer::arrow_body(started))
     } else {
-        json_answer(output)
-    }
-}
-
-fn json_answer(output: QueryOutput) -> Response {
-    let rows = match batches_to_rows(&output.batches) {
-        Ok(rows) => rows,
-        Err(e) => return internal(e.to_string()),
+        ("application/json", crate::answer::json_body(started, began))
     };
-    let columns: Vec<_> = output
-        .schema
-        .fields()
-        .iter()
-        .map(|f| json!({ "name": f.name(), "type": f.data_type().to_string() }))
-        .collect();
-    axum::Json(json!({
-        "columns": columns,
-        "rows": rows,
-        "row_count": output.num_rows(),
-        "elapsed_ms": output.elapsed.as_secs_f64() * 1000.0,
-        "generation": output.generation,
-    }))
-    .into_response()
-}
-
-fn arrow_answer(output: QueryOutput) -> Response {
-    let mut buffer = Vec::new();
-    let written = (|| {
-        let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut buffer, &output.schema)?;
-        for batch in &output.batches {
-            writer.write(batch)?;
-        }
-        writer.finish()
-    })();
-    if let Err(e) = written {
-        return internal(e.to_string());
-    }
-    let info = serde_json::to_string(&output.generation).unwrap_or_default();
-    let mut response = buffer.into_response();
+    let mut response = body.into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM));
-    if let Ok(value) = HeaderValue::from_str(&info) {
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if wants_arrow && let Ok(value) = HeaderValue::from_str(&info) {
         headers.insert(GENERATION_HEADER, value);
     }
     response
+}
+
+/// Parses, pins and starts `sql` (what `SqlNode::query_for` does, without
+/// collecting the answer).
+async fn stream_query(
+    node: &SqlNode,
+    sql: &str,
+    client: Option<std::net::IpAddr>,
+) -> Result<QueryStream, SqlError> {
+    let prepared = node.prepare(sql)?;
+    let generation = node.pin_prepared_for(&prepared, client).await?;
+    node.stream_prepared(&prepared, generation).await
 }
 
 /// The answer to a request whose handler panicked. Every router of the

@@ -24,6 +24,7 @@
 mod audit;
 mod auth;
 mod copy;
+mod execute;
 mod hook;
 mod server;
 mod service;

@@ -36,6 +36,7 @@ use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::extendedquery::Execute;
 
 use crate::audit;
 use crate::copy::Copy;
@@ -390,6 +391,25 @@ impl ExtendedQueryHandler for FleetService {
 
     fn query_parser(&self) -> Arc<FleetQueryParser> {
         self.parser.clone()
+    }
+
+    /// A fleet query's rows are sent as they are computed (see
+    /// `execute.rs`: the protocol layer would collect them all first).
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PgStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match crate::execute::unstarted_portal(client, &message).await {
+            Some(portal)
+                if matches!(&portal.statement.statement.1, Some((s, _)) if as_typed(s)) =>
+            {
+                crate::execute::execute_streaming(self, client, portal).await
+            }
+            _ => self._on_execute(client, message).await,
+        }
     }
 
     async fn do_query<C>(

@@ -215,6 +215,12 @@ pub(crate) fn rows_until(response: Response, deadline: Instant, error: PgWireErr
         (rows, Some(error)),
         move |(mut rows, error)| async move {
             let error = error?;
+            // The deadline first: rows that are always ready (a CPU-bound
+            // plan's) would otherwise keep a timer polled after them
+            // from ever firing.
+            if Instant::now() >= deadline {
+                return Some((Err(error), (rows, None)));
+            }
             match tokio::time::timeout_at(deadline, rows.next()).await {
                 Ok(Some(row)) => Some((row, (rows, Some(error)))),
                 Ok(None) => None,

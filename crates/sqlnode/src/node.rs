@@ -956,6 +956,47 @@ impl SqlNode {
         })
     }
 
+    /// [`SqlNode::execute_plan`] whose answer is handed on batch by batch
+    /// as it is computed (Flight SQL's `DoGet`), so it need not fit in
+    /// memory; an identical plan's answer over the same generation is
+    /// served from memory, and a small one computed here is kept for the
+    /// next, as [`SqlNode::stream_prepared`] does.
+    pub async fn stream_plan_shared(
+        &self,
+        plan: LogicalPlan,
+        generation: Arc<Generation>,
+    ) -> Result<crate::QueryStream> {
+        Self::verify_read_only(&plan)?;
+        let node_tables = self.node_table_names();
+        let Some(key) = crate::shared::plan_key(&plan, |t| node_tables.contains(t)) else {
+            return self.stream_plan(plan, false, generation).await;
+        };
+        let newest = self.inner.generation.borrow().clone();
+        if let Some(output) = self.inner.shared.kept(&key, &generation, &newest) {
+            return Ok(crate::QueryStream::of_batches(
+                output.schema,
+                output.generation,
+                output.batches,
+            ));
+        }
+        let stream = self.stream_plan(plan, false, generation.clone()).await?;
+        let inner = self.inner.clone();
+        let started = Instant::now();
+        Ok(stream.tee(
+            self.inner.shared.max_answer_bytes(),
+            move |schema, info, batches| {
+                let newest = inner.generation.borrow().clone();
+                let output = QueryOutput {
+                    schema,
+                    batches,
+                    generation: info,
+                    elapsed: started.elapsed(),
+                };
+                inner.shared.offer(&key, &generation, &newest, output);
+            },
+        ))
+    }
+
     /// A place among the queries running at once (`max_concurrent_queries`),
     /// waiting in the bounded queue (`max_queued_queries`) for at most the
     /// query time-out; refused with SQLSTATE 53300 beyond. Every front end's
