@@ -94,6 +94,31 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
+def rss_by_mapping(pid):
+    """Where the resident pages are: the binary's own file mappings (text,
+    rodata: shared with the page cache, smaller in a release build),
+    other files (libc, ...), anonymous memory (heap, allocator arenas,
+    thread stacks) and the thread count."""
+    exe = os.path.realpath(f"/proc/{pid}/exe")
+    parts = {"binary_file": 0, "other_files": 0, "anonymous": 0}
+    name = ""
+    for line in open(f"/proc/{pid}/smaps"):
+        fields = line.split()
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            name = fields[5] if len(fields) > 5 else ""
+        elif fields and fields[0] == "Rss:":
+            kb = int(fields[1]) * 1024
+            if name == exe or name.endswith(" (deleted)") and exe in name:
+                parts["binary_file"] += kb
+            elif name.startswith("/"):
+                parts["other_files"] += kb
+            else:
+                parts["anonymous"] += kb
+    out = {k + "_mib": round(v / 2**20, 1) for k, v in parts.items()}
+    out["threads"] = len(os.listdir(f"/proc/{pid}/task"))
+    return out
+
+
 def status(pid, key):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith(key):
@@ -135,6 +160,7 @@ try:
         "rss_mib_peak": round(status(agent.pid, "VmHWM:") / 2**20, 1),
         "cpu_share_of_one_core_pct": round(100.0 * (c1 - c0) / hz / elapsed, 3),
         "flight_bytes_sent_per_tick": round((b1 - b0) / (elapsed / TICK)),
+        "rss_by_mapping": rss_by_mapping(agent.pid),
         "publishers": PUBLISHERS,
         "tick_s": TICK,
     }

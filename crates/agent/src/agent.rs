@@ -15,7 +15,8 @@ use crate::drop_dir::DropDir;
 use crate::http::{ApiState, router};
 use crate::local::LocalPublishers;
 use crate::store::{Store, StoreLimits};
-use crate::{AgentConfig, AgentError, Result};
+use crate::watchdog::{self, FLEET_SOURCES, WATCHDOG_PUBLISHER, Watchdog};
+use crate::{AgentConfig, AgentError, Result, WatchdogConfig};
 
 /// A running agent: publish API, drop-directory watcher and the tier loop
 /// over this machine's publishers. Dropping it stops everything; prefer
@@ -29,14 +30,20 @@ pub struct Agent {
     cancel: CancellationToken,
     server: Option<JoinHandle<()>>,
     watcher: Option<JoinHandle<()>>,
+    watchdog: Arc<Watchdog>,
+    watchdog_task: Option<JoinHandle<()>>,
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
         self.cancel.cancel();
-        for task in [self.server.take(), self.watcher.take()]
-            .into_iter()
-            .flatten()
+        for task in [
+            self.server.take(),
+            self.watcher.take(),
+            self.watchdog_task.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             task.abort();
         }
@@ -114,11 +121,13 @@ impl Agent {
             Aggregator::start(aggregator_config, vec![ChildGroup::single(local_child)]);
 
         let cancel = CancellationToken::new();
+        let watchdog = Watchdog::new(config.watchdog, config.tick);
         let app = router(ApiState {
             store: store.clone(),
             local: local.clone(),
             max_body_bytes: config.max_body_bytes,
             limits: config.limits,
+            watchdog: watchdog.clone(),
         });
         let server_cancel = cancel.clone();
         let server = tokio::spawn(async move {
@@ -146,6 +155,12 @@ impl Agent {
                 }
             })
         });
+        let watchdog_task = tokio::spawn(watchdog_loop(
+            watchdog.clone(),
+            store.clone(),
+            config.tick,
+            cancel.clone(),
+        ));
         tracing::info!(
             addr = %publish_addr,
             cluster = %config.cluster,
@@ -160,6 +175,8 @@ impl Agent {
             cancel,
             server: Some(server),
             watcher,
+            watchdog,
+            watchdog_task: Some(watchdog_task),
         })
     }
 
@@ -180,6 +197,17 @@ impl Agent {
     /// shown in this agent's `fleet_nodes` row.
     pub fn set_pending_restart(&self, what: Option<String>) {
         self.aggregator().set_pending_restart(what);
+    }
+
+    /// Changes the watchdog's limits (`fleetsql agent --watchdog-*`);
+    /// turning it off forgets what it counted.
+    pub fn set_watchdog(&self, config: WatchdogConfig) {
+        self.watchdog.set_config(config);
+    }
+
+    /// The watchdog's limits in force.
+    pub fn watchdog(&self) -> WatchdogConfig {
+        self.watchdog.config()
     }
 
     /// The agent as a child of a cluster proxy in the same process.
@@ -257,9 +285,48 @@ impl Agent {
         if let Some(watcher) = self.watcher.take() {
             let _ = watcher.await;
         }
+        if let Some(task) = self.watchdog_task.take() {
+            let _ = task.await;
+        }
         if let Some(aggregator) = self.aggregator.take() {
             aggregator.shutdown().await;
         }
         tracing::info!(addr = %self.publish_addr, "agent stopped");
+    }
+}
+
+/// Once per tick: the agent's memory against its ceiling, and the
+/// watchdog's rows of `fleet_sources` (withdrawn when it has none).
+async fn watchdog_loop(
+    watchdog: Arc<Watchdog>,
+    store: Arc<Store>,
+    tick: std::time::Duration,
+    cancel: CancellationToken,
+) {
+    // Twice per tick, so a shed publisher shows within about half a tick.
+    let every = tick / 2;
+    let mut published = false;
+    loop {
+        watchdog.check_memory(watchdog::resident_bytes());
+        match watchdog.report() {
+            Some(batch) => {
+                match store.publish_fleet_table(FLEET_SOURCES, WATCHDOG_PUBLISHER, &batch, now_ms())
+                {
+                    Ok(_) => published = true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot publish the watchdog's fleet_sources rows")
+                    }
+                }
+            }
+            None if published => {
+                store.withdraw(FLEET_SOURCES, WATCHDOG_PUBLISHER);
+                published = false;
+            }
+            None => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
     }
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use fleetsql_model::duration;
 use fleetsql_model::parse::ParseLimits;
 
-use crate::{AgentError, Result, host};
+use crate::{AgentError, Result, WatchdogConfig, host};
 
 /// How one agent runs. Every field has a default, so an empty TOML table is
 /// a working agent for this machine.
@@ -53,6 +53,8 @@ pub struct AgentConfig {
     /// keeps the aggregator's default (six ticks, at least 30 s).
     #[serde(with = "duration::option")]
     pub request_grace: Option<Duration>,
+    /// Per-publisher shares and the agent's memory ceiling (`[watchdog]`).
+    pub watchdog: WatchdogConfig,
 }
 
 impl Default for AgentConfig {
@@ -73,6 +75,7 @@ impl Default for AgentConfig {
             host_collectors: true,
             prewarm: BTreeSet::new(),
             request_grace: None,
+            watchdog: WatchdogConfig::default(),
         }
     }
 }
@@ -119,6 +122,18 @@ impl AgentConfig {
         ] {
             if value == 0 {
                 return Err(AgentError::config(field, "must be at least 1"));
+            }
+        }
+        for (field, value) in [
+            ("watchdog.rows_per_tick", self.watchdog.rows_per_tick),
+            ("watchdog.bytes_per_tick", self.watchdog.bytes_per_tick),
+            ("watchdog.max_rss_bytes", self.watchdog.max_rss_bytes),
+        ] {
+            if value == 0 {
+                return Err(AgentError::config(
+                    field,
+                    "must be at least 1 (turn the watchdog off with enabled = false)",
+                ));
             }
         }
         if let Some(role) = self.roles.iter().find(|r| !printable(r)) {

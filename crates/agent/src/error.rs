@@ -38,6 +38,20 @@ pub enum AgentError {
     },
     #[error("the body is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    #[error(
+        "publisher `{publisher}` of table `{table}` is shed by the agent's watchdog: {reason}; \
+         its rows are refused until it keeps within its share for a whole tick"
+    )]
+    Shed {
+        table: String,
+        publisher: String,
+        reason: String,
+    },
+    #[error(
+        "the agent's resident memory, {rss} bytes, is over its watchdog ceiling of {max} bytes \
+         (watchdog.max_rss_bytes); publishes are refused until it is back under"
+    )]
+    OverMemory { rss: u64, max: u64 },
     #[error("the body could not be read: {reason}")]
     Body { reason: String },
     #[error(

@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::local::LocalPublishers;
 use crate::store::Store;
+use crate::watchdog::Watchdog;
 use crate::{AgentError, Result};
 
 /// Header naming the publisher; without it each table has one publisher.
@@ -40,6 +41,7 @@ pub(crate) struct ApiState {
     pub(crate) local: LocalPublishers,
     pub(crate) max_body_bytes: usize,
     pub(crate) limits: ParseLimits,
+    pub(crate) watchdog: Arc<Watchdog>,
 }
 
 pub(crate) fn router(state: ApiState) -> Router {
@@ -110,6 +112,7 @@ async fn publish(
     let format = InputFormat::from_content_type(&content_type)
         .ok_or(AgentError::UnsupportedContentType { content_type })?;
     let body = read_limited(&headers, body, state.max_body_bytes).await?;
+    let body_bytes = body.len() as u64;
     let published_at = now_ms();
     // Parsing a large body is CPU work: off the IO runtime.
     let parse_table = table.clone();
@@ -123,6 +126,15 @@ async fn publish(
             table: parse_table,
             source,
         })?;
+    // Counted before the store sees the rows: a shed publisher's rows are
+    // refused and its previous ones stay.
+    state.watchdog.admit(
+        &table,
+        &publisher,
+        batch.num_rows() as u64,
+        body_bytes,
+        published_at,
+    )?;
     let rows_accepted = state
         .store
         .publish(&table, &publisher, &batch, published_at)?;
@@ -313,6 +325,19 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "publish fewer rows, or raise the agent's max_body_bytes".into(),
             ),
+            E::Shed { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "publish fewer rows or bytes per tick (merge your publishes into one per tick), or \
+                 raise the agent's watchdog limits (--watchdog-rows-per-tick, \
+                 --watchdog-bytes-per-tick)"
+                    .into(),
+            ),
+            E::OverMemory { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "retry later; withdraw large tables no longer needed, or raise the agent's \
+                 --watchdog-max-rss"
+                    .into(),
+            ),
             E::Body { .. } => (
                 StatusCode::BAD_REQUEST,
                 "send the whole body in one request".into(),
@@ -377,6 +402,10 @@ mod tests {
             local,
             max_body_bytes: 1024,
             limits: ParseLimits::default(),
+            watchdog: crate::watchdog::Watchdog::new(
+                crate::WatchdogConfig::default(),
+                std::time::Duration::from_secs(1),
+            ),
         }
     }
 

@@ -27,12 +27,15 @@ pub mod collectors;
 mod config;
 mod drop_dir;
 mod error;
+pub mod footprint;
 mod host;
 pub mod http;
 mod local;
 mod store;
+mod watchdog;
 
 pub use agent::Agent;
 pub use config::AgentConfig;
 pub use error::{AgentError, Result};
 pub use local::LocalPublishers;
+pub use watchdog::{FLEET_SOURCES, WATCHDOG_PUBLISHER, WatchdogConfig};

@@ -67,6 +67,9 @@ pub(crate) struct DemoArgs {
     /// A TOML file of integrations (Prometheus scrapes, MQTT, perfSONAR esmond).
     #[arg(long)]
     integrations: Option<PathBuf>,
+    /// The local agent's watchdog limits.
+    #[command(flatten)]
+    watchdog: crate::watchdog_args::WatchdogArgs,
     #[command(flatten)]
     apps: crate::apps_args::AppArgs,
     /// Users, tokens and TLS of the demo's SQL node, as for `fleetsql sqlnode`.
@@ -153,6 +156,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         publish_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.publish_port),
         drop_dir: args.drop_dir.clone(),
         roles: vec!["demo".to_string()],
+        watchdog: args.watchdog.apply(AgentConfig::default().watchdog)?,
         ..AgentConfig::default()
     })
     .context("cannot start the local agent")?;

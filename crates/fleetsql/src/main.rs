@@ -12,6 +12,7 @@ mod security_args;
 mod signal;
 mod sql_client;
 mod tier;
+mod watchdog_args;
 
 use std::process::ExitCode;
 
@@ -104,10 +105,17 @@ fn main() -> ExitCode {
         )))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if matches!(cli.command, Command::Agent(_)) {
+        // The agent runs on every machine of the fleet: a small, fixed
+        // runtime and 4 KiB pages keep it at its own few MiB of heap
+        // (BENCHMARKS.md, Agent footprint; fleetsql_agent::footprint).
+        builder.worker_threads(fleetsql_agent::footprint::AGENT_WORKER_THREADS);
+        if let Err(e) = fleetsql_agent::footprint::disable_transparent_huge_pages() {
+            tracing::warn!(error = %e, "cannot turn transparent huge pages off for the agent");
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

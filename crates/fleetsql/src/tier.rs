@@ -79,6 +79,9 @@ pub(crate) struct TierArgs {
     /// joining by itself: its certificate (--tls-cert, --tls-key).
     #[command(flatten)]
     security: crate::security_args::SecurityArgs,
+    /// Agent only: the watchdog's limits.
+    #[command(flatten)]
+    watchdog: crate::watchdog_args::WatchdogArgs,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -144,6 +147,9 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
     if args.publish.is_some() && !matches!(role, Role::Agent) {
         anyhow::bail!("--publish is for `fleetsql agent`");
     }
+    if args.watchdog.any() && !matches!(role, Role::Agent) {
+        anyhow::bail!("--watchdog-* and --no-watchdog are for `fleetsql agent`");
+    }
     let agent_integrations = match role {
         Role::Agent => crate::integrations::load(args.integrations.as_deref())?,
         Role::SqlNode | Role::TlaSql => None,
@@ -156,6 +162,8 @@ pub(crate) async fn run(role: Role, args: TierArgs) -> anyhow::Result<()> {
     let running = match role {
         Role::Agent => {
             let mut process = AgentProcess::start(&topology, name, listen).await?;
+            let agent = process.shared_agent();
+            agent.set_watchdog(args.watchdog.apply(agent.watchdog())?);
             process.watch_topology(config.clone(), args.topology_poll);
             if let Some(config) = &agent_integrations {
                 publishers = Some(crate::integrations::start_on_agent(
@@ -259,6 +267,8 @@ async fn run_joining(cluster: &str, args: &TierArgs, listen: Listen) -> anyhow::
         tls,
     };
     let process = AgentProcess::start_joining(&join, listen).await?;
+    let agent = process.shared_agent();
+    agent.set_watchdog(args.watchdog.apply(agent.watchdog())?);
     let publishers = match crate::integrations::load(args.integrations.as_deref())? {
         Some(config) => Some(crate::integrations::start_on_agent(
             &config,

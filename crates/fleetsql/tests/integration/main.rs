@@ -27,6 +27,7 @@ mod sets;
 mod slt;
 mod tiers;
 mod views;
+mod watchdog;
 mod webdriver;
 mod xmpp;
 
