@@ -21,6 +21,7 @@ mod error;
 mod requests;
 mod self_monitor;
 mod static_tables;
+mod watch_child;
 
 pub use aggregator::{Aggregator, AggregatorConfig, AggregatorStats, ChildGroup, OwnTables};
 pub use child::{Child, FetchRequest, covers_all};
@@ -30,3 +31,4 @@ pub use self_monitor::{
     FLEET_NODES, NodeState, fleet_nodes_schema, fleet_nodes_table, host_name, process_rss_bytes,
 };
 pub use static_tables::StaticTables;
+pub use watch_child::WatchChild;

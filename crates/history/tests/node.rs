@@ -10,38 +10,14 @@ use std::time::Duration;
 
 use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, UInt64Type};
-use async_trait::async_trait;
-use fleetsql_aggregator::{Child, FetchRequest};
+use fleetsql_aggregator::WatchChild;
 use fleetsql_history::{History, HistoryConfig, ManualClock};
 use fleetsql_model::{Generation, Table, TableVisibility};
 use fleetsql_sqlnode::{GenerationHook, QueryOutput, SqlNode, SqlNodeConfig};
-use tokio::sync::watch;
 
 const HANG: Duration = Duration::from_secs(60);
 const T0: i64 = 1_800_000_000_000;
 const TICK: i64 = 5000;
-
-#[derive(Debug)]
-struct Scripted {
-    current: watch::Sender<Arc<Generation>>,
-}
-
-#[async_trait]
-impl Child for Scripted {
-    fn name(&self) -> &str {
-        "scripted"
-    }
-
-    async fn fetch(&self, request: &FetchRequest) -> fleetsql_aggregator::Result<Arc<Generation>> {
-        let mut receiver = self.current.subscribe();
-        let since = request.since_generation.unwrap_or(0);
-        if let Some(wait) = request.wait {
-            let _ = tokio::time::timeout(wait, receiver.wait_for(|g| g.meta.id > since)).await;
-        }
-        let generation = receiver.borrow().clone();
-        Ok(generation)
-    }
-}
 
 /// Generation `id`, made at `T0 + id * TICK`: `sys` with three machines
 /// whose `load` is `id`, except 10.0.0.3 whose disk fills from
@@ -85,7 +61,7 @@ fn generation(id: u64) -> Arc<Generation> {
 
 struct Fleet {
     node: SqlNode,
-    generations: watch::Sender<Arc<Generation>>,
+    generations: Arc<WatchChild>,
     clock: Arc<ManualClock>,
     history: Option<History>,
     dir: tempfile::TempDir,
@@ -104,12 +80,10 @@ fn config() -> HistoryConfig {
 
 impl Fleet {
     async fn start(dir: tempfile::TempDir) -> Fleet {
-        let (generations, _) = watch::channel(Arc::new(Generation::empty("scripted")));
+        let generations = WatchChild::new("scripted", Arc::new(Generation::empty("scripted")));
         let node = SqlNode::start(
             SqlNodeConfig::new("history-test", Duration::from_millis(200)),
-            vec![Arc::new(Scripted {
-                current: generations.clone(),
-            })],
+            vec![generations.clone()],
         )
         .expect("node");
         let clock = Arc::new(ManualClock::new(T0));
@@ -127,7 +101,7 @@ impl Fleet {
     /// kept it (the writer runs on its hook's thread).
     async fn install(&self, id: u64) {
         self.clock.set(T0 + id as i64 * TICK);
-        self.generations.send_replace(generation(id));
+        self.generations.publish(generation(id));
         let store = self.history.as_ref().expect("history").store().clone();
         tokio::time::timeout(HANG, async {
             let mut installed = self.node.subscribe();

@@ -1,44 +1,14 @@
 //! The catalogs list every table the span publishes, collected or not,
 //! with the columns last seen, and looking at them collects nothing.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use async_trait::async_trait;
-use fleetsql_aggregator::{Child, FetchRequest};
+use fleetsql_aggregator::{Child, WatchChild};
 use fleetsql_model::{Generation, Table, TableVisibility, now_ms};
 use fleetsql_sqlnode::{SqlNode, SqlNodeConfig};
-use parking_lot::Mutex;
-use tokio::sync::watch;
-
-/// A source whose generations the test hands out, noting every table the
-/// node asks it for.
-#[derive(Debug)]
-struct Scripted {
-    current: watch::Sender<Arc<Generation>>,
-    asked: Mutex<BTreeSet<String>>,
-}
-
-#[async_trait]
-impl Child for Scripted {
-    fn name(&self) -> &str {
-        "scripted"
-    }
-
-    async fn fetch(&self, request: &FetchRequest) -> fleetsql_aggregator::Result<Arc<Generation>> {
-        self.asked.lock().extend(request.tables.iter().cloned());
-        let mut receiver = self.current.subscribe();
-        let since = request.since_generation.unwrap_or(0);
-        if let Some(wait) = request.wait {
-            let _ = tokio::time::timeout(wait, receiver.wait_for(|g| g.meta.id > since)).await;
-        }
-        let generation = receiver.borrow().clone();
-        Ok(generation)
-    }
-}
 
 fn table(name: &str, columns: &[&str]) -> Arc<Table> {
     let fields: Vec<Field> = columns
@@ -119,11 +89,7 @@ async fn installed(node: &SqlNode, id: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_not_collected_are_listed_with_the_columns_last_seen() {
-    let (sender, _) = watch::channel(generation(1, &["t"]));
-    let source = Arc::new(Scripted {
-        current: sender.clone(),
-        asked: Mutex::new(BTreeSet::new()),
-    });
+    let source = WatchChild::new("scripted", generation(1, &["t"]));
     let node = SqlNode::start(
         SqlNodeConfig::new("catalog-test", Duration::from_millis(200)),
         vec![source.clone() as Arc<dyn Child>],
@@ -144,16 +110,13 @@ async fn tables_not_collected_are_listed_with_the_columns_last_seen() {
     assert_eq!(column_names(&node, "t").await, ["a"]);
     assert!(column_names(&node, "u").await.is_empty());
     // Looking at the catalogs asked the fleet for nothing.
-    assert!(
-        !source.asked.lock().contains("u"),
-        "a catalog query requested u"
-    );
+    assert!(!source.asked().contains("u"), "a catalog query requested u");
 
     // Collected once, then no longer (its requests expired): the columns
     // it had stay in the catalogs.
-    sender.send_replace(generation(2, &["t", "u"]));
+    source.publish(generation(2, &["t", "u"]));
     installed(&node, 2).await;
-    sender.send_replace(generation(3, &["t"]));
+    source.publish(generation(3, &["t"]));
     installed(&node, 3).await;
     assert!(!node.current().tables.contains_key("u"));
     assert_eq!(column_names(&node, "u").await, ["b", "c"]);

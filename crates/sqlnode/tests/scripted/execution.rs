@@ -8,31 +8,10 @@ use std::time::Duration;
 
 use arrow::array::{Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
-use async_trait::async_trait;
-use fleetsql_aggregator::{Child, FetchRequest};
+use fleetsql_aggregator::WatchChild;
 use fleetsql_model::{Generation, Table, TableVisibility, now_ms};
 use fleetsql_sqlnode::{SqlError, SqlNode, SqlNodeConfig};
 use futures::StreamExt;
-
-#[derive(Debug)]
-struct Fixed(Arc<Generation>);
-
-#[async_trait]
-impl Child for Fixed {
-    fn name(&self) -> &str {
-        "fixed"
-    }
-
-    async fn fetch(&self, request: &FetchRequest) -> fleetsql_aggregator::Result<Arc<Generation>> {
-        if request.since_generation == Some(self.0.meta.id)
-            && let Some(wait) = request.wait
-        {
-            // Nothing newer will come: long-poll as a TLA would.
-            tokio::time::sleep(wait).await;
-        }
-        Ok(self.0.clone())
-    }
-}
 
 /// Generation 1: table `t` with column `v` = 1..=100.
 fn generation() -> Arc<Generation> {
@@ -62,7 +41,7 @@ fn generation() -> Arc<Generation> {
 }
 
 async fn node(config: SqlNodeConfig) -> Arc<SqlNode> {
-    let node = SqlNode::start(config, vec![Arc::new(Fixed(generation()))]).expect("node");
+    let node = SqlNode::start(config, vec![WatchChild::new("fixed", generation())]).expect("node");
     node.wait_for_generation(Duration::from_secs(30))
         .await
         .expect("first generation");

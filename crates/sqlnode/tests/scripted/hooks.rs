@@ -14,40 +14,13 @@ use std::time::Duration;
 
 use arrow::array::{Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
-use async_trait::async_trait;
-use fleetsql_aggregator::{Child, FetchRequest};
+use fleetsql_aggregator::WatchChild;
 use fleetsql_model::{Generation, Table, TableVisibility, now_ms};
 use fleetsql_sqlnode::{GenerationHook, SqlNode, SqlNodeConfig};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
 const HANG: Duration = Duration::from_secs(60);
-
-/// A source whose generations the test hands out one by one; it keeps the
-/// tables of the last request it got.
-#[derive(Debug)]
-struct Scripted {
-    current: watch::Sender<Arc<Generation>>,
-    requested: watch::Sender<BTreeSet<String>>,
-}
-
-#[async_trait]
-impl Child for Scripted {
-    fn name(&self) -> &str {
-        "scripted"
-    }
-
-    async fn fetch(&self, request: &FetchRequest) -> fleetsql_aggregator::Result<Arc<Generation>> {
-        self.requested.send_replace(request.tables.clone());
-        let mut receiver = self.current.subscribe();
-        let since = request.since_generation.unwrap_or(0);
-        if let Some(wait) = request.wait {
-            let _ = tokio::time::timeout(wait, receiver.wait_for(|g| g.meta.id > since)).await;
-        }
-        let generation = receiver.borrow().clone();
-        Ok(generation)
-    }
-}
 
 /// Generation `id` with one table `t` whose column `v` holds `id`.
 fn generation(id: u64) -> Arc<Generation> {
@@ -75,33 +48,29 @@ fn generation(id: u64) -> Arc<Generation> {
 
 struct Fleet {
     node: SqlNode,
-    generations: watch::Sender<Arc<Generation>>,
+    source: Arc<WatchChild>,
     requested: watch::Receiver<BTreeSet<String>>,
 }
 
 impl Fleet {
     fn start(first: u64) -> Fleet {
-        let (generations, _) = watch::channel(generation(first));
-        let (requested, requested_rx) = watch::channel(BTreeSet::new());
-        let source = Arc::new(Scripted {
-            current: generations.clone(),
-            requested,
-        });
+        let source = WatchChild::new("scripted", generation(first));
+        let requested = source.requests();
         let node = SqlNode::start(
             SqlNodeConfig::new("hooks-test", Duration::from_millis(200)),
-            vec![source],
+            vec![source.clone()],
         )
         .expect("node");
         Fleet {
             node,
-            generations,
-            requested: requested_rx,
+            source,
+            requested,
         }
     }
 
     /// Hands out generation `id` and waits until the node installed it.
     async fn install(&self, id: u64) {
-        self.generations.send_replace(generation(id));
+        self.source.publish(generation(id));
         let mut installed = self.node.subscribe();
         tokio::time::timeout(HANG, installed.wait_for(|g| g.meta.id >= id))
             .await

@@ -7,34 +7,9 @@ use std::time::Duration;
 
 use arrow::array::{Array, Int64Array, RecordBatch, StringArray, TimestampNanosecondArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use async_trait::async_trait;
-use fleetsql_aggregator::{Child, FetchRequest};
+use fleetsql_aggregator::WatchChild;
 use fleetsql_model::{Generation, Table, TableVisibility, now_ms};
 use fleetsql_sqlnode::{SqlNode, SqlNodeConfig};
-use tokio::sync::watch;
-
-/// A source whose generations the test hands out one by one.
-#[derive(Debug)]
-struct Scripted {
-    current: watch::Sender<Arc<Generation>>,
-}
-
-#[async_trait]
-impl Child for Scripted {
-    fn name(&self) -> &str {
-        "scripted"
-    }
-
-    async fn fetch(&self, request: &FetchRequest) -> fleetsql_aggregator::Result<Arc<Generation>> {
-        let mut receiver = self.current.subscribe();
-        let since = request.since_generation.unwrap_or(0);
-        if let Some(wait) = request.wait {
-            let _ = tokio::time::timeout(wait, receiver.wait_for(|g| g.meta.id > since)).await;
-        }
-        let generation = receiver.borrow().clone();
-        Ok(generation)
-    }
-}
 
 /// Generation `id` with one table `t`: column `v` holds `id`; with
 /// `extra_column`, a column `note` too.
@@ -66,23 +41,20 @@ fn generation(id: u64, extra_column: bool) -> Arc<Generation> {
     Arc::new(generation)
 }
 
-async fn node_with(first: Arc<Generation>) -> (SqlNode, watch::Sender<Arc<Generation>>) {
-    let (sender, _) = watch::channel(first);
-    let source = Arc::new(Scripted {
-        current: sender.clone(),
-    });
+async fn node_with(first: Arc<Generation>) -> (SqlNode, Arc<WatchChild>) {
+    let sender = WatchChild::new("scripted", first);
     let node = SqlNode::start(
         SqlNodeConfig::new("prepared-test", Duration::from_millis(200)),
-        vec![source],
+        vec![sender.clone()],
     )
     .expect("node");
     (node, sender)
 }
 
 /// Hands out `next` and waits until the node answers from it.
-async fn install(node: &SqlNode, sender: &watch::Sender<Arc<Generation>>, next: Arc<Generation>) {
+async fn install(node: &SqlNode, sender: &Arc<WatchChild>, next: Arc<Generation>) {
     let id = next.meta.id;
-    sender.send_replace(next);
+    sender.publish(next);
     let mut generations = node.subscribe();
     tokio::time::timeout(
         Duration::from_secs(30),

@@ -8,35 +8,11 @@ use std::time::Duration;
 
 use arrow::array::{Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
-use async_trait::async_trait;
-use fleetsql_aggregator::{Child, FetchRequest};
+use fleetsql_aggregator::WatchChild;
 use fleetsql_model::{Generation, Table, TableVisibility, now_ms};
 use fleetsql_sqlnode::{
     QueryOutput, SqlNode, SqlNodeConfig, ViewDefinition, ViewFile, ViewFileError, ViewStats,
 };
-use tokio::sync::watch;
-
-#[derive(Debug)]
-struct Scripted {
-    current: watch::Sender<Arc<Generation>>,
-}
-
-#[async_trait]
-impl Child for Scripted {
-    fn name(&self) -> &str {
-        "scripted"
-    }
-
-    async fn fetch(&self, request: &FetchRequest) -> fleetsql_aggregator::Result<Arc<Generation>> {
-        let mut receiver = self.current.subscribe();
-        let since = request.since_generation.unwrap_or(0);
-        if let Some(wait) = request.wait {
-            let _ = tokio::time::timeout(wait, receiver.wait_for(|g| g.meta.id > since)).await;
-        }
-        let generation = receiver.borrow().clone();
-        Ok(generation)
-    }
-}
 
 /// Generation `id`: table `t` with column `v` = 1..=`id`.
 fn generation(id: u64) -> Arc<Generation> {
@@ -63,14 +39,11 @@ fn generation(id: u64) -> Arc<Generation> {
     Arc::new(generation)
 }
 
-async fn node_with(first: Arc<Generation>) -> (Arc<SqlNode>, watch::Sender<Arc<Generation>>) {
-    let (sender, _) = watch::channel(first);
-    let source = Arc::new(Scripted {
-        current: sender.clone(),
-    });
+async fn node_with(first: Arc<Generation>) -> (Arc<SqlNode>, Arc<WatchChild>) {
+    let sender = WatchChild::new("scripted", first);
     let node = SqlNode::start(
         SqlNodeConfig::new("views-test", Duration::from_millis(200)),
-        vec![source],
+        vec![sender.clone()],
     )
     .expect("node");
     node.wait_for_generation(Duration::from_secs(30))
@@ -79,8 +52,8 @@ async fn node_with(first: Arc<Generation>) -> (Arc<SqlNode>, watch::Sender<Arc<G
     (Arc::new(node), sender)
 }
 
-async fn install(node: &SqlNode, sender: &watch::Sender<Arc<Generation>>, id: u64) {
-    sender.send_replace(generation(id));
+async fn install(node: &SqlNode, sender: &Arc<WatchChild>, id: u64) {
+    sender.publish(generation(id));
     let mut generations = node.subscribe();
     tokio::time::timeout(
         Duration::from_secs(30),
