@@ -360,10 +360,12 @@ impl FleetService {
                 .await
             {
                 return match answer? {
-                    Response::Query(answer) => Ok(Response::CopyOut(crate::copy::copy_out(
-                        crate::text_times::in_query(answer),
-                        options,
-                    ))),
+                    Response::Query(answer) => {
+                        Ok(Response::CopyOut(crate::copy::copy_out(
+                            crate::text_times::in_query(answer),
+                            options,
+                        )))
+                    }
                     _ => Err(copy_error(
                         "COPY (...) TO STDOUT needs a query that returns rows (SELECT, SHOW, EXPLAIN)",
                     )),

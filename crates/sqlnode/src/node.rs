@@ -248,9 +248,14 @@ impl SqlNode {
             )
             .build_arc()
             .map_err(SqlError::from)?;
+        // Sessions are in UTC, as a Postgres server set to UTC: a
+        // `TIMESTAMPTZ` (a cast, `now()`) is a zoned timestamp, which the
+        // wire sends as timestamptz; DataFusion's default (no zone) makes
+        // it a naive one that clients read without its zone.
         let session_config = SessionConfig::new()
             .with_information_schema(true)
-            .with_default_catalog_and_schema("datafusion", "public");
+            .with_default_catalog_and_schema("datafusion", "public")
+            .set_str("datafusion.execution.time_zone", "UTC");
         // Every front end's plans, the protocol layers' own included, get
         // yield points after their joins (see `YieldingJoins`).
         let state = datafusion::execution::SessionStateBuilder::new()
@@ -506,6 +511,7 @@ impl SqlNode {
         let state = self.inner.ctx.state();
         // Versioned tables read history, not the live generation.
         let versioned = !crate::time_travel::versioned_tables(statement).is_empty();
+        let functions = crate::compat::table_function_names(statement);
         let statement = if versioned {
             crate::time_travel::with_history_names(statement)
         } else {
@@ -519,6 +525,10 @@ impl SqlNode {
         let mut other = versioned;
         for reference in &references {
             let table = reference.table();
+            // `generate_series(1, 3)` in FROM: a function, not a table.
+            if reference.schema().is_none() && functions.contains(table) {
+                continue;
+            }
             if reference.schema().is_some_and(|s| s != "public")
                 || SYSTEM_TABLES.contains(&table)
                 || extra.contains_key(table)
