@@ -360,12 +360,10 @@ impl FleetService {
                 .await
             {
                 return match answer? {
-                    Response::Query(answer) => {
-                        Ok(Response::CopyOut(crate::copy::copy_out(
-                            crate::text_times::in_query(answer),
-                            options,
-                        )))
-                    }
+                    Response::Query(answer) => Ok(Response::CopyOut(crate::copy::copy_out(
+                        crate::text_times::in_query(answer),
+                        options,
+                    ))),
                     _ => Err(copy_error(
                         "COPY (...) TO STDOUT needs a query that returns rows (SELECT, SHOW, EXPLAIN)",
                     )),
@@ -405,9 +403,7 @@ impl ExtendedQueryHandler for FleetService {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         match crate::execute::unstarted_portal(client, &message).await {
-            Some(portal)
-                if matches!(&portal.statement.statement.1, Some((s, _)) if as_typed(s)) =>
-            {
+            Some(portal) if matches!(&portal.statement.statement.1, Some((s, _)) if as_typed(s)) => {
                 crate::execute::execute_streaming(self, client, portal).await
             }
             _ => self._on_execute(client, message).await,
