@@ -466,11 +466,12 @@ impl TierProcess {
         }
         let mut flight_config = server_config(topology, tls.as_ref());
         flight_config.history = history.as_ref().map(|store| {
-            Arc::new(crate::history::Served(store.clone())) as Arc<dyn fleetsql_flight::HistoryFiles>
+            Arc::new(crate::history::Served(store.clone()))
+                as Arc<dyn fleetsql_flight::HistoryFiles>
         });
         let flight = FlightServer::start_with(aggregator.as_child(), flight_addr, flight_config)?;
-        let history =
-            history.map(|store| crate::history::TlaHistory::start(store, aggregator.subscribe(), name));
+        let history = history
+            .map(|store| crate::history::TlaHistory::start(store, aggregator.subscribe(), name));
         let observed = Arc::new(Observed {
             role,
             tls: context_of(&tls),
