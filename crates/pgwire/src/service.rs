@@ -75,13 +75,22 @@ impl FleetParser {
         let state = self.ctx.state();
         let options = &state.config().options().sql_parser;
         let dialect = dialect_from_str(options.dialect)?;
-        let statements = DFParserBuilder::new(sql)
+        let parsed = DFParserBuilder::new(sql)
             .with_dialect(dialect.as_ref())
             .with_recursion_limit(options.recursion_limit.get())
             .build()
             .ok()?
-            .parse_statements()
-            .ok()?;
+            .parse_statements();
+        let statements = match parsed {
+            Ok(statements) => statements,
+            // `FOR SYSTEM_TIME AS OF` / `VERSION AS OF` read only with the
+            // SQL node's versioning parser, as HTTP reads them.
+            Err(_) => {
+                let versioned =
+                    fleetsql_sqlnode::parse_versioned(sql, options.recursion_limit.get())?;
+                return Some(vec![versioned]);
+            }
+        };
         statements
             .into_iter()
             .map(|s| match s {

@@ -60,6 +60,6 @@ pub use stores::{StoreChange, StoreHealth, StoreStatus};
 pub use system_tables::SYSTEM_TABLES;
 pub use time_travel::{
     AsOf, HISTORY_SCHEMA, HistoryRead, PickedGeneration, TimeTravel, TimeTravelError,
-    note_history_read,
+    note_history_read, parse_versioned,
 };
 pub use views::{VIEWS_TABLE, ViewDefinition, ViewFile, ViewFileError, ViewStats};

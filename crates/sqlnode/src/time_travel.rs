@@ -249,7 +249,7 @@ impl Dialect for VersioningDialect {
 /// `sql` parsed with table versioning, when it mentions `AS OF` and
 /// reads a versioned table; `None` otherwise (the caller reports its own
 /// parse error).
-pub(crate) fn parse_versioned(sql: &str, recursion_limit: usize) -> Option<Statement> {
+pub fn parse_versioned(sql: &str, recursion_limit: usize) -> Option<Statement> {
     let upper = sql.to_ascii_uppercase();
     let words: Vec<&str> = upper.split_whitespace().collect();
     if !words.windows(2).any(|w| w == ["AS", "OF"]) {
