@@ -9,7 +9,7 @@ use std::time::Duration;
 use arrow::array::{Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use fleetsql_aggregator::WatchChild;
-use fleetsql_model::{Generation, Table, TableVisibility, now_ms};
+use fleetsql_model::Generation;
 use fleetsql_sqlnode::{SqlError, SqlNode, SqlNodeConfig};
 use futures::StreamExt;
 
@@ -17,27 +17,11 @@ use futures::StreamExt;
 fn generation() -> Arc<Generation> {
     let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
     let batch = RecordBatch::try_new(
-        schema.clone(),
+        schema,
         vec![Arc::new(Int64Array::from((1..=100).collect::<Vec<i64>>()))],
     )
     .expect("batch");
-    let mut generation = Generation::empty("fixed");
-    generation.meta.id = 1;
-    generation.meta.made_at_ms = now_ms();
-    generation.meta.available.insert("t".to_string());
-    generation.meta.visibility.tables.insert(
-        "t".to_string(),
-        TableVisibility {
-            machines_with_rows: 1,
-            rows: 100,
-            ..Default::default()
-        },
-    );
-    generation.tables.insert(
-        "t".to_string(),
-        Arc::new(Table::new("t", schema, vec![batch]).expect("table")),
-    );
-    Arc::new(generation)
+    crate::generation_of_t(1, batch)
 }
 
 async fn node(config: SqlNodeConfig) -> Arc<SqlNode> {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use arrow::array::{Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use fleetsql_aggregator::WatchChild;
-use fleetsql_model::{Generation, Table, TableVisibility, now_ms};
+use fleetsql_model::Generation;
 use fleetsql_sqlnode::{GenerationHook, SqlNode, SqlNodeConfig};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
@@ -26,24 +26,8 @@ const HANG: Duration = Duration::from_secs(60);
 fn generation(id: u64) -> Arc<Generation> {
     let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
     let columns: Vec<Arc<dyn Array>> = vec![Arc::new(Int64Array::from(vec![id as i64; 3]))];
-    let batch = RecordBatch::try_new(schema.clone(), columns).expect("batch");
-    let mut generation = Generation::empty("scripted");
-    generation.meta.id = id;
-    generation.meta.made_at_ms = now_ms();
-    generation.meta.available.insert("t".to_string());
-    generation.meta.visibility.tables.insert(
-        "t".to_string(),
-        TableVisibility {
-            machines_with_rows: 1,
-            rows: 3,
-            ..Default::default()
-        },
-    );
-    generation.tables.insert(
-        "t".to_string(),
-        Arc::new(Table::new("t", schema, vec![batch]).expect("table")),
-    );
-    Arc::new(generation)
+    let batch = RecordBatch::try_new(schema, columns).expect("batch");
+    crate::generation_of_t(id, batch)
 }
 
 struct Fleet {

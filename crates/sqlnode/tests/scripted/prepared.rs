@@ -8,7 +8,7 @@ use std::time::Duration;
 use arrow::array::{Array, Int64Array, RecordBatch, StringArray, TimestampNanosecondArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use fleetsql_aggregator::WatchChild;
-use fleetsql_model::{Generation, Table, TableVisibility, now_ms};
+use fleetsql_model::Generation;
 use fleetsql_sqlnode::{SqlNode, SqlNodeConfig};
 
 /// Generation `id` with one table `t`: column `v` holds `id`; with
@@ -21,24 +21,8 @@ fn generation(id: u64, extra_column: bool) -> Arc<Generation> {
         columns.push(Arc::new(StringArray::from(vec!["new"; 3])));
     }
     let schema = Arc::new(Schema::new(fields));
-    let batch = RecordBatch::try_new(schema.clone(), columns).expect("batch");
-    let mut generation = Generation::empty("scripted");
-    generation.meta.id = id;
-    generation.meta.made_at_ms = now_ms();
-    generation.meta.available.insert("t".to_string());
-    generation.meta.visibility.tables.insert(
-        "t".to_string(),
-        TableVisibility {
-            machines_with_rows: 1,
-            rows: 3,
-            ..Default::default()
-        },
-    );
-    generation.tables.insert(
-        "t".to_string(),
-        Arc::new(Table::new("t", schema, vec![batch]).expect("table")),
-    );
-    Arc::new(generation)
+    let batch = RecordBatch::try_new(schema, columns).expect("batch");
+    crate::generation_of_t(id, batch)
 }
 
 async fn node_with(first: Arc<Generation>) -> (SqlNode, Arc<WatchChild>) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use arrow::array::{Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use fleetsql_aggregator::WatchChild;
-use fleetsql_model::{Generation, Table, TableVisibility, now_ms};
+use fleetsql_model::Generation;
 use fleetsql_sqlnode::{
     QueryOutput, SqlNode, SqlNodeConfig, ViewDefinition, ViewFile, ViewFileError, ViewStats,
 };
@@ -18,25 +18,9 @@ use fleetsql_sqlnode::{
 fn generation(id: u64) -> Arc<Generation> {
     let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
     let values: Vec<i64> = (1..=id as i64).collect();
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))])
-        .expect("batch");
-    let mut generation = Generation::empty("scripted");
-    generation.meta.id = id;
-    generation.meta.made_at_ms = now_ms() + id as i64;
-    generation.meta.available.insert("t".to_string());
-    generation.meta.visibility.tables.insert(
-        "t".to_string(),
-        TableVisibility {
-            machines_with_rows: 1,
-            rows: id,
-            ..Default::default()
-        },
-    );
-    generation.tables.insert(
-        "t".to_string(),
-        Arc::new(Table::new("t", schema, vec![batch]).expect("table")),
-    );
-    Arc::new(generation)
+    let batch =
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values))]).expect("batch");
+    crate::generation_of_t(id, batch)
 }
 
 async fn node_with(first: Arc<Generation>) -> (Arc<SqlNode>, Arc<WatchChild>) {
