@@ -39,31 +39,7 @@ async fn node_with(first: Arc<Generation>) -> (SqlNode, Arc<WatchChild>) {
 async fn install(node: &SqlNode, sender: &Arc<WatchChild>, next: Arc<Generation>) {
     let id = next.meta.id;
     sender.publish(next);
-    let mut generations = node.subscribe();
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        generations.wait_for(|g| g.meta.id >= id),
-    )
-    .await
-    .expect("generation installed in time")
-    .expect("node running");
-}
-
-/// An integer column's values, whatever its integer type.
-fn int_column(output: &fleetsql_sqlnode::QueryOutput, column: usize) -> Vec<i64> {
-    output
-        .batches
-        .iter()
-        .flat_map(|b| {
-            arrow::compute::cast(b.column(column), &DataType::Int64)
-                .expect("an integer column")
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .expect("int64")
-                .values()
-                .to_vec()
-        })
-        .collect()
+    crate::installed(node, id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,13 +47,13 @@ async fn a_kept_plan_reads_each_new_generation() {
     let (node, sender) = node_with(generation(1, false)).await;
     let sql = "SELECT sum(v) AS total FROM t WHERE v > 0";
     let first = node.query(sql).await.expect("first run");
-    assert_eq!(int_column(&first, 0), vec![3]);
+    assert_eq!(crate::int_column(&first, 0), vec![3]);
     assert_eq!(first.generation.id, 1);
     for id in 2..=4 {
         install(&node, &sender, generation(id, false)).await;
         let again = node.query(sql).await.expect("run again");
         assert_eq!(again.generation.id, id);
-        assert_eq!(int_column(&again, 0), vec![3 * id as i64]);
+        assert_eq!(crate::int_column(&again, 0), vec![3 * id as i64]);
     }
     assert_eq!(
         node.prepared_count(),
@@ -107,7 +83,7 @@ async fn a_changed_schema_is_planned_again() {
     install(&node, &sender, generation(3, false)).await;
     let narrowed = node.query(sql).await.expect("after the schema shrank");
     assert_eq!(narrowed.schema.fields().len(), 1);
-    assert_eq!(int_column(&narrowed, 0), vec![3, 3, 3]);
+    assert_eq!(crate::int_column(&narrowed, 0), vec![3, 3, 3]);
     node.shutdown().await;
 }
 
@@ -139,9 +115,15 @@ async fn system_tables_are_read_fresh_and_errors_are_not_kept() {
     let (node, sender) = node_with(generation(1, false)).await;
     let sql = "SELECT id FROM fleet_generation";
     node.query("SELECT v FROM t").await.expect("collect t");
-    assert_eq!(int_column(&node.query(sql).await.expect("first"), 0), [1]);
+    assert_eq!(
+        crate::int_column(&node.query(sql).await.expect("first"), 0),
+        [1]
+    );
     install(&node, &sender, generation(2, false)).await;
-    assert_eq!(int_column(&node.query(sql).await.expect("second"), 0), [2]);
+    assert_eq!(
+        crate::int_column(&node.query(sql).await.expect("second"), 0),
+        [2]
+    );
 
     let error = node
         .query("SELECT nope FROM t")
@@ -171,14 +153,14 @@ async fn statements_parsed_by_a_front_end_are_kept_by_their_text() {
         .execute_prepared(&first, generation_one)
         .await
         .expect("run");
-    assert_eq!(int_column(&output, 0), vec![1, 1, 1]);
+    assert_eq!(crate::int_column(&output, 0), vec![1, 1, 1]);
     install(&node, &sender, generation(2, false)).await;
     let generation_two = node.pin_prepared(&again).await.expect("pin");
     let output = node
         .execute_prepared(&again, generation_two)
         .await
         .expect("run again");
-    assert_eq!(int_column(&output, 0), vec![2, 2, 2]);
+    assert_eq!(crate::int_column(&output, 0), vec![2, 2, 2]);
     let refused = node.prepare_statement(&node.parse("DROP TABLE t").expect("parse"));
     assert!(
         refused.is_err(),

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, Int64Array, RecordBatch};
+use arrow::array::{Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use fleetsql_aggregator::WatchChild;
 use fleetsql_model::Generation;
 use fleetsql_sqlnode::{
-    QueryOutput, SqlNode, SqlNodeConfig, ViewDefinition, ViewFile, ViewFileError, ViewStats,
+    SqlNode, SqlNodeConfig, ViewDefinition, ViewFile, ViewFileError, ViewStats,
 };
 
 /// Generation `id`: table `t` with column `v` = 1..=`id`.
@@ -38,30 +38,7 @@ async fn node_with(first: Arc<Generation>) -> (Arc<SqlNode>, Arc<WatchChild>) {
 
 async fn install(node: &SqlNode, sender: &Arc<WatchChild>, id: u64) {
     sender.publish(generation(id));
-    let mut generations = node.subscribe();
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        generations.wait_for(|g| g.meta.id >= id),
-    )
-    .await
-    .expect("generation installed in time")
-    .expect("node running");
-}
-
-fn ints(output: &QueryOutput, column: usize) -> Vec<i64> {
-    output
-        .batches
-        .iter()
-        .flat_map(|b| {
-            arrow::compute::cast(b.column(column), &DataType::Int64)
-                .expect("an integer column")
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .expect("int64")
-                .values()
-                .to_vec()
-        })
-        .collect()
+    crate::installed(node, id).await;
 }
 
 fn file(name: &str, sql: &str) -> ViewFile {
@@ -107,7 +84,10 @@ async fn a_view_is_computed_once_per_generation_over_the_pinned_generation() {
         let answers = futures::future::join_all(runs).await;
         for answer in &answers {
             // The view's rows are those of the generation the query read.
-            assert_eq!(ints(answer, 0), vec![answer.generation.id as i64]);
+            assert_eq!(
+                crate::int_column(answer, 0),
+                vec![answer.generation.id as i64]
+            );
         }
         let after = stats(&node, "peak");
         assert_eq!(after.computes - before.computes, 1, "{after:?}");
@@ -119,7 +99,7 @@ async fn a_view_is_computed_once_per_generation_over_the_pinned_generation() {
             .query("SELECT twice FROM peak_twice")
             .await
             .expect("view over view");
-        assert_eq!(ints(&twice, 0), vec![2 * id as i64]);
+        assert_eq!(crate::int_column(&twice, 0), vec![2 * id as i64]);
         assert_eq!(
             stats(&node, "peak").computes,
             after.computes,
@@ -131,8 +111,8 @@ async fn a_view_is_computed_once_per_generation_over_the_pinned_generation() {
         .query("SELECT computes, last_generation FROM fleet_views WHERE name = 'peak'")
         .await
         .expect("fleet_views");
-    assert_eq!(ints(&table, 1), vec![3]);
-    assert_eq!(ints(&table, 0), vec![2]);
+    assert_eq!(crate::int_column(&table, 1), vec![3]);
+    assert_eq!(crate::int_column(&table, 0), vec![2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +121,7 @@ async fn bad_definitions_keep_the_previous_version_and_cycles_are_refused() {
     node.set_views(vec![file("top", "SELECT max(v) AS top FROM t")]);
     node.check_views().await;
     let read = |node: Arc<SqlNode>| async move {
-        ints(&node.query("SELECT * FROM top").await.expect("top"), 0)
+        crate::int_column(&node.query("SELECT * FROM top").await.expect("top"), 0)
     };
     assert_eq!(read(node.clone()).await, vec![2]);
 
@@ -220,7 +200,7 @@ async fn identical_queries_over_one_generation_share_one_run() {
     });
     let answers = futures::future::join_all(runs).await;
     for answer in &answers {
-        assert_eq!(ints(answer, 0), vec![10]);
+        assert_eq!(crate::int_column(answer, 0), vec![10]);
         assert_eq!(answer.generation.id, 4, "each answer names its generation");
     }
     let shared = node.shared_answers();
@@ -231,7 +211,7 @@ async fn identical_queries_over_one_generation_share_one_run() {
     // The next generation runs it again, once.
     install(&node, &sender, 5).await;
     let again = node.query(sql).await.expect("again");
-    assert_eq!(ints(&again, 0), vec![15]);
+    assert_eq!(crate::int_column(&again, 0), vec![15]);
     assert_eq!(again.generation.id, 5);
     let _ = node.query(sql).await.expect("again");
     let shared = node.shared_answers();
@@ -263,7 +243,7 @@ async fn identical_queries_over_one_generation_share_one_run() {
         }
     });
     for answer in futures::future::join_all(planned_runs).await {
-        assert_eq!(ints(&answer, 0), vec![5]);
+        assert_eq!(crate::int_column(&answer, 0), vec![5]);
     }
     assert_eq!(node.shared_answers().runs, 3);
 }
