@@ -98,7 +98,8 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_parser = fleetsql_model::duration::parse_positive, conflicts_with_all = ["apps_cost", "tls_cost", "scaling"])]
     soak: Option<Duration>,
     /// With --soak: how much of the start is warm-up, left out of the
-    /// slopes and growth (default a sixth of the soak).
+    /// slopes and growth (default a sixth of the soak, at least a minute
+    /// and at most half: the SQL node's memory climbs for about a minute).
     #[arg(long, value_parser = fleetsql_model::duration::parse_positive, requires = "soak")]
     soak_warmup: Option<Duration>,
 }
