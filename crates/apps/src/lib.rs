@@ -97,6 +97,11 @@ impl SqlNodeApps {
         }
 
         let pqa = persistent_queries(config.persistent_queries_path().as_deref())?;
+        if let Some(path) = pqa.store_path() {
+            node.stores()
+                .register(PQ_STORE, &path.display().to_string());
+            pqa.observe_store(Arc::new(PqStoreHealth { node: node.clone() }));
+        }
         let mut apps = SqlNodeApps {
             node: node.clone(),
             clock: pqa.start_clock(),
@@ -245,6 +250,46 @@ impl SqlNodeApps {
             feed.remove().await;
         }
         drop(self.clock.take());
+    }
+}
+
+/// The persistent-query store's name in `fleet_nodes.store_error` and on
+/// `/metrics` (`fleetsql_store_failing{store="persistent_queries"}`).
+pub const PQ_STORE: &str = "persistent_queries";
+
+/// Reports the persistent-query store's writes to the node's store health,
+/// logging each change once: a registration refused for a full disk shows
+/// beside the alert and report stores, and clears on the next write that
+/// works.
+struct PqStoreHealth {
+    node: Arc<SqlNode>,
+}
+
+impl fleetsql_pqa::StoreObserver for PqStoreHealth {
+    fn write_ok(&self, path: &std::path::Path) {
+        let path = path.display().to_string();
+        if self.node.stores().write_ok(PQ_STORE, &path) == fleetsql_sqlnode::StoreChange::Recovered
+        {
+            tracing::info!(path = %path, "persistent-query store written again");
+        }
+    }
+
+    fn write_failed(&self, path: &std::path::Path, error: &fleetsql_pqa::PqaError) {
+        let shown = path.display().to_string();
+        // The store's own message names the file and the fix; the health
+        // line keeps the cause (e.g. "database or disk is full").
+        let reason = match error {
+            fleetsql_pqa::PqaError::Store { problem, .. } => problem.clone(),
+            other => other.to_string(),
+        };
+        match self.node.stores().write_failed(PQ_STORE, &shown, &reason) {
+            fleetsql_sqlnode::StoreChange::Failing => tracing::error!(
+                path = %shown,
+                error = %error,
+                "cannot write the persistent-query store; registrations and deletions are refused until it can"
+            ),
+            _ => tracing::debug!(error = %error, "persistent-query store still not written"),
+        }
     }
 }
 

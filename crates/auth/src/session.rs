@@ -199,6 +199,23 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Any `Authorization` value a client sends (issue 17 item 7) is a
+        /// credential or a refusal, never a panic.
+        #[test]
+        fn any_authorization_value_is_a_credential_or_refused(
+            value in "\\PC{0,120}",
+            basic in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let _ = Credential::parse(&value);
+            use base64::Engine;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&basic);
+            let _ = Credential::parse(&format!("Basic {encoded}"));
+        }
+    }
+
     #[test]
     fn sessions_expire_and_stay_bounded() {
         let store = SessionStore::new(Duration::from_secs(3600), 2);

@@ -435,4 +435,39 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
+
+    static VALID_TOKENS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let mut file = TokensFile::default();
+        file.create(new(Role::Operator, Some(Duration::from_secs(3600))))
+            .unwrap();
+        file.create(new(Role::Reader, None)).unwrap();
+        toml::to_string(&file).unwrap()
+    });
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// A hand-edited or damaged tokens file (issue 17 item 7) loads or is
+        /// refused with an error, never a panic.
+        #[test]
+        fn mutated_tokens_files_load_or_are_refused(
+            at in proptest::prelude::any::<usize>(),
+            insert in "[\\[\\]{}=\"'.,#a-z0-9\n ]{0,8}",
+            delete in 0..6usize,
+            random in "\\PC{0,200}",
+        ) {
+            let path = Path::new("tokens.toml");
+            let _ = parse_tokens(path, &random);
+            let chars: Vec<char> = VALID_TOKENS.chars().collect();
+            let at = at % chars.len();
+            let end = (at + delete).min(chars.len());
+            let text: String = chars[..at]
+                .iter()
+                .copied()
+                .chain(insert.chars())
+                .chain(chars[end..].iter().copied())
+                .collect();
+            let _ = parse_tokens(path, &text);
+        }
+    }
 }

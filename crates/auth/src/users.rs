@@ -357,4 +357,40 @@ mod tests {
         .await
         .unwrap();
     }
+
+    static VALID_USERS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let mut file = UsersFile::default();
+        for (name, role) in [("alice", Role::Admin), ("bob", Role::Reader)] {
+            let v = ScramVerifier::with_salt("pw", name.as_bytes(), 4096);
+            file.set(name, role, &v).unwrap();
+        }
+        toml::to_string(&file).unwrap()
+    });
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// A hand-edited or damaged users file (issue 17 item 7) loads or is
+        /// refused with an error, never a panic.
+        #[test]
+        fn mutated_users_files_load_or_are_refused(
+            at in proptest::prelude::any::<usize>(),
+            insert in "[\\[\\]{}=\"'.,#a-z0-9\n ]{0,8}",
+            delete in 0..6usize,
+            random in "\\PC{0,200}",
+        ) {
+            let path = Path::new("users.toml");
+            let _ = parse_users(path, &random);
+            let chars: Vec<char> = VALID_USERS.chars().collect();
+            let at = at % chars.len();
+            let end = (at + delete).min(chars.len());
+            let text: String = chars[..at]
+                .iter()
+                .copied()
+                .chain(insert.chars())
+                .chain(chars[end..].iter().copied())
+                .collect();
+            let _ = parse_users(path, &text);
+        }
+    }
 }

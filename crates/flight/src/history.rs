@@ -211,7 +211,76 @@ impl Assembler {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// What a peer sends as a history answer (issue 17 item 7): random
+        /// and mutated parts join up or are refused, never a panic, and
+        /// nothing joined is longer than its header announced.
+        #[test]
+        fn mutated_history_parts_join_or_are_refused(
+            sizes in proptest::collection::vec(0..(CHUNK_BYTES * 2 + 3), 1..3),
+            cuts in proptest::collection::vec((any::<usize>(), 0u8..4, any::<u8>()), 0..4),
+            noise in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut messages = Vec::new();
+            for (i, size) in sizes.iter().enumerate() {
+                let bytes = vec![i as u8; *size];
+                messages.extend(file_messages(&format!("{i}-{i}.parquet"), &bytes).unwrap());
+            }
+            for (at, how, byte) in &cuts {
+                let n = messages.len();
+                if n == 0 {
+                    break;
+                }
+                let i = at % n;
+                match how {
+                    0 => {
+                        messages.remove(i);
+                    }
+                    1 => {
+                        let mut meta = messages[i].app_metadata.to_vec();
+                        if !meta.is_empty() {
+                            let j = at % meta.len();
+                            meta[j] ^= byte | 1;
+                        }
+                        messages[i].app_metadata = meta.into();
+                    }
+                    2 => messages[i].app_metadata = noise.clone().into(),
+                    _ => {
+                        let copy = messages[i].clone();
+                        messages.insert(i, copy);
+                    }
+                }
+            }
+            let mut assembler = Assembler::default();
+            let mut refused = false;
+            for m in &messages {
+                if assembler.push(m).is_err() {
+                    refused = true;
+                    break;
+                }
+            }
+            if !refused && let Ok(files) = assembler.finish() {
+                for (_, bytes) in files {
+                    prop_assert!(bytes.len() <= CHUNK_BYTES * 2 + 3);
+                }
+            }
+        }
+
+        #[test]
+        fn random_history_tickets_are_a_ticket_or_nothing(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            text in "\\PC{0,200}",
+        ) {
+            let _ = HistoryTicket::from_bytes(&bytes);
+            let _ = HistoryTicket::from_bytes(text.as_bytes());
+        }
+    }
 
     #[test]
     fn files_split_into_parts_join_up_and_short_ones_are_refused() {

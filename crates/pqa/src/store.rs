@@ -14,6 +14,7 @@
 //! (see [`Store::open`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, params};
@@ -58,12 +59,33 @@ pub(crate) struct StoredQuery {
     pub created_ms: i64,
 }
 
+/// Told the outcome of every write to the store (see
+/// [`crate::PqaService::observe_store`]), so a node can show a store that
+/// stopped taking writes (a full disk, a read-only file) beside its other
+/// stores rather than only in the answers of the requests that failed.
+pub trait StoreObserver: Send + Sync {
+    /// A registration or removal was written to `path`.
+    fn write_ok(&self, path: &Path);
+    /// A write to `path` failed; the request was answered with `error` and
+    /// not applied.
+    fn write_failed(&self, path: &Path, error: &PqaError);
+}
+
 /// The open store; lives inside the service's state lock, which orders
 /// writes like the changes they record.
-#[derive(Debug)]
 pub(crate) struct Store {
     path: PathBuf,
     conn: Connection,
+    observer: Option<Arc<dyn StoreObserver>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("observed", &self.observer.is_some())
+            .finish()
+    }
 }
 
 fn unreadable(path: &Path, problem: String) -> PqaError {
@@ -147,6 +169,7 @@ impl Store {
         let store = Store {
             path: path.to_path_buf(),
             conn,
+            observer: None,
         };
         let queries = store.load()?;
         Ok((store, queries))
@@ -195,45 +218,59 @@ impl Store {
             .collect()
     }
 
-    fn write_error(&self, e: rusqlite::Error) -> PqaError {
-        PqaError::Store {
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn set_observer(&mut self, observer: Arc<dyn StoreObserver>) {
+        self.observer = Some(observer);
+    }
+
+    /// Maps a write's outcome to the crate's error and tells the observer:
+    /// a write that works after failures is the store taking writes again.
+    fn written(&self, outcome: rusqlite::Result<usize>) -> Result<()> {
+        let result = outcome.map(|_| ()).map_err(|e| PqaError::Store {
             path: self.path.clone(),
             problem: format!("could not be written ({e}), so the request was not applied"),
             fix: "check the disk and the file's permissions, then try again",
+        });
+        if let Some(observer) = &self.observer {
+            match &result {
+                Ok(()) => observer.write_ok(&self.path),
+                Err(e) => observer.write_failed(&self.path, e),
+            }
         }
+        result
     }
 
     /// Adds or replaces one registration.
     pub(crate) fn put(&self, q: &StoredQuery) -> Result<()> {
         let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
-        self.conn
-            .execute(
-                // An upsert keeps the rowid, so the order of restoring stays
-                // the order of first registration.
-                "INSERT INTO persistent_query (id, epl, publish, refs, webhooks, sinks, created_ms) \
+        self.written(self.conn.execute(
+            // An upsert keeps the rowid, so the order of restoring stays
+            // the order of first registration.
+            "INSERT INTO persistent_query (id, epl, publish, refs, webhooks, sinks, created_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
                  ON CONFLICT(id) DO UPDATE SET epl = excluded.epl, publish = excluded.publish, \
                  refs = excluded.refs, webhooks = excluded.webhooks, sinks = excluded.sinks",
-                params![
-                    q.id,
-                    q.epl,
-                    q.publish,
-                    i64::from(q.refs),
-                    json(&q.webhooks),
-                    json(&q.sinks),
-                    q.created_ms
-                ],
-            )
-            .map_err(|e| self.write_error(e))?;
-        Ok(())
+            params![
+                q.id,
+                q.epl,
+                q.publish,
+                i64::from(q.refs),
+                json(&q.webhooks),
+                json(&q.sinks),
+                q.created_ms
+            ],
+        ))
     }
 
     /// Forgets one registration.
     pub(crate) fn remove(&self, id: &str) -> Result<()> {
-        self.conn
-            .execute("DELETE FROM persistent_query WHERE id = ?1", [id])
-            .map_err(|e| self.write_error(e))?;
-        Ok(())
+        self.written(
+            self.conn
+                .execute("DELETE FROM persistent_query WHERE id = ?1", [id]),
+        )
     }
 }
 

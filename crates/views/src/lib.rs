@@ -215,6 +215,34 @@ async fn watch(node: Arc<SqlNode>, config: ViewsConfig, mut last: Contents) {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Whoever can write the views directory (issue 17 item 7): a
+        /// random or damaged file is a definition or a refusal, never a
+        /// panic.
+        #[test]
+        fn mutated_view_files_are_read_or_refused(
+            at in proptest::prelude::any::<usize>(),
+            insert in "[\\[\\]{}=\"'.,#a-z0-9\n ]{0,8}",
+            delete in 0..6usize,
+            random in "\\PC{0,200}",
+        ) {
+            let _ = parse_view(&random);
+            let valid = "name = \"big_disks\"\nsql = \"SELECT hostname FROM filesystem WHERE used > 0.9\"\nprewarm = true\n";
+            let chars: Vec<char> = valid.chars().collect();
+            let at = at % chars.len();
+            let end = (at + delete).min(chars.len());
+            let text: String = chars[..at]
+                .iter()
+                .copied()
+                .chain(insert.chars())
+                .chain(chars[end..].iter().copied())
+                .collect();
+            let _ = parse_view(&text);
+        }
+    }
+
     #[test]
     fn a_definition_reads_and_unknown_keys_are_refused() {
         let view = parse_view("name = \"v\"\nsql = \"SELECT 1\"\nprewarm = true\n").unwrap();
