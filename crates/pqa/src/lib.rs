@@ -106,5 +106,6 @@ pub use service::{
     BatchResult, ClockTask, Limits, PqaService, Publish, QueryInfo, Registered, ServiceConfig,
 };
 pub use sink::{Sink, SinkFactory, WebhookPolicy, WebhookSink};
+pub use store::StoreObserver;
 pub use topic::{CloseReason, Notification, Topic};
 pub use value::Value;

@@ -27,7 +27,7 @@ use crate::engine::{Clock, Engine, EngineConfig, Output, StatementId};
 use crate::error::{PqaError, Result};
 use crate::parser;
 use crate::sink::{Sink, SinkFactory, SinkTask, WebhookPolicy, WebhookSink, spawn_sink};
-use crate::store::{Store, StoredQuery};
+use crate::store::{Store, StoreObserver, StoredQuery};
 use crate::stream::StreamStats;
 use crate::topic::{Notification, Subscription, Topic};
 use crate::value::Value;
@@ -344,6 +344,23 @@ impl PqaService {
             st.store = Some(store);
         }
         Ok(service)
+    }
+
+    /// The store's file, when the service keeps its registrations in one.
+    pub fn store_path(&self) -> Option<std::path::PathBuf> {
+        let st = self.inner.state.lock();
+        st.store.as_ref().map(|s| s.path().to_path_buf())
+    }
+
+    /// Tells `observer` the outcome of every later write to the store (a
+    /// registration, a reference added or dropped, a removal); without a
+    /// store, nothing. A write that fails answers its request with the
+    /// error and changes nothing, so the next write that works is the
+    /// store taking writes again.
+    pub fn observe_store(&self, observer: Arc<dyn StoreObserver>) {
+        if let Some(store) = self.inner.state.lock().store.as_mut() {
+            store.set_observer(observer);
+        }
     }
 
     /// Registers a stored query again under its stored id (not the hash of
