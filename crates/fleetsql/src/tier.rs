@@ -24,10 +24,13 @@ pub(crate) struct TierArgs {
     /// (--proxy), instead of being listed in a topology file.
     #[arg(long, conflicts_with = "config")]
     cluster: Option<String>,
-    /// Agent only, with --cluster: the HTTP address (`host:port`) of one
-    /// of the cluster's proxies; repeat for each.
+    /// Agent only, with --cluster: the HTTP address (`ip:port`) of one of
+    /// the cluster's proxies; repeat for each. With mutual TLS, give it as
+    /// `NAME@ip:port` to pin the name on the proxy's certificate: only
+    /// that name is then served (otherwise it is learned from the proxy's
+    /// plain-HTTP answer).
     #[arg(long = "proxy", requires = "cluster")]
-    proxies: Vec<SocketAddr>,
+    proxies: Vec<fleetsql_tiers::membership::ProxyAddress>,
     /// Agent only, with --cluster: the Flight address proxies reach this
     /// agent at (default: the --flight address; needed when it is 0.0.0.0).
     #[arg(long, requires = "cluster")]

@@ -49,6 +49,55 @@ pub const ANNOUNCE_FORMAT: u32 = 1;
 /// Where a proxy takes announcements (on its HTTP address).
 pub const ANNOUNCE_PATH: &str = "/v1/announce";
 
+/// A proxy as a joining agent is told of it: its HTTP address, and
+/// optionally the name its certificate carries (`NAME@host:port`).
+///
+/// Under mutual TLS an agent serves only its proxies, by name. A name
+/// learned from the proxy's answer comes over plain HTTP, where anyone on
+/// the path could say it is another name the fleet CA certified (another
+/// agent's, say) and so be served this machine's tables; a pinned name is
+/// the only one served for that address, whatever the answer says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyAddress {
+    pub name: Option<String>,
+    pub http: SocketAddr,
+}
+
+/// A `--proxy` value that is neither `host:port` nor `NAME@host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{given}` is not a proxy address: give its HTTP `ip:port`, or `NAME@ip:port` to pin the name on its certificate (NAME: letters, digits, `-` and `.`)"
+)]
+pub struct ProxyAddressError {
+    pub given: String,
+}
+
+impl std::str::FromStr for ProxyAddress {
+    type Err = ProxyAddressError;
+
+    fn from_str(text: &str) -> Result<ProxyAddress, ProxyAddressError> {
+        let refused = || ProxyAddressError {
+            given: text.chars().take(300).collect(),
+        };
+        let (name, addr) = match text.rsplit_once('@') {
+            Some((name, addr)) if is_dns_name(name) => (Some(name.to_string()), addr),
+            Some(_) => return Err(refused()),
+            None => (None, text),
+        };
+        let http = addr.parse().map_err(|_| refused())?;
+        Ok(ProxyAddress { name, http })
+    }
+}
+
+impl std::fmt::Display for ProxyAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.name {
+            Some(name) => write!(f, "{name}@{}", self.http),
+            None => write!(f, "{}", self.http),
+        }
+    }
+}
+
 /// The table a proxy adds to its generations: one row per member.
 pub const FLEET_MEMBERS: &str = "fleet_members";
 
@@ -734,6 +783,11 @@ pub struct Registry {
     tls: Option<Arc<TlsContext>>,
     /// Announcements refused, by [`AnnounceError::reason`].
     refusals: Arc<parking_lot::Mutex<BTreeMap<&'static str, u64>>>,
+    /// When each member last proved its name over mutual TLS. Heartbeats
+    /// come over plain HTTP; one is taken without a dial only while the
+    /// last proof is recent, so forged heartbeats cannot keep a machine
+    /// that went away counted as a member.
+    proven_at: Arc<parking_lot::Mutex<BTreeMap<String, i64>>>,
 }
 
 impl Registry {
@@ -743,7 +797,18 @@ impl Registry {
             changed: Arc::new(Notify::new()),
             tls: None,
             refusals: Arc::default(),
+            proven_at: Arc::default(),
         }
+    }
+
+    /// A heartbeat from `name` must prove itself again: no proof within
+    /// half the member expiry (a few heartbeats).
+    fn proof_due(&self, name: &str, now_ms: i64, expiry: Duration) -> bool {
+        let every = (expiry.as_millis() / 2) as i64;
+        self.proven_at
+            .lock()
+            .get(name)
+            .is_none_or(|at| now_ms - at >= every)
     }
 
     /// Announced agents must prove their name over mutual TLS with `tls`
@@ -768,7 +833,9 @@ impl Registry {
             {
                 let mut membership = self.membership.lock();
                 let change = membership.check(a)?;
-                if proven || change == Accepted::Heard {
+                let heard_recently = change == Accepted::Heard
+                    && !self.proof_due(&a.name, now_ms(), membership.rules().expiry);
+                if proven || heard_recently {
                     let accepted = membership.announce(a, now_ms())?;
                     let rules = membership.rules();
                     let reply = AnnounceReply {
@@ -784,6 +851,7 @@ impl Registry {
             }
             if let Some(tls) = &self.tls {
                 self.prove(tls, a).await?;
+                self.proven_at.lock().insert(a.name.clone(), now_ms());
             }
             proven = true;
         };
@@ -880,6 +948,12 @@ impl Registry {
             let left = membership.sweep(now_ms());
             (left, membership.rules().clone())
         };
+        if !left.is_empty() {
+            let mut proven_at = self.proven_at.lock();
+            for member in &left {
+                proven_at.remove(&member.name);
+            }
+        }
         for member in &left {
             tracing::warn!(
                 member = %member.name,
@@ -991,7 +1065,7 @@ impl Announcer {
     /// kept while the agent runs (a proxy that restarts keeps its name).
     pub fn start(
         announcement: Announcement,
-        proxies: &[SocketAddr],
+        proxies: &[ProxyAddress],
         tls: Option<Arc<TlsContext>>,
     ) -> Result<Announcer, JoinError> {
         if proxies.is_empty() {
@@ -1022,14 +1096,32 @@ impl Announcer {
         let parents = tls.map(|tls| Parents {
             tls,
             names: Arc::default(),
+            pinned: proxies
+                .iter()
+                .filter_map(|p| Some((p.http, p.name.clone()?)))
+                .collect(),
         });
+        if let Some(parents) = &parents {
+            let unpinned: Vec<String> = proxies
+                .iter()
+                .filter(|p| p.name.is_none())
+                .map(|p| p.http.to_string())
+                .collect();
+            if !unpinned.is_empty() {
+                tracing::warn!(proxies = ?unpinned, "these proxies' names will be learned from their plain-HTTP answers, which anyone on the path could forge: give each as --proxy NAME@ADDR (the name on its certificate) to pin it");
+            }
+            // A pinned name is served from the start: nothing to ask.
+            for (proxy, name) in parents.pinned.clone() {
+                parents.learn(proxy, &name);
+            }
+        }
         let tasks = proxies
             .iter()
             .map(|proxy| {
                 let (client, announcement, proxy, parents) = (
                     client.clone(),
                     announcement.clone(),
-                    *proxy,
+                    proxy.http,
                     parents.clone(),
                 );
                 tokio::spawn(announce_forever(client, announcement, proxy, parents))
@@ -1045,6 +1137,8 @@ impl Announcer {
 struct Parents {
     tls: Arc<TlsContext>,
     names: Arc<parking_lot::Mutex<BTreeMap<SocketAddr, String>>>,
+    /// Names given with `--proxy NAME@ADDR`: the only ones served there.
+    pinned: BTreeMap<SocketAddr, String>,
 }
 
 impl Parents {
@@ -1056,6 +1150,12 @@ impl Parents {
     /// `name` may fetch (the one check of `TlsContext::set_parents`, as for
     /// an agent in a topology).
     fn learn(&self, proxy: SocketAddr, name: &str) {
+        if let Some(pinned) = self.pinned.get(&proxy)
+            && pinned != name
+        {
+            tracing::error!(%proxy, pinned = %pinned, answered = %name, "the proxy at this address answered with another name than the one pinned with --proxy NAME@ADDR; still serving only the pinned name (a proxy moved, or someone on the path answered for it)");
+            return;
+        }
         let mut names = self.names.lock();
         if names.get(&proxy).map(String::as_str) == Some(name) {
             return;
@@ -1090,10 +1190,14 @@ async fn announce_forever(
     let url = format!("http://{proxy}{ANNOUNCE_PATH}");
     let mut backoff = Duration::from_secs(1);
     let mut announced = false;
+    // A pinned name is served already; asking once still tells the
+    // operator, in the log, when the proxy answers to another name.
+    let mut asked = false;
     loop {
         if let Some(parents) = &parents
-            && !parents.knows(proxy)
+            && (!parents.knows(proxy) || !asked)
         {
+            asked = true;
             match ask_who(&client, &url).await {
                 Ok(info) => {
                     if !info.tls {
@@ -1177,6 +1281,35 @@ mod tests {
             flight: flight.into(),
             version: "0.1.0".into(),
         }
+    }
+
+    #[test]
+    fn proxy_addresses_read_with_or_without_a_pinned_name() {
+        let plain: ProxyAddress = "10.0.0.5:7200".parse().unwrap();
+        assert_eq!((plain.name, plain.http.port()), (None, 7200));
+        let pinned: ProxyAddress = "proxy-eu-1.fleet@10.0.0.5:7200".parse().unwrap();
+        assert_eq!(pinned.name.as_deref(), Some("proxy-eu-1.fleet"));
+        assert_eq!(pinned.to_string(), "proxy-eu-1.fleet@10.0.0.5:7200");
+        for bad in [
+            "",
+            "proxy",
+            "bad name@10.0.0.5:7200",
+            "@10.0.0.5:7200",
+            "p@host",
+        ] {
+            let e = bad.parse::<ProxyAddress>().unwrap_err();
+            assert!(e.to_string().contains("NAME@ip:port"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_proves_itself_again_after_half_the_expiry() {
+        let registry = Registry::new(Membership::new(rules()));
+        let expiry = Duration::from_secs(60);
+        assert!(registry.proof_due("a", 0, expiry), "never proved");
+        registry.proven_at.lock().insert("a".into(), 1_000);
+        assert!(!registry.proof_due("a", 30_999, expiry));
+        assert!(registry.proof_due("a", 31_000, expiry));
     }
 
     #[test]

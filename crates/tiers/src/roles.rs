@@ -111,8 +111,9 @@ pub struct JoinConfig {
     /// Its cluster and settings, as a topology entry would give them
     /// (`flight`: where it listens).
     pub entry: AgentEntry,
-    /// The HTTP addresses of its cluster's proxies.
-    pub proxies: Vec<SocketAddr>,
+    /// Its cluster's proxies (HTTP address, and the name on each one's
+    /// certificate where pinned).
+    pub proxies: Vec<crate::membership::ProxyAddress>,
     /// The Flight address proxies reach it at (default: where it listens).
     pub advertise: Option<SocketAddr>,
     /// Its tick; the proxies' should be the same (their answer says).

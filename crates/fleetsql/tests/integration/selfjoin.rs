@@ -40,7 +40,7 @@ impl JoiningAgent {
         dir: &std::path::Path,
         name: &str,
         cluster: &str,
-        proxy: SocketAddr,
+        proxy: impl ToString,
         extra: &[String],
     ) -> (Self, SocketAddr) {
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
@@ -284,7 +284,7 @@ async fn under_mtls_only_agents_with_a_certificate_for_their_name_join() {
     let other_ca = dir.path().join("other-ca");
     certs(&["init"], &certs_dir);
     certs(&["init"], &other_ca);
-    for name in ["c1-p1", "t1", "sql", "good", "intruder"] {
+    for name in ["c1-p1", "t1", "sql", "good", "intruder", "pinned"] {
         certs(&["issue", name], &certs_dir);
     }
     certs(&["issue", "stranger"], &other_ca);
@@ -321,12 +321,12 @@ async fn under_mtls_only_agents_with_a_certificate_for_their_name_join() {
     let proxy = cluster.addr("c1-p1", "http");
 
     // The agent with its own certificate joins: verified, fetched over
-    // mTLS, its rows reach the SQL node.
+    // mTLS, its rows reach the SQL node. Its proxy's name is pinned.
     let (_good, good_flight) = JoiningAgent::start_with(
         &agents_dir,
         "good",
         "c1",
-        proxy,
+        format!("c1-p1@{proxy}"),
         &tls_flags(&certs_dir, &certs_dir, "good"),
     )
     .await;
@@ -382,6 +382,26 @@ async fn under_mtls_only_agents_with_a_certificate_for_their_name_join() {
     .await;
     let (_plain, plain_flight) =
         JoiningAgent::start_with(&agents_dir, "plain", "c1", proxy, &[]).await;
+    // An agent told its proxy has another name than the one the proxy
+    // answers with serves only the pinned name: the proxy's dial-back is
+    // refused, so it never joins.
+    let (_pinned, _) = JoiningAgent::start_with(
+        &agents_dir,
+        "pinned",
+        "c1",
+        format!("c1-p9@{proxy}"),
+        &tls_flags(&certs_dir, &certs_dir, "pinned"),
+    )
+    .await;
+    let log = refused_log(&agents_dir, "pinned").await;
+    assert!(
+        log.contains("another name than the one pinned") && log.contains("c1-p9"),
+        "{log}"
+    );
+    assert!(
+        !members(&cluster).await.contains_key("pinned"),
+        "an agent serving only another proxy name is not a member"
+    );
     let log = refused_log(&agents_dir, "misnamed").await;
     assert!(
         log.contains("could not verify agent `misnamed`") && log.contains("`intruder`"),
