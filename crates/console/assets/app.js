@@ -563,7 +563,11 @@
 
   function reportQuery() {
     const range = Number($("report-range").value);
-    return range > 0 ? "?since_ms=" + (Date.now() - range) : "";
+    const params = [];
+    if (range > 0) params.push("since_ms=" + (Date.now() - range));
+    // Before the report's oldest kept run, drawn from Query History.
+    if ($("report-history").checked) params.push("history=true");
+    return params.length ? "?" + params.join("&") : "";
   }
 
   async function drawReport() {
@@ -780,6 +784,7 @@
     $("pq-register").addEventListener("click", registerQuery);
     $("report-select").addEventListener("change", drawReport);
     $("report-range").addEventListener("change", drawReport);
+    $("report-history").addEventListener("change", drawReport);
     $("report-refresh").addEventListener("click", loadReports);
     window.addEventListener("hashchange", showView);
 

@@ -376,8 +376,8 @@ impl QueryHook for FleetHook {
     async fn handle_extended_query(
         &self,
         statement: &Statement,
-        _logical_plan: &LogicalPlan,
-        _params: &ParamValues,
+        logical_plan: &LogicalPlan,
+        params: &ParamValues,
         _session_context: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
@@ -387,7 +387,21 @@ impl QueryHook for FleetHook {
         if is_session_statement(statement) {
             return None;
         }
-        let info = GenerationInfo::of(&self.node.current());
+        let mut info = GenerationInfo::of(&self.node.current());
+        // The protocol layer runs the plan itself, outside the node's
+        // history-read scope: what it reads of history (time travel,
+        // `history.<table>`) is found by planning it here, so the NOTICE
+        // names the kept generations as over the simple protocol.
+        if fleetsql_sqlnode::reads_history(logical_plan) {
+            let plan = match logical_plan.clone().replace_params_with_values(params) {
+                Ok(plan) => plan,
+                Err(e) => return Some(Err(PgWireError::ApiError(Box::new(e)))),
+            };
+            match fleetsql_sqlnode::history_reads_of(&self.node.session_context(), &plan).await {
+                Ok(reads) => info.history = reads,
+                Err(e) => return Some(Err(user_error(&e))),
+            }
+        }
         if !reads_no_fleet_data(statement)
             && let Err(e) = client.send_message(notice(&info)).await
         {

@@ -30,6 +30,8 @@ pub enum ReportsError {
     Store(#[from] rusqlite::Error),
     #[error("no report is named `{0}`; GET /v1/reports lists them")]
     UnknownReport(String),
+    #[error("report `{name}` cannot be drawn from history: {message}")]
+    History { name: String, message: String },
     #[error("report `{name}` failed: {message}")]
     Run { name: String, message: String },
 }

@@ -16,6 +16,10 @@ impl IntoResponse for ReportsError {
             ReportsError::UnknownReport(_) => {
                 (StatusCode::NOT_FOUND, "GET /v1/reports lists the reports")
             }
+            ReportsError::History { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "SELECT * FROM fleet_history lists what this node keeps",
+            ),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "see the node's log"),
         };
         (
@@ -27,10 +31,15 @@ impl IntoResponse for ReportsError {
 }
 
 /// A time range in milliseconds since the epoch; open ends mean everything kept.
+/// `history=true` draws the part before the oldest kept run from Query
+/// History, one point per `step_ms` (the report's `every` by default).
 #[derive(Debug, Deserialize)]
 struct Range {
     since_ms: Option<i64>,
     until_ms: Option<i64>,
+    #[serde(default)]
+    history: bool,
+    step_ms: Option<i64>,
 }
 
 pub(crate) fn router(inner: Arc<Inner>) -> Router {
@@ -63,12 +72,31 @@ async fn stored_runs(
         range.until_ms.unwrap_or(i64::MAX),
     );
     // SQLite reads block; a wide range can take a moment.
-    tokio::task::spawn_blocking(move || inner.store.runs(&name, since, until))
+    let store = inner.clone();
+    let store_name = name.clone();
+    let stored = tokio::task::spawn_blocking(move || store.store.runs(&store_name, since, until))
         .await
         .map_err(|e| ReportsError::Run {
             name: "store read".into(),
             message: e.to_string(),
-        })?
+        })??;
+    if !range.history {
+        return Ok(stored);
+    }
+    // History fills in only where no run was kept: before the oldest one.
+    let history_until = stored
+        .first()
+        .map_or(until, |r| r.run_at_ms.saturating_sub(1).min(until));
+    if history_until < since {
+        return Ok(stored);
+    }
+    // Open ends: from the epoch to now (history holds nothing later).
+    let since = since.max(0);
+    let history_until = history_until.min(fleetsql_model::now_ms());
+    let mut runs =
+        crate::history::history_runs(&inner, &name, since, history_until, range.step_ms).await?;
+    runs.extend(stored);
+    Ok(runs)
 }
 
 async fn list(State(inner): State<Arc<Inner>>) -> Result<Response, ReportsError> {

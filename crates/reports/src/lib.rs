@@ -8,7 +8,11 @@
 //! `retention` after each run. [`Reports::router`] serves:
 //!
 //! - `GET /v1/reports`: the definitions with their last run and error
-//! - `GET /v1/reports/{name}/runs?since_ms=&until_ms=`: runs and rows as JSON
+//! - `GET /v1/reports/{name}/runs?since_ms=&until_ms=`: runs and rows as JSON;
+//!   with `history=true`, times before the oldest kept run in the range are
+//!   drawn from Query History (the SQL as of each kept generation, one per
+//!   `every` or per `step_ms`), so a graph reaches back before the report
+//!   existed; the same for `data.csv` and `chart.svg`
 //! - `GET /v1/reports/{name}/data.csv?since_ms=&until_ms=`: the same as CSV
 //! - `GET /v1/reports/{name}/chart.svg?since_ms=&until_ms=`: the graph
 //! - `POST /v1/reports/{name}/run`: run now, outside the schedule
@@ -16,6 +20,7 @@
 mod chart;
 mod definition;
 mod error;
+mod history;
 mod http;
 mod store;
 
@@ -32,6 +37,7 @@ use tokio::time::MissedTickBehavior;
 pub use chart::{Series, csv, series, svg};
 pub use definition::{DEFAULT_EVERY, DEFAULT_RETENTION, ReportDefinition, parse_duration};
 pub use error::{ReportsError, Result};
+pub use history::MAX_HISTORY_POINTS;
 pub use store::{Store, StoredColumn, StoredRun};
 
 /// The report store's name among the node's stores (`fleet_nodes.store_error`,
@@ -105,6 +111,19 @@ impl Reports {
     /// Runs `name` now, stores the run and prunes by retention.
     pub async fn run_now(&self, name: &str) -> Result<StoredRun> {
         run_report(&self.inner, name).await
+    }
+
+    /// The report `name` as it would have answered at the kept history
+    /// generations in `since_ms..=until_ms`, at most one per `step_ms`
+    /// (its `every` by default), oldest first.
+    pub async fn runs_from_history(
+        &self,
+        name: &str,
+        since_ms: i64,
+        until_ms: i64,
+        step_ms: Option<i64>,
+    ) -> Result<Vec<StoredRun>> {
+        history::history_runs(&self.inner, name, since_ms, until_ms, step_ms).await
     }
 
     /// The HTTP routes, to be merged into the SQL node's router.

@@ -60,6 +60,7 @@ pub use stores::{StoreChange, StoreHealth, StoreStatus};
 pub use system_tables::SYSTEM_TABLES;
 pub use time_travel::{
     AsOf, HISTORY_SCHEMA, HistoryRead, PickedGeneration, TimeTravel, TimeTravelError,
-    note_history_read, parse_versioned,
+    history_reads_of, history_tables, note_history_read, parse_versioned, read_as_of,
+    reads_history,
 };
 pub use views::{VIEWS_TABLE, ViewDefinition, ViewFile, ViewFileError, ViewStats};

@@ -145,6 +145,131 @@ pub fn note_history_read(read: HistoryRead) {
     });
 }
 
+/// Whether `plan` scans a table of the `history` schema (directly, or
+/// through time travel's rewrite).
+pub fn reads_history(plan: &datafusion::logical_expr::LogicalPlan) -> bool {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::LogicalPlan;
+    let mut found = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && scan.table_name.schema() == Some(HISTORY_SCHEMA)
+        {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// What running `plan` reads of history, found by planning it (history
+/// tables choose their files, and say so, while they are planned) without
+/// running it. For front ends whose protocol layer runs a plan itself,
+/// outside the scope [`note_history_read`] records into (the Postgres
+/// extended protocol): their completeness notice names the history read
+/// all the same. Nothing for a plan that reads no history.
+pub async fn history_reads_of(
+    ctx: &SessionContext,
+    plan: &datafusion::logical_expr::LogicalPlan,
+) -> Result<Vec<HistoryRead>> {
+    if !reads_history(plan) {
+        return Ok(Vec::new());
+    }
+    let reads = HistoryReads::default();
+    let state = ctx.state();
+    HISTORY_READS
+        .scope(reads.clone(), state.create_physical_plan(plan))
+        .await?;
+    Ok(std::mem::take(&mut *reads.lock()))
+}
+
+/// The tables of the `history` schema of `ctx`'s default catalog: what
+/// this node keeps (nothing when it keeps no history).
+pub fn history_tables(ctx: &SessionContext) -> Vec<String> {
+    let state = ctx.state();
+    let catalog = state.config().options().catalog.default_catalog.clone();
+    ctx.catalog(&catalog)
+        .and_then(|c| c.schema(HISTORY_SCHEMA))
+        .map(|s| s.table_names())
+        .unwrap_or_default()
+}
+
+/// A copy of `statement` reading every table `kept` names (by a one-part
+/// name, not a common table expression's) as of `at_ms`: `FOR
+/// SYSTEM_TIME AS OF TIMESTAMP '...'`, so each picks its own kept
+/// generation at or before that time. Also the names it versioned, in
+/// order. For a report drawn from history: its live SQL, read as it
+/// would have answered then. Known gap: a kept table with an alias
+/// (`load_info l`) prints as `load_info l FOR SYSTEM_TIME ...`, which does
+/// not parse back; it should become a derived table instead.
+pub fn read_as_of(
+    statement: &Statement,
+    kept: impl Fn(&str) -> bool,
+    at_ms: i64,
+) -> Result<(Statement, Vec<String>)> {
+    let at = chrono::DateTime::from_timestamp_millis(at_ms)
+        .ok_or_else(|| SqlError::Query(format!("{at_ms} ms is not a time")))?
+        .format("TIMESTAMP '%Y-%m-%d %H:%M:%S%.3f'")
+        .to_string();
+    let time = datafusion::sql::sqlparser::parser::Parser::new(&GenericDialect)
+        .try_with_sql(&at)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| SqlError::Query(format!("{at}: {e}")))?;
+    struct AsOfTime<F> {
+        kept: F,
+        time: Expr,
+        ctes: std::collections::HashSet<String>,
+        versioned: Vec<String>,
+    }
+    impl<F: Fn(&str) -> bool> VisitorMut for AsOfTime<F> {
+        type Break = ();
+        fn pre_visit_query(
+            &mut self,
+            query: &mut datafusion::sql::sqlparser::ast::Query,
+        ) -> ControlFlow<()> {
+            if let Some(with) = &query.with {
+                self.ctes.extend(
+                    with.cte_tables
+                        .iter()
+                        .map(|cte| cte.alias.name.value.to_lowercase()),
+                );
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+            if let TableFactor::Table {
+                name,
+                version: version @ None,
+                args: None,
+                ..
+            } = factor
+                && let [ObjectNamePart::Identifier(ident)] = name.0.as_slice()
+            {
+                // Unquoted names are folded to lower case, as the planner does.
+                let table = match ident.quote_style {
+                    Some(_) => ident.value.clone(),
+                    None => ident.value.to_lowercase(),
+                };
+                if !self.ctes.contains(&table) && (self.kept)(&table) {
+                    *version = Some(TableVersion::ForSystemTimeAsOf(self.time.clone()));
+                    self.versioned.push(table);
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut visitor = AsOfTime {
+        kept,
+        time,
+        ctes: Default::default(),
+        versioned: Vec::new(),
+    };
+    let mut statement = statement.clone();
+    let _ = VisitMut::visit(&mut statement, &mut visitor);
+    Ok((statement, visitor.versioned))
+}
+
 /// The generic dialect that also reads `FOR SYSTEM_TIME AS OF`,
 /// `TIMESTAMP AS OF` and `VERSION AS OF` after a table name. It reports
 /// itself as the generic dialect, so the parser's dialect checks read as
@@ -399,7 +524,7 @@ pub(crate) fn rewrite(
             };
             let table = table_name(name);
             let alias = alias.clone();
-            match history_subquery(&table, picked.generation) {
+            match history_subquery(&table, picked) {
                 Ok(mut derived) => {
                     if let TableFactor::Derived {
                         alias: derived_alias,
@@ -433,11 +558,15 @@ pub(crate) fn rewrite(
 }
 
 /// `(SELECT * EXCLUDE (_generation, _generation_time) FROM
-/// history."t" WHERE _generation = N) AS "t"`, as a table factor.
-fn history_subquery(table: &str, generation: u64) -> Result<TableFactor, String> {
+/// history."t" WHERE _generation = N AND _generation_time =
+/// to_timestamp_millis(T)) AS "t"`, as a table factor. The time too:
+/// generation ids start again at 1 when a process restarts, so history
+/// kept across a restart holds the same id more than once.
+fn history_subquery(table: &str, picked: &PickedGeneration) -> Result<TableFactor, String> {
     let quoted = table.replace('"', "\"\"");
+    let (generation, made_at_ms) = (picked.generation, picked.made_at_ms);
     let sql = format!(
-        "SELECT 1 FROM (SELECT * EXCLUDE (_generation, _generation_time) FROM {HISTORY_SCHEMA}.\"{quoted}\" WHERE _generation = {generation}) AS \"{quoted}\""
+        "SELECT 1 FROM (SELECT * EXCLUDE (_generation, _generation_time) FROM {HISTORY_SCHEMA}.\"{quoted}\" WHERE _generation = {generation} AND _generation_time = to_timestamp_millis({made_at_ms})) AS \"{quoted}\""
     );
     let statement = datafusion::sql::sqlparser::parser::Parser::parse_sql(&GenericDialect, &sql)
         .map_err(|e| e.to_string())?
@@ -568,15 +697,42 @@ mod tests {
         // `AS` (sqlparser keeps `TableAlias::explicit`), so neither has the
         // subquery that replaces it. The test expected `) AS a` before.
         assert!(
-            text.contains("FROM history.\"sys\" WHERE _generation = 3) a "),
+            text.contains(
+                "FROM history.\"sys\" WHERE _generation = 3 AND _generation_time = to_timestamp_millis(0)) a "
+            ),
             "{text}"
         );
         assert!(
-            text.contains("FROM history.\"filesystem\" WHERE _generation = 9) AS \"filesystem\""),
+            text.contains("FROM history.\"filesystem\" WHERE _generation = 9 AND _generation_time = to_timestamp_millis(0)) AS \"filesystem\""),
             "{text}"
         );
         assert!(text.contains("JOIN sys ON"), "{text}");
         assert!(versioned_tables(&statement).is_empty());
+    }
+
+    #[test]
+    fn read_as_of_versions_only_kept_one_part_names() {
+        let statement = datafusion::sql::sqlparser::parser::Parser::parse_sql(
+            &GenericDialect,
+            "WITH load_info AS (SELECT 1) SELECT * FROM sys, region_data r, history.sys h, load_info",
+        )
+        .unwrap()
+        .pop()
+        .unwrap();
+        let kept = |t: &str| ["sys", "load_info"].contains(&t);
+        let (read, versioned) = read_as_of(&statement, kept, 1_796_616_000_123).unwrap();
+        assert_eq!(versioned, ["sys"]);
+        let text = read.to_string();
+        // An aliased table would print its alias before the clause, which
+        // does not parse back: not handled yet (see `read_as_of`).
+        assert!(
+            text.contains("FROM sys FOR SYSTEM_TIME AS OF TIMESTAMP '2026-12-07 04:00:00.123'"),
+            "{text}"
+        );
+        assert!(text.contains("history.sys h"), "{text}");
+        // What it prints, the node's versioning parser reads back.
+        let again = parse_versioned(&text, 50).expect("parses with versioning");
+        assert_eq!(versioned_tables(&again).len(), 1);
     }
 
     #[test]
