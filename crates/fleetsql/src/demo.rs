@@ -64,6 +64,10 @@ pub(crate) struct DemoArgs {
     /// refused at once (SQLSTATE 53300, HTTP 503).
     #[arg(long, default_value_t = fleetsql_sqlnode::DEFAULT_MAX_QUEUED_QUERIES)]
     max_queued_queries: usize,
+    /// Query History stops writing while its disk has less free than
+    /// this, in MiB (`history.min_free_mib` of a topology).
+    #[arg(long, default_value_t = 512)]
+    history_min_free_mib: u64,
     /// A TOML file of integrations (Prometheus scrapes, MQTT, perfSONAR esmond).
     #[arg(long)]
     integrations: Option<PathBuf>,
@@ -194,6 +198,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             // after two ticks.
             history: Some(fleetsql_tiers::HistoryConfig {
                 dir: Some(state_dir.join("history")),
+                min_free_mib: args.history_min_free_mib,
                 ..fleetsql_tiers::HistoryConfig::of_tables(["sys", "filesystem", "load_info"])
             }),
             ..SqlNodeEntry::default()

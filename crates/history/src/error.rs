@@ -30,4 +30,22 @@ pub enum HistoryError {
     NoGeneration { table: String, reason: String },
 }
 
+impl HistoryError {
+    /// Whether it is the disk being full: under `min_free_mib`, or a
+    /// write refused for want of space (ENOSPC, EDQUOT).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            HistoryError::DiskFull { .. } => true,
+            HistoryError::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(28 | 122))
+            }
+            // Parquet's writer hands the I/O error on as text.
+            HistoryError::Write { reason, .. } => {
+                reason.contains("No space left") || reason.contains("os error 28")
+            }
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = HistoryError> = std::result::Result<T, E>;

@@ -34,7 +34,7 @@ pub use range::Range;
 pub use retention::to_delete;
 pub use status::{HISTORY_STATUS_TABLE, HistoryStatusTable};
 pub use store::{HistoryStore, KeptFile, TableStatus, WriteReport};
-pub use writer::{Clock, History, HistoryWriter, ManualClock, SystemClock};
+pub use writer::{Clock, History, HistoryWriter, ManualClock, STORE, SystemClock};
 
 #[cfg(test)]
 mod tests;

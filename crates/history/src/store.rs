@@ -63,8 +63,10 @@ struct TableIndex {
 
 #[derive(Debug, Default)]
 struct WriteState {
-    /// Writing stopped: why, and when (clock ms) it may be tried again.
-    stopped: Option<(String, i64)>,
+    /// Writing stopped: why, when (clock ms) it may be tried again, and
+    /// whether for want of space (then it is tried again as soon as the
+    /// disk has room).
+    stopped: Option<(String, i64, bool)>,
     last_write_ms: Option<f64>,
     last_write_bytes: u64,
     written: u64,
@@ -84,6 +86,9 @@ pub struct WriteReport {
     pub deleted: usize,
     /// Writing is stopped (now or before): why.
     pub stopped: Option<String>,
+    /// Writing was tried for this generation (it worked, or failed now);
+    /// false when it was skipped while stopped, or had nothing to write.
+    pub attempted: bool,
 }
 
 /// One kept table as `fleet_history` shows it.
@@ -190,18 +195,21 @@ impl HistoryStore {
         if generation.meta.id == 0 {
             return report;
         }
-        if let Some((reason, retry_at)) = self.state.lock().stopped.clone()
+        let stopped = self.state.lock().stopped.clone();
+        if let Some((reason, retry_at, for_space)) = stopped
             && now_ms < retry_at
+            && !(for_space && self.space_returned())
         {
             report.stopped = Some(reason);
             return report;
         }
         let started = Instant::now();
         let outcome = self.write_tables(generation, &mut report);
+        report.attempted = report.written > 0 || outcome.is_err();
         let mut state = self.state.lock();
         match outcome {
             Ok(()) => {
-                if let Some((reason, _)) = state.stopped.take() {
+                if let Some((reason, _, _)) = state.stopped.take() {
                     tracing::info!(dir = %self.dir.display(), previous_error = %reason, "history writing resumed");
                 }
                 if report.written > 0 {
@@ -212,11 +220,16 @@ impl HistoryStore {
             }
             Err(e) => {
                 let reason = e.to_string();
+                let for_space = e.is_disk_full();
                 if state.stopped.is_none() {
-                    tracing::error!(dir = %self.dir.display(), error = %reason, "history stops writing; live queries go on. It tries again every minute");
+                    tracing::error!(dir = %self.dir.display(), error = %reason, for_space, "history stops writing; live queries go on. It tries again when the disk has room, or every minute");
                 }
                 state.failures += 1;
-                state.stopped = Some((reason.clone(), now_ms.saturating_add(RETRY_AFTER_MS)));
+                state.stopped = Some((
+                    reason.clone(),
+                    now_ms.saturating_add(RETRY_AFTER_MS),
+                    for_space,
+                ));
                 report.stopped = Some(reason);
             }
         }
@@ -270,6 +283,20 @@ impl HistoryStore {
             report.bytes += bytes;
         }
         Ok(())
+    }
+
+    /// Whether the disk has room again after writing stopped for want of
+    /// it: `min_free_mib` plus twice the last generation's files free. A
+    /// file system that cannot say waits for the minute's retry.
+    fn space_returned(&self) -> bool {
+        let Ok(stat) = rustix::fs::statvfs(&self.dir) else {
+            return false;
+        };
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        let needed = (self.config.min_free_mib << 20)
+            .saturating_add(self.state.lock().last_write_bytes.saturating_mul(2))
+            .max(1);
+        free >= needed
     }
 
     fn check_free_space(&self) -> Result<()> {
@@ -597,7 +624,11 @@ impl HistoryStore {
 
     /// Why writing is stopped, when it is.
     pub fn stopped(&self) -> Option<String> {
-        self.state.lock().stopped.as_ref().map(|(r, _)| r.clone())
+        self.state
+            .lock()
+            .stopped
+            .as_ref()
+            .map(|(r, _, _)| r.clone())
     }
 
     /// The last write's duration (ms) and bytes, files written and deleted

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use fleetsql_model::Generation;
 use fleetsql_sqlnode::{
-    AsOf, GenerationHook, GenerationHookHandle, PickedGeneration, SqlNode, TimeTravel,
+    AsOf, GenerationHook, GenerationHookHandle, PickedGeneration, SqlNode, StoreHealth, TimeTravel,
     TimeTravelError,
 };
 
@@ -55,13 +55,31 @@ impl Clock for ManualClock {
 pub struct HistoryWriter {
     store: Arc<HistoryStore>,
     clock: Arc<dyn Clock>,
+    /// The node's store health, told of each write that fails or works
+    /// (`fleet_nodes.store_error`, `fleetsql_store_failing{store="history"}`).
+    health: Option<StoreHealth>,
 }
 
 impl HistoryWriter {
     pub fn new(store: Arc<HistoryStore>, clock: Arc<dyn Clock>) -> HistoryWriter {
-        HistoryWriter { store, clock }
+        HistoryWriter {
+            store,
+            clock,
+            health: None,
+        }
+    }
+
+    /// Reports writes to `health` as the store [`STORE`].
+    pub fn reporting_to(mut self, health: StoreHealth) -> HistoryWriter {
+        health.register(STORE, &self.store.dir().display().to_string());
+        self.health = Some(health);
+        self
     }
 }
+
+/// History's name among the node's stores (`fleet_nodes.store_error`,
+/// `fleetsql_store_failing{store="history"}`).
+pub const STORE: &str = "history";
 
 impl GenerationHook for HistoryWriter {
     fn name(&self) -> &str {
@@ -73,7 +91,24 @@ impl GenerationHook for HistoryWriter {
     }
 
     fn on_generation(&self, generation: &Arc<Generation>) {
-        self.store.write_generation(generation, self.clock.now_ms());
+        let report = self.store.write_generation(generation, self.clock.now_ms());
+        let Some(health) = &self.health else {
+            return;
+        };
+        // The store logs the transitions itself; this only makes them
+        // visible where the node's other stores are.
+        if !report.attempted {
+            return;
+        }
+        let dir = self.store.dir().display().to_string();
+        match &report.stopped {
+            Some(reason) => {
+                health.write_failed(STORE, &dir, reason);
+            }
+            None => {
+                health.write_ok(STORE, &dir);
+            }
+        }
     }
 }
 
@@ -124,7 +159,8 @@ impl History {
             Arc::new(HistoryStatusTable::new(store.clone())),
         );
         node.set_time_travel(Some(Arc::new(Travel(store.clone()))));
-        let hook = node.add_generation_hook(Arc::new(HistoryWriter::new(store.clone(), clock)));
+        let writer = HistoryWriter::new(store.clone(), clock).reporting_to(node.stores().clone());
+        let hook = node.add_generation_hook(Arc::new(writer));
         Ok(History { store, _hook: hook })
     }
 

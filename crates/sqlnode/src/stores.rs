@@ -4,6 +4,7 @@
 //! only in the log, and clears by itself on the next write that works.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use fleetsql_model::now_ms;
 use parking_lot::Mutex;
@@ -37,10 +38,12 @@ pub enum StoreChange {
     Recovered,
 }
 
-/// The node's stores, by name. Cheap: one lock per report.
-#[derive(Debug, Default)]
+/// The node's stores, by name. Cheap: one lock per report. A clone
+/// shares the same stores, for owners that outlive a borrow of the node
+/// (history's writer reports from its own thread).
+#[derive(Debug, Default, Clone)]
 pub struct StoreHealth {
-    stores: Mutex<BTreeMap<String, StoreStatus>>,
+    stores: Arc<Mutex<BTreeMap<String, StoreStatus>>>,
 }
 
 impl StoreHealth {

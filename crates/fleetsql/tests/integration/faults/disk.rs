@@ -311,3 +311,162 @@ async fn a_full_disk_is_reported_loses_nothing_and_writing_resumes() {
     drop(demo);
     drop(tmpfs);
 }
+
+/// What the history test watches: `fleet_nodes.store_error`, the
+/// `history` store's gauge, `fleet_history.writing` for `sys` and the
+/// generations `history.sys` holds; and whether a live query answered.
+#[derive(Debug, Default)]
+struct HistorySeen {
+    store_error: Option<String>,
+    failing: Option<bool>,
+    writing: Option<bool>,
+    generations: u64,
+    live_ok: bool,
+}
+
+async fn look_history(demo: &TestDemo) -> HistorySeen {
+    let (status, body) = demo.query_json("SELECT count(*) FROM sys").await;
+    let live_ok = status.is_success() && body["rows"][0][0].as_u64().unwrap_or(0) > 0;
+    if !live_ok {
+        eprintln!("live query failed: {status} {body}");
+    }
+    let (_, body) = demo
+        .query_json("SELECT store_error FROM fleet_nodes WHERE role = 'sqlnode'")
+        .await;
+    let store_error = body["rows"][0][0].as_str().map(str::to_string);
+    let (_, body) = demo
+        .query_json("SELECT writing FROM fleet_history WHERE table_name = 'sys'")
+        .await;
+    let writing = body["rows"][0][0].as_bool();
+    let (_, body) = demo
+        .query_json("SELECT count(DISTINCT _generation_time) FROM history.sys")
+        .await;
+    let generations = body["rows"][0][0].as_u64().unwrap_or(0);
+    let mut failing = None;
+    if let Ok(r) = reqwest::Client::new()
+        .get(format!("{}/metrics", demo.url()))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        && let Ok(text) = r.text().await
+    {
+        failing = text
+            .lines()
+            .find(|l| l.starts_with("fleetsql_store_failing{") && l.contains("store=\"history\""))
+            .map(|l| l.ends_with(" 1"));
+    }
+    HistorySeen {
+        store_error,
+        failing,
+        writing,
+        generations,
+        live_ok,
+    }
+}
+
+async fn until_history(
+    demo: &TestDemo,
+    what: &str,
+    done: impl Fn(&HistorySeen) -> bool,
+) -> (HistorySeen, usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut live_failed = 0;
+    loop {
+        let seen = look_history(demo).await;
+        live_failed += usize::from(!seen.live_ok);
+        if done(&seen) {
+            return (seen, live_failed);
+        }
+        assert!(Instant::now() < deadline, "{what}: last seen {seen:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Issue 18 item 5 / issue 20 item 4: a full disk under Query History. The
+/// demo's history writes to a small tmpfs (`--history-min-free-mib 1`);
+/// filled, history stops writing and says so in `fleet_nodes.store_error`,
+/// `fleetsql_store_failing{store="history"}` and `fleet_history.writing`,
+/// while live queries answer throughout; emptied, it writes again (as soon
+/// as the disk has room, not after a fixed wait) and the store clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "not run yet (written at the end of a session whose builds queued behind others')"]
+async fn a_full_disk_stops_history_not_live_answers_and_history_resumes() {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let tmpfs = match Tmpfs::mount(&state, 16) {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED a_full_disk_stops_history_not_live_answers_and_history_resumes: {why}"
+            );
+            return;
+        }
+    };
+    let demo = TestDemo::start_with(
+        2,
+        3,
+        "300ms",
+        &[
+            "--state-dir".into(),
+            state.as_os_str().to_os_string(),
+            "--history-min-free-mib".into(),
+            "1".into(),
+        ],
+    )
+    .await;
+    let (before, failed_before) = until_history(&demo, "history written", |s| {
+        s.generations >= 2 && s.failing == Some(false) && s.writing == Some(true)
+    })
+    .await;
+    assert_eq!(before.store_error, None, "{before:?}");
+
+    let filler = state.join("filler");
+    fill(&filler);
+    let (during, failed_full) = until_history(&demo, "full disk reported", |s| {
+        s.failing == Some(true)
+            && s.writing == Some(false)
+            && s.store_error
+                .as_deref()
+                .is_some_and(|e| e.contains("history:"))
+    })
+    .await;
+    // Kept generations stay readable; none is added while full.
+    assert!(during.generations >= before.generations, "{during:?}");
+    let (still, failed_still) = until_history(&demo, "still full", |s| {
+        s.failing == Some(true) && s.live_ok
+    })
+    .await;
+    // Three more live generations, none of them kept.
+    let live_id = async || demo.query_json("SELECT 1").await.1["generation"]["id"].as_u64();
+    let from = live_id().await.expect("a live generation");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while live_id().await.is_none_or(|id| id < from + 3) {
+        assert!(
+            Instant::now() < deadline,
+            "the demo stopped making generations"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (later, _) = until_history(&demo, "still full", |s| s.failing == Some(true)).await;
+    assert_eq!(
+        later.generations, still.generations,
+        "history grew on a full disk: {still:?} {later:?}"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let (after, failed_after) = until_history(&demo, "history resumed", |s| {
+        s.failing == Some(false)
+            && s.writing == Some(true)
+            && s.store_error.is_none()
+            && s.generations > later.generations
+    })
+    .await;
+    assert!(after.generations > during.generations);
+    assert_eq!(
+        failed_before + failed_full + failed_still + failed_after,
+        0,
+        "live queries failed around the full disk"
+    );
+    drop(demo);
+    drop(tmpfs);
+}
