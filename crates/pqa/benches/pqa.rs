@@ -476,7 +476,91 @@ fn many_queries() {
     }
     drop(_guard);
     drop(rt);
+    many_engine(queries, streams);
     latency(queries, streams);
+}
+
+/// The engine alone (no topics): the same 10,000 statements and the
+/// same kind of statements on equality filters, routed through the shared
+/// filter index and, for comparison, handed to every statement of the
+/// stream (`Engine::set_filter_index(false)`, the dispatch before the index).
+fn many_engine(queries: usize, streams: usize) {
+    let n = (20_000.0 * scale()) as usize;
+    let per_stream = queries / streams;
+    println!();
+    println!(
+        "| engine only, {queries} statements over {streams} streams, one prepared event per call | events | index on | index off | on / off | outputs per event |"
+    );
+    println!("|---|---|---|---|---|---|");
+    // (label, statement k of stream s, value of v in the i-th event of a stream)
+    type Case = (
+        &'static str,
+        fn(usize, usize) -> String,
+        fn(usize, usize) -> i64,
+    );
+    let cases: [Case; 3] = [
+        (
+            "`S{k}(v > N) where host != 'none'`, every statement of the stream matches",
+            |k, n| format!("select v, host, seq from S{k}(v > {n}) where host != 'none'"),
+            |_, _| 1_000_000,
+        ),
+        (
+            "`S{k}(v > N) where host != 'none'`, v spread: half of the stream's statements match",
+            |k, n| format!("select v, host, seq from S{k}(v > {n}) where host != 'none'"),
+            |i, per| (i % per) as i64,
+        ),
+        (
+            "`S{k}(v = N) where host != 'none'`: one statement of the stream matches",
+            |k, n| format!("select v, host, seq from S{k}(v = {n}) where host != 'none'"),
+            |i, per| (i % per) as i64,
+        ),
+    ];
+    for (label, epl, value) in cases {
+        let outputs = std::cell::Cell::new(0usize);
+        let time = |index: bool| {
+            best(|| {
+                let mut e = Engine::new(EngineConfig {
+                    timestamp_field: Some("seq".into()),
+                    clock: Clock::Manual,
+                });
+                e.set_filter_index(index);
+                for q in 0..queries {
+                    e.register(&epl(q % streams, q / streams)).unwrap();
+                }
+                let handles: Vec<_> = (0..streams).map(|s| e.stream(&format!("S{s}"))).collect();
+                let events: Vec<_> = (0..n)
+                    .map(|i| {
+                        let s = i % streams;
+                        let v = value(i / streams, per_stream);
+                        let ev = json!({"seq": i as i64, "v": v, "host": "h"});
+                        (handles[s], e.prepare(handles[s], &ev).unwrap())
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                let mut count = 0;
+                let t = Instant::now();
+                for (h, ev) in events {
+                    e.push_prepared(h, ev, &mut out);
+                    count += out.len();
+                    out.clear();
+                }
+                let took = t.elapsed();
+                outputs.set(count);
+                took
+            })
+        };
+        let on = time(true);
+        let on_outputs = outputs.get();
+        let off = time(false);
+        assert_eq!(on_outputs, outputs.get(), "index on and off disagree");
+        println!(
+            "| {label} | {n} | {:.0} events/s | {:.0} events/s | {:.1}x | {:.1} |",
+            rate(n, on),
+            rate(n, off),
+            off.as_secs_f64() / on.as_secs_f64(),
+            outputs.get() as f64 / n as f64
+        );
+    }
 }
 
 /// Event arrival (client sends `POST /v1/events/S{k}`) to the SSE frame

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use crate::batch::EventBatch;
 use crate::error::{PqaError, Result};
 use crate::expr::Streams;
+use crate::filter_index::{Reader, StreamIndex};
 use crate::parser::ast::StreamSel;
 use crate::parser::{self, ast};
 use crate::processor::Row;
@@ -82,6 +83,12 @@ pub struct Engine {
     streams: Streams,
     stmts: Vec<Option<Entry>>,
     by_stream: Vec<Vec<(usize, usize)>>,
+    /// Per stream, the shared filter index over its readers.
+    index: Vec<StreamIndex>,
+    /// Route events through `index` (on by default).
+    use_index: bool,
+    /// Scratch list of the readers an event may trigger.
+    candidates: Vec<Reader>,
     heap: BinaryHeap<Reverse<(i64, usize)>>,
     rows: Emit,
     /// `insert into` events waiting to be processed (kept to reuse its memory).
@@ -106,6 +113,9 @@ impl Engine {
             streams: Streams::default(),
             stmts: Vec::new(),
             by_stream: Vec::new(),
+            index: Vec::new(),
+            use_index: true,
+            candidates: Vec::new(),
             heap: BinaryHeap::new(),
             rows: Emit::default(),
             queue: VecDeque::new(),
@@ -119,6 +129,13 @@ impl Engine {
     /// kernels off is for comparing them.
     pub fn set_kernels(&mut self, on: bool) {
         self.kernels = on;
+    }
+
+    /// Whether events are routed through the shared filter index (on by
+    /// default) or handed to every statement reading their stream. Both
+    /// give the same outputs in the same order; off is for comparing them.
+    pub fn set_filter_index(&mut self, on: bool) {
+        self.use_index = on;
     }
 
     /// Current engine time in milliseconds.
@@ -142,11 +159,10 @@ impl Engine {
             Compiled::Schema => Ok(None),
             Compiled::Stmt(stmt) => {
                 let id = self.stmts.len();
-                if self.by_stream.len() < self.streams.list.len() {
-                    self.by_stream.resize(self.streams.list.len(), Vec::new());
-                }
+                self.grow();
                 for &(s, k) in &stmt.listen {
                     self.by_stream[s].push((id, k));
+                    self.index[s].insert((id, k), stmt.index_key(k), stmt.required(k));
                 }
                 self.stmts.push(Some(Entry {
                     stmt,
@@ -170,6 +186,20 @@ impl Engine {
         for &(s, _) in &entry.stmt.listen {
             if let Some(v) = self.by_stream.get_mut(s) {
                 v.retain(|(x, _)| *x != i);
+            }
+        }
+        let mut streams: Vec<usize> = entry.stmt.listen.iter().map(|&(s, _)| s).collect();
+        streams.dedup();
+        for s in streams {
+            let keyed: Vec<(bool, &[usize])> = entry
+                .stmt
+                .listen
+                .iter()
+                .filter(|&&(t, _)| t == s)
+                .map(|&(_, k)| (entry.stmt.index_key(k).is_some(), entry.stmt.required(k)))
+                .collect();
+            if let Some(ix) = self.index.get_mut(s) {
+                ix.remove(i, &keyed);
             }
         }
         true
@@ -224,8 +254,40 @@ impl Engine {
     }
 
     fn grow(&mut self) {
-        if self.by_stream.len() < self.streams.list.len() {
-            self.by_stream.resize(self.streams.list.len(), Vec::new());
+        let n = self.streams.list.len();
+        if self.by_stream.len() < n {
+            self.by_stream.resize(n, Vec::new());
+        }
+        if self.index.len() < n {
+            self.index.resize_with(n, StreamIndex::default);
+        }
+    }
+
+    /// Fills `self.candidates` with the readers of `sid` that `ev` may
+    /// trigger; false when every reader must be visited.
+    fn route(&mut self, sid: usize, ev: &Event) -> bool {
+        self.use_index
+            && self
+                .index
+                .get(sid)
+                .is_some_and(|ix| ix.candidates(ev, &mut self.candidates))
+    }
+
+    /// The `j`-th reader to visit: of the candidates when routed, else of all.
+    #[inline]
+    fn reader(&self, routed: bool, sid: usize, j: usize) -> Reader {
+        if routed {
+            self.candidates[j]
+        } else {
+            self.by_stream[sid][j]
+        }
+    }
+
+    fn readers(&self, routed: bool, sid: usize) -> usize {
+        if routed {
+            self.candidates.len()
+        } else {
+            self.by_stream.get(sid).map_or(0, Vec::len)
         }
     }
 
@@ -366,9 +428,18 @@ impl Engine {
             self.now = ts;
             let mut event: Option<Arc<Event>> = None;
             let mut missing = false;
-            let n = self.by_stream.get(sid).map_or(0, Vec::len);
+            // The index reads the event's values: build it only when the
+            // stream has indexed readers.
+            let routed =
+                self.use_index && self.index.get(sid).is_some_and(StreamIndex::has_indexed) && {
+                    let ev = batch.event(row, &self.streams.list[sid].symbols);
+                    let routed = self.route(sid, &ev);
+                    event = Some(ev);
+                    routed
+                };
+            let n = self.readers(routed, sid);
             for j in 0..n {
-                let (id, k) = self.by_stream[sid][j];
+                let (id, k) = self.reader(routed, sid, j);
                 let Some(Some(entry)) = self.stmts.get_mut(id) else {
                     continue;
                 };
@@ -517,9 +588,10 @@ impl Engine {
         self.grow();
         while let Some((sid, ev, depth)) = queue.pop_front() {
             let mut missing = false;
-            let n = self.by_stream.get(sid).map_or(0, Vec::len);
+            let routed = self.route(sid, &ev);
+            let n = self.readers(routed, sid);
             for j in 0..n {
-                let (id, k) = self.by_stream[sid][j];
+                let (id, k) = self.reader(routed, sid, j);
                 let Some(Some(entry)) = self.stmts.get_mut(id) else {
                     continue;
                 };

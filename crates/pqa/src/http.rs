@@ -131,12 +131,12 @@ async fn sse(
     let sub = svc.subscribe(&id)?;
     let stream = futures::stream::unfold(Some(sub), |sub: Option<Subscription>| async move {
         let mut sub = sub?;
-        match sub.next().await {
-            Ok(p) => {
+        match sub.next_json().await {
+            Ok((seq, json)) => {
                 let ev = SseEvent::default()
                     .event("result")
-                    .id(p.notification.seq.to_string())
-                    .data(p.json.clone());
+                    .id(seq.to_string())
+                    .data(json);
                 Some((Ok(ev), Some(sub)))
             }
             Err(reason) => {
@@ -210,9 +210,9 @@ async fn ended_on_panic(serving: impl std::future::Future<Output = ()>) -> bool 
 async fn ws_loop(mut socket: WebSocket, mut sub: Subscription) {
     loop {
         tokio::select! {
-            n = sub.next() => match n {
-                Ok(p) => {
-                    if socket.send(Message::Text(p.json.clone().into())).await.is_err() {
+            n = sub.next_json() => match n {
+                Ok((_, json)) => {
+                    if socket.send(Message::Text(json.into())).await.is_err() {
                         return;
                     }
                 }

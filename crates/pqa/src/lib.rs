@@ -89,6 +89,7 @@ pub mod value;
 mod agg;
 mod batch;
 mod expr;
+mod filter_index;
 mod kernel;
 mod output;
 mod pattern;

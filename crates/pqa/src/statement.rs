@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::error::{Pos, PqaError, Result};
 use crate::expr::{CExpr, Compiler, Slot, Streams, has_aggregate};
+use crate::filter_index::{IndexKey, Key, Op};
 use crate::kernel::{Kernel, KernelSpec, RowRef};
 use crate::output::OutputLimiter;
 use crate::parser::ast::{
@@ -58,6 +59,8 @@ pub(crate) struct Stmt {
     delta: Delta,
     /// The compiled fast path, when the statement qualifies.
     kernel: Option<Kernel>,
+    /// Per input, its entry in the shared filter index (empty: none).
+    index_keys: Vec<Option<IndexKey>>,
 }
 
 /// How an outer join joins its streams.
@@ -417,6 +420,7 @@ pub(crate) fn compile(
         listen: Vec::new(),
         delta: Delta::default(),
         kernel: None,
+        index_keys: Vec::new(),
     };
     if is_join {
         stmt.join_where = where_c;
@@ -494,7 +498,74 @@ pub(crate) fn compile(
             );
         }
     }
+    stmt.index_keys = index_keys(&stmt);
     Ok(Compiled::Stmt(Box::new(stmt)))
+}
+
+/// Per input, the conjunct the shared filter index files the input under
+/// (see `crate::filter_index`). The stream filter's conjuncts always
+/// qualify: an event failing it leaves the statement untouched. The where
+/// clause's only when failing it changes nothing either: one stream, no
+/// window (a window keeps events the where clause drops), no aggregation,
+/// no output clause. Kernels and patterns test their filters themselves.
+fn index_keys(stmt: &Stmt) -> Vec<Option<IndexKey>> {
+    if stmt.kernel.is_some() || stmt.pattern.is_some() {
+        return Vec::new();
+    }
+    let spec = stmt.processor.spec();
+    let stateless = stmt.inputs.len() == 1
+        && stmt.output.is_none()
+        && !spec.aggregated
+        && stmt.inputs[0].window.shape() == Shape::None;
+    stmt.inputs
+        .iter()
+        .enumerate()
+        .map(|(k, input)| {
+            let mut parts = Vec::new();
+            if let Some(f) = &input.filter {
+                cconjuncts(f, &mut parts);
+            }
+            if k == 0
+                && stateless
+                && let Some(w) = &spec.where_
+            {
+                cconjuncts(w, &mut parts);
+            }
+            let keys: Vec<IndexKey> = parts.into_iter().filter_map(index_key).collect();
+            // Equality narrows most; any range beats visiting every event.
+            keys.iter()
+                .find(|k| k.op == Op::Eq)
+                .or(keys.first())
+                .cloned()
+        })
+        .collect()
+}
+
+fn cconjuncts<'a>(e: &'a CExpr, out: &mut Vec<&'a CExpr>) {
+    match e {
+        CExpr::And(a, b) => {
+            cconjuncts(a, out);
+            cconjuncts(b, out);
+        }
+        other => out.push(other),
+    }
+}
+
+/// `field <op> literal` (or `literal <op> field`) of the input's own event.
+fn index_key(e: &CExpr) -> Option<IndexKey> {
+    let CExpr::Bin(op, l, r) = e else {
+        return None;
+    };
+    let (field, lit, flipped) = match (l.as_ref(), r.as_ref()) {
+        (CExpr::Field { slot: 0, idx }, CExpr::Lit(v)) => (*idx, v, false),
+        (CExpr::Lit(v), CExpr::Field { slot: 0, idx }) => (*idx, v, true),
+        _ => return None,
+    };
+    Some(IndexKey {
+        field: field as usize,
+        op: Op::from_bin(*op, flipped)?,
+        value: Key::from_value(lit)?,
+    })
 }
 
 /// `win:expr`'s expiry expression, against the stream's oldest event (also
@@ -817,6 +888,16 @@ impl Stmt {
         for r in &new {
             self.processor.on_new(r);
         }
+    }
+
+    /// Input `k`'s entry in the shared filter index, if it has one.
+    pub(crate) fn index_key(&self, k: usize) -> Option<&IndexKey> {
+        self.index_keys.get(k).and_then(Option::as_ref)
+    }
+
+    /// Fields input `k` needs: an event lacking one is counted missing.
+    pub(crate) fn required(&self, k: usize) -> &[usize] {
+        self.inputs.get(k).map_or(&[], |i| &i.required)
     }
 
     /// True when events can be handed over as batch rows ([`Stmt::on_batch_row`]).
