@@ -74,6 +74,9 @@ pub struct AuditEntry {
     pub text: String,
     pub outcome: Outcome,
     pub duration: Duration,
+    /// Rows sent to the client, where the front end counts them (a
+    /// query's answer over pg or HTTP); `None` for other requests.
+    pub rows: Option<u64>,
 }
 
 impl AuditEntry {
@@ -89,6 +92,7 @@ impl AuditEntry {
             text: String::new(),
             outcome: Outcome::Ok,
             duration: Duration::ZERO,
+            rows: None,
         }
     }
 }
@@ -177,6 +181,7 @@ impl AuditLog {
             outcome,
             error,
             duration_ms = entry.duration.as_secs_f64() * 1000.0,
+            rows = entry.rows,
             text = %entry.text,
         );
         let entry = Arc::new(entry);
@@ -256,6 +261,7 @@ impl AuditLog {
             text: String::new(),
             outcome: Outcome::Error(message.to_string()),
             duration: Duration::ZERO,
+            rows: None,
         });
     }
 

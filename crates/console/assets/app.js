@@ -82,6 +82,18 @@
       error.status = response.status;
       throw error;
     }
+    // A query's answer is streamed: its 200 leaves with the first rows, and
+    // an error after them (the time-out, the memory limit) ends the object
+    // with `error`, `hint` and `sqlstate` after the rows sent. It is an
+    // error, not a short answer.
+    if (body && body.error && body.sqlstate !== undefined && Array.isArray(body.rows)) {
+      let message = body.error + " (SQLSTATE " + body.sqlstate + ")";
+      message += "\nafter " + body.row_count + (body.row_count === 1 ? " row" : " rows") + " were sent";
+      if (body.hint) message += "\nhint: " + body.hint;
+      const error = new Error(message);
+      error.status = response.status;
+      throw error;
+    }
     return body;
   }
 

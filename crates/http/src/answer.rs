@@ -18,8 +18,14 @@
 //!   connection is cut), which every IPC reader reports as a truncated
 //!   stream rather than a complete answer; the JSON answer to the same
 //!   query names the error.
+//!
+//! Either body fills in an [`AnswerProgress`] as it is written (rows sent,
+//! the error that ended it, whether it ended), which the audit layer reads
+//! when the body ends: a 200 status alone does not say the answer was
+//! whole.
 
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -31,6 +37,49 @@ use futures::{Stream, StreamExt};
 use serde_json::json;
 
 type Batches = Pin<Box<dyn Stream<Item = Result<RecordBatch, SqlError>> + Send>>;
+
+/// How far a streamed answer got: rows written, the error that ended it
+/// early, and whether its body ended (written whole, or with its error).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub rows: u64,
+    /// `SQLSTATE: message` of an error after the status was sent.
+    pub error: Option<String>,
+    pub ended: bool,
+}
+
+/// A streamed answer's [`Progress`], shared by its body (which writes it)
+/// and whoever reads it when the body ends (the audit layer finds it in
+/// the response's extensions).
+#[derive(Debug, Default, Clone)]
+pub struct AnswerProgress(Arc<Mutex<Progress>>);
+
+impl AnswerProgress {
+    /// What has been written so far.
+    pub fn get(&self) -> Progress {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {
+        // The updates are plain stores that cannot panic; a poisoned lock
+        // still holds readable counts.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn sent(&self, rows: usize) {
+        self.lock().rows += rows as u64;
+    }
+
+    fn end(&self, error: Option<&SqlError>) {
+        let mut progress = self.lock();
+        progress.ended = true;
+        if let Some(e) = error {
+            progress.error = Some(format!("{}: {e}", e.sqlstate()));
+        }
+    }
+}
 
 /// An answer whose first batch (or whose end) has been computed.
 pub(crate) struct Started {
@@ -70,6 +119,7 @@ struct JsonBody {
     rows: usize,
     began: Instant,
     done: bool,
+    progress: AnswerProgress,
 }
 
 /// The JSON answer: `{"columns": [...], "generation": {...}, "rows": [...],
@@ -78,7 +128,7 @@ struct JsonBody {
 /// `row_count`. The keys are those of the answer collected whole (a
 /// JSON object's key order carries no meaning; `row_count` and
 /// `elapsed_ms` now come last because they are known last).
-pub(crate) fn json_body(started: Started, began: Instant) -> Body {
+pub(crate) fn json_body(started: Started, began: Instant, progress: AnswerProgress) -> Body {
     let columns: Vec<_> = started
         .schema
         .fields()
@@ -96,6 +146,7 @@ pub(crate) fn json_body(started: Started, began: Instant) -> Body {
         rows: 0,
         began,
         done: false,
+        progress,
     };
     let chunks = futures::stream::unfold(state, |mut state| async move {
         if state.done {
@@ -110,6 +161,7 @@ pub(crate) fn json_body(started: Started, began: Instant) -> Body {
                     Ok((chunk, _)) if chunk.is_empty() => continue,
                     Ok((chunk, rows)) => {
                         state.rows += rows;
+                        state.progress.sent(rows);
                         return Some((Ok(Bytes::from(chunk)), state));
                     }
                     Err(e) => Some(SqlError::Internal(format!(
@@ -124,6 +176,7 @@ pub(crate) fn json_body(started: Started, began: Instant) -> Body {
             // client has read the tail.
             state.batches = Box::pin(futures::stream::empty());
             let tail = json_tail(error.as_ref(), state.rows, state.began);
+            state.progress.end(error.as_ref());
             return Some((Ok(Bytes::from(tail)), state));
         }
     });
@@ -165,34 +218,48 @@ fn json_tail(error: Option<&SqlError>, rows: usize, began: Instant) -> String {
 }
 
 /// The Arrow IPC stream answer, one IPC message per batch as it comes.
-pub(crate) fn arrow_body(started: Started) -> Body {
+pub(crate) fn arrow_body(started: Started, progress: AnswerProgress) -> Body {
     let writer = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &started.schema);
     let state = (writer.map_err(|e| e.to_string()), started.batches(), false);
-    let chunks = futures::stream::unfold(state, |(writer, mut batches, done)| async move {
-        if done {
-            return None;
-        }
-        let mut writer = match writer {
-            Ok(writer) => writer,
-            Err(e) => return Some((Err(cut(&e)), (Err(e), batches, true))),
-        };
-        // The schema message, already written, leaves with the first batch.
-        let written = match batches.next().await {
-            Some(Ok(batch)) => writer.write(&batch).map(|()| false),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "a query failed after its first Arrow batch was sent; the stream was cut");
-                return Some((Err(cut(&e.to_string())), (Ok(writer), batches, true)));
+    let chunks = futures::stream::unfold(state, move |(writer, mut batches, done)| {
+        let progress = progress.clone();
+        async move {
+            if done {
+                return None;
             }
-            None => writer.finish().map(|()| true),
-        };
-        match written {
-            Ok(finished) => {
-                let chunk = std::mem::take(writer.get_mut());
-                Some((Ok(Bytes::from(chunk)), (Ok(writer), batches, finished)))
-            }
-            Err(e) => {
-                let e = e.to_string();
-                Some((Err(cut(&e)), (Err(e), batches, true)))
+            let mut writer = match writer {
+                Ok(writer) => writer,
+                Err(e) => {
+                    progress.end(Some(&SqlError::Internal(e.clone())));
+                    return Some((Err(cut(&e)), (Err(e), batches, true)));
+                }
+            };
+            // The schema message, already written, leaves with the first batch.
+            let written = match batches.next().await {
+                Some(Ok(batch)) => writer.write(&batch).map(|()| {
+                    progress.sent(batch.num_rows());
+                    false
+                }),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "a query failed after its first Arrow batch was sent; the stream was cut");
+                    progress.end(Some(&e));
+                    return Some((Err(cut(&e.to_string())), (Ok(writer), batches, true)));
+                }
+                None => writer.finish().map(|()| true),
+            };
+            match written {
+                Ok(finished) => {
+                    if finished {
+                        progress.end(None);
+                    }
+                    let chunk = std::mem::take(writer.get_mut());
+                    Some((Ok(Bytes::from(chunk)), (Ok(writer), batches, finished)))
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    progress.end(Some(&SqlError::Internal(e.clone())));
+                    Some((Err(cut(&e)), (Err(e), batches, true)))
+                }
             }
         }
     });

@@ -599,6 +599,59 @@ async fn outcome(response: Response, xmlrpc: bool) -> (Response, Outcome) {
 
 const LOGIN_PAGE: &str = include_str!("login.html");
 
+/// A streamed answer's audit entry (`/v1/query`), recorded when its body
+/// ends, or is dropped because the client left, with the rows sent and
+/// the error that ended it: its 200 status leaves with the first batch and
+/// says neither.
+struct AnswerAudit {
+    audit: Arc<AuditLog>,
+    entry: Option<AuditEntry>,
+    progress: crate::answer::AnswerProgress,
+    started: Instant,
+}
+
+impl AnswerAudit {
+    fn record(&mut self) {
+        let Some(mut entry) = self.entry.take() else {
+            return;
+        };
+        let progress = self.progress.get();
+        entry.rows = Some(progress.rows);
+        entry.outcome = match progress.error {
+            Some(error) => Outcome::Error(error),
+            None if progress.ended => Outcome::Ok,
+            None => Outcome::Error(format!(
+                "the client left after {} rows, before the answer ended",
+                progress.rows
+            )),
+        };
+        entry.duration = self.started.elapsed();
+        self.audit.record(entry);
+    }
+
+    /// `response` with the recording at its body's end or error: before
+    /// the end (or the cut) is passed on, so the entry is there when a
+    /// client has read the whole answer.
+    fn when_answered(mut self, response: Response) -> Response {
+        let (parts, body) = response.into_parts();
+        let mut chunks = Box::pin(body.into_data_stream());
+        let body = futures::stream::poll_fn(move |cx| {
+            let chunk = std::task::ready!(futures::StreamExt::poll_next_unpin(&mut chunks, cx));
+            if !matches!(chunk, Some(Ok(_))) {
+                self.record();
+            }
+            std::task::Poll::Ready(chunk)
+        });
+        Response::from_parts(parts, Body::from_stream(body))
+    }
+}
+
+impl Drop for AnswerAudit {
+    fn drop(&mut self) {
+        self.record();
+    }
+}
+
 /// The layer itself; see the module documentation.
 pub(crate) async fn layer(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -723,6 +776,22 @@ pub(crate) async fn layer(State(auth): State<Arc<Auth>>, request: Request, next:
     let response = next.run(request).await;
     if !audit {
         return response;
+    }
+    if let Some(progress) = response
+        .extensions()
+        .get::<crate::answer::AnswerProgress>()
+        .cloned()
+    {
+        let mut entry = AuditEntry::new(&principal, front_end, action);
+        entry.peer = peer;
+        entry.text = audit_text(&method, &path, &body);
+        let audit = AnswerAudit {
+            audit: auth.security.audit.clone(),
+            entry: Some(entry),
+            progress,
+            started,
+        };
+        return audit.when_answered(response);
     }
     let (response, outcome) = outcome(response, xmlrpc).await;
     let mut entry = AuditEntry::new(&principal, front_end, action);

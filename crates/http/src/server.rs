@@ -256,12 +256,19 @@ async fn query(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains(ARROW_STREAM));
     let info = serde_json::to_string(&started.generation).unwrap_or_default();
+    let progress = crate::answer::AnswerProgress::default();
     let (content_type, body) = if wants_arrow {
-        (ARROW_STREAM, crate::answer::arrow_body(started))
+        (
+            ARROW_STREAM,
+            crate::answer::arrow_body(started, progress.clone()),
+        )
     } else {
-        ("application/json", crate::answer::json_body(started, began))
+        let body = crate::answer::json_body(started, began, progress.clone());
+        ("application/json", body)
     };
     let mut response = body.into_response();
+    // The audit layer records the answer when its body ends, from this.
+    response.extensions_mut().insert(progress);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if wants_arrow && let Ok(value) = HeaderValue::from_str(&info) {

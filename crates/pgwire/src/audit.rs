@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use datafusion_postgres::pgwire;
@@ -19,6 +20,9 @@ struct Pending {
     audit: Arc<AuditLog>,
     entry: Mutex<Option<AuditEntry>>,
     started: Instant,
+    /// Rows sent, once an answer with rows was watched.
+    rows: AtomicU64,
+    has_rows: AtomicBool,
 }
 
 impl Pending {
@@ -35,6 +39,9 @@ impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(mut entry) = self.entry.get_mut().take() {
             entry.duration = self.started.elapsed();
+            if *self.has_rows.get_mut() {
+                entry.rows = Some(*self.rows.get_mut());
+            }
             self.audit.record(entry);
         }
     }
@@ -58,6 +65,8 @@ impl Statement {
             audit: self.audit,
             entry: Mutex::new(Some(entry)),
             started: self.started,
+            rows: AtomicU64::new(0),
+            has_rows: AtomicBool::new(false),
         })
     }
 
@@ -112,9 +121,13 @@ fn watch(pending: &Arc<Pending>, response: &mut Response) {
         Response::Query(query) => {
             let rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
             let pending = pending.clone();
+            pending.has_rows.store(true, Ordering::Relaxed);
             query.data_rows = Box::pin(rows.map(move |row| {
-                if let Err(e) = &row {
-                    pending.fail(error_text(e));
+                match &row {
+                    Ok(_) => {
+                        pending.rows.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => pending.fail(error_text(e)),
                 }
                 row
             }));

@@ -26,6 +26,7 @@ mod auth;
 mod copy;
 mod execute;
 mod hook;
+mod search_path;
 mod server;
 mod service;
 mod text_times;

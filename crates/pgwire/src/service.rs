@@ -33,7 +33,7 @@ use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{FieldInfo, Response};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, Type};
+use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::extendedquery::Execute;
@@ -203,6 +203,7 @@ impl SimpleQueryHandler for FleetService {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let audited = self.audited(client, query)?;
+        let handle = client.session_extensions().get::<Arc<ConnectionHandle>>();
         audited.responses(
             caught(self.simple_query(client, query))
                 .await
@@ -210,10 +211,50 @@ impl SimpleQueryHandler for FleetService {
                     responses
                         .into_iter()
                         .map(|r| crate::text_times::in_response(caught_rows(r)))
+                        .map(|r| cancellable(r, handle.as_deref()))
                         .collect()
                 }),
         )
     }
+}
+
+/// Rows of a simple-protocol answer that stop at a cancel request
+/// (`pg_cancel_backend`, psql's Ctrl-C, a driver's cancel) with SQLSTATE
+/// 57014. The protocol layer heeds one only until the handler returns,
+/// before the first row: a streamed answer ran on to its end or its
+/// time-out. Stopping drops the rows, so the query stops and frees its
+/// place among those running at once (`execute.rs` does the same for the
+/// extended protocol).
+fn cancellable(response: Response, handle: Option<&Arc<ConnectionHandle>>) -> Response {
+    let Some(handle) = handle.cloned() else {
+        return response;
+    };
+    let Response::Query(mut query) = response else {
+        return response;
+    };
+    let rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
+    let state = Some((rows, None));
+    query.data_rows = Box::pin(futures::stream::unfold(state, move |state| {
+        let handle = handle.clone();
+        async move {
+            let (mut rows, cancel) = state?;
+            // Armed when the first row is asked for: the protocol layer's
+            // own receiver (the handler's) is gone by then, and a new one
+            // takes its place for this answer.
+            let cancel = match cancel {
+                Some(cancel) => cancel,
+                None => handle.start_query().await,
+            };
+            match futures::future::select(rows.next(), cancel).await {
+                futures::future::Either::Left((Some(row), cancel)) => {
+                    Some((row, Some((rows, Some(cancel)))))
+                }
+                futures::future::Either::Left((None, _)) => None,
+                futures::future::Either::Right(_) => Some((Err(PgWireError::QueryCanceled), None)),
+            }
+        }
+    }));
+    Response::Query(query)
 }
 
 /// A panic while answering one client's statement (a bug) becomes that
@@ -313,7 +354,8 @@ impl FleetService {
             return Ok(vec![self.copy(client, copy).await?]);
         }
         let Some(statements) = self.parser.parser.statements(query)? else {
-            return SimpleQueryHandler::do_query(self.inner.as_ref(), client, query).await;
+            let query = crate::search_path::resolved(query);
+            return SimpleQueryHandler::do_query(self.inner.as_ref(), client, &query).await;
         };
         let mut results = Vec::with_capacity(statements.len());
         'statement: for statement in statements {
@@ -523,7 +565,8 @@ impl FleetQueryParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let Some(statements) = self.parser.statements(sql)? else {
-            return self.inner.parse_sql(client, sql, types).await;
+            let sql = crate::search_path::resolved(sql);
+            return self.inner.parse_sql(client, &sql, types).await;
         };
         // One statement per Parse message, as the protocol layer takes it.
         let Some(statement) = statements.into_iter().next() else {

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use crate::node_tables::NodeTable;
-use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::array::{
+    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use fleetsql_auth::{AuditLog, Outcome};
 
@@ -37,6 +39,8 @@ impl AuditTable {
                 text("outcome", false),
                 text("error", true),
                 Field::new("duration_ms", DataType::Float64, false),
+                // Rows sent, for a query's answer (NULL for other requests).
+                Field::new("rows", DataType::Int64, true),
             ])),
         }
     }
@@ -82,6 +86,11 @@ impl NodeTable for AuditTable {
                 }),
                 Arc::new(Float64Array::from_iter_values(
                     entries.iter().map(|e| e.duration.as_secs_f64() * 1000.0),
+                )),
+                Arc::new(Int64Array::from_iter(
+                    entries
+                        .iter()
+                        .map(|e| e.rows.map(|r| i64::try_from(r).unwrap_or(i64::MAX))),
                 )),
             ],
         )

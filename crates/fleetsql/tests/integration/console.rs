@@ -1070,3 +1070,32 @@ async fn console_logs_in_and_its_requests_carry_the_csrf_token() {
     .await;
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_after_the_first_rows_shows_as_an_error() {
+    // The node's time-out ends an endless answer after its first rows: the
+    // status is 200, the error is at the end of the JSON object.
+    let demo = TestDemo::start_with(2, 3, "1s", &["--query-timeout".into(), "3s".into()]).await;
+    let driver = ChromeDriver::start().await;
+    let profile = tempfile::tempdir().unwrap();
+    let browser = driver.browser(profile.path()).await;
+    open(&browser, &demo.url(), "query").await;
+    let editor = browser.find("#sql-input").await;
+    browser.clear(&editor).await;
+    browser
+        .send_keys(
+            &editor,
+            "SELECT a.pid FROM processes a, processes b, processes c, processes d, processes e",
+        )
+        .await;
+    browser.click(&browser.find("#run").await).await;
+    let error = wait_for(
+        &browser,
+        "the query's error",
+        "!document.getElementById('query-error').hidden && document.getElementById('query-error').textContent",
+    )
+    .await;
+    let error = error.as_str().unwrap_or_default().to_string();
+    assert!(error.contains("57014"), "{error}");
+    assert!(error.contains("rows"), "{error}");
+}

@@ -593,3 +593,116 @@ async fn a_client_that_leaves_mid_answer_frees_its_place_on_every_front_end() {
     let (status, body) = demo.query_json("SELECT count(*) FROM sys").await;
     assert_eq!(status, reqwest::StatusCode::OK, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_stops_a_streaming_answer_on_both_protocols() {
+    // A time-out far beyond the test's deadline: only the cancel can end
+    // the answers in time.
+    let demo = TestDemo::start_with(2, 3, "1s", &["--query-timeout".into(), "300s".into()]).await;
+    let client = connect(&demo).await;
+    let cancel = client.cancel_token();
+    // Simple protocol: cancelled once its rows flow.
+    let messages = client.simple_query_raw(ENDLESS_ROWS).await.unwrap();
+    futures::pin_mut!(messages);
+    let first_row = async {
+        loop {
+            match futures::StreamExt::next(&mut messages).await {
+                Some(Ok(tokio_postgres::SimpleQueryMessage::Row(_))) => break,
+                Some(Ok(_)) => {}
+                other => panic!("no first row: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(ANSWER_DEADLINE, first_row)
+        .await
+        .expect("a first row within the deadline");
+    cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (_, end) = rows_until_error(messages.as_mut()).await;
+    let (code, message) = db_error(&end);
+    assert_eq!(code, "57014", "{message}");
+    // Extended protocol: the same.
+    let rows = client
+        .query_raw(ENDLESS_ROWS, std::iter::empty::<i32>())
+        .await
+        .unwrap();
+    futures::pin_mut!(rows);
+    tokio::time::timeout(ANSWER_DEADLINE, futures::StreamExt::next(&mut rows))
+        .await
+        .expect("a first row within the deadline")
+        .expect("a first row")
+        .unwrap();
+    cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (_, end) = rows_until_error(rows.as_mut()).await;
+    assert_eq!(db_error(&end).0, "57014", "{end}");
+    // Both stopped (their places are free) and the session answers.
+    until_load(&demo, (0, 0)).await;
+    let rows = client.query("SELECT count(*) FROM sys", &[]).await.unwrap();
+    assert!(rows[0].get::<_, i64>(0) > 0);
+}
+
+/// The `fleet_audit` rows of HTTP queries whose text is `sql`: outcome,
+/// error and rows sent.
+async fn http_audit_of(demo: &TestDemo, sql: &str) -> Vec<(String, String, Option<i64>)> {
+    let (status, body) = demo
+        .query_json(&format!(
+            "SELECT outcome, coalesce(error, ''), rows FROM fleet_audit WHERE front_end = 'http' AND text = '{}'",
+            sql.replace('\'', "''")
+        ))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_str().unwrap().to_string(),
+                r[1].as_str().unwrap().to_string(),
+                r[2].as_i64(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_http_answer_is_audited_when_it_ends() {
+    let demo = TestDemo::start_with(2, 3, "1s", &["--query-timeout".into(), "3s".into()]).await;
+    let http = reqwest::Client::new();
+    let post = |sql: String, accept: &'static str| {
+        http.post(format!("{}/v1/query", demo.url()))
+            .header(reqwest::header::ACCEPT, accept)
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+    };
+    // JSON: 200 with the first rows, then the time-out's error.
+    let json_sql = format!("{ENDLESS_ROWS} WHERE a.pid >= 0");
+    let response = post(json_sql.clone(), "application/json").await.unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let (_, tail, _) = read_http_answer(response).await;
+    assert!(String::from_utf8_lossy(&tail).contains("57014"));
+    // Arrow: 200 with the first batches, then cut.
+    let arrow_sql = format!("{ENDLESS_ROWS} WHERE a.pid >= 1");
+    let response = post(arrow_sql.clone(), fleetsql_http::ARROW_STREAM)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let (_, _, cut) = read_http_answer(response).await;
+    assert!(cut);
+    // A whole answer.
+    let whole_sql = "SELECT hostname FROM sys".to_string();
+    let (status, body) = demo.query_json(&whole_sql).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let sent = body["row_count"].as_i64().unwrap();
+    assert!(sent > 0, "{body}");
+    // Each is audited as it ended, not as its status said.
+    for sql in [&json_sql, &arrow_sql] {
+        let entries = http_audit_of(&demo, sql).await;
+        assert_eq!(entries.len(), 1, "{sql}: {entries:?}");
+        let (outcome, error, rows) = &entries[0];
+        assert_eq!(outcome, "error", "{sql}: {entries:?}");
+        assert!(error.starts_with("57014"), "{sql}: {entries:?}");
+        assert!(rows.is_some_and(|r| r > 0), "{sql}: {entries:?}");
+    }
+    let entries = http_audit_of(&demo, &whole_sql).await;
+    assert_eq!(entries, vec![("ok".to_string(), String::new(), Some(sent))]);
+}
