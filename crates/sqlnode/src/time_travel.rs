@@ -200,9 +200,9 @@ pub fn history_tables(ctx: &SessionContext) -> Vec<String> {
 /// SYSTEM_TIME AS OF TIMESTAMP '...'`, so each picks its own kept
 /// generation at or before that time. Also the names it versioned, in
 /// order. For a report drawn from history: its live SQL, read as it
-/// would have answered then. Known gap: a kept table with an alias
-/// (`load_info l`) prints as `load_info l FOR SYSTEM_TIME ...`, which does
-/// not parse back; it should become a derived table instead.
+/// would have answered then. Each such table becomes a derived table
+/// under its own name or alias, so the statement prints as SQL that
+/// parses back.
 pub fn read_as_of(
     statement: &Statement,
     kept: impl Fn(&str) -> bool,
@@ -212,17 +212,35 @@ pub fn read_as_of(
         .ok_or_else(|| SqlError::Query(format!("{at_ms} ms is not a time")))?
         .format("TIMESTAMP '%Y-%m-%d %H:%M:%S%.3f'")
         .to_string();
-    let time = datafusion::sql::sqlparser::parser::Parser::new(&GenericDialect)
-        .try_with_sql(&at)
-        .and_then(|mut p| p.parse_expr())
-        .map_err(|e| SqlError::Query(format!("{at}: {e}")))?;
-    struct AsOfTime<F> {
+    // A versioned table with an alias prints as `t a FOR SYSTEM_TIME ...`,
+    // which does not parse back (the clause goes before the alias): each
+    // kept table becomes `(SELECT * FROM "t" FOR SYSTEM_TIME AS OF ...) a`.
+    let versioned_subquery = |table: &str| -> Result<TableFactor> {
+        let quoted = table.replace('"', "\"\"");
+        let sql = format!(
+            "SELECT 1 FROM (SELECT * FROM \"{quoted}\" FOR SYSTEM_TIME AS OF {at}) AS \"{quoted}\""
+        );
+        let dialect = VersioningDialect::default();
+        let statement = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
+            .try_with_sql(&sql)
+            .and_then(|mut p| p.parse_statement())
+            .map_err(|e| SqlError::Query(format!("{sql}: {e}")))?;
+        if let Statement::Query(query) = statement
+            && let SetExpr::Select(select) = *query.body
+            && let Some(from) = select.from.into_iter().next()
+        {
+            return Ok(from.relation);
+        }
+        Err(SqlError::Query(format!("{sql} did not parse as one table")))
+    };
+    struct AsOfTime<F, S> {
         kept: F,
-        time: Expr,
+        subquery: S,
         ctes: std::collections::HashSet<String>,
         versioned: Vec<String>,
+        error: Option<SqlError>,
     }
-    impl<F: Fn(&str) -> bool> VisitorMut for AsOfTime<F> {
+    impl<F: Fn(&str) -> bool, S: Fn(&str) -> Result<TableFactor>> VisitorMut for AsOfTime<F, S> {
         type Break = ();
         fn pre_visit_query(
             &mut self,
@@ -238,36 +256,62 @@ pub fn read_as_of(
             ControlFlow::Continue(())
         }
         fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
-            if let TableFactor::Table {
+            let TableFactor::Table {
                 name,
-                version: version @ None,
+                alias,
+                version: None,
                 args: None,
                 ..
             } = factor
-                && let [ObjectNamePart::Identifier(ident)] = name.0.as_slice()
-            {
-                // Unquoted names are folded to lower case, as the planner does.
-                let table = match ident.quote_style {
-                    Some(_) => ident.value.clone(),
-                    None => ident.value.to_lowercase(),
-                };
-                if !self.ctes.contains(&table) && (self.kept)(&table) {
-                    *version = Some(TableVersion::ForSystemTimeAsOf(self.time.clone()));
+            else {
+                return ControlFlow::Continue(());
+            };
+            let [ObjectNamePart::Identifier(ident)] = name.0.as_slice() else {
+                return ControlFlow::Continue(());
+            };
+            // Unquoted names are folded to lower case, as the planner does.
+            let table = match ident.quote_style {
+                Some(_) => ident.value.clone(),
+                None => ident.value.to_lowercase(),
+            };
+            if self.ctes.contains(&table) || !(self.kept)(&table) {
+                return ControlFlow::Continue(());
+            }
+            let alias = alias.clone();
+            match (self.subquery)(&table) {
+                Ok(mut derived) => {
+                    if let TableFactor::Derived {
+                        alias: derived_alias,
+                        ..
+                    } = &mut derived
+                        && let Some(alias) = alias
+                    {
+                        *derived_alias = Some(alias);
+                    }
+                    *factor = derived;
                     self.versioned.push(table);
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    self.error = Some(e);
+                    ControlFlow::Break(())
                 }
             }
-            ControlFlow::Continue(())
         }
     }
     let mut visitor = AsOfTime {
         kept,
-        time,
+        subquery: versioned_subquery,
         ctes: Default::default(),
         versioned: Vec::new(),
+        error: None,
     };
     let mut statement = statement.clone();
     let _ = VisitMut::visit(&mut statement, &mut visitor);
-    Ok((statement, visitor.versioned))
+    match visitor.error {
+        Some(e) => Err(e),
+        None => Ok((statement, visitor.versioned)),
+    }
 }
 
 /// The generic dialect that also reads `FOR SYSTEM_TIME AS OF`,
@@ -714,7 +758,7 @@ mod tests {
     fn read_as_of_versions_only_kept_one_part_names() {
         let statement = datafusion::sql::sqlparser::parser::Parser::parse_sql(
             &GenericDialect,
-            "WITH load_info AS (SELECT 1) SELECT * FROM sys, region_data r, history.sys h, load_info",
+            "WITH load_info AS (SELECT 1) SELECT * FROM sys s, region_data r, history.sys h, load_info",
         )
         .unwrap()
         .pop()
@@ -723,10 +767,10 @@ mod tests {
         let (read, versioned) = read_as_of(&statement, kept, 1_796_616_000_123).unwrap();
         assert_eq!(versioned, ["sys"]);
         let text = read.to_string();
-        // An aliased table would print its alias before the clause, which
-        // does not parse back: not handled yet (see `read_as_of`).
         assert!(
-            text.contains("FROM sys FOR SYSTEM_TIME AS OF TIMESTAMP '2026-12-07 04:00:00.123'"),
+            text.contains(
+                "(SELECT * FROM \"sys\" FOR SYSTEM_TIME AS OF TIMESTAMP '2026-12-07 04:00:00.123') s"
+            ),
             "{text}"
         );
         assert!(text.contains("history.sys h"), "{text}");
