@@ -1,8 +1,9 @@
 //! Full disk (issue 20 item 4): a demo whose state directory (alert state,
-//! report runs, history) is a small tmpfs the test fills with a file.
-//! Live queries keep answering; the alert and report stores show as
-//! failing in the SQL node's `fleet_nodes` row and on `/metrics`; what was
-//! committed before stays; once the file is deleted both write again.
+//! report runs, persistent queries, history) is a small tmpfs the test
+//! fills with a file. Live queries keep answering; the alert, report and
+//! persistent-query stores show as failing in the SQL node's `fleet_nodes`
+//! row and on `/metrics`; what was committed before stays; once the file is
+//! deleted all three write again.
 //! Mounting needs root: as another user the test skips and says so.
 
 use std::io::Write;
@@ -105,6 +106,7 @@ struct Seen {
     /// `fleetsql_store_failing` by store.
     failing_alerts: Option<bool>,
     failing_reports: Option<bool>,
+    failing_queries: Option<bool>,
     /// `fleetsql_store_write_failures_total{store="alerts"}`.
     alert_failures: u64,
     /// The alert's committed iteration count (memory only advances on a
@@ -113,6 +115,8 @@ struct Seen {
     /// Kept runs of the report, and the oldest one's time.
     runs: usize,
     oldest_run_ms: Option<i64>,
+    /// Ids of the registered persistent queries.
+    queries: Vec<String>,
 }
 
 async fn look(demo: &TestDemo) -> Seen {
@@ -151,6 +155,8 @@ async fn look(demo: &TestDemo) -> Seen {
                 seen.failing_alerts = Some(failing);
             } else if line.contains("store=\"reports\"") {
                 seen.failing_reports = Some(failing);
+            } else if line.contains("store=\"persistent_queries\"") {
+                seen.failing_queries = Some(failing);
             }
         }
     }
@@ -169,8 +175,38 @@ async fn look(demo: &TestDemo) -> Seen {
         seen.runs = runs.len();
         seen.oldest_run_ms = runs.first().and_then(|r| r["run_at_ms"].as_i64());
     }
+    if let Ok(r) = client
+        .get(format!("{}/v1/persistent-queries", demo.url()))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        && let Ok(body) = r.json::<Value>().await
+    {
+        seen.queries = body["queries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|q| q["id"].as_str().map(str::to_string))
+            .collect();
+    }
     seen
 }
+
+/// Registers a persistent query; (status, body).
+async fn register(demo: &TestDemo, epl: &str) -> (reqwest::StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/persistent-queries", demo.url()))
+        .json(&serde_json::json!({ "epl": epl }))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+const QUERY_BEFORE: &str = "select count(*) as n from sys.win:time(10 sec)";
+const QUERY_DURING: &str = "select count(*) as n, max(cpu_pct) as top from sys.win:time(20 sec)";
 
 /// Polls `look` until `done` holds (at most `limit`), answering a live
 /// query every round; returns what was seen last and the queries that
@@ -237,14 +273,21 @@ async fn a_full_disk_is_reported_loses_nothing_and_writing_resumes() {
     )
     .await;
 
-    // Both stores written, and said to be fine.
+    // A persistent query registered (written to its store) before.
+    let (status, body) = register(&demo, QUERY_BEFORE).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    let kept_query = body["id"].as_str().unwrap().to_string();
+
+    // The stores written, and said to be fine.
     let (before, failed_before, _) = until(&demo, Duration::from_secs(60), "stores written", |s| {
         s.iteration >= 3
             && s.runs >= 3
             && s.failing_alerts == Some(false)
             && s.failing_reports == Some(false)
+            && s.failing_queries == Some(false)
     })
     .await;
+    assert_eq!(before.queries, [kept_query.clone()], "{before:?}");
     assert_eq!(before.store_error, None, "{before:?}");
 
     let filler = state.join("filler");
@@ -260,6 +303,31 @@ async fn a_full_disk_is_reported_loses_nothing_and_writing_resumes() {
         .await;
     let error = during.store_error.clone().unwrap_or_default();
     assert!(error.contains("full"), "not the disk's error: {error}");
+    // The persistent-query store writes only when a query is registered or
+    // deleted: a registration now is refused, names the store, and leaves
+    // the store failing until a write works.
+    let (status, refused) = register(&demo, QUERY_DURING).await;
+    assert!(
+        !status.is_success(),
+        "registered on a full disk: {status} {refused}"
+    );
+    assert!(
+        refused.to_string().contains("persistent-query store"),
+        "{refused}"
+    );
+    let (during, failed_refused, _) = until(
+        &demo,
+        Duration::from_secs(30),
+        "persistent-query store reported",
+        |s| {
+            s.failing_queries == Some(true)
+                && s.store_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("persistent_queries:") && e.contains("full"))
+        },
+    )
+    .await;
+    assert_eq!(during.queries, [kept_query.clone()], "{during:?}");
     // Nothing committed is gone: every run kept before the disk filled is
     // still there, the oldest first.
     assert!(during.runs >= before.runs, "{before:?} then {during:?}");
@@ -279,18 +347,30 @@ async fn a_full_disk_is_reported_loses_nothing_and_writing_resumes() {
         "alert state advanced on a full disk"
     );
 
+    assert_eq!(still.failing_queries, Some(true), "{still:?}");
+
     std::fs::remove_file(&filler).unwrap();
+    // The first registration after space returns is written and clears the
+    // store's error.
+    let (status, body) = register(&demo, QUERY_DURING).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    let new_query = body["id"].as_str().unwrap().to_string();
     let (after, failed_after, recover) =
         until(&demo, Duration::from_secs(60), "writing resumed", |s| {
             s.failing_alerts == Some(false)
                 && s.failing_reports == Some(false)
+                && s.failing_queries == Some(false)
                 && s.store_error.is_none()
                 && s.iteration > still.iteration
                 && s.runs > during.runs
         })
         .await;
     assert_eq!(after.oldest_run_ms, before.oldest_run_ms);
-    let failed = failed_before + failed_filling + failed_full + failed_after;
+    // Listed by id, not by age.
+    let mut both = vec![kept_query, new_query];
+    both.sort();
+    assert_eq!(after.queries, both, "{after:?}");
+    let failed = failed_before + failed_filling + failed_refused + failed_full + failed_after;
     assert_eq!(failed, 0, "live queries failed around the full disk");
     super::report(
         "full_disk",
