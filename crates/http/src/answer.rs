@@ -41,7 +41,7 @@ type Batches = Pin<Box<dyn Stream<Item = Result<RecordBatch, SqlError>> + Send>>
 /// How far a streamed answer got: rows written, the error that ended it
 /// early, and whether its body ended (written whole, or with its error).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Progress {
+pub(crate) struct Progress {
     pub rows: u64,
     /// `SQLSTATE: message` of an error after the status was sent.
     pub error: Option<String>,
@@ -52,11 +52,11 @@ pub struct Progress {
 /// and whoever reads it when the body ends (the audit layer finds it in
 /// the response's extensions).
 #[derive(Debug, Default, Clone)]
-pub struct AnswerProgress(Arc<Mutex<Progress>>);
+pub(crate) struct AnswerProgress(Arc<Mutex<Progress>>);
 
 impl AnswerProgress {
     /// What has been written so far.
-    pub fn get(&self) -> Progress {
+    pub(crate) fn get(&self) -> Progress {
         self.lock().clone()
     }
 

@@ -48,13 +48,16 @@ fn statement() -> impl Strategy<Value = String> {
     })
 }
 
+// Mostly plain values: an event with a missing, null or out-of-range
+// field an indexed statement reads takes the naive path as a whole, so
+// rare odd values keep most events on the index (a broken index must show).
 fn number() -> impl Strategy<Value = serde_json::Value> {
     prop_oneof![
-        (-4i64..5).prop_map(|i| json!(i)),
-        prop::sample::select(vec![0.5f64, -0.0, 2.5, 1.0, 1e300]).prop_map(|f| json!(f)),
-        Just(json!(9007199254740993i64)),
-        Just(json!(9007199254740992i64)),
-        Just(serde_json::Value::Null),
+        12 => (-4i64..5).prop_map(|i| json!(i)),
+        4 => prop::sample::select(vec![0.5f64, -0.0, 2.5, 1.0, 1e300]).prop_map(|f| json!(f)),
+        1 => Just(json!(9007199254740993i64)),
+        1 => Just(json!(9007199254740992i64)),
+        1 => Just(serde_json::Value::Null),
     ]
 }
 
@@ -62,8 +65,8 @@ fn event() -> impl Strategy<Value = serde_json::Value> {
     (
         number(),
         number(),
-        prop::option::of(prop::sample::select(vec!["a", "b", "c", "", "ab"])),
-        any::<bool>(),
+        prop::option::weighted(0.95, prop::sample::select(vec!["a", "b", "c", "", "ab"])),
+        prop::bool::weighted(0.05),
     )
         .prop_map(|(v, w, s, drop_w)| {
             let mut m = serde_json::Map::new();

@@ -287,7 +287,11 @@ async fn a_full_disk_is_reported_loses_nothing_and_writing_resumes() {
             && s.failing_queries == Some(false)
     })
     .await;
-    assert_eq!(before.queries, [kept_query.clone()], "{before:?}");
+    assert_eq!(
+        before.queries,
+        std::slice::from_ref(&kept_query),
+        "{before:?}"
+    );
     assert_eq!(before.store_error, None, "{before:?}");
 
     let filler = state.join("filler");
@@ -327,7 +331,11 @@ async fn a_full_disk_is_reported_loses_nothing_and_writing_resumes() {
         },
     )
     .await;
-    assert_eq!(during.queries, [kept_query.clone()], "{during:?}");
+    assert_eq!(
+        during.queries,
+        std::slice::from_ref(&kept_query),
+        "{during:?}"
+    );
     // Nothing committed is gone: every run kept before the disk filled is
     // still there, the oldest first.
     assert!(during.runs >= before.runs, "{before:?} then {during:?}");
