@@ -269,6 +269,10 @@ async fn a_full_disk_is_reported_loses_nothing_and_writing_resumes() {
             arg(&alerts),
             "--reports-dir".into(),
             arg(&reports),
+            // The demo keeps history, which by default stops under 512 MiB
+            // free: more than this small tmpfs has.
+            "--history-min-free-mib".into(),
+            "1".into(),
         ],
     )
     .await;
