@@ -23,8 +23,9 @@ use fleetsql_model::Generation;
 use fleetsql_sqlnode::{AsOf, PickedGeneration};
 use parking_lot::{Mutex, RwLock};
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::properties::WriterProperties;
 
 use crate::range::{GENERATION, GENERATION_TIME, Range};
@@ -423,7 +424,7 @@ impl HistoryStore {
             let _ = std::fs::remove_file(&tmp);
             return Err(failed(e.to_string()));
         }
-        if let Err(reason) = footer(&tmp) {
+        if let Err(reason) = footer(&tmp).and_then(|_| read_through(&tmp)) {
             let _ = std::fs::remove_file(&tmp);
             return Err(failed(format!(
                 "fetched file does not read as a history file: {reason}"
@@ -699,6 +700,10 @@ type Checked = (KeptFile, SchemaRef, (u64, Option<SystemTime>));
 /// A file's Arrow schema and row count from its footer, or why it is not
 /// a readable history file.
 fn footer(path: &Path) -> std::result::Result<(SchemaRef, u64), String> {
+    unless_it_panics(|| footer_unguarded(path))
+}
+
+fn footer_unguarded(path: &Path) -> std::result::Result<(SchemaRef, u64), String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.to_string())?;
     let schema = builder.schema().clone();
@@ -709,6 +714,69 @@ fn footer(path: &Path) -> std::result::Result<(SchemaRef, u64), String> {
     }
     let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
     Ok((schema, rows))
+}
+
+/// Decodes every row of a file, or says why it cannot. A file fetched
+/// from another node is read once whole before it is kept: its footer can
+/// be sound while a data page is damaged, and a query would find that
+/// only later, as an error for someone else. A decoder panic on a damaged
+/// page is a refusal too, never the node's end.
+fn read_through(path: &Path) -> std::result::Result<(), String> {
+    unless_it_panics(|| {
+        let file = File::open(path).map_err(|e| e.to_string())?;
+        let file_len = file.metadata().map_err(|e| e.to_string())?.len();
+        // With the page index: DataFusion reads it to prune pages.
+        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
+            .map_err(|e| e.to_string())?;
+        // DataFusion plans from these counts and sizes (and multiplies
+        // them), so they must agree with the data, not only parse.
+        let metadata = builder.metadata().clone();
+        let declared = metadata.file_metadata().num_rows();
+        let mut in_groups = 0i64;
+        for group in metadata.row_groups() {
+            in_groups = in_groups.saturating_add(group.num_rows());
+            for column in group.columns() {
+                let sizes = [column.compressed_size(), column.uncompressed_size()];
+                let (start, length) = column.byte_range();
+                let past_the_end = start.checked_add(length).is_none_or(|end| end > file_len);
+                if past_the_end
+                    || sizes
+                        .iter()
+                        .any(|s| !(0..=MAX_COLUMN_CHUNK_BYTES).contains(s))
+                {
+                    return Err(format!(
+                        "column chunk `{}` declares an impossible size or place",
+                        column.column_path()
+                    ));
+                }
+            }
+        }
+        let mut decoded = 0i64;
+        for batch in builder.build().map_err(|e| e.to_string())? {
+            decoded += batch.map_err(|e| e.to_string())?.num_rows() as i64;
+        }
+        if declared != decoded || in_groups != decoded {
+            return Err(format!(
+                "its footer declares {declared} rows and its row groups {in_groups}, but {decoded} decode"
+            ));
+        }
+        Ok(())
+    })
+}
+
+/// Far above any one generation's column (a kept file holds one table of
+/// one generation); a larger declared size is damage.
+const MAX_COLUMN_CHUNK_BYTES: i64 = 1 << 40;
+
+/// `read` of a file's bytes, where a panic in the Parquet or Arrow
+/// decoders (they unwrap on some damaged metadata, such as the embedded
+/// Arrow schema) is the file's refusal rather than the node's end.
+fn unless_it_panics<T>(
+    read: impl FnOnce() -> std::result::Result<T, String>,
+) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
+        .unwrap_or_else(|_| Err("it is damaged: the Parquet reader gave up on it".into()))
 }
 
 /// Reads a file's footer: its Arrow schema, or why it cannot be read.

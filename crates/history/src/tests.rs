@@ -236,3 +236,95 @@ fn a_failing_write_stops_writing_until_a_retry_succeeds() {
     assert_eq!(report.written, 1);
     assert!(store.stopped().is_none());
 }
+
+/// A history file as another node would send it, damaged at random bytes
+/// and cut short: import refuses it with a reason, or keeps it and a query
+/// over it answers or errs. Never a panic.
+mod imported_files {
+    use std::sync::OnceLock;
+
+    use datafusion::prelude::SessionContext;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::HistorySchema;
+
+    /// The bytes of one kept `sys` file, with rows enough for several pages.
+    fn sound_file() -> &'static [u8] {
+        static FILE: OnceLock<Vec<u8>> = OnceLock::new();
+        FILE.get_or_init(|| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = HistoryStore::open(dir.path(), config(0)).expect("store");
+            store.write_generation(&generation(1, T0), T0);
+            std::fs::read(&store.files("sys")[0].path).expect("kept file")
+        })
+    }
+
+    fn query_all(store: Arc<HistoryStore>) -> std::result::Result<usize, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let ctx = SessionContext::new();
+            ctx.catalog("datafusion")
+                .expect("default catalog")
+                .register_schema("history", Arc::new(HistorySchema::new(store)))
+                .map_err(|e| e.to_string())?;
+            let batches = ctx
+                .sql("SELECT * FROM history.sys")
+                .await
+                .map_err(|e| e.to_string())?
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(batches.iter().map(|b| b.num_rows()).sum())
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #[test]
+        fn a_damaged_imported_file_is_refused_or_read_never_a_panic(
+            flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 0..6),
+            cut in prop::option::weighted(0.2, any::<prop::sample::Index>()),
+        ) {
+            let mut bytes = sound_file().to_vec();
+            for (at, mask) in &flips {
+                let at = at.index(bytes.len());
+                bytes[at] ^= mask;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut.index(bytes.len()));
+            }
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = HistoryStore::open(dir.path(), config(0)).expect("store");
+            let name = format!("{T0}-1.parquet");
+            match store.import("sys", &name, &bytes) {
+                Err(e) => {
+                    let reason = e.to_string();
+                    prop_assert!(reason.contains("does not read as a history file"), "{reason}");
+                    prop_assert!(store.files("sys").is_empty());
+                    prop_assert_eq!(parquet_files(dir.path()), 0, "a refused file is not left behind");
+                }
+                Ok(kept) => {
+                    prop_assert!(kept);
+                    // A file that decodes whole answers whole.
+                    let rows = query_all(store.clone());
+                    prop_assert!(rows.is_ok(), "{rows:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_sound_file_is_kept_and_answers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = HistoryStore::open(dir.path(), config(0)).expect("store");
+        assert!(
+            store
+                .import("sys", &format!("{T0}-1.parquet"), sound_file())
+                .expect("import")
+        );
+        assert_eq!(query_all(store), Ok(2));
+    }
+}
