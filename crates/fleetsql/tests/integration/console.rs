@@ -5,6 +5,7 @@
 
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,7 +28,9 @@ ORDER BY hits DESC;";
 /// Bounds every wait on the page.
 const PAGE_WAIT: Duration = Duration::from_secs(30);
 
-/// chromedriver on a free loopback port; killed on drop.
+/// chromedriver on a free loopback port; killed on drop with the browsers
+/// it started (its process group), even when a test fails before it
+/// closes its browser: killing chromedriver alone leaves them running.
 struct ChromeDriver {
     process: Child,
     url: String,
@@ -35,6 +38,10 @@ struct ChromeDriver {
 
 impl Drop for ChromeDriver {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(format!("-{}", self.process.id()))
+            .status();
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
@@ -53,6 +60,7 @@ impl ChromeDriver {
         for _ in 0..3 {
             let port = free_loopback_port();
             let process = Command::new("chromedriver")
+                .process_group(0)
                 .arg(format!("--port={port}"))
                 .arg("--allowed-ips=127.0.0.1")
                 .stdout(Stdio::null())
