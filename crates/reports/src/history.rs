@@ -120,15 +120,7 @@ async fn run_at(inner: &Inner, sql: &str, at_ms: i64) -> StoredRun {
         machines_seen: None,
         machines_expected: None,
         error: None,
-        columns: output
-            .schema
-            .fields()
-            .iter()
-            .map(|f| StoredColumn {
-                name: f.name().clone(),
-                data_type: f.data_type().to_string(),
-            })
-            .collect(),
+        columns: StoredColumn::of(&output),
         rows,
     }
 }

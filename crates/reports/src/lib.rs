@@ -184,15 +184,7 @@ pub(crate) async fn run_report(inner: &Inner, name: &str) -> Result<StoredRun> {
                 machines_seen: Some(output.generation.machines_seen),
                 machines_expected: Some(output.generation.machines_expected),
                 error: None,
-                columns: output
-                    .schema
-                    .fields()
-                    .iter()
-                    .map(|f| StoredColumn {
-                        name: f.name().clone(),
-                        data_type: f.data_type().to_string(),
-                    })
-                    .collect(),
+                columns: StoredColumn::of(&output),
                 rows,
             },
             Err(e) => failed(run_at_ms, e.to_string()),

@@ -17,6 +17,21 @@ pub struct StoredColumn {
     pub data_type: String,
 }
 
+impl StoredColumn {
+    /// The columns of an answer, as a run keeps them.
+    pub fn of(output: &fleetsql_sqlnode::QueryOutput) -> Vec<StoredColumn> {
+        output
+            .schema
+            .fields()
+            .iter()
+            .map(|f| StoredColumn {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+            })
+            .collect()
+    }
+}
+
 /// One run of a report: its time, the generation it read, and its rows (or
 /// the error it failed with).
 #[derive(Debug, Clone, PartialEq, Serialize)]
