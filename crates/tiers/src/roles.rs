@@ -958,6 +958,11 @@ impl LiveTier {
                 topology.compression, self.started_with.compression
             ));
         }
+        // The history store and its writer are opened once, at start.
+        let history_of = |t: &Topology| t.tlas.get(&self.name).and_then(|e| e.history.clone());
+        if self.kind == Role::Tla && history_of(topology) != history_of(&self.started_with) {
+            pending.push("history".to_string());
+        }
         let groups = plan.groups.len();
         self.aggregator
             .reconfigure(plan.groups, plan.config.prewarm);

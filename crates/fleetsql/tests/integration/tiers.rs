@@ -1076,6 +1076,24 @@ async fn an_edited_topology_is_applied_without_a_restart() {
     assert!(note.contains(&old_http.to_string()), "{note}");
     assert_eq!(cluster.health("c1-p1").await["status"], "ok");
 
+    // A TLA told to keep history opens its store only at start: it says so.
+    let history_dir = cluster.dir.path().join("t1-history");
+    cluster.topology_mut().tlas.get_mut("t1").unwrap().history =
+        Some(fleetsql_tiers::HistoryConfig {
+            dir: Some(history_dir),
+            ..fleetsql_tiers::HistoryConfig::of_tables(["sys"])
+        });
+    cluster.save_topology();
+    let note = eventually(Duration::from_secs(20), "the TLA's note", || async {
+        let (_, body) = cluster
+            .query("SELECT pending_restart FROM fleet_nodes WHERE name = 't1'")
+            .await;
+        body["rows"][0][0].as_str().map(str::to_string)
+    })
+    .await;
+    assert!(note.contains("history"), "{note}");
+    assert_eq!(cluster.health("t1").await["status"], "ok");
+
     // The SQL node is moved to the other TLA: it reads from t2 from then
     // on, without a restart; a changed query time-out waits for one.
     let (_, body) = cluster.query("SELECT count(*) FROM sys").await;
