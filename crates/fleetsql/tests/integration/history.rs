@@ -379,7 +379,6 @@ async fn time_travel_over_the_pg_wire_names_the_generation_in_its_notice() {
 ///   answering what the same SQL over `history.load_info` grouped by
 ///   `_generation_time` says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not run yet (written at the end of a session whose builds queued behind others')"]
 async fn the_seed_use_cases_read_history_when_a_condition_started_and_a_report_before_it_existed() {
     const DISK_CONDITION: &str = "blocks > 0 AND (100*bavail)/blocks < 3";
     let state = tempfile::tempdir().unwrap();
@@ -391,8 +390,9 @@ async fn the_seed_use_cases_read_history_when_a_condition_started_and_a_report_b
         "SELECT machineip, mountp, CAST(min(_generation_time) AS BIGINT) FROM history.filesystem WHERE {DISK_CONDITION} GROUP BY 1, 2 ORDER BY 1, 2"
     );
 
-    // First run: no report; history accumulates.
-    let demo = TestDemo::start_with(2, 3, "300ms", &state_arg).await;
+    // First run: no report; history accumulates. 200 machines, so the
+    // simulator's nearly full disks (1.5% of machines) occur.
+    let demo = TestDemo::start_with(8, 25, "300ms", &state_arg).await;
     wait_for(
         &demo,
         "SELECT count(DISTINCT _generation_time) FROM history.load_info",
@@ -440,7 +440,7 @@ async fn the_seed_use_cases_read_history_when_a_condition_started_and_a_report_b
         "--reports-db".into(),
         reports.path().join("runs.sqlite").into(),
     ]);
-    let demo = TestDemo::start_with(2, 3, "300ms", &args).await;
+    let demo = TestDemo::start_with(8, 25, "300ms", &args).await;
     let client = reqwest::Client::new();
     let base = format!("{}/v1/reports/continent_hits", demo.url());
     let since = report_created_ms - 3_600_000;
@@ -547,7 +547,6 @@ print(json.dumps([[list(r) for r in rows] for rows in out], default=str))
 /// kept when the test starts, so files written meanwhile count for
 /// neither side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not run yet (written at the end of a session whose builds queued behind others')"]
 async fn history_answers_as_duckdb_does_over_the_same_parquet() {
     let Some(python) = std::env::var_os("FLEETSQL_BENCH_PYTHON") else {
         // CI always runs through scripts/test, which provides it.
@@ -558,7 +557,8 @@ async fn history_answers_as_duckdb_does_over_the_same_parquet() {
         eprintln!("skipped: FLEETSQL_BENCH_PYTHON is unset (./scripts/test sets it)");
         return;
     };
-    let demo = TestDemo::start_with(2, 3, "300ms", &[]).await;
+    // 200 machines, so the simulator's nearly full disks occur.
+    let demo = TestDemo::start_with(8, 25, "300ms", &[]).await;
     wait_for(
         &demo,
         "SELECT count(DISTINCT _generation) FROM history.filesystem",

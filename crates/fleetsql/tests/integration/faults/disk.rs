@@ -481,7 +481,6 @@ async fn until_history(
 /// while live queries answer throughout; emptied, it writes again (as soon
 /// as the disk has room, not after a fixed wait) and the store clears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not run yet (written at the end of a session whose builds queued behind others')"]
 async fn a_full_disk_stops_history_not_live_answers_and_history_resumes() {
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state");
