@@ -38,10 +38,16 @@ struct ChromeDriver {
 
 impl Drop for ChromeDriver {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(format!("-{}", self.process.id()))
-            .status();
+        // `--` first: without it procps's kill reads `-PID` as an option,
+        // and a signal to pid -1 (every process this user may signal) is
+        // what happened.
+        let group = self.process.id();
+        if group > 1 {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--"])
+                .arg(format!("-{group}"))
+                .status();
+        }
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
