@@ -211,12 +211,29 @@ impl Drop for SqlNode {
     }
 }
 
+/// `sql`, an `EXPLAIN` DataFusion's parser read, as sqlparser's statement.
+fn explain_statement(sql: &str, dialect: &datafusion::config::Dialect) -> Result<Statement> {
+    use datafusion::sql::sqlparser::dialect::dialect_from_str;
+    use datafusion::sql::sqlparser::parser::Parser;
+    let parse_error = |reason: String| SqlError::Parse(reason);
+    let dialect = dialect_from_str(dialect)
+        .ok_or_else(|| parse_error(format!("unsupported SQL dialect {dialect}")))?;
+    let mut statements =
+        Parser::parse_sql(dialect.as_ref(), sql).map_err(|e| parse_error(e.to_string()))?;
+    match statements.pop() {
+        Some(statement @ Statement::Explain { .. }) if statements.is_empty() => Ok(statement),
+        _ => Err(parse_error(
+            "expected one EXPLAIN statement; send statements one at a time".to_string(),
+        )),
+    }
+}
+
 /// Statements a read-only node runs. Everything else is refused by name.
 fn read_only_check(statement: &Statement) -> Result<()> {
     crate::settings::check_setting(statement)?;
     match statement {
+        Statement::Explain { statement, .. } => read_only_check(statement),
         Statement::Query(_)
-        | Statement::Explain { .. }
         | Statement::ExplainTable { .. }
         | Statement::ShowVariable { .. }
         | Statement::ShowVariables { .. }
@@ -475,6 +492,15 @@ impl SqlNode {
         }
         match parsed {
             Ok(DfStatement::Statement(statement)) => Ok(*statement),
+            // DataFusion's parser takes `EXPLAIN [ANALYZE]` as a statement
+            // of its own, which the node would refuse as not a query;
+            // sqlparser's form of it plans the same and passes the same
+            // checks (the explained statement is checked too).
+            Ok(DfStatement::Explain(explain))
+                if matches!(*explain.statement, DfStatement::Statement(_)) =>
+            {
+                explain_statement(sql, &dialect)
+            }
             Ok(other) => Err(SqlError::ReadOnly {
                 statement: other
                     .to_string()
