@@ -447,6 +447,16 @@ impl TestCluster {
         format!("http://{}", self.addr("sql", "http"))
     }
 
+    /// `node`'s `fleet_nodes.pending_restart` once it has one (20 s at most).
+    pub(crate) async fn pending_restart(&self, node: &str) -> String {
+        let sql = format!("SELECT pending_restart FROM fleet_nodes WHERE name = '{node}'");
+        eventually(Duration::from_secs(20), "the pending restart", || async {
+            let (_, body) = self.query(&sql).await;
+            body["rows"][0][0].as_str().map(str::to_string)
+        })
+        .await
+    }
+
     pub(crate) async fn query(&self, sql: &str) -> (reqwest::StatusCode, Value) {
         self.query_on("sql", sql).await
     }
@@ -1065,13 +1075,7 @@ async fn an_edited_topology_is_applied_without_a_restart() {
         .unwrap()
         .http = Some(moved);
     cluster.save_topology();
-    let note = eventually(Duration::from_secs(20), "the pending restart", || async {
-        let (_, body) = cluster
-            .query("SELECT pending_restart FROM fleet_nodes WHERE name = 'c1-p1'")
-            .await;
-        body["rows"][0][0].as_str().map(str::to_string)
-    })
-    .await;
+    let note = cluster.pending_restart("c1-p1").await;
     assert!(note.contains("http address 127.0.0.1:1"), "{note}");
     assert!(note.contains(&old_http.to_string()), "{note}");
     assert_eq!(cluster.health("c1-p1").await["status"], "ok");
@@ -1084,13 +1088,7 @@ async fn an_edited_topology_is_applied_without_a_restart() {
             ..fleetsql_tiers::HistoryConfig::of_tables(["sys"])
         });
     cluster.save_topology();
-    let note = eventually(Duration::from_secs(20), "the TLA's note", || async {
-        let (_, body) = cluster
-            .query("SELECT pending_restart FROM fleet_nodes WHERE name = 't1'")
-            .await;
-        body["rows"][0][0].as_str().map(str::to_string)
-    })
-    .await;
+    let note = cluster.pending_restart("t1").await;
     assert!(note.contains("history"), "{note}");
     assert_eq!(cluster.health("t1").await["status"], "ok");
 
@@ -1110,13 +1108,7 @@ async fn an_edited_topology_is_applied_without_a_restart() {
         (body["generation"]["producer"] == "t2").then_some(())
     })
     .await;
-    let note = eventually(Duration::from_secs(20), "the SQL node's note", || async {
-        let (_, body) = cluster
-            .query("SELECT pending_restart FROM fleet_nodes WHERE name = 'sql'")
-            .await;
-        body["rows"][0][0].as_str().map(str::to_string)
-    })
-    .await;
+    let note = cluster.pending_restart("sql").await;
     assert!(note.contains("query_timeout"), "{note}");
     assert!(note.contains("tokens"), "{note}");
 
