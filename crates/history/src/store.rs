@@ -424,7 +424,7 @@ impl HistoryStore {
             let _ = std::fs::remove_file(&tmp);
             return Err(failed(e.to_string()));
         }
-        if let Err(reason) = footer(&tmp).and_then(|_| read_through(&tmp)) {
+        if let Err(reason) = read_through(&tmp) {
             let _ = std::fs::remove_file(&tmp);
             return Err(failed(format!(
                 "fetched file does not read as a history file: {reason}"
@@ -707,16 +707,22 @@ fn footer_unguarded(path: &Path) -> std::result::Result<(SchemaRef, u64), String
     let file = File::open(path).map_err(|e| e.to_string())?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.to_string())?;
     let schema = builder.schema().clone();
+    has_history_columns(&schema)?;
+    let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+    Ok((schema, rows))
+}
+
+fn has_history_columns(schema: &Schema) -> std::result::Result<(), String> {
     for column in [GENERATION, GENERATION_TIME] {
         if schema.field_with_name(column).is_err() {
             return Err(format!("no `{column}` column: not a history file"));
         }
     }
-    let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
-    Ok((schema, rows))
+    Ok(())
 }
 
-/// Decodes every row of a file, or says why it cannot. A file fetched
+/// Checks what [`footer`] checks, then decodes every row of a file, or says
+/// why it cannot. A file fetched
 /// from another node is read once whole before it is kept: its footer can
 /// be sound while a data page is damaged, and a query would find that
 /// only later, as an error for someone else. A decoder panic on a damaged
@@ -729,6 +735,7 @@ fn read_through(path: &Path) -> std::result::Result<(), String> {
         let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
         let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
             .map_err(|e| e.to_string())?;
+        has_history_columns(builder.schema())?;
         // DataFusion plans from these counts and sizes (and multiplies
         // them), so they must agree with the data, not only parse.
         let metadata = builder.metadata().clone();

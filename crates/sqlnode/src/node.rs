@@ -215,14 +215,13 @@ impl Drop for SqlNode {
 fn explain_statement(sql: &str, dialect: &datafusion::config::Dialect) -> Result<Statement> {
     use datafusion::sql::sqlparser::dialect::dialect_from_str;
     use datafusion::sql::sqlparser::parser::Parser;
-    let parse_error = |reason: String| SqlError::Parse(reason);
     let dialect = dialect_from_str(dialect)
-        .ok_or_else(|| parse_error(format!("unsupported SQL dialect {dialect}")))?;
+        .ok_or_else(|| SqlError::Parse(format!("unsupported SQL dialect {dialect}")))?;
     let mut statements =
-        Parser::parse_sql(dialect.as_ref(), sql).map_err(|e| parse_error(e.to_string()))?;
+        Parser::parse_sql(dialect.as_ref(), sql).map_err(|e| SqlError::Parse(e.to_string()))?;
     match statements.pop() {
         Some(statement @ Statement::Explain { .. }) if statements.is_empty() => Ok(statement),
-        _ => Err(parse_error(
+        _ => Err(SqlError::Parse(
             "expected one EXPLAIN statement; send statements one at a time".to_string(),
         )),
     }
