@@ -3,13 +3,14 @@
 //! the two tiers that keep it):
 //!
 //! - a SQL node keeps its own (`[sqlnodes.X.history]`) and fetches what
-//!   it lacks from its TLAs over Flight ([`TlaSync`]), so a SQL node that
-//!   lost its state directory, or joined late, serves the history its
-//!   TLA kept;
+//!   it lacks from its TLAs ([`TlaSync`]: over Flight, or from the
+//!   store of a TLA in the same process), so a SQL node that lost its
+//!   state directory, or joined late, serves the history its TLA kept;
 //! - a TLA keeps its own (`[tlas.X.history]`, written as each generation
 //!   is made, [`TlaHistory`]) and serves the files to its parents
 //!   ([`Served`], the `history` Flight ticket).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,6 +127,7 @@ impl HistoryFiles for Served {
 /// the tick). Dropping it stops the writer.
 #[derive(Debug)]
 pub(crate) struct TlaHistory {
+    store: Arc<HistoryStore>,
     task: JoinHandle<()>,
 }
 
@@ -136,6 +138,7 @@ impl TlaHistory {
         node: &str,
     ) -> TlaHistory {
         let node = node.to_string();
+        let kept = store.clone();
         let task = tokio::spawn(async move {
             loop {
                 let generation = generations.borrow_and_update().clone();
@@ -154,7 +157,11 @@ impl TlaHistory {
                 }
             }
         });
-        TlaHistory { task }
+        TlaHistory { store: kept, task }
+    }
+
+    pub(crate) fn store(&self) -> &Arc<HistoryStore> {
+        &self.store
     }
 }
 
@@ -178,29 +185,100 @@ pub(crate) struct TlaSync {
     task: JoinHandle<()>,
 }
 
+/// Where a SQL node finds a TLA's kept files: over Flight, or in this
+/// process (a combined TLA/SQL node, whose TLA keeps its own store).
+enum TlaFiles {
+    Remote(Box<FlightChild>),
+    InProcess {
+        name: String,
+        store: Arc<HistoryStore>,
+    },
+}
+
+impl TlaFiles {
+    fn name(&self) -> &str {
+        match self {
+            TlaFiles::Remote(tla) => tla.endpoint(),
+            TlaFiles::InProcess { name, .. } => name,
+        }
+    }
+
+    async fn list(&self, table: &str) -> std::result::Result<Vec<HistoryFileInfo>, String> {
+        match self {
+            TlaFiles::Remote(tla) => tla.history_list(table).await.map_err(|e| e.to_string()),
+            TlaFiles::InProcess { store, .. } => {
+                Served(store.clone()).list(table).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    async fn files(
+        &self,
+        table: &str,
+        names: Vec<String>,
+    ) -> std::result::Result<Vec<(String, bytes::Bytes)>, String> {
+        match self {
+            TlaFiles::Remote(tla) => tla
+                .history_files(table, names)
+                .await
+                .map_err(|e| e.to_string()),
+            TlaFiles::InProcess { store, .. } => {
+                let served = Served(store.clone());
+                let table = table.to_string();
+                // Reading files is disk work: off the async workers.
+                tokio::task::spawn_blocking(move || {
+                    let mut files = Vec::with_capacity(names.len());
+                    for name in names {
+                        if let Some(bytes) =
+                            served.read(&table, &name).map_err(|e| e.to_string())?
+                        {
+                            files.push((name, bytes::Bytes::from(bytes)));
+                        }
+                    }
+                    Ok(files)
+                })
+                .await
+                .map_err(|e| format!("reading history files stopped: {e}"))?
+            }
+        }
+    }
+}
+
 impl TlaSync {
-    /// Syncs from the remote TLAs among `children`; `None` when there is
-    /// none (every TLA in this process: their history is this node's).
+    /// Syncs from the TLAs among `children`: remote ones over Flight, and
+    /// those in this process (`in_process`, a combined node's TLA) from
+    /// their stores. `None` when no TLA keeps history this node can reach.
     pub(crate) fn start(
         store: Arc<HistoryStore>,
         node: &str,
         children: &[Linked],
+        in_process: &BTreeMap<String, Arc<HistoryStore>>,
         tls: Option<&Arc<TlsContext>>,
         every: Duration,
     ) -> Option<TlaSync> {
-        let tlas: Vec<FlightChild> = children
+        let mut tlas: Vec<TlaFiles> = in_process
             .iter()
-            .filter_map(|c| {
-                let addr = c.addr?;
-                let options = FlightChildOptions {
-                    tls: tls.cloned(),
-                    ..FlightChildOptions::default()
-                };
-                FlightChild::new(c.name.clone(), format!("http://{addr}"), options)
-                    .inspect_err(|e| tracing::warn!(tla = %c.name, error = %e, "cannot reach this TLA for history"))
-                    .ok()
+            .map(|(name, store)| TlaFiles::InProcess {
+                name: name.clone(),
+                store: store.clone(),
             })
             .collect();
+        tlas.extend(children.iter().filter_map(|c| {
+            // A TLA in this process is read from its store, not over a
+            // Flight hop to this process's own address.
+            if in_process.contains_key(&c.name) {
+                return None;
+            }
+            let addr = c.addr?;
+            let options = FlightChildOptions {
+                tls: tls.cloned(),
+                ..FlightChildOptions::default()
+            };
+            FlightChild::new(c.name.clone(), format!("http://{addr}"), options)
+                .inspect_err(|e| tracing::warn!(tla = %c.name, error = %e, "cannot reach this TLA for history"))
+                .ok()
+                .map(|tla| TlaFiles::Remote(Box::new(tla)))
+        }));
         if tlas.is_empty() {
             return None;
         }
@@ -230,27 +308,23 @@ impl Drop for TlaSync {
 /// files this node lacks and its ladder would keep (a file the ladder
 /// would drop is not fetched, or it would be fetched again every round).
 /// Returns the files kept.
-pub(crate) async fn sync_once(
-    store: &Arc<HistoryStore>,
-    tlas: &[FlightChild],
-    node: &str,
-) -> usize {
+async fn sync_once(store: &Arc<HistoryStore>, tlas: &[TlaFiles], node: &str) -> usize {
     let mut kept = 0;
     for table in store.tables() {
         for tla in tlas {
-            let listed = match tla.history_list(&table).await {
+            let listed = match tla.list(&table).await {
                 Ok(listed) => listed,
                 Err(e) => {
-                    tracing::debug!(node = %node, tla = tla.endpoint(), %table, error = %e, "TLA lists no history");
+                    tracing::debug!(node = %node, tla = tla.name(), %table, error = %e, "TLA lists no history");
                     continue;
                 }
             };
             let wanted = wanted_files(store, &table, listed, fleetsql_model::now_ms());
             for chunk in wanted.chunks(MAX_FILES_PER_TICKET) {
-                let files = match tla.history_files(&table, chunk.to_vec()).await {
+                let files = match tla.files(&table, chunk.to_vec()).await {
                     Ok(files) => files,
                     Err(e) => {
-                        tracing::warn!(node = %node, tla = tla.endpoint(), %table, error = %e, "fetching history from the TLA failed; tried again next round");
+                        tracing::warn!(node = %node, tla = tla.name(), %table, error = %e, "fetching history from the TLA failed; tried again next round");
                         break;
                     }
                 };

@@ -57,6 +57,9 @@ pub struct Links {
     /// This node's mTLS identity for the children it dials (the topology's
     /// `[tls]`); `None`: plaintext.
     tls: Option<Arc<TlsContext>>,
+    /// The history stores of in-process TLAs that keep history (a
+    /// combined node's own TLA): its SQL node syncs from them directly.
+    history: BTreeMap<String, Arc<fleetsql_history::HistoryStore>>,
 }
 
 /// One reached child, with its transfer counters when it is remote.
@@ -73,6 +76,7 @@ impl Links {
             local: BTreeMap::new(),
             remote: true,
             tls: None,
+            history: BTreeMap::new(),
         }
     }
 
@@ -101,6 +105,21 @@ impl Links {
         self
     }
 
+    /// The in-process TLA `name` keeps history in `store`.
+    pub fn with_history(
+        mut self,
+        name: impl Into<String>,
+        store: Arc<fleetsql_history::HistoryStore>,
+    ) -> Links {
+        self.history.insert(name.into(), store);
+        self
+    }
+
+    /// The history stores of in-process TLAs, by name.
+    pub fn history(&self) -> &BTreeMap<String, Arc<fleetsql_history::HistoryStore>> {
+        &self.history
+    }
+
     pub fn insert(&mut self, name: impl Into<String>, child: Arc<dyn Child>) {
         self.local.insert(name.into(), Link { child, stats: None });
     }
@@ -116,6 +135,9 @@ impl Links {
     pub fn keep_local_of(&mut self, other: &Links) {
         for (name, link) in &other.local {
             self.local.insert(name.clone(), link.clone());
+        }
+        for (name, store) in &other.history {
+            self.history.insert(name.clone(), store.clone());
         }
     }
 

@@ -363,7 +363,7 @@ pub struct TierProcess {
     /// A proxy's: expires members and re-plans when they change.
     members_task: Option<tokio::task::JoinHandle<()>>,
     /// A TLA's Query History writer, when its entry keeps history.
-    _history: Option<crate::history::TlaHistory>,
+    history: Option<crate::history::TlaHistory>,
 }
 
 impl TierProcess {
@@ -519,7 +519,7 @@ impl TierProcess {
             live,
             watch: None,
             members_task: None,
-            _history: history,
+            history,
         })
     }
 
@@ -1060,6 +1060,7 @@ impl SqlProcess {
                 h.store().clone(),
                 name,
                 &children,
+                links.history(),
                 links.tls(),
                 crate::history::sync_interval(topology.tick),
             )
@@ -1282,8 +1283,11 @@ impl TlaSqlProcess {
             },
         )
         .await?;
-        let links =
+        let mut links =
             Links::remote_with(context_of(&tla.tls)).with(name, tla.aggregator().as_child());
+        if let Some(history) = &tla.history {
+            links = links.with_history(name, history.store().clone());
+        }
         let sql = SqlProcess::start_with(
             topology,
             name,

@@ -148,6 +148,19 @@ async fn the_demo_keeps_history_travels_in_time_and_keeps_it_across_a_restart() 
 /// before it lost its state: it fetched them from its TLA.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sql_node_restarted_empty_answers_history_from_its_tla() {
+    restarted_empty_answers_history_from_its_tla(false).await;
+}
+
+/// The same for a combined node (`fleetsql tla-sql`): its SQL node syncs
+/// from the store of the TLA in its own process, which keeps history in
+/// its own directory, so losing the SQL node's state directory loses no
+/// history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_combined_node_restarted_empty_answers_history_from_its_own_tla() {
+    restarted_empty_answers_history_from_its_tla(true).await;
+}
+
+async fn restarted_empty_answers_history_from_its_tla(combined: bool) {
     use std::collections::{BTreeMap, BTreeSet};
 
     use fleetsql_tiers::{HistoryConfig, SqlNodeEntry};
@@ -156,12 +169,19 @@ async fn a_sql_node_restarted_empty_answers_history_from_its_tla() {
 
     let dir = tempfile::tempdir().unwrap();
     let sql_state = dir.path().join("sql-state");
-    let tla_history = dir.path().join("t1-history");
+    let tla_history = dir.path().join("tla-history");
+    // Separate: TLA `t1` and SQL node `sql`; combined: both are `sql`.
+    let tla_name = if combined { "sql" } else { "t1" };
     let sqlnodes = BTreeMap::from([(
         "sql".to_string(),
         SqlNodeEntry {
             state_dir: Some(sql_state.clone()),
             history: Some(HistoryConfig::of_tables(["sys"])),
+            tlas: if combined {
+                BTreeMap::from([("sql".to_string(), 0)])
+            } else {
+                BTreeMap::new()
+            },
             ..SqlNodeEntry::default()
         },
     )]);
@@ -170,14 +190,18 @@ async fn a_sql_node_restarted_empty_answers_history_from_its_tla() {
         dir,
         FleetSpec {
             proxies: 1,
-            tlas: 1,
+            tlas: if combined { 0 } else { 1 },
             table_expiry: Duration::from_secs(60),
             extra_agent: false,
             sqlnodes,
-            tla_sql: BTreeSet::new(),
+            tla_sql: if combined {
+                BTreeSet::from(["sql".to_string()])
+            } else {
+                BTreeSet::new()
+            },
         },
         move |topology, _| {
-            topology.tlas.get_mut("t1").expect("t1").history = Some(HistoryConfig {
+            topology.tlas.get_mut(tla_name).expect("the TLA").history = Some(HistoryConfig {
                 dir: Some(tla_dir),
                 ..HistoryConfig::of_tables(["sys"])
             });
@@ -217,7 +241,9 @@ async fn a_sql_node_restarted_empty_answers_history_from_its_tla() {
     // The SQL node loses everything it kept.
     cluster.kill("sql");
     std::fs::remove_dir_all(&sql_state).unwrap();
-    cluster.restart("sql", "sqlnode").await;
+    cluster
+        .restart("sql", if combined { "tla-sql" } else { "sqlnode" })
+        .await;
 
     // What it answers reaches back before the restart: from the TLA.
     let deadline = Instant::now() + Duration::from_secs(60);
