@@ -394,7 +394,11 @@ fn json_decoding() {
 
 /// Registers `queries` statements over `streams` streams; every event of a
 /// stream passes the filter of each of that stream's statements.
-fn many_service(queries: usize, streams: usize) -> (PqaService, Vec<String>) {
+/// `selective`: statement k of a stream filters `v = k`, so an event
+/// whose `v` is k matches one statement of its stream (Esper's
+/// benchmark shape: many statements, each on its own key); otherwise
+/// `v > k`, which every event of the bench matches.
+fn many_service(queries: usize, streams: usize, selective: bool) -> (PqaService, Vec<String>) {
     let svc = PqaService::new(ServiceConfig {
         engine: EngineConfig {
             timestamp_field: Some("seq".into()),
@@ -405,9 +409,10 @@ fn many_service(queries: usize, streams: usize) -> (PqaService, Vec<String>) {
     });
     let mut ids = Vec::new();
     for q in 0..queries {
-        // Distinct thresholds keep the statements from being shared.
+        // Distinct constants keep the statements from being shared.
+        let op = if selective { "=" } else { ">" };
         let epl = format!(
-            "select v, host, seq from S{}(v > {}) where host != 'none'",
+            "select v, host, seq from S{}(v {op} {}) where host != 'none'",
             q % streams,
             q / streams
         );
@@ -422,34 +427,55 @@ fn many_queries() {
     let per_event = queries / streams;
     println!();
     println!(
-        "| {queries} queries over {streams} streams ({per_event} triggered per event) | events | time | events/s | notifications/s |"
+        "| {queries} queries over {streams} streams ({per_event} per stream) | events | time | events/s | notifications/s |"
     );
     println!("|---|---|---|---|---|");
     let n = (20_000.0 * scale()) as usize;
-    let input: Vec<Vec<serde_json::Value>> = (0..streams)
-        .map(|s| {
-            (0..n / streams)
-                .map(|i| json!({"seq": (i * streams + s) as i64, "v": 1_000_000, "host": "h"}))
-                .collect()
-        })
-        .collect();
+    // Non-selective: `v` above every threshold, so all of the stream's
+    // statements match. Selective: `v` cycles through the stream's
+    // constants, so exactly one matches.
+    let input = |selective: bool| -> Vec<Vec<serde_json::Value>> {
+        (0..streams)
+            .map(|s| {
+                (0..n / streams)
+                    .map(|i| {
+                        let v = if selective {
+                            (i % per_event) as i64
+                        } else {
+                            1_000_000
+                        };
+                        json!({"seq": (i * streams + s) as i64, "v": v, "host": "h"})
+                    })
+                    .collect()
+            })
+            .collect()
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
     let _guard = rt.enter();
-    for (label, subscribed) in [
+    for (label, subscribed, selective) in [
         (
-            "a subscriber on every topic (every notification built and serialized)",
+            "`S{k}(v > N)`, a subscriber on every topic (every notification built and serialized)",
             queries,
+            false,
         ),
         (
-            "subscribers on 1 query per stream (the others only counted)",
+            "`S{k}(v > N)`, subscribers on 1 query per stream (the others only counted)",
             streams,
+            false,
+        ),
+        (
+            "`S{k}(v = N)`, a subscriber on every topic, one statement of the stream matches each event",
+            queries,
+            true,
         ),
     ] {
-        let (svc, ids) = many_service(queries, streams);
+        let (svc, ids) = many_service(queries, streams, selective);
+        let input = input(selective);
+        let matched = if selective { 1 } else { per_event };
         // Idle subscriptions: publishing never waits for them.
         let subs: Vec<_> = ids
             .iter()
@@ -470,7 +496,7 @@ fn many_queries() {
             "| one JSON event per call, {label} | {events} | {:.3} s | {:.0} | {:.0} |",
             took.as_secs_f64(),
             rate(events, took),
-            rate(events * per_event, took)
+            rate(events * matched, took)
         );
         drop(subs);
     }
@@ -572,7 +598,7 @@ fn latency(queries: usize, streams: usize) {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let (svc, ids) = many_service(queries, streams);
+        let (svc, ids) = many_service(queries, streams, false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {

@@ -317,3 +317,66 @@ impl StreamIndex {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::Schema;
+
+    fn event(v: Value) -> Event {
+        Event {
+            ts: 0,
+            schema: Arc::new(Schema::default()),
+            values: Box::new([v]),
+        }
+    }
+
+    /// The index is a pre-filter, so the equivalence property test only
+    /// catches a statement left out; this one checks it is also exact:
+    /// at, below and above every boundary, the candidates are precisely
+    /// the statements whose conjunct holds (an extra one costs a visit
+    /// per event, which is what the index exists to save).
+    #[test]
+    fn candidates_are_exactly_the_statements_whose_conjunct_holds() {
+        let ops = [Op::Eq, Op::Lt, Op::Le, Op::Gt, Op::Ge];
+        let constants = [-1.5, 0.0, 1.0, 2.0];
+        let mut index = StreamIndex::default();
+        let mut keys = Vec::new();
+        for op in ops {
+            for c in constants {
+                let id = keys.len();
+                let key = IndexKey {
+                    field: 0,
+                    op,
+                    value: Key::Num(c),
+                };
+                index.insert((id, 0), Some(&key), &[0]);
+                keys.push((op, c));
+            }
+        }
+        let holds = |op: Op, x: f64, c: f64| match op {
+            Op::Eq => x == c,
+            Op::Lt => x < c,
+            Op::Le => x <= c,
+            Op::Gt => x > c,
+            Op::Ge => x >= c,
+        };
+        let mut out = Vec::new();
+        for x in [-2.0, -1.5, -0.0, 0.0, 0.5, 1.0, 2.0, 3.0] {
+            for probe in [Value::Float(x), Value::Int(x as i64)] {
+                let x = match probe {
+                    Value::Int(i) => i as f64,
+                    _ => x,
+                };
+                assert!(index.candidates(&event(probe.clone()), &mut out));
+                let expected: Vec<Reader> = keys
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (op, c))| holds(*op, x, *c))
+                    .map(|(id, _)| (id, 0))
+                    .collect();
+                assert_eq!(out, expected, "event value {probe:?}");
+            }
+        }
+    }
+}
