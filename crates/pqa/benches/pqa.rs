@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetsql_pqa::{
-    Clock, Engine, EngineConfig, EventBatch, Output, PqaService, Publish, ServiceConfig, router,
+    Clock, Engine, EngineConfig, EventBatch, Limits, Output, PqaService, Publish, ServiceConfig,
+    router,
 };
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -405,6 +406,12 @@ fn many_service(queries: usize, streams: usize, selective: bool) -> (PqaService,
             clock: Clock::Manual,
         },
         topic_capacity: 4096,
+        // A subscriber on every one of the 10,000 topics, plus the SSE
+        // clients: above the node's default of 4,096.
+        limits: Limits {
+            max_subscribers: 2 * queries + 1_000,
+            ..Limits::default()
+        },
         ..ServiceConfig::default()
     });
     let mut ids = Vec::new();
@@ -589,16 +596,66 @@ fn many_engine(queries: usize, streams: usize) {
     }
 }
 
+/// How the latency case offers its events.
+struct Offered {
+    label: &'static str,
+    /// `S{k}(v = N)` statements, one matching each event; else `v > N`,
+    /// all of the stream's matching.
+    selective: bool,
+    /// Events per `POST /v1/events/S{k}` (a JSON array when more than
+    /// one); successive POSTs go to successive streams.
+    per_post: usize,
+    posts_per_s: u32,
+    events: usize,
+}
+
 /// Event arrival (client sends `POST /v1/events/S{k}`) to the SSE frame
 /// read by a client on the other end of a loopback connection.
 fn latency(queries: usize, streams: usize) {
+    println!();
+    println!(
+        "| latency, {queries} queries, {streams} SSE clients | offered | notifications | p50 | p99 | max | target |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let cases = [
+        Offered {
+            label: "`S{k}(v > N)`, one event per POST",
+            selective: false,
+            per_post: 1,
+            // Below what this case sustains (about 2,000 events/s above,
+            // 100 notifications each): latency, not queueing.
+            posts_per_s: 1_000,
+            events: (4_000.0 * scale().max(0.1)) as usize,
+        },
+        Offered {
+            label: "`S{k}(v = N)`, a subscriber on every topic, 100 events per POST (each of the stream's statements matched once)",
+            selective: true,
+            per_post: streams,
+            posts_per_s: 1_000,
+            events: (400_000.0 * scale().max(0.01)) as usize,
+        },
+    ];
+    for case in cases {
+        latency_case(queries, streams, &case);
+    }
+}
+
+fn latency_case(queries: usize, streams: usize, case: &Offered) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
-        let (svc, ids) = many_service(queries, streams, false);
+        let per_stream = queries / streams;
+        let (svc, ids) = many_service(queries, streams, case.selective);
+        // Idle in-process subscriptions on every topic: each notification
+        // is built and serialized, as with a subscriber per query.
+        let idle: Vec<_> = if case.selective {
+            ids.iter().map(|id| svc.topic(id).unwrap().subscribe()).collect()
+        } else {
+            Vec::new()
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -606,10 +663,25 @@ fn latency(queries: usize, streams: usize) {
         });
         let base = format!("http://{addr}");
         let client = reqwest::Client::new();
-        let m = (4_000.0 * scale().max(0.1)) as usize;
+        let m = case.events - case.events % case.per_post.max(1);
+        // Event i goes with its POST to stream (i / per_post) % streams;
+        // selective: its v picks the one statement of that stream it
+        // matches.
+        let value = |i: usize| -> i64 {
+            if case.selective {
+                (i % per_stream) as i64
+            } else {
+                1_000_000
+            }
+        };
+        let stream_of = |i: usize| (i / case.per_post) % streams;
         let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; m]));
         let lat: Arc<Mutex<Vec<Duration>>> = Arc::new(Mutex::new(Vec::with_capacity(m)));
-        // One SSE client per stream, on the first query of each stream.
+        // One SSE client per stream, on the first query of each stream
+        // (selective: `v = 0`); as many of its notifications per stream.
+        let wanted = (0..m)
+            .filter(|&i| stream_of(i) == 0 && (!case.selective || value(i) == 0))
+            .count();
         let mut readers = Vec::new();
         for id in ids.iter().take(streams) {
             let resp = client
@@ -623,7 +695,7 @@ fn latency(queries: usize, streams: usize) {
                 let mut body = resp.bytes_stream();
                 let mut buf = String::new();
                 let mut seen = 0usize;
-                while seen < m / streams {
+                while seen < wanted {
                     let Some(Ok(chunk)) = body.next().await else {
                         return;
                     };
@@ -648,42 +720,58 @@ fn latency(queries: usize, streams: usize) {
                 }
             }));
         }
-        // Offered load: one event per POST at a steady pace.
-        let rate_per_s = 2_000u32;
-        let pace = Duration::from_secs(1) / rate_per_s;
+        // Offered load at a steady pace; each POST its own task, so a slow
+        // answer does not lower the rate offered.
+        let pace = Duration::from_secs(1) / case.posts_per_s;
         let start = Instant::now();
         let mut next = tokio::time::Instant::now();
-        for i in 0..m {
+        let mut posts = Vec::with_capacity(m / case.per_post);
+        for first in (0..m).step_by(case.per_post) {
             next += pace;
             tokio::time::sleep_until(next).await;
-            sent.lock()[i] = Some(Instant::now());
-            let r = client
-                .post(format!("{base}/v1/events/S{}", i % streams))
-                .body(json!({"seq": i as i64, "v": 1_000_000, "host": "h"}).to_string())
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success());
+            let idx = first..first + case.per_post;
+            let body = if case.per_post == 1 {
+                json!({"seq": first as i64, "v": value(first), "host": "h"}).to_string()
+            } else {
+                let events: Vec<_> = idx
+                    .clone()
+                    .map(|i| json!({"seq": i as i64, "v": value(i), "host": "h"}))
+                    .collect();
+                serde_json::Value::Array(events).to_string()
+            };
+            let now = Instant::now();
+            for i in idx.clone() {
+                sent.lock()[i] = Some(now);
+            }
+            let url = format!("{base}/v1/events/S{}", stream_of(first));
+            let client = client.clone();
+            posts.push(tokio::spawn(async move {
+                let r = client.post(url).body(body).send().await.unwrap();
+                assert!(r.status().is_success());
+            }));
+        }
+        for p in posts {
+            p.await.unwrap();
         }
         let offered = start.elapsed();
         for r in readers {
             let _ = tokio::time::timeout(Duration::from_secs(10), r).await;
         }
         server.abort();
+        drop(idle);
         let mut lat = lat.lock().clone();
         lat.sort();
-        println!();
-        println!("| latency, {queries} queries, {streams} SSE clients | offered | notifications | p50 | p99 | max | target |");
-        println!("|---|---|---|---|---|---|---|");
         if lat.is_empty() {
-            println!("| POST /v1/events -> SSE frame read | | none received | | | | |");
+            println!("| {} | | none received | | | | |", case.label);
             return;
         }
         let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
         println!(
-            "| POST /v1/events/S{{k}} sent -> SSE frame read by the client, loopback | {:.0} events/s | {} of {m} | {:.2?} | {:.2?} | {:.2?} | p99 <= 10 ms |",
+            "| {}: POST sent -> SSE frame read by the client, loopback | {:.0} events/s | {} of {} | {:.2?} | {:.2?} | {:.2?} | p99 <= 10 ms |",
+            case.label,
             rate(m, offered),
             lat.len(),
+            wanted * streams,
             p(0.5),
             p(0.99),
             lat[lat.len() - 1]
