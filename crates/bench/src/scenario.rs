@@ -872,11 +872,13 @@ async fn wait_complete(
     // still waits behind that transfer. Measure from the one after, the
     // steady state of diffs between the tiers.
     let mut complete_id: Option<f64> = None;
+    let mut last = (0u64, 0.0f64);
     loop {
         tiers.check(config.max_rss_bytes)?;
         if let Some(s) = sql_metrics.scrape().await {
             let seen = s.or_zero("fleetsql_machines_seen") as u64;
             let id = s.or_zero("fleetsql_generation_id");
+            last = (seen, id);
             waiting.set_position(seen);
             match complete_id {
                 None if seen >= machines as u64 && id > 0.0 => complete_id = Some(id),
@@ -885,8 +887,15 @@ async fn wait_complete(
             }
         }
         if Instant::now() > deadline {
+            let (seen, id) = last;
+            let state = match complete_id {
+                None => format!("it saw {seen} of them, in generation {id}"),
+                Some(complete) => format!(
+                    "it saw them all in generation {complete}, but installed no two more after it (last {id})"
+                ),
+            };
             return Err(BenchError::Timeout(format!(
-                "the SQL node did not see all {machines} machines within {wait_limit:?}; see {} and {}",
+                "the SQL node did not see all {machines} machines and two generations after within {wait_limit:?} ({state}); see {} and {}",
                 tiers.tla()?.log().display(),
                 tiers.sql.log().display()
             )));
