@@ -250,6 +250,8 @@ fn duckdb(sql: &str) -> Result<(f64, usize), String> {
 import json, sys, time, duckdb
 con = duckdb.connect()
 con.execute("SET TimeZone = 'UTC'")
+# A query over a few seconds draws a progress bar on stdout otherwise.
+con.execute("SET enable_progress_bar = false")
 sql = sys.argv[1]
 rows = len(con.execute(sql).fetchall())
 times = []
@@ -267,8 +269,16 @@ print(json.dumps({"ms": times[1], "rows": rows}))
     if !output.status.success() {
         return Err(String::from_utf8_lossy(&output.stderr).into_owned());
     }
-    let answer: serde_json::Value =
-        serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+    // The answer is the last line; anything DuckDB printed before it is
+    // not ours to parse.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let answer: serde_json::Value = serde_json::from_str(last)
+        .map_err(|e| format!("{e} in DuckDB's output: {}", stdout.trim()))?;
     Ok((
         answer["ms"].as_f64().ok_or("no ms")?,
         answer["rows"].as_u64().ok_or("no rows")? as usize,
