@@ -393,12 +393,23 @@ fn json_decoding() {
     );
 }
 
-/// Registers `queries` statements over `streams` streams; every event of a
-/// stream passes the filter of each of that stream's statements.
-/// `selective`: statement k of a stream filters `v = k`, so an event
-/// whose `v` is k matches one statement of its stream (Esper's
-/// benchmark shape: many statements, each on its own key); otherwise
-/// `v > k`, which every event of the bench matches.
+/// The `i`-th event's `v` for [`many_service`]'s statements: with
+/// `selective` ones it cycles through a stream's constants, so exactly
+/// one statement of the stream matches; otherwise it is above every
+/// threshold, so all of them match.
+fn many_value(selective: bool, i: usize, per_stream: usize) -> i64 {
+    if selective {
+        (i % per_stream) as i64
+    } else {
+        1_000_000
+    }
+}
+
+/// Registers `queries` statements over `streams` streams. `selective`:
+/// statement k of a stream filters `v = k`, so an event whose `v` is k
+/// matches one statement of its stream (Esper's benchmark shape: many
+/// statements, each on its own key); otherwise `v > k`, which every event
+/// of the bench matches (see [`many_value`]).
 fn many_service(queries: usize, streams: usize, selective: bool) -> (PqaService, Vec<String>) {
     let svc = PqaService::new(ServiceConfig {
         engine: EngineConfig {
@@ -438,19 +449,12 @@ fn many_queries() {
     );
     println!("|---|---|---|---|---|");
     let n = (20_000.0 * scale()) as usize;
-    // Non-selective: `v` above every threshold, so all of the stream's
-    // statements match. Selective: `v` cycles through the stream's
-    // constants, so exactly one matches.
     let input = |selective: bool| -> Vec<Vec<serde_json::Value>> {
         (0..streams)
             .map(|s| {
                 (0..n / streams)
                     .map(|i| {
-                        let v = if selective {
-                            (i % per_event) as i64
-                        } else {
-                            1_000_000
-                        };
+                        let v = many_value(selective, i, per_event);
                         json!({"seq": (i * streams + s) as i64, "v": v, "host": "h"})
                     })
                     .collect()
@@ -664,16 +668,8 @@ fn latency_case(queries: usize, streams: usize, case: &Offered) {
         let base = format!("http://{addr}");
         let client = reqwest::Client::new();
         let m = case.events - case.events % case.per_post.max(1);
-        // Event i goes with its POST to stream (i / per_post) % streams;
-        // selective: its v picks the one statement of that stream it
-        // matches.
-        let value = |i: usize| -> i64 {
-            if case.selective {
-                (i % per_stream) as i64
-            } else {
-                1_000_000
-            }
-        };
+        // Event i goes with its POST to stream (i / per_post) % streams.
+        let value = |i: usize| many_value(case.selective, i, per_stream);
         let stream_of = |i: usize| (i / case.per_post) % streams;
         let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; m]));
         let lat: Arc<Mutex<Vec<Duration>>> = Arc::new(Mutex::new(Vec::with_capacity(m)));
